@@ -1,0 +1,205 @@
+"""Model configurations: one dataclass and a registry of named configs (lit-gpt's layout and names)."""
+
+import difflib
+import json
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+
+def find_multiple(n: int, k: int) -> int:
+    """The smallest multiple of `k` that is >= `n`."""
+    return n if n % k == 0 else n + k - (n % k)
+
+
+@dataclass
+class Config:
+    name: str = ""
+    hf_config: dict = field(default_factory=dict)  # {"org": ..., "name": ...} on the Hugging Face hub
+    block_size: int = 4096
+    vocab_size: int = 50254
+    padding_multiple: int = 512
+    padded_vocab_size: Optional[int] = None
+    n_layer: int = 16
+    n_head: int = 32
+    n_embd: int = 4096
+    head_size: Optional[int] = None
+    # n_query_groups == n_head: multi-head attention; 1: multi-query; in between: grouped-query attention
+    n_query_groups: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    rotary_percentage: float = 0.25
+    rope_base: int = 10000
+    parallel_residual: bool = True
+    bias: bool = True
+    norm_eps: float = 1e-5
+    norm_class_name: Literal["RMSNorm", "LayerNorm"] = "LayerNorm"
+    mlp_class_name: Literal["LLaMAMLP", "GptNeoxMLP"] = "GptNeoxMLP"
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.hf_config.get("name", self.name)
+        if self.padded_vocab_size is None:
+            self.padded_vocab_size = find_multiple(self.vocab_size, self.padding_multiple)
+        else:
+            # vocab size should not be larger than padded_vocab_size
+            self.vocab_size = min(self.vocab_size, self.padded_vocab_size)
+        if self.head_size is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}; set head_size")
+            self.head_size = self.n_embd // self.n_head
+        if self.n_query_groups is None:
+            self.n_query_groups = self.n_head
+        if self.n_head % self.n_query_groups:
+            raise ValueError(f"n_head={self.n_head} must be a multiple of n_query_groups={self.n_query_groups}")
+        if self.intermediate_size is None:
+            if self.mlp_class_name == "LLaMAMLP":
+                raise ValueError("The LLaMAMLP needs `intermediate_size`")
+            self.intermediate_size = 4 * self.n_embd
+        self.rope_n_elem = int(self.rotary_percentage * self.head_size)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "Config":
+        """A registered config by lit name (`tiny-llama-1.1b`) or Hugging Face name (`TinyLlama-1.1B-...`)."""
+        conf = name_to_config.get(name) or hf_name_to_config.get(name)
+        if conf is None:
+            known = list(name_to_config) + list(hf_name_to_config)
+            close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"{name!r} is not a known model name.{hint} Run `python scripts/download.py` to list every name."
+            )
+        conf = deepcopy(conf)
+        conf.update(overrides)
+        return cls(**conf)
+
+    @classmethod
+    def from_file(cls, path: Union[str, Path], **overrides: Any) -> "Config":
+        with open(path, encoding="utf-8") as fp:
+            conf = json.load(fp)
+        conf.update(overrides)
+        return cls(**conf)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: Path, **overrides: Any) -> "Config":
+        """The `lit_config.json` of a checkpoint directory, or the registry entry named like the directory."""
+        if (checkpoint_dir / "lit_config.json").is_file():
+            return cls.from_file(checkpoint_dir / "lit_config.json", **overrides)
+        return cls.from_name(checkpoint_dir.name, **overrides)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_file(self, path: Union[str, Path]) -> None:
+        with open(path, "w", encoding="utf-8") as fp:
+            json.dump(self.to_dict(), fp, indent=2)
+
+    @property
+    def hf_repo_id(self) -> str:
+        return f"{self.hf_config['org']}/{self.hf_config['name']}" if self.hf_config else ""
+
+
+########################
+# TinyLlama
+########################
+configs = []
+tiny_llama = [
+    # https://huggingface.co/TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/blob/main/config.json
+    dict(name="tiny-llama-1.1b", hf_config=dict(org="TinyLlama", name="TinyLlama-1.1B-intermediate-step-1431k-3T")),
+    # https://huggingface.co/TinyLlama/TinyLlama-1.1B-Chat-v1.0/blob/main/config.json
+    dict(name="tiny-llama-1.1b-chat", hf_config=dict(org="TinyLlama", name="TinyLlama-1.1B-Chat-v1.0")),
+]
+for c in tiny_llama:
+    c.update(
+        block_size=2048,
+        vocab_size=32000,
+        padding_multiple=64,
+        n_layer=22,
+        n_head=32,
+        n_embd=2048,
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        bias=False,
+        norm_class_name="RMSNorm",
+        norm_eps=1e-5,
+        mlp_class_name="LLaMAMLP",
+        intermediate_size=5632,
+        n_query_groups=4,
+    )
+    configs.append(c)
+
+# The embedded default: TinyLlama's architecture and vocabulary at ~8.6M parameters (most of them in the
+# embedding and output layers), small enough to train visibly on a 2-core CPU in minutes.
+configs.append(
+    dict(
+        name="micro-llama",
+        block_size=256,
+        vocab_size=32000,
+        padding_multiple=64,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        bias=False,
+        norm_class_name="RMSNorm",
+        norm_eps=1e-5,
+        mlp_class_name="LLaMAMLP",
+        intermediate_size=352,
+        n_query_groups=2,
+    )
+)
+
+########################
+# Meta Llama 2
+########################
+llama_2 = [
+    # https://huggingface.co/meta-llama/Llama-2-7b-hf/blob/main/config.json
+    dict(
+        name="Llama-2-7b{}-hf",
+        hf_config=dict(org="meta-llama", name="Llama-2-7b{}-hf"),
+        n_layer=32,
+        n_head=32,
+        n_embd=4096,
+        intermediate_size=11008,
+    ),
+    # https://huggingface.co/meta-llama/Llama-2-13b-hf/blob/main/config.json
+    dict(
+        name="Llama-2-13b{}-hf",
+        hf_config=dict(org="meta-llama", name="Llama-2-13b{}-hf"),
+        n_layer=40,
+        n_head=40,
+        n_embd=5120,
+        intermediate_size=13824,
+    ),
+    # https://huggingface.co/meta-llama/Llama-2-70b-hf/blob/main/config.json
+    dict(
+        name="Llama-2-70b{}-hf",
+        hf_config=dict(org="meta-llama", name="Llama-2-70b{}-hf"),
+        n_layer=80,
+        n_head=64,
+        n_embd=8192,
+        n_query_groups=8,
+        intermediate_size=28672,
+    ),
+]
+for c in llama_2:
+    for kind in ("", "-chat"):
+        copy = deepcopy(c)
+        copy["name"] = c["name"].format(kind)
+        copy["hf_config"]["name"] = c["hf_config"]["name"].format(kind)
+        copy.update(
+            block_size=4096,
+            vocab_size=32000,
+            padding_multiple=64,
+            rotary_percentage=1.0,
+            parallel_residual=False,
+            bias=False,
+            norm_class_name="RMSNorm",
+            norm_eps=1e-5,
+            mlp_class_name="LLaMAMLP",
+        )
+        configs.append(copy)
+
+name_to_config = {c["name"]: c for c in configs}
+hf_name_to_config = {c["hf_config"]["name"]: c for c in configs if c.get("hf_config")}

@@ -1,0 +1,250 @@
+"""The Llama-style GPT, in plain PyTorch.
+
+Pre-norm blocks, rotary position embeddings, grouped-query attention through
+`scaled_dot_product_attention`, SwiGLU MLP, RMSNorm, untied output head. State-dict names and layouts are
+lit-gpt's, so `lit_model.pth` files move between the two projects. Sharding, mixed precision and compilation are
+applied from outside (see `lit_gpt/parallel.py`); nothing here knows about them.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lit_gpt.config import Config
+
+
+class GPT(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=config.bias)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=build_norm(config),
+            )
+        )
+        self.register_buffer("cos", torch.empty(0), persistent=False)
+        self.register_buffer("sin", torch.empty(0), persistent=False)
+        self.mask_cache: Optional[torch.Tensor] = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """(Re)build the rotary cache; call after materializing a model created on the meta device."""
+        device = self.lm_head.weight.device
+        cos, sin = build_rope_cache(
+            self.config.block_size, self.config.rope_n_elem, base=self.config.rope_base, device=device
+        )
+        self.cos, self.sin = cos, sin
+
+    def _apply(self, fn, *args, **kwargs):
+        # a model materialized from the meta device (`to_empty`) gets a real rope cache, not uninitialized memory
+        was_meta = self.cos.device.type == "meta"
+        module = super()._apply(fn, *args, **kwargs)
+        if was_meta and self.cos.device.type != "meta":
+            self.reset_parameters()
+        return module
+
+    def forward(self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T).
+
+        With `input_pos` (T,), the positions of `idx` in the sequence, attention reads and updates the KV cache
+        set by `set_kv_cache`; without it, `idx` is a whole sequence from position 0.
+        """
+        T = idx.size(1)
+        if T > self.config.block_size:
+            raise ValueError(f"Cannot forward a sequence of length {T}: the block size is {self.config.block_size}")
+        if input_pos is not None:
+            if self.mask_cache is None:
+                raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")
+            cos = self.cos.index_select(0, input_pos)
+            sin = self.sin.index_select(0, input_pos)
+            mask = self.mask_cache.index_select(2, input_pos)
+        else:
+            cos, sin, mask = self.cos[:T], self.sin[:T], None
+
+        x = self.transformer.wte(idx)
+        for block in self.transformer.h:
+            x = block(x, cos, sin, mask, input_pos)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x)
+
+    def set_kv_cache(
+        self,
+        batch_size: int,
+        max_seq_length: Optional[int] = None,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> None:
+        max_seq_length = max_seq_length or self.config.block_size
+        device = device or self.lm_head.weight.device
+        dtype = dtype or self.lm_head.weight.dtype
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(self.config, batch_size, max_seq_length, device, dtype)
+        ones = torch.ones((max_seq_length, max_seq_length), device=device, dtype=torch.bool)
+        self.mask_cache = torch.tril(ones).unsqueeze(0).unsqueeze(0)  # 1, 1, T_max, T_max
+
+    def clear_kv_cache(self) -> None:
+        self.mask_cache = None
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+
+class Block(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.norm_1 = build_norm(config)
+        self.attn = CausalSelfAttention(config)
+        self.norm_2 = build_norm(config)
+        self.mlp = LLaMAMLP(config) if config.mlp_class_name == "LLaMAMLP" else GptNeoxMLP(config)
+        self.parallel_residual = config.parallel_residual
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None) -> torch.Tensor:
+        h = self.attn(self.norm_1(x), cos, sin, mask, input_pos)
+        if self.parallel_residual:
+            return x + h + self.mlp(self.norm_2(x))
+        x = x + h
+        return x + self.mlp(self.norm_2(x))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        # q, k and v of all heads in one matmul, laid out per query group: [q x q_per_kv, k, v] x n_query_groups
+        shape = (config.n_head + 2 * config.n_query_groups) * config.head_size
+        self.attn = nn.Linear(config.n_embd, shape, bias=config.bias)
+        self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
+        self.kv_cache: Optional[KVCache] = None
+        self.config = config
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None) -> torch.Tensor:
+        B, T, _ = x.size()
+        C = self.config
+        q_per_kv = C.n_head // C.n_query_groups
+        qkv = self.attn(x)
+        qkv = qkv.view(B, T, C.n_query_groups, q_per_kv + 2, C.head_size)
+        qkv = qkv.permute(0, 2, 3, 1, 4)  # (B, n_query_groups, q_per_kv + 2, T, head_size)
+        q, k, v = qkv.split((q_per_kv, 1, 1), dim=2)
+        q = q.reshape(B, C.n_head, T, C.head_size)  # query head h belongs to group h // q_per_kv
+        k = k.reshape(B, C.n_query_groups, T, C.head_size)
+        v = v.reshape(B, C.n_query_groups, T, C.head_size)
+
+        q = apply_rope(q, cos, sin, C.rope_n_elem)
+        k = apply_rope(k, cos, sin, C.rope_n_elem)
+        if input_pos is not None:
+            if self.kv_cache is None:
+                raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")
+            k, v = self.kv_cache(input_pos, k, v)
+
+        # grouped-query attention without materializing repeated keys and values
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0 / math.sqrt(C.head_size), enable_gqa=True
+        )
+        y = y.transpose(1, 2).reshape(B, T, C.n_head * C.head_size)
+        return self.proj(y)
+
+
+class LLaMAMLP(nn.Module):
+    """SwiGLU: proj(silu(fc_1(x)) * fc_2(x))."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.fc_1 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.fc_2 = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.silu(self.fc_1(x)) * self.fc_2(x))
+
+
+class GptNeoxMLP(nn.Module):
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, config.intermediate_size, bias=config.bias)
+        self.proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class RMSNorm(nn.Module):
+    """Root mean square normalization, computed in float32 (https://arxiv.org/abs/1910.07467)."""
+
+    def __init__(self, size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (x * self.weight.float()).to(dtype)
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def build_norm(config: Config) -> nn.Module:
+    if config.norm_class_name == "RMSNorm":
+        return RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps)
+
+
+class KVCache(nn.Module):
+    def __init__(self, config: Config, batch_size: int, max_seq_length: int, device, dtype) -> None:
+        super().__init__()
+        shape = (batch_size, config.n_query_groups, max_seq_length, config.head_size)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k, v (B, n_query_groups, T, head_size) at `input_pos`; return the whole cache."""
+        self.k = self.k.to(k.dtype)
+        self.v = self.v.to(v.dtype)
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v
+
+
+def build_rope_cache(seq_len: int, n_elem: int, base: int = 10000, device=None):
+    """cos and sin (seq_len, n_elem) in float32, in the "rotate half" layout that lit-gpt and HF Llama share."""
+    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.float32) / n_elem))
+    seq_idx = torch.arange(seq_len, device=device, dtype=torch.float32)
+    idx_theta = torch.outer(seq_idx, theta).repeat(1, 2)
+    return torch.cos(idx_theta), torch.sin(idx_theta)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_elem: int) -> torch.Tensor:
+    """Rotate the first `n_elem` channels of x (B, H, T, head_size); cos and sin are (T, n_elem)."""
+    if n_elem < x.size(-1):
+        return torch.cat((apply_rope(x[..., :n_elem], cos, sin, n_elem), x[..., n_elem:]), dim=-1)
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+def init_weights(model: nn.Module, n_layer: int, n_embd: int) -> None:
+    """TinyLlama's (GPT-NeoX style) initialization, in place, on whatever device the parameters are.
+
+    Embeddings and linear weights ~ N(0, sqrt(2 / (5 n_embd))); the output projections of attention and of the
+    MLP ~ N(0, 1 / sqrt(n_embd) / n_layer); biases 0; norm weights 1.
+    """
+    std = math.sqrt(2.0 / 5 / n_embd)
+    for module in model.modules():
+        if isinstance(module, (nn.Embedding, nn.Linear)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (RMSNorm, nn.LayerNorm)):
+            module.reset_parameters()
+    # second pass: modules() visits a parent before its children, so the first pass would overwrite these
+    for module in model.modules():
+        if isinstance(module, (CausalSelfAttention, LLaMAMLP, GptNeoxMLP)):
+            nn.init.normal_(module.proj.weight, mean=0.0, std=1.0 / math.sqrt(n_embd) / n_layer)
+    if isinstance(model, GPT):
+        model.reset_parameters()

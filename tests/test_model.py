@@ -1,0 +1,141 @@
+import math
+
+import pytest
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.hf import config_to_hf, hf_to_lit_state_dict, lit_to_hf_state_dict
+from lit_gpt.model import GPT, init_weights
+
+
+def small_config(n_head=4, n_query_groups=2, **kw):
+    return Config(
+        name="test",
+        block_size=32,
+        vocab_size=100,
+        padding_multiple=16,
+        n_layer=2,
+        n_head=n_head,
+        n_embd=8 * n_head,
+        n_query_groups=n_query_groups,
+        intermediate_size=40,
+        rotary_percentage=1.0,
+        parallel_residual=False,
+        bias=False,
+        norm_class_name="RMSNorm",
+        mlp_class_name="LLaMAMLP",
+        **kw,
+    )
+
+
+def hf_model(config):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf_config = LlamaConfig(**config_to_hf(config))
+    hf_config._attn_implementation = "eager"
+    return LlamaForCausalLM(hf_config).eval()
+
+
+@pytest.mark.parametrize(
+    ("n_head", "n_query_groups", "rope_base"), [(4, 2, 10000), (4, 1, 10000), (6, 3, 500), (4, 4, 10000)]
+)
+def test_logits_match_transformers_llama(n_head, n_query_groups, rope_base):
+    torch.manual_seed(0)
+    config = small_config(n_head, n_query_groups, rope_base=rope_base, norm_eps=1e-6)
+    ours = GPT(config).eval()
+    init_weights(ours, config.n_layer, config.n_embd)
+    for p in ours.parameters():  # perturb norm weights too, so that they are really mapped
+        p.data += 0.01 * torch.randn_like(p)
+    theirs = hf_model(config)
+    theirs.load_state_dict(lit_to_hf_state_dict(ours.state_dict(), config), strict=True)
+
+    idx = torch.randint(0, config.padded_vocab_size, (3, config.block_size))
+    with torch.no_grad():
+        expected = theirs(idx).logits
+        actual = ours(idx)
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= 1e-5
+
+    # and back: HF -> lit gives the weights we started from, bit for bit
+    back = hf_to_lit_state_dict(theirs.state_dict(), config)
+    ours_sd = ours.state_dict()
+    assert back.keys() == ours_sd.keys()
+    for k in back:
+        assert torch.equal(back[k], ours_sd[k]), k
+
+
+def test_kv_cache_forward_equals_full_forward():
+    torch.manual_seed(0)
+    config = small_config(4, 2)
+    model = GPT(config).eval()
+    idx = torch.randint(0, config.padded_vocab_size, (2, 12))
+    with torch.no_grad():
+        full = model(idx)
+        model.set_kv_cache(batch_size=2)
+        # a prompt of 5 tokens, then one token at a time
+        steps = [model(idx[:, :5], torch.arange(0, 5))]
+        for t in range(5, 12):
+            steps.append(model(idx[:, t : t + 1], torch.tensor([t])))
+    cached = torch.cat(steps, dim=1)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_required_for_input_pos():
+    model = GPT(small_config())
+    with pytest.raises(TypeError, match="set_kv_cache"):
+        model(torch.zeros(1, 1, dtype=torch.long), torch.tensor([0]))
+
+
+def test_state_dict_names_are_lit_gpts():
+    config = small_config()
+    names = set(GPT(config).state_dict())
+    expected = {"transformer.wte.weight", "transformer.ln_f.weight", "lm_head.weight"}
+    for i in range(config.n_layer):
+        for n in ("norm_1", "attn.attn", "attn.proj", "norm_2", "mlp.fc_1", "mlp.fc_2", "mlp.proj"):
+            expected.add(f"transformer.h.{i}.{n}.weight")
+    assert names == expected
+
+
+def test_init_weights_tinyllama_scheme():
+    torch.manual_seed(0)
+    config = small_config(n_head=4, n_query_groups=2)
+    config.n_embd = 256
+    config.head_size = 64
+    config.intermediate_size = 512
+    config.n_layer = 4
+    model = GPT(config)
+    init_weights(model, config.n_layer, config.n_embd)
+    std = math.sqrt(2 / 5 / config.n_embd)
+    assert model.transformer.wte.weight.std().item() == pytest.approx(std, rel=0.05)
+    assert model.transformer.h[0].mlp.fc_1.weight.std().item() == pytest.approx(std, rel=0.05)
+    out_std = 1 / math.sqrt(config.n_embd) / config.n_layer
+    assert model.transformer.h[0].attn.proj.weight.std().item() == pytest.approx(out_std, rel=0.05)
+    assert model.transformer.h[1].mlp.proj.weight.std().item() == pytest.approx(out_std, rel=0.05)
+    assert torch.all(model.transformer.h[0].norm_1.weight == 1)
+
+
+def test_meta_device_init_rebuilds_rope_cache():
+    config = small_config()
+    reference = GPT(config)
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device="cpu")
+    torch.testing.assert_close(model.cos, reference.cos)
+    torch.testing.assert_close(model.sin, reference.sin)
+
+
+def test_partial_rotary_and_neox_mlp_run():
+    config = Config(
+        name="t",
+        block_size=16,
+        vocab_size=50,
+        padding_multiple=8,
+        n_layer=1,
+        n_head=2,
+        n_embd=16,
+        rotary_percentage=0.5,
+        parallel_residual=True,
+        bias=True,
+    )
+    model = GPT(config)
+    assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 56)
