@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lit_gpt.config import Config
+from lit_gpt.loss import cross_entropy, fused_linear_cross_entropy
 
 
 class GPT(nn.Module):
@@ -31,6 +32,9 @@ class GPT(nn.Module):
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.mask_cache: Optional[torch.Tensor] = None
+        # with targets, compute the loss chunk by chunk without materializing the logits (lit_gpt/loss.py);
+        # False selects the plain `lm_head` + `F.cross_entropy` path
+        self.fused_loss = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -49,8 +53,11 @@ class GPT(nn.Module):
             self.reset_parameters()
         return module
 
-    def forward(self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T).
+    def forward(
+        self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None, targets: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T), or with `targets` (B, T) the mean
+        next-token cross-entropy (targets equal to -100 are ignored).
 
         With `input_pos` (T,), the positions of `idx` in the sequence, attention reads and updates the KV cache
         set by `set_kv_cache`; without it, `idx` is a whole sequence from position 0.
@@ -71,7 +78,11 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cos, sin, mask, input_pos)
         x = self.transformer.ln_f(x)
-        return self.lm_head(x)
+        if targets is None:
+            return self.lm_head(x)
+        if self.fused_loss and self.lm_head.bias is None:
+            return fused_linear_cross_entropy(x, self.lm_head.weight, targets)
+        return cross_entropy(self.lm_head(x), targets)
 
     def set_kv_cache(
         self,

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.loss import cross_entropy, fused_linear_cross_entropy
+from lit_gpt.model import GPT
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64, 4096])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_fused_linear_cross_entropy_matches_plain(chunk_size, ignore):
+    torch.manual_seed(0)
+    x = torch.randn(3, 20, 16, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 20))
+    if ignore:
+        targets[0, :5] = -100
+    expected = torch.nn.functional.cross_entropy((x @ w.t()).reshape(-1, 50), targets.reshape(-1), ignore_index=-100)
+    gx, gw = torch.autograd.grad(expected * 3.0, (x, w))
+    actual = fused_linear_cross_entropy(x, w, targets, chunk_size=chunk_size)
+    ax, aw = torch.autograd.grad(actual * 3.0, (x, w))
+    torch.testing.assert_close(actual, expected.to(actual.dtype), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ax, gx)
+    torch.testing.assert_close(aw, gw)
+
+
+def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
+    torch.manual_seed(0)
+    x = torch.randn(64, 32)
+    w = torch.randn(100, 32) * 0.1
+    targets = torch.randint(0, 100, (64,))
+    reference = cross_entropy(x @ w.t(), targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = fused_linear_cross_entropy(x, w, targets, chunk_size=16)
+    assert fused.dtype == torch.float32
+    assert abs(fused.item() - reference.item()) / reference.item() < 1e-2
+
+
+def test_model_loss_fused_and_plain_paths_agree():
+    torch.manual_seed(0)
+    config = Config.from_name("micro-llama", n_layer=2, block_size=32)
+    model = GPT(config)
+    idx = torch.randint(0, config.padded_vocab_size, (2, 32))
+    targets = torch.randint(0, config.padded_vocab_size, (2, 32))
+    model.fused_loss = True
+    fused = model(idx, targets=targets)
+    fused.backward()
+    fused_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.fused_loss = False
+    plain = model(idx, targets=targets)
+    plain.backward()
+    torch.testing.assert_close(fused, plain)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fused_grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+    torch.testing.assert_close(plain, cross_entropy(model(idx), targets))
