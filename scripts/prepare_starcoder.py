@@ -1,0 +1,65 @@
+"""Tokenize Starcoder (`*.parquet` files, one folder per language) into litdata chunks for pretraining.
+
+Every row's `content` is encoded with `eos=True, bos=False`, reading the files in batches of rows. The chunks are read
+with `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`.
+
+Example:
+
+    python scripts/prepare_starcoder.py --input_dir data/starcoderdata-raw --output_dir data/starcoder \
+        --tokenizer_path checkpoints/meta-llama/Llama-2-7b-hf
+"""
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+# entry points import `lit_gpt` from the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.prepare import BLOCK_SIZE, PrepareError, prepare  # noqa: E402
+
+
+def main(
+    input_dir: Path = Path("data/starcoderdata-raw"),
+    output_dir: str = "data/starcoder",
+    tokenizer_path: Path = Path("checkpoints/meta-llama/Llama-2-7b-hf"),
+    chunk_size: int = BLOCK_SIZE * 8192,
+    fast_dev_run: bool = False,
+    num_workers: Optional[int] = None,
+    skip_bad_records: bool = False,
+    overwrite: bool = False,
+) -> None:
+    """Tokenize Starcoder.
+
+    Args:
+        input_dir: The folder holding the `<language>/` folders; every `*.parquet` under it is read.
+        output_dir: Where the chunks and `index.json` go: a local folder or an object store URL (`s3://...`).
+        tokenizer_path: A tokenizer directory (`tokenizer.model` or `tokenizer.json`), see `scripts/download.py`.
+        chunk_size: Tokens per chunk. Keep it a multiple of the training block (2049 = 2048 + 1) so that no block
+            straddles two chunks.
+        fast_dev_run: Process only the first 2 files, to check the whole pipeline quickly.
+        num_workers: Worker processes (default: one per CPU core).
+        skip_bad_records: Leave out rows and files that cannot be read (unreadable parquet, no `content` column, null
+            content) and count them in the summary, instead of failing the run.
+        overwrite: Delete what `output_dir` holds and write it again.
+    """
+    prepare(
+        "starcoder",
+        input_dir=input_dir,
+        output_dir=output_dir,
+        tokenizer_path=tokenizer_path,
+        chunk_size=chunk_size,
+        fast_dev_run=fast_dev_run,
+        num_workers=num_workers,
+        skip_bad_records=skip_bad_records,
+        overwrite=overwrite,
+    )
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    try:
+        CLI(main, as_positional=False)
+    except PrepareError as e:
+        raise SystemExit(f"error: {e}") from None
