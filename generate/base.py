@@ -1,0 +1,73 @@
+"""Generate text from a lit checkpoint directory, with the KV cache.
+
+    python generate/base.py --checkpoint_dir checkpoints/lit-tiny-llama-1.1b --prompt "The capital of France is"
+
+Prints each sample's text on stdout and its speed (tokens/s) on stderr. `--temperature 0` decodes greedily.
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import lightning as L
+import torch
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.generate import generate, load_model  # noqa: E402
+from lit_gpt.tokenizer import Tokenizer  # noqa: E402
+
+
+def main(
+    checkpoint_dir: Path,
+    prompt: str = "Hello, my name is",
+    num_samples: int = 1,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 200,
+    precision: Optional[Literal["32-true", "bf16-true", "16-true"]] = None,
+    seed: int = 1234,
+) -> None:
+    """Generate text samples from a prompt.
+
+    Args:
+        checkpoint_dir: A lit checkpoint directory (`lit_config.json`, `lit_model.pth`, tokenizer files), as
+            written by `scripts/convert_pretrained_checkpoint.py` or `scripts/convert_hf_checkpoint.py`.
+        prompt: The text to continue.
+        num_samples: How many samples to draw, one after the other.
+        max_new_tokens: The most tokens to generate per sample; a sample also stops at the eos token.
+        temperature: Softmax temperature; higher is more random, 0 is greedy decoding.
+        top_k: Sample among the `top_k` most likely tokens only; no limit if not given.
+        precision: Weights and compute dtype; by default bf16-true on a GPU that supports it, else 32-true.
+        seed: Random seed of the sampling.
+    """
+    if precision is None:
+        precision = "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    fabric = L.Fabric(devices=1, precision=precision)
+    tokenizer = Tokenizer(checkpoint_dir)
+    t0 = time.perf_counter()
+    model = load_model(fabric, checkpoint_dir)
+    fabric.print(f"Loaded {model.config.name} in {time.perf_counter() - t0:.2f}s ({precision})", file=sys.stderr)
+
+    encoded = tokenizer.encode(prompt, bos=None, device=fabric.device)
+    L.seed_everything(seed, verbose=False)
+    for i in range(num_samples):
+        if fabric.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        y = generate(model, encoded, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=tokenizer.eos_id)
+        if fabric.device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter() - t0
+        fabric.print(tokenizer.decode(y))
+        new_tokens = y.size(0) - encoded.size(0)
+        fabric.print(f"Sample {i + 1}: {new_tokens} tokens in {t:.2f}s, {new_tokens / t:.2f} tokens/s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    torch.set_float32_matmul_precision("high")
+    CLI(main, as_positional=False)

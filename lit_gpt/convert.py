@@ -1,0 +1,361 @@
+"""Checkpoint files on disk, read and written a tensor (or a group of tensors) at a time.
+
+Three formats meet here:
+- a lit checkpoint directory: `lit_config.json`, `lit_model.pth` (a plain state dict) and tokenizer files;
+- a Hugging Face Llama directory: `config.json`, `model.safetensors` or `pytorch_model.bin` (sharded with an
+  `*.index.json` above a size threshold), `generation_config.json`, tokenizer files;
+- a training checkpoint written by `fabric.save(path, {"model": model, "optimizer": ..., ...})`: one `torch.save`
+  file, or a torch.distributed.checkpoint directory (`*.distcp` files, `.metadata` and Fabric's `meta.pt`).
+
+The weight mapping between lit and HF names lives in `lit_gpt/hf.py`; this module only moves tensors.
+"""
+
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
+
+import torch
+
+from lit_gpt.config import Config
+from lit_gpt.model import GPT
+
+# copied along with the weights; `generation_config.json` carries bos/eos ids
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
+# module names that torch.compile, Fabric, DDP and activation checkpointing wrap around the model
+_WRAPPER_SEGMENTS = {"_orig_mod", "_forward_module", "_checkpoint_wrapped_module", "_fsdp_wrapped_module"}
+
+
+def parse_size(size: Union[str, int]) -> int:
+    """`"5GB"`, `"500MB"`, `"2GiB"` or a number of bytes -> bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", size, flags=re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"Cannot read the size {size!r}; write it like '5GB', '500MB' or '2GiB'")
+    unit = m.group(2).upper().rstrip("B")
+    base = 1024 if unit.endswith("I") else 1000
+    power = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}[unit.rstrip("I")]
+    return int(float(m.group(1)) * base**power)
+
+
+def strip_wrapper_prefixes(name: str) -> str:
+    """`_forward_module._orig_mod.transformer.wte.weight` -> `transformer.wte.weight`."""
+    parts = [p for p in name.split(".") if p not in _WRAPPER_SEGMENTS]
+    if parts and parts[0] == "module":  # DDP
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def check_weights(shapes: Dict[str, torch.Size], config: Config, source: str) -> None:
+    """Raise if the weight names and shapes in `shapes` are not exactly those of `GPT(config)`."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    hint = "Pass the config the checkpoint was trained with (--config_name / --model_name)."
+    for key, shape in expected.items():
+        if key not in shapes:
+            raise ValueError(f"{source} has no weight {key!r}, which {config.name!r} needs. {hint}")
+        if tuple(shapes[key]) != tuple(shape):
+            raise ValueError(
+                f"{source} does not fit {config.name!r}: {key!r} has shape {tuple(shapes[key])} in the checkpoint "
+                f"but {tuple(shape)} in the model. {hint}"
+            )
+    for key in shapes:
+        if key not in expected:
+            raise ValueError(f"{source} has a weight {key!r} that {config.name!r} does not have. {hint}")
+
+
+def ensure_empty_dir(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {str(output_dir)!r} exists and is a file; pass a directory")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"--output_dir {str(output_dir)!r} is not empty; pass --overwrite true to write into it anyway, "
+            "or choose another directory"
+        )
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def copy_tokenizer_files(source_dir: Path, output_dir: Path) -> List[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).is_file() and (source_dir / name).resolve() != (output_dir / name).resolve():
+            shutil.copyfile(source_dir / name, output_dir / name)
+            copied.append(name)
+    return copied
+
+
+def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, output_dir: Path) -> None:
+    """`lit_config.json` and `lit_model.pth`, the tensors in the order of `GPT(config).state_dict()`."""
+    with torch.device("meta"):
+        order = list(GPT(config).state_dict())
+    config.to_file(output_dir / "lit_config.json")
+    torch.save({k: state_dict[k] for k in order}, output_dir / "lit_model.pth")
+
+
+def lit_checkpoint_files(checkpoint_dir: Path) -> Tuple[Config, Path]:
+    """The config and the weight file of a lit checkpoint directory, with an error that says how to make one."""
+    checkpoint_dir = Path(checkpoint_dir)
+    model_file = checkpoint_dir / "lit_model.pth"
+    if not model_file.is_file():
+        raise FileNotFoundError(
+            f"{str(model_file)!r} does not exist. Make a lit checkpoint directory from a training checkpoint with "
+            "`python scripts/convert_pretrained_checkpoint.py` or from a Hugging Face one with "
+            "`python scripts/convert_hf_checkpoint.py`."
+        )
+    if not (checkpoint_dir / "lit_config.json").is_file():
+        raise FileNotFoundError(f"{str(checkpoint_dir)!r} has lit_model.pth but no lit_config.json next to it")
+    return Config.from_file(checkpoint_dir / "lit_config.json"), model_file
+
+
+def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
+    """A lit state dict, memory-mapped: tensors are read from disk when used."""
+    return torch.load(model_file, mmap=True, weights_only=True, map_location="cpu")
+
+
+########################
+# Training checkpoints
+########################
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, weights_only=True, map_location="cpu")  # a legacy (non-zip) file cannot be mapped
+
+
+def is_distributed_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
+def training_checkpoint_shapes(path: Path) -> Dict[str, torch.Size]:
+    """Names (wrapper prefixes stripped) and shapes of the model weights in a training checkpoint, read without
+    loading any tensor."""
+    if is_distributed_checkpoint(path):
+        return {name: meta.size for name, (_, meta) in _dcp_model_entries(path).items()}
+    return {name: t.shape for name, t in _single_file_model(path).items()}
+
+
+def training_checkpoint_tensors(path: Path, group_bytes: int = 2**30) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(name, tensor) for every model weight of a training checkpoint, wrapper prefixes stripped.
+
+    A single file is memory-mapped. A distributed checkpoint is consolidated without a process group: the DCP
+    metadata lists every weight and its global shape, and the weights are read in groups of about `group_bytes`,
+    so that the optimizer state is never read and only one group is in flight at a time.
+    """
+    if not is_distributed_checkpoint(path):
+        yield from _single_file_model(path).items()
+        return
+    import torch.distributed.checkpoint as dcp
+
+    entries = _dcp_model_entries(path)
+    group: Dict[str, torch.Tensor] = {}
+    size = 0
+    names = list(entries)
+    for i, name in enumerate(names):
+        fqn, meta = entries[name]
+        group[fqn] = torch.empty(meta.size, dtype=meta.properties.dtype)
+        size += group[fqn].nbytes
+        if size >= group_bytes or i == len(names) - 1:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+                dcp.load(group, storage_reader=dcp.FileSystemReader(path), no_dist=True)
+            for key, tensor in group.items():
+                yield strip_wrapper_prefixes(key[len("model.") :]), tensor
+            group, size = {}, 0
+
+
+def _single_file_model(path: Path) -> Dict[str, torch.Tensor]:
+    if not path.is_file():
+        what = "a directory without a .metadata file" if path.is_dir() else "missing"
+        raise FileNotFoundError(
+            f"The checkpoint {str(path)!r} is {what}: pass a `step-*.pth` file or a sharded checkpoint directory "
+            "written by `fabric.save` (it holds *.distcp files and .metadata)"
+        )
+    try:
+        state = _torch_load(path)
+    except Exception as e:  # pickled non-tensor objects (hyperparameters, ...) that weights_only refuses
+        if "weights_only" not in str(e):
+            raise
+        state = torch.load(path, mmap=True, weights_only=False, map_location="cpu")
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{str(path)!r} is neither a state dict nor a training checkpoint with the state dict under 'model'"
+        )
+    return {strip_wrapper_prefixes(k): v for k, v in state.items()}
+
+
+def _dcp_model_entries(path: Path) -> Dict[str, tuple]:
+    """stripped name -> (name in the checkpoint, TensorStorageMetadata) of the weights under the "model" key."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = FileSystemReader(path).read_metadata()
+    entries = {
+        strip_wrapper_prefixes(k[len("model.") :]): (k, meta)
+        for k, meta in metadata.state_dict_metadata.items()
+        if k.startswith("model.") and isinstance(meta, TensorStorageMetadata)
+    }
+    if not entries:
+        some = ", ".join(list(metadata.state_dict_metadata)[:5])
+        raise ValueError(
+            f"The distributed checkpoint {str(path)!r} has no weights under the 'model' key (it has {some}, ...); "
+            "save it with `fabric.save(path, {'model': model, ...})`"
+        )
+    return entries
+
+
+########################
+# Hugging Face checkpoints
+########################
+
+
+def hf_checkpoint_tensors(checkpoint_dir: Path) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(name, tensor) of an HF model directory, one file at a time: safetensors preferred over `.bin`, sharded
+    (with `*.index.json`) or not."""
+    for index_name, single_name in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        if (checkpoint_dir / index_name).is_file():
+            with open(checkpoint_dir / index_name, encoding="utf-8") as fp:
+                weight_map = json.load(fp)["weight_map"]
+            files = list(dict.fromkeys(weight_map.values()))
+            break
+        if (checkpoint_dir / single_name).is_file():
+            files = [single_name]
+            break
+    else:
+        raise FileNotFoundError(
+            f"No Hugging Face weights in {str(checkpoint_dir)!r}: looked for model.safetensors(.index.json) and "
+            "pytorch_model.bin(.index.json). Download them with "
+            "`python scripts/download.py --repo_id <org/name>`."
+        )
+    for file in files:
+        if file.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(str(checkpoint_dir / file), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        else:
+            yield from torch.load(checkpoint_dir / file, mmap=True, weights_only=True, map_location="cpu").items()
+
+
+def save_hf_weights(
+    items: Iterable[Tuple[str, torch.Tensor]], output_dir: Path, max_shard_bytes: int
+) -> Tuple[int, int, torch.dtype]:
+    """Write `model.safetensors`, or `model-0000i-of-0000n.safetensors` shards and `model.safetensors.index.json`
+    once the weights exceed `max_shard_bytes`; only one shard is held in memory. Returns (shards, bytes, dtype)."""
+    from safetensors.torch import save_file
+
+    shards: List[List[str]] = []
+    weight_map: Dict[str, int] = {}
+    shard: Dict[str, torch.Tensor] = {}
+    shard_bytes = total = 0
+    dtype = None
+
+    def flush() -> None:
+        save_file(shard, str(output_dir / f"shard-{len(shards)}.tmp"), metadata={"format": "pt"})
+        shards.append(list(shard))
+
+    for name, tensor in items:
+        if shard and shard_bytes + tensor.nbytes > max_shard_bytes:
+            flush()
+            shard, shard_bytes = {}, 0
+        shard[name] = tensor.contiguous()
+        weight_map[name] = len(shards)
+        shard_bytes += tensor.nbytes
+        total += tensor.nbytes
+        dtype = dtype or tensor.dtype
+    flush()
+
+    n = len(shards)
+    names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    for i, name in enumerate(names):
+        os.replace(output_dir / f"shard-{i}.tmp", output_dir / name)
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in weight_map.items()}}
+        with open(output_dir / "model.safetensors.index.json", "w", encoding="utf-8") as fp:
+            json.dump(index, fp, indent=2)
+    return n, total, dtype
+
+
+def save_hf_tokenizer(checkpoint_dir: Path, output_dir: Path) -> Tuple[int, int]:
+    """Tokenizer files that `transformers.AutoTokenizer` loads, and `generation_config.json`. Returns the
+    (bos, eos) ids, which `config.json` repeats.
+
+    `tokenizer.json` and `tokenizer_config.json` are copied when present. A SentencePiece-only directory gets a
+    `tokenizer_config.json` naming `LlamaTokenizer`, which transformers builds from `tokenizer.model`.
+    """
+    from lit_gpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(checkpoint_dir)
+    copied = copy_tokenizer_files(checkpoint_dir, output_dir)
+    bos = tokenizer.bos_id if tokenizer.bos_id is not None else 1
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else 2
+    if "tokenizer_config.json" not in copied:
+        if tokenizer.backend == "sentencepiece":
+            tokenizer_class = "LlamaTokenizer"
+            special = {
+                f"{k}_token": tokenizer.processor.id_to_piece(i)
+                for k, i in (("bos", bos), ("eos", eos), ("unk", tokenizer.processor.unk_id()))
+                if 0 <= i < tokenizer.vocab_size
+            }
+        else:
+            tokenizer_class = "PreTrainedTokenizerFast"
+            special = {f"{k}_token": tokenizer.processor.id_to_token(i) for k, i in (("bos", bos), ("eos", eos))}
+        tokenizer_config = {
+            "tokenizer_class": tokenizer_class,
+            **{k: v for k, v in special.items() if v is not None},
+            "add_bos_token": tokenizer.add_bos_token,
+            "add_eos_token": False,
+            "legacy": False,
+            "clean_up_tokenization_spaces": False,
+        }
+        with open(output_dir / "tokenizer_config.json", "w", encoding="utf-8") as fp:
+            json.dump(tokenizer_config, fp, indent=2)
+    if "generation_config.json" not in copied:
+        with open(output_dir / "generation_config.json", "w", encoding="utf-8") as fp:
+            json.dump({"bos_token_id": bos, "eos_token_id": eos, "transformers_version": _transformers_version()}, fp)
+    return bos, eos
+
+
+def _transformers_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformers")
+    except Exception:
+        return "4.45.0"
+
+
+def check_hf_tokenizer(checkpoint_dir: Path, output_dir: Path, text: str) -> Optional[str]:
+    """None if transformers' tokenizer for `output_dir` encodes `text` like ours for `checkpoint_dir` (or if
+    transformers is not installed), else a description of the difference."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None
+    from lit_gpt.tokenizer import Tokenizer
+
+    ours = Tokenizer(checkpoint_dir).encode_ids(text)
+    theirs = AutoTokenizer.from_pretrained(str(output_dir)).encode(text, add_special_tokens=False)
+    if ours == theirs:
+        return None
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+    return f"token {first}: ours {ours[first : first + 5]}, transformers' {theirs[first : first + 5]}"

@@ -1,0 +1,85 @@
+"""Convert a Hugging Face Llama checkpoint directory to lit's format, for continued pretraining or inference.
+
+    python scripts/convert_hf_checkpoint.py \
+        --checkpoint_dir checkpoints/TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T
+
+Reads `config.json` and the weights (`model.safetensors` or `pytorch_model.bin`, sharded with an index or not) one
+file and one tensor at a time, maps them with `lit_gpt/hf.py` and writes `lit_config.json` and `lit_model.pth` next
+to them (or into `--output_dir`, with the tokenizer files copied). `pretrain/tinyllama.py --initial_checkpoint_dir`
+starts from the result.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.convert import check_weights, copy_tokenizer_files, hf_checkpoint_tensors, save_lit_checkpoint  # noqa: E402
+from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
+
+# the fields that decide the computation; a --model_name whose config differs in one of them is refused
+_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "rope_base")
+
+
+def convert(
+    checkpoint_dir: Path,
+    model_name: Optional[str] = None,
+    output_dir: Optional[Path] = None,
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
+) -> None:
+    """Convert a Hugging Face Llama checkpoint directory to `lit_config.json` + `lit_model.pth`.
+
+    Args:
+        checkpoint_dir: A downloaded Hugging Face model directory with `config.json` and the weights.
+        model_name: Registered lit config to use (`tiny-llama-1.1b`); by default the config is read from
+            `config.json`, named after the directory.
+        output_dir: Where to write the lit files; by default `checkpoint_dir` itself.
+        dtype: Cast the weights to this dtype; by default they keep the dtype they were saved in.
+    """
+    if not (checkpoint_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(checkpoint_dir)!r} has no config.json; pass a Hugging Face model directory, for example one "
+            "downloaded with `python scripts/download.py --repo_id TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T`"
+        )
+    with open(checkpoint_dir / "config.json", encoding="utf-8") as fp:
+        hf_config = json.load(fp)
+    from_json = config_from_hf(hf_config, name=checkpoint_dir.name)
+    if model_name is None:
+        config = from_json
+    else:
+        config = Config.from_name(model_name)
+        for field in _ARCHITECTURE:
+            if getattr(config, field) != getattr(from_json, field):
+                raise ValueError(
+                    f"--model_name {model_name!r} has {field}={getattr(config, field)} but "
+                    f"{checkpoint_dir}/config.json says {getattr(from_json, field)}; pass the matching --model_name "
+                    "or leave it out to use config.json"
+                )
+    output_dir = output_dir or checkpoint_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    target = getattr(torch, dtype) if dtype else None
+    state_dict = {k: v.to(target) if target else v for k, v in hf_to_lit(hf_checkpoint_tensors(checkpoint_dir), config)}
+    check_weights({k: v.shape for k, v in state_dict.items()}, config, source=str(checkpoint_dir))
+    save_lit_checkpoint(state_dict, config, output_dir)
+    copied = copy_tokenizer_files(checkpoint_dir, output_dir)
+    n_bytes = sum(t.nbytes for t in state_dict.values())
+    also = f" (and copied {', '.join(copied)})" if copied else ""
+    print(
+        f"Wrote {output_dir}/lit_config.json ({config.name}) and lit_model.pth ({n_bytes / 1e6:.1f} MB){also} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(convert, as_positional=False)

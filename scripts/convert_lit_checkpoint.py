@@ -1,0 +1,88 @@
+"""Export a lit checkpoint directory to a Hugging Face transformers directory.
+
+    python scripts/convert_lit_checkpoint.py --checkpoint_dir checkpoints/lit-tiny-llama-1.1b \
+        --output_dir checkpoints/hf-tiny-llama-1.1b
+
+The output loads with `transformers.AutoModelForCausalLM.from_pretrained(output_dir)` and
+`AutoTokenizer.from_pretrained(output_dir)` and nothing else: `config.json` (LlamaConfig), `model.safetensors`
+(`model-0000i-of-0000n.safetensors` + `model.safetensors.index.json` above `--max_shard_size`),
+`generation_config.json` and the tokenizer files. Weights are mapped one tensor at a time (`lit_gpt/hf.py`) from the
+memory-mapped `lit_model.pth`, so only one shard is in memory.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.convert import (  # noqa: E402
+    check_hf_tokenizer,
+    ensure_empty_dir,
+    lit_checkpoint_files,
+    load_lit_state_dict,
+    parse_size,
+    save_hf_tokenizer,
+    save_hf_weights,
+)
+from lit_gpt.hf import config_to_hf, lit_to_hf  # noqa: E402
+
+# a probe for the tokenizer check: spaces, newlines, digits, code, non-ASCII
+_PROBE = "Hello world!  Two  spaces\n\tdef f(x):\n        return x ** 2  # 3.14159\nÜber naïve café, 東京 🙂"
+
+
+def convert(
+    checkpoint_dir: Path,
+    output_dir: Path,
+    max_shard_size: str = "5GB",
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
+    overwrite: bool = False,
+) -> None:
+    """Export a lit checkpoint directory to a Hugging Face transformers directory.
+
+    Args:
+        checkpoint_dir: A lit checkpoint directory (`lit_config.json`, `lit_model.pth`, tokenizer files).
+        output_dir: Where to write the Hugging Face files.
+        max_shard_size: Largest safetensors file ('5GB', '500MB'); larger models are split into shards with an
+            index.
+        dtype: Cast the weights to this dtype; by default they keep the dtype they were saved in.
+        overwrite: Write into `output_dir` even when it is not empty.
+    """
+    config, model_file = lit_checkpoint_files(checkpoint_dir)
+    ensure_empty_dir(output_dir, overwrite)
+    t0 = time.perf_counter()
+    state_dict = load_lit_state_dict(model_file)
+    target = getattr(torch, dtype) if dtype else None
+    items = ((k, v.to(target) if target else v) for k, v in lit_to_hf(state_dict.items(), config))
+    shards, n_bytes, saved_dtype = save_hf_weights(items, output_dir, parse_size(max_shard_size))
+
+    bos, eos = save_hf_tokenizer(checkpoint_dir, output_dir)
+    hf_config = config_to_hf(config)
+    dtype_name = str(saved_dtype).removeprefix("torch.")
+    hf_config.update(bos_token_id=bos, eos_token_id=eos, torch_dtype=dtype_name, dtype=dtype_name)
+    with open(output_dir / "config.json", "w", encoding="utf-8") as fp:
+        json.dump(hf_config, fp, indent=2)
+    print(
+        f"Wrote {output_dir}: config.json, {shards} safetensors file(s) ({n_bytes / 1e6:.1f} MB, {dtype_name}), "
+        f"generation_config.json and the tokenizer in {time.perf_counter() - t0:.1f}s"
+    )
+    difference = check_hf_tokenizer(checkpoint_dir, output_dir, _PROBE)
+    if difference:
+        print(
+            f"Warning: transformers' tokenizer for {output_dir} encodes text differently from the SentencePiece "
+            f"model ({difference}). transformers rebuilds Llama tokenizers with Llama's normalization (no NFKC, "
+            "spaces kept); train the tokenizer with normalization_rule_name='identity' and "
+            "remove_extra_whitespaces=False, or ship a tokenizer.json in the checkpoint directory.",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(convert, as_positional=False)

@@ -1,0 +1,88 @@
+"""Turn a pretraining checkpoint into a lit checkpoint directory: weights only, ready for inference and export.
+
+    python scripts/convert_pretrained_checkpoint.py --checkpoint_file out/tiny-llama-1.1b/step-00060500.pth \
+        --tokenizer_dir checkpoints/meta-llama/Llama-2-7b-hf --config_name tiny-llama-1.1b \
+        --output_dir checkpoints/lit-tiny-llama-1.1b
+
+Writes `lit_config.json`, `lit_model.pth` (the model's state dict, without optimizer state and without the
+`_orig_mod.`/`_forward_module.`/`module.` prefixes of torch.compile, Fabric and DDP) and copies the tokenizer files
+found in `--tokenizer_dir`. The checkpoint is either one file (`fabric.save` on one process, or with a full state
+dict) or a sharded directory (`fabric.save` with `ModelParallelStrategy(save_distributed_checkpoint=True)`): the
+shards are consolidated here without GPUs or a process group, a group of tensors at a time.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.convert import (  # noqa: E402
+    check_weights,
+    copy_tokenizer_files,
+    ensure_empty_dir,
+    is_distributed_checkpoint,
+    parse_size,
+    save_lit_checkpoint,
+    training_checkpoint_shapes,
+    training_checkpoint_tensors,
+)
+
+
+def convert(
+    checkpoint_file: Path,
+    tokenizer_dir: Path,
+    config_name: str,
+    output_dir: Path,
+    overwrite: bool = False,
+    group_size: str = "1GB",
+) -> None:
+    """Convert a pretraining checkpoint to a lit checkpoint directory.
+
+    Args:
+        checkpoint_file: A checkpoint written by `pretrain/tinyllama.py`: a `step-*.pth` file, or a directory of
+            that name holding a sharded (torch.distributed.checkpoint) checkpoint.
+        tokenizer_dir: Directory with the tokenizer the model was trained with (`tokenizer.model` and/or
+            `tokenizer.json`); these and `tokenizer_config.json`, `special_tokens_map.json`,
+            `generation_config.json` are copied when present.
+        config_name: Registered model name the checkpoint was trained as (`tiny-llama-1.1b`, `micro-llama`, ...).
+        output_dir: Where to write `lit_config.json`, `lit_model.pth` and the tokenizer files.
+        overwrite: Write into `output_dir` even when it is not empty.
+        group_size: Read a sharded checkpoint in groups of tensors of about this size ('1GB', '500MB'); peak
+            memory is the model's size plus one group.
+    """
+    config = Config.from_name(config_name)
+    if not tokenizer_dir.is_dir():
+        raise NotADirectoryError(
+            f"--tokenizer_dir {str(tokenizer_dir)!r} does not exist; pass the directory of the tokenizer the model "
+            "was trained with (for TinyLlama: checkpoints/meta-llama/Llama-2-7b-hf)"
+        )
+    if not any((tokenizer_dir / n).is_file() for n in ("tokenizer.model", "tokenizer.json")):
+        raise FileNotFoundError(
+            f"--tokenizer_dir {str(tokenizer_dir)!r} has neither tokenizer.model nor tokenizer.json"
+        )
+    if not checkpoint_file.exists():
+        raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
+    # refuse a mismatching checkpoint before reading any weight or writing any file
+    check_weights(training_checkpoint_shapes(checkpoint_file), config, source=str(checkpoint_file))
+    ensure_empty_dir(output_dir, overwrite)
+
+    t0 = time.perf_counter()
+    kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
+    print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
+    state_dict = dict(training_checkpoint_tensors(checkpoint_file, group_bytes=parse_size(group_size)))
+    save_lit_checkpoint(state_dict, config, output_dir)
+    copied = copy_tokenizer_files(tokenizer_dir, output_dir)
+    n_bytes = sum(t.nbytes for t in state_dict.values())
+    print(
+        f"Wrote lit_config.json, lit_model.pth ({n_bytes / 1e6:.1f} MB) and {', '.join(copied)} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(convert, as_positional=False)
