@@ -1,0 +1,170 @@
+"""Download a model's tokenizer (and weights) or a slice of a dataset from the Hugging Face Hub.
+
+Models go to `checkpoints/<org>/<name>/`, datasets to `data/<name>-raw/` (`--repo_type dataset`). The access token
+comes from `--access_token` or the `HF_TOKEN` environment variable and is never printed.
+
+Examples:
+
+    python scripts/download.py                        # list the repo ids of the config registry
+    python scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --access_token $HF_TOKEN --tokenizer_only true
+    python scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset \
+        --allow_patterns 'train/chunk1/*' --local_dir data/slimpajama-raw
+"""
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Literal, Optional
+
+# entry points import `lit_gpt` from the checkout
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
+TOKEN_URL = "https://huggingface.co/settings/tokens"
+
+
+class DownloadError(Exception):
+    """What went wrong and what to do, in one line."""
+
+
+def download_from_hub(
+    repo_id: Optional[str] = None,
+    access_token: Optional[str] = None,
+    tokenizer_only: bool = False,
+    repo_type: Literal["model", "dataset"] = "model",
+    allow_patterns: Optional[List[str]] = None,
+    checkpoint_dir: Path = Path("checkpoints"),
+    local_dir: Optional[Path] = None,
+) -> None:
+    """Download from the Hugging Face Hub (or the mirror that `HF_ENDPOINT` names).
+
+    Args:
+        repo_id: For example `meta-llama/Llama-2-7b-hf` or `cerebras/SlimPajama-627B`. Leave out to list the model
+            repo ids this project has configs for.
+        access_token: Hugging Face token for gated or private repos (default: the `HF_TOKEN` environment variable,
+            else the token of `hf auth login`).
+        tokenizer_only: Models: only the tokenizer files, not the weights.
+        repo_type: `dataset` for dataset repos such as `cerebras/SlimPajama-627B` or `bigcode/starcoderdata`.
+        allow_patterns: Only files matching these glob patterns, e.g. `'train/chunk1/*'` for a slice of a dataset.
+            Models: default is the tokenizer files, `config.json` and the weights (safetensors preferred).
+        checkpoint_dir: Models go to `checkpoint_dir/<repo_id>`.
+        local_dir: Where the files go instead (datasets default to `data/<name>-raw`, e.g. `data/slimpajama-627b-raw`).
+    """
+    if repo_id is None:
+        from lit_gpt.config import configs
+
+        print("Pass --repo_id with one of these (or any Hugging Face repo id):")
+        print("\n".join(f"{c['hf_config']['org']}/{c['hf_config']['name']}" for c in configs if c.get("hf_config")))
+        return
+
+    from huggingface_hub import HfApi, get_token, snapshot_download
+
+    access_token = access_token or os.getenv("HF_TOKEN") or get_token()
+    api = HfApi(token=access_token or False)
+    info = _call(api.repo_info, access_token, repo_id=repo_id, repo_type=repo_type)
+    if getattr(info, "gated", False) and not access_token:
+        raise DownloadError(_gated_message(repo_id, repo_type, token=None))
+    if repo_type == "model" and allow_patterns is None:
+        allow_patterns = list(TOKENIZER_FILES)
+        if not tokenizer_only:
+            files = [s.rfilename for s in (getattr(info, "siblings", None) or [])]
+            allow_patterns += ["config.json"] + weight_patterns(repo_id, files)
+    if local_dir is None:
+        if repo_type == "dataset":
+            local_dir = Path("data") / f"{repo_id.split('/')[-1].lower()}-raw"
+        else:
+            local_dir = checkpoint_dir / repo_id
+    path = _call(
+        snapshot_download,
+        access_token,
+        repo_id=repo_id,
+        repo_type=repo_type,
+        allow_patterns=allow_patterns,
+        local_dir=local_dir,
+        token=access_token or False,
+    )
+    files = sorted(
+        p.relative_to(path).as_posix() for p in Path(path).rglob("*") if p.is_file() and ".cache" not in p.parts
+    )
+    if not files:
+        raise DownloadError(f"no file of {repo_id} matches --allow_patterns {allow_patterns}; check the patterns")
+    print(f"{len(files)} files of {repo_id} in {local_dir}: {', '.join(files[:8])}{' ...' if len(files) > 8 else ''}")
+
+
+def weight_patterns(repo_id: str, files: List[str]) -> List[str]:
+    """The weights to fetch: safetensors when the repo has them, else PyTorch `.bin` files."""
+    if any(f.endswith(".safetensors") for f in files):
+        return ["*.safetensors", "*.safetensors.index.json"]
+    if any(f.endswith(".bin") for f in files):
+        return ["*.bin", "*.bin.index.json"]
+    raise DownloadError(
+        f"{repo_id} has no *.safetensors or *.bin weights; pass --tokenizer_only true for its tokenizer"
+    )
+
+
+def _call(fn, user_token: Optional[str], **kwargs):
+    """Call huggingface_hub, turning its errors into one line that says what to do."""
+    repo_id, repo_type = kwargs["repo_id"], kwargs["repo_type"]
+    from huggingface_hub import constants
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint = constants.ENDPOINT
+    try:
+        return fn(**kwargs)
+    except GatedRepoError:
+        raise DownloadError(_gated_message(repo_id, repo_type, user_token)) from None
+    except RevisionNotFoundError:
+        raise DownloadError(f"{repo_id} has no 'main' revision on {endpoint}") from None
+    except RepositoryNotFoundError:
+        other = "dataset" if repo_type == "model" else "model"
+        raise DownloadError(
+            f"no {repo_type} repo {repo_id!r} on {endpoint} (or it is private and "
+            f"{'your token has no access' if user_token else 'no token was given'}): check the spelling, pass "
+            f"--repo_type {other} if it is a {other}, or run without --repo_id to list the known model repos"
+        ) from None
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else "?"
+        raise DownloadError(f"the hub at {endpoint} answered HTTP {status} for {repo_id}; try again later") from None
+    except (LocalEntryNotFoundError, OSError) as e:
+        # connection refused, DNS failure, timeout, or offline mode without the files on disk
+        if isinstance(e, HfHubHTTPError):
+            raise
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise DownloadError(
+            f"cannot reach the Hugging Face Hub at {endpoint}{offline}: check your network connection or proxy, or set "
+            "HF_ENDPOINT to a reachable mirror"
+        ) from None
+    except Exception as e:
+        if type(e).__module__.startswith(("httpx", "httpcore", "requests")):
+            raise DownloadError(
+                f"cannot reach the Hugging Face Hub at {endpoint} ({type(e).__name__}): check your network connection"
+                " or proxy, or set HF_ENDPOINT to a reachable mirror"
+            ) from None
+        raise
+
+
+def _gated_message(repo_id: str, repo_type: str, token: Optional[str]) -> str:
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
+    if token:
+        return f"your token has no access to the gated repo {repo_id}: accept its license at {url} with its account"
+    return (
+        f"{repo_id} is gated: accept its license at {url} and pass --access_token (or set HF_TOKEN) with a token "
+        f"from {TOKEN_URL}"
+    )
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    try:
+        CLI(download_from_hub, as_positional=False)
+    except DownloadError as e:
+        raise SystemExit(f"error: {e}") from None
