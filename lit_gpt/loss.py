@@ -23,6 +23,32 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _chunk_loss_and_grad(logits, targets, row_scale, acc: torch.dtype, need_grad: bool):
+    """The summed loss of one chunk's rows, and d loss / d logits = (softmax - onehot) * row_scale in the logits'
+    dtype; row_scale is 1 / n_valid for counted rows and 0 for ignored ones. Written as elementwise ops and row
+    reductions so that `torch.compile` makes one pass or two over the logits instead of seven."""
+    in_dtype = logits.dtype
+    logits = logits.to(acc)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    target_logit = logits.gather(1, targets.long().unsqueeze(1))
+    loss = ((lse - target_logit).squeeze(1) * (row_scale != 0)).sum()
+    if not need_grad:
+        return loss, None
+    onehot = torch.arange(logits.size(1), device=logits.device) == targets.unsqueeze(1)
+    grad = (torch.exp(logits - lse) - onehot.to(acc)) * row_scale.unsqueeze(1)
+    return loss, grad.to(in_dtype)
+
+
+_compiled = None
+
+
+def _chunk_loss_and_grad_compiled(*args):
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_chunk_loss_and_grad, dynamic=False)
+    return _compiled(*args)
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, chunk_size, ignore_index):
@@ -35,19 +61,15 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros((), device=x.device, dtype=acc)
         grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
+        need_grad = grad_x is not None or grad_w is not None
+        chunk_fn = _chunk_loss_and_grad_compiled if x.is_cuda else _chunk_loss_and_grad
         for start in range(0, x.size(0), chunk_size):
             xc = x[start : start + chunk_size].to(dtype)
             vc = valid[start : start + chunk_size]
-            tc = torch.where(vc, targets[start : start + chunk_size], 0).long().unsqueeze(1)
-            logits = (xc @ w.t()).to(acc)  # (chunk, V): the only logits alive at any time
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += ((lse - logits.gather(1, tc).squeeze(1)) * vc).sum()
-            if grad_x is None and grad_w is None:
-                continue
-            # d loss / d logits = (softmax - onehot) / n_valid, zero for ignored rows; in place of the logits
-            grad = logits.sub_(lse.unsqueeze(1)).exp_()
-            grad.scatter_add_(1, tc, torch.full_like(tc, -1, dtype=grad.dtype))
-            grad = grad.mul_((vc / n_valid).unsqueeze(1)).to(dtype)
+            tc = torch.where(vc, targets[start : start + chunk_size], 0)
+            logits = xc @ w.t()  # (chunk, V): the only logits alive at any time
+            loss_c, grad = chunk_fn(logits, tc, vc.to(acc) / n_valid, acc, need_grad)
+            loss += loss_c
             if grad_x is not None:
                 grad_x[start : start + chunk_size] = grad @ w
             if grad_w is not None:
