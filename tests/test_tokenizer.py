@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from lit_gpt.tokenizer import Tokenizer
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pretraining a language model needs a tokenizer.\n"
+    "def add(a, b):\n    return a + b\n"
+) * 50
+
+
+def train_sentencepiece(directory, vocab_size=400):
+    import sentencepiece as spm
+
+    (directory / "corpus.txt").write_text(TEXT)
+    spm.SentencePieceTrainer.train(
+        input=str(directory / "corpus.txt"),
+        model_prefix=str(directory / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+
+
+def test_sentencepiece_tokenizer(tmp_path):
+    train_sentencepiece(tmp_path)
+    tok = Tokenizer(tmp_path)
+    assert tok.backend == "sentencepiece"
+    assert (tok.bos_id, tok.eos_id) == (1, 2)
+    assert tok.vocab_size == 400
+    ids = tok.encode("The lazy fox", bos=True, eos=True)
+    assert ids.dtype == torch.int32
+    assert ids[0].item() == 1 and ids[-1].item() == 2
+    assert tok.decode(ids) == "The lazy fox"
+    # byte fallback: characters the corpus never had still round-trip
+    assert tok.decode(tok.encode("Zürich ☃")) == "Zürich ☃"
+    assert tok.encode_batch(["a b", "The"], eos=True) == [tok.encode_ids("a b") + [2], tok.encode_ids("The") + [2]]
+
+
+def test_add_bos_token_and_generation_config_are_read(tmp_path):
+    train_sentencepiece(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 0]}))
+    tok = Tokenizer(tmp_path)
+    assert tok.add_bos_token and tok.eos_id == 2
+    assert tok.encode("fox", bos=None)[0].item() == 1
+    assert tok.encode("fox")[0].item() != 1
+
+
+def test_huggingface_tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": False})
+    )
+    tok = Tokenizer(tmp_path)
+    assert tok.backend == "huggingface"
+    assert (tok.bos_id, tok.eos_id) == (1, 2)
+    ids = tok.encode("quick brown", bos=True, eos=True)
+    assert ids[0].item() == 1 and ids[-1].item() == 2
+    assert tok.decode(ids[1:-1]).strip() == "quick brown"
+
+
+def test_missing_tokenizer_names_the_directory_and_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.model.*tokenizer.json") as e:
+        Tokenizer(tmp_path)
+    assert str(tmp_path) in str(e.value)
+    with pytest.raises(NotADirectoryError, match="download.py"):
+        Tokenizer(tmp_path / "nope")
+
+
+def test_unreadable_tokenizer_model(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(b"not a model")
+    with pytest.raises(RuntimeError, match="not a readable SentencePiece model"):
+        Tokenizer(tmp_path)
