@@ -8,7 +8,6 @@ be read is reported with its file and line (row, for parquet).
 """
 
 import functools
-import io
 import itertools
 import json
 import multiprocessing
@@ -24,6 +23,7 @@ from typing import Callable, Dict, Iterator, List, Literal, Optional
 
 import numpy as np
 import torch
+import zstandard as zstd
 
 from lit_gpt.tokenizer import Tokenizer
 
@@ -99,33 +99,51 @@ DOWNLOAD_HINT = {
 
 def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
     """The `text` of every row of a `.jsonl.zst` file, RedPajamaGithub rows left out."""
-    import zstandard as zstd
-
     line_no = 0
+    try:
+        for line_no, line in enumerate(_zstd_lines(path), start=1):  # noqa: B007 (line_no is reported after the loop)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # malformed JSON or invalid UTF-8
+                stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {_short(e)}"))
+                continue
+            text = row.get("text") if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                stats.skip(BadRecord(str(path), line_no, "row without a 'text' string"))
+                continue
+            meta = row.get("meta")
+            if isinstance(meta, dict) and meta.get("redpajama_set_name") == GITHUB_SET:
+                stats.skipped[GITHUB_SET] += 1
+                continue
+            yield text
+    except zstd.ZstdError as e:
+        stats.skip(BadRecord(str(path), line_no + 1, f"corrupt zstd data: {_short(e)} (rest of file unread)"))
+    except OSError as e:
+        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
+
+
+def _zstd_lines(path: Path, read_size: int = 1 << 22) -> Iterator[bytes]:
+    """The lines of a zstd-compressed file (one frame or several); raises `ZstdError` on corrupt or truncated data,
+    which a plain stream reader would take for the end of the file."""
+    dctx = zstd.ZstdDecompressor()
+    frame, fed, pending = dctx.decompressobj(), False, b""
     with open(path, "rb") as fh:
-        reader = io.BufferedReader(zstd.ZstdDecompressor().stream_reader(fh, read_across_frames=True), 1 << 20)
-        try:
-            for line_no, line in enumerate(reader, start=1):  # noqa: B007 (line_no is reported after the loop)
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:  # malformed JSON or invalid UTF-8
-                    stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {_short(e)}"))
-                    continue
-                text = row.get("text") if isinstance(row, dict) else None
-                if not isinstance(text, str):
-                    stats.skip(BadRecord(str(path), line_no, "row without a 'text' string"))
-                    continue
-                meta = row.get("meta")
-                if isinstance(meta, dict) and meta.get("redpajama_set_name") == GITHUB_SET:
-                    stats.skipped[GITHUB_SET] += 1
-                    continue
-                yield text
-        except zstd.ZstdError as e:
-            stats.skip(BadRecord(str(path), line_no + 1, f"corrupt zstd data: {_short(e)} (rest of file unread)"))
-        except OSError as e:
-            stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
+        while data := fh.read(read_size):
+            while data:
+                out = frame.decompress(data)
+                fed, data = True, b""
+                if frame.eof:  # a frame ended: the rest of the input starts the next one
+                    data = frame.unused_data
+                    frame, fed = dctx.decompressobj(), False
+                lines = (pending + out).split(b"\n")
+                pending = lines.pop()
+                yield from lines
+    if fed:
+        raise zstd.ZstdError("the file ends inside a zstd frame (truncated download?)")
+    if pending:
+        yield pending
 
 
 def read_starcoder(path: Path, stats: Stats) -> Iterator[str]:

@@ -1,0 +1,189 @@
+"""The data pipeline on the real components: sample corpus, SentencePiece trainer, litdata chunks, StreamingDataset."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard as zstd
+from prepared_data import ROOT, build_prepared_data, load_script
+
+from lit_gpt.prepare import PrepareError, Stats, chunk_tokens, iter_texts, prepare, read_slimpajama
+from lit_gpt.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    return build_prepared_data(tmp_path_factory.mktemp("prepared"))
+
+
+def write_jsonl_zst(path: Path, lines) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+    path.write_bytes(zstd.ZstdCompressor().compress(text.encode()))
+    return path
+
+
+def run_script(name: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+
+def test_sample_corpus_layout_and_determinism(prepared, tmp_path):
+    raw = prepared["raw"]
+    for split in ("train", "validation", "test"):
+        assert sorted((raw / "slimpajama-raw" / split / "chunk1").glob(f"example_{split}_*.jsonl.zst"))
+    rows = []
+    for path in sorted((raw / "slimpajama-raw").rglob("*.jsonl.zst")):
+        with zstd.open(path, "rt", encoding="utf-8") as f:
+            rows += [json.loads(line) for line in f]
+    sets = {row["meta"]["redpajama_set_name"] for row in rows}
+    assert "RedPajamaGithub" in sets and len(sets) > 2
+    assert all(isinstance(row["text"], str) and row["text"] for row in rows)
+    table = pq.read_table(raw / "starcoderdata-raw" / "python" / "train-00000-of-00004.parquet")
+    assert table.column_names == ["max_stars_repo_path", "max_stars_repo_name", "max_stars_count", "id", "content"]
+    assert "def " in "".join(table.column("content").to_pylist())
+
+    # same installation, same bytes
+    load_script("prepare_sample_data").main(output_dir=tmp_path, max_source_files=60)
+    for path in raw.rglob("*.*"):
+        assert (tmp_path / path.relative_to(raw)).read_bytes() == path.read_bytes(), path
+
+
+def test_tokenizer_trainer_writes_a_llama_style_tokenizer(prepared):
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    assert tokenizer.backend == "sentencepiece" and tokenizer.vocab_size == 1024
+    assert (tokenizer.processor.unk_id(), tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)
+    assert tokenizer.add_bos_token is True
+    text = "def f(x):\n    return x  # 12 €, 漢字"
+    ids = tokenizer.encode_ids(text)
+    assert tokenizer.decode(ids) == text  # byte fallback: nothing is <unk>
+    assert 0 not in ids
+    config = json.loads((prepared["tokenizer"] / "tokenizer_config.json").read_text())
+    assert config["bos_token"] == "<s>" and config["eos_token"] == "</s>"
+
+
+def test_tokenizer_trainer_default_32000_on_the_full_sample_corpus(tmp_path):
+    sample, train = load_script("prepare_sample_data"), load_script("train_tokenizer")
+    sample.main(output_dir=tmp_path / "data")
+    train.train(input_dir=tmp_path / "data", output_dir=tmp_path / "tok")
+    assert Tokenizer(tmp_path / "tok").vocab_size == 32000
+    with pytest.raises(PrepareError, match="exists; pass --overwrite true"):
+        train.train(input_dir=tmp_path / "data", output_dir=tmp_path / "tok")
+
+
+def test_prepared_tokens_equal_the_kept_documents_encoded(prepared):
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    for raw, out, github in [
+        ("slimpajama-raw/train", "slimpajama_train", True),
+        ("starcoderdata-raw", "starcoder", False),
+    ]:
+        stats = Stats()
+        texts = list(iter_texts(prepared["raw"] / raw, stats))
+        expected = sum(len(ids) for ids in tokenizer.encode_batch(texts, eos=True))
+        assert sum(chunk_tokens(prepared[out])) == expected
+        assert stats.bad == []
+        assert (stats.skipped["RedPajamaGithub"] > 0) == github  # the code rows of SlimPajama are left out
+
+
+def test_read_back_with_streaming_dataset_and_tutorial_weights(prepared):
+    import torch
+    from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
+
+    block = 257  # micro-llama: 256 + 1
+    train = StreamingDataset(str(prepared["slimpajama_train"]), item_loader=TokensLoader(block_size=block))
+    code = StreamingDataset(str(prepared["starcoder"]), item_loader=TokensLoader(block_size=block), shuffle=True)
+    assert len(train) == sum(n // block for n in chunk_tokens(prepared["slimpajama_train"]))
+    item = train[0]
+    assert item.shape == (block,) and item.dtype == torch.int32 and int(item.max()) < 1024
+    # the tutorial's mix: SlimPajama and Starcoder sampled by their token counts
+    combined = CombinedStreamingDataset([train, code], weights=(0.693584, 0.306416), iterate_over_all=False, seed=42)
+    batch = next(iter(StreamingDataLoader(combined, batch_size=4, num_workers=0)))
+    assert batch.shape == (4, block)
+
+
+def test_fast_dev_run_reads_a_few_files(prepared, tmp_path):
+    stats = prepare("slimpajama", prepared["raw"] / "slimpajama-raw/train", str(tmp_path / "out"),
+                    prepared["tokenizer"], 2049 * 4, fast_dev_run=True, num_workers=2, verbose=False)  # fmt: skip
+    assert stats.files == 2 and sum(chunk_tokens(tmp_path / "out")) == stats.tokens > 0
+
+
+def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_path):
+    good = {"text": "hello world", "meta": {"redpajama_set_name": "RedPajamaC4"}}
+    raw = tmp_path / "raw"
+    bad_json = write_jsonl_zst(raw / "a.jsonl.zst", [good, "{not json", {"meta": {}}, good])
+    github = {"text": "import os", "meta": {"redpajama_set_name": "RedPajamaGithub"}}
+    write_jsonl_zst(raw / "b.jsonl.zst", [good, github])
+    corrupt = raw / "c.jsonl.zst"
+    corrupt.write_bytes(write_jsonl_zst(tmp_path / "x.jsonl.zst", [good] * 50).read_bytes()[:40] + b"\x00garbage")
+    stats = Stats()
+    assert list(read_slimpajama(bad_json, stats)) == ["hello world", "hello world"]
+    assert [(r.line, r.reason.split(":")[0]) for r in stats.bad] == [
+        (2, "malformed JSON line"),
+        (3, "row without a 'text' string"),
+    ]  # noqa: E501
+
+    args = ["--input_dir", str(raw), "--output_dir", str(tmp_path / "out"), "--tokenizer_path",
+            str(prepared["tokenizer"]), "--chunk_size", "8196", "--num_workers", "1"]  # fmt: skip
+    out = run_script("prepare_slimpajama", *args, tmp_path=tmp_path)
+    assert out.returncode == 1
+    assert f"{bad_json}:2: malformed JSON line" in out.stdout
+    assert f"{bad_json}:3: row without a 'text' string" in out.stdout
+    assert f"{corrupt}:1: corrupt zstd data" in out.stdout
+    assert "--skip_bad_records true" in out.stderr.strip().splitlines()[-1]
+
+    # the same run refuses to write into the non-empty output directory, then accepts the loss when told
+    with pytest.raises(PrepareError, match="is not empty.*--overwrite true"):
+        prepare("slimpajama", raw, str(tmp_path / "out"), prepared["tokenizer"], 8196, skip_bad_records=True)
+    out = run_script(
+        "prepare_slimpajama", *args, "--skip_bad_records", "true", "--overwrite", "true", tmp_path=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert "3 files, 3 documents" in out.stdout  # good rows: 2 in a.jsonl.zst, 1 in b.jsonl.zst
+    assert (
+        "1 RedPajamaGithub" in out.stdout
+        and "1 malformed JSON line" in out.stdout
+        and "1 corrupt zstd data" in out.stdout
+    )
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    assert sum(chunk_tokens(tmp_path / "out")) == 3 * len(tokenizer.encode_ids("hello world", eos=True))
+
+
+def test_bad_starcoder_files_are_reported(prepared, tmp_path):
+    raw = tmp_path / "raw" / "python"
+    raw.mkdir(parents=True)
+    pq.write_table(pa.table({"content": ["x = 1\n", None, "y = 2\n"]}), raw / "train-00000-of-00003.parquet")
+    pq.write_table(pa.table({"text": ["no content column"]}), raw / "train-00001-of-00003.parquet")
+    (raw / "train-00002-of-00003.parquet").write_bytes(b"PAR1 this is not parquet")
+    stats = prepare("starcoder", tmp_path / "raw", str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4,
+                    num_workers=1, skip_bad_records=True, verbose=False)  # fmt: skip
+    assert stats.documents == 2 and stats.files == 3
+    reasons = sorted(str(r).replace(str(raw), "") for r in stats.bad)
+    assert reasons[0] == "/train-00000-of-00003.parquet:2: row without a 'content' string"
+    assert reasons[1].startswith("/train-00001-of-00003.parquet: no 'content' column")
+    assert reasons[2].startswith("/train-00002-of-00003.parquet: unreadable parquet file")
+    with pytest.raises(PrepareError, match="3 rows could not be read"):
+        prepare("starcoder", tmp_path / "raw", str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4,
+                num_workers=1, overwrite=True, verbose=False)  # fmt: skip
+
+
+def test_prepare_input_errors_say_what_to_do(prepared, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PrepareError, match=r"holds no \*.jsonl.zst files.*prepare_sample_data"):
+        prepare("slimpajama", tmp_path / "empty", str(tmp_path / "out"), prepared["tokenizer"], 2049)
+    with pytest.raises(PrepareError, match=r"holds no \*.parquet files"):
+        prepare("starcoder", tmp_path / "empty", str(tmp_path / "out"), prepared["tokenizer"], 2049)
+    # the tutorial's checkpoints/Llama-2-7b-hf where download.py wrote checkpoints/meta-llama/Llama-2-7b-hf
+    real = tmp_path / "checkpoints" / "meta-llama" / "Llama-2-7b-hf"
+    real.mkdir(parents=True)
+    (real / "tokenizer.model").write_bytes((prepared["tokenizer"] / "tokenizer.model").read_bytes())
+    with pytest.raises(PrepareError, match=f"Did you mean --tokenizer_path {real}"):
+        prepare("slimpajama", prepared["raw"], str(tmp_path / "out"), tmp_path / "checkpoints" / "Llama-2-7b-hf", 2049)
