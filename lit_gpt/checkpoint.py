@@ -1,0 +1,111 @@
+"""Training checkpoints: `out_dir/step-{step:08d}.pth`, written atomically, found, checked and resumed.
+
+A checkpoint is a single `torch.save` file when one process trains, and a directory of shards (PyTorch distributed
+checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoint=True)`) when several do:
+
+    step-00001000.pth                  one process: {"model": full lit state dict, "optimizer": ..., "hparams": ...,
+                                       "train_dataloader": ..., "rng": ..., "iter_num": ..., "step_count": ..., ...}
+    step-00001000.pth/                 several processes: model and optimizer shards under the "model" and
+        __0_0.distcp ... .metadata     "optimizer" prefixes, and `meta.pt` with everything else (from rank 0)
+        meta.pt
+
+Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
+checkpoint under a `step-*.pth` name. Everything in them is tensors and plain Python values: they load with
+`torch.load(..., weights_only=True)`.
+"""
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import lightning as L
+import torch
+
+STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
+
+
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    return out_dir / f"step-{step:08d}.pth"
+
+
+def find_latest(out_dir: Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step in `out_dir`, or None (temporary `.tmp` saves are ignored)."""
+    if not out_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if (m := STEP_PATTERN.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None:
+    """`fabric.save(path, state)` through a temporary name, renamed into place once every process has written."""
+    tmp = path.with_name(path.name + ".tmp")
+    if fabric.global_rank == 0:
+        remove(tmp)  # left by a crash during an earlier save
+    fabric.barrier()
+    fabric.save(tmp, state)
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        remove(path)
+        tmp.rename(path)
+    fabric.barrier()
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def load_metadata(path: Path) -> Dict[str, Any]:
+    """Everything in the checkpoint at `path` except the model and optimizer tensors (cheap: no tensor is read)."""
+    if path.is_dir():
+        if not (path / "meta.pt").is_file():
+            raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt")
+        return torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}; pass `--resume auto` to pick the latest in --out_dir")
+    checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=True)
+    return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
+
+
+def check_compatible(path: Path, metadata: Dict[str, Any], model_config: Dict[str, Any], world_size: int) -> None:
+    """Refuse to resume from a checkpoint of another model or written by another number of processes."""
+    hparams = metadata.get("hparams", {})
+    saved = hparams.get("model_config")
+    if saved != model_config:
+        diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v} if saved else saved
+        raise ValueError(
+            f"{path} holds a different model configuration (checkpoint, now): {diff}. "
+            f"Resume with the checkpoint's --model_name {hparams.get('model_name')!r} (and --block_size), "
+            "or start a new run with another --out_dir."
+        )
+    if hparams.get("world_size") != world_size:
+        raise ValueError(
+            f"{path} was written by {hparams.get('world_size')} processes, this run has {world_size}. The data "
+            "loader's position is tied to the number of processes: resume with the same --devices × --num_nodes."
+        )
+
+
+def load_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any], model_config: Dict[str, Any]) -> None:
+    """Check `path` against this run, then load it into `state` in place (model, optimizer and the rest)."""
+    check_compatible(path, load_metadata(path), model_config, fabric.world_size)
+    remainder = fabric.load(path, state, weights_only=True)
+    if remainder:
+        fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")
+
+
+def load_model_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    """The full lit state dict (`transformer.h.0.attn.attn.weight`, ...) of a training checkpoint of either layout,
+    on the CPU, without a process group. Sharded checkpoints are gathered through a temporary file."""
+    path = Path(path)
+    if path.is_file():
+        return torch.load(path, mmap=True, map_location="cpu", weights_only=True)["model"]
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "full.pth")
+        return torch.load(Path(tmp) / "full.pth", map_location="cpu", weights_only=True)["model"]

@@ -1,0 +1,61 @@
+"""The pretraining data: litdata chunks of SlimPajama and Starcoder tokens, mixed by weight, streamed with state.
+
+Each source folder holds chunks written with `TokensLoader()` (`scripts/prepare_slimpajama.py`,
+`scripts/prepare_starcoder.py`); reading them with `TokensLoader(block_size + 1)` yields (block_size + 1)-token
+items: inputs are the first `block_size`, targets the last `block_size`. The train loader's `state_dict()` holds the
+position in the data, so a resumed run continues with exactly the next batch.
+"""
+
+from pathlib import Path
+from typing import Sequence
+
+TRAIN_DIRS = ("slimpajama/train", "starcoder")
+VAL_DIR = "slimpajama/val"
+
+
+def check_data_dir(data_dir: str) -> None:
+    """Fail early, with the command to run, if a local `data_dir` lacks a prepared source folder."""
+    if "://" in data_dir:  # object store: litdata reports missing folders itself
+        return
+    missing = [d for d in (*TRAIN_DIRS, VAL_DIR) if not (Path(data_dir) / d / "index.json").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"--data_dir {data_dir} lacks prepared litdata chunks in: {', '.join(missing)} (no index.json). "
+            "Prepare them with scripts/prepare_slimpajama.py and scripts/prepare_starcoder.py (see "
+            "tutorials/pretrain_tinyllama.md), or pass --data_dir pointing to the folder that holds them."
+        )
+
+
+def join(data_dir: str, sub: str) -> str:
+    return f"{data_dir.rstrip('/')}/{sub}" if "://" in data_dir else str(Path(data_dir) / sub)
+
+
+def train_dataloader(
+    data_dir: str, weights: Sequence[float], block_size: int, batch_size: int, num_workers: int, seed: int
+):
+    """Shuffled slimpajama/train and starcoder, sampled with `weights`, in batches of (batch_size, block_size + 1)."""
+    from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
+
+    if len(weights) != len(TRAIN_DIRS) or min(weights) < 0 or sum(weights) <= 0:
+        raise ValueError(f"--data_weights {list(weights)} must be two non-negative weights for {', '.join(TRAIN_DIRS)}")
+    datasets = [
+        StreamingDataset(
+            input_dir=join(data_dir, d), item_loader=TokensLoader(block_size=block_size + 1), shuffle=True, seed=seed
+        )
+        for d in TRAIN_DIRS
+    ]
+    combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=list(weights), iterate_over_all=False)
+    return StreamingDataLoader(
+        combined, batch_size=batch_size, pin_memory=True, num_workers=num_workers, drop_last=True
+    )
+
+
+def val_dataloader(data_dir: str, block_size: int, batch_size: int, num_workers: int):
+    """slimpajama/val in order, in batches of (batch_size, block_size + 1); every process gets as many batches."""
+    from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader
+
+    dataset = StreamingDataset(
+        input_dir=join(data_dir, VAL_DIR), item_loader=TokensLoader(block_size=block_size + 1), shuffle=False,
+        drop_last=True,
+    )  # fmt: skip
+    return StreamingDataLoader(dataset, batch_size=batch_size, pin_memory=True, num_workers=num_workers, drop_last=True)

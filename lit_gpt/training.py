@@ -1,0 +1,99 @@
+"""One optimizer step (gradient accumulation, clipping, non-finite skip) and validation, shared by the training
+script and the benchmark so that both time exactly the same code.
+
+Nothing here copies a value to the host (`.item()`, `if tensor:`): the GPU queue never drains inside a step.
+"""
+
+from typing import Iterable, Sequence, Tuple
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+
+def training_step(
+    fabric: L.Fabric,
+    model: nn.Module,
+    optimizer: Optimizer,
+    micro_batches: Sequence[torch.Tensor],
+    grad_clip: float,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate gradients over `micro_batches`, clip them, and take one optimizer step unless they are non-finite.
+
+    Each micro-batch is a (micro_batch_size, block_size + 1) tensor of token ids on the device: inputs are the first
+    `block_size` tokens, targets the last. Gradient synchronization happens only in the backward pass of the last
+    micro-batch. Returns this process's mean loss over the micro-batches and the global gradient norm before clipping,
+    both as device tensors; a non-finite norm (on any process) means the step was skipped: no weight, moment or step
+    count changes. The learning rate is whatever the optimizer's param groups hold.
+    """
+    n = len(micro_batches)
+    loss_sum = torch.zeros((), device=fabric.device)
+    for i, batch in enumerate(micro_batches):
+        input_ids, targets = batch[:, :-1], batch[:, 1:]
+        with fabric.no_backward_sync(model, enabled=i < n - 1):
+            loss = model(input_ids, targets=targets)
+            fabric.backward(loss / n)
+        loss_sum += loss.detach()
+    grad_norm = clip_grad_norm(model, grad_clip)
+    # the norm is global, so every process makes the same decision
+    found_inf = (~torch.isfinite(grad_norm)).float()
+    optimizer_step(optimizer, found_inf)
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / n, grad_norm
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale the gradients so that their global L2 norm is at most `max_norm` (0 disables); return the norm before."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+    if hasattr(norm, "full_tensor"):  # a DTensor: the sharded gradients' norm, reduced over the processes
+        norm = norm.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), max_norm, norm, foreach=True)
+    return norm
+
+
+def optimizer_step(optimizer: Optimizer, found_inf: torch.Tensor) -> None:
+    """`optimizer.step()`, skipped on the device where `found_inf` (a float scalar) is 1.
+
+    Fused Adam/AdamW (`fused=True`) read `found_inf` inside their kernel, as with AMP's grad scaler, so no host sync
+    is needed. Other optimizers fall back to deciding on the host.
+    """
+    inner = getattr(optimizer, "optimizer", optimizer)  # Fabric's wrapper forwards `step` to the wrapped optimizer
+    if getattr(inner, "_step_supports_amp_scaling", False) and inner.defaults.get("fused"):
+        inner.found_inf = found_inf
+        optimizer.step()
+        del inner.found_inf
+    elif not found_inf.item():
+        optimizer.step()
+
+
+@torch.no_grad()
+def validate(fabric: L.Fabric, model: nn.Module, batches: Iterable[torch.Tensor], max_iters: int) -> torch.Tensor:
+    """The mean loss over up to `max_iters` batches of (B, block_size + 1) token ids, averaged over all processes."""
+    model.eval()
+    total = torch.zeros((), device=fabric.device)
+    count = 0
+    for i, batch in enumerate(batches):
+        if i >= max_iters:
+            break
+        batch = fabric.to_device(batch)
+        total += model(batch[:, :-1], targets=batch[:, 1:])
+        count += 1
+    model.train()
+    reshard(model)
+    if count == 0:
+        raise RuntimeError("The validation set is empty: it has fewer samples than one micro-batch per process")
+    return fabric.all_reduce(total / count, reduce_op="mean")
+
+
+def reshard(model: nn.Module) -> None:
+    """Return FSDP2 modules to their sharded state. Modules that keep their weights gathered after the forward pass
+    (`reshard_after_forward=False`) stay gathered after a forward without backward, as in validation, and would then
+    expose plain tensors instead of their sharded parameters to checkpointing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()

@@ -1,0 +1,82 @@
+"""Small helpers of the training script: world size, batch arithmetic, optimizer groups, the console line."""
+
+from typing import Any, Dict, List, Union
+
+import torch
+from torch import nn
+
+
+def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) -> int:
+    """The world size that Fabric will launch: processes per node × nodes."""
+    if devices == "auto":
+        cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+        devices = torch.cuda.device_count() if cuda else 1
+    if not isinstance(devices, int) or devices < 1:
+        raise ValueError(f"--devices {devices} must be a positive number of processes per node, or auto")
+    if num_nodes < 1:
+        raise ValueError(f"--num_nodes {num_nodes} must be at least 1")
+    return devices * num_nodes
+
+
+def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Micro-batches per optimizer step on each process; refuses combinations that do not divide evenly."""
+    if global_batch_size < 1 or micro_batch_size < 1:
+        raise ValueError("--global_batch_size and --micro_batch_size must be positive numbers of sequences")
+    if global_batch_size % world_size:
+        low = world_size * max(1, global_batch_size // world_size)
+        choices = " or ".join(map(str, sorted({low, world_size * (global_batch_size // world_size + 1)})))
+        raise ValueError(
+            f"--global_batch_size {global_batch_size} is not divisible by the {world_size} processes "
+            f"(--devices × --num_nodes); pick a multiple of {world_size} such as {choices}"
+        )
+    per_device = global_batch_size // world_size
+    if per_device % micro_batch_size:
+        divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+        below = max(d for d in divisors if d < micro_batch_size) if micro_batch_size > 1 else 1
+        above = [d for d in divisors if d > micro_batch_size]
+        suggestion = f"{below} or {above[0]}" if above else str(below)
+        raise ValueError(
+            f"--micro_batch_size {micro_batch_size} does not divide the per-device batch {per_device} "
+            f"(--global_batch_size {global_batch_size} over {world_size} processes); "
+            f"pick a divisor such as {suggestion}"
+        )
+    return per_device // micro_batch_size
+
+
+def optimizer_param_groups(model: nn.Module, weight_decay: float, decay_norms_and_biases: bool) -> List[Dict[str, Any]]:
+    """AdamW parameter groups: weight decay on matrices and embeddings, and on 1-D parameters (norm weights,
+    biases) only if `decay_norms_and_biases`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if decay_norms_and_biases:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def format_metrics(step: int, max_steps: int, m: Dict[str, Any]) -> str:
+    """One console line for a log step."""
+    parts = [
+        f"step {step}/{max_steps}",
+        f"loss {m['loss']:.4f}",
+        f"lr {m['learning_rate']:.2e}",
+        f"grad norm {m['grad_norm']:.3f}",
+        f"tokens {m['tokens']:,}",
+        f"{m['tokens_per_sec']:,.0f} tok/s ({m['tokens_per_sec_per_device']:,.0f}/device)",
+    ]
+    if m.get("mfu") is not None:
+        parts.append(f"MFU {m['mfu']:.1%}")
+    parts.append(f"{m['step_time'] * 1000:.0f} ms/step")
+    if m.get("peak_memory_gb") is not None:
+        parts.append(f"peak mem {m['peak_memory_gb']:.1f} GB")
+    parts.append(f"ETA {format_duration(m['remaining_hours'] * 3600)}")
+    if m.get("skipped_steps"):
+        parts.append(f"skipped {m['skipped_steps']}")
+    return " | ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24:02d}h"
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,0 +1,296 @@
+"""Pretrain a Llama-style model (TinyLlama-1.1B by default) on SlimPajama and Starcoder with FSDP through Fabric.
+
+With no arguments this is TinyLlama's recipe on every local GPU. A small run on CPU, and its resumption:
+
+    python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_steps 20 --save_interval 10
+    python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_steps 40 --save_interval 10 --resume auto
+
+The data directory holds litdata chunks from `scripts/prepare_slimpajama.py` and `scripts/prepare_starcoder.py`:
+`slimpajama/train`, `slimpajama/val` and `starcoder`. Checkpoints are described in `lit_gpt/checkpoint.py`.
+"""
+
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Literal, Optional, Tuple, Union
+
+import lightning as L
+import torch
+from lightning.fabric.strategies import ModelParallelStrategy
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.checkpoint import checkpoint_path, find_latest, load_checkpoint, save_checkpoint  # noqa: E402
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.dataloaders import check_data_dir, train_dataloader, val_dataloader  # noqa: E402
+from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
+from lit_gpt.logger import choose_logger  # noqa: E402
+from lit_gpt.lr import cosine_lr  # noqa: E402
+from lit_gpt.model import GPT, init_weights  # noqa: E402
+from lit_gpt.parallel import make_parallelize_fn  # noqa: E402
+from lit_gpt.training import training_step, validate  # noqa: E402
+from lit_gpt.utils import format_metrics, gradient_accumulation_steps, num_processes, optimizer_param_groups  # noqa: E402
+
+# above this many parameters the model is created on the meta device and initialized shard by shard after sharding;
+# below, every process initializes the whole model with the same seed (identical across world sizes)
+META_INIT_PARAMS = 100_000_000
+
+
+def setup(
+    model_name: str = "tiny-llama-1.1b",
+    data_dir: str = "data",
+    data_weights: Tuple[float, float] = (0.693584, 0.306416),
+    out_dir: Optional[Path] = None,
+    devices: Union[int, Literal["auto"]] = "auto",
+    num_nodes: int = 1,
+    accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
+    precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
+    global_batch_size: int = 512,
+    micro_batch_size: int = 4,
+    max_tokens: int = int(3e12),
+    max_steps: Optional[int] = None,
+    block_size: Optional[int] = None,
+    learning_rate: float = 4e-4,
+    min_lr: float = 4e-5,
+    warmup_steps: int = 2000,
+    weight_decay: float = 0.1,
+    decay_norms_and_biases: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.95,
+    grad_clip: float = 1.0,
+    log_interval: int = 1,
+    eval_interval: int = 1000,
+    eval_iters: int = 100,
+    save_interval: int = 1000,
+    logger_name: Literal["tensorboard", "csv", "wandb"] = "tensorboard",
+    compile: Optional[bool] = None,
+    activation_checkpointing: bool = False,
+    num_workers: int = 8,
+    max_nonfinite_steps: int = 10,
+    seed: int = 3407,
+    resume: Union[bool, Literal["auto"], Path] = False,
+) -> None:
+    """Pretrain a model from the registry on a weighted mix of SlimPajama and Starcoder.
+
+    Args:
+        model_name: Any name in `lit_gpt/config.py` (`tiny-llama-1.1b`, `micro-llama`, `Llama-2-7b-hf`, ...).
+        data_dir: Folder (or object-store URL such as s3://bucket/data) with the litdata chunk folders
+            `slimpajama/train`, `slimpajama/val` and `starcoder`.
+        data_weights: Sampling weights of slimpajama/train and starcoder (TinyLlama's token ratio by default).
+        out_dir: Where checkpoints and logs go. Default: `out/<model_name>`.
+        devices: Processes (GPUs) per node; `auto` = every local GPU, or 1 process on a machine without one.
+        num_nodes: Number of nodes; launch one command per node (torchrun, SLURM).
+        accelerator: `auto` picks CUDA when available, else CPU.
+        precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
+            `32-true`.
+        global_batch_size: Sequences per optimizer step across all devices and nodes (not per node). Gradient
+            accumulation steps = global_batch_size / (world size × micro_batch_size), which must be a whole number.
+        micro_batch_size: Sequences per forward/backward pass on one device.
+        max_tokens: Stop after this many training tokens (3 trillion by default); sets the cosine schedule's length.
+        max_steps: Stop after this many optimizer steps; with `max_tokens`, the earlier limit wins.
+        block_size: Train on sequences of this many tokens instead of the model's `block_size` (also the model's
+            context length, stored in the checkpoint's config). Default: the model's.
+        learning_rate: Peak learning rate, reached after the warmup.
+        min_lr: Learning rate at the end of the cosine decay.
+        warmup_steps: Optimizer steps of linear warmup.
+        weight_decay: AdamW's decoupled weight decay, applied to the weight matrices and embeddings.
+        decay_norms_and_biases: Also decay the norm weights and biases (1-D parameters); off by default.
+        beta1: AdamW's beta1.
+        beta2: AdamW's beta2.
+        grad_clip: Clip the global gradient norm to this value (0 disables clipping).
+        log_interval: Optimizer steps between log lines (loss, learning rate, grad norm, throughput, MFU, memory).
+        eval_interval: Optimizer steps between validation runs on slimpajama/val.
+        eval_iters: Micro-batches per process in each validation run.
+        save_interval: Optimizer steps between checkpoints (one is also written at the end).
+        logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
+        compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
+        activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
+        num_workers: Data-loader worker processes per device (a resumed run must use the same number).
+        max_nonfinite_steps: Stop when this many optimizer steps in a row had a non-finite gradient norm (each
+            one is skipped: no update). Checked at log steps.
+        seed: Seed of the weight initialization and the data order.
+        resume: `false` starts fresh; `true` or `auto` resumes from the latest complete checkpoint in `out_dir`
+            (starting fresh if there is none); a path resumes from that checkpoint.
+    """
+    hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    out_dir = out_dir or Path("out") / model_name
+    world_size = num_processes(devices, num_nodes, accelerator)
+    accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
+    check_data_dir(data_dir)
+    config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
+    if compile is None:
+        compile = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    if precision != "32-true" and accelerator == "cpu":
+        print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
+
+    parallelize_fn = make_parallelize_fn(
+        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing
+    )
+    # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
+    strategy = ModelParallelStrategy(
+        parallelize_fn, data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True
+    )
+    if world_size == 1:
+        strategy._save_distributed_checkpoint = False  # one process: a single file (the converter reads it)
+    run_name = f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    logger = choose_logger(logger_name, out_dir, run_name)
+    fabric = L.Fabric(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=precision, strategy=strategy,
+        loggers=logger,
+    )  # fmt: skip
+    fabric.launch()
+    hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
+    fabric.print(hparams)
+    fabric.logger.log_hyperparams(hparams)
+    main(fabric, config, hparams, out_dir, accumulation, resume)
+
+
+def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumulation: int, resume) -> None:
+    h = hparams
+    if fabric.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    fabric.seed_everything(h["seed"])  # same seed on every rank so that every process initializes identically
+    t0 = time.perf_counter()
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params < META_INIT_PARAMS:
+        model.to_empty(device=fabric.device)
+        init_weights(model, config.n_layer, config.n_embd)
+    model = fabric.setup(model)
+    if n_params >= META_INIT_PARAMS:
+        init_weights(model, config.n_layer, config.n_embd)  # on the shards, with DTensor's rank-consistent RNG
+    fabric.print(f"{config.name}: {n_params:,} parameters, initialized in {time.perf_counter() - t0:.1f}s")
+    # the chunked fused loss saves GPU memory; on CPU the plain logits + cross-entropy path is much faster
+    model.fused_loss = fabric.device.type == "cuda"
+
+    fused = fabric.device.type in ("cuda", "cpu")
+    param_groups = optimizer_param_groups(model, h["weight_decay"], h["decay_norms_and_biases"])
+    optimizer = torch.optim.AdamW(param_groups, lr=h["learning_rate"], betas=(h["beta1"], h["beta2"]), fused=fused)
+    optimizer = fabric.setup_optimizers(optimizer)
+
+    batch_size, n_workers, block = h["micro_batch_size"], h["num_workers"], config.block_size
+    train_loader = train_dataloader(h["data_dir"], h["data_weights"], block, batch_size, n_workers, h["seed"])
+    val_loader = val_dataloader(h["data_dir"], block, batch_size, n_workers)
+
+    state = {
+        "model": model,
+        "optimizer": optimizer,
+        "hparams": hparams,
+        "train_dataloader": None,
+        "rng": None,
+        "iter_num": 0,
+        "step_count": 0,
+        "tokens_seen": 0,
+        "skipped_steps": 0,
+    }
+    if resume in (True, "auto"):
+        resume = find_latest(out_dir)
+        fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
+    if resume:
+        load_checkpoint(fabric, Path(resume), state, config.to_dict())
+        train_loader.load_state_dict(state["train_dataloader"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        state["hparams"] = hparams
+        fabric.print(f"Resumed at step {state['step_count']} ({state['tokens_seen']:,} tokens seen)")
+
+    fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir)
+
+
+def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir) -> None:
+    h = state["hparams"]
+    block_size = model.config.block_size
+    tokens_per_step = h["global_batch_size"] * block_size
+    max_steps = h["max_tokens"] // tokens_per_step
+    if h["max_steps"] is not None:
+        max_steps = min(max_steps, h["max_steps"])
+    flops_per_tok = flops_per_token(model.config)
+    fabric.print(
+        f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batches of {h['micro_batch_size']} "
+        f"per device); {num_parameters(model.config):,} non-embedding parameters, "
+        f"{flops_per_tok / 1e9:.2f} GFLOPs/token (6N + 12·L·d·T)"
+    )
+
+    train_iterator = iter(train_loader)
+    nonfinite_streak = torch.zeros((), device=fabric.device)
+    skipped = torch.zeros((), device=fabric.device)
+    last_log_time, last_log_step = time.perf_counter(), state["step_count"]
+    while state["step_count"] < max_steps:
+        lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = []
+        while len(micro_batches) < accumulation:
+            try:
+                micro_batches.append(fabric.to_device(next(train_iterator)))
+            except StopIteration:  # end of an epoch: the data loader starts the next one
+                train_iterator = iter(train_loader)
+        loss, grad_norm = training_step(fabric, model, optimizer, micro_batches, h["grad_clip"])
+        state["iter_num"] += accumulation
+        state["step_count"] += 1
+        state["tokens_seen"] += tokens_per_step
+        step = state["step_count"]
+        bad = (~torch.isfinite(grad_norm)).float()
+        nonfinite_streak = (nonfinite_streak + bad) * bad
+        skipped += bad
+
+        if step % h["log_interval"] == 0 or step == max_steps:
+            loss = fabric.all_reduce(loss, reduce_op="mean").item()  # the only host sync of a log step
+            state["skipped_steps"] += int(skipped.item())
+            skipped.zero_()
+            now = time.perf_counter()
+            step_time = (now - last_log_time) / (step - last_log_step)
+            last_log_time, last_log_step = now, step
+            tokens_per_sec = tokens_per_step / step_time
+            metrics = {
+                "loss": loss,
+                "learning_rate": lr,
+                "grad_norm": grad_norm.item(),
+                "tokens": state["tokens_seen"],
+                "tokens_per_sec": tokens_per_sec,
+                "tokens_per_sec_per_device": tokens_per_sec / fabric.world_size,
+                "mfu": mfu(tokens_per_sec / fabric.world_size, flops_per_tok, fabric.device),
+                "step_time": step_time,
+                "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if fabric.device.type == "cuda" else None,
+                "remaining_hours": (max_steps - step) * step_time / 3600,
+                "skipped_steps": state["skipped_steps"],
+            }
+            fabric.print(format_metrics(step, max_steps, metrics))
+            fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
+            if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
+                latest = find_latest(out_dir)
+                raise RuntimeError(
+                    f"{int(nonfinite_streak.item())} optimizer steps in a row had a non-finite gradient norm (each "
+                    f"was skipped). Stopped at step {step}; the latest checkpoint is {latest}. Lower "
+                    "--learning_rate or raise --warmup_steps, and resume from it with --resume."
+                )
+
+        if step % h["eval_interval"] == 0 or step == max_steps:
+            t0 = time.perf_counter()
+            val_loss = validate(fabric, model, val_loader, h["eval_iters"]).item()
+            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
+            fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
+                         f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
+            fabric.log_dict(metrics, step=step)
+
+        if step % h["save_interval"] == 0 or step == max_steps:
+            state["train_dataloader"] = train_loader.state_dict()
+            state["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            path = checkpoint_path(out_dir, step)
+            save_checkpoint(fabric, path, state)
+            fabric.print(f"Saved {path}")
+
+    fabric.print(f"Done: {state['step_count']} steps, {state['tokens_seen']:,} tokens")
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    torch.set_float32_matmul_precision("high")
+    CLI(setup, as_positional=False)

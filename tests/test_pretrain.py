@@ -1,0 +1,243 @@
+"""pretrain/tinyllama.py on CPU: real litdata chunks, real Fabric processes (1 and 2), real checkpoints."""
+
+import csv
+import importlib.util
+import inspect
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "pretrain" / "tinyllama.py"
+BLOCK = 32
+# micro-llama with 32-token sequences; 8 sequences per step in micro-batches of 2 (4 per process on 1 process)
+COMMON = [
+    "--model_name", "micro-llama", "--block_size", str(BLOCK), "--accelerator", "cpu", "--precision", "32-true",
+    "--global_batch_size", "8", "--micro_batch_size", "2", "--learning_rate", "3e-3", "--min_lr", "3e-4",
+    "--warmup_steps", "2", "--logger_name", "csv", "--num_workers", "1", "--eval_iters", "2",
+]  # fmt: skip
+
+
+def pattern_tokens(index: int):
+    """One document: an arithmetic progression over a 500-token vocabulary, with a start and stride per document."""
+    start, stride = (index * 7919) % 500, 1 + index % 5
+    return torch.tensor([(start + stride * i) % 500 for i in range(4 * (BLOCK + 1))], dtype=torch.int32)
+
+
+def same_tokens(index: int):
+    """Every (BLOCK + 1)-token sample identical: the loss cannot depend on which process reads which sample."""
+    return pattern_tokens(0)[: BLOCK + 1].repeat(4)
+
+
+def _write_chunks(fn, n_docs: int, output_dir: Path) -> None:
+    """litdata chunks of `fn(0) ... fn(n_docs - 1)`, in-process with the writer that `litdata.optimize` uses."""
+    from litdata.streaming.item_loader import TokensLoader
+    from litdata.streaming.writer import BinaryWriter
+
+    output_dir.mkdir(parents=True)
+    writer = BinaryWriter(str(output_dir), chunk_size=(BLOCK + 1) * 8, item_loader=TokensLoader())
+    for i in range(n_docs):
+        writer.add_item(i, fn(i))
+    writer.done()
+    writer.merge()
+
+
+def _build(root: Path, fn, n_train: int) -> Path:
+    for sub, n in (("slimpajama/train", n_train), ("starcoder", n_train), ("slimpajama/val", 8)):
+        _write_chunks(fn, n, root / sub)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    # 4 sequences per document: 400 training sequences per source, enough for every run here within one epoch
+    return _build(tmp_path_factory.mktemp("data"), pattern_tokens, 100)
+
+
+@pytest.fixture(scope="session")
+def same_data_dir(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("same-data"), same_tokens, 40)
+
+
+def run(out_dir: Path, data_dir: Path, *args: str, devices: int = 1) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data_dir), "--out_dir", str(out_dir)]
+    cmd += ["--devices", str(devices), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def metrics(out_dir: Path, key: str = "loss") -> dict:
+    """step -> value of `key` over every run (version) that logged into out_dir, later runs overriding earlier."""
+    values = {}
+    for path in sorted((out_dir / "logs" / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get(key):
+                    values[int(row["step"])] = float(row[key])
+    return values
+
+
+def checkpoints(out_dir: Path) -> list:
+    return sorted(p.name for p in out_dir.glob("step-*"))
+
+
+def model_weights(path: Path) -> dict:
+    from lit_gpt.convert import training_checkpoint_tensors
+
+    return dict(training_checkpoint_tensors(path))
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("tinyllama", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_explains_every_flag():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    params = inspect.signature(load_script().setup).parameters
+    for name in params:
+        assert f"--{name} " in proc.stdout, name
+    assert proc.stdout.count("default:") >= len(params)  # every flag has a description with its default
+    assert "Stop after this many optimizer steps" in proc.stdout
+
+
+def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
+    setup = load_script().setup
+    common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(data_dir))
+    with pytest.raises(ValueError, match="--micro_batch_size 3 does not divide the per-device batch 8.*such as 2 or 4"):
+        setup(**common, global_batch_size=8, micro_batch_size=3)
+    with pytest.raises(ValueError, match="--global_batch_size 9 is not divisible by the 2 processes.*such as 8 or 10"):
+        setup(**{**common, "devices": 2}, global_batch_size=9, micro_batch_size=1)
+    with pytest.raises(FileNotFoundError, match="lacks prepared litdata chunks in: slimpajama/train, starcoder"):
+        setup(**{**common, "data_dir": str(tmp_path / "nothing")}, global_batch_size=8, micro_batch_size=2)
+    with pytest.raises(ValueError, match="not a known model name"):
+        setup(**{**common, "model_name": "micro-lama"}, global_batch_size=8, micro_batch_size=2)
+
+
+def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data_dir):
+    flags = ["--max_steps", "8", "--save_interval", "4", "--eval_interval", "4"]
+    full = tmp_path / "full"
+    proc = run(full, data_dir, *flags)
+    losses = metrics(full)
+    assert sorted(losses) == list(range(1, 9))
+    assert losses[8] < losses[1] - 1.0, losses
+    assert sorted(metrics(full, "val_loss")) == [4, 8]
+    assert metrics(full, "val_loss")[8] < metrics(full, "val_loss")[4]
+    assert "val ppl" in proc.stdout
+    assert checkpoints(full) == ["step-00000004.pth", "step-00000008.pth"]
+
+    # a single-file checkpoint: the full lit state dict and everything needed to resume, loadable weights-only
+    ckpt = torch.load(full / "step-00000008.pth", weights_only=True)
+    assert {"model", "optimizer", "hparams", "train_dataloader", "rng", "iter_num", "step_count"} <= ckpt.keys()
+    assert "transformer.h.0.attn.attn.weight" in ckpt["model"]
+    assert ckpt["step_count"] == 8 and ckpt["iter_num"] == 32 and ckpt["tokens_seen"] == 8 * 8 * BLOCK
+    assert ckpt["hparams"]["model_config"]["block_size"] == BLOCK
+
+    # the same run, killed with SIGKILL during step 6 (after the step-4 checkpoint), then resumed
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data_dir), "--out_dir", str(killed), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if line.startswith("step 5/8"):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoints(killed) == ["step-00000004.pth"]
+
+    proc = run(killed, data_dir, *flags, "--resume", "true")
+    assert "Resumed at step 4" in proc.stdout
+    resumed = metrics(killed)
+    for step in range(5, 9):
+        assert resumed[step] == losses[step], (step, resumed[step], losses[step])
+    final, final_resumed = model_weights(full / "step-00000008.pth"), model_weights(killed / "step-00000008.pth")
+    assert final.keys() == final_resumed.keys()
+    for name in final:
+        assert torch.equal(final[name], final_resumed[name]), name
+
+
+def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_data_dir):
+    flags = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
+    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+    run(one, same_data_dir, *flags)
+    run(two, same_data_dir, *flags, devices=2)
+    for key in ("loss", "grad_norm", "val_loss"):
+        expected, actual = metrics(one, key), metrics(two, key)
+        assert expected.keys() == actual.keys() and expected, key
+        for step in expected:
+            assert actual[step] == pytest.approx(expected[step], rel=1e-4), (key, step)
+    # sharded checkpoints: a directory of shards per step
+    assert checkpoints(two) == ["step-00000002.pth", "step-00000003.pth"]
+    assert (two / "step-00000002.pth").is_dir() and (two / "step-00000002.pth" / "meta.pt").is_file()
+    weights_one, weights_two = model_weights(one / "step-00000003.pth"), model_weights(two / "step-00000003.pth")
+    for name in weights_one:
+        torch.testing.assert_close(weights_two[name], weights_one[name], rtol=1e-4, atol=1e-5)
+
+    # resume the 2-process run from its sharded step-2 checkpoint, in another out_dir
+    proc = run(resumed, same_data_dir, *flags, "--resume", str(two / "step-00000002.pth"), devices=2)
+    assert "Resumed at step 2" in proc.stdout
+    assert metrics(resumed)[3] == metrics(two)[3]
+    weights_resumed = model_weights(resumed / "step-00000003.pth")
+    for name in weights_two:
+        assert torch.equal(weights_resumed[name], weights_two[name]), name
+
+
+def test_resume_refuses_another_model_or_world_size(tmp_path):
+    from lit_gpt.checkpoint import check_compatible
+    from lit_gpt.config import Config
+
+    config = Config.from_name("micro-llama").to_dict()
+    meta = {"hparams": {"model_config": config, "world_size": 2, "model_name": "micro-llama"}}
+    check_compatible(tmp_path, meta, config, world_size=2)
+    with pytest.raises(ValueError, match="different model configuration.*n_layer"):
+        check_compatible(tmp_path, meta, {**config, "n_layer": 2}, world_size=2)
+    with pytest.raises(ValueError, match="written by 2 processes, this run has 1"):
+        check_compatible(tmp_path, meta, config, world_size=1)
+
+
+def test_find_latest_ignores_incomplete_saves(tmp_path):
+    from lit_gpt.checkpoint import checkpoint_path, find_latest
+
+    assert find_latest(tmp_path / "missing") is None
+    assert find_latest(tmp_path) is None
+    checkpoint_path(tmp_path, 9).touch()
+    (tmp_path / "step-00000100.pth").mkdir()
+    (tmp_path / "step-00000200.pth.tmp").touch()  # a save interrupted by a crash
+    (tmp_path / "step-abc.pth").touch()
+    assert find_latest(tmp_path) == tmp_path / "step-00000100.pth"
+
+
+def test_cosine_lr_and_flops():
+    from lit_gpt.config import Config
+    from lit_gpt.flops import flops_per_token, mfu, num_parameters
+    from lit_gpt.lr import cosine_lr
+
+    lrs = [cosine_lr(s, 1.0, 0.1, warmup_steps=4, max_steps=12) for s in range(14)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0 and lrs[8] == pytest.approx(0.55) and lrs[12] == lrs[13] == 0.1
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+
+    config = Config.from_name("tiny-llama-1.1b")
+    n = num_parameters(config)
+    assert n == num_parameters(config, include_embedding=True) - 32000 * 2048
+    assert 0.96e9 < n < 1.04e9
+    assert flops_per_token(config) == 6 * n + 12 * 22 * 2048 * 2048
+    assert mfu(1000.0, 1e9, torch.device("cpu")) is None
