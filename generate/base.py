@@ -51,6 +51,13 @@ def main(
     model = load_model(fabric, checkpoint_dir)
     fabric.print(f"Loaded {model.config.name} in {time.perf_counter() - t0:.2f}s ({precision})", file=sys.stderr)
 
+    if model.config.padded_vocab_size > tokenizer.vocab_size:
+        fabric.print(
+            f"Warning: the model has {model.config.padded_vocab_size} token ids, the tokenizer in {checkpoint_dir} "
+            f"{tokenizer.vocab_size}; an id past the tokenizer's cannot be decoded. Was the checkpoint converted "
+            "with the tokenizer it was trained with?",
+            file=sys.stderr,
+        )
     encoded = tokenizer.encode(prompt, bos=None, device=fabric.device)
     L.seed_everything(seed, verbose=False)
     for i in range(num_samples):

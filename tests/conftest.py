@@ -28,3 +28,127 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+########################
+# Checkpoint export fixtures (tests/test_convert.py, test_generate.py, test_eval_perplexity.py)
+########################
+# micro-llama's architecture with a 512-token vocabulary, which the test tokenizer fills exactly
+TEST_LLAMA = dict(name="test-llama", block_size=256, vocab_size=512, padding_multiple=64, n_layer=4, n_head=4)
+TEST_LLAMA.update(n_embd=128, rotary_percentage=1.0, parallel_residual=False, bias=False, norm_class_name="RMSNorm")
+TEST_LLAMA.update(norm_eps=1e-5, mlp_class_name="LLaMAMLP", intermediate_size=352, n_query_groups=2)
+
+# Trains `test-llama` for two optimizer steps with Lightning Fabric's ModelParallelStrategy (FSDP2 over gloo, with
+# activation checkpointing so that wrapper names appear) and saves it with `fabric.save`, as pretraining does.
+FABRIC_SCRIPT = """
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.strategies import ModelParallelStrategy
+
+sys.path.insert(0, {root!r})
+from lit_gpt.config import Config
+from lit_gpt.model import GPT, init_weights
+from lit_gpt.parallel import make_parallelize_fn
+
+out, devices, sharded = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "sharded"
+strategy = ModelParallelStrategy(
+    parallelize_fn=make_parallelize_fn(precision="32-true", activation_checkpointing=True),
+    data_parallel_size=devices, tensor_parallel_size=1, save_distributed_checkpoint=sharded,
+)
+fabric = L.Fabric(accelerator="cpu", devices=devices, strategy=strategy)
+fabric.launch()
+torch.manual_seed(0)  # same seed and same batch on every rank: one process and two compute the same weights
+config = Config(**{config!r})
+model = GPT(config)
+init_weights(model, config.n_layer, config.n_embd)
+model = fabric.setup(model)
+optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-2))
+data = torch.randint(0, config.vocab_size, (4, 65), generator=torch.Generator().manual_seed(1))
+for step in range(2):
+    logits = model(data[:, :-1])
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), data[:, 1:].flatten())
+    fabric.backward(loss)
+    optimizer.step()
+    optimizer.zero_grad()
+fabric.save(out / "step-00000002.pth", {{"model": model, "optimizer": optimizer, "step_count": 2, "iter_num": 2}})
+"""
+
+
+def _run_fabric(tmp: Path, devices: int, kind: str) -> Path:
+    import subprocess
+
+    out = tmp / f"{kind}-{devices}"
+    out.mkdir()
+    script = tmp / "train.py"
+    script.write_text(FABRIC_SCRIPT.format(root=str(ROOT), config=TEST_LLAMA))
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out), str(devices), kind], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "step-00000002.pth"
+
+
+@pytest.fixture
+def register_test_llama(monkeypatch):
+    """`test-llama` in the config registry, for `--config_name` / `--model_name`."""
+    from lit_gpt.config import name_to_config
+
+    monkeypatch.setitem(name_to_config, "test-llama", TEST_LLAMA)
+
+
+@pytest.fixture(scope="session")
+def export_tokenizer_dir(tmp_path_factory) -> Path:
+    """A real 512-token SentencePiece model, trained as scripts/train_tokenizer.py does (identity normalization)."""
+    import sentencepiece as spm
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "lit_gpt").glob("*.py")))
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()),
+        model_prefix=str(out / "tokenizer"),
+        model_type="bpe",
+        vocab_size=TEST_LLAMA["vocab_size"],
+        byte_fallback=True,
+        split_digits=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    (out / "tokenizer.vocab").unlink()
+    return out
+
+
+@pytest.fixture(scope="session")
+def fabric_checkpoints(tmp_path_factory) -> dict:
+    """`step-00000002.pth` of a one-process run (a single file) and of a two-process run (a sharded directory)."""
+    tmp = tmp_path_factory.mktemp("fabric")
+    return {"single": _run_fabric(tmp, 1, "single"), "sharded": _run_fabric(tmp, 2, "sharded")}
+
+
+@pytest.fixture(scope="session")
+def export_lit_dir(fabric_checkpoints, export_tokenizer_dir, tmp_path_factory) -> Path:
+    from lit_gpt.config import name_to_config
+    from scripts.convert_pretrained_checkpoint import convert
+
+    out = tmp_path_factory.mktemp("lit")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(name_to_config, "test-llama", TEST_LLAMA)
+        convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", out, overwrite=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def export_hf_dir(export_lit_dir, tmp_path_factory) -> Path:
+    from scripts.convert_lit_checkpoint import convert
+
+    out = tmp_path_factory.mktemp("hf") / "hf-test-llama"
+    convert(export_lit_dir, out, max_shard_size="1MB")  # small shards: exercise the index
+    return out

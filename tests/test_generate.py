@@ -1,0 +1,61 @@
+"""Generation with the KV cache, against transformers' greedy `generate` on the exported checkpoint."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_gpt.generate import generate, load_model, sample
+from lit_gpt.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_greedy_generation_equals_transformers(export_lit_dir, export_hf_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = load_model(L.Fabric(accelerator="cpu", devices=1, precision="32-true"), export_lit_dir)
+    theirs = AutoModelForCausalLM.from_pretrained(export_hf_dir).eval()
+    tokenizer = Tokenizer(export_lit_dir)
+    for prompt in ("def forward(self, x):", "The model"):
+        encoded = tokenizer.encode(prompt, bos=True)
+        ours = generate(model, encoded, max_new_tokens=40, temperature=0.0)
+        expected = theirs.generate(
+            encoded.long().view(1, -1), max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0
+        )[0]
+        assert ours.tolist() == expected.tolist()
+        assert len(ours) == len(encoded) + 40
+
+
+def test_generation_stops_at_eos_and_respects_block_size(export_lit_dir):
+    model = load_model(L.Fabric(accelerator="cpu", devices=1, precision="32-true"), export_lit_dir)
+    prompt = torch.tensor([1, 300, 301], dtype=torch.int32)
+    greedy = generate(model, prompt, max_new_tokens=5, temperature=0.0)
+    eos = greedy[3].item()  # pretend the first generated token is eos
+    assert generate(model, prompt, max_new_tokens=5, temperature=0.0, eos_id=eos).tolist() == greedy[:4].tolist()
+    with pytest.raises(ValueError, match="lower --max_new_tokens to 253"):
+        generate(model, prompt, max_new_tokens=254)
+
+
+def test_sample_top_k():
+    logits = torch.tensor([0.0, 5.0, 4.0, -1.0])
+    assert sample(logits, temperature=0.0).item() == 1
+    torch.manual_seed(0)
+    draws = {sample(logits, temperature=1.0, top_k=2).item() for _ in range(200)}
+    assert draws == {1, 2}
+
+
+def test_generate_script(export_lit_dir):
+    proc = subprocess.run(
+        [sys.executable, "generate/base.py", "--checkpoint_dir", str(export_lit_dir), "--prompt", "def forward"]
+        + ["--max_new_tokens", "20", "--num_samples", "2", "--temperature", "0.8", "--top_k", "50"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("def forward") == 2
+    assert proc.stderr.count("tokens/s") == 2
