@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lit_gpt.config import Config
+from lit_gpt.hf import fuse_qkv
 from lit_gpt.loss import cross_entropy, fused_linear_cross_entropy
 
 
@@ -131,6 +132,17 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
         self.kv_cache: Optional[KVCache] = None
         self.config = config
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # litgpt >= 0.5 names the fused projection `qkv` and lays it out as [all q, all k, all v]
+        C = self.config
+        for attr in ("weight", "bias"):
+            if (key := f"{prefix}qkv.{attr}") in state_dict:
+                q, k, v = state_dict.pop(key).split(
+                    (C.n_head * C.head_size, C.n_query_groups * C.head_size, C.n_query_groups * C.head_size)
+                )
+                state_dict[f"{prefix}attn.{attr}"] = fuse_qkv(q, k, v, C)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x, cos, sin, mask=None, input_pos=None) -> torch.Tensor:
         B, T, _ = x.size()

@@ -27,6 +27,8 @@ echo "[install] runtime and test requirements (torch $TORCH_NOW kept)"
 echo "torch==$TORCH_NOW" > "$VENV/torch-constraint.txt"
 "${PIP[@]}" -c "$VENV/torch-constraint.txt" -r requirements/base.txt -r requirements/test.txt
 "${PIP[@]}" --no-deps "$LITDATA_SPEC"
+# litgpt itself, only as the reference that tests load our checkpoints into (its pins would downgrade ours)
+"${PIP[@]}" --no-deps litgpt==0.5.13
 "${PIP[@]}" --no-deps --no-build-isolation -e . 2>/dev/null || "${PIP[@]}" --no-deps -e .
 "$VENV/bin/python" -c "import torch, lightning, litdata, lit_gpt; print('[install] ok: torch', torch.__version__, \
 'lightning', lightning.__version__, 'litdata', litdata.__version__)"

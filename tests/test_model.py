@@ -139,3 +139,29 @@ def test_partial_rotary_and_neox_mlp_run():
     )
     model = GPT(config)
     assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 56)
+
+
+def test_checkpoints_move_between_litgpt_and_us():
+    """A state dict of litgpt's GPT loads into ours (strict) and gives the same logits, and the reverse.
+
+    Our layout is lit-gpt's (`attn.attn`, q/k/v interleaved per query group); litgpt >= 0.5 renamed it `attn.qkv`
+    with [q, k, v] blocks, and each side converts the other's on load."""
+    litgpt_config = pytest.importorskip("litgpt.config")
+    from litgpt.model import GPT as LitGPT
+
+    config = Config.from_name("micro-llama", n_layer=2, block_size=64)
+    theirs_config = litgpt_config.Config.from_name("tiny-llama-1.1b")
+    for field in ("n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "block_size"):
+        setattr(theirs_config, field, getattr(config, field))
+    theirs_config.__post_init__()
+    torch.manual_seed(0)
+    theirs = LitGPT(theirs_config).eval()
+    ours = GPT(config).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    idx = torch.randint(0, config.padded_vocab_size, (2, 64))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), theirs(idx), atol=1e-5, rtol=0)
+    init_weights(ours, config.n_layer, config.n_embd)
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx), ours(idx), atol=1e-5, rtol=0)
