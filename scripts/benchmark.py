@@ -1,0 +1,180 @@
+"""Training throughput of the real training step on synthetic tokens, optionally beside peers in the same process.
+
+The step is the one `pretrain/tinyllama.py` runs: the model parallelized by `lit_gpt.parallel` through Fabric's
+`ModelParallelStrategy` (FSDP2, bf16 compute with float32 master weights), the fused chunked cross-entropy, fused
+AdamW, gradient clipping. Peers come from `bench/peer_throughput.py` (litgpt's GPT, transformers' Llama) and run in
+the same process, so that every figure of one call is measured on the same GPU at the same time.
+
+    python scripts/benchmark.py --model_name tiny-llama-1.1b --micro_batch_sizes "[8, 16]" \
+        --peers litgpt:1:16,hf:1:8 --peer_script .device/bench/peer_throughput.py
+"""
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt import flops  # noqa: E402
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.model import GPT, init_weights  # noqa: E402
+from lit_gpt.training import training_step  # noqa: E402
+
+
+def main(
+    model_name: str = "tiny-llama-1.1b",
+    micro_batch_sizes: List[int] = (8,),
+    block_size: Optional[int] = None,
+    precision: str = "bf16-mixed",
+    compile: Optional[bool] = None,
+    activation_checkpointing: bool = False,
+    fused_loss: bool = True,
+    autocast: bool = True,
+    grad_clip: float = 1.0,
+    memory_budget: Optional[float] = None,
+    steps: int = 10,
+    warmup: int = 3,
+    peers: str = "",
+    peer_script: Path = Path("bench/peer_throughput.py"),
+    profile: bool = False,
+    out_dir: Optional[Path] = None,
+) -> None:
+    """Print tokens/s, MFU and peak memory of the training step for each micro-batch size.
+
+    Args:
+        model_name: a registry name (`python scripts/download.py` lists them).
+        micro_batch_sizes: sequences per step; each size is one measurement.
+        block_size: sequence length; the model's block size by default.
+        precision: `bf16-mixed` (bf16 compute, float32 master weights), `bf16-true` or `32-true`.
+        compile: `torch.compile` each transformer block; on by default on CUDA.
+        activation_checkpointing: recompute activations in backward.
+        fused_loss: the chunked fused output projection + cross-entropy; False for the plain reference.
+        autocast: run the forward pass under Fabric's autocast as well as with FSDP2's bf16 parameters.
+        grad_clip: clip the gradient norm to this value; 0 skips clipping (the norm is still computed).
+        memory_budget: `torch._functorch.config.activation_memory_budget` (0..1): recompute cheap activations
+            in backward until saved activations fit this fraction.
+        steps: timed optimizer steps per measurement, after `warmup` untimed ones.
+        warmup: untimed steps first (compilation, allocator warm-up).
+        peers: `impl:compile:micro_batch` cases of `peer_script` (litgpt, hf, project) to run in the same process.
+        peer_script: path to `peer_throughput.py`.
+        profile: print the 25 most expensive CUDA kernels of one step (torch.profiler).
+        out_dir: where to write `benchmark.json`; `$OUT` or the working directory by default.
+    """
+    import lightning as L
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    from lit_gpt.parallel import make_parallelize_fn
+
+    cuda = torch.cuda.is_available()
+    compile = cuda if compile is None else compile
+    out_dir = Path(out_dir or os.environ.get("OUT", "."))
+    config = Config.from_name(model_name)
+    T = block_size or config.block_size
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}", flush=True)
+
+    parallelize = make_parallelize_fn(
+        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing
+    )
+    strategy = ModelParallelStrategy(parallelize, data_parallel_size=1, tensor_parallel_size=1)
+    if memory_budget is not None:
+        torch._functorch.config.activation_memory_budget = memory_budget
+    fabric = L.Fabric(devices=1, strategy=strategy, precision=precision if autocast else "32-true")
+    fabric.launch()
+    results = []
+    for mbs in micro_batch_sizes:
+        torch.manual_seed(0)
+        with fabric.init_module(empty_init=True):
+            model = GPT(config)
+        model.fused_loss = fused_loss
+        model = fabric.setup(model)
+        init_weights(model, config.n_layer, config.n_embd)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=cuda)
+        optimizer = fabric.setup_optimizers(optimizer)
+        x = torch.randint(0, config.vocab_size, (mbs, T + 1), device=fabric.device)
+
+        def step(model=model, optimizer=optimizer, x=x):
+            return training_step(fabric, model, optimizer, [x], grad_clip)[0]
+
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            step()
+        sync(cuda)
+        warmup_s = time.perf_counter() - t0
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            loss = step()
+        sync(cuda)
+        dt = (time.perf_counter() - t0) / steps
+        tps = mbs * T / dt
+        r = dict(
+            impl="ours",
+            compile=compile,
+            mbs=mbs,
+            step_s=dt,
+            tokens_per_s=tps,
+            mfu=flops.mfu(tps, flops.flops_per_token(config, T), fabric.device),
+            peak_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            warmup_s=warmup_s,
+            loss=loss.item(),
+        )
+        print(json.dumps(r), flush=True)
+        results.append(r)
+        if profile and cuda:
+            print_profile(step)
+        del model, optimizer, x
+        if cuda:
+            torch.cuda.empty_cache()
+
+    if peers:
+        spec = importlib.util.spec_from_file_location("peer_throughput", peer_script)
+        peer = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(peer)
+        for case in peers.split(","):
+            impl, c, mbs = case.split(":")
+            try:
+                r = peer.run(impl, c == "1", int(mbs), steps, warmup)
+            except Exception as e:  # a peer that fails must not hide the other figures
+                r = dict(impl=impl, compile=c == "1", mbs=int(mbs), error=repr(e)[:300])
+            print(json.dumps(r), flush=True)
+            results.append(r)
+            torch.cuda.empty_cache()
+
+    (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1))
+    print(f"{'impl':8} {'compile':7} {'mbs':>4} {'tok/s':>9} {'MFU':>6} {'mem GB':>7} {'step s':>7}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['impl']:8} {str(r['compile']):7} {r['mbs']:>4} ERROR {r['error'][:80]}")
+            continue
+        mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") else "    -"
+        mem = f"{r['peak_mem_gb']:7.1f}" if r.get("peak_mem_gb") else "      -"
+        print(
+            f"{r['impl']:8} {str(r['compile']):7} {r['mbs']:>4} {r['tokens_per_s']:9.0f} {mfu} {mem} {r['step_s']:7.3f}"
+        )
+
+
+def sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def print_profile(step) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)
