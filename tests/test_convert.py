@@ -13,6 +13,14 @@ from lit_gpt.config import Config
 from lit_gpt.model import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
+BLOCK = 32
+# pretrain/tinyllama.py on micro-llama, 2 optimizer steps of 8 sequences; every sequence the same, so that one
+# process and two compute the same weights
+PRETRAIN = [
+    "--model_name", "micro-llama", "--block_size", str(BLOCK), "--accelerator", "cpu", "--precision", "32-true",
+    "--global_batch_size", "8", "--micro_batch_size", "2", "--max_steps", "2", "--save_interval", "2",
+    "--warmup_steps", "1", "--logger_name", "csv", "--num_workers", "1", "--eval_iters", "1", "--eval_interval", "100",
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +30,6 @@ def _registered(register_test_llama):
 
 def test_pretrained_checkpoint_files(fabric_checkpoints, export_lit_dir, export_tokenizer_dir):
     assert fabric_checkpoints["single"].is_file()
-    assert fabric_checkpoints["sharded"].is_dir() and list(fabric_checkpoints["sharded"].glob("*.distcp"))
     assert sorted(p.name for p in export_lit_dir.iterdir()) == ["lit_config.json", "lit_model.pth", "tokenizer.model"]
     config = Config.from_file(export_lit_dir / "lit_config.json")
     assert config.to_dict() == Config.from_name("test-llama").to_dict()
@@ -36,27 +43,13 @@ def test_pretrained_checkpoint_files(fabric_checkpoints, export_lit_dir, export_
         assert torch.equal(tensor, raw["model"][name]), name
 
 
-def test_sharded_checkpoint_converts_to_the_single_file_weights(
-    fabric_checkpoints, export_tokenizer_dir, export_lit_dir, tmp_path
-):
-    from scripts.convert_pretrained_checkpoint import convert
-
-    # groups of ~100 kB: many partial DCP reads
-    convert(fabric_checkpoints["sharded"], export_tokenizer_dir, "test-llama", tmp_path / "out", group_size="100kB")
-    sharded = torch.load(tmp_path / "out" / "lit_model.pth", weights_only=True)
-    single = torch.load(export_lit_dir / "lit_model.pth", weights_only=True)
-    assert list(sharded) == list(single)
-    for name in single:
-        torch.testing.assert_close(sharded[name], single[name], rtol=1e-6, atol=1e-7, msg=name)
-
-
 def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, export_tokenizer_dir, tmp_path):
     from scripts.convert_pretrained_checkpoint import convert
 
     with pytest.raises(
         ValueError, match=r"'lm_head.weight' has shape \(512, 128\) in the checkpoint but \(32000, 128\)"
     ):
-        convert(fabric_checkpoints["sharded"], export_tokenizer_dir, "micro-llama", tmp_path / "a")
+        convert(fabric_checkpoints["single"], export_tokenizer_dir, "micro-llama", tmp_path / "a")
     assert not (tmp_path / "a").exists()
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("x")
@@ -172,3 +165,74 @@ def test_help_explains_every_flag(module, flags, capsys):
     # every flag has a description in the docstring, which jsonargparse turns into --help
     for name in inspect.signature(fn).parameters:
         assert f"        {name}: " in fn.__doc__, name
+
+
+def _pretraining_data(root: Path) -> Path:
+    """litdata chunks in the three folders pretrain/tinyllama.py reads, every (BLOCK + 1)-token sample the same."""
+    from litdata.streaming.item_loader import TokensLoader
+    from litdata.streaming.writer import BinaryWriter
+
+    sample = torch.arange(100, 100 + BLOCK + 1, dtype=torch.int32)
+    for sub in ("slimpajama/train", "starcoder", "slimpajama/val"):
+        writer = BinaryWriter(str(root / sub), chunk_size=(BLOCK + 1) * 8, item_loader=TokensLoader())
+        for i in range(40):
+            writer.add_item(i, sample.repeat(4))
+        writer.done()
+        writer.merge()
+    return root
+
+
+def _tutorial_tokenizer(export_tokenizer_dir: Path, out: Path) -> Path:
+    """The tokenizer files of the tutorial: tokenizer.model, tokenizer.json and tokenizer_config.json."""
+    from transformers import AutoTokenizer
+
+    out.mkdir()
+    (out / "tokenizer.model").write_bytes((export_tokenizer_dir / "tokenizer.model").read_bytes())
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True, "legacy": False}))
+    AutoTokenizer.from_pretrained(out).backend_tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+@pytest.mark.slow
+def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir, tmp_path):
+    """The tutorial's path on checkpoints written by pretrain/tinyllama.py itself, on one process and on two."""
+    from transformers import AutoModelForCausalLM
+
+    from scripts.convert_lit_checkpoint import convert as export
+    from scripts.convert_pretrained_checkpoint import convert
+
+    data = _pretraining_data(tmp_path / "data")
+    written = {}
+    for devices in (1, 2):
+        out = tmp_path / f"out-{devices}"
+        cmd = [sys.executable, "pretrain/tinyllama.py", *PRETRAIN, "--data_dir", str(data), "--out_dir", str(out)]
+        proc = subprocess.run(cmd + ["--devices", str(devices)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        written[devices] = out / "step-00000002.pth"
+    assert written[1].is_file() and written[2].is_dir() and list(written[2].glob("*.distcp"))
+
+    tokenizer_dir = _tutorial_tokenizer(export_tokenizer_dir, tmp_path / "tokenizer")
+    for devices in (1, 2):
+        convert(written[devices], tokenizer_dir, "micro-llama", tmp_path / f"lit-{devices}", group_size="2MB")
+    single, sharded = tmp_path / "lit-1", tmp_path / "lit-2"
+    # the five files of the tutorial
+    files = ["lit_config.json", "lit_model.pth", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
+    assert sorted(p.name for p in single.iterdir()) == files
+    config = Config.from_file(single / "lit_config.json")
+    assert config.to_dict() == Config.from_name("micro-llama").to_dict()
+    model = GPT(config).eval()
+    model.load_state_dict(torch.load(single / "lit_model.pth", weights_only=True), strict=True)
+    # the sharded checkpoint of the two-process run consolidates to the weights of the one-process run
+    a = torch.load(single / "lit_model.pth", weights_only=True)
+    b = torch.load(sharded / "lit_model.pth", weights_only=True)
+    assert list(a) == list(b)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+    export(sharded, tmp_path / "hf")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    model.load_state_dict(b)
+    idx = torch.randint(0, config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (theirs(idx).logits - model(idx)).abs().max().item() <= 1e-5
