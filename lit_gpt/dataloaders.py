@@ -9,6 +9,8 @@ position in the data, so a resumed run continues with exactly the next batch.
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
 VAL_DIR = "slimpajama/val"
 
@@ -46,7 +48,7 @@ def train_dataloader(
     ]
     combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=list(weights), iterate_over_all=False)
     return StreamingDataLoader(
-        combined, batch_size=batch_size, pin_memory=True, num_workers=num_workers, drop_last=True
+        combined, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=num_workers, drop_last=True
     )
 
 
@@ -58,4 +60,6 @@ def val_dataloader(data_dir: str, block_size: int, batch_size: int, num_workers:
         input_dir=join(data_dir, VAL_DIR), item_loader=TokensLoader(block_size=block_size + 1), shuffle=False,
         drop_last=True,
     )  # fmt: skip
-    return StreamingDataLoader(dataset, batch_size=batch_size, pin_memory=True, num_workers=num_workers, drop_last=True)
+    return StreamingDataLoader(
+        dataset, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=num_workers, drop_last=True
+    )
