@@ -11,7 +11,8 @@ checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoi
 
 Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
 checkpoint under a `step-*.pth` name. Everything in them is tensors and plain Python values: they load with
-`torch.load(..., weights_only=True)`.
+`torch.load(..., weights_only=True)`. To read the model weights of either layout without a process group, use
+`lit_gpt.convert.training_checkpoint_tensors` (what `scripts/convert_pretrained_checkpoint.py` does).
 """
 
 import re
@@ -94,18 +95,3 @@ def load_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any], model_c
     remainder = fabric.load(path, state, weights_only=True)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")
-
-
-def load_model_state_dict(path: Path) -> Dict[str, torch.Tensor]:
-    """The full lit state dict (`transformer.h.0.attn.attn.weight`, ...) of a training checkpoint of either layout,
-    on the CPU, without a process group. Sharded checkpoints are gathered through a temporary file."""
-    path = Path(path)
-    if path.is_file():
-        return torch.load(path, mmap=True, map_location="cpu", weights_only=True)["model"]
-    import tempfile
-
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(path, Path(tmp) / "full.pth")
-        return torch.load(Path(tmp) / "full.pth", map_location="cpu", weights_only=True)["model"]

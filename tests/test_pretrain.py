@@ -245,3 +245,32 @@ def test_cosine_lr_and_flops():
     assert 0.96e9 < n < 1.04e9
     assert flops_per_token(config) == 6 * n + 12 * 22 * 2048 * 2048
     assert mfu(1000.0, 1e9, torch.device("cpu")) is None
+
+
+def test_training_step_skips_non_finite_gradients():
+    import lightning as L
+
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+    from lit_gpt.training import training_step
+
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    torch.manual_seed(0)
+    model = GPT(Config.from_name("micro-llama", n_layer=1, block_size=16))
+    model.fused_loss = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    model, optimizer = fabric.setup(model, optimizer)
+    batches = [torch.randint(0, 100, (2, 17)) for _ in range(2)]
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hook = model.lm_head.weight.register_hook(lambda grad: grad * float("inf"))
+    loss, grad_norm = training_step(fabric, model, optimizer, batches, grad_clip=1.0)
+    assert torch.isfinite(loss) and not torch.isfinite(grad_norm)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # no update
+    assert all(not s for s in optimizer.state.values()) or all(s["step"] == 0 for s in optimizer.state.values())
+
+    hook.remove()
+    loss, grad_norm = training_step(fabric, model, optimizer, batches, grad_clip=1.0)
+    assert torch.isfinite(grad_norm)
+    assert not torch.equal(before["lm_head.weight"], model.lm_head.weight)
+    assert all(s["step"] == 1 for s in optimizer.state.values())
