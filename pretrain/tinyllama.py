@@ -177,6 +177,12 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     batch_size, n_workers, block = h["micro_batch_size"], h["num_workers"], config.block_size
     train_loader = train_dataloader(h["data_dir"], h["data_weights"], block, batch_size, n_workers, h["seed"])
     val_loader = val_dataloader(h["data_dir"], block, batch_size, n_workers)
+    if len(val_loader) == 0:  # fail now, not at the first validation after hours of training
+        raise ValueError(
+            f"{h['data_dir']}/slimpajama/val has fewer than {fabric.world_size * batch_size} blocks of {block + 1} "
+            f"tokens, one micro-batch for each of the {fabric.world_size} processes: validation would have nothing "
+            "to run on. Prepare a larger validation split, or lower --micro_batch_size."
+        )
 
     state = {
         "model": model,

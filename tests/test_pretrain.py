@@ -129,6 +129,9 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
         setup(**{**common, "data_dir": str(tmp_path / "nothing")}, global_batch_size=8, micro_batch_size=2)
     with pytest.raises(ValueError, match="not a known model name"):
         setup(**{**common, "model_name": "micro-lama"}, global_batch_size=8, micro_batch_size=2)
+    # the prepared validation split has 6 blocks of 257 tokens: too few for one micro-batch of 8
+    with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*--micro_batch_size"):
+        setup(**common, global_batch_size=8, micro_batch_size=8, precision="32-true")
 
 
 def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data_dir):
