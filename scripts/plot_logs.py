@@ -1,0 +1,136 @@
+"""Plot a pretraining run from its logs: train and validation loss, and tokens/s, against optimizer steps.
+
+    python scripts/plot_logs.py --log_dir out/tiny-llama-1.1b/logs --output out/tiny-llama-1.1b/loss.png
+
+Reads every `metrics.csv` (`pretrain/tinyllama.py --logger_name csv`) and every TensorBoard event file (the default
+logger) under `--log_dir`. A resumed run logs into a new `version_N` folder; the versions are read in order and a
+later one's value for a step replaces an earlier one's. Prints where the PNG went and a one-line loss summary.
+"""
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Dict, List, Optional
+
+Series = Dict[str, Dict[int, float]]  # metric name -> step -> value
+METRICS = ("loss", "val_loss", "tokens_per_sec")
+
+
+def main(log_dir: Path = Path("out/tiny-llama-1.1b/logs"), output: Optional[Path] = None) -> dict:
+    """Write the plot and print the summary.
+
+    Args:
+        log_dir: A run's log folder (`<out_dir>/logs`), or any folder above its `metrics.csv` / event files.
+        output: The PNG to write. Default: `loss.png` next to `log_dir`.
+    """
+    series = read_logs(log_dir)
+    if not series["loss"]:
+        raise SystemExit(
+            f"error: no `loss` values in a metrics.csv or TensorBoard event file under {log_dir}; pass the `logs` "
+            "folder of a run of pretrain/tinyllama.py (it logs from its first --log_interval steps)"
+        )
+    output = output or log_dir.parent / "loss.png"
+    plot(series, output, title=str(log_dir.parent))
+    summary = summarize(series)
+    print(f"Wrote {output}")
+    print(format_summary(summary))
+    return summary
+
+
+def read_logs(log_dir: Path) -> Series:
+    series: Series = {name: {} for name in METRICS}
+    files = list(log_dir.rglob("metrics.csv")) + list(log_dir.rglob("events.out.tfevents.*"))
+    for path in sorted(files, key=_version_key):
+        values = _read_csv(path) if path.name == "metrics.csv" else _read_tensorboard(path)
+        for name in METRICS:
+            series[name].update(values.get(name, {}))
+    return series
+
+
+def _version_key(path: Path) -> tuple:
+    # `.../version_10/...` after `.../version_9/...`; event files of one version in the order they were written
+    match = re.search(r"version_(\d+)", path.as_posix())
+    return (int(match.group(1)) if match else -1, path.name)
+
+
+def _read_csv(path: Path) -> Series:
+    values: Series = {}
+    with open(path, newline="", encoding="utf-8") as fp:
+        for row in csv.DictReader(fp):
+            if not row.get("step"):
+                continue
+            step = int(float(row["step"]))
+            for name in METRICS:
+                if row.get(name):
+                    values.setdefault(name, {})[step] = float(row[name])
+    return values
+
+
+def _read_tensorboard(path: Path) -> Series:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every value
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    return {name: {e.step: e.value for e in events.Scalars(name)} for name in METRICS if name in tags}
+
+
+def plot(series: Series, output: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_speed) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True, height_ratios=[2, 1])
+    train, val, speed = (sorted(series[name].items()) for name in METRICS)
+    ax_loss.plot(*zip(*train), label="train loss", color="tab:blue")
+    if val:
+        ax_loss.plot(*zip(*val), "o-", label="validation loss", color="tab:orange")
+    ax_loss.set_ylabel("loss (nats/token)")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+    ax_loss.set_title(title)
+    if speed:
+        ax_speed.plot(*zip(*speed), color="tab:green")
+    ax_speed.set_ylabel("tokens/s")
+    ax_speed.set_xlabel("optimizer step")
+    ax_speed.grid(alpha=0.3)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+def summarize(series: Series) -> dict:
+    train, val, speed = (sorted(series[name].items()) for name in METRICS)
+    summary = {
+        "first_step": train[0][0],
+        "first_loss": train[0][1],
+        "last_step": train[-1][0],
+        "last_loss": train[-1][1],
+    }
+    if val:
+        summary.update(val_step=val[-1][0], val_loss=val[-1][1])
+    if speed:
+        summary["median_tokens_per_sec"] = sorted(v for _, v in speed)[len(speed) // 2]
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    train = (
+        f"train loss {s['first_loss']:.3f} at step {s['first_step']} -> {s['last_loss']:.3f} at step {s['last_step']}"
+    )
+    parts: List[str] = [train]
+    if "val_loss" in s:
+        ppl = math.exp(min(s["val_loss"], 100))
+        parts.append(f"val loss {s['val_loss']:.3f} (ppl {ppl:.1f}) at step {s['val_step']}")
+    if "median_tokens_per_sec" in s:
+        parts.append(f"median {s['median_tokens_per_sec']:,.0f} tokens/s")
+    return "; ".join(parts)
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    CLI(main, as_positional=False)
