@@ -3,6 +3,18 @@
 `parallelize` is the `parallelize_fn` of Lightning Fabric's `ModelParallelStrategy`: FSDP2 (`fully_shard`) on each
 transformer block and on the root, with bf16 compute and float32 master weights and gradient reduction under
 `bf16-mixed`. The same function runs on one CPU process, on GPUs, and across nodes.
+
+Sharding (`--sharding` of `pretrain/tinyllama.py`):
+
+    full     every parameter, gradient and optimizer state is split over all N processes (ZeRO-3): least memory,
+             but every all-gather and reduce-scatter spans all nodes
+    hybrid   split over the devices of one node, replicated across nodes (HSDP): all-gathers and reduce-scatters
+             stay on the node's fast links; across nodes only one gradient all-reduce per step, of a 1/devices
+             shard. Each node holds a full copy of the sharded state, so memory per device is that of one node.
+
+Hybrid is `fully_shard` over a 2-D ("replicate", "shard") mesh. Fabric's own mesh stays ("data_parallel",
+"tensor_parallel") = (N, 1): the data loaders, `fabric.all_reduce` and the checkpoint see N data-parallel processes
+either way.
 """
 
 from functools import partial
@@ -30,9 +42,10 @@ def parallelize(
     """Apply activation checkpointing, `torch.compile` and FSDP2 to `model` in place and return it.
 
     `device_mesh` is Fabric's ("data_parallel", "tensor_parallel") mesh; only data parallelism is used here.
-    `sharding="hybrid"` shards within groups of `devices_per_node` processes and replicates across groups.
-    `reshard_after_forward=None` frees the gathered weights after the forward pass when more than one process
-    shares them (ZeRO-3) and keeps them on a single process, where there is nothing to gather.
+    `sharding="hybrid"` shards within groups of `devices_per_node` consecutive ranks (a node, with the rank order
+    of torchrun, SLURM and Fabric) and replicates across groups. `reshard_after_forward=None` frees the gathered
+    weights after the forward pass when more than one process shares them (ZeRO-3) and keeps them when the shard
+    group is a single process, where there is nothing to gather.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -40,7 +53,7 @@ def parallelize(
     if sharding == "hybrid":
         mesh = hybrid_mesh(mesh, devices_per_node or mesh.size())
     if reshard_after_forward is None:
-        reshard_after_forward = mesh.size() > 1
+        reshard_after_forward = mesh.size(mesh.ndim - 1) > 1  # the shard dimension: the last one
     param_dtype = PARAM_DTYPES.get(precision)
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
 
@@ -70,13 +83,17 @@ def checkpoint(block: Block) -> nn.Module:
 
 
 def hybrid_mesh(mesh: DeviceMesh, devices_per_node: int) -> DeviceMesh:
-    """A 2-D ("replicate", "shard") mesh over the same ranks: shard within a node, replicate across nodes."""
+    """A 2-D ("replicate", "shard") mesh over the same ranks: shard within a node, replicate across nodes.
+
+    Ranks are laid out row-major: with 2 nodes of 2 devices, the shard groups are {0, 1} and {2, 3} (one per node)
+    and the replicate groups {0, 2} and {1, 3}.
+    """
     from torch.distributed.device_mesh import init_device_mesh
 
     if mesh.size() % devices_per_node:
         raise ValueError(
             f"Hybrid sharding needs the world size ({mesh.size()}) to be a multiple of the devices per node "
-            f"({devices_per_node}); use `--sharding full` or a matching `--devices`"
+            f"({devices_per_node}); use `--sharding full`, or the same --devices on every node"
         )
     shape = (mesh.size() // devices_per_node, devices_per_node)
     return init_device_mesh(mesh.device_type, shape, mesh_dim_names=("replicate", "shard"))

@@ -48,6 +48,7 @@ def setup(
     out_dir: Optional[Path] = None,
     devices: Union[int, Literal["auto"]] = "auto",
     num_nodes: int = 1,
+    sharding: Literal["full", "hybrid"] = "full",
     accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
     precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
     global_batch_size: int = 512,
@@ -84,7 +85,10 @@ def setup(
         data_weights: Sampling weights of slimpajama/train and starcoder (TinyLlama's token ratio by default).
         out_dir: Where checkpoints and logs go. Default: `out/<model_name>`.
         devices: Processes (GPUs) per node; `auto` = every local GPU, or 1 process on a machine without one.
-        num_nodes: Number of nodes; launch one command per node (torchrun, SLURM).
+        num_nodes: Number of nodes; launch one command per node (torchrun, SLURM's srun, `fabric run`), see
+            tutorials/multi_node.md.
+        sharding: `full` shards weights, gradients and optimizer states over every process (least memory);
+            `hybrid` shards over the devices of each node and replicates across nodes (less traffic between nodes).
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
             `32-true`.
@@ -129,8 +133,9 @@ def setup(
         print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
 
     parallelize_fn = make_parallelize_fn(
-        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing
-    )
+        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
+        devices_per_node=world_size // num_nodes,
+    )  # fmt: skip
     # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
     strategy = ModelParallelStrategy(
         parallelize_fn, data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True
