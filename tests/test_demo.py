@@ -1,0 +1,73 @@
+"""`make demo` in its short form (`scripts/quickstart.sh --smoke`): every stage with the real scripts, then the
+tutorials' runnable blocks on the data it prepared; and `scripts/plot_logs.py` on CSV logs.
+
+Re-running the demo (every built stage skipped) is left to `make demo` itself: it would add ~45 s here."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _demo(root: Path) -> subprocess.CompletedProcess:
+    cmd = ["bash", str(ROOT / "scripts" / "quickstart.sh"), "--smoke", "--root", str(root)]
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_demo_smoke(tmp_path):
+    root = tmp_path / "demo"
+    out = _demo(root).stdout
+
+    data, run = root / "data", root / "micro-llama"
+    assert (root / "checkpoints" / "sample-tokenizer" / "tokenizer.model").is_file()
+    for split in ("slimpajama/train", "slimpajama/val", "slimpajama/test", "starcoder"):
+        assert (data / split / "index.json").is_file(), split
+    # two checkpoints in the first run, one more after resuming
+    assert sorted(p.name for p in run.glob("step-*.pth")) == [f"step-0000000{i}.pth" for i in (2, 4, 6)]
+    assert "Resumed at step 4" in out
+    lit, hf = root / "checkpoints" / "lit-micro-llama", root / "checkpoints" / "hf-micro-llama"
+    assert {"lit_config.json", "lit_model.pth", "tokenizer.model"} <= {p.name for p in lit.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.model"} <= {p.name for p in hf.iterdir()}
+    assert (run / "loss.png").stat().st_size > 10_000
+    assert list((run / "logs" / "tensorboard").rglob("events.out.tfevents.*"))
+    result = json.loads((run / "test_perplexity.json").read_text())
+    assert result["num_blocks"] == 8 and 0 < result["loss"] < 11
+    assert "Sample 1: 20 tokens" in out
+    assert "train loss " in out and "val loss " in out and "Demo finished in" in out
+
+    # the tutorials' runnable blocks, on the sample data and tokenizer the demo built
+    from test_tutorials import run_marked_blocks
+
+    work = tmp_path / "tutorial"
+    (work / "checkpoints").mkdir(parents=True)
+    (work / "data").symlink_to(data, target_is_directory=True)
+    (work / "checkpoints" / "sample-tokenizer").symlink_to(root / "checkpoints" / "sample-tokenizer")
+    assert run_marked_blocks(work) >= 3
+    assert (work / "checkpoints" / "lit-micro-llama" / "lit_model.pth").is_file()
+
+
+def test_plot_logs_csv(tmp_path, capsys):
+    """Two CSV versions (a run and its resumption): the later one's values win, the PNG and summary come out."""
+    from lightning.pytorch.loggers import CSVLogger
+    from prepared_data import load_script
+
+    for version, steps in enumerate([range(1, 11), range(9, 16)]):
+        logger = CSVLogger(save_dir=tmp_path / "logs", name="csv", version=version)
+        for step in steps:
+            loss = 10 - step * 0.4 + version * 0.01
+            logger.log_metrics({"loss": loss, "tokens_per_sec": 1000.0 + step}, step=step)
+            if step % 5 == 0:
+                logger.log_metrics({"val_loss": loss + 0.1, "val_ppl": 2.0}, step=step)
+        logger.save()
+    summary = load_script("plot_logs").main(log_dir=tmp_path / "logs")
+
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
+    assert summary["first_step"] == 1 and summary["last_step"] == 15 and summary["val_step"] == 15
+    assert abs(summary["first_loss"] - 9.6) < 1e-6 and abs(summary["last_loss"] - 4.01) < 1e-6
+    assert "train loss 9.600 at step 1 -> 4.010 at step 15" in capsys.readouterr().out

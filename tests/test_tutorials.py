@@ -1,0 +1,152 @@
+"""The tutorials cannot drift from the code.
+
+- Every `python <script>.py --flags` command in a ```bash block of `tutorials/*.md` and `README.md` (also under
+  `torchrun`/`srun`), and in the module docstring of every entry point, names a script that exists and parses with
+  that script's own command line parser: every flag exists and every value has the flag's type (`Literal` choices
+  included).
+- Blocks marked `<!-- test: run -->` on the line before them are run, command after command, by
+  `tests/test_demo.py` in a folder that holds the sample data the smoke demo prepared with the real scripts
+  (`data/slimpajama/{train,val}`, `data/starcoder`, `checkpoints/sample-tokenizer`): `run_marked_blocks` below.
+"""
+
+import ast
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = sorted((ROOT / "tutorials").glob("*.md")) + [ROOT / "README.md"]
+RUN_MARKER = "<!-- test: run -->"
+ENTRY_POINTS = sorted(p for d in ("scripts", "pretrain", "generate", "eval") for p in (ROOT / d).glob("*.py"))
+LAUNCHERS = {"python", "python3", "torchrun", "srun", "fabric"}
+
+
+def bash_blocks(path: Path) -> List[Tuple[int, bool, str]]:
+    """(line number, marked runnable, text) of every ```bash block."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```bash":
+            start = i
+            marked = i > 0 and lines[i - 1].strip() == RUN_MARKER
+            i += 1
+            while i < len(lines) and lines[i].strip() != "```":
+                i += 1
+            blocks.append((start + 1, marked, "\n".join(lines[start + 1 : i])))
+        i += 1
+    return blocks
+
+
+def commands(block: str) -> List[List[str]]:
+    """The block's commands as argument lists: continuation lines joined, comments dropped, `&&` and `;` split."""
+    out = []
+    for line in block.replace("\\\n", " ").splitlines():
+        command: List[str] = []
+        for token in shlex.split(line, comments=True) + [";"]:
+            if token in ("&&", ";", "||", "|"):
+                if command:
+                    out.append(command)
+                command = []
+            else:
+                command.append(token)
+    return out
+
+
+def script_call(tokens: List[str]):
+    """(script, args) when the command runs a Python script of the repository, else None."""
+    if not tokens or tokens[0] not in LAUNCHERS:
+        return None
+    for i, token in enumerate(tokens):
+        if token.endswith(".py"):
+            return token, tokens[i + 1 :]
+    return None
+
+
+def docstring_examples(script: Path) -> str:
+    """The `python ...` example lines of an entry point's module docstring, as a bash block."""
+    doc = ast.get_docstring(ast.parse(script.read_text(encoding="utf-8"))) or ""
+    lines, keep = [], False
+    for line in doc.splitlines():
+        line = line.strip()
+        keep = line.startswith("python ") or (keep and bool(lines) and lines[-1].endswith("\\"))
+        if keep:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def all_calls():
+    for doc in DOCS:
+        for line, _, block in bash_blocks(doc):
+            for tokens in commands(block):
+                if (call := script_call(tokens)) is not None:
+                    yield pytest.param(*call, id=f"{doc.name}:{line}:{call[0]}")
+    # the example in each entry point's docstring (what --help shows first) is a command a user copies too
+    for script in ENTRY_POINTS:
+        for tokens in commands(docstring_examples(script)):
+            if (call := script_call(tokens)) is not None:
+                yield pytest.param(*call, id=f"{script.relative_to(ROOT)}:docstring:{call[0]}")
+
+
+def _parser(script: str):
+    """The jsonargparse parser of `script`'s `CLI(<function>, ...)` call, built in-process without running it."""
+    from jsonargparse import CLI, capture_parser
+
+    path = ROOT / script
+    target = re.search(r"CLI\((\w+)", path.read_text(encoding="utf-8")).group(1)
+    spec = importlib.util.spec_from_file_location(f"tutorial_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return capture_parser(lambda: CLI(getattr(module, target), as_positional=False, args=[]))
+
+
+def test_tutorials_have_commands():
+    calls = list(all_calls())
+    assert len(calls) >= 20
+    scripts = {c.values[0] for c in calls}
+    assert {
+        "pretrain/tinyllama.py",
+        "scripts/prepare_slimpajama.py",
+        "generate/base.py",
+        "eval/perplexity.py",
+    } <= scripts
+    assert any(marked for doc in DOCS for _, marked, _ in bash_blocks(doc)), f"no block is marked {RUN_MARKER}"
+
+
+@pytest.mark.parametrize(("script", "args"), list(all_calls()))
+def test_command_parses(script, args):
+    assert (ROOT / script).is_file(), f"{script} does not exist"
+    parser = _parser(script)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            parser.parse_args(args)
+        except SystemExit as e:
+            pytest.fail(f"`{script} {shlex.join(args)}` does not parse: {stderr.getvalue().strip()[-1500:]} ({e})")
+
+
+def run_marked_blocks(work: Path) -> int:
+    """Run the commands of every block marked `<!-- test: run -->` in `work`; returns how many ran.
+    `tests/test_demo.py` calls this in a folder that holds the sample data the smoke demo built."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ran = 0
+    for doc in DOCS:
+        for line, marked, block in bash_blocks(doc):
+            if not marked:
+                continue
+            for tokens in commands(block):
+                call = script_call(tokens)
+                assert call is not None and tokens[0] == "python", f"{doc.name}:{line}: run only `python` commands"
+                cmd = [sys.executable, str(ROOT / call[0]), *call[1]]
+                proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+                assert proc.returncode == 0, f"{doc.name}:{line}: {shlex.join(tokens)}\n{proc.stderr[-3000:]}"
+                ran += 1
+    return ran
