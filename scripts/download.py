@@ -8,7 +8,7 @@ Examples:
     python scripts/download.py                        # list the repo ids of the config registry
     python scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --access_token $HF_TOKEN --tokenizer_only true
     python scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset \
-        --allow_patterns 'train/chunk1/*' --local_dir data/slimpajama-raw
+        --allow_patterns '[train/chunk1/*]' --local_dir data/slimpajama-raw
 """
 
 import os
@@ -45,8 +45,8 @@ def download_from_hub(
             else the token of `hf auth login`).
         tokenizer_only: Models: only the tokenizer files, not the weights.
         repo_type: `dataset` for dataset repos such as `cerebras/SlimPajama-627B` or `bigcode/starcoderdata`.
-        allow_patterns: Only files matching these glob patterns, e.g. `'train/chunk1/*'` for a slice of a dataset.
-            Models: default is the tokenizer files, `config.json` and the weights (safetensors preferred).
+        allow_patterns: Only files matching these glob patterns, a list such as `'[train/chunk1/*]'` for a slice
+            of a dataset. Models: default is the tokenizer files, `config.json` and the weights (safetensors preferred).
         checkpoint_dir: Models go to `checkpoint_dir/<repo_id>`.
         local_dir: Where the files go instead (datasets default to `data/<name>-raw`, e.g. `data/slimpajama-627b-raw`).
     """
