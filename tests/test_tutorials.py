@@ -67,7 +67,8 @@ def script_call(tokens: List[str]):
         return None
     for i, token in enumerate(tokens):
         if token.endswith(".py"):
-            return token, tokens[i + 1 :]
+            args = tokens[i + 1 :]
+            return token, args[1:] if args[:1] == ["--"] else args  # `fabric run script.py -- --flags`
     return None
 
 
