@@ -12,6 +12,7 @@ The data directory holds litdata chunks from `scripts/prepare_slimpajama.py` and
 """
 
 import math
+import os
 import random
 import sys
 import time
@@ -148,7 +149,8 @@ def setup(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=precision, strategy=strategy,
         loggers=logger,
     )  # fmt: skip
-    fabric.launch()
+    if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
+        fabric.launch()
     hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
     fabric.print(hparams)
     fabric.logger.log_hyperparams(hparams)

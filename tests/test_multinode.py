@@ -1,6 +1,6 @@
 """Several processes and several nodes on CPU (gloo): full vs hybrid sharding, the external launchers (torchrun,
-SLURM's srun), sharded checkpoints, and the data each rank reads. Two "nodes" are two launcher invocations on this
-machine, as they would be on two hosts that share a filesystem.
+`fabric run`, SLURM's srun), sharded checkpoints, and the data each rank reads. Two "nodes" are two launcher
+invocations on this machine, as they would be on two hosts that share a filesystem.
 """
 
 import json
@@ -55,8 +55,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_all(procs: list, what: str) -> None:
-    """Wait for every process; on a failure, kill the others (they would wait for the missing rank) and report."""
+def wait_all(procs: list, what: str) -> str:
+    """Wait for every process and return their output; on a failure, kill the others (they would wait for the
+    missing rank) and report."""
     try:
         for proc in procs:
             proc.wait(timeout=300)
@@ -65,8 +66,9 @@ def wait_all(procs: list, what: str) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    logs = "\n".join(proc.stdout.read()[-4000:] for proc in procs)
-    assert all(proc.returncode == 0 for proc in procs), f"{what} failed:\n{logs}"
+    logs = "\n".join(proc.stdout.read() for proc in procs)
+    assert all(proc.returncode == 0 for proc in procs), f"{what} failed:\n{logs[-8000:]}"
+    return logs
 
 
 def start(cmd: list, env: dict) -> subprocess.Popen:
@@ -74,7 +76,7 @@ def start(cmd: list, env: dict) -> subprocess.Popen:
 
 
 @pytest.mark.slow  # ~100 s on 2 cores: three launches of 4 processes, each importing lightning
-def test_hybrid_sharding_matches_full_through_torchrun_and_resumes_under_slurm(tmp_path, data_dir):
+def test_hybrid_sharding_on_two_nodes_matches_full_and_resumes_under_slurm(tmp_path, data_dir):
     args = [*COMMON, "--data_dir", str(data_dir)]
     full, hybrid, resumed = tmp_path / "full", tmp_path / "hybrid", tmp_path / "resumed"
 
@@ -83,13 +85,19 @@ def test_hybrid_sharding_matches_full_through_torchrun_and_resumes_under_slurm(t
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    # hybrid sharding on 2 nodes × 2 devices: one torchrun per node, as on two hosts (static rendezvous)
+    # hybrid sharding on 2 nodes × 2 devices, one launcher per node as on two hosts: node 0 through `fabric run`,
+    # node 1 through torchrun (`fabric run` is torchrun with Fabric's settings: they join the same rendezvous)
     port = free_port()
     hybrid_args = [*args, "--out_dir", str(hybrid), "--devices", "2", "--num_nodes", "2", "--sharding", "hybrid"]
+    fabric_run = [str(Path(sys.executable).parent / "fabric"), "run", "--accelerator", "cpu", "--devices", "2"]
+    fabric_run += ["--num-nodes", "2", "--node-rank", "0", "--main-address", "127.0.0.1", "--main-port", str(port)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2"]
-    torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
-    nodes = [start([*torchrun, "--node_rank", str(node), str(SCRIPT), *hybrid_args], _env()) for node in (0, 1)]
-    wait_all(nodes, "torchrun")
+    torchrun += ["--node_rank", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    node0 = start([*fabric_run, str(SCRIPT), "--", *hybrid_args], _env())  # `--`: the script's flags, not fabric's
+    node1 = start([*torchrun, str(SCRIPT), *hybrid_args], _env())
+    logs = wait_all([node0, node1], "fabric run + torchrun")
+    # the global batch is the job's: 4 sequences of 16 tokens per step, 1 micro-batch on each of the 4 processes
+    assert "2 steps of 64 tokens (1 micro-batches of 1 per device)" in logs
 
     for key in ("loss", "grad_norm", "val_loss"):
         expected, actual = metrics(full, key), metrics(hybrid, key)
