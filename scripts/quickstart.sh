@@ -4,7 +4,7 @@
 # resume -> lit and Hugging Face exports -> generated text -> test perplexity -> loss plot.
 #
 #   bash scripts/quickstart.sh                  # everything under out/demo (~6 min on 2 CPU cores)
-#   bash scripts/quickstart.sh --smoke          # every stage with tiny sizes, under out/demo-smoke (~1.5 min; CI)
+#   bash scripts/quickstart.sh --smoke          # every stage with tiny sizes, under out/demo-smoke (~2 min; CI)
 #   bash scripts/quickstart.sh --root /tmp/demo # another output root
 #
 # Re-running is safe: a stage whose output exists is skipped, so a second run only generates text and plots again.
@@ -121,6 +121,8 @@ stage "test perplexity" "" "blocks of" \
 stage "plot" "" "." scripts/plot_logs.py --log_dir "$RUN/logs" --output "$RUN/loss.png"
 
 ELAPSED=$((SECONDS - START))
+TENSORBOARD=$(dirname "$PY")/tensorboard
+[ -x "$TENSORBOARD" ] || TENSORBOARD=tensorboard
 cat <<EOF
 
 ==> Demo finished in $((ELAPSED / 60))m$((ELAPSED % 60))s ($DEVICE)
@@ -134,6 +136,6 @@ cat <<EOF
     loss plot       $RUN/loss.png
     lit checkpoint  $LIT
     Hugging Face    $HF
-    TensorBoard     $(dirname "$PY")/tensorboard --logdir $RUN/logs/tensorboard   (then open http://localhost:6006)
+    TensorBoard     $TENSORBOARD --logdir $RUN/logs/tensorboard   (then open http://localhost:6006)
 Next: tutorials/pretrain_tinyllama.md runs the same stages on SlimPajama and Starcoder.
 EOF

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +22,7 @@ def _demo(root: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores: 14 processes, each importing torch and lightning
 def test_demo_smoke(tmp_path):
     root = tmp_path / "demo"
     out = _demo(root).stdout
