@@ -129,9 +129,19 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
         setup(**{**common, "data_dir": str(tmp_path / "nothing")}, global_batch_size=8, micro_batch_size=2)
     with pytest.raises(ValueError, match="not a known model name"):
         setup(**{**common, "model_name": "micro-lama"}, global_batch_size=8, micro_batch_size=2)
-    # the prepared validation split has 6 blocks of 257 tokens: too few for one micro-batch of 8
-    with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*--micro_batch_size"):
-        setup(**common, global_batch_size=8, micro_batch_size=8, precision="32-true")
+    # the prepared validation split has 6 blocks of 257 tokens: too few for one micro-batch of 8. This check runs
+    # after Fabric has made this process a 1-process group: release its port, and drop the variables it set
+    # (MASTER_PORT, LOCAL_RANK, ...), which the later tests' subprocesses would inherit: they would then take
+    # themselves for already launched ranks and wait for peers that never start, or reuse the port (EADDRINUSE)
+    saved = dict(os.environ)
+    try:
+        with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*micro_batch_size"):
+            setup(**common, global_batch_size=8, micro_batch_size=8, precision="32-true")
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data_dir):
