@@ -9,8 +9,9 @@ Sharding (`--sharding` of `pretrain/tinyllama.py`):
     full     every parameter, gradient and optimizer state is split over all N processes (ZeRO-3): least memory,
              but every all-gather and reduce-scatter spans all nodes
     hybrid   split over the devices of one node, replicated across nodes (HSDP): all-gathers and reduce-scatters
-             stay on the node's fast links; across nodes only one gradient all-reduce per step, of a 1/devices
-             shard. Each node holds a full copy of the sharded state, so memory per device is that of one node.
+             stay on the node's fast links; across nodes, one all-reduce of each device's gradient shard per
+             optimizer step. Weights, gradients and optimizer states take 1/devices of the model's per device,
+             as on a single node.
 
 Hybrid is `fully_shard` over a 2-D ("replicate", "shard") mesh. Fabric's own mesh stays ("data_parallel",
 "tensor_parallel") = (N, 1): the data loaders, `fabric.all_reduce` and the checkpoint see N data-parallel processes
