@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.checkpoint import checkpoint_path, find_latest, load_checkpoint, save_checkpoint  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 from lit_gpt.dataloaders import check_data_dir, train_dataloader, val_dataloader  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
@@ -76,6 +77,7 @@ def setup(
     max_nonfinite_steps: int = 10,
     seed: int = 3407,
     resume: Union[bool, Literal["auto"], Path] = False,
+    initial_checkpoint_dir: Optional[Path] = None,
 ) -> None:
     """Pretrain a model from the registry on a weighted mix of SlimPajama and Starcoder.
 
@@ -121,6 +123,9 @@ def setup(
         seed: Seed of the weight initialization and the data order.
         resume: `false` starts fresh; `true` or `auto` resumes from the latest complete checkpoint in `out_dir`
             (starting fresh if there is none); a path resumes from that checkpoint.
+        initial_checkpoint_dir: A lit checkpoint directory (`lit_model.pth` + `lit_config.json`, for example from
+            `scripts/convert_hf_checkpoint.py`) whose weights replace the random initialization, to continue
+            pretraining a public model. The optimizer and the data start fresh. Ignored when a run resumes.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     out_dir = out_dir or Path("out") / model_name
@@ -205,6 +210,12 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     if resume in (True, "auto"):
         resume = find_latest(out_dir)
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
+    if not resume and h["initial_checkpoint_dir"]:
+        model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
+        shapes = {k: v.shape for k, v in load_lit_state_dict(lit_checkpoint_files(model_file.parent)[1]).items()}
+        check_weights(shapes, config, str(model_file))
+        fabric.load_raw(model_file, model, strict=True)
+        fabric.print(f"Initialized the weights from {model_file}")
     if resume:
         load_checkpoint(fabric, Path(resume), state, config.to_dict())
         train_loader.load_state_dict(state["train_dataloader"])

@@ -230,6 +230,19 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
 
+    # continued pretraining from the converted weights (2 processes: loaded into the shards); with a learning
+    # rate of 0 the first step leaves them as they were, so its checkpoint holds exactly the converted weights
+    out = tmp_path / "continued"
+    flags = ["--initial_checkpoint_dir", str(single), "--max_steps", "1", "--learning_rate", "0", "--min_lr", "0"]
+    cmd = [sys.executable, "pretrain/tinyllama.py", *PRETRAIN, "--data_dir", str(data), "--out_dir", str(out)]
+    proc = subprocess.run(cmd + flags + ["--devices", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "Initialized the weights from" in proc.stdout
+    convert(out / "step-00000001.pth", tokenizer_dir, "micro-llama", tmp_path / "lit-continued", group_size="2MB")
+    c = torch.load(tmp_path / "lit-continued" / "lit_model.pth", weights_only=True)
+    for name in a:
+        torch.testing.assert_close(c[name], a[name], rtol=0, atol=0, msg=name)
+
     export(sharded, tmp_path / "hf")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     model.load_state_dict(b)
