@@ -5,7 +5,8 @@
 
 Reads `config.json` and the weights (`model.safetensors` or `pytorch_model.bin`, sharded with an index or not) one
 file and one tensor at a time, maps them with `lit_gpt/hf.py` and writes `lit_config.json` and `lit_model.pth` next
-to them (or into `--output_dir`, with the tokenizer files copied), for `generate/base.py` and `eval/perplexity.py`.
+to them (or into `--output_dir`, with the tokenizer files copied). `pretrain/tinyllama.py --initial_checkpoint_dir`
+starts from the result.
 """
 
 import json
