@@ -140,15 +140,17 @@ def is_distributed_checkpoint(path: Path) -> bool:
     return path.is_dir() and (path / ".metadata").is_file()
 
 
-def training_checkpoint_shapes(path: Path) -> Dict[str, torch.Size]:
+def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[str, torch.Size]:
     """Names (wrapper prefixes stripped) and shapes of the model weights in a training checkpoint, read without
     loading any tensor."""
     if is_distributed_checkpoint(path):
         return {name: meta.size for name, (_, meta) in _dcp_model_entries(path).items()}
-    return {name: t.shape for name, t in _single_file_model(path).items()}
+    return {name: t.shape for name, t in _single_file_model(path, trust_pickle).items()}
 
 
-def training_checkpoint_tensors(path: Path, group_bytes: int = 2**30) -> Iterator[Tuple[str, torch.Tensor]]:
+def training_checkpoint_tensors(
+    path: Path, group_bytes: int = 2**30, trust_pickle: bool = False
+) -> Iterator[Tuple[str, torch.Tensor]]:
     """(name, tensor) for every model weight of a training checkpoint, wrapper prefixes stripped.
 
     A single file is memory-mapped. A distributed checkpoint is consolidated without a process group: the DCP
@@ -156,7 +158,7 @@ def training_checkpoint_tensors(path: Path, group_bytes: int = 2**30) -> Iterato
     so that the optimizer state is never read and only one group is in flight at a time.
     """
     if not is_distributed_checkpoint(path):
-        yield from _single_file_model(path).items()
+        yield from _single_file_model(path, trust_pickle).items()
         return
     import torch.distributed.checkpoint as dcp
 
@@ -177,7 +179,7 @@ def training_checkpoint_tensors(path: Path, group_bytes: int = 2**30) -> Iterato
             group, size = {}, 0
 
 
-def _single_file_model(path: Path) -> Dict[str, torch.Tensor]:
+def _single_file_model(path: Path, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
     if not path.is_file():
         what = "a directory without a .metadata file" if path.is_dir() else "missing"
         raise FileNotFoundError(
@@ -186,9 +188,15 @@ def _single_file_model(path: Path) -> Dict[str, torch.Tensor]:
         )
     try:
         state = _torch_load(path)
-    except Exception as e:  # pickled non-tensor objects (hyperparameters, ...) that weights_only refuses
+    except Exception as e:  # pickled objects (hyperparameters of other tools, ...) that weights_only refuses
         if "weights_only" not in str(e):
             raise
+        if not trust_pickle:
+            raise ValueError(
+                f"{str(path)!r} holds pickled Python objects besides tensors, which loading it safely "
+                "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. If the file "
+                "comes from a source you trust, pass --trust_pickle true."
+            ) from e
         state = torch.load(path, mmap=True, weights_only=False, map_location="cpu")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]

@@ -38,6 +38,7 @@ def convert(
     output_dir: Path,
     overwrite: bool = False,
     group_size: str = "1GB",
+    trust_pickle: bool = False,
 ) -> None:
     """Convert a pretraining checkpoint to a lit checkpoint directory.
 
@@ -52,6 +53,9 @@ def convert(
         overwrite: Write into `output_dir` even when it is not empty.
         group_size: Read a sharded checkpoint in groups of tensors of about this size ('1GB', '500MB'); peak
             memory is the model's size plus one group.
+        trust_pickle: Also convert a single-file checkpoint that holds pickled Python objects besides tensors
+            (other tools' hyperparameters, for example), which a safe load refuses. Unpickling can run arbitrary
+            code: only for files from a source you trust. Checkpoints of `pretrain/tinyllama.py` never need it.
     """
     config = Config.from_name(config_name)
     if not tokenizer_dir.is_dir():
@@ -66,13 +70,13 @@ def convert(
     if not checkpoint_file.exists():
         raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
     # refuse a mismatching checkpoint before reading any weight or writing any file
-    check_weights(training_checkpoint_shapes(checkpoint_file), config, source=str(checkpoint_file))
+    check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, source=str(checkpoint_file))
     ensure_empty_dir(output_dir, overwrite)
 
     t0 = time.perf_counter()
     kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
     print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
-    state_dict = dict(training_checkpoint_tensors(checkpoint_file, group_bytes=parse_size(group_size)))
+    state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))
     save_lit_checkpoint(state_dict, config, output_dir)
     copied = copy_tokenizer_files(tokenizer_dir, output_dir)
     n_bytes = sum(t.nbytes for t in state_dict.values())

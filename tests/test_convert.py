@@ -43,6 +43,23 @@ def test_pretrained_checkpoint_files(fabric_checkpoints, export_lit_dir, export_
         assert torch.equal(tensor, raw["model"][name]), name
 
 
+def test_pickled_objects_need_trust(fabric_checkpoints, export_tokenizer_dir, tmp_path):
+    """A checkpoint with pickled objects besides tensors is refused unless the user vouches for it."""
+    import argparse
+
+    from scripts.convert_pretrained_checkpoint import convert
+
+    raw = torch.load(fabric_checkpoints["single"], weights_only=True)
+    path = tmp_path / "other-tool.pth"
+    torch.save({"model": raw["model"], "args": argparse.Namespace(lr=1e-3)}, path)
+    with pytest.raises(ValueError, match="pickled Python objects.*--trust_pickle true"):
+        convert(path, export_tokenizer_dir, "test-llama", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    convert(path, export_tokenizer_dir, "test-llama", tmp_path / "trusted", trust_pickle=True)
+    converted = torch.load(tmp_path / "trusted" / "lit_model.pth", weights_only=True)
+    assert all(torch.equal(converted[k], raw["model"][k]) for k in converted)
+
+
 def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, export_tokenizer_dir, tmp_path):
     from scripts.convert_pretrained_checkpoint import convert
 
