@@ -51,7 +51,7 @@ def _chunk_loss_and_grad_compiled(*args):
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, targets, chunk_size, ignore_index):
+    def forward(ctx, x, weight, targets, chunk_size, ignore_index, grad_enabled):
         # x: (N, d), weight: (V, d), targets: (N,)
         dtype = _compute_dtype(x)
         w = weight.to(dtype)
@@ -59,8 +59,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         valid = targets != ignore_index
         n_valid = valid.sum().clamp(min=1).to(acc)
         loss = torch.zeros((), device=x.device, dtype=acc)
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros_like(weight, dtype=acc) if ctx.needs_input_grad[1] else None
+        # `needs_input_grad` is also set under `torch.no_grad()` (validation): the caller says whether grad is on
+        grad_x = torch.empty_like(x) if grad_enabled and ctx.needs_input_grad[0] else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if grad_enabled and ctx.needs_input_grad[1] else None
         need_grad = grad_x is not None or grad_w is not None
         chunk_fn = _chunk_loss_and_grad_compiled if x.is_cuda else _chunk_loss_and_grad
         for start in range(0, x.size(0), chunk_size):
@@ -83,7 +84,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_w = ctx.saved_tensors
         gx = grad_x * grad_output.to(grad_x.dtype) if grad_x is not None else None
         gw = (grad_w * grad_output).to(ctx.weight_dtype) if grad_w is not None else None
-        return gx, gw, None, None, None
+        return gx, gw, None, None, None, None
 
 
 def fused_linear_cross_entropy(
@@ -95,4 +96,5 @@ def fused_linear_cross_entropy(
     floating-point rounding (tested against it).
     """
     x2 = x.reshape(-1, x.size(-1))
-    return _FusedLinearCrossEntropy.apply(x2, weight, targets.reshape(-1), chunk_size, ignore_index)
+    grad_enabled = torch.is_grad_enabled()
+    return _FusedLinearCrossEntropy.apply(x2, weight, targets.reshape(-1), chunk_size, ignore_index, grad_enabled)

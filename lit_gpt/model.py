@@ -33,9 +33,10 @@ class GPT(nn.Module):
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.mask_cache: Optional[torch.Tensor] = None
-        # with targets, compute the loss chunk by chunk without materializing the logits (lit_gpt/loss.py);
-        # False selects the plain `lm_head` + `F.cross_entropy` path
-        self.fused_loss = True
+        # with targets: True computes the loss chunk by chunk without materializing the logits (lit_gpt/loss.py),
+        # False uses the plain `lm_head` + `F.cross_entropy`; None picks fused on CUDA, where it saves memory and
+        # time, and plain elsewhere, where it is the faster of the two (~15x on CPU)
+        self.fused_loss: Optional[bool] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -81,7 +82,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x)
-        if self.fused_loss and self.lm_head.bias is None:
+        fused = x.is_cuda if self.fused_loss is None else self.fused_loss
+        if fused and self.lm_head.bias is None:
             return fused_linear_cross_entropy(x, self.lm_head.weight, targets)
         return cross_entropy(self.lm_head(x), targets)
 

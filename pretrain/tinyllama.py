@@ -178,8 +178,6 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     if n_params >= META_INIT_PARAMS:
         init_weights(model, config.n_layer, config.n_embd)  # on the shards, with DTensor's rank-consistent RNG
     fabric.print(f"{config.name}: {n_params:,} parameters, initialized in {time.perf_counter() - t0:.1f}s")
-    # the chunked fused loss saves GPU memory; on CPU the plain logits + cross-entropy path is much faster
-    model.fused_loss = fabric.device.type == "cuda"
 
     fused = fabric.device.type in ("cuda", "cpu")
     param_groups = optimizer_param_groups(model, h["weight_decay"], h["decay_norms_and_biases"])

@@ -69,3 +69,16 @@ def test_compiled_chunk_matches_eager_on_cuda():
     closs, cgrad = _chunk_loss_and_grad_compiled(logits, targets, scale, torch.float32, True)
     torch.testing.assert_close(closs, loss, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(cgrad.float(), grad.float(), rtol=2e-2, atol=1e-6)
+
+
+def test_fused_loss_computes_no_gradients_under_no_grad():
+    """Validation runs under `torch.no_grad()`: only the forward projection's FLOPs, not the two gradient products."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(64, 32, requires_grad=True)
+    w = torch.randn(100, 32, requires_grad=True)
+    targets = torch.randint(0, 100, (64,))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        loss = fused_linear_cross_entropy(x, w, targets, chunk_size=16)
+    assert counter.get_total_flops() == 2 * 64 * 32 * 100
+    torch.testing.assert_close(loss, cross_entropy(x @ w.t(), targets))
