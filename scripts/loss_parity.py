@@ -1,0 +1,349 @@
+"""Loss parity of the bf16 training step: the same batches from the same initial weights, step by step, against an
+eager float32 reference and against litgpt.
+
+Cases, each trained for `--steps` optimizer steps of one micro-batch, with the same AdamW, clipping and cosine
+learning-rate schedule:
+
+    ours       the production step: `lit_gpt.parallel` through Fabric's `ModelParallelStrategy` (FSDP2, bf16 compute
+               with float32 master weights), compiled blocks on CUDA, the model's default loss (fused on CUDA),
+               fused AdamW, `lit_gpt.training.training_step`
+    reference  our `GPT` in float32, eager, plain cross-entropy, TF32 off: the numerics the others should follow
+    litgpt     litgpt's `GPT` with float32 weights under bf16 autocast, compiled on CUDA
+
+The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean, and the same between
+ours and litgpt, and each case's wall time (compilation included). It writes every loss to `loss_parity.json`. A
+measurement: the exit code is 0 either way.
+
+    python scripts/loss_parity.py --model_name tiny-llama-1.1b --data_dir data --steps 200 --micro_batch_size 2
+"""
+
+import gc
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.lr import cosine_lr  # noqa: E402
+from lit_gpt.model import GPT, init_weights  # noqa: E402
+from lit_gpt.training import training_step  # noqa: E402
+from lit_gpt.utils import optimizer_param_groups  # noqa: E402
+
+CASES = ("ours", "reference", "litgpt")
+TRAIN_DIR = "slimpajama/train"
+
+
+def main(
+    model_name: str = "tiny-llama-1.1b",
+    data_dir: Path = Path("data"),
+    micro_batch_size: int = 2,
+    block_size: Optional[int] = None,
+    steps: int = 200,
+    learning_rate: float = 4e-4,
+    min_lr: float = 4e-5,
+    warmup_steps: int = 20,
+    weight_decay: float = 0.1,
+    decay_norms_and_biases: bool = False,
+    beta1: float = 0.9,
+    beta2: float = 0.95,
+    grad_clip: float = 1.0,
+    cases: str = ",".join(CASES),
+    tolerance: float = 0.01,
+    seed: int = 3407,
+    compile: Optional[bool] = None,
+    out_dir: Optional[Path] = None,
+) -> dict:
+    """Train each case on the same batches from the same weights and compare their per-step losses.
+
+    Args:
+        model_name: a registry name (`python scripts/download.py` lists them).
+        data_dir: the folder holding prepared litdata chunks in `slimpajama/train` (`scripts/prepare_slimpajama.py`);
+            its first `steps * micro_batch_size` sequences are read in order, without shuffling.
+        micro_batch_size: sequences per optimizer step (one micro-batch per step, no accumulation).
+        block_size: sequence length; the model's block size by default.
+        steps: optimizer steps per case.
+        learning_rate: peak learning rate of the cosine schedule (`lit_gpt.lr.cosine_lr`).
+        min_lr: the learning rate at the last step.
+        warmup_steps: steps of linear warmup.
+        weight_decay: AdamW's decoupled weight decay, on the weight matrices and embeddings.
+        decay_norms_and_biases: also decay the norm weights and biases (1-D parameters).
+        beta1: AdamW's beta1.
+        beta2: AdamW's beta2.
+        grad_clip: clip the gradient norm to this value; 0 disables clipping.
+        cases: comma-separated cases to run, of `ours`, `reference`, `litgpt`; the differences are taken against
+            `reference`, so keep it in the list.
+        tolerance: the largest per-step relative difference from `reference` that passes (0.01 is 1%).
+        seed: seed of the shared initial weights.
+        compile: `torch.compile` ours (per block, as in pretraining) and litgpt; on by default on CUDA. The reference
+            is always eager.
+        out_dir: where to write `loss_parity.json`; `$OUT` or the working directory by default.
+    """
+    import lightning as L
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    from lit_gpt.parallel import make_parallelize_fn
+
+    names = [c.strip() for c in cases.split(",") if c.strip()]
+    if not names or set(names) - set(CASES):
+        raise ValueError(f"--cases {cases!r} must name some of {', '.join(CASES)}, comma-separated")
+    cuda = torch.cuda.is_available()
+    compile = cuda if compile is None else compile
+    out_dir = Path(out_dir or os.environ.get("OUT", "."))
+    config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
+    batches = load_batches(data_dir, config.block_size, micro_batch_size, steps)
+
+    strategy = ModelParallelStrategy(
+        make_parallelize_fn(precision="bf16-mixed", compile=compile), data_parallel_size=1, tensor_parallel_size=1
+    )
+    fabric = L.Fabric(devices=1, strategy=strategy, precision="bf16-mixed")
+    fabric.launch()
+    device = fabric.device
+    print(
+        f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}; {model_name}, "
+        f"{steps} steps of {micro_batch_size} x {config.block_size} tokens, compile={compile}",
+        flush=True,
+    )
+    initial_state = initial_weights(config, seed, device)
+
+    lr_at = partial(cosine_lr, learning_rate=learning_rate, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=steps)
+
+    def make_optimizer(model: torch.nn.Module, fused: Optional[bool] = None) -> torch.optim.Optimizer:
+        groups = optimizer_param_groups(model, weight_decay, decay_norms_and_biases)
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused)
+
+    runners = {
+        "ours": partial(run_ours, fabric),
+        "reference": partial(run_reference, device=device),
+        "litgpt": partial(run_litgpt, device=device, compile=compile),
+    }
+    losses: Dict[str, List[float]] = {}
+    seconds: Dict[str, float] = {}
+    for name in names:
+        t0 = time.perf_counter()
+        result = runners[name](config, initial_state, batches, lr_at, make_optimizer, grad_clip)
+        if result is None:
+            continue
+        losses[name] = result
+        seconds[name] = time.perf_counter() - t0
+        print(f"{name}: {seconds[name]:.1f}s", flush=True)
+        gc.collect()
+        if cuda:
+            torch._dynamo.reset()  # compiled graphs hold on to the model
+            torch.cuda.empty_cache()
+
+    summary = summarize(losses, seconds, tolerance)
+    print_summary(summary)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    args = dict(model_name=model_name, data_dir=str(data_dir), micro_batch_size=micro_batch_size)
+    args.update(block_size=config.block_size, steps=steps, learning_rate=learning_rate, min_lr=min_lr)
+    args.update(warmup_steps=warmup_steps, weight_decay=weight_decay, decay_norms_and_biases=decay_norms_and_biases)
+    args.update(beta1=beta1, beta2=beta2, grad_clip=grad_clip, seed=seed, compile=compile)
+    record = dict(args=args, torch=torch.__version__, device=str(device), losses=losses, summary=summary)
+    (out_dir / "loss_parity.json").write_text(json.dumps(record, indent=1))
+    print(f"Wrote {out_dir / 'loss_parity.json'}")
+    return summary
+
+
+def load_batches(data_dir: Path, block_size: int, micro_batch_size: int, steps: int) -> torch.Tensor:
+    """The first `steps * micro_batch_size` sequences of `data_dir/slimpajama/train`, in order, as a CPU tensor
+    (steps, micro_batch_size, block_size + 1)."""
+    from litdata.streaming import StreamingDataset, TokensLoader
+
+    folder = Path(data_dir) / TRAIN_DIR
+    if not (folder / "index.json").is_file():
+        raise FileNotFoundError(
+            f"--data_dir {data_dir} lacks prepared litdata chunks in {TRAIN_DIR} (no index.json). Prepare them with "
+            "scripts/prepare_slimpajama.py (see tutorials/pretrain_tinyllama.md), or pass --data_dir pointing to "
+            "the folder that holds them."
+        )
+    dataset = StreamingDataset(str(folder), item_loader=TokensLoader(block_size=block_size + 1), shuffle=False)
+    needed = steps * micro_batch_size
+    if len(dataset) < needed:
+        raise ValueError(
+            f"{folder} holds {len(dataset)} sequences of {block_size + 1} tokens; --steps {steps} x "
+            f"--micro_batch_size {micro_batch_size} needs {needed}. Prepare more data with "
+            "scripts/prepare_slimpajama.py, or lower --steps, --micro_batch_size or --block_size."
+        )
+    sequences = [item for _, item in zip(range(needed), dataset)]
+    return torch.stack(sequences).view(steps, micro_batch_size, block_size + 1)
+
+
+def initial_weights(config: Config, seed: int, device: torch.device) -> Dict[str, torch.Tensor]:
+    """TinyLlama's initialization under `seed` (computed on `device`, which is fast on a GPU), kept on the CPU."""
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    torch.manual_seed(seed)
+    init_weights(model, config.n_layer, config.n_embd)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def train(
+    name: str,
+    step: Callable[[torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    batches: torch.Tensor,
+    lr_at: Callable[[int], float],
+    device: torch.device,
+) -> List[float]:
+    """Run `step` on every batch with the scheduled learning rate; returns the per-step losses."""
+    losses = []
+    every = max(1, len(batches) // 10)
+    t0 = time.perf_counter()
+    for i, batch in enumerate(batches):
+        lr = lr_at(i)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses.append(step(batch.to(device, non_blocking=True)).detach().float())
+        if (i + 1) % every == 0 or i + 1 == len(batches):  # the only host syncs
+            elapsed = time.perf_counter() - t0
+            print(f"{name:9} step {i + 1:>4}/{len(batches)} loss {losses[-1].item():.4f} lr {lr:.2e} {elapsed:.0f}s")
+    return torch.stack(losses).tolist()
+
+
+def run_ours(fabric, config, initial_state, batches, lr_at, make_optimizer, grad_clip) -> List[float]:
+    with fabric.init_module(empty_init=True):
+        model = GPT(config)
+    model.to_empty(device=fabric.device)
+    model.load_state_dict(initial_state)  # before sharding: plain tensors into plain parameters
+    model = fabric.setup(model)
+    # as pretrain/tinyllama.py: fused AdamW wherever it exists
+    optimizer = fabric.setup_optimizers(make_optimizer(model, fused=fabric.device.type in ("cuda", "cpu")))
+
+    def step(batch: torch.Tensor) -> torch.Tensor:
+        return training_step(fabric, model, optimizer, [batch], grad_clip)[0]
+
+    return train("ours", step, optimizer, batches, lr_at, fabric.device)
+
+
+@contextmanager
+def full_float32_matmuls() -> Iterator[None]:
+    """Float32 matrix products without TF32, restoring the previous settings after."""
+    before = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[:2]
+        torch.set_float32_matmul_precision(before[2])
+
+
+def run_reference(config, initial_state, batches, lr_at, make_optimizer, grad_clip, device) -> List[float]:
+    with torch.device("meta"):
+        model = GPT(config)
+    model.to_empty(device=device)
+    model.load_state_dict(initial_state)
+    model.fused_loss = False
+    optimizer = make_optimizer(model)
+
+    def step(batch: torch.Tensor) -> torch.Tensor:
+        loss = model(batch[:, :-1], targets=batch[:, 1:])
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    with full_float32_matmuls():
+        return train("reference", step, optimizer, batches, lr_at, device)
+
+
+def run_litgpt(
+    config, initial_state, batches, lr_at, make_optimizer, grad_clip, device, compile
+) -> Optional[List[float]]:
+    try:
+        import litgpt
+        from litgpt.model import GPT as LitGPT
+    except ImportError as e:
+        print(f"litgpt: skipped, it is not importable ({e}); `pip install litgpt==0.5.13` to compare against it")
+        return None
+    # our config's fields are litgpt's; litgpt converts our fused-qkv layout when it loads our state dict
+    fields = {k: v for k, v in asdict(config).items() if k != "hf_config"}
+    with torch.device("meta"):
+        model = LitGPT(litgpt.Config(**fields))
+    model.to_empty(device=device)
+    model.reset_parameters()  # the rope cache, not a parameter, is rebuilt on the device
+    model.load_state_dict(initial_state, strict=True)
+    optimizer = make_optimizer(model)
+    forward = torch.compile(model) if compile else model
+
+    def step(batch: torch.Tensor) -> torch.Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            logits = forward(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long())
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    return train("litgpt", step, optimizer, batches, lr_at, device)
+
+
+def compare(losses: List[float], baseline: List[float]) -> dict:
+    """Per-step |loss - baseline| / baseline: the maximum, its 1-based step, and the mean (a non-finite loss counts
+    as an infinite difference)."""
+    a, b = torch.tensor(losses, dtype=torch.float64), torch.tensor(baseline, dtype=torch.float64)
+    if a.shape != b.shape or a.numel() == 0:
+        raise ValueError(f"Cannot compare loss curves of {a.numel()} and {b.numel()} steps")
+    rel = torch.nan_to_num((a - b).abs() / b.abs(), nan=float("inf"))
+    return dict(max=rel.max().item(), max_step=int(rel.argmax()) + 1, mean=rel.mean().item())
+
+
+def summarize(losses: Dict[str, List[float]], seconds: Dict[str, float], tolerance: float) -> dict:
+    """Each case's first and last loss and seconds; each non-reference case against `reference` (with whether the
+    maximum relative difference is within `tolerance`); ours against litgpt."""
+    summary = dict(tolerance=tolerance, cases={}, vs_reference={})
+    for name, curve in losses.items():
+        summary["cases"][name] = dict(steps=len(curve), first_loss=curve[0], last_loss=curve[-1])
+        summary["cases"][name]["seconds"] = seconds.get(name)
+    if "reference" in losses:
+        for name in losses:
+            if name != "reference":
+                diff = compare(losses[name], losses["reference"])
+                summary["vs_reference"][name] = dict(diff, within_tolerance=diff["max"] <= tolerance)
+    if "ours" in losses and "litgpt" in losses:
+        summary["ours_vs_litgpt"] = compare(losses["ours"], losses["litgpt"])
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    print(f"{'case':9} {'steps':>5} {'first loss':>10} {'last loss':>10} {'seconds':>8}")
+    for name, c in summary["cases"].items():
+        secs = f"{c['seconds']:8.1f}" if c["seconds"] is not None else "       -"
+        print(f"{name:9} {c['steps']:>5} {c['first_loss']:10.4f} {c['last_loss']:10.4f} {secs}")
+    tol = summary["tolerance"]
+    for name, d in summary["vs_reference"].items():
+        verdict = f"within {tol * 100:g}%" if d["within_tolerance"] else f"OUTSIDE {tol * 100:g}%"
+        print(
+            f"{name} vs fp32 reference: max {d['max']:.3%} at step {d['max_step']}, mean {d['mean']:.3%} -> {verdict}"
+        )
+    if "ours_vs_litgpt" in summary:
+        d = summary["ours_vs_litgpt"]
+        print(f"ours vs litgpt: max {d['max']:.3%} at step {d['max_step']}, mean {d['mean']:.3%}")
+
+
+if __name__ == "__main__":
+    from jsonargparse import CLI
+
+    torch.set_float32_matmul_precision("high")  # as pretrain/tinyllama.py; the reference turns it off for itself
+    CLI(main, as_positional=False)
