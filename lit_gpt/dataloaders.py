@@ -7,7 +7,7 @@ position in the data, so a resumed run continues with exactly the next batch.
 """
 
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -63,3 +63,25 @@ def val_dataloader(data_dir: str, block_size: int, batch_size: int, num_workers:
     return StreamingDataLoader(
         dataset, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=num_workers, drop_last=True
     )
+
+
+def cycle_full_batches(loader: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """The loader's batches epoch after epoch, without the short ones.
+
+    With worker processes, litdata ends each worker's share of an epoch with a short batch although `drop_last` is
+    set (with 4 workers, ~4 short batches per epoch). A short micro-batch makes `torch.compile` recompile for the new
+    shape and puts fewer tokens in the step than it counts; skipping them loses fewer than `batch_size` sequences per
+    worker and epoch. The loader's `state_dict()` still records every batch it yielded, so a resumed run skips the
+    same ones.
+    """
+    while True:
+        yielded = False
+        for batch in loader:
+            if batch.size(0) == batch_size:
+                yielded = True
+                yield batch
+        if not yielded:
+            raise RuntimeError(
+                f"An epoch of the training data has no full batch of {batch_size} sequences: the data set is smaller "
+                "than one micro-batch per process. Prepare more data or lower --micro_batch_size."
+            )

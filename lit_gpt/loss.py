@@ -49,6 +49,17 @@ def _chunk_loss_and_grad_compiled(*args):
     return _compiled(*args)
 
 
+def accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += a @ b, with `out` in float32 and a, b possibly in bf16: on CUDA the low-precision product accumulates
+    straight into `out` (no bf16-rounded temporary, no separate add pass)."""
+    if a.dtype == out.dtype:
+        out.addmm_(a, b)
+    elif out.is_cuda:
+        torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
+    else:  # CPU has no mixed-dtype addmm
+        out += (a @ b).to(out.dtype)
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, chunk_size, ignore_index, grad_enabled):
@@ -74,7 +85,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             if grad_x is not None:
                 grad_x[start : start + chunk_size] = grad @ w
             if grad_w is not None:
-                grad_w += (grad.t() @ xc).to(acc)
+                accumulate_product(grad_w, grad.t(), xc)
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_x, grad_w)
         return loss / n_valid

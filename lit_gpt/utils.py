@@ -67,6 +67,8 @@ def format_metrics(step: int, max_steps: int, m: Dict[str, Any]) -> str:
     if m.get("mfu") is not None:
         parts.append(f"MFU {m['mfu']:.1%}")
     parts.append(f"{m['step_time'] * 1000:.0f} ms/step")
+    if m.get("data_wait") is not None:
+        parts.append(f"data wait {m['data_wait'] * 1000:.0f} ms")
     if m.get("peak_memory_gb") is not None:
         parts.append(f"peak mem {m['peak_memory_gb']:.1f} GB")
     parts.append(f"ETA {format_duration(m['remaining_hours'] * 3600)}")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt.checkpoint import checkpoint_path, find_latest, load_checkpoint, save_checkpoint  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
-from lit_gpt.dataloaders import check_data_dir, train_dataloader, val_dataloader  # noqa: E402
+from lit_gpt.dataloaders import check_data_dir, cycle_full_batches, train_dataloader, val_dataloader  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lr import cosine_lr  # noqa: E402
@@ -51,6 +51,7 @@ def setup(
     devices: Union[int, Literal["auto"]] = "auto",
     num_nodes: int = 1,
     sharding: Literal["full", "hybrid"] = "full",
+    reshard_after_forward: Optional[bool] = None,
     accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
     precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
     global_batch_size: int = 512,
@@ -92,6 +93,9 @@ def setup(
             tutorials/multi_node.md.
         sharding: `full` shards weights, gradients and optimizer states over every process (least memory);
             `hybrid` shards over the devices of each node and replicates across nodes (less traffic between nodes).
+        reshard_after_forward: Free each block's gathered weights after its forward pass and gather them again for
+            its backward (less memory, one more all-gather per block and micro-batch). Default: on when a shard
+            group has more than one process, off on one GPU where there is nothing to gather.
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
             `32-true`.
@@ -140,7 +144,7 @@ def setup(
 
     parallelize_fn = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
-        devices_per_node=world_size // num_nodes,
+        devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward,
     )  # fmt: skip
     # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
     strategy = ModelParallelStrategy(
@@ -239,20 +243,18 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         f"{flops_per_tok / 1e9:.2f} GFLOPs/token (6N + 12·L·d·T)"
     )
 
-    train_iterator = iter(train_loader)
+    train_iterator = cycle_full_batches(train_loader, h["micro_batch_size"])
     nonfinite_streak = torch.zeros((), device=fabric.device)
     skipped = torch.zeros((), device=fabric.device)
     last_log_time, last_log_step = time.perf_counter(), state["step_count"]
+    data_wait = 0.0  # host seconds spent waiting for batches since the last log step
     while state["step_count"] < max_steps:
         lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = []
-        while len(micro_batches) < accumulation:
-            try:
-                micro_batches.append(fabric.to_device(next(train_iterator)))
-            except StopIteration:  # end of an epoch: the data loader starts the next one
-                train_iterator = iter(train_loader)
+        t_data = time.perf_counter()
+        micro_batches = [fabric.to_device(next(train_iterator)) for _ in range(accumulation)]
+        data_wait += time.perf_counter() - t_data
         loss, grad_norm = training_step(fabric, model, optimizer, micro_batches, h["grad_clip"])
         state["iter_num"] += accumulation
         state["step_count"] += 1
@@ -272,7 +274,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             skipped.zero_()
             now = time.perf_counter()
             step_time = (now - last_log_time) / (step - last_log_step)
-            last_log_time, last_log_step = now, step
+            data_wait_per_step = data_wait / (step - last_log_step)
+            last_log_time, last_log_step, data_wait = now, step, 0.0
             tokens_per_sec = tokens_per_step / step_time
             metrics = {
                 "loss": loss,
@@ -283,7 +286,10 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
                 "tokens_per_sec_per_device": tokens_per_sec / fabric.world_size,
                 "mfu": mfu(tokens_per_sec / fabric.world_size, flops_per_tok, fabric.device),
                 "step_time": step_time,
-                "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if fabric.device.type == "cuda" else None,
+                # the host's wait for the loader; it costs throughput only where it exceeds the GPU's queued work
+                "data_wait": data_wait_per_step,
+                # GiB, as scripts/benchmark.py and the peer harness count it
+                "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if fabric.device.type == "cuda" else None,
                 "remaining_hours": (max_steps - step) * step_time / 3600,
                 "skipped_steps": state["skipped_steps"],
             }

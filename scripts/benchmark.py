@@ -30,6 +30,7 @@ from lit_gpt.training import training_step  # noqa: E402
 def main(
     model_name: str = "tiny-llama-1.1b",
     micro_batch_sizes: List[int] = (8,),
+    accumulation: int = 1,
     block_size: Optional[int] = None,
     precision: str = "bf16-mixed",
     compile: Optional[bool] = None,
@@ -49,7 +50,9 @@ def main(
 
     Args:
         model_name: a registry name (`python scripts/download.py` lists them).
-        micro_batch_sizes: sequences per step; each size is one measurement.
+        micro_batch_sizes: sequences per forward/backward pass; each size is one measurement.
+        accumulation: micro-batches per optimizer step (gradient accumulation), as `pretrain/tinyllama.py` runs
+            global_batch_size / micro_batch_size of them on one GPU.
         block_size: sequence length; the model's block size by default.
         precision: `bf16-mixed` (bf16 compute, float32 master weights), `bf16-true` or `32-true`.
         compile: `torch.compile` each transformer block; on by default on CUDA.
@@ -96,10 +99,10 @@ def main(
         init_weights(model, config.n_layer, config.n_embd)
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=cuda)
         optimizer = fabric.setup_optimizers(optimizer)
-        x = torch.randint(0, config.vocab_size, (mbs, T + 1), device=fabric.device)
+        x = [torch.randint(0, config.vocab_size, (mbs, T + 1), device=fabric.device) for _ in range(accumulation)]
 
         def step(model=model, optimizer=optimizer, x=x):
-            return training_step(fabric, model, optimizer, [x], grad_clip)[0]
+            return training_step(fabric, model, optimizer, x, grad_clip)[0]
 
         t0 = time.perf_counter()
         for _ in range(warmup):
@@ -113,11 +116,12 @@ def main(
             loss = step()
         sync(cuda)
         dt = (time.perf_counter() - t0) / steps
-        tps = mbs * T / dt
+        tps = mbs * T * accumulation / dt
         r = dict(
             impl="ours",
             compile=compile,
             mbs=mbs,
+            accumulation=accumulation,
             step_s=dt,
             tokens_per_s=tps,
             mfu=flops.mfu(tps, flops.flops_per_token(config, T), fabric.device),

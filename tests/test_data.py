@@ -187,3 +187,19 @@ def test_prepare_input_errors_say_what_to_do(prepared, tmp_path):
     (real / "tokenizer.model").write_bytes((prepared["tokenizer"] / "tokenizer.model").read_bytes())
     with pytest.raises(PrepareError, match=f"Did you mean --tokenizer_path {real}"):
         prepare("slimpajama", prepared["raw"], str(tmp_path / "out"), tmp_path / "checkpoints" / "Llama-2-7b-hf", 2049)
+
+
+def test_training_batches_are_all_full_across_epochs(prepared, tmp_path):
+    """litdata's workers each end an epoch with a short batch despite drop_last; training sees only full ones."""
+    from lit_gpt.dataloaders import cycle_full_batches, train_dataloader
+
+    data_dir = prepared["slimpajama_train"].parents[1]
+    loader = train_dataloader(str(data_dir), (0.7, 0.3), block_size=256, batch_size=8, num_workers=2, seed=1)
+    sizes = [batch.size(0) for batch in loader]
+    assert sizes.count(8) >= 2
+    assert any(size != 8 for size in sizes)  # what litdata yields (if this starts failing, litdata fixed it)
+    batches = cycle_full_batches(loader, 8)
+    for _ in range(3 * sizes.count(8)):  # three epochs
+        assert next(batches).shape == (8, 257)
+    with pytest.raises(RuntimeError, match="no full batch"):
+        next(cycle_full_batches(loader, 10_000))

@@ -165,3 +165,88 @@ def test_checkpoints_move_between_litgpt_and_us():
     theirs.load_state_dict(ours.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(theirs(idx), ours(idx), atol=1e-5, rtol=0)
+
+
+def test_swiglu_linear_matches_autograd_and_saves_no_product():
+    from lit_gpt.model import swiglu_linear
+
+    torch.manual_seed(0)
+    a = torch.randn(2, 5, 40, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 5, 40, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, 40, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 5, 8, dtype=torch.float64)
+    expected = torch.nn.functional.linear(torch.nn.functional.silu(a) * b, w)
+    expected_grads = torch.autograd.grad(expected, (a, b, w), g)
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        actual = swiglu_linear(a, b, w)
+    actual_grads = torch.autograd.grad(actual, (a, b, w), g)
+    torch.testing.assert_close(actual, expected)
+    for x, y in zip(actual_grads, expected_grads):
+        torch.testing.assert_close(x, y)
+    assert saved == [a.shape, b.shape, w.shape]  # a, b and the weight: not silu(a) * b
+
+
+def test_swiglu_linear_under_bf16_autocast_and_compile():
+    from lit_gpt.model import swiglu_linear
+
+    torch.manual_seed(0)
+    a = torch.randn(64, 40, requires_grad=True)
+    b = torch.randn(64, 40, requires_grad=True)
+    w = torch.randn(8, 40, requires_grad=True)
+    expected = torch.nn.functional.linear(torch.nn.functional.silu(a) * b, w)
+    expected_grads = torch.autograd.grad(expected.sum(), (a, b, w))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actual = torch.compile(swiglu_linear)(a, b, w)
+    assert actual.dtype == torch.bfloat16
+    actual_grads = torch.autograd.grad(actual.float().sum(), (a, b, w))
+    torch.testing.assert_close(actual.float(), expected, rtol=2e-2, atol=5e-2)
+    for x, y in zip(actual_grads, expected_grads):
+        assert x.dtype == y.dtype == torch.float32
+        torch.testing.assert_close(x, y, rtol=2e-2, atol=5e-2)
+
+
+def test_attention_output_reaches_proj_without_a_copy():
+    """q, k, v live as (B, T, heads, head_size): attention writes its output in that layout and `proj` reads it as
+    (B, T, n_embd) without a copy, so backward keeps one tensor of attention output, not two."""
+    from lit_gpt.model import CausalSelfAttention, build_rope_cache
+
+    config = Config.from_name("micro-llama")
+    attn = CausalSelfAttention(config)
+    B, T = 2, 16
+    x = torch.randn(B, T, config.n_embd, requires_grad=True)
+    cos, sin = build_rope_cache(T, config.rope_n_elem)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        attn(x, cos, sin)
+    full_size = [t for t in saved if t.numel() == B * T * config.n_embd]
+    # the block input (for qkv's weight gradient), q, the attention output: three storages
+    assert len({t.untyped_storage().data_ptr() for t in full_size}) == 3
+
+
+@pytest.mark.gpu
+def test_compiled_block_saves_only_what_backward_needs_on_cuda():
+    """Per token, a compiled tiny-llama block keeps for backward: its input, both norm outputs, q, k, v, the attention
+    output, the attention residual (n_embd or less each) and the two MLP inputs of SwiGLU (intermediate_size each),
+    in bf16, plus float32 norm and softmax statistics. Not the SwiGLU product, not a second copy of the attention
+    output."""
+    from lit_gpt.model import Block, build_rope_cache
+
+    config = Config.from_name("tiny-llama-1.1b")
+    block = Block(config).cuda().to(torch.bfloat16)
+    block.compile()
+    B, T = 2, 512
+    x = torch.randn(B, T, config.n_embd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cos, sin = build_rope_cache(T, config.rope_n_elem, device="cuda")
+    inputs = {p.data_ptr() for p in block.parameters()} | {cos.data_ptr(), sin.data_ptr()}  # not activations
+    saved = []
+    for _ in range(2):  # the second call runs the compiled code
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            y = block(x, cos, sin)
+        y.sum().backward()
+    per_token = sum(t.numel() * t.element_size() for t in saved if t.data_ptr() not in inputs) / (B * T)
+    C, kv = config.n_embd, config.n_query_groups * config.head_size
+    expected = 2 * (6 * C + 2 * kv + 2 * config.intermediate_size) + 4 * (2 + config.n_head)
+    assert per_token <= expected + 64, (per_token, expected)
