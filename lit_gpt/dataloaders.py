@@ -71,16 +71,19 @@ def cycle_full_batches(loader: Iterable[torch.Tensor], batch_size: int) -> Itera
     With worker processes, litdata ends each worker's share of an epoch with a short batch although `drop_last` is
     set (with 4 workers, ~4 short batches per epoch). A short micro-batch makes `torch.compile` recompile for the new
     shape and puts fewer tokens in the step than it counts; skipping them loses fewer than `batch_size` sequences per
-    worker and epoch. The loader's `state_dict()` still records every batch it yielded, so a resumed run skips the
-    same ones.
+    worker and epoch. The loader's `state_dict()` still records every batch it yielded, so a resumed run continues
+    after the same batch (exactly so with up to one worker; with more, litdata may yield a few rows of the
+    interrupted epoch again).
     """
+    passes_without_full_batch = 0
     while True:
-        yielded = False
         for batch in loader:
             if batch.size(0) == batch_size:
-                yielded = True
+                passes_without_full_batch = 0
                 yield batch
-        if not yielded:
+        passes_without_full_batch += 1
+        # the first pass of a resumed loader is the rest of its epoch, which may hold no full batch: the next is whole
+        if passes_without_full_batch == 2:
             raise RuntimeError(
                 f"An epoch of the training data has no full batch of {batch_size} sequences: the data set is smaller "
                 "than one micro-batch per process. Prepare more data or lower --micro_batch_size."

@@ -52,12 +52,29 @@ def _chunk_loss_and_grad_compiled(*args):
 def accumulate_product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """out += a @ b, with `out` in float32 and a, b possibly in bf16: on CUDA the low-precision product accumulates
     straight into `out` (no bf16-rounded temporary, no separate add pass)."""
-    if a.dtype == out.dtype:
+    if a.dtype == b.dtype == out.dtype:
         out.addmm_(a, b)
-    elif out.is_cuda:
+    elif out.is_cuda and _mixed_dtype_addmm_works(a.dtype, out.dtype):
         torch.addmm(out, a, b, out_dtype=out.dtype, out=out)
-    else:  # CPU has no mixed-dtype addmm
+    else:  # CPU, and torch builds without a mixed-dtype addmm (`out_dtype` came with torch 2.8)
         out += (a @ b).to(out.dtype)
+
+
+_MIXED_ADDMM = {}
+
+
+def _mixed_dtype_addmm_works(in_dtype: torch.dtype, out_dtype: torch.dtype) -> bool:
+    """Whether this torch build has a working `addmm(..., out_dtype=)` for these dtypes (probed once); without it
+    the caller computes the same sum in two steps."""
+    if (in_dtype, out_dtype) not in _MIXED_ADDMM:
+        try:
+            x = torch.ones(8, 8, device="cuda", dtype=in_dtype)
+            acc = torch.ones(8, 8, device="cuda", dtype=out_dtype)
+            torch.addmm(acc, x, x, out_dtype=out_dtype, out=acc)
+            _MIXED_ADDMM[in_dtype, out_dtype] = bool((acc == 9).all())
+        except (TypeError, RuntimeError):
+            _MIXED_ADDMM[in_dtype, out_dtype] = False
+    return _MIXED_ADDMM[in_dtype, out_dtype]
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):

@@ -157,10 +157,11 @@ class CausalSelfAttention(nn.Module):
         # the same layout, so that `y` below reaches `proj` without a copy (and is not saved twice for backward)
         q = q.reshape(B, T, C.n_head, C.head_size)  # query head h belongs to group h // q_per_kv
         k = k.reshape(B, T, C.n_query_groups, C.head_size)
-        v = v.reshape(B, T, C.n_query_groups, C.head_size)
+        # a compact copy: as a view, v (or k), saved by attention for backward, would keep all of `qkv` alive
+        v = v.reshape(B, T, C.n_query_groups, C.head_size).contiguous()
 
         q = apply_rope(q, cos.unsqueeze(-2), sin.unsqueeze(-2), C.rope_n_elem).transpose(1, 2)  # (B, n_head, T, hs)
-        k = apply_rope(k, cos.unsqueeze(-2), sin.unsqueeze(-2), C.rope_n_elem).transpose(1, 2)
+        k = apply_rope(k, cos.unsqueeze(-2), sin.unsqueeze(-2), C.rope_n_elem).contiguous().transpose(1, 2)
         v = v.transpose(1, 2)
         if input_pos is not None:
             if self.kv_cache is None:

@@ -70,7 +70,7 @@ def format_metrics(step: int, max_steps: int, m: Dict[str, Any]) -> str:
     if m.get("data_wait") is not None:
         parts.append(f"data wait {m['data_wait'] * 1000:.0f} ms")
     if m.get("peak_memory_gb") is not None:
-        parts.append(f"peak mem {m['peak_memory_gb']:.1f} GB")
+        parts.append(f"peak mem {m['peak_memory_gb']:.1f} GiB")
     parts.append(f"ETA {format_duration(m['remaining_hours'] * 3600)}")
     if m.get("skipped_steps"):
         parts.append(f"skipped {m['skipped_steps']}")

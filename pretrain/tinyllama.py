@@ -267,8 +267,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         if step % h["log_interval"] == 0 or step == max_steps:
             loss = fabric.all_reduce(loss, reduce_op="mean").item()  # the only host sync of a log step
             if fabric.device.type == "cuda":
-                # `.item()` waits for the compute stream only. Without this, logged step times on an H200 sometimes
-                # swung (0.46 s after 1.67 s steps), as if work of a step were still in flight on another stream
+                # `.item()` waits for the compute stream only; the step time must also include the other streams'
+                # work (FSDP's gradient reduce-scatter)
                 torch.cuda.synchronize()
             state["skipped_steps"] += int(skipped.item())
             skipped.zero_()

@@ -197,9 +197,17 @@ def test_training_batches_are_all_full_across_epochs(prepared, tmp_path):
     loader = train_dataloader(str(data_dir), (0.7, 0.3), block_size=256, batch_size=8, num_workers=2, seed=1)
     sizes = [batch.size(0) for batch in loader]
     assert sizes.count(8) >= 2
-    assert any(size != 8 for size in sizes)  # what litdata yields (if this starts failing, litdata fixed it)
+    # with this corpus and litdata 0.2.76 the epoch also holds short batches (7 and 5 rows): what is skipped
     batches = cycle_full_batches(loader, 8)
     for _ in range(3 * sizes.count(8)):  # three epochs
         assert next(batches).shape == (8, 257)
     with pytest.raises(RuntimeError, match="no full batch"):
         next(cycle_full_batches(loader, 10_000))
+
+    # a checkpoint taken right after an epoch's last batch: the resumed loader's first pass is empty
+    for _ in loader:
+        pass
+    state = loader.state_dict()
+    resumed = train_dataloader(str(data_dir), (0.7, 0.3), block_size=256, batch_size=8, num_workers=2, seed=1)
+    resumed.load_state_dict(state)
+    assert next(cycle_full_batches(resumed, 8)).shape == (8, 257)

@@ -223,6 +223,11 @@ def test_attention_output_reaches_proj_without_a_copy():
     full_size = [t for t in saved if t.numel() == B * T * config.n_embd]
     # the block input (for qkv's weight gradient), q, the attention output: three storages
     assert len({t.untyped_storage().data_ptr() for t in full_size}) == 3
+    # and no saved view keeps a larger buffer alive (k or v as views of the fused qkv output would)
+    inputs = {p.data_ptr() for p in attn.parameters()} | {cos.data_ptr(), sin.data_ptr()}
+    for t in saved:
+        if t.data_ptr() not in inputs:
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), t.shape
 
 
 @pytest.mark.gpu
@@ -246,7 +251,9 @@ def test_compiled_block_saves_only_what_backward_needs_on_cuda():
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
             y = block(x, cos, sin)
         y.sum().backward()
-    per_token = sum(t.numel() * t.element_size() for t in saved if t.data_ptr() not in inputs) / (B * T)
+    kept = [t.untyped_storage() for t in saved if t.data_ptr() not in inputs]
+    storages = {s.data_ptr(): s.nbytes() for s in kept}
+    per_token = sum(storages.values()) / (B * T)  # whole storages: a saved view keeps its whole buffer alive
     C, kv = config.n_embd, config.n_query_groups * config.head_size
     expected = 2 * (6 * C + 2 * kv + 2 * config.intermediate_size) + 4 * (2 + config.n_head)
     assert per_token <= expected + 64, (per_token, expected)
