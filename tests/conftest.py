@@ -30,6 +30,21 @@ def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """Prepared sample data, built once per test session by the real scripts (tests/prepared_data.py): the paths of the
+    raw corpus, the tokenizer and the litdata chunks of slimpajama/{train,val} and starcoder. Read-only for tests."""
+    from prepared_data import build_prepared_data
+
+    return build_prepared_data(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session")
+def data_dir(prepared):
+    """The folder that holds slimpajama/{train,val} and starcoder, as `--data_dir` takes it."""
+    return prepared["slimpajama_train"].parents[1]
+
+
 ########################
 # Checkpoint export fixtures (tests/test_convert.py, test_generate.py, test_eval_perplexity.py)
 ########################

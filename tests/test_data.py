@@ -9,15 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard as zstd
-from prepared_data import ROOT, build_prepared_data, load_script
+from prepared_data import ROOT, load_script
 
 from lit_gpt.prepare import PrepareError, Stats, chunk_tokens, iter_texts, prepare, read_slimpajama
 from lit_gpt.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-    return build_prepared_data(tmp_path_factory.mktemp("prepared"))
 
 
 def write_jsonl_zst(path: Path, lines) -> Path:

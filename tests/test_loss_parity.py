@@ -14,16 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "loss_parity.py"
 
 
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """Prepared sample data: the stdlib corpus, tokenized by the real scripts into slimpajama/{train,val}, starcoder."""
-    from prepared_data import build_prepared_data
-
-    root = tmp_path_factory.mktemp("data")
-    build_prepared_data(root)
-    return root
-
-
 def load_script():
     from prepared_data import load_script
 

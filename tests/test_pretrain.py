@@ -48,16 +48,6 @@ def _build(root: Path, fn, n_train: int) -> Path:
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    """Prepared sample data: the stdlib corpus, tokenized by the real scripts into slimpajama/{train,val}, starcoder."""
-    from prepared_data import build_prepared_data
-
-    root = tmp_path_factory.mktemp("data")
-    build_prepared_data(root)
-    return root
-
-
-@pytest.fixture(scope="session")
 def same_data_dir(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("same-data"), same_tokens, 40)
 
