@@ -74,7 +74,7 @@ def setup(
     logger_name: Literal["tensorboard", "csv", "wandb"] = "tensorboard",
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
-    num_workers: int = 8,
+    num_workers: int = 1,
     max_nonfinite_steps: int = 10,
     seed: int = 3407,
     resume: Union[bool, Literal["auto"], Path] = False,
@@ -121,7 +121,10 @@ def setup(
         logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
         compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
         activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
-        num_workers: Data-loader worker processes per device (a resumed run must use the same number).
+        num_workers: Data-loader worker processes per device (a resumed run must use the same number). With one, a
+            resumed run continues with exactly the next sequence; with more, litdata's restored position can
+            repeat or skip a few sequences of the interrupted epoch (2 workers, mid-epoch: 4 of 244). One worker
+            reads a micro-batch of tokenized chunks in milliseconds: the log's `data wait`.
         max_nonfinite_steps: Stop when this many optimizer steps in a row had a non-finite gradient norm (each
             one is skipped: no update). Checked at log steps.
         seed: Seed of the weight initialization and the data order.
