@@ -254,11 +254,7 @@ def run_reference(config, initial_state, batches, lr_at, make_optimizer, grad_cl
 
     def step(batch: torch.Tensor) -> torch.Tensor:
         loss = model(batch[:, :-1], targets=batch[:, 1:])
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        update(model, optimizer, loss, grad_clip)
         return loss
 
     with full_float32_matmuls():
@@ -289,14 +285,19 @@ def run_litgpt(
         with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = forward(inputs)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten().long())
-        loss.backward()
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        update(model, optimizer, loss, grad_clip)
         return loss
 
     return train("litgpt", step, optimizer, batches, lr_at, device)
+
+
+def update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float) -> None:
+    """The plain single-device step of the reference and litgpt cases: backward, clip, AdamW, zero the gradients."""
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def compare(losses: List[float], baseline: List[float]) -> dict:
