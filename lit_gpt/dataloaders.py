@@ -3,7 +3,8 @@
 Each source folder holds chunks written with `TokensLoader()` (`scripts/prepare_slimpajama.py`,
 `scripts/prepare_starcoder.py`); reading them with `TokensLoader(block_size + 1)` yields (block_size + 1)-token
 items: inputs are the first `block_size`, targets the last `block_size`. The train loader's `state_dict()` holds the
-position in the data, so a resumed run continues with exactly the next batch.
+position in the data, so a resumed run continues with exactly the next batch (with one loader worker per process; with
+more, litdata's restored position can repeat or skip a few sequences of the interrupted epoch).
 """
 
 from pathlib import Path
@@ -86,5 +87,6 @@ def cycle_full_batches(loader: Iterable[torch.Tensor], batch_size: int) -> Itera
         if passes_without_full_batch == 2:
             raise RuntimeError(
                 f"An epoch of the training data has no full batch of {batch_size} sequences: the data set is smaller "
-                "than one micro-batch per process. Prepare more data or lower --micro_batch_size."
+                "than one micro-batch per process and loader worker. Prepare more data, or lower --micro_batch_size "
+                "or --num_workers."
             )

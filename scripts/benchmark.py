@@ -152,7 +152,7 @@ def main(
             torch.cuda.empty_cache()
 
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1))
-    print(f"{'impl':8} {'compile':7} {'mbs':>4} {'tok/s':>9} {'MFU':>6} {'mem GB':>7} {'step s':>7}")
+    print(f"{'impl':8} {'compile':7} {'mbs':>4} {'tok/s':>9} {'MFU':>6} {'GiB':>7} {'step s':>7}")
     for r in results:
         if "error" in r:
             print(f"{r['impl']:8} {str(r['compile']):7} {r['mbs']:>4} ERROR {r['error'][:80]}")

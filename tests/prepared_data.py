@@ -27,6 +27,28 @@ def load_script(name: str):
     return module
 
 
+def help_text(function) -> str:
+    """The `--help` of the jsonargparse CLI built from `function` (as the scripts' `__main__` blocks build it), after
+    checking that it names every parameter as a flag and describes each one with its default."""
+    import inspect
+    import io
+
+    from jsonargparse import CLI
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            CLI(function, as_positional=False, args=["--help"])
+        except SystemExit as e:
+            assert e.code == 0, e.code
+    text = out.getvalue()
+    params = inspect.signature(function).parameters
+    for name in params:
+        assert f"--{name} " in text, name
+    assert text.count("default:") >= len(params), "a flag has no description with its default"
+    return text
+
+
 def build_prepared_data(
     root: Path,
     vocab_size: int = 1024,
