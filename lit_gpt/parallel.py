@@ -13,6 +13,11 @@ Sharding (`--sharding` of `pretrain/tinyllama.py`):
              optimizer step. Weights, gradients and optimizer states take 1/devices of the model's per device,
              as on a single node.
 
+When the weights are gathered (all-gathered in bf16 from the shards) is the other choice, `keep_weights_gathered`:
+a small model (TinyLlama-1.1B: 2.2 GB of bf16 weights) keeps them from its first forward until the last backward
+of an optimizer step, one all-gather per step; a large one frees each block's weights after its forward and after
+its backward and gathers them again, two all-gathers per block and micro-batch.
+
 Hybrid is `fully_shard` over a 2-D ("replicate", "shard") mesh. Fabric's own mesh stays ("data_parallel",
 "tensor_parallel") = (N, 1): the data loaders, `fabric.all_reduce` and the checkpoint see N data-parallel processes
 either way.
@@ -28,6 +33,26 @@ from torch.distributed.device_mesh import DeviceMesh
 from lit_gpt.model import GPT, Block
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# the whole model's gathered weights may stay allocated through a step when they take at most this share of a GPU
+GATHERED_WEIGHTS_BUDGET = 0.05
+
+
+def keep_weights_gathered(num_params: int, shard_size: int, device: torch.device, bytes_per_param: int = 2) -> bool:
+    """Whether FSDP2 should keep the gathered weights from a step's first forward to its last backward (the
+    default of `reshard_after_forward` and `reshard_after_backward` is the opposite of this).
+
+    Yes when each shard group is one process: nothing is gathered, and the weights in compute precision exist
+    during every forward and backward anyway, so keeping them between micro-batches only saves copies. Yes on a GPU
+    whose memory the whole model's weights (`bytes_per_param` each) fit in at `GATHERED_WEIGHTS_BUDGET`: one
+    all-gather per step instead of two per block and micro-batch (the 2-GPU figures are in
+    tutorials/performance.md). No otherwise (CPU processes included: memory there is not the GPU's).
+    """
+    if shard_size == 1:
+        return True
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return num_params * bytes_per_param <= GATHERED_WEIGHTS_BUDGET * total
 
 
 def parallelize(
@@ -45,8 +70,8 @@ def parallelize(
     `device_mesh` is Fabric's ("data_parallel", "tensor_parallel") mesh; only data parallelism is used here.
     `sharding="hybrid"` shards within groups of `devices_per_node` consecutive ranks (a node, with the rank order
     of torchrun, SLURM and Fabric) and replicates across groups. `reshard_after_forward=None` frees the gathered
-    weights after the forward pass when more than one process shares them (ZeRO-3) and keeps them when the shard
-    group is a single process, where there is nothing to gather.
+    weights after the forward pass unless `keep_weights_gathered` says to keep them (one process per shard group,
+    or a model small enough).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -54,7 +79,10 @@ def parallelize(
     if sharding == "hybrid":
         mesh = hybrid_mesh(mesh, devices_per_node or mesh.size())
     if reshard_after_forward is None:
-        reshard_after_forward = mesh.size(mesh.ndim - 1) > 1  # the shard dimension: the last one
+        num_params = sum(p.numel() for p in model.parameters())
+        device = torch.device(mesh.device_type, torch.cuda.current_device() if mesh.device_type == "cuda" else None)
+        # the shard dimension is the last one
+        reshard_after_forward = not keep_weights_gathered(num_params, mesh.size(mesh.ndim - 1), device)
     param_dtype = PARAM_DTYPES.get(precision)
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
 

@@ -18,6 +18,7 @@ def training_step(
     optimizer: Optimizer,
     micro_batches: Sequence[torch.Tensor],
     grad_clip: float,
+    reshard_after_backward: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Accumulate gradients over `micro_batches`, clip them, and take one optimizer step unless they are non-finite.
 
@@ -26,11 +27,19 @@ def training_step(
     micro-batch. Returns this process's mean loss over the micro-batches and the global gradient norm before clipping,
     both as device tensors; a non-finite norm (on any process) means the step was skipped: no weight, moment or step
     count changes. The learning rate is whatever the optimizer's param groups hold.
+
+    `reshard_after_backward=False` keeps the weights FSDP2 gathered for one micro-batch's backward until the next
+    micro-batch uses them, and frees them only after the last micro-batch's backward. The step then gathers the
+    weights once (modules that keep them from forward to backward) or once per micro-batch (modules that reshard after
+    forward) instead of once or twice per micro-batch; the cost is the gathered bf16 weights (2 bytes per parameter
+    per process) staying allocated between micro-batches. Results are bit-identical either way.
     """
     n = len(micro_batches)
     loss_sum = torch.zeros((), device=fabric.device)
     for i, batch in enumerate(micro_batches):
         input_ids, targets = batch[:, :-1], batch[:, 1:]
+        if not reshard_after_backward:
+            set_reshard_after_backward(model, i == n - 1)
         with fabric.no_backward_sync(model, enabled=i < n - 1):
             loss = model(input_ids, targets=targets)
             fabric.backward(loss / n)
@@ -41,6 +50,15 @@ def training_step(
     optimizer_step(optimizer, found_inf)
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / n, grad_norm
+
+
+def set_reshard_after_backward(model: nn.Module, value: bool) -> None:
+    """Set whether each FSDP2 module frees its gathered weights after its backward (no-op without FSDP2)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_reshard_after_backward(value, recurse=False)
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:

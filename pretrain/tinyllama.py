@@ -34,7 +34,7 @@ from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lr import cosine_lr  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.parallel import make_parallelize_fn  # noqa: E402
+from lit_gpt.parallel import keep_weights_gathered, make_parallelize_fn  # noqa: E402
 from lit_gpt.training import training_step, validate  # noqa: E402
 from lit_gpt.utils import format_metrics, gradient_accumulation_steps, num_processes, optimizer_param_groups  # noqa: E402
 
@@ -52,6 +52,7 @@ def setup(
     num_nodes: int = 1,
     sharding: Literal["full", "hybrid"] = "full",
     reshard_after_forward: Optional[bool] = None,
+    reshard_after_backward: Optional[bool] = None,
     accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
     precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
     global_batch_size: int = 512,
@@ -94,8 +95,12 @@ def setup(
         sharding: `full` shards weights, gradients and optimizer states over every process (least memory);
             `hybrid` shards over the devices of each node and replicates across nodes (less traffic between nodes).
         reshard_after_forward: Free each block's gathered weights after its forward pass and gather them again for
-            its backward (less memory, one more all-gather per block and micro-batch). Default: on when a shard
-            group has more than one process, off on one GPU where there is nothing to gather.
+            its backward (less memory, one more all-gather per block and micro-batch).
+        reshard_after_backward: Free each block's gathered weights after the backward pass of every micro-batch
+            (true) or only after the last micro-batch of an optimizer step (false: the weights gathered for one
+            micro-batch serve the next). Default for both: off, so one all-gather per optimizer step, on one
+            process per shard group and when the model's bf16 weights take at most 5% of a GPU's memory
+            (TinyLlama-1.1B: 2.2 GB); on otherwise (`lit_gpt.parallel.keep_weights_gathered`).
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
             `32-true`.
@@ -140,11 +145,15 @@ def setup(
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_data_dir(data_dir)
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
-    if compile is None:
-        compile = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    compile = cuda if compile is None else compile
     if precision != "32-true" and accelerator == "cpu":
         print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
 
+    shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
+    keep = keep_weights_gathered(num_parameters(config, True), shard_size, torch.device("cuda" if cuda else "cpu"))
+    reshard_after_forward = not keep if reshard_after_forward is None else reshard_after_forward
+    reshard_after_backward = not keep if reshard_after_backward is None else reshard_after_backward
     parallelize_fn = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
         devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward,
@@ -164,6 +173,7 @@ def setup(
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
     hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
+    hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
     fabric.print(hparams)
     fabric.logger.log_hyperparams(hparams)
     main(fabric, config, hparams, out_dir, accumulation, resume)
@@ -251,18 +261,31 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     skipped = torch.zeros((), device=fabric.device)
     last_log_time, last_log_step = time.perf_counter(), state["step_count"]
     data_wait = 0.0  # host seconds spent waiting for batches since the last log step
+
+    def next_micro_batches() -> list:
+        nonlocal data_wait
+        t_data = time.perf_counter()
+        micro_batches = [fabric.to_device(next(train_iterator)) for _ in range(accumulation)]
+        data_wait += time.perf_counter() - t_data
+        return micro_batches
+
+    prefetched = None
     while state["step_count"] < max_steps:
         lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        t_data = time.perf_counter()
-        micro_batches = [fabric.to_device(next(train_iterator)) for _ in range(accumulation)]
-        data_wait += time.perf_counter() - t_data
-        loss, grad_norm = training_step(fabric, model, optimizer, micro_batches, h["grad_clip"])
+        micro_batches = prefetched or next_micro_batches()
+        loss, grad_norm = training_step(
+            fabric, model, optimizer, micro_batches, h["grad_clip"], h["reshard_after_backward"]
+        )
         state["iter_num"] += accumulation
         state["step_count"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step_count"]
+        saving = step % h["save_interval"] == 0 or step == max_steps
+        # read the next step's batches while the device still computes this one (the log step's sync below would
+        # otherwise leave it idle for the read); not before a save, whose loader state must not count them
+        prefetched = None if saving else next_micro_batches()
         bad = (~torch.isfinite(grad_norm)).float()
         nonfinite_streak = (nonfinite_streak + bad) * bad
         skipped += bad
@@ -314,7 +337,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
                          f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
             fabric.log_dict(metrics, step=step)
 
-        if step % h["save_interval"] == 0 or step == max_steps:
+        if saving:
             state["train_dataloader"] = train_loader.state_dict()
             state["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
             path = checkpoint_path(out_dir, step)

@@ -31,6 +31,9 @@ def main(
     model_name: str = "tiny-llama-1.1b",
     micro_batch_sizes: List[int] = (8,),
     accumulation: int = 1,
+    devices: int = 1,
+    reshard_after_forward: Optional[bool] = None,
+    reshard_after_backward: Optional[bool] = None,
     block_size: Optional[int] = None,
     precision: str = "bf16-mixed",
     compile: Optional[bool] = None,
@@ -44,6 +47,7 @@ def main(
     peers: str = "",
     peer_script: Path = Path("bench/peer_throughput.py"),
     profile: bool = False,
+    trace: bool = False,
     out_dir: Optional[Path] = None,
 ) -> None:
     """Print tokens/s, MFU and peak memory of the training step for each micro-batch size.
@@ -53,6 +57,11 @@ def main(
         micro_batch_sizes: sequences per forward/backward pass; each size is one measurement.
         accumulation: micro-batches per optimizer step (gradient accumulation), as `pretrain/tinyllama.py` runs
             global_batch_size / micro_batch_size of them on one GPU.
+        devices: processes (GPUs), FSDP2 over all of them as in `pretrain/tinyllama.py --devices`; tokens/s is per
+            process. Peers run only with one device.
+        reshard_after_forward: as in `pretrain/tinyllama.py`: free each block's gathered weights after its forward.
+        reshard_after_backward: as in `pretrain/tinyllama.py`: false keeps the gathered weights between the
+            micro-batches of a step. Default for both, as there: `not lit_gpt.parallel.keep_weights_gathered(...)`.
         block_size: sequence length; the model's block size by default.
         precision: `bf16-mixed` (bf16 compute, float32 master weights), `bf16-true` or `32-true`.
         compile: `torch.compile` each transformer block; on by default on CUDA.
@@ -67,28 +76,35 @@ def main(
         peers: `impl:compile:micro_batch` cases of `peer_script` (litgpt, hf, project) to run in the same process.
         peer_script: path to `peer_throughput.py`.
         profile: print the 25 most expensive CUDA kernels of one step (torch.profiler).
+        trace: write a Chrome trace of one step per process (`trace-rank<R>.json.gz` in `out_dir`).
         out_dir: where to write `benchmark.json`; `$OUT` or the working directory by default.
     """
     import lightning as L
     from lightning.fabric.strategies import ModelParallelStrategy
 
-    from lit_gpt.parallel import make_parallelize_fn
+    from lit_gpt.parallel import keep_weights_gathered, make_parallelize_fn
 
     cuda = torch.cuda.is_available()
     compile = cuda if compile is None else compile
     out_dir = Path(out_dir or os.environ.get("OUT", "."))
+    out_dir.mkdir(parents=True, exist_ok=True)
     config = Config.from_name(model_name)
     T = block_size or config.block_size
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}", flush=True)
 
+    keep = keep_weights_gathered(flops.num_parameters(config, True), devices, torch.device("cuda" if cuda else "cpu"))
+    reshard_after_forward = not keep if reshard_after_forward is None else reshard_after_forward
+    reshard_after_backward = not keep if reshard_after_backward is None else reshard_after_backward
     parallelize = make_parallelize_fn(
-        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing
-    )
-    strategy = ModelParallelStrategy(parallelize, data_parallel_size=1, tensor_parallel_size=1)
+        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing,
+        reshard_after_forward=reshard_after_forward,
+    )  # fmt: skip
+    strategy = ModelParallelStrategy(parallelize, data_parallel_size=devices, tensor_parallel_size=1)
     if memory_budget is not None:
         torch._functorch.config.activation_memory_budget = memory_budget
-    fabric = L.Fabric(devices=1, strategy=strategy, precision=precision if autocast else "32-true")
+    fabric = L.Fabric(devices=devices, strategy=strategy, precision=precision if autocast else "32-true")
     fabric.launch()
+    print = fabric.print  # noqa: A001  (every line from rank 0 only)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}, {devices} process(es)")
     results = []
     for mbs in micro_batch_sizes:
         torch.manual_seed(0)
@@ -102,7 +118,7 @@ def main(
         x = [torch.randint(0, config.vocab_size, (mbs, T + 1), device=fabric.device) for _ in range(accumulation)]
 
         def step(model=model, optimizer=optimizer, x=x):
-            return training_step(fabric, model, optimizer, x, grad_clip)[0]
+            return training_step(fabric, model, optimizer, x, grad_clip, reshard_after_backward)[0]
 
         t0 = time.perf_counter()
         for _ in range(warmup):
@@ -120,6 +136,9 @@ def main(
         r = dict(
             impl="ours",
             compile=compile,
+            devices=devices,
+            reshard_after_forward=reshard_after_forward,
+            reshard_after_backward=reshard_after_backward,
             mbs=mbs,
             accumulation=accumulation,
             step_s=dt,
@@ -131,13 +150,15 @@ def main(
         )
         print(json.dumps(r), flush=True)
         results.append(r)
-        if profile and cuda:
+        if profile and cuda and fabric.global_rank == 0:
             print_profile(step)
+        if trace:
+            write_trace(step, out_dir / f"trace-rank{fabric.global_rank}-mbs{mbs}.json.gz")
         del model, optimizer, x
         if cuda:
             torch.cuda.empty_cache()
 
-    if peers:
+    if peers and devices == 1:
         spec = importlib.util.spec_from_file_location("peer_throughput", peer_script)
         peer = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(peer)
@@ -151,6 +172,8 @@ def main(
             results.append(r)
             torch.cuda.empty_cache()
 
+    if fabric.global_rank:
+        return
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1))
     print(f"{'impl':8} {'compile':7} {'mbs':>4} {'tok/s':>9} {'MFU':>6} {'GiB':>7} {'step s':>7}")
     for r in results:
@@ -176,6 +199,17 @@ def print_profile(step) -> None:
         step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+
+
+def write_trace(step, path: Path) -> None:
+    """A Chrome trace (chrome://tracing, Perfetto) of one step: CPU ops, kernels, and the streams they ran on."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        step()
+        sync(torch.cuda.is_available())
+    prof.export_chrome_trace(str(path))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ learning-rate schedule:
                with float32 master weights), compiled blocks on CUDA, the model's default loss (fused on CUDA),
                fused AdamW, `lit_gpt.training.training_step`
     reference  our `GPT` in float32, eager, plain cross-entropy, TF32 off: the numerics the others should follow
+    autocast   our `GPT` with float32 (master) weights, eager, plain cross-entropy, under bf16 autocast: textbook
+               mixed precision without any of ours' optimizations (no FSDP2 bf16 parameters, compile or fused loss)
     litgpt     litgpt's `GPT` with float32 weights under bf16 autocast, compiled on CUDA
 
-The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean, and the same between
-ours and litgpt, and each case's wall time (compilation included). It writes every loss to `loss_parity.json`. A
-measurement: the exit code is 0 either way.
+The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean; the same against
+`autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
+`loss_parity.json`. A measurement: the exit code is 0 either way.
 
     python scripts/loss_parity.py --model_name tiny-llama-1.1b --data_dir data --steps 200 --micro_batch_size 2
 """
@@ -39,7 +41,7 @@ from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.training import training_step  # noqa: E402
 from lit_gpt.utils import optimizer_param_groups  # noqa: E402
 
-CASES = ("ours", "reference", "litgpt")
+CASES = ("ours", "reference", "autocast", "litgpt")
 TRAIN_DIR = "slimpajama/train"
 
 
@@ -80,8 +82,8 @@ def main(
         beta1: AdamW's beta1.
         beta2: AdamW's beta2.
         grad_clip: clip the gradient norm to this value; 0 disables clipping.
-        cases: comma-separated cases to run, of `ours`, `reference`, `litgpt`; the differences are taken against
-            `reference`, so keep it in the list.
+        cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`; the differences are
+            taken against `reference` and `autocast`, so keep one of them in the list.
         tolerance: the largest per-step relative difference from `reference` that passes (0.01 is 1%).
         seed: seed of the shared initial weights.
         compile: `torch.compile` ours (per block, as in pretraining) and litgpt; on by default on CUDA. The reference
@@ -124,6 +126,7 @@ def main(
     runners = {
         "ours": partial(run_ours, fabric),
         "reference": partial(run_reference, device=device),
+        "autocast": partial(run_reference, device=device, autocast=True),
         "litgpt": partial(run_litgpt, device=device, compile=compile),
     }
     losses: Dict[str, List[float]] = {}
@@ -244,7 +247,10 @@ def full_float32_matmuls() -> Iterator[None]:
         torch.set_float32_matmul_precision(before[2])
 
 
-def run_reference(config, initial_state, batches, lr_at, make_optimizer, grad_clip, device) -> List[float]:
+def run_reference(
+    config, initial_state, batches, lr_at, make_optimizer, grad_clip, device, autocast: bool = False
+) -> List[float]:
+    """Our plain model with float32 weights, eager: in float32 (TF32 off), or under bf16 autocast."""
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
@@ -253,10 +259,13 @@ def run_reference(config, initial_state, batches, lr_at, make_optimizer, grad_cl
     optimizer = make_optimizer(model)
 
     def step(batch: torch.Tensor) -> torch.Tensor:
-        loss = model(batch[:, :-1], targets=batch[:, 1:])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(batch[:, :-1], targets=batch[:, 1:])
         update(model, optimizer, loss, grad_clip)
         return loss
 
+    if autocast:
+        return train("autocast", step, optimizer, batches, lr_at, device)
     with full_float32_matmuls():
         return train("reference", step, optimizer, batches, lr_at, device)
 
@@ -311,17 +320,17 @@ def compare(losses: List[float], baseline: List[float]) -> dict:
 
 
 def summarize(losses: Dict[str, List[float]], seconds: Dict[str, float], tolerance: float) -> dict:
-    """Each case's first and last loss and seconds; each non-reference case against `reference` (with whether the
-    maximum relative difference is within `tolerance`); ours against litgpt."""
-    summary = dict(tolerance=tolerance, cases={}, vs_reference={})
+    """Each case's first and last loss and seconds; each other case against `reference` and against `autocast`
+    (with whether the maximum relative difference is within `tolerance`); ours against litgpt."""
+    summary = dict(tolerance=tolerance, cases={}, vs_reference={}, vs_autocast={})
     for name, curve in losses.items():
         summary["cases"][name] = dict(steps=len(curve), first_loss=curve[0], last_loss=curve[-1])
         summary["cases"][name]["seconds"] = seconds.get(name)
-    if "reference" in losses:
-        for name in losses:
-            if name != "reference":
-                diff = compare(losses[name], losses["reference"])
-                summary["vs_reference"][name] = dict(diff, within_tolerance=diff["max"] <= tolerance)
+    for baseline in ("reference", "autocast"):
+        for name in losses if baseline in losses else ():
+            if name not in (baseline, "reference"):
+                diff = compare(losses[name], losses[baseline])
+                summary[f"vs_{baseline}"][name] = dict(diff, within_tolerance=diff["max"] <= tolerance)
     if "ours" in losses and "litgpt" in losses:
         summary["ours_vs_litgpt"] = compare(losses["ours"], losses["litgpt"])
     return summary
@@ -333,11 +342,10 @@ def print_summary(summary: dict) -> None:
         secs = f"{c['seconds']:8.1f}" if c["seconds"] is not None else "       -"
         print(f"{name:9} {c['steps']:>5} {c['first_loss']:10.4f} {c['last_loss']:10.4f} {secs}")
     tol = summary["tolerance"]
-    for name, d in summary["vs_reference"].items():
-        verdict = f"within {tol * 100:g}%" if d["within_tolerance"] else f"OUTSIDE {tol * 100:g}%"
-        print(
-            f"{name} vs fp32 reference: max {d['max']:.3%} at step {d['max_step']}, mean {d['mean']:.3%} -> {verdict}"
-        )
+    for key, what in (("vs_reference", "fp32 reference"), ("vs_autocast", "eager bf16 autocast")):
+        for name, d in summary.get(key, {}).items():
+            verdict = f"within {tol * 100:g}%" if d["within_tolerance"] else f"OUTSIDE {tol * 100:g}%"
+            print(f"{name} vs {what}: max {d['max']:.3%} at step {d['max_step']}, mean {d['mean']:.3%} -> {verdict}")
     if "ours_vs_litgpt" in summary:
         d = summary["ours_vs_litgpt"]
         print(f"ours vs litgpt: max {d['max']:.3%} at step {d['max_step']}, mean {d['mean']:.3%}")

@@ -33,7 +33,7 @@ def test_bf16_cases_follow_the_float32_reference(tmp_path, data_dir):
 
     record = json.loads((tmp_path / "loss_parity.json").read_text())
     losses, summary = record["losses"], record["summary"]
-    assert sorted(losses) == ["litgpt", "ours", "reference"]
+    assert sorted(losses) == ["autocast", "litgpt", "ours", "reference"]
     assert all(len(curve) == steps for curve in losses.values())
     ours, reference, litgpt = losses["ours"], losses["reference"], losses["litgpt"]
     # same weights, same first batch: only bf16 rounding separates the first losses
@@ -45,6 +45,10 @@ def test_bf16_cases_follow_the_float32_reference(tmp_path, data_dir):
         assert summary["vs_reference"][name]["within_tolerance"]
         assert summary["vs_reference"][name]["max"] == pytest.approx(max(rel))
     assert max(abs(a - b) / b for a, b in zip(ours, litgpt)) == pytest.approx(summary["ours_vs_litgpt"]["max"])
+    # against textbook mixed precision (float32 weights, eager, bf16 autocast): the same rounding, other kernels
+    rel = [abs(a - b) / b for a, b in zip(ours, losses["autocast"])]
+    assert summary["vs_autocast"]["ours"]["max"] == pytest.approx(max(rel)) and max(rel) <= 0.01
+    assert any(r > 0 for r in rel) and "ours vs eager bf16 autocast: max" in proc.stdout
     for curve in losses.values():
         assert sum(curve[-3:]) / 3 < curve[0] - 0.5, curve  # it trained
 

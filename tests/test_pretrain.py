@@ -189,8 +189,9 @@ def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_
         torch.testing.assert_close(weights_two[name], weights_one[name], rtol=1e-4, atol=1e-5)
 
     # resume the 2-process run from its sharded step-2 checkpoint, in another out_dir; keeping the gathered weights
-    # from forward to backward (instead of gathering them again) must not change a bit of the result
-    resume_flags = ["--resume", str(two / "step-00000002.pth"), "--reshard_after_forward", "false"]
+    # through the step (instead of gathering them again for every forward and backward) must not change a bit
+    resume_flags = ["--resume", str(two / "step-00000002.pth")]
+    resume_flags += ["--reshard_after_forward", "false", "--reshard_after_backward", "false"]
     proc = run(resumed, same_data_dir, *flags, *resume_flags, devices=2)
     assert "Resumed at step 2" in proc.stdout
     assert metrics(resumed)[3] == metrics(two)[3]
