@@ -37,20 +37,26 @@ PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 GATHERED_WEIGHTS_BUDGET = 0.05
 
 
-def keep_weights_gathered(num_params: int, shard_size: int, device: torch.device, bytes_per_param: int = 2) -> bool:
+def keep_weights_gathered(
+    num_params: int, shard_size: int, device: torch.device, precision: str = "bf16-mixed"
+) -> bool:
     """Whether FSDP2 should keep the gathered weights from a step's first forward to its last backward (the
     default of `reshard_after_forward` and `reshard_after_backward` is the opposite of this).
 
     Yes when each shard group is one process: nothing is gathered, and the weights in compute precision exist
     during every forward and backward anyway, so keeping them between micro-batches only saves copies. Yes on a GPU
-    whose memory the whole model's weights (`bytes_per_param` each) fit in at `GATHERED_WEIGHTS_BUDGET`: one
-    all-gather per step instead of two per block and micro-batch (the 2-GPU figures are in
-    tutorials/performance.md). No otherwise (CPU processes included: memory there is not the GPU's).
+    whose memory the whole model's gathered weights (2 bytes each in 16-bit precisions, 4 in `32-true`) fit in at
+    `GATHERED_WEIGHTS_BUDGET`: one all-gather per step instead of two per block and micro-batch (the 2-GPU figures
+    are in tutorials/performance.md). No otherwise (CPU processes included: memory there is not the GPU's).
+
+    Each process decides from its own GPU, and all must decide alike: on a cluster of GPUs of different memory
+    sizes, set `--reshard_after_forward` and `--reshard_after_backward` explicitly.
     """
     if shard_size == 1:
         return True
-    if device.type != "cuda":
+    if device.type != "cuda" or not torch.cuda.is_available():  # no GPU: Fabric reports a wrong --accelerator
         return False
+    bytes_per_param = 4 if precision == "32-true" else 2
     total = torch.cuda.get_device_properties(device).total_memory
     return num_params * bytes_per_param <= GATHERED_WEIGHTS_BUDGET * total
 
@@ -82,7 +88,7 @@ def parallelize(
         num_params = sum(p.numel() for p in model.parameters())
         device = torch.device(mesh.device_type, torch.cuda.current_device() if mesh.device_type == "cuda" else None)
         # the shard dimension is the last one
-        reshard_after_forward = not keep_weights_gathered(num_params, mesh.size(mesh.ndim - 1), device)
+        reshard_after_forward = not keep_weights_gathered(num_params, mesh.size(mesh.ndim - 1), device, precision)
     param_dtype = PARAM_DTYPES.get(precision)
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
 

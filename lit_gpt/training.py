@@ -29,21 +29,25 @@ def training_step(
     count changes. The learning rate is whatever the optimizer's param groups hold.
 
     `reshard_after_backward=False` keeps the weights FSDP2 gathered for one micro-batch's backward until the next
-    micro-batch uses them, and frees them only after the last micro-batch's backward. The step then gathers the
-    weights once (modules that keep them from forward to backward) or once per micro-batch (modules that reshard after
-    forward) instead of once or twice per micro-batch; the cost is the gathered bf16 weights (2 bytes per parameter
-    per process) staying allocated between micro-batches. Results are bit-identical either way.
+    micro-batch uses them, and frees them only after the last micro-batch's backward. Per module and step, the
+    weights are then gathered once (modules that keep them from forward to backward) or n + 1 times (modules that
+    reshard after forward) instead of n or 2n times for n micro-batches; the cost is the gathered weights staying
+    allocated between micro-batches. Results are bit-identical either way.
     """
     n = len(micro_batches)
     loss_sum = torch.zeros((), device=fabric.device)
-    for i, batch in enumerate(micro_batches):
-        input_ids, targets = batch[:, :-1], batch[:, 1:]
+    try:
+        for i, batch in enumerate(micro_batches):
+            input_ids, targets = batch[:, :-1], batch[:, 1:]
+            if not reshard_after_backward:
+                set_reshard_after_backward(model, i == n - 1)
+            with fabric.no_backward_sync(model, enabled=i < n - 1):
+                loss = model(input_ids, targets=targets)
+                fabric.backward(loss / n)
+            loss_sum += loss.detach()
+    finally:  # a micro-batch that raised must not leave the modules holding on to their gathered weights
         if not reshard_after_backward:
-            set_reshard_after_backward(model, i == n - 1)
-        with fabric.no_backward_sync(model, enabled=i < n - 1):
-            loss = model(input_ids, targets=targets)
-            fabric.backward(loss / n)
-        loss_sum += loss.detach()
+            set_reshard_after_backward(model, True)
     grad_norm = clip_grad_norm(model, grad_clip)
     # the norm is global, so every process makes the same decision
     found_inf = (~torch.isfinite(grad_norm)).float()

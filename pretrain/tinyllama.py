@@ -98,9 +98,10 @@ def setup(
             its backward (less memory, one more all-gather per block and micro-batch).
         reshard_after_backward: Free each block's gathered weights after the backward pass of every micro-batch
             (true) or only after the last micro-batch of an optimizer step (false: the weights gathered for one
-            micro-batch serve the next). Default for both: off, so one all-gather per optimizer step, on one
-            process per shard group and when the model's bf16 weights take at most 5% of a GPU's memory
-            (TinyLlama-1.1B: 2.2 GB); on otherwise (`lit_gpt.parallel.keep_weights_gathered`).
+            micro-batch serve the next). Default for both: off, so one all-gather per optimizer step, with one
+            process per shard group or when the model's bf16 weights take at most 5% of a GPU's memory
+            (TinyLlama-1.1B: 2.2 GB); on otherwise (`lit_gpt.parallel.keep_weights_gathered`). Set both on a
+            cluster of GPUs of different memory sizes, where processes could otherwise decide differently.
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
             `32-true`.
@@ -151,7 +152,8 @@ def setup(
         print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
 
     shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
-    keep = keep_weights_gathered(num_parameters(config, True), shard_size, torch.device("cuda" if cuda else "cpu"))
+    device = torch.device("cuda" if cuda else "cpu")
+    keep = keep_weights_gathered(num_parameters(config, True), shard_size, device, precision)
     reshard_after_forward = not keep if reshard_after_forward is None else reshard_after_forward
     reshard_after_backward = not keep if reshard_after_backward is None else reshard_after_backward
     parallelize_fn = make_parallelize_fn(

@@ -76,7 +76,7 @@ def main(
         peers: `impl:compile:micro_batch` cases of `peer_script` (litgpt, hf, project) to run in the same process.
         peer_script: path to `peer_throughput.py`.
         profile: print the 25 most expensive CUDA kernels of one step (torch.profiler).
-        trace: write a Chrome trace of one step per process (`trace-rank<R>.json.gz` in `out_dir`).
+        trace: write a Chrome trace of one step per process (`trace-rank<R>-mbs<M>.json.gz` in `out_dir`).
         out_dir: where to write `benchmark.json`; `$OUT` or the working directory by default.
     """
     import lightning as L
@@ -91,7 +91,8 @@ def main(
     config = Config.from_name(model_name)
     T = block_size or config.block_size
 
-    keep = keep_weights_gathered(flops.num_parameters(config, True), devices, torch.device("cuda" if cuda else "cpu"))
+    device = torch.device("cuda" if cuda else "cpu")
+    keep = keep_weights_gathered(flops.num_parameters(config, True), devices, device, precision)
     reshard_after_forward = not keep if reshard_after_forward is None else reshard_after_forward
     reshard_after_backward = not keep if reshard_after_backward is None else reshard_after_backward
     parallelize = make_parallelize_fn(
@@ -103,8 +104,7 @@ def main(
         torch._functorch.config.activation_memory_budget = memory_budget
     fabric = L.Fabric(devices=devices, strategy=strategy, precision=precision if autocast else "32-true")
     fabric.launch()
-    print = fabric.print  # noqa: A001  (every line from rank 0 only)
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}, {devices} process(es)")
+    fabric.print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}, {devices} process(es)")
     results = []
     for mbs in micro_batch_sizes:
         torch.manual_seed(0)
@@ -148,10 +148,10 @@ def main(
             warmup_s=warmup_s,
             loss=loss.item(),
         )
-        print(json.dumps(r), flush=True)
+        fabric.print(json.dumps(r), flush=True)
         results.append(r)
-        if profile and cuda and fabric.global_rank == 0:
-            print_profile(step)
+        if profile and cuda:
+            print_profile(step, show=fabric.global_rank == 0)  # every process runs the step's collectives
         if trace:
             write_trace(step, out_dir / f"trace-rank{fabric.global_rank}-mbs{mbs}.json.gz")
         del model, optimizer, x
@@ -192,13 +192,14 @@ def sync(cuda: bool) -> None:
         torch.cuda.synchronize()
 
 
-def print_profile(step) -> None:
+def print_profile(step, show: bool = True) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
+    if show:
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
 
 
 def write_trace(step, path: Path) -> None:

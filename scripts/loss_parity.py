@@ -327,7 +327,9 @@ def summarize(losses: Dict[str, List[float]], seconds: Dict[str, float], toleran
         summary["cases"][name] = dict(steps=len(curve), first_loss=curve[0], last_loss=curve[-1])
         summary["cases"][name]["seconds"] = seconds.get(name)
     for baseline in ("reference", "autocast"):
-        for name in losses if baseline in losses else ():
+        if baseline not in losses:
+            continue
+        for name in losses:
             if name not in (baseline, "reference"):
                 diff = compare(losses[name], losses[baseline])
                 summary[f"vs_{baseline}"][name] = dict(diff, within_tolerance=diff["max"] <= tolerance)
