@@ -24,7 +24,7 @@ either way.
 """
 
 from functools import partial
-from typing import Literal, Optional
+from typing import Literal, Optional, Tuple
 
 import torch
 from torch import nn
@@ -59,6 +59,20 @@ def keep_weights_gathered(
     bytes_per_param = 4 if precision == "32-true" else 2
     total = torch.cuda.get_device_properties(device).total_memory
     return num_params * bytes_per_param <= GATHERED_WEIGHTS_BUDGET * total
+
+
+def reshard_choices(
+    forward: Optional[bool],
+    backward: Optional[bool],
+    num_params: int,
+    shard_size: int,
+    device: torch.device,
+    precision: str,
+) -> Tuple[bool, bool]:
+    """`reshard_after_forward` and `reshard_after_backward` as given, or where None, the opposite of
+    `keep_weights_gathered`."""
+    keep = keep_weights_gathered(num_params, shard_size, device, precision)
+    return (not keep if forward is None else forward), (not keep if backward is None else backward)
 
 
 def parallelize(

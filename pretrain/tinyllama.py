@@ -34,7 +34,7 @@ from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lr import cosine_lr  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.parallel import keep_weights_gathered, make_parallelize_fn  # noqa: E402
+from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
 from lit_gpt.training import training_step, validate  # noqa: E402
 from lit_gpt.utils import format_metrics, gradient_accumulation_steps, num_processes, optimizer_param_groups  # noqa: E402
 
@@ -152,10 +152,10 @@ def setup(
         print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
 
     shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
-    device = torch.device("cuda" if cuda else "cpu")
-    keep = keep_weights_gathered(num_parameters(config, True), shard_size, device, precision)
-    reshard_after_forward = not keep if reshard_after_forward is None else reshard_after_forward
-    reshard_after_backward = not keep if reshard_after_backward is None else reshard_after_backward
+    reshard_after_forward, reshard_after_backward = reshard_choices(
+        reshard_after_forward, reshard_after_backward, num_parameters(config, True), shard_size,
+        torch.device("cuda" if cuda else "cpu"), precision,
+    )  # fmt: skip
     parallelize_fn = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
         devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward,

@@ -61,7 +61,7 @@ def main(
             process. Peers run only with one device.
         reshard_after_forward: as in `pretrain/tinyllama.py`: free each block's gathered weights after its forward.
         reshard_after_backward: as in `pretrain/tinyllama.py`: false keeps the gathered weights between the
-            micro-batches of a step. Default for both, as there: `not lit_gpt.parallel.keep_weights_gathered(...)`.
+            micro-batches of a step. Default for both, as there: `lit_gpt.parallel.reshard_choices`.
         block_size: sequence length; the model's block size by default.
         precision: `bf16-mixed` (bf16 compute, float32 master weights), `bf16-true` or `32-true`.
         compile: `torch.compile` each transformer block; on by default on CUDA.
@@ -82,7 +82,7 @@ def main(
     import lightning as L
     from lightning.fabric.strategies import ModelParallelStrategy
 
-    from lit_gpt.parallel import keep_weights_gathered, make_parallelize_fn
+    from lit_gpt.parallel import make_parallelize_fn, reshard_choices
 
     cuda = torch.cuda.is_available()
     compile = cuda if compile is None else compile
@@ -91,10 +91,10 @@ def main(
     config = Config.from_name(model_name)
     T = block_size or config.block_size
 
-    device = torch.device("cuda" if cuda else "cpu")
-    keep = keep_weights_gathered(flops.num_parameters(config, True), devices, device, precision)
-    reshard_after_forward = not keep if reshard_after_forward is None else reshard_after_forward
-    reshard_after_backward = not keep if reshard_after_backward is None else reshard_after_backward
+    reshard_after_forward, reshard_after_backward = reshard_choices(
+        reshard_after_forward, reshard_after_backward, flops.num_parameters(config, True), devices,
+        torch.device("cuda" if cuda else "cpu"), precision,
+    )  # fmt: skip
     parallelize = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing,
         reshard_after_forward=reshard_after_forward,
