@@ -160,8 +160,9 @@ class CausalSelfAttention(nn.Module):
         # a compact copy: as a view, v (or k), saved by attention for backward, would keep all of `qkv` alive
         v = v.reshape(B, T, C.n_query_groups, C.head_size).contiguous()
 
-        q = apply_rope(q, cos.unsqueeze(-2), sin.unsqueeze(-2), C.rope_n_elem).transpose(1, 2)  # (B, n_head, T, hs)
-        k = apply_rope(k, cos.unsqueeze(-2), sin.unsqueeze(-2), C.rope_n_elem).contiguous().transpose(1, 2)
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (T, 1, n_elem): broadcast over the heads
+        q = apply_rope(q, cos, sin, C.rope_n_elem).transpose(1, 2)  # (B, n_head, T, head_size)
+        k = apply_rope(k, cos, sin, C.rope_n_elem).contiguous().transpose(1, 2)
         v = v.transpose(1, 2)
         if input_pos is not None:
             if self.kv_cache is None:

@@ -84,7 +84,8 @@ def main(
         grad_clip: clip the gradient norm to this value; 0 disables clipping.
         cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`; the differences are
             taken against `reference` and `autocast`, so keep one of them in the list.
-        tolerance: the largest per-step relative difference from `reference` that passes (0.01 is 1%).
+        tolerance: the largest per-step relative difference from `reference` (or `autocast`) that passes (0.01 is
+            1%).
         seed: seed of the shared initial weights.
         compile: `torch.compile` ours (per block, as in pretraining) and litgpt; on by default on CUDA. The reference
             is always eager.
