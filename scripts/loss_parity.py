@@ -11,6 +11,9 @@ learning-rate schedule:
     autocast   our `GPT` with float32 (master) weights, eager, plain cross-entropy, under bf16 autocast: textbook
                mixed precision without any of ours' optimizations (no FSDP2 bf16 parameters, compile or fused loss)
     litgpt     litgpt's `GPT` with float32 weights under bf16 autocast, compiled on CUDA
+    nudged     the reference again, from initial weights each moved by one float32 step (`torch.nextafter`) in a
+               random direction: how far two float32 runs drift apart from a difference smaller than any rounding,
+               i.e. the floor below which no implementation that is not bit-identical to the reference can stay
 
 The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean; the same against
 `autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
@@ -41,7 +44,7 @@ from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.training import training_step  # noqa: E402
 from lit_gpt.utils import optimizer_param_groups  # noqa: E402
 
-CASES = ("ours", "reference", "autocast", "litgpt")
+CASES = ("ours", "reference", "autocast", "litgpt", "nudged")
 TRAIN_DIR = "slimpajama/train"
 
 
@@ -82,8 +85,8 @@ def main(
         beta1: AdamW's beta1.
         beta2: AdamW's beta2.
         grad_clip: clip the gradient norm to this value; 0 disables clipping.
-        cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`; the differences are
-            taken against `reference` and `autocast`, so keep one of them in the list.
+        cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`, `nudged`; the differences
+            are taken against `reference` and `autocast`, so keep one of them in the list.
         tolerance: the largest per-step relative difference from `reference` (or `autocast`) that passes (0.01 is
             1%).
         seed: seed of the shared initial weights.
@@ -129,6 +132,7 @@ def main(
         "reference": partial(run_reference, device=device),
         "autocast": partial(run_reference, device=device, autocast=True),
         "litgpt": partial(run_litgpt, device=device, compile=compile),
+        "nudged": partial(run_reference, device=device, nudge_seed=seed + 1),
     }
     losses: Dict[str, List[float]] = {}
     seconds: Dict[str, float] = {}
@@ -249,13 +253,22 @@ def full_float32_matmuls() -> Iterator[None]:
 
 
 def run_reference(
-    config, initial_state, batches, lr_at, make_optimizer, grad_clip, device, autocast: bool = False
+    config,
+    initial_state,
+    batches,
+    lr_at,
+    make_optimizer,
+    grad_clip,
+    device,
+    autocast: bool = False,
+    nudge_seed: Optional[int] = None,
 ) -> List[float]:
-    """Our plain model with float32 weights, eager: in float32 (TF32 off), or under bf16 autocast."""
+    """Our plain model with float32 weights, eager: in float32 (TF32 off), or under bf16 autocast. With `nudge_seed`,
+    the float32 run starts from `nudge(initial_state, nudge_seed)`."""
     with torch.device("meta"):
         model = GPT(config)
     model.to_empty(device=device)
-    model.load_state_dict(initial_state)
+    model.load_state_dict(initial_state if nudge_seed is None else nudge(initial_state, nudge_seed))
     model.fused_loss = False
     optimizer = make_optimizer(model)
 
@@ -268,7 +281,20 @@ def run_reference(
     if autocast:
         return train("autocast", step, optimizer, batches, lr_at, device)
     with full_float32_matmuls():
-        return train("reference", step, optimizer, batches, lr_at, device)
+        return train("reference" if nudge_seed is None else "nudged", step, optimizer, batches, lr_at, device)
+
+
+def nudge(state: Dict[str, torch.Tensor], seed: int) -> Dict[str, torch.Tensor]:
+    """Each floating-point value moved to its float32 neighbour, up or down at random (`seed`): a relative change of
+    2^-24 to 2^-23, below bf16's rounding step (2^-9 to 2^-8) by a factor of 2^15."""
+    generator = torch.Generator().manual_seed(seed)
+    nudged = {}
+    for name, value in state.items():
+        if value.is_floating_point():
+            up = torch.rand(value.shape, generator=generator) < 0.5
+            value = torch.nextafter(value, torch.where(up, torch.inf, -torch.inf).to(value.dtype))
+        nudged[name] = value
+    return nudged
 
 
 def run_litgpt(

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "loss_parity.py"
@@ -33,7 +34,7 @@ def test_bf16_cases_follow_the_float32_reference(tmp_path, data_dir):
 
     record = json.loads((tmp_path / "loss_parity.json").read_text())
     losses, summary = record["losses"], record["summary"]
-    assert sorted(losses) == ["autocast", "litgpt", "ours", "reference"]
+    assert sorted(losses) == ["autocast", "litgpt", "nudged", "ours", "reference"]
     assert all(len(curve) == steps for curve in losses.values())
     ours, reference, litgpt = losses["ours"], losses["reference"], losses["litgpt"]
     # same weights, same first batch: only bf16 rounding separates the first losses
@@ -49,6 +50,10 @@ def test_bf16_cases_follow_the_float32_reference(tmp_path, data_dir):
     rel = [abs(a - b) / b for a, b in zip(ours, losses["autocast"])]
     assert summary["vs_autocast"]["ours"]["max"] == pytest.approx(max(rel)) and max(rel) <= 0.01
     assert "ours vs eager bf16 autocast: max" in proc.stdout
+    # float32 again from weights one float32 step apart: not identical, but far closer than the bf16 run
+    nudged = [abs(a - b) / b for a, b in zip(losses["nudged"], reference)]
+    ours_rel = [abs(a - b) / b for a, b in zip(ours, reference)]
+    assert 0 < max(nudged) < 1e-3 and max(nudged) < max(ours_rel), nudged
     for curve in losses.values():
         assert sum(curve[-3:]) / 3 < curve[0] - 0.5, curve  # it trained
 
@@ -71,6 +76,22 @@ def test_summary_reports_a_curve_outside_the_tolerance():
     ]
     with pytest.raises(ValueError, match="Cannot compare loss curves of 3 and 4 steps"):
         script.compare(close[:3], reference)
+
+
+def test_nudge_moves_every_float_by_one_float32_step_either_way():
+    script = load_script()
+    state = {"w": torch.randn(1000), "tiny": torch.full((100,), 1e-30), "ids": torch.arange(5)}
+    nudged = script.nudge(state, seed=1)
+    for name in ("w", "tiny"):
+        before, after = state[name], nudged[name]
+        up = after > before
+        assert (after != before).all() and 0.4 < up.float().mean() < 0.6  # both directions, about equally
+        # exactly one representable float32 away: stepping back lands on the original value
+        back = torch.nextafter(after, torch.where(up, -torch.inf, torch.inf))
+        assert torch.equal(back, before)
+    assert torch.equal(nudged["ids"], state["ids"])
+    assert torch.equal(script.nudge(state, seed=1)["w"], nudged["w"])  # reproducible
+    assert not torch.equal(script.nudge(state, seed=2)["w"], nudged["w"])
 
 
 def test_missing_or_short_data_and_help(tmp_path, data_dir):
