@@ -12,8 +12,8 @@ learning-rate schedule:
                mixed precision without any of ours' optimizations (no FSDP2 bf16 parameters, compile or fused loss)
     litgpt     litgpt's `GPT` with float32 weights under bf16 autocast, compiled on CUDA
     nudged     the reference again, from initial weights each moved by one float32 step (`torch.nextafter`) in a
-               random direction: how far two float32 runs drift apart from a difference smaller than any rounding,
-               i.e. the floor below which no implementation that is not bit-identical to the reference can stay
+               random direction: how far two float32 runs drift apart from a difference far smaller than any
+               rounding, a floor for how close a run that is not bit-identical to the reference can be expected to stay
 
 The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean; the same against
 `autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
