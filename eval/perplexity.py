@@ -48,6 +48,8 @@ def main(
     from litdata import StreamingDataLoader, StreamingDataset
     from litdata.streaming.item_loader import TokensLoader
 
+    if num_blocks < 1 or batch_size < 1:
+        raise ValueError(f"--num_blocks ({num_blocks}) and --batch_size ({batch_size}) must be at least 1")
     if precision is None:
         precision = "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     if not (data_dir / "index.json").is_file():

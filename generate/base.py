@@ -16,6 +16,7 @@ import torch
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
 from lit_gpt.generate import generate, load_model  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
@@ -45,6 +46,7 @@ def main(
     """
     if precision is None:
         precision = "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    lit_checkpoint_files(checkpoint_dir)  # a missing or incomplete checkpoint says so before the tokenizer is read
     fabric = L.Fabric(devices=1, precision=precision)
     tokenizer = Tokenizer(checkpoint_dir)
     t0 = time.perf_counter()

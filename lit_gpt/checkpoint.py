@@ -73,7 +73,13 @@ def load_metadata(path: Path) -> Dict[str, Any]:
 
 def check_compatible(path: Path, metadata: Dict[str, Any], model_config: Dict[str, Any], world_size: int) -> None:
     """Refuse to resume from a checkpoint of another model or written by another number of processes."""
-    hparams = metadata.get("hparams", {})
+    if "hparams" not in metadata:
+        raise ValueError(
+            f"{path} is not a training checkpoint of pretrain/tinyllama.py (it holds no run settings) and cannot be "
+            "resumed. To start training from its weights, pass the folder that holds it (with lit_config.json) as "
+            "--initial_checkpoint_dir."
+        )
+    hparams = metadata["hparams"]
     saved = hparams.get("model_config")
     if saved != model_config:
         diff = {k: (saved.get(k), v) for k, v in model_config.items() if saved.get(k) != v} if saved else saved

@@ -145,6 +145,12 @@ def setup(
     world_size = num_processes(devices, num_nodes, accelerator)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_data_dir(data_dir)
+    if not resume and (latest := find_latest(out_dir)):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
+            "overwrite them one by one. Pass `--resume auto` to continue that run, or another --out_dir to start "
+            "a new one."
+        )
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile

@@ -106,7 +106,7 @@ stage "starcoder" "$DATA/starcoder/index.json" "$DONE_LINE" \
 
 TRAIN_LINE='^(step |Resum|Saved|Done|micro-llama:|[0-9]+ steps of)'
 LAST=$(printf '%s/step-%08d.pth' "$RUN" "$MORE_STEPS")
-stage "pretrain" "$(printf '%s/step-%08d.pth' "$RUN" "$STEPS")" "$TRAIN_LINE" "${PRETRAIN[@]}" --max_steps "$STEPS"
+stage "pretrain" "$(printf '%s/step-%08d.pth' "$RUN" "$STEPS")" "$TRAIN_LINE" "${PRETRAIN[@]}" --max_steps "$STEPS" --resume auto
 stage "resume" "$LAST" "$TRAIN_LINE" "${PRETRAIN[@]}" --max_steps "$MORE_STEPS" --resume auto
 stage "convert to lit" "$LIT/lit_model.pth" "$DONE_LINE" \
   scripts/convert_pretrained_checkpoint.py --checkpoint_file "$LAST" --tokenizer_dir "$TOKENIZER" \

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 
@@ -56,3 +57,10 @@ def test_perplexity_is_deterministic_and_matches_transformers(export_lit_dir, ex
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), blocks[:, 1:].flatten()).item()
     assert abs(first["loss"] - expected) < 1e-5
     assert first["perplexity"] == math.exp(first["loss"])
+
+
+def test_perplexity_refuses_no_blocks(tmp_path):
+    from eval.perplexity import main
+
+    with pytest.raises(ValueError, match="--num_blocks \\(0\\) and --batch_size \\(4\\) must be at least 1"):
+        main(tmp_path, tmp_path, num_blocks=0)

@@ -59,3 +59,14 @@ def test_generate_script(export_lit_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("def forward") == 2
     assert proc.stderr.count("tokens/s") == 2
+
+
+def test_generate_script_names_a_missing_checkpoint(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # a mistyped --checkpoint_dir: the error is about the checkpoint, not about a missing tokenizer
+    with pytest.raises(FileNotFoundError, match="lit_model.pth' does not exist.*convert_pretrained_checkpoint"):
+        script.main(tmp_path / "typo", prompt="x")

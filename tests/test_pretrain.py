@@ -109,6 +109,11 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
         setup(**{**common, "data_dir": str(tmp_path / "nothing")}, global_batch_size=8, micro_batch_size=2)
     with pytest.raises(ValueError, match="not a known model name"):
         setup(**{**common, "model_name": "micro-lama"}, global_batch_size=8, micro_batch_size=2)
+    earlier = tmp_path / "earlier"  # an out_dir with a checkpoint: a fresh run would overwrite it
+    earlier.mkdir()
+    (earlier / "step-00000040.pth").touch()
+    with pytest.raises(FileExistsError, match="earlier run.*step-00000040.pth.*--resume auto"):
+        setup(**{**common, "out_dir": earlier}, global_batch_size=8, micro_batch_size=2)
     # the prepared validation split has 6 blocks of 257 tokens: too few for one micro-batch of 8. This check runs
     # after Fabric has made this process a 1-process group: release its port, and drop the variables it set
     # (MASTER_PORT, LOCAL_RANK, ...), which the later tests' subprocesses would inherit: they would then take
@@ -211,6 +216,9 @@ def test_resume_refuses_another_model_or_world_size(tmp_path):
         check_compatible(tmp_path, meta, {**config, "n_layer": 2}, world_size=2)
     with pytest.raises(ValueError, match="written by 2 processes, this run has 1"):
         check_compatible(tmp_path, meta, config, world_size=1)
+    # a lit checkpoint (weights only, e.g. lit_model.pth) is not a run to resume
+    with pytest.raises(ValueError, match="not a training checkpoint.*--initial_checkpoint_dir"):
+        check_compatible(tmp_path, {"transformer.wte.weight": torch.zeros(1)}, config, world_size=1)
 
 
 def test_find_latest_ignores_incomplete_saves(tmp_path):
