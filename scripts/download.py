@@ -7,14 +7,13 @@ Examples:
 
     python scripts/download.py                        # list the repo ids of the config registry
     python scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --access_token $HF_TOKEN --tokenizer_only true
-    python scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset \
-        --allow_patterns '[train/chunk1/*]' --local_dir data/slimpajama-raw
+    python scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset --allow_patterns 'train/chunk1/*'
 """
 
 import os
 import sys
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import List, Literal, Optional, Union
 
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,7 +31,7 @@ def download_from_hub(
     access_token: Optional[str] = None,
     tokenizer_only: bool = False,
     repo_type: Literal["model", "dataset"] = "model",
-    allow_patterns: Optional[List[str]] = None,
+    allow_patterns: Optional[Union[str, List[str]]] = None,
     checkpoint_dir: Path = Path("checkpoints"),
     local_dir: Optional[Path] = None,
 ) -> None:
@@ -45,8 +44,9 @@ def download_from_hub(
             else the token of `hf auth login`).
         tokenizer_only: Models: only the tokenizer files, not the weights.
         repo_type: `dataset` for dataset repos such as `cerebras/SlimPajama-627B` or `bigcode/starcoderdata`.
-        allow_patterns: Only files matching these glob patterns, a list such as `'[train/chunk1/*]'` for a slice
-            of a dataset. Models: default is the tokenizer files, `config.json` and the weights (safetensors preferred).
+        allow_patterns: Only files matching this glob pattern (`'train/chunk1/*'`) or these patterns
+            (`'[train/chunk1/*, validation/chunk1/*]'`), for a slice of a dataset. Models: default is the tokenizer
+            files, `config.json` and the weights (safetensors preferred).
         checkpoint_dir: Models go to `checkpoint_dir/<repo_id>`.
         local_dir: Where the files go instead (datasets default to `data/<name>-raw`, e.g. `data/slimpajama-627b-raw`).
     """
@@ -59,6 +59,8 @@ def download_from_hub(
 
     from huggingface_hub import HfApi, get_token, snapshot_download
 
+    if isinstance(allow_patterns, str):
+        allow_patterns = [allow_patterns]
     access_token = access_token or os.getenv("HF_TOKEN") or get_token()
     api = HfApi(token=access_token or False)
     info = _call(api.repo_info, access_token, repo_id=repo_id, repo_type=repo_type)

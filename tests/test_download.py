@@ -182,16 +182,42 @@ def test_download_weights_prefer_safetensors(tmp_path, hub):
     assert (tmp_path / "checkpoints/TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T/pytorch_model.bin").is_file()
 
 
-def test_download_dataset_slice(tmp_path, hub):
+@pytest.mark.parametrize("patterns", ["['train/chunk1/*']", "train/chunk1/*"])
+def test_download_dataset_slice(tmp_path, hub, patterns):
+    # a list of patterns, or one pattern as a plain string (what the data-preparation errors suggest)
     out = run_download(
         tmp_path, endpoint_of(hub), "--repo_id", "cerebras/SlimPajama-627B", "--repo_type", "dataset",
-        "--allow_patterns", "['train/chunk1/*']",
+        "--allow_patterns", patterns,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     root = tmp_path / "data" / "slimpajama-627b-raw"
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.zst"))
     assert files == ["train/chunk1/example_train_0.jsonl.zst", "train/chunk1/example_train_1.jsonl.zst"]
     assert (root / "train/chunk1/example_train_1.jsonl.zst").read_bytes() == b"zst-1"
+
+
+def test_download_commands_of_preparation_errors_parse():
+    """The download commands that lit_gpt/prepare.py's errors suggest parse with download.py's own parser."""
+    import contextlib
+    import io
+    import re
+
+    from test_tutorials import _parser, commands, script_call
+
+    from lit_gpt.prepare import DOWNLOAD_HINT
+
+    parser = _parser("scripts/download.py")
+    for kind, hint in DOWNLOAD_HINT.items():
+        calls = [script_call(tokens) for tokens in commands("\n".join(re.findall(r"`([^`]+)`", hint)))]
+        calls = [args for script, args in filter(None, calls) if script == "scripts/download.py"]
+        assert calls, f"no download command in the {kind} hint: {hint}"
+        for args in calls:
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    assert parser.parse_args(args).allow_patterns
+                except SystemExit:
+                    pytest.fail(f"the {kind} hint's `{' '.join(args)}` does not parse: {stderr.getvalue()[-800:]}")
 
 
 @pytest.mark.parametrize(
