@@ -1,7 +1,9 @@
 """Download a model's tokenizer (and weights) or a slice of a dataset from the Hugging Face Hub.
 
-Models go to `checkpoints/<org>/<name>/`, datasets to `data/<name>-raw/` (`--repo_type dataset`). The access token
-comes from `--access_token` or the `HF_TOKEN` environment variable and is never printed.
+Models go to `checkpoints/<org>/<name>/`, datasets to `data/<name>-raw/` (`--repo_type dataset`): SlimPajama to
+`data/slimpajama-raw/` and Starcoder to `data/starcoderdata-raw/`, where `scripts/prepare_slimpajama.py` and
+`scripts/prepare_starcoder.py` look by default. The access token comes from `--access_token` or the `HF_TOKEN`
+environment variable and is never printed.
 
 Examples:
 
@@ -20,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 TOKEN_URL = "https://huggingface.co/settings/tokens"
+# the folders that the preparation scripts and the tutorials use (the repo's own name would give `slimpajama-627b-raw`);
+# keys in lower case: the hub matches repo ids regardless of case
+DATASET_DIRS = {"cerebras/slimpajama-627b": "slimpajama-raw", "bigcode/starcoderdata": "starcoderdata-raw"}
 
 
 class DownloadError(Exception):
@@ -48,7 +53,8 @@ def download_from_hub(
             (`'[train/chunk1/*, validation/chunk1/*]'`), for a slice of a dataset. Models: default is the tokenizer
             files, `config.json` and the weights (safetensors preferred).
         checkpoint_dir: Models go to `checkpoint_dir/<repo_id>`.
-        local_dir: Where the files go instead (datasets default to `data/<name>-raw`, e.g. `data/slimpajama-627b-raw`).
+        local_dir: Where the files go instead (datasets default to `data/<name>-raw`: `data/slimpajama-raw`,
+            `data/starcoderdata-raw`).
     """
     if repo_id is None:
         from lit_gpt.config import configs
@@ -73,7 +79,7 @@ def download_from_hub(
             allow_patterns += ["config.json"] + weight_patterns(repo_id, files)
     if local_dir is None:
         if repo_type == "dataset":
-            local_dir = Path("data") / f"{repo_id.split('/')[-1].lower()}-raw"
+            local_dir = dataset_dir(repo_id)
         else:
             local_dir = checkpoint_dir / repo_id
     path = _call(
@@ -91,6 +97,11 @@ def download_from_hub(
     if not files:
         raise DownloadError(f"no file of {repo_id} matches --allow_patterns {allow_patterns}; check the patterns")
     print(f"{len(files)} files of {repo_id} in {local_dir}: {', '.join(files[:8])}{' ...' if len(files) > 8 else ''}")
+
+
+def dataset_dir(repo_id: str) -> Path:
+    """Where a dataset goes without `--local_dir`: `data/slimpajama-raw` for SlimPajama, else `data/<name>-raw`."""
+    return Path("data") / DATASET_DIRS.get(repo_id.lower(), f"{repo_id.split('/')[-1].lower()}-raw")
 
 
 def weight_patterns(repo_id: str, files: List[str]) -> List[str]:

@@ -190,10 +190,28 @@ def test_download_dataset_slice(tmp_path, hub, patterns):
         "--allow_patterns", patterns,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    root = tmp_path / "data" / "slimpajama-627b-raw"
+    # where scripts/prepare_slimpajama.py looks by default
+    root = tmp_path / "data" / "slimpajama-raw"
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.zst"))
     assert files == ["train/chunk1/example_train_0.jsonl.zst", "train/chunk1/example_train_1.jsonl.zst"]
     assert (root / "train/chunk1/example_train_1.jsonl.zst").read_bytes() == b"zst-1"
+
+
+def test_download_dataset_folders_are_where_preparation_looks():
+    import inspect
+
+    from prepared_data import load_script
+
+    def default_input_dir(script: str) -> Path:
+        return inspect.signature(load_script(script).main).parameters["input_dir"].default
+
+    download = load_script("download")
+    # prepare_slimpajama.py reads one split of the download
+    assert download.dataset_dir("cerebras/SlimPajama-627B") / "train" == default_input_dir("prepare_slimpajama")
+    assert download.dataset_dir("bigcode/starcoderdata") == default_input_dir("prepare_starcoder")
+    # the hub matches repo ids regardless of case, and so does the folder (the seed tutorial clones the lower-case id)
+    assert download.dataset_dir("cerebras/slimpajama-627b") == Path("data/slimpajama-raw")
+    assert download.dataset_dir("someone/My-Data") == Path("data/my-data-raw")
 
 
 def test_download_commands_of_preparation_errors_parse():
