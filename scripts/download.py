@@ -12,6 +12,7 @@ Examples:
     python scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset --allow_patterns 'train/chunk1/*'
 """
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -144,22 +145,34 @@ def _call(fn, user_token: Optional[str], **kwargs):
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else "?"
         raise DownloadError(f"the hub at {endpoint} answered HTTP {status} for {repo_id}; try again later") from None
-    except (LocalEntryNotFoundError, OSError) as e:
+    except (LocalEntryNotFoundError, ConnectionError, TimeoutError) as e:
         # connection refused, DNS failure, timeout, or offline mode without the files on disk
-        if isinstance(e, HfHubHTTPError):
-            raise
-        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        raise DownloadError(
-            f"cannot reach the Hugging Face Hub at {endpoint}{offline}: check your network connection or proxy, or set "
-            "HF_ENDPOINT to a reachable mirror"
-        ) from None
+        raise DownloadError(_unreachable_message(endpoint, e.__cause__ or e)) from None
     except Exception as e:
-        if type(e).__module__.startswith(("httpx", "httpcore", "requests")):
-            raise DownloadError(
-                f"cannot reach the Hugging Face Hub at {endpoint} ({type(e).__name__}): check your network connection"
-                " or proxy, or set HF_ENDPOINT to a reachable mirror"
-            ) from None
+        if type(e).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+            raise DownloadError(_unreachable_message(endpoint, e)) from None
+        if isinstance(e, OSError):
+            # a local error (a full disk, a folder that cannot be written): say which, it is not the network
+            raise DownloadError(f"downloading {repo_id} failed on this machine: {e}{_disk_hint(e)}") from None
         raise
+
+
+def _unreachable_message(endpoint: str, error: BaseException) -> str:
+    from huggingface_hub import constants
+
+    offline = ", HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else ""
+    return (
+        f"cannot reach the Hugging Face Hub at {endpoint} ({type(error).__name__}{offline}): check your network "
+        "connection or proxy, or set HF_ENDPOINT to a reachable mirror"
+    )
+
+
+def _disk_hint(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "; free some space, or pass --local_dir on a disk with room"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "; pick a --local_dir (models: --checkpoint_dir) that you can write to"
+    return ""
 
 
 def _gated_message(repo_id: str, repo_type: str, token: Optional[str]) -> str:

@@ -5,6 +5,7 @@ itself runs unmodified, in a subprocess, as a user would run the script."""
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -268,6 +269,40 @@ def test_download_unreachable_hub(tmp_path):
     assert out.stderr.count("\n") == 1, out.stderr
     assert f"cannot reach the Hugging Face Hub at http://127.0.0.1:{port}" in out.stderr
     assert TOKEN not in out.stdout + out.stderr
+
+
+def test_download_disk_errors_are_not_network_errors(tmp_path, hub):
+    # a real local error: the folder to write cannot be made, because a file has its parent's name
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    out = run_download(
+        tmp_path, endpoint_of(hub), "--repo_id", "cerebras/SlimPajama-627B", "--repo_type", "dataset",
+        "--allow_patterns", "train/chunk1/*", "--local_dir", "blocker/slimpajama-raw",
+    )  # fmt: skip
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+    assert "cannot reach" not in last and "network" not in last, last
+    assert "failed on this machine: [Errno 20] Not a directory" in last, last
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (OSError(28, "No space left on device", "data/x.zst"), "No space left on device: 'data/x.zst'; free some"),
+        (PermissionError(13, "Permission denied", "data"), "Permission denied: 'data'; pick a --local_dir"),
+        (ConnectionRefusedError(111, "Connection refused"), "cannot reach the Hugging Face Hub"),
+    ],
+)
+def test_download_os_errors_say_what_failed(error, expected):
+    from prepared_data import load_script
+
+    download = load_script("download")
+
+    def fail(**kwargs):
+        raise error
+
+    with pytest.raises(download.DownloadError, match=re.escape(expected)):
+        download._call(fail, None, repo_id="cerebras/SlimPajama-627B", repo_type="dataset")
 
 
 def test_download_help_does_not_show_the_token(tmp_path):
