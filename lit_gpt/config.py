@@ -203,3 +203,10 @@ for c in llama_2:
 
 name_to_config = {c["name"]: c for c in configs}
 hf_name_to_config = {c["hf_config"]["name"]: c for c in configs if c.get("hf_config")}
+
+
+def list_names() -> str:
+    """Every registered name that `Config.from_name` takes, one a line, with its Hugging Face repo id beside it where
+    it has one (what `python scripts/download.py` prints)."""
+    width = max(len(name) for name in name_to_config)
+    return "\n".join(f"{name:<{width}}  {Config(**c).hf_repo_id}".rstrip() for name, c in name_to_config.items())

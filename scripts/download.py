@@ -7,7 +7,7 @@ environment variable and is never printed.
 
 Examples:
 
-    python scripts/download.py                        # list the repo ids of the config registry
+    python scripts/download.py                        # list the model names of the config registry
     python scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --access_token $HF_TOKEN --tokenizer_only true
     python scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset --allow_patterns 'train/chunk1/*'
 """
@@ -45,7 +45,7 @@ def download_from_hub(
 
     Args:
         repo_id: For example `meta-llama/Llama-2-7b-hf` or `cerebras/SlimPajama-627B`. Leave out to list the model
-            repo ids this project has configs for.
+            names this project has configs for, with their repo ids.
         access_token: Hugging Face token for gated or private repos (default: the `HF_TOKEN` environment variable,
             else the token of `hf auth login`).
         tokenizer_only: Models: only the tokenizer files, not the weights.
@@ -58,10 +58,13 @@ def download_from_hub(
             `data/starcoderdata-raw`).
     """
     if repo_id is None:
-        from lit_gpt.config import configs
+        from lit_gpt.config import list_names
 
-        print("Pass --repo_id with one of these (or any Hugging Face repo id):")
-        print("\n".join(f"{c['hf_config']['org']}/{c['hf_config']['name']}" for c in configs if c.get("hf_config")))
+        print(
+            "Model names (pretrain/tinyllama.py --model_name, convert_pretrained_checkpoint.py --config_name), each\n"
+            "with the Hugging Face repo to pass to --repo_id where it has one (any other repo id works too):"
+        )
+        print(list_names())
         return
 
     from huggingface_hub import HfApi, get_token, snapshot_download

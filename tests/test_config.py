@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lit_gpt.config import Config, name_to_config
+from lit_gpt.config import Config, list_names, name_to_config
 from lit_gpt.model import GPT
 
 
@@ -51,6 +51,15 @@ def test_lookup_by_hf_name_and_overrides():
 def test_unknown_name_lists_close_matches():
     with pytest.raises(ValueError, match="tiny-llama-1.1b"):
         Config.from_name("tiny-lama-1.1b")
+
+
+def test_listed_names_are_the_names_from_name_takes():
+    # the listing that `python scripts/download.py` prints and the unknown-name error points to
+    rows = [line.split() for line in list_names().splitlines()]
+    assert [row[0] for row in rows] == list(name_to_config)
+    assert {"micro-llama", "tiny-llama-1.1b"} <= {row[0] for row in rows}
+    for name, *repo_id in rows:
+        assert Config.from_name(name).hf_repo_id == (repo_id[0] if repo_id else ""), name
 
 
 def test_file_round_trip(tmp_path):

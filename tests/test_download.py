@@ -146,11 +146,18 @@ def endpoint_of(hub) -> str:
     return f"http://127.0.0.1:{hub.server_address[1]}"
 
 
-def test_download_lists_registry_repo_ids(tmp_path):
+def test_download_lists_registry_names(tmp_path):
+    from lit_gpt.config import Config
+
     out = run_download(tmp_path, "http://127.0.0.1:9")
     assert out.returncode == 0, out.stderr
-    assert "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T" in out.stdout
-    assert "meta-llama/Llama-2-7b-hf" in out.stdout
+    # after two header lines: every name --model_name takes, with its repo id where it has one
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert {"micro-llama", "tiny-llama-1.1b", "Llama-2-7b-hf"} <= {row[0] for row in rows}
+    for name, *_ in rows:
+        Config.from_name(name)
+    assert ["tiny-llama-1.1b", "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"] in rows
+    assert ["Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf"] in rows
 
 
 def test_download_tokenizer_only_of_gated_repo(tmp_path, hub):
