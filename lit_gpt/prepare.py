@@ -340,18 +340,37 @@ def chunk_tokens(output_dir: str) -> Optional[List[int]]:
 
 
 def check_tokenizer_dir(tokenizer_path: Path) -> Path:
-    """The tokenizer directory, or an error that names the directories that do exist (download.py writes
-    `checkpoints/<org>/<name>`)."""
+    """The tokenizer directory, or an error that says what to do.
+
+    A path that does not exist is taken to mean the one `<parent>/<org>/<name>` with a tokenizer that has its name, if
+    there is exactly one: the tutorials' `checkpoints/Llama-2-7b-hf` is where `scripts/download.py` writes
+    `checkpoints/meta-llama/Llama-2-7b-hf`.
+    """
     tokenizer_path = Path(tokenizer_path)
-    if (tokenizer_path / "tokenizer.model").is_file() or (tokenizer_path / "tokenizer.json").is_file():
-        return tokenizer_path
-    candidates = [p.parent for p in tokenizer_path.parent.glob(f"*/{tokenizer_path.name}/tokenizer.*")]
-    hint = f" Did you mean --tokenizer_path {candidates[0]}?" if candidates else ""
-    raise PrepareError(
-        f"--tokenizer_path {tokenizer_path} holds no tokenizer.model or tokenizer.json.{hint} Get one with `python "
-        "scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --tokenizer_only true` (writes "
-        "checkpoints/meta-llama/Llama-2-7b-hf) or `python scripts/train_tokenizer.py`."
-    )
+    # download.py writes `checkpoints/<org>/<name>`
+    candidates = [p for p in sorted(tokenizer_path.parent.glob(f"*/{tokenizer_path.name}")) if _has_tokenizer(p)]
+    if not tokenizer_path.exists() and len(candidates) == 1:
+        print(
+            f"--tokenizer_path {tokenizer_path} does not exist; using {candidates[0]}, the one tokenizer of that name"
+        )
+        tokenizer_path = candidates[0]
+    elif not tokenizer_path.exists() and len(candidates) > 1:
+        raise PrepareError(
+            f"--tokenizer_path {tokenizer_path} does not exist, and several tokenizers have its name: "
+            f"{', '.join(map(str, candidates))}. Pass the one to use."
+        )
+    if not _has_tokenizer(tokenizer_path):
+        hint = f" Did you mean --tokenizer_path {candidates[0]}?" if candidates else ""
+        raise PrepareError(
+            f"--tokenizer_path {tokenizer_path} holds no tokenizer.model or tokenizer.json.{hint} Get one with `python "
+            "scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --tokenizer_only true` (writes "
+            "checkpoints/meta-llama/Llama-2-7b-hf) or `python scripts/train_tokenizer.py`."
+        )
+    return tokenizer_path
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file()
 
 
 def _check_output_dir(output_dir: str, overwrite: bool) -> Optional[str]:

@@ -176,12 +176,54 @@ def test_prepare_input_errors_say_what_to_do(prepared, tmp_path):
         prepare("slimpajama", tmp_path / "empty", str(tmp_path / "out"), prepared["tokenizer"], 2049)
     with pytest.raises(PrepareError, match=r"holds no \*.parquet files"):
         prepare("starcoder", tmp_path / "empty", str(tmp_path / "out"), prepared["tokenizer"], 2049)
-    # the tutorial's checkpoints/Llama-2-7b-hf where download.py wrote checkpoints/meta-llama/Llama-2-7b-hf
-    real = tmp_path / "checkpoints" / "meta-llama" / "Llama-2-7b-hf"
-    real.mkdir(parents=True)
-    (real / "tokenizer.model").write_bytes((prepared["tokenizer"] / "tokenizer.model").read_bytes())
-    with pytest.raises(PrepareError, match=f"Did you mean --tokenizer_path {real}"):
-        prepare("slimpajama", prepared["raw"], str(tmp_path / "out"), tmp_path / "checkpoints" / "Llama-2-7b-hf", 2049)
+
+
+def write_tokenizer(folder: Path, eos: bool = True) -> Path:
+    """A tiny real `tokenizer.json` (a word-level vocabulary), with `</s>` named as its eos token or not."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "hello": 3, "world": 4}
+    tokenizer = HFTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"} if eos else {}))
+    return folder
+
+
+def test_seed_tutorial_tokenizer_path_finds_the_download(tmp_path, monkeypatch, capsys):
+    """The seed tutorial's `--tokenizer_path checkpoints/Llama-2-7b-hf` after its download command, which writes
+    checkpoints/meta-llama/Llama-2-7b-hf: preparation uses that folder and says so."""
+    monkeypatch.chdir(tmp_path)
+    write_tokenizer(tmp_path / "checkpoints" / "meta-llama" / "Llama-2-7b-hf")
+    write_jsonl_zst(tmp_path / "raw" / "train" / "chunk1" / "a.jsonl.zst", [{"text": "hello world"}] * 3)
+    stats = prepare("slimpajama", Path("raw/train"), "out", Path("checkpoints/Llama-2-7b-hf"), 2049 * 4,
+                    num_workers=1, verbose=False)  # fmt: skip
+    assert stats.tokens == 3 * 3 and sum(chunk_tokens("out")) == 9  # "hello world </s>" three times
+    out = capsys.readouterr().out
+    assert (
+        "--tokenizer_path checkpoints/Llama-2-7b-hf does not exist; using checkpoints/meta-llama/Llama-2-7b-hf" in out
+    )
+
+
+def test_tokenizer_path_without_a_single_match_is_an_error(tmp_path):
+    from lit_gpt.prepare import check_tokenizer_dir
+
+    checkpoints = tmp_path / "checkpoints"
+    # none: what to download
+    with pytest.raises(PrepareError, match="holds no tokenizer.model or tokenizer.json. Get one with `python scripts"):
+        check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
+    # several of that name: which one is not guessed
+    write_tokenizer(checkpoints / "meta-llama" / "Llama-2-7b-hf")
+    write_tokenizer(checkpoints / "someone" / "Llama-2-7b-hf")
+    with pytest.raises(PrepareError, match="several tokenizers have its name") as e:
+        check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
+    assert f"{checkpoints}/meta-llama/Llama-2-7b-hf, {checkpoints}/someone/Llama-2-7b-hf" in str(e.value)
+    # a folder that exists but holds no tokenizer is not replaced, only pointed at the candidates
+    (checkpoints / "Llama-2-7b-hf").mkdir()
+    with pytest.raises(PrepareError, match=f"Did you mean --tokenizer_path {checkpoints}/meta-llama/Llama-2-7b-hf"):
+        check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
 
 
 def test_training_batches_are_all_full_across_epochs(prepared, tmp_path):
