@@ -340,7 +340,7 @@ def chunk_tokens(output_dir: str) -> Optional[List[int]]:
 
 
 def check_tokenizer_dir(tokenizer_path: Path) -> Path:
-    """The tokenizer directory, or an error that says what to do.
+    """The tokenizer directory, checked before the workers start (they would each fail on it with a traceback).
 
     A path that does not exist is taken to mean the one `<parent>/<org>/<name>` with a tokenizer that has its name, if
     there is exactly one: the tutorials' `checkpoints/Llama-2-7b-hf` is where `scripts/download.py` writes
@@ -365,6 +365,16 @@ def check_tokenizer_dir(tokenizer_path: Path) -> Path:
             f"--tokenizer_path {tokenizer_path} holds no tokenizer.model or tokenizer.json.{hint} Get one with `python "
             "scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --tokenizer_only true` (writes "
             "checkpoints/meta-llama/Llama-2-7b-hf) or `python scripts/train_tokenizer.py`."
+        )
+    try:
+        tokenizer = Tokenizer(tokenizer_path)
+    except (OSError, RuntimeError, ValueError) as e:  # an unreadable tokenizer file or malformed JSON config
+        raise PrepareError(f"cannot load the tokenizer in {tokenizer_path}: {e}") from None
+    if tokenizer.eos_id is None:
+        raise PrepareError(
+            f"the tokenizer in {tokenizer_path} has no end-of-document (eos) token, which preparation appends to every "
+            'document. Name it in tokenizer_config.json (`"eos_token": "</s>"`) or generation_config.json '
+            '(`"eos_token_id": 2`) next to the tokenizer, or use a tokenizer that has one.'
         )
     return tokenizer_path
 

@@ -226,6 +226,19 @@ def test_tokenizer_path_without_a_single_match_is_an_error(tmp_path):
         check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
 
 
+def test_tokenizer_without_eos_is_refused_before_the_workers_start(tmp_path):
+    write_jsonl_zst(tmp_path / "raw" / "a.jsonl.zst", [{"text": "hello world"}])
+    tokenizer = write_tokenizer(tmp_path / "no-eos", eos=False)
+    with pytest.raises(PrepareError, match=r"no-eos has no end-of-document \(eos\) token.*tokenizer_config.json"):
+        prepare("slimpajama", tmp_path / "raw", str(tmp_path / "out"), tokenizer, 2049, num_workers=1, verbose=False)
+    assert not (tmp_path / "out").exists()  # nothing was started
+    # an unreadable tokenizer file: also one line before the workers start, not a traceback from each of them
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "tokenizer.json").write_text("not json")
+    with pytest.raises(PrepareError, match="cannot load the tokenizer in .*broken: .*tokenizer.json is not a readable"):
+        prepare("slimpajama", tmp_path / "raw", str(tmp_path / "out"), tmp_path / "broken", 2049, verbose=False)
+
+
 def test_training_batches_are_all_full_across_epochs(prepared, tmp_path):
     """litdata's workers each end an epoch with a short batch despite drop_last; training sees only full ones."""
     from lit_gpt.dataloaders import cycle_full_batches, train_dataloader
