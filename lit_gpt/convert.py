@@ -74,15 +74,38 @@ def check_weights(shapes: Dict[str, torch.Size], config: Config, source: str) ->
             raise ValueError(f"{source} has a weight {key!r} that {config.name!r} does not have. {hint}")
 
 
-def ensure_empty_dir(output_dir: Path, overwrite: bool) -> None:
+# what an earlier conversion (or transformers' `save_pretrained`) may have left in an output directory: files that
+# the loaders would pick up next to, or instead of, the new ones (transformers reads a stale `model.safetensors` rather
+# than new shards, and a stale `tokenizer.json` rather than a new `tokenizer.model`)
+_TOKENIZER_OUTPUTS = (*TOKENIZER_FILES, "added_tokens.json", "chat_template.jinja", "chat_template.json")
+LIT_OUTPUTS = ("lit_config.json", "lit_model.pth", *_TOKENIZER_OUTPUTS)
+HF_OUTPUTS = (
+    "config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "shard-*.tmp",  # save_hf_weights' files before their rename
+    *_TOKENIZER_OUTPUTS,
+)
+
+
+def ensure_empty_dir(output_dir: Path, overwrite: bool, outputs: Tuple[str, ...]) -> None:
+    """Create `output_dir`, or refuse a non-empty one unless `overwrite`; with `overwrite`, delete the files matching
+    the glob patterns `outputs` (those a conversion writes) and keep the others, so that nothing of an earlier
+    conversion is loaded with the new one while a mistyped path loses only checkpoint files."""
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output_dir {str(output_dir)!r} exists and is a file; pass a directory")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(
-            f"--output_dir {str(output_dir)!r} is not empty; pass --overwrite true to write into it anyway, "
-            "or choose another directory"
+            f"--output_dir {str(output_dir)!r} is not empty; pass --overwrite true to replace the checkpoint files "
+            "in it, or choose another directory"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in outputs:
+        for path in output_dir.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
 
 
 def copy_tokenizer_files(source_dir: Path, output_dir: Path) -> List[str]:

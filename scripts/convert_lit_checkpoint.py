@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.convert import (  # noqa: E402
+    HF_OUTPUTS,
     check_hf_tokenizer,
     ensure_empty_dir,
     lit_checkpoint_files,
@@ -51,10 +52,13 @@ def convert(
         max_shard_size: Largest safetensors file ('5GB', '500MB'); larger models are split into shards with an
             index.
         dtype: Cast the weights to this dtype; by default they keep the dtype they were saved in.
-        overwrite: Write into `output_dir` even when it is not empty.
+        overwrite: Write into `output_dir` even when it is not empty. The weight, config and tokenizer files that an
+            earlier export or `save_pretrained` left there (`*.safetensors`, `*.index.json`, `pytorch_model*.bin`,
+            `config.json`, `generation_config.json`, `tokenizer*`, ...) are deleted first, so that transformers
+            loads only the new ones; other files (a README, for example) are kept.
     """
     config, model_file = lit_checkpoint_files(checkpoint_dir)
-    ensure_empty_dir(output_dir, overwrite)
+    ensure_empty_dir(output_dir, overwrite, HF_OUTPUTS)
     t0 = time.perf_counter()
     state_dict = load_lit_state_dict(model_file)
     target = getattr(torch, dtype) if dtype else None

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (  # noqa: E402
+    LIT_OUTPUTS,
     check_weights,
     copy_tokenizer_files,
     ensure_empty_dir,
@@ -50,7 +51,9 @@ def convert(
             `generation_config.json` are copied when present.
         config_name: Registered model name the checkpoint was trained as (`tiny-llama-1.1b`, `micro-llama`, ...).
         output_dir: Where to write `lit_config.json`, `lit_model.pth` and the tokenizer files.
-        overwrite: Write into `output_dir` even when it is not empty.
+        overwrite: Write into `output_dir` even when it is not empty. The files that an earlier conversion left
+            there (`lit_config.json`, `lit_model.pth`, the tokenizer files) are deleted first, so that none of them
+            is read with the new ones; other files are kept.
         group_size: Read a sharded checkpoint in groups of tensors of about this size ('1GB', '500MB'); peak
             memory is the model's size plus one group.
         trust_pickle: Also convert a single-file checkpoint that holds pickled Python objects besides tensors
@@ -71,7 +74,7 @@ def convert(
         raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
     # refuse a mismatching checkpoint before reading any weight or writing any file
     check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, source=str(checkpoint_file))
-    ensure_empty_dir(output_dir, overwrite)
+    ensure_empty_dir(output_dir, overwrite, LIT_OUTPUTS)
 
     t0 = time.perf_counter()
     kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"

@@ -70,10 +70,12 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     assert not (tmp_path / "a").exists()
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("x")
+    (tmp_path / "b" / "tokenizer.json").write_text("{}")  # an earlier conversion's, not in --tokenizer_dir
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b")
     convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b", overwrite=True)
-    assert (tmp_path / "b" / "lit_model.pth").is_file()
+    names = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert names == ["keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.model"]
 
 
 def test_cli_refusal_names_first_mismatching_key(fabric_checkpoints, export_tokenizer_dir, tmp_path):
@@ -99,18 +101,54 @@ def test_hf_export_loads_in_transformers_with_equal_logits(export_lit_dir, expor
     assert len([n for n in names if n.endswith(".safetensors")]) > 1
 
     theirs = AutoModelForCausalLM.from_pretrained(export_hf_dir, attn_implementation="eager").eval()
-    config = Config.from_file(export_lit_dir / "lit_config.json")
-    ours = GPT(config).eval()
-    ours.load_state_dict(torch.load(export_lit_dir / "lit_model.pth", weights_only=True))
-    idx = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        diff = (theirs(idx).logits - ours(idx)).abs().max().item()
-    assert diff <= 1e-5
+    assert _max_logit_difference(theirs, export_lit_dir) <= 1e-5
 
     hf_tokenizer = AutoTokenizer.from_pretrained(export_hf_dir)
     text = "def forward(self, x):\n    return  x ** 2  # Über 3.14"
     assert hf_tokenizer.encode(text, add_special_tokens=False) == Tokenizer(export_lit_dir).encode_ids(text)
     assert (hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id) == (1, 2)
+
+
+def _max_logit_difference(hf_model, lit_dir: Path) -> float:
+    """Largest difference between a transformers model's logits and those of the lit checkpoint in `lit_dir`, on
+    two random sequences of the lit config's block size."""
+    config = Config.from_file(lit_dir / "lit_config.json")
+    ours = GPT(config).eval()
+    ours.load_state_dict(torch.load(lit_dir / "lit_model.pth", weights_only=True), strict=True)
+    idx = torch.randint(0, config.vocab_size, (2, config.block_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return (hf_model.eval()(idx).logits - ours(idx)).abs().max().item()
+
+
+def test_hf_export_overwrite_replaces_the_earlier_export(export_lit_dir, export_tokenizer_dir, tmp_path):
+    """A second export into the same directory leaves nothing of the first that transformers would load instead:
+    not its single `model.safetensors` next to the new shards, not its `tokenizer.json` next to `tokenizer.model`."""
+    from transformers import AutoModelForCausalLM
+
+    from scripts.convert_lit_checkpoint import convert as export
+
+    first = _tutorial_tokenizer(export_tokenizer_dir, tmp_path / "first")  # tokenizer.model + tokenizer.json
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "tokenizer.model").write_bytes((export_tokenizer_dir / "tokenizer.model").read_bytes())
+    for lit_dir in (first, second):
+        (lit_dir / "lit_config.json").write_bytes((export_lit_dir / "lit_config.json").read_bytes())
+    weights = torch.load(export_lit_dir / "lit_model.pth", weights_only=True)
+    torch.save(weights, first / "lit_model.pth")
+    torch.save({k: v * 0.5 for k, v in weights.items()}, second / "lit_model.pth")
+
+    out = tmp_path / "hf"
+    export(first, out)
+    assert {"model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    (out / "README.md").write_text("a model card")
+    export(second, out, max_shard_size="1MB", overwrite=True)
+
+    names = {p.name for p in out.iterdir()}
+    shards = sorted(n for n in names if n.endswith(".safetensors"))
+    assert len(shards) > 1 and all(n.startswith("model-") for n in shards), names
+    assert "tokenizer.json" not in names and "README.md" in names, names
+    theirs = AutoModelForCausalLM.from_pretrained(out)
+    assert _max_logit_difference(theirs, second) <= 1e-5
 
 
 @pytest.mark.parametrize("fmt", ["safetensors-sharded", "bin"])
