@@ -202,7 +202,55 @@ def training_checkpoint_tensors(
             group, size = {}, 0
 
 
+def training_checkpoint_config(path: Path, config_name: Optional[str] = None, trust_pickle: bool = False) -> Config:
+    """The model config a training checkpoint was trained with.
+
+    `pretrain/tinyllama.py` saves it as `hparams["model_config"]` (with the run's `--block_size`): in the file of a
+    single-file checkpoint, in `meta.pt` of a sharded one. `config_name`, when given, is checked against it. A
+    checkpoint without it (an older one, or another tool's) needs `config_name`, which is looked up in the registry.
+    """
+    hparams = _training_hparams(path, trust_pickle)
+    saved = hparams.get("model_config")
+    if saved is None:
+        if config_name is None:
+            raise ValueError(
+                f"{str(path)!r} does not record the model config it was trained with (no hparams['model_config']); "
+                "pass the registered name it was trained as, for example --config_name tiny-llama-1.1b"
+            )
+        return Config.from_name(config_name)
+    config = Config(**saved)
+    if config_name is not None and config_name not in (config.name, hparams.get("model_name")):
+        raise ValueError(
+            f"--config_name {config_name!r} does not match {str(path)!r}, which was trained as {config.name!r}; "
+            f"pass --config_name {config.name} or leave it out to use the config saved in the checkpoint"
+        )
+    return config
+
+
+def _training_hparams(path: Path, trust_pickle: bool = False) -> dict:
+    """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
+    if is_distributed_checkpoint(path):
+        meta = path / "meta.pt"  # Fabric's file for everything besides the sharded tensors
+        state = torch.load(meta, weights_only=True, map_location="cpu") if meta.is_file() else {}
+    else:
+        state = _load_single_file(path, trust_pickle)
+    hparams = state.get("hparams") if isinstance(state, dict) else None
+    return hparams if isinstance(hparams, dict) else {}
+
+
 def _single_file_model(path: Path, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    state = _load_single_file(path, trust_pickle)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{str(path)!r} is neither a state dict nor a training checkpoint with the state dict under 'model'"
+        )
+    return {strip_wrapper_prefixes(k): v for k, v in state.items()}
+
+
+def _load_single_file(path: Path, trust_pickle: bool = False) -> object:
+    """The whole object of a single-file checkpoint, memory-mapped."""
     if not path.is_file():
         what = "a directory without a .metadata file" if path.is_dir() else "missing"
         raise FileNotFoundError(
@@ -210,7 +258,7 @@ def _single_file_model(path: Path, trust_pickle: bool = False) -> Dict[str, torc
             "written by `fabric.save` (it holds *.distcp files and .metadata)"
         )
     try:
-        state = _torch_load(path)
+        return _torch_load(path)
     except Exception as e:  # pickled objects (hyperparameters of other tools, ...) that weights_only refuses
         if "weights_only" not in str(e):
             raise
@@ -220,14 +268,7 @@ def _single_file_model(path: Path, trust_pickle: bool = False) -> Dict[str, torc
                 "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. If the file "
                 "comes from a source you trust, pass --trust_pickle true."
             ) from e
-        state = torch.load(path, mmap=True, weights_only=False, map_location="cpu")
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(
-            f"{str(path)!r} is neither a state dict nor a training checkpoint with the state dict under 'model'"
-        )
-    return {strip_wrapper_prefixes(k): v for k, v in state.items()}
+        return torch.load(path, mmap=True, weights_only=False, map_location="cpu")
 
 
 def _dcp_model_entries(path: Path) -> Dict[str, tuple]:

@@ -1,24 +1,24 @@
 """Turn a pretraining checkpoint into a lit checkpoint directory: weights only, ready for inference and export.
 
     python scripts/convert_pretrained_checkpoint.py --checkpoint_file out/tiny-llama-1.1b/step-00060500.pth \
-        --tokenizer_dir checkpoints/meta-llama/Llama-2-7b-hf --config_name tiny-llama-1.1b \
-        --output_dir checkpoints/lit-tiny-llama-1.1b
+        --tokenizer_dir checkpoints/meta-llama/Llama-2-7b-hf --output_dir checkpoints/lit-tiny-llama-1.1b
 
-Writes `lit_config.json`, `lit_model.pth` (the model's state dict, without optimizer state and without the
-`_orig_mod.`/`_forward_module.`/`module.` prefixes of torch.compile, Fabric and DDP) and copies the tokenizer files
-found in `--tokenizer_dir`. The checkpoint is either one file (`fabric.save` on one process, or with a full state
-dict) or a sharded directory (`fabric.save` with `ModelParallelStrategy(save_distributed_checkpoint=True)`): the
-shards are consolidated here without GPUs or a process group, a group of tensors at a time.
+Writes `lit_config.json` (the model config saved in the checkpoint), `lit_model.pth` (the model's state dict, without
+optimizer state and without the `_orig_mod.`/`_forward_module.`/`module.` prefixes of torch.compile, Fabric and DDP)
+and copies the tokenizer files found in `--tokenizer_dir`. The checkpoint is either one file (`fabric.save` on one
+process, or with a full state dict) or a sharded directory (`fabric.save` with
+`ModelParallelStrategy(save_distributed_checkpoint=True)`): the shards are consolidated here without GPUs or a process
+group, a group of tensors at a time.
 """
 
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.convert import (  # noqa: E402
     LIT_OUTPUTS,
     check_weights,
@@ -27,6 +27,7 @@ from lit_gpt.convert import (  # noqa: E402
     is_distributed_checkpoint,
     parse_size,
     save_lit_checkpoint,
+    training_checkpoint_config,
     training_checkpoint_shapes,
     training_checkpoint_tensors,
 )
@@ -35,8 +36,8 @@ from lit_gpt.convert import (  # noqa: E402
 def convert(
     checkpoint_file: Path,
     tokenizer_dir: Path,
-    config_name: str,
-    output_dir: Path,
+    config_name: Optional[str] = None,
+    output_dir: Optional[Path] = None,
     overwrite: bool = False,
     group_size: str = "1GB",
     trust_pickle: bool = False,
@@ -50,7 +51,10 @@ def convert(
             `tokenizer.json`); these and `tokenizer_config.json`, `special_tokens_map.json`,
             `generation_config.json` are copied when present.
         config_name: Registered model name the checkpoint was trained as (`tiny-llama-1.1b`, `micro-llama`, ...).
-        output_dir: Where to write `lit_config.json`, `lit_model.pth` and the tokenizer files.
+            Checkpoints of `pretrain/tinyllama.py` record their config (with the run's `--block_size`), which is
+            used: then this is only checked against it. Needed for checkpoints that record none.
+        output_dir: Where to write `lit_config.json`, `lit_model.pth` and the tokenizer files; by default
+            `checkpoints/lit-<config name>`.
         overwrite: Write into `output_dir` even when it is not empty. The files that an earlier conversion left
             there (`lit_config.json`, `lit_model.pth`, the tokenizer files) are deleted first, so that none of them
             is read with the new ones; other files are kept.
@@ -60,7 +64,6 @@ def convert(
             (other tools' hyperparameters, for example), which a safe load refuses. Unpickling can run arbitrary
             code: only for files from a source you trust. Checkpoints of `pretrain/tinyllama.py` never need it.
     """
-    config = Config.from_name(config_name)
     if not tokenizer_dir.is_dir():
         raise NotADirectoryError(
             f"--tokenizer_dir {str(tokenizer_dir)!r} does not exist; pass the directory of the tokenizer the model "
@@ -72,6 +75,8 @@ def convert(
         )
     if not checkpoint_file.exists():
         raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
+    config = training_checkpoint_config(checkpoint_file, config_name, trust_pickle)
+    output_dir = output_dir or Path("checkpoints") / f"lit-{config.name}"
     # refuse a mismatching checkpoint before reading any weight or writing any file
     check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, source=str(checkpoint_file))
     ensure_empty_dir(output_dir, overwrite, LIT_OUTPUTS)

@@ -78,6 +78,34 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     assert names == ["keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.model"]
 
 
+def test_pretrained_conversion_uses_the_config_saved_in_the_checkpoint(
+    fabric_checkpoints, export_tokenizer_dir, tmp_path, monkeypatch
+):
+    """pretrain/tinyllama.py saves `hparams["model_config"]` (here with `--block_size 64`, not the registry's 256):
+    that is the config converted, and --config_name is only a check of it."""
+    from scripts.convert_pretrained_checkpoint import convert
+
+    raw = torch.load(fabric_checkpoints["single"], weights_only=True)
+    trained = Config.from_name("test-llama", block_size=64)
+    hparams = {"model_name": "test-llama", "block_size": 64, "model_config": trained.to_dict()}
+    path = tmp_path / "step-00000002.pth"
+    torch.save({**raw, "hparams": hparams}, path)
+
+    monkeypatch.chdir(tmp_path)  # the default --output_dir is checkpoints/lit-<config name>
+    convert(path, export_tokenizer_dir)
+    assert Config.from_file(tmp_path / "checkpoints/lit-test-llama/lit_config.json").to_dict() == trained.to_dict()
+    convert(path, export_tokenizer_dir, "test-llama", tmp_path / "named")
+    assert Config.from_file(tmp_path / "named/lit_config.json").block_size == 64
+
+    with pytest.raises(ValueError, match="--config_name 'micro-llama' does not match .* trained as 'test-llama'"):
+        convert(path, export_tokenizer_dir, "micro-llama", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+    # a checkpoint that records no config (the fixture's) needs --config_name
+    with pytest.raises(ValueError, match="does not record the model config.*--config_name"):
+        convert(fabric_checkpoints["single"], export_tokenizer_dir, output_dir=tmp_path / "unnamed")
+    assert not (tmp_path / "unnamed").exists()
+
+
 def test_cli_refusal_names_first_mismatching_key(fabric_checkpoints, export_tokenizer_dir, tmp_path):
     args = ["--checkpoint_file", str(fabric_checkpoints["single"]), "--tokenizer_dir", str(export_tokenizer_dir)]
     args += ["--config_name", "micro-llama", "--output_dir", str(tmp_path / "o")]
@@ -268,14 +296,16 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     assert written[1].is_file() and written[2].is_dir() and list(written[2].glob("*.distcp"))
 
     tokenizer_dir = _tutorial_tokenizer(export_tokenizer_dir, tmp_path / "tokenizer")
-    for devices in (1, 2):
-        convert(written[devices], tokenizer_dir, "micro-llama", tmp_path / f"lit-{devices}", group_size="2MB")
     single, sharded = tmp_path / "lit-1", tmp_path / "lit-2"
+    convert(written[1], tokenizer_dir, "micro-llama", single)  # --config_name checked against the saved config
+    convert(written[2], tokenizer_dir, output_dir=sharded, group_size="2MB")  # the config from meta.pt
     # the five files of the tutorial
     files = ["lit_config.json", "lit_model.pth", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
     assert sorted(p.name for p in single.iterdir()) == files
+    # the config the run trained: micro-llama with its --block_size, not the registry's
     config = Config.from_file(single / "lit_config.json")
-    assert config.to_dict() == Config.from_name("micro-llama").to_dict()
+    assert config.to_dict() == Config.from_name("micro-llama", block_size=BLOCK).to_dict()
+    assert Config.from_file(sharded / "lit_config.json").to_dict() == config.to_dict()
     model = GPT(config).eval()
     model.load_state_dict(torch.load(single / "lit_model.pth", weights_only=True), strict=True)
     # the sharded checkpoint of the two-process run consolidates to the weights of the one-process run
@@ -301,6 +331,6 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     export(sharded, tmp_path / "hf")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     model.load_state_dict(b)
-    idx = torch.randint(0, config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    idx = torch.randint(0, config.vocab_size, (2, BLOCK), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert (theirs(idx).logits - model(idx)).abs().max().item() <= 1e-5
