@@ -81,16 +81,26 @@ _HF_GLOBAL = {v: k for k, v in _GLOBAL_MAP.items()}
 _HF_LAYER = {v: k for k, v in _LAYER_MAP.items()}
 
 
-def hf_to_lit(items: Iterable[Tuple[str, torch.Tensor]], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
+def hf_to_lit(
+    items: Iterable[Tuple[str, torch.Tensor]], config: Config, tie_word_embeddings: bool = False
+) -> Iterator[Tuple[str, torch.Tensor]]:
     """Map (name, tensor) pairs of an HF Llama state dict to lit's; q, k and v are fused as soon as all three of
-    a layer have been seen, so that only one layer's attention weights are held at a time."""
+    a layer have been seen, so that only one layer's attention weights are held at a time.
+
+    `tie_word_embeddings` is the flag of the HF config: its head reuses the embedding (and its files usually have no
+    `lm_head.weight`). lit's head is a separate weight, which gets a copy of the embedding: the same logits, but
+    continued training updates the two apart."""
     _check_llama(config)
     pending: Dict[int, Dict[str, torch.Tensor]] = {}
     for name, tensor in items:
         if name.endswith("rotary_emb.inv_freq"):
             continue  # a buffer that older transformers versions saved; lit rebuilds it
+        if name == "lm_head.weight" and tie_word_embeddings:
+            continue  # the embedding, saved twice; the copy below stands for it
         if name in _HF_GLOBAL:
             yield _HF_GLOBAL[name], tensor
+            if name == "model.embed_tokens.weight" and tie_word_embeddings:
+                yield "lm_head.weight", tensor.clone()
             continue
         template, layer = _split_layer(name)
         if template in _HF_LAYER:
@@ -146,10 +156,15 @@ def config_to_hf(config: Config) -> dict:
 
 
 def config_from_hf(hf: dict, name: str = "") -> Config:
-    """A lit `Config` from a Hugging Face Llama `config.json` dict."""
+    """A lit `Config` from a Hugging Face Llama `config.json` dict.
+
+    Refuses what lit's model computes differently (scaled RoPE, biases, another activation) rather than convert a
+    model whose outputs would silently differ. `tie_word_embeddings` is not refused: `hf_to_lit` copies the
+    embedding into lit's (untied) `lm_head.weight`.
+    """
     if hf.get("model_type") != "llama":
         raise ValueError(f"Only Llama checkpoints are supported, this one is model_type={hf.get('model_type')!r}")
-    rope = hf.get("rope_parameters") or {}
+    check_hf_representable(hf)
     n_head = hf["num_attention_heads"]
     return Config(
         name=name,
@@ -163,10 +178,39 @@ def config_from_hf(hf: dict, name: str = "") -> Config:
         n_query_groups=hf.get("num_key_value_heads") or n_head,
         intermediate_size=hf["intermediate_size"],
         rotary_percentage=1.0,
-        rope_base=int(rope.get("rope_theta", hf.get("rope_theta", 10000))),
+        rope_base=int(_rope_theta(hf)),
         parallel_residual=False,
         bias=False,
         norm_eps=hf.get("rms_norm_eps", 1e-5),
         norm_class_name="RMSNorm",
         mlp_class_name="LLaMAMLP",
     )
+
+
+def check_hf_representable(hf: dict) -> None:
+    """Raise, naming the field and its value, if a Llama `config.json` asks for what lit's GPT does not compute."""
+    # transformers < 5 writes `rope_scaling` ({"rope_type" or "type": "linear" | "dynamic" | "llama3" | "yarn", ...}),
+    # transformers 5 folds it into `rope_parameters` with the rope type
+    scaling = hf.get("rope_scaling")
+    scaling_type = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    rope_type = (hf.get("rope_parameters") or {}).get("rope_type", "default")
+    theta = _rope_theta(hf)
+    refused = {
+        "rope_scaling": (scaling, scaling is not None and scaling_type != "default"),
+        "rope_parameters.rope_type": (rope_type, rope_type != "default"),
+        "attention_bias": (hf.get("attention_bias"), bool(hf.get("attention_bias"))),
+        "mlp_bias": (hf.get("mlp_bias"), bool(hf.get("mlp_bias"))),
+        "hidden_act": (hf.get("hidden_act"), hf.get("hidden_act", "silu") != "silu"),
+        "rope_theta": (theta, theta != int(theta)),  # lit's rope_base is an integer
+    }
+    for field, (value, unsupported) in refused.items():
+        if unsupported:
+            raise ValueError(
+                f"config.json has {field}={value!r}, which lit's Llama cannot represent (it computes plain RoPE "
+                "with an integer base, no biases, SiLU): the converted model's outputs would differ from "
+                "transformers'. Convert a model without it, or add it to lit_gpt/model.py and lit_gpt/hf.py first."
+            )
+
+
+def _rope_theta(hf: dict) -> float:
+    return (hf.get("rope_parameters") or {}).get("rope_theta", hf.get("rope_theta", 10000))

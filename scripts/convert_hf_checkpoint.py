@@ -67,12 +67,16 @@ def convert(
 
     t0 = time.perf_counter()
     target = getattr(torch, dtype) if dtype else None
-    state_dict = {k: v.to(target) if target else v for k, v in hf_to_lit(hf_checkpoint_tensors(checkpoint_dir), config)}
+    tied = bool(hf_config.get("tie_word_embeddings", False))
+    items = hf_to_lit(hf_checkpoint_tensors(checkpoint_dir), config, tie_word_embeddings=tied)
+    state_dict = {k: v.to(target) if target else v for k, v in items}
     check_weights({k: v.shape for k, v in state_dict.items()}, config, source=str(checkpoint_dir))
     save_lit_checkpoint(state_dict, config, output_dir)
     copied = copy_tokenizer_files(checkpoint_dir, output_dir)
     n_bytes = sum(t.nbytes for t in state_dict.values())
     also = f" (and copied {', '.join(copied)})" if copied else ""
+    if tied:
+        also += "; the tied embedding is copied into lm_head.weight, which continued training updates on its own"
     print(
         f"Wrote {output_dir}/lit_config.json ({config.name}) and lit_model.pth ({n_bytes / 1e6:.1f} MB){also} "
         f"in {time.perf_counter() - t0:.1f}s"

@@ -2,6 +2,7 @@
 sharded), a real SentencePiece tokenizer, and the exports loaded by transformers (fixtures in conftest.py)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,68 @@ def test_hf_conversion_reads_config_json_without_model_name(export_hf_dir, tmp_p
     assert config.name == "hf-test-llama"
     with pytest.raises(ValueError, match="--model_name 'tiny-llama-1.1b' has n_layer=22"):
         convert(export_hf_dir, model_name="tiny-llama-1.1b", output_dir=tmp_path / "x")
+
+
+# Llama 3.1's RoPE scaling, as its config.json on the hub writes it
+LLAMA3_ROPE = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}  # fmt: skip
+
+
+def _tiny_hf_llama(**overrides):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32, **overrides,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def test_hf_import_of_tied_embeddings_gives_transformers_logits(tmp_path):
+    """A tied model's files hold no `lm_head.weight`; lit's head gets a copy of the embedding."""
+    from safetensors import safe_open
+
+    from scripts.convert_hf_checkpoint import convert
+
+    theirs = _tiny_hf_llama(tie_word_embeddings=True)
+    theirs.save_pretrained(tmp_path / "tied")
+    with safe_open(str(tmp_path / "tied" / "model.safetensors"), framework="pt") as f:
+        assert "lm_head.weight" not in f.keys()
+    convert(tmp_path / "tied", output_dir=tmp_path / "lit")
+    assert _max_logit_difference(theirs, tmp_path / "lit") <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("field", "hf_config"),
+    [
+        ("rope_parameters.rope_type='llama3'", dict(rope_scaling=LLAMA3_ROPE)),  # transformers 5's config.json
+        ("rope_scaling=", {"rope_scaling": LLAMA3_ROPE, "rope_theta": 500000.0}),  # as on the hub (transformers 4)
+        ("rope_scaling=", {"rope_scaling": {"type": "linear", "factor": 2.0}}),
+        ("attention_bias=True", dict(attention_bias=True)),
+        ("mlp_bias=True", dict(mlp_bias=True)),
+        ("hidden_act='gelu'", dict(hidden_act="gelu")),
+    ],
+)
+def test_hf_import_refuses_what_lit_cannot_compute(field, hf_config, tmp_path):
+    """Configs whose models lit would compute differently from transformers are refused, naming the field, before any
+    weight is read."""
+    from transformers import LlamaConfig
+
+    from scripts.convert_hf_checkpoint import convert
+
+    base = dict(vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4)
+    if field.startswith("rope_scaling="):  # a hand-written config.json, which transformers 5 would rewrite
+        config = {**LlamaConfig(**base).to_dict(), "rope_parameters": None, **hf_config}
+    else:
+        config = LlamaConfig(**base, **hf_config).to_dict()
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=re.escape(f"config.json has {field}")):
+        convert(tmp_path / "hf", output_dir=tmp_path / "lit")
+    assert not (tmp_path / "lit").exists()
 
 
 @pytest.mark.parametrize(
