@@ -218,7 +218,14 @@ def training_checkpoint_config(path: Path, config_name: Optional[str] = None, tr
                 "pass the registered name it was trained as, for example --config_name tiny-llama-1.1b"
             )
         return Config.from_name(config_name)
-    config = Config(**saved)
+    try:
+        config = Config(**saved)
+    except TypeError as e:  # written by a version of `Config` with other fields
+        known = set(Config.__dataclass_fields__)
+        raise ValueError(
+            f"{str(path)!r} records a model config this version of lit_gpt cannot read ({e}; unknown fields: "
+            f"{sorted(set(saved) - known)}). Convert it with the version that trained it."
+        ) from None
     if config_name is not None and config_name not in (config.name, hparams.get("model_name")):
         raise ValueError(
             f"--config_name {config_name!r} does not match {str(path)!r}, which was trained as {config.name!r}; "

@@ -25,7 +25,9 @@ from lit_gpt.convert import check_weights, copy_tokenizer_files, hf_checkpoint_t
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
 
 # the fields that decide the computation; a --model_name whose config differs in one of them is refused
-_ARCHITECTURE = ("n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "rope_base")
+_ARCHITECTURE = (
+    "n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "rope_base", "norm_eps"
+)  # fmt: skip
 
 
 def convert(

@@ -105,6 +105,11 @@ def test_pretrained_conversion_uses_the_config_saved_in_the_checkpoint(
     with pytest.raises(ValueError, match="does not record the model config.*--config_name"):
         convert(fabric_checkpoints["single"], export_tokenizer_dir, output_dir=tmp_path / "unnamed")
     assert not (tmp_path / "unnamed").exists()
+    # a config with a field this version does not know (saved by another version of lit_gpt)
+    future = tmp_path / "future.pth"
+    torch.save({**raw, "hparams": {**hparams, "model_config": {**trained.to_dict(), "sliding_window": 4096}}}, future)
+    with pytest.raises(ValueError, match="cannot read.*unknown fields: \\['sliding_window'\\]"):
+        convert(future, export_tokenizer_dir, output_dir=tmp_path / "future")
 
 
 def test_cli_refusal_names_first_mismatching_key(fabric_checkpoints, export_tokenizer_dir, tmp_path):
@@ -218,6 +223,16 @@ def test_hf_conversion_reads_config_json_without_model_name(export_hf_dir, tmp_p
     assert config.name == "hf-test-llama"
     with pytest.raises(ValueError, match="--model_name 'tiny-llama-1.1b' has n_layer=22"):
         convert(export_hf_dir, model_name="tiny-llama-1.1b", output_dir=tmp_path / "x")
+    # another RMSNorm epsilon changes every layer's output a little: refused too
+    other_eps = tmp_path / "other-eps"
+    other_eps.mkdir()
+    for path in export_hf_dir.iterdir():
+        (other_eps / path.name).symlink_to(path)
+    hf = json.loads((export_hf_dir / "config.json").read_text())
+    (other_eps / "config.json").unlink()
+    (other_eps / "config.json").write_text(json.dumps({**hf, "rms_norm_eps": 1e-6}))
+    with pytest.raises(ValueError, match="--model_name 'test-llama' has norm_eps=1e-05 but .* says 1e-06"):
+        convert(other_eps, model_name="test-llama", output_dir=tmp_path / "y")
 
 
 # Llama 3.1's RoPE scaling, as its config.json on the hub writes it
