@@ -25,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "tutorials").glob("*.md")) + [ROOT / "README.md"]
+SEED = Path(__file__).with_name("seed_tutorial_commands.md")  # the commands of the tutorial users know, verbatim
 RUN_MARKER = "<!-- test: run -->"
 ENTRY_POINTS = sorted(p for d in ("scripts", "pretrain", "generate", "eval") for p in (ROOT / d).glob("*.py"))
 LAUNCHERS = {"python", "python3", "torchrun", "srun", "fabric"}
@@ -85,7 +86,7 @@ def docstring_examples(script: Path) -> str:
 
 
 def all_calls():
-    for doc in DOCS:
+    for doc in [*DOCS, SEED]:
         for line, _, block in bash_blocks(doc):
             for tokens in commands(block):
                 if (call := script_call(tokens)) is not None:
@@ -120,6 +121,14 @@ def test_tutorials_have_commands():
         "eval/perplexity.py",
     } <= scripts
     assert any(marked for doc in DOCS for _, marked, _ in bash_blocks(doc)), f"no block is marked {RUN_MARKER}"
+    seed = [c for c in calls if c.id.startswith(SEED.name)]
+    assert len(seed) == 10 and {c.values[0] for c in seed} == {
+        "scripts/download.py",
+        "scripts/prepare_starcoder.py",
+        "scripts/prepare_slimpajama.py",
+        "pretrain/tinyllama.py",
+        "scripts/convert_pretrained_checkpoint.py",
+    }
 
 
 @pytest.mark.parametrize(("script", "args"), list(all_calls()))
