@@ -224,26 +224,16 @@ def test_download_dataset_folders_are_where_preparation_looks():
 
 def test_download_commands_of_preparation_errors_parse():
     """The download commands that lit_gpt/prepare.py's errors suggest parse with download.py's own parser."""
-    import contextlib
-    import io
-    import re
-
-    from test_tutorials import _parser, commands, script_call
+    from test_tutorials import assert_parses, commands, script_call
 
     from lit_gpt.prepare import DOWNLOAD_HINT
 
-    parser = _parser("scripts/download.py")
     for kind, hint in DOWNLOAD_HINT.items():
         calls = [script_call(tokens) for tokens in commands("\n".join(re.findall(r"`([^`]+)`", hint)))]
         calls = [args for script, args in filter(None, calls) if script == "scripts/download.py"]
         assert calls, f"no download command in the {kind} hint: {hint}"
         for args in calls:
-            stderr = io.StringIO()
-            with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    assert parser.parse_args(args).allow_patterns
-                except SystemExit:
-                    pytest.fail(f"the {kind} hint's `{' '.join(args)}` does not parse: {stderr.getvalue()[-800:]}")
+            assert assert_parses("scripts/download.py", args).allow_patterns, (kind, args)
 
 
 @pytest.mark.parametrize(

@@ -131,16 +131,21 @@ def test_tutorials_have_commands():
     }
 
 
-@pytest.mark.parametrize(("script", "args"), list(all_calls()))
-def test_command_parses(script, args):
+def assert_parses(script: str, args: List[str]):
+    """`args` parsed by `script`'s own command-line parser (the namespace), or a test failure with its error."""
     assert (ROOT / script).is_file(), f"{script} does not exist"
     parser = _parser(script)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
         try:
-            parser.parse_args(args)
+            return parser.parse_args(args)
         except SystemExit as e:
             pytest.fail(f"`{script} {shlex.join(args)}` does not parse: {stderr.getvalue().strip()[-1500:]} ({e})")
+
+
+@pytest.mark.parametrize(("script", "args"), list(all_calls()))
+def test_command_parses(script, args):
+    assert_parses(script, args)
 
 
 def run_marked_blocks(work: Path) -> int:
