@@ -56,11 +56,11 @@ def strip_wrapper_prefixes(name: str) -> str:
     return ".".join(parts)
 
 
-def check_weights(shapes: Dict[str, torch.Size], config: Config, source: str) -> None:
-    """Raise if the weight names and shapes in `shapes` are not exactly those of `GPT(config)`."""
+def check_weights(shapes: Dict[str, torch.Size], config: Config, source: str, hint: str) -> None:
+    """Raise if the weight names and shapes in `shapes` are not exactly those of `GPT(config)`; `hint` (what the
+    caller's user can do about it) ends the message."""
     with torch.device("meta"):
         expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
-    hint = "Pass the config the checkpoint was trained with (--config_name / --model_name)."
     for key, shape in expected.items():
         if key not in shapes:
             raise ValueError(f"{source} has no weight {key!r}, which {config.name!r} needs. {hint}")

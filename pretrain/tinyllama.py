@@ -236,7 +236,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     if not resume and h["initial_checkpoint_dir"]:
         model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
         shapes = {k: v.shape for k, v in load_lit_state_dict(lit_checkpoint_files(model_file.parent)[1]).items()}
-        check_weights(shapes, config, str(model_file))
+        hint = f"Pass the --model_name it was made for (its lit_config.json, when {model_file.parent} has one, says)."
+        check_weights(shapes, config, str(model_file), hint)
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:

@@ -72,7 +72,9 @@ def convert(
     tied = bool(hf_config.get("tie_word_embeddings", False))
     items = hf_to_lit(hf_checkpoint_tensors(checkpoint_dir), config, tie_word_embeddings=tied)
     state_dict = {k: v.to(target) if target else v for k, v in items}
-    check_weights({k: v.shape for k, v in state_dict.items()}, config, source=str(checkpoint_dir))
+    # the architecture was checked against config.json above: a mismatch here is in the weight files
+    hint = "Its weight files do not match its config.json: download it again (an interrupted or mixed download)."
+    check_weights({k: v.shape for k, v in state_dict.items()}, config, str(checkpoint_dir), hint)
     save_lit_checkpoint(state_dict, config, output_dir)
     copied = copy_tokenizer_files(checkpoint_dir, output_dir)
     n_bytes = sum(t.nbytes for t in state_dict.values())

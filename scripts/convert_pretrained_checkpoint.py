@@ -78,7 +78,13 @@ def convert(
     config = training_checkpoint_config(checkpoint_file, config_name, trust_pickle)
     output_dir = output_dir or Path("checkpoints") / f"lit-{config.name}"
     # refuse a mismatching checkpoint before reading any weight or writing any file
-    check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, source=str(checkpoint_file))
+    hint = (
+        "The checkpoint's weights do not match the model config saved in it: it was changed after training or "
+        "written by another tool."
+        if config_name is None
+        else "Pass the --config_name it was trained as, or leave --config_name out to use the config saved in it."
+    )
+    check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, str(checkpoint_file), hint)
     ensure_empty_dir(output_dir, overwrite, LIT_OUTPUTS)
 
     t0 = time.perf_counter()

@@ -65,7 +65,9 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     from scripts.convert_pretrained_checkpoint import convert
 
     with pytest.raises(
-        ValueError, match=r"'lm_head.weight' has shape \(512, 128\) in the checkpoint but \(32000, 128\)"
+        ValueError,
+        match=r"'lm_head.weight' has shape \(512, 128\) in the checkpoint but \(32000, 128\).*"
+        r"Pass the --config_name it was trained as",
     ):
         convert(fabric_checkpoints["single"], export_tokenizer_dir, "micro-llama", tmp_path / "a")
     assert not (tmp_path / "a").exists()
@@ -105,6 +107,12 @@ def test_pretrained_conversion_uses_the_config_saved_in_the_checkpoint(
     with pytest.raises(ValueError, match="does not record the model config.*--config_name"):
         convert(fabric_checkpoints["single"], export_tokenizer_dir, output_dir=tmp_path / "unnamed")
     assert not (tmp_path / "unnamed").exists()
+    # weights that do not fit the config saved beside them: --config_name would not help
+    edited = tmp_path / "edited.pth"
+    torch.save({**raw, "hparams": {**hparams, "model_config": Config.from_name("micro-llama").to_dict()}}, edited)
+    with pytest.raises(ValueError, match="do not match the model config saved in it") as e:
+        convert(edited, export_tokenizer_dir, output_dir=tmp_path / "edited")
+    assert "--config_name" not in str(e.value)
     # a config with a field this version does not know (saved by another version of lit_gpt)
     future = tmp_path / "future.pth"
     torch.save({**raw, "hparams": {**hparams, "model_config": {**trained.to_dict(), "sliding_window": 4096}}}, future)
@@ -233,6 +241,10 @@ def test_hf_conversion_reads_config_json_without_model_name(export_hf_dir, tmp_p
     (other_eps / "config.json").write_text(json.dumps({**hf, "rms_norm_eps": 1e-6}))
     with pytest.raises(ValueError, match="--model_name 'test-llama' has norm_eps=1e-05 but .* says 1e-06"):
         convert(other_eps, model_name="test-llama", output_dir=tmp_path / "y")
+    # weight files that do not fit their own config.json (here: another vocabulary size)
+    (other_eps / "config.json").write_text(json.dumps({**hf, "vocab_size": hf["vocab_size"] * 2}))
+    with pytest.raises(ValueError, match="weight files do not match its config.json: download it again"):
+        convert(other_eps, output_dir=tmp_path / "z")
 
 
 # Llama 3.1's RoPE scaling, as its config.json on the hub writes it
