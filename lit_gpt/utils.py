@@ -11,6 +11,11 @@ def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) ->
     if devices == "auto":
         cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
         devices = torch.cuda.device_count() if cuda else 1
+        if devices == 0:
+            raise ValueError(
+                f"--accelerator {accelerator} with --devices auto, but this machine has no visible CUDA GPU "
+                "(torch.cuda.device_count() is 0). Check the driver and CUDA_VISIBLE_DEVICES, or pass --accelerator cpu"
+            )
     if not isinstance(devices, int) or devices < 1:
         raise ValueError(f"--devices {devices} must be a positive number of processes per node, or auto")
     if num_nodes < 1:

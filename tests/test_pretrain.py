@@ -129,6 +129,17 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
         os.environ.update(saved)
 
 
+def test_world_size_of_devices_auto(monkeypatch):
+    from lit_gpt.utils import num_processes
+
+    assert num_processes("auto", 2, "cpu") == 2
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine where CUDA sees no GPU
+    # not "--devices 0", a flag the user never passed: the missing GPU is the problem
+    message = "--accelerator cuda with --devices auto.*no visible CUDA GPU.*--accelerator cpu"
+    with pytest.raises(ValueError, match=message):
+        num_processes("auto", 1, "cuda")
+
+
 def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data_dir):
     flags = ["--max_steps", "8", "--save_interval", "4", "--eval_interval", "4"]
     full = tmp_path / "full"
