@@ -144,6 +144,7 @@ def setup(
     out_dir = out_dir or Path("out") / model_name
     world_size = num_processes(devices, num_nodes, accelerator)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
+    check_counts(log_interval, eval_interval, eval_iters, save_interval, max_nonfinite_steps)
     check_data_dir(data_dir)
     if not resume and (latest := find_latest(out_dir)):
         raise FileExistsError(
@@ -185,6 +186,22 @@ def setup(
     fabric.print(hparams)
     fabric.logger.log_hyperparams(hparams)
     main(fabric, config, hparams, out_dir, accumulation, resume)
+
+
+def check_counts(
+    log_interval: int, eval_interval: int, eval_iters: int, save_interval: int, max_nonfinite: int
+) -> None:
+    """Refuse a count of steps that is not positive before any work (the loop takes `step % interval`)."""
+    only_last = "pass a value above --max_steps to {} only at the last step"
+    for flag, value, hint in [
+        ("log_interval", log_interval, only_last.format("log")),
+        ("eval_interval", eval_interval, only_last.format("validate")),
+        ("eval_iters", eval_iters, "micro-batches per process in each validation run"),
+        ("save_interval", save_interval, only_last.format("save")),
+        ("max_nonfinite_steps", max_nonfinite, "non-finite optimizer steps in a row that stop the run"),
+    ]:
+        if value < 1:
+            raise ValueError(f"--{flag} {value} must be at least 1 ({hint})")
 
 
 def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumulation: int, resume) -> None:

@@ -105,6 +105,13 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
         setup(**common, global_batch_size=8, micro_batch_size=3)
     with pytest.raises(ValueError, match="--global_batch_size 9 is not divisible by the 2 processes.*such as 8 or 10"):
         setup(**{**common, "devices": 2}, global_batch_size=9, micro_batch_size=1)
+    # a zero interval used to end the first step in `ZeroDivisionError: integer modulo by zero`, and --eval_iters 0
+    # in "The validation set is empty"
+    for flag in ("log_interval", "eval_interval", "eval_iters", "save_interval", "max_nonfinite_steps"):
+        with pytest.raises(ValueError, match=f"--{flag} 0 must be at least 1"):
+            setup(**common, global_batch_size=8, micro_batch_size=2, **{flag: 0})
+    with pytest.raises(ValueError, match="--eval_interval 0 .*pass a value above --max_steps to validate only at the"):
+        setup(**common, global_batch_size=8, micro_batch_size=2, eval_interval=0)
     with pytest.raises(FileNotFoundError, match="lacks prepared litdata chunks in: slimpajama/train, starcoder"):
         setup(**{**common, "data_dir": str(tmp_path / "nothing")}, global_batch_size=8, micro_batch_size=2)
     with pytest.raises(ValueError, match="not a known model name"):
