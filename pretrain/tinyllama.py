@@ -153,6 +153,15 @@ def setup(
             "a new one."
         )
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
+    tokens_per_step = global_batch_size * config.block_size
+    if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
+        raise ValueError(
+            f"--max_tokens {max_tokens:,} is less than one optimizer step of {tokens_per_step:,} tokens "
+            f"(--global_batch_size {global_batch_size} × {config.block_size}-token sequences): there would be no step "
+            "to train. Raise --max_tokens, or limit the run with --max_steps instead"
+        )
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
     if precision != "32-true" and accelerator == "cpu":

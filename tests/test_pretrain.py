@@ -112,6 +112,11 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
             setup(**common, global_batch_size=8, micro_batch_size=2, **{flag: 0})
     with pytest.raises(ValueError, match="--eval_interval 0 .*pass a value above --max_steps to validate only at the"):
         setup(**common, global_batch_size=8, micro_batch_size=2, eval_interval=0)
+    # these used to train 0 steps and report "Done"
+    with pytest.raises(ValueError, match="--max_tokens 1,000 is less than one optimizer step of 2,048 tokens"):
+        setup(**common, global_batch_size=8, micro_batch_size=2, max_tokens=1000)
+    with pytest.raises(ValueError, match="--max_steps 0 must be at least 1"):
+        setup(**common, global_batch_size=8, micro_batch_size=2, max_steps=0)
     with pytest.raises(FileNotFoundError, match="lacks prepared litdata chunks in: slimpajama/train, starcoder"):
         setup(**{**common, "data_dir": str(tmp_path / "nothing")}, global_batch_size=8, micro_batch_size=2)
     with pytest.raises(ValueError, match="not a known model name"):
