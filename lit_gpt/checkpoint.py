@@ -71,8 +71,19 @@ def load_metadata(path: Path) -> Dict[str, Any]:
     return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
 
 
-def check_compatible(path: Path, metadata: Dict[str, Any], model_config: Dict[str, Any], world_size: int) -> None:
-    """Refuse to resume from a checkpoint of another model or written by another number of processes."""
+# the settings that litdata's saved loader position holds only under (it refuses to restore with others)
+LOADER_SETTINGS = ("micro_batch_size", "num_workers", "seed")
+
+
+def check_compatible(
+    path: Path,
+    metadata: Dict[str, Any],
+    model_config: Dict[str, Any],
+    world_size: int,
+    run_hparams: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Refuse to resume from a checkpoint of another model, written by another number of processes, or (given this
+    run's `run_hparams`) with other data-loader settings."""
     if "hparams" not in metadata:
         raise ValueError(
             f"{path} is not a training checkpoint of pretrain/tinyllama.py (it holds no run settings) and cannot be "
@@ -93,11 +104,18 @@ def check_compatible(path: Path, metadata: Dict[str, Any], model_config: Dict[st
             f"{path} was written by {hparams.get('world_size')} processes, this run has {world_size}. The data "
             "loader's position is tied to the number of processes: resume with the same --devices × --num_nodes."
         )
+    changed = [k for k in LOADER_SETTINGS if run_hparams and k in hparams and hparams[k] != run_hparams[k]]
+    if changed:
+        then, now = (" ".join(f"--{k} {h[k]}" for k in changed) for h in (hparams, run_hparams))
+        raise ValueError(
+            f"{path} was written with {then}, this run has {now}. The data loader's saved position is only valid "
+            f"with the same micro-batch size, loader workers and data seed: resume with {then}."
+        )
 
 
 def load_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any], model_config: Dict[str, Any]) -> None:
     """Check `path` against this run, then load it into `state` in place (model, optimizer and the rest)."""
-    check_compatible(path, load_metadata(path), model_config, fabric.world_size)
+    check_compatible(path, load_metadata(path), model_config, fabric.world_size, state["hparams"])
     remainder = fabric.load(path, state, weights_only=True)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")

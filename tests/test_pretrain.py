@@ -239,6 +239,13 @@ def test_resume_refuses_another_model_or_world_size(tmp_path):
         check_compatible(tmp_path, meta, {**config, "n_layer": 2}, world_size=2)
     with pytest.raises(ValueError, match="written by 2 processes, this run has 1"):
         check_compatible(tmp_path, meta, config, world_size=1)
+    # litdata refuses these itself, after the model is set up, in words that name none of the flags
+    run = {**meta["hparams"], "micro_batch_size": 2, "num_workers": 1, "seed": 3407}
+    meta["hparams"] = {**run, "micro_batch_size": 4, "num_workers": 2}
+    check_compatible(tmp_path, meta, config, world_size=2, run_hparams=meta["hparams"])
+    with pytest.raises(ValueError, match="with --micro_batch_size 4 --num_workers 2, this run has --micro_batch_size 2 "
+                       "--num_workers 1.*resume with --micro_batch_size 4 --num_workers 2"):  # fmt: skip
+        check_compatible(tmp_path, meta, config, world_size=2, run_hparams=run)
     # a lit checkpoint (weights only, e.g. lit_model.pth) is not a run to resume
     with pytest.raises(ValueError, match="not a training checkpoint.*--initial_checkpoint_dir"):
         check_compatible(tmp_path, {"transformer.wte.weight": torch.zeros(1)}, config, world_size=1)
