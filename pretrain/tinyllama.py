@@ -281,7 +281,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     h = state["hparams"]
     block_size = model.config.block_size
     tokens_per_step = h["global_batch_size"] * block_size
-    max_steps = h["max_tokens"] // tokens_per_step
+    # counted from the tokens left: a resumed run may take steps of another --global_batch_size than the checkpoint's
+    max_steps = state["step_count"] + (h["max_tokens"] - state["tokens_seen"]) // tokens_per_step
     if h["max_steps"] is not None:
         max_steps = min(max_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)

@@ -199,6 +199,14 @@ def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data
         assert torch.equal(final[name], final_resumed[name]), name
 
 
+def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path, same_data_dir):
+    run(tmp_path, same_data_dir, "--max_steps", "2")  # 2 steps of 8 sequences: 512 tokens
+    # twice the batch: 2 more steps of 512 tokens reach --max_tokens (not 1536 // 512 = 3 steps in all)
+    proc = run(tmp_path, same_data_dir, "--resume", "auto", "--global_batch_size", "16", "--max_tokens", "1536")
+    assert "Done: 4 steps, 1,536 tokens" in proc.stdout, proc.stdout[-2000:]
+    assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
+
+
 def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_data_dir):
     flags = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
