@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+# the fields that decide the computation: weights of a config that differs in one of them are refused
+ARCHITECTURE = (
+    "n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "rope_base", "norm_eps"
+)  # fmt: skip
+
 
 def find_multiple(n: int, k: int) -> int:
     """The smallest multiple of `k` that is >= `n`."""

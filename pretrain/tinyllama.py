@@ -27,7 +27,7 @@ from lightning.fabric.strategies import ModelParallelStrategy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.checkpoint import checkpoint_path, find_latest, load_checkpoint, save_checkpoint  # noqa: E402
-from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.config import ARCHITECTURE, Config  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 from lit_gpt.dataloaders import check_data_dir, cycle_full_batches, train_dataloader, val_dataloader  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
@@ -260,9 +260,16 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         resume = find_latest(out_dir)
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if not resume and h["initial_checkpoint_dir"]:
-        model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
-        shapes = {k: v.shape for k, v in load_lit_state_dict(lit_checkpoint_files(model_file.parent)[1]).items()}
-        hint = f"Pass the --model_name it was made for (its lit_config.json, when {model_file.parent} has one, says)."
+        saved_config, model_file = lit_checkpoint_files(Path(h["initial_checkpoint_dir"]))
+        for field in ARCHITECTURE:  # same shapes do not make the same model (rope_base, norm_eps)
+            if getattr(saved_config, field) != getattr(config, field):
+                raise ValueError(
+                    f"--model_name {config.name!r} has {field}={getattr(config, field)} but "
+                    f"{model_file.parent}/lit_config.json says {getattr(saved_config, field)}; pass the --model_name "
+                    "of the model in --initial_checkpoint_dir"
+                )
+        shapes = {k: v.shape for k, v in load_lit_state_dict(model_file).items()}
+        hint = f"Pass the --model_name of the model there (its lit_config.json says {saved_config.name!r})."
         check_weights(shapes, config, str(model_file), hint)
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")

@@ -20,14 +20,9 @@ import torch
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.config import ARCHITECTURE, Config  # noqa: E402
 from lit_gpt.convert import check_weights, copy_tokenizer_files, hf_checkpoint_tensors, save_lit_checkpoint  # noqa: E402
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
-
-# the fields that decide the computation; a --model_name whose config differs in one of them is refused
-_ARCHITECTURE = (
-    "n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "rope_base", "norm_eps"
-)  # fmt: skip
 
 
 def convert(
@@ -57,7 +52,7 @@ def convert(
         config = from_json
     else:
         config = Config.from_name(model_name)
-        for field in _ARCHITECTURE:
+        for field in ARCHITECTURE:
             if getattr(config, field) != getattr(from_json, field):
                 raise ValueError(
                     f"--model_name {model_name!r} has {field}={getattr(config, field)} but "

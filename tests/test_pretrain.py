@@ -207,6 +207,24 @@ def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path,
     assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
 
 
+def test_initial_checkpoint_of_another_architecture_is_refused(tmp_path, same_data_dir):
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+
+    # micro-llama's shapes, but another rope_base: the weights would load and train a model they were not made for
+    lit_dir = tmp_path / "lit"
+    lit_dir.mkdir()
+    config = Config.from_name("micro-llama", block_size=BLOCK, rope_base=500_000)
+    config.to_file(lit_dir / "lit_config.json")
+    torch.save(GPT(config).state_dict(), lit_dir / "lit_model.pth")
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
+    cmd += ["--initial_checkpoint_dir", str(lit_dir), "--max_steps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "--model_name 'micro-llama' has rope_base=10000 but" in proc.stderr
+    assert "lit_config.json says 500000; pass the --model_name of the model in --initial_checkpoint_dir" in proc.stderr
+
+
 def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_data_dir):
     flags = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
