@@ -199,6 +199,34 @@ def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data
         assert torch.equal(final[name], final_resumed[name]), name
 
 
+@pytest.mark.gpu
+def test_bf16_compiled_run_on_cuda_trains_and_resumes(tmp_path, same_data_dir):
+    """The GPU defaults (bf16-mixed, compiled blocks, FSDP2 on one device): the loss falls, the weights stay float32
+    masters, and a run resumed from its step-3 checkpoint repeats the uninterrupted run's losses (within the GPU's
+    non-deterministic reductions)."""
+    gpu = [a for a in COMMON if a not in ("--accelerator", "cpu", "--precision", "32-true")]
+    gpu += ["--accelerator", "cuda", "--max_steps", "6", "--save_interval", "3", "--eval_interval", "3"]
+
+    def run_gpu(out_dir: Path, *args: str) -> str:
+        cmd = [sys.executable, str(SCRIPT), *gpu, "--data_dir", str(same_data_dir), "--out_dir", str(out_dir), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=_env())
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return proc.stdout
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    out = run_gpu(full)
+    assert "'precision': 'bf16-mixed'" in out and "'compile': True" in out, out[-3000:]
+    losses = metrics(full)
+    assert sorted(losses) == list(range(1, 7)) and losses[6] < losses[1] - 1.0, losses
+    weights = model_weights(full / "step-00000006.pth")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+
+    assert "Resumed at step 3" in run_gpu(resumed, "--resume", str(full / "step-00000003.pth"))
+    again = metrics(resumed)
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(losses[step], rel=2e-3), (step, again[step], losses[step])
+
+
 def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path, same_data_dir):
     run(tmp_path, same_data_dir, "--max_steps", "2")  # 2 steps of 8 sequences: 512 tokens
     # twice the batch: 2 more steps of 512 tokens reach --max_tokens (not 1536 // 512 = 3 steps in all)
