@@ -3,9 +3,13 @@
 With no arguments this is TinyLlama's recipe on every local GPU. A small run on CPU, and its resumption:
 
     python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
-        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_steps 20 --save_interval 10
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --max_steps 20 \
+        --save_interval 10
     python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
-        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_steps 40 --save_interval 10 --resume auto
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --save_interval 10 \
+        --resume auto
+
+(40 steps of 8 × 256 tokens in all: the first command stops after 20, the second resumes the same schedule.)
 
 The data directory holds litdata chunks from `scripts/prepare_slimpajama.py` and `scripts/prepare_starcoder.py`:
 `slimpajama/train`, `slimpajama/val` and `starcoder`. Checkpoints are described in `lit_gpt/checkpoint.py`.
@@ -108,8 +112,9 @@ def setup(
         global_batch_size: Sequences per optimizer step across all devices and nodes (not per node). Gradient
             accumulation steps = global_batch_size / (world size × micro_batch_size), which must be a whole number.
         micro_batch_size: Sequences per forward/backward pass on one device.
-        max_tokens: Stop after this many training tokens (3 trillion by default); sets the cosine schedule's length.
-        max_steps: Stop after this many optimizer steps; with `max_tokens`, the earlier limit wins.
+        max_tokens: Train on this many tokens (3 trillion by default): the cosine schedule's length, and when to stop.
+        max_steps: Stop earlier, after this many optimizer steps. The schedule still spans `max_tokens`, so a run
+            stopped here and resumed with a larger `max_steps` (or none) is the same run as one that did not stop.
         block_size: Train on sequences of this many tokens instead of the model's `block_size` (also the model's
             context length, stored in the checkpoint's config). Default: the model's.
         learning_rate: Peak learning rate, reached after the warmup.
@@ -288,15 +293,16 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     h = state["hparams"]
     block_size = model.config.block_size
     tokens_per_step = h["global_batch_size"] * block_size
-    # counted from the tokens left: a resumed run may take steps of another --global_batch_size than the checkpoint's
-    max_steps = state["step_count"] + (h["max_tokens"] - state["tokens_seen"]) // tokens_per_step
-    if h["max_steps"] is not None:
-        max_steps = min(max_steps, h["max_steps"])
+    # the schedule spans --max_tokens, counted from the tokens left (a resumed run may take steps of another
+    # --global_batch_size than the checkpoint's); --max_steps only stops earlier, so that a run stopped there and
+    # resumed follows the same schedule as one that ran through
+    schedule_steps = state["step_count"] + (h["max_tokens"] - state["tokens_seen"]) // tokens_per_step
+    max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batches of {h['micro_batch_size']} "
-        f"per device); {num_parameters(model.config):,} non-embedding parameters, "
-        f"{flops_per_tok / 1e9:.2f} GFLOPs/token (6N + 12·L·d·T)"
+        f"per device; learning-rate schedule over {schedule_steps:,} steps); {num_parameters(model.config):,} "
+        f"non-embedding parameters, {flops_per_tok / 1e9:.2f} GFLOPs/token (6N + 12·L·d·T)"
     )
 
     train_iterator = cycle_full_batches(train_loader, h["micro_batch_size"])
@@ -314,7 +320,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
 
     prefetched = None
     while state["step_count"] < max_steps:
-        lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], max_steps)
+        lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], schedule_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         micro_batches = prefetched or next_micro_batches()

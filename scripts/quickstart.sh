@@ -42,16 +42,17 @@ if [ "$SMOKE" = 1 ]; then
   # the first 2 files of each split, 4 + 2 steps of 4 sequences
   FAST=(--fast_dev_run true)
   STEPS=4 MORE_STEPS=6
-  TRAIN=(--global_batch_size 4 --micro_batch_size 4 --log_interval 1 --eval_interval 2 --eval_iters 2
-         --save_interval 2 --warmup_steps 2)
+  TRAIN=(--global_batch_size 4 --micro_batch_size 4 --max_tokens $((6 * 4 * 256)) --log_interval 1 --eval_interval 2
+         --eval_iters 2 --save_interval 2 --warmup_steps 2)
   GENERATE=(--max_new_tokens 20)
   EVAL_BLOCKS=8
 else
   FAST=()
-  # 80 steps of 8 sequences of 256 tokens (164k tokens), validation and checkpoints every 40 steps
+  # a run of 100 steps of 8 sequences of 256 tokens (205k tokens: the cosine schedule's length), stopped after 80
+  # and resumed; validation and checkpoints every 40 steps
   STEPS=80 MORE_STEPS=100
-  TRAIN=(--global_batch_size 8 --micro_batch_size 8 --log_interval 5 --eval_interval 40 --eval_iters 8
-         --save_interval 40 --warmup_steps 10)
+  TRAIN=(--global_batch_size 8 --micro_batch_size 8 --max_tokens $((100 * 8 * 256)) --log_interval 5
+         --eval_interval 40 --eval_iters 8 --save_interval 40 --warmup_steps 10)
   GENERATE=(--max_new_tokens 60 --num_samples 2)
   EVAL_BLOCKS=64
 fi
@@ -107,7 +108,7 @@ stage "starcoder" "$DATA/starcoder/index.json" "$DONE_LINE" \
 TRAIN_LINE='^(step |Resum|Saved|Done|micro-llama:|[0-9]+ steps of)'
 LAST=$(printf '%s/step-%08d.pth' "$RUN" "$MORE_STEPS")
 stage "pretrain" "$(printf '%s/step-%08d.pth' "$RUN" "$STEPS")" "$TRAIN_LINE" "${PRETRAIN[@]}" --max_steps "$STEPS" --resume auto
-stage "resume" "$LAST" "$TRAIN_LINE" "${PRETRAIN[@]}" --max_steps "$MORE_STEPS" --resume auto
+stage "resume" "$LAST" "$TRAIN_LINE" "${PRETRAIN[@]}" --resume auto
 stage "convert to lit" "$LIT/lit_model.pth" "$DONE_LINE" \
   scripts/convert_pretrained_checkpoint.py --checkpoint_file "$LAST" --tokenizer_dir "$TOKENIZER" \
   --config_name micro-llama --output_dir "$LIT" --overwrite true

@@ -227,6 +227,21 @@ def test_bf16_compiled_run_on_cuda_trains_and_resumes(tmp_path, same_data_dir):
         assert again[step] == pytest.approx(losses[step], rel=2e-3), (step, again[step], losses[step])
 
 
+def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_path, same_data_dir):
+    """--max_steps stops early but the schedule spans --max_tokens: stopping at step 3 and resuming to 6 repeats the
+    6-step run's learning rates and losses exactly (a schedule over --max_steps would have decayed faster in the
+    first part and jumped back up after the resume)."""
+    plan = ["--max_tokens", str(6 * 8 * BLOCK), "--warmup_steps", "1"]
+    through, staged = tmp_path / "through", tmp_path / "staged"
+    run(through, same_data_dir, *plan)
+    run(staged, same_data_dir, *plan, "--max_steps", "3")
+    assert "Done: 6 steps" in run(staged, same_data_dir, *plan, "--resume", "auto").stdout
+    for key in ("learning_rate", "loss"):
+        assert metrics(staged, key) == metrics(through, key), key
+    lrs = metrics(through, "learning_rate")
+    assert lrs[1] == lrs[2] == 3e-3 > lrs[3] > lrs[4] > lrs[5] > lrs[6] > 3e-4, lrs  # one cosine after the warmup
+
+
 def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path, same_data_dir):
     run(tmp_path, same_data_dir, "--max_steps", "2")  # 2 steps of 8 sequences: 512 tokens
     # twice the batch: 2 more steps of 512 tokens reach --max_tokens (not 1536 // 512 = 3 steps in all)
