@@ -169,7 +169,7 @@ def setup(
         raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
-    if precision != "32-true" and accelerator == "cpu":
+    if precision != "32-true" and not cuda:  # --accelerator cpu, or auto on a machine without a GPU
         print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
 
     shard_size = world_size // num_nodes if sharding == "hybrid" else world_size

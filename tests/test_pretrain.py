@@ -98,7 +98,7 @@ def test_help_explains_every_flag():
     assert "Stop after this many optimizer steps" in help_text(load_script().setup)
 
 
-def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
+def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys):
     setup = load_script().setup
     common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(data_dir))
     with pytest.raises(ValueError, match="--micro_batch_size 3 does not divide the per-device batch 8.*such as 2 or 4"):
@@ -132,8 +132,11 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
     # themselves for already launched ranks and wait for peers that never start, or reuse the port (EADDRINUSE)
     saved = dict(os.environ)
     try:
+        # --accelerator auto on a machine without a GPU is the CPU: the note on a slow precision is printed there too
+        auto = "cpu" if torch.cuda.is_available() else "auto"
         with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*micro_batch_size"):
-            setup(**common, global_batch_size=8, micro_batch_size=8, precision="32-true")
+            setup(**{**common, "accelerator": auto}, global_batch_size=8, micro_batch_size=8, precision="bf16-mixed")
+        assert "Note: --precision bf16-mixed on CPU is slow" in capsys.readouterr().err
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
