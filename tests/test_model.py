@@ -257,3 +257,18 @@ def test_compiled_block_saves_only_what_backward_needs_on_cuda():
     C, kv = config.n_embd, config.n_query_groups * config.head_size
     expected = 2 * (6 * C + 2 * kv + 2 * config.intermediate_size) + 4 * (2 + config.n_head)
     assert per_token <= expected + 64, (per_token, expected)
+
+
+def test_training_forward_equals_inference_forward():
+    """With grad enabled the MLP takes `swiglu_linear` (training), without it `proj(silu(fc_1) * fc_2)` (evaluation,
+    generation): both paths compute the same logits and the same loss."""
+    torch.manual_seed(0)
+    config = small_config()
+    model = GPT(config)
+    init_weights(model, config.n_layer, config.n_embd)
+    idx = torch.randint(0, config.padded_vocab_size, (2, 16))
+    with torch.no_grad():
+        expected = model(idx)
+    actual = model(idx)
+    assert actual.requires_grad
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
