@@ -188,7 +188,8 @@ def test_swiglu_linear_matches_autograd_and_saves_no_product():
     assert saved == [a.shape, b.shape, w.shape]  # a, b and the weight: not silu(a) * b
 
 
-def test_swiglu_linear_under_bf16_autocast_and_compile():
+@pytest.mark.parametrize("compile", [False, True])
+def test_swiglu_linear_under_bf16_autocast(compile):
     from lit_gpt.model import swiglu_linear
 
     torch.manual_seed(0)
@@ -198,7 +199,7 @@ def test_swiglu_linear_under_bf16_autocast_and_compile():
     expected = torch.nn.functional.linear(torch.nn.functional.silu(a) * b, w)
     expected_grads = torch.autograd.grad(expected.sum(), (a, b, w))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        actual = torch.compile(swiglu_linear)(a, b, w)
+        actual = (torch.compile(swiglu_linear) if compile else swiglu_linear)(a, b, w)
     assert actual.dtype == torch.bfloat16
     actual_grads = torch.autograd.grad(actual.float().sum(), (a, b, w))
     torch.testing.assert_close(actual.float(), expected, rtol=2e-2, atol=5e-2)
@@ -272,3 +273,45 @@ def test_training_forward_equals_inference_forward():
     actual = model(idx)
     assert actual.requires_grad
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+
+
+def test_rmsnorm_computes_in_float32():
+    """A bf16 input is normalized in float32 and rounded once: bit for bit the float32 result cast to bf16."""
+    from lit_gpt.model import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(256)
+    norm.weight.data += 0.1 * torch.randn(256)
+    x = (torch.randn(8, 256) * 3).to(torch.bfloat16)
+    actual = norm(x)
+    assert actual.dtype == torch.bfloat16
+    assert torch.equal(actual, norm(x.float()).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("mode", ["bf16-true", "bf16-mixed"])
+def test_bf16_forward_and_kv_cache(mode):
+    """bf16 weights with the float32 rope cache (FSDP's mixed precision casts parameters, not buffers), and a float32
+    model under bf16 autocast: the full forward is close to the float32 one, the KV-cache forward (generation) to the
+    full one."""
+    torch.manual_seed(0)
+    config = small_config()
+    reference = GPT(config).eval()
+    init_weights(reference, config.n_layer, config.n_embd)
+    idx = torch.randint(0, config.padded_vocab_size, (2, 12))
+    with torch.no_grad():
+        expected = reference(idx)
+    model = GPT(config).eval()
+    model.load_state_dict(reference.state_dict())
+    if mode == "bf16-true":
+        model = model.to(torch.bfloat16)
+        model.reset_parameters()  # the rope cache in float32 again
+        assert model.cos.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16-mixed"):
+        full = model(idx)
+        model.set_kv_cache(batch_size=2)
+        steps = [model(idx[:, :5], torch.arange(0, 5))]
+        for t in range(5, 12):
+            steps.append(model(idx[:, t : t + 1], torch.tensor([t])))
+    assert full.dtype == torch.bfloat16
+    torch.testing.assert_close(full.float(), expected, rtol=0, atol=0.05)
+    torch.testing.assert_close(torch.cat(steps, dim=1).float(), full.float(), rtol=0, atol=0.05)
