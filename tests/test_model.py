@@ -124,21 +124,26 @@ def test_meta_device_init_rebuilds_rope_cache():
     torch.testing.assert_close(model.sin, reference.sin)
 
 
-def test_partial_rotary_and_neox_mlp_run():
-    config = Config(
-        name="t",
-        block_size=16,
-        vocab_size=50,
-        padding_multiple=8,
-        n_layer=1,
-        n_head=2,
-        n_embd=16,
-        rotary_percentage=0.5,
-        parallel_residual=True,
-        bias=True,
-    )
-    model = GPT(config)
-    assert model(torch.zeros(1, 16, dtype=torch.long)).shape == (1, 16, 56)
+def test_partial_rotary_and_neox_mlp_match_litgpt():
+    """The GPT-NeoX options (partial rotary, parallel residual, LayerNorm, GELU MLP, biases) compute litgpt's logits."""
+    litgpt_config = pytest.importorskip("litgpt.config")
+    from litgpt.model import GPT as LitGPT
+
+    fields = dict(name="t", block_size=16, vocab_size=50, padding_multiple=8, n_layer=2, n_head=2, n_embd=16)
+    fields.update(rotary_percentage=0.5, parallel_residual=True, bias=True)
+    fields.update(norm_class_name="LayerNorm", mlp_class_name="GptNeoxMLP")
+    config = Config(**fields)
+    torch.manual_seed(0)
+    ours = GPT(config).eval()
+    for p in ours.parameters():  # nonzero biases, non-unit norm weights
+        p.data += 0.1 * torch.randn_like(p)
+    theirs = LitGPT(litgpt_config.Config(**fields, lm_head_bias=True)).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    idx = torch.randint(0, config.padded_vocab_size, (2, 16))
+    with torch.no_grad():
+        actual = ours(idx)
+        torch.testing.assert_close(actual, theirs(idx), atol=1e-5, rtol=0)
+    assert actual.shape == (2, 16, 56)
 
 
 def test_checkpoints_move_between_litgpt_and_us():
