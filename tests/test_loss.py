@@ -36,6 +36,18 @@ def test_fused_loss_under_bf16_autocast_is_close_to_fp32():
     assert abs(fused.item() - reference.item()) / reference.item() < 1e-2
 
 
+def test_plain_loss_of_bf16_logits_is_computed_in_float32():
+    """The logits of a bf16 model (evaluation in bf16-true, no autocast to upcast them): softmax and mean in float32."""
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 64, 100) * 4).to(torch.bfloat16)
+    targets = torch.randint(0, 100, (2, 64))
+    targets[0, :3] = -100
+    loss = cross_entropy(logits, targets)
+    assert loss.dtype == torch.float32
+    expected = torch.nn.functional.cross_entropy(logits.float().reshape(-1, 100), targets.reshape(-1))
+    assert torch.equal(loss, expected)
+
+
 def test_model_loss_fused_and_plain_paths_agree():
     torch.manual_seed(0)
     config = Config.from_name("micro-llama", n_layer=2, block_size=32)
