@@ -279,6 +279,24 @@ def test_hf_import_of_tied_embeddings_gives_transformers_logits(tmp_path):
     assert _max_logit_difference(theirs, tmp_path / "lit") <= 1e-5
 
 
+@pytest.mark.parametrize("writer", ["transformers 5", "transformers 4"])
+def test_hf_import_reads_rope_theta_head_dim_and_context(writer, tmp_path):
+    """Llama 3's rope_theta, a head_dim other than hidden_size / num_attention_heads and the context length come from
+    config.json, whichever transformers wrote it (5 keeps rope_theta in `rope_parameters`, 4 at the top level)."""
+    from scripts.convert_hf_checkpoint import convert
+
+    theirs = _tiny_hf_llama(rope_theta=500000.0, head_dim=32)
+    theirs.save_pretrained(tmp_path / "hf")
+    if writer == "transformers 4":
+        hf = json.loads((tmp_path / "hf" / "config.json").read_text())
+        hf.pop("rope_parameters")
+        (tmp_path / "hf" / "config.json").write_text(json.dumps({**hf, "rope_theta": 500000.0}))
+    convert(tmp_path / "hf", output_dir=tmp_path / "lit")
+    config = Config.from_file(tmp_path / "lit" / "lit_config.json")
+    assert (config.rope_base, config.head_size, config.block_size) == (500000, 32, 32)
+    assert _max_logit_difference(theirs, tmp_path / "lit") <= 1e-5
+
+
 @pytest.mark.parametrize(
     ("field", "hf_config"),
     [
@@ -288,6 +306,7 @@ def test_hf_import_of_tied_embeddings_gives_transformers_logits(tmp_path):
         ("attention_bias=True", dict(attention_bias=True)),
         ("mlp_bias=True", dict(mlp_bias=True)),
         ("hidden_act='gelu'", dict(hidden_act="gelu")),
+        ("rope_theta=10000.5", dict(rope_theta=10000.5)),  # lit's rope_base is an integer
     ],
 )
 def test_hf_import_refuses_what_lit_cannot_compute(field, hf_config, tmp_path):
