@@ -81,6 +81,24 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     assert names == ["keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.model"]
 
 
+def test_refuses_a_checkpoint_with_more_layers_than_the_config(
+    fabric_checkpoints, export_tokenizer_dir, tmp_path, monkeypatch
+):
+    """Every weight of the checkpoint has its place in the config's model: the layers a too-small config lacks are
+    not dropped silently."""
+    from lit_gpt.config import name_to_config
+    from scripts.convert_pretrained_checkpoint import convert
+
+    monkeypatch.setitem(
+        name_to_config, "two-layers", {**name_to_config["test-llama"], "name": "two-layers", "n_layer": 2}
+    )
+    with pytest.raises(
+        ValueError, match="has a weight 'transformer.h.2.norm_1.weight' that 'two-layers' does not have"
+    ):
+        convert(fabric_checkpoints["single"], export_tokenizer_dir, "two-layers", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
 def test_pretrained_conversion_uses_the_config_saved_in_the_checkpoint(
     fabric_checkpoints, export_tokenizer_dir, tmp_path, monkeypatch
 ):
