@@ -99,6 +99,22 @@ def test_refuses_a_checkpoint_with_more_layers_than_the_config(
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "transformer.h.0.attn.attn.weight",
+        "module.transformer.h.0.attn.attn.weight",  # DDP
+        "_forward_module._orig_mod.transformer.h.0.attn.attn.weight",  # Fabric, torch.compile
+        "transformer.h.0._checkpoint_wrapped_module.attn.attn.weight",  # activation checkpointing
+        "_fsdp_wrapped_module.transformer.h.0.attn.attn.weight",  # FSDP1
+    ],
+)
+def test_wrapper_prefixes_are_stripped(name):
+    from lit_gpt.convert import strip_wrapper_prefixes
+
+    assert strip_wrapper_prefixes(name) == "transformer.h.0.attn.attn.weight"
+
+
 def test_pretrained_conversion_uses_the_config_saved_in_the_checkpoint(
     fabric_checkpoints, export_tokenizer_dir, tmp_path, monkeypatch
 ):
