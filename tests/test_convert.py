@@ -115,6 +115,29 @@ def test_wrapper_prefixes_are_stripped(name):
     assert strip_wrapper_prefixes(name) == "transformer.h.0.attn.attn.weight"
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+@pytest.mark.parametrize("group_size", ["1GB", "300KB"])
+def test_sharded_checkpoint_consolidates_in_groups(export_tokenizer_dir, tmp_path, group_size):
+    """A torch.distributed.checkpoint directory (as `fabric.save` writes for sharded models), read without a process
+    group in one group of tensors or several (the last one smaller): every weight, unchanged."""
+    import torch.distributed.checkpoint as dcp
+
+    from scripts.convert_pretrained_checkpoint import convert
+
+    torch.manual_seed(0)
+    state_dict = GPT(Config.from_name("test-llama", n_layer=2)).state_dict()
+    optimizer = {"state": {"step": torch.tensor(3.0)}}  # not under "model": not read
+    path = tmp_path / "step-00000002.pth"
+    dcp.save({"model": state_dict, "optimizer": optimizer}, storage_writer=dcp.FileSystemWriter(path), no_dist=True)
+    hparams = {"model_config": Config.from_name("test-llama", n_layer=2).to_dict()}
+    torch.save({"hparams": hparams, "step_count": 2}, path / "meta.pt")
+    convert(path, export_tokenizer_dir, output_dir=tmp_path / "lit", group_size=group_size)
+    converted = torch.load(tmp_path / "lit" / "lit_model.pth", weights_only=True)
+    assert list(converted) == list(state_dict)
+    for name, tensor in state_dict.items():
+        assert torch.equal(converted[name], tensor), name
+
+
 def test_pretrained_conversion_uses_the_config_saved_in_the_checkpoint(
     fabric_checkpoints, export_tokenizer_dir, tmp_path, monkeypatch
 ):
