@@ -47,11 +47,12 @@ def test_sentencepiece_tokenizer(tmp_path):
 def test_add_bos_token_and_generation_config_are_read(tmp_path):
     train_sentencepiece(tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))
-    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": [2, 0]}))
+    # generation_config.json's ids win over tokenizer.model's (bos 1, eos 2)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"bos_token_id": 3, "eos_token_id": [2, 0]}))
     tok = Tokenizer(tmp_path)
-    assert tok.add_bos_token and tok.eos_id == 2
-    assert tok.encode("fox", bos=None)[0].item() == 1
-    assert tok.encode("fox")[0].item() != 1
+    assert tok.add_bos_token and (tok.bos_id, tok.eos_id) == (3, 2)
+    assert tok.encode("fox", bos=None)[0].item() == 3
+    assert tok.encode("fox")[0].item() != 3
 
 
 def test_huggingface_tokenizer_json(tmp_path):
