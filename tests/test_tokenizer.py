@@ -57,12 +57,14 @@ def test_add_bos_token_and_generation_config_are_read(tmp_path):
 
 def test_huggingface_tokenizer_json(tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
     hf = HFTokenizer(models.BPE(unk_token="<unk>"))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()
     hf.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+    # as in Llama's tokenizer.json: the post-processor adds <s>, which `bos` (not the backend) decides here
+    hf.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     hf.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "tokenizer_config.json").write_text(
         json.dumps({"bos_token": {"content": "<s>"}, "eos_token": "</s>", "add_bos_token": False})
@@ -71,7 +73,8 @@ def test_huggingface_tokenizer_json(tmp_path):
     assert tok.backend == "huggingface"
     assert (tok.bos_id, tok.eos_id) == (1, 2)
     ids = tok.encode("quick brown", bos=True, eos=True)
-    assert ids[0].item() == 1 and ids[-1].item() == 2
+    assert ids[0].item() == 1 and ids[1].item() != 1 and ids[-1].item() == 2
+    assert tok.encode_ids("quick brown") == ids[1:-1].tolist()
     assert tok.decode(ids[1:-1]).strip() == "quick brown"
 
 
