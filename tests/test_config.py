@@ -46,6 +46,10 @@ def test_lookup_by_hf_name_and_overrides():
     assert c.name == "tiny-llama-1.1b" and c.block_size == 512
     assert c.hf_repo_id == "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"
     assert Config.from_name("Llama-2-7b-hf").hf_repo_id == "meta-llama/Llama-2-7b-hf"
+    # the overrides and changes to the returned config do not reach the registry
+    c.hf_config["name"] = "changed"
+    assert Config.from_name("tiny-llama-1.1b").block_size == 2048
+    assert Config.from_name("tiny-llama-1.1b").hf_repo_id == "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T"
 
 
 def test_unknown_name_lists_close_matches():
