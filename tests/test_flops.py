@@ -1,0 +1,18 @@
+"""MFU from the tokens per second of one device: the training FLOPs of those tokens over the device's bf16 peak."""
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA GeForce RTX 4090", None)],
+)
+def test_mfu_of_a_cuda_device(name, peak, monkeypatch):
+    from lit_gpt.flops import mfu, peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    device = torch.device("cuda", 0)
+    assert peak_flops(device) == peak
+    expected = None if peak is None else 3000.0 * 6e9 / peak
+    assert mfu(3000.0, 6e9, device) == (pytest.approx(expected) if peak else None)
