@@ -46,7 +46,9 @@ def peak_flops(device: torch.device) -> Optional[float]:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
+    # the longest matching key: "NVIDIA L40S" contains "L4" too
+    keys = sorted((key for key in PEAK_BF16_FLOPS if key in name), key=len)
+    return PEAK_BF16_FLOPS[keys[-1]] if keys else None
 
 
 def mfu(tokens_per_sec_per_device: float, flops_per_tok: float, device: torch.device) -> Optional[float]:

@@ -49,13 +49,14 @@ def split_qkv(qkv: torch.Tensor, config: Config) -> Tuple[torch.Tensor, torch.Te
 
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config) -> torch.Tensor:
-    """HF's q_proj, k_proj, v_proj weights -> lit's fused `attn.attn.weight`."""
+    """HF's q_proj, k_proj, v_proj weights (or 1-D biases) -> lit's fused `attn.attn.weight` (or `.bias`)."""
     q_per_kv = config.n_head // config.n_query_groups
     hs, ng = config.head_size, config.n_query_groups
+    trailing = q.shape[1:]  # (n_embd,) for a weight, () for a bias
     q = q.reshape(ng, q_per_kv, hs, -1)
     k = k.reshape(ng, 1, hs, -1)
     v = v.reshape(ng, 1, hs, -1)
-    return torch.cat((q, k, v), dim=1).reshape(-1, q.size(-1))
+    return torch.cat((q, k, v), dim=1).reshape(-1, *trailing)
 
 
 def lit_to_hf(items: Iterable[Tuple[str, torch.Tensor]], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:

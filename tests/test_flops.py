@@ -6,7 +6,13 @@ import torch
 
 @pytest.mark.parametrize(
     ("name", "peak"),
-    [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-40GB", 312e12), ("NVIDIA GeForce RTX 4090", None)],
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA A100-SXM4-40GB", 312e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA L40S", 362e12),  # contains "L4" too
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
 )
 def test_mfu_of_a_cuda_device(name, peak, monkeypatch):
     from lit_gpt.flops import mfu, peak_flops

@@ -144,6 +144,11 @@ def test_partial_rotary_and_neox_mlp_match_litgpt():
         actual = ours(idx)
         torch.testing.assert_close(actual, theirs(idx), atol=1e-5, rtol=0)
     assert actual.shape == (2, 16, 56)
+    # and back: litgpt's `attn.qkv` weight and bias, converted on load
+    again = GPT(config).eval()
+    again.load_state_dict(theirs.state_dict(), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(again(idx), actual, atol=0, rtol=0)
 
 
 def test_checkpoints_move_between_litgpt_and_us():
