@@ -38,6 +38,16 @@ def find_latest(out_dir: Path) -> Optional[Path]:
     return max(found)[1] if found else None
 
 
+def later_checkpoints(out_dir: Path, resume_from: Path) -> list:
+    """The checkpoints in `out_dir` of later steps than `resume_from` (a `step-*.pth` path), by name: a run resumed
+    from it into `out_dir` would overwrite them one by one, and until it had, `--resume auto` would pick them."""
+    m = STEP_PATTERN.match(Path(resume_from).name)
+    if m is None or not out_dir.is_dir():
+        return []
+    later = [p.name for p in out_dir.iterdir() if (n := STEP_PATTERN.match(p.name)) and int(n[1]) > int(m[1])]
+    return sorted(later)
+
+
 def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None:
     """`fabric.save(path, state)` through a temporary name, renamed into place once every process has written."""
     tmp = path.with_name(path.name + ".tmp")

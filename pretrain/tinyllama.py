@@ -30,7 +30,13 @@ from lightning.fabric.strategies import ModelParallelStrategy
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.checkpoint import checkpoint_path, find_latest, load_checkpoint, save_checkpoint  # noqa: E402
+from lit_gpt.checkpoint import (  # noqa: E402
+    checkpoint_path,
+    find_latest,
+    later_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lit_gpt.config import ARCHITECTURE, Config  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 from lit_gpt.dataloaders import check_data_dir, cycle_full_batches, train_dataloader, val_dataloader  # noqa: E402
@@ -156,6 +162,12 @@ def setup(
             f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
             "overwrite them one by one. Pass `--resume auto` to continue that run, or another --out_dir to start "
             "a new one."
+        )
+    if resume not in (False, True, "auto") and (later := later_checkpoints(out_dir, Path(resume))):
+        raise FileExistsError(
+            f"{out_dir} holds checkpoints of later steps than {Path(resume).name} ({', '.join(later)}): the resumed "
+            "run would overwrite them one by one, and `--resume auto` would meanwhile pick them up. Pass another "
+            "--out_dir for the resumed run, or move them away."
         )
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
     tokens_per_step = global_batch_size * config.block_size

@@ -126,6 +126,14 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys
     (earlier / "step-00000040.pth").touch()
     with pytest.raises(FileExistsError, match="earlier run.*step-00000040.pth.*--resume auto"):
         setup(**{**common, "out_dir": earlier}, global_batch_size=8, micro_batch_size=2)
+    (earlier / "step-00000020.pth").touch()  # resuming from an earlier step there: it would mix the two runs
+    with pytest.raises(FileExistsError, match=r"later steps than step-00000020.pth \(step-00000040.pth\).*--out_dir"):
+        setup(
+            **{**common, "out_dir": earlier},
+            global_batch_size=8,
+            micro_batch_size=2,
+            resume=earlier / "step-00000020.pth",
+        )
     # the prepared validation split has 6 blocks of 257 tokens: too few for one micro-batch of 8. This check runs
     # after Fabric has made this process a 1-process group: release its port, and drop the variables it set
     # (MASTER_PORT, LOCAL_RANK, ...), which the later tests' subprocesses would inherit: they would then take
