@@ -312,9 +312,10 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
     fabric.print(
-        f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batches of {h['micro_batch_size']} "
-        f"per device; learning-rate schedule over {schedule_steps:,} steps); {num_parameters(model.config):,} "
-        f"non-embedding parameters, {flops_per_tok / 1e9:.2f} GFLOPs/token (6N + 12·L·d·T)"
+        f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
+        f"{h['micro_batch_size']} per device; learning-rate schedule over {schedule_steps:,} steps); "
+        f"{num_parameters(model.config):,} non-embedding parameters, {flops_per_tok / 1e9:.2f} GFLOPs/token "
+        "(6N + 12·L·d·T)"
     )
 
     train_iterator = cycle_full_batches(train_loader, h["micro_batch_size"])

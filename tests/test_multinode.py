@@ -97,7 +97,7 @@ def test_hybrid_sharding_on_two_nodes_matches_full_and_resumes_under_slurm(tmp_p
     node1 = start([*torchrun, str(SCRIPT), *hybrid_args], _env())
     logs = wait_all([node0, node1], "fabric run + torchrun")
     # the global batch is the job's: 4 sequences of 16 tokens per step, 1 micro-batch on each of the 4 processes
-    assert "2 steps of 64 tokens (1 micro-batches of 1 per device)" in logs
+    assert "2 steps of 64 tokens (1 micro-batch of 1 per device;" in logs
 
     for key in ("loss", "grad_norm", "val_loss"):
         expected, actual = metrics(full, key), metrics(hybrid, key)

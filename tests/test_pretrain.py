@@ -95,7 +95,7 @@ def test_help_explains_every_flag():
     from prepared_data import help_text
 
     # in-process (the script's __main__ block is this call): a Python start with lightning costs ~10 s here
-    assert "Stop after this many optimizer steps" in help_text(load_script().setup)
+    assert "Stop earlier, after this many optimizer steps" in help_text(load_script().setup)
 
 
 def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys):
