@@ -215,3 +215,15 @@ def list_names() -> str:
     it has one (what `python scripts/download.py` prints)."""
     width = max(len(name) for name in name_to_config)
     return "\n".join(f"{name:<{width}}  {Config(**c).hf_repo_id}".rstrip() for name, c in name_to_config.items())
+
+
+def check_same_architecture(config: Config, saved: Config, source: str, hint: str) -> None:
+    """Raise, naming the first `ARCHITECTURE` field in which `--model_name`'s `config` and the config that `source`
+    (a checkpoint's config file) records differ; same weight shapes do not make the same model (rope_base, norm_eps).
+    `hint` (what the caller's user can do) ends the message."""
+    for name in ARCHITECTURE:
+        if getattr(config, name) != getattr(saved, name):
+            raise ValueError(
+                f"--model_name {config.name!r} has {name}={getattr(config, name)} but {source} says "
+                f"{getattr(saved, name)}; {hint}"
+            )

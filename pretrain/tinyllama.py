@@ -37,7 +37,7 @@ from lit_gpt.checkpoint import (  # noqa: E402
     load_checkpoint,
     save_checkpoint,
 )
-from lit_gpt.config import ARCHITECTURE, Config  # noqa: E402
+from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 from lit_gpt.dataloaders import check_data_dir, cycle_full_batches, train_dataloader, val_dataloader  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
@@ -278,13 +278,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if not resume and h["initial_checkpoint_dir"]:
         saved_config, model_file = lit_checkpoint_files(Path(h["initial_checkpoint_dir"]))
-        for field in ARCHITECTURE:  # same shapes do not make the same model (rope_base, norm_eps)
-            if getattr(saved_config, field) != getattr(config, field):
-                raise ValueError(
-                    f"--model_name {config.name!r} has {field}={getattr(config, field)} but "
-                    f"{model_file.parent}/lit_config.json says {getattr(saved_config, field)}; pass the --model_name "
-                    "of the model in --initial_checkpoint_dir"
-                )
+        hint = "pass the --model_name of the model in --initial_checkpoint_dir"
+        check_same_architecture(config, saved_config, f"{model_file.parent}/lit_config.json", hint)
         shapes = {k: v.shape for k, v in load_lit_state_dict(model_file).items()}
         hint = f"Pass the --model_name of the model there (its lit_config.json says {saved_config.name!r})."
         check_weights(shapes, config, str(model_file), hint)

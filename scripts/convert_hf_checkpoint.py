@@ -20,7 +20,7 @@ import torch
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.config import ARCHITECTURE, Config  # noqa: E402
+from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import check_weights, copy_tokenizer_files, hf_checkpoint_tensors, save_lit_checkpoint  # noqa: E402
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
 
@@ -52,13 +52,8 @@ def convert(
         config = from_json
     else:
         config = Config.from_name(model_name)
-        for field in ARCHITECTURE:
-            if getattr(config, field) != getattr(from_json, field):
-                raise ValueError(
-                    f"--model_name {model_name!r} has {field}={getattr(config, field)} but "
-                    f"{checkpoint_dir}/config.json says {getattr(from_json, field)}; pass the matching --model_name "
-                    "or leave it out to use config.json"
-                )
+        hint = "pass the matching --model_name or leave it out to use config.json"
+        check_same_architecture(config, from_json, f"{checkpoint_dir}/config.json", hint)
     output_dir = output_dir or checkpoint_dir
     output_dir.mkdir(parents=True, exist_ok=True)
 
