@@ -1,7 +1,7 @@
 """The Llama-style GPT, in plain PyTorch.
 
-Pre-norm blocks, rotary position embeddings, grouped-query attention through
-`scaled_dot_product_attention`, SwiGLU MLP, RMSNorm, untied output head. State-dict names and layouts are
+Pre-norm blocks, rotary position embeddings, grouped-query attention (`scaled_dot_product_attention` unless
+`lit_gpt/attention.py` sets another kernel), SwiGLU MLP, RMSNorm, untied output head. State-dict names and layouts are
 lit-gpt's, so `lit_model.pth` files move between the two projects. Sharding, mixed precision and compilation are
 applied from outside (see `lit_gpt/parallel.py`); nothing here knows about them.
 """
@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lit_gpt.attention import sdpa
 from lit_gpt.config import Config
 from lit_gpt.hf import fuse_qkv
 from lit_gpt.loss import cross_entropy, fused_linear_cross_entropy
@@ -133,6 +134,9 @@ class CausalSelfAttention(nn.Module):
         self.attn = nn.Linear(config.n_embd, shape, bias=config.bias)
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
         self.kv_cache: Optional[KVCache] = None
+        # causal attention over a whole sequence, (B, T, heads, head_size) in and out: SDPA unless
+        # `lit_gpt.attention.apply_attention` sets another kernel
+        self.attention = sdpa
         self.config = config
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
@@ -161,19 +165,20 @@ class CausalSelfAttention(nn.Module):
         v = v.reshape(B, T, C.n_query_groups, C.head_size).contiguous()
 
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (T, 1, n_elem): broadcast over the heads
-        q = apply_rope(q, cos, sin, C.rope_n_elem).transpose(1, 2)  # (B, n_head, T, head_size)
-        k = apply_rope(k, cos, sin, C.rope_n_elem).contiguous().transpose(1, 2)
-        v = v.transpose(1, 2)
-        if input_pos is not None:
+        q = apply_rope(q, cos, sin, C.rope_n_elem)
+        k = apply_rope(k, cos, sin, C.rope_n_elem).contiguous()
+        scale = 1.0 / math.sqrt(C.head_size)
+        if input_pos is None:  # a whole sequence: the kernel set by `lit_gpt.attention.apply_attention`
+            y = self.attention(q, k, v, scale)
+        else:
             if self.kv_cache is None:
                 raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")
-            k, v = self.kv_cache(input_pos, k, v)
-
-        # grouped-query attention without materializing repeated keys and values
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, scale=1.0 / math.sqrt(C.head_size), enable_gqa=True
-        )
-        y = y.transpose(1, 2).reshape(B, T, C.n_head * C.head_size)
+            k, v = self.kv_cache(input_pos, k.transpose(1, 2), v.transpose(1, 2))
+            # grouped-query attention without materializing repeated keys and values
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k, v, attn_mask=mask, scale=scale, enable_gqa=True
+            ).transpose(1, 2)
+        y = y.reshape(B, T, C.n_head * C.head_size)  # (B, T, n_head, head_size) in memory: no copy
         return self.proj(y)
 
 
@@ -188,7 +193,8 @@ class LLaMAMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.fc_1(x), self.fc_2(x)
-        if self.proj.bias is None and torch.is_grad_enabled():
+        # a subclass of nn.Linear (float8 training swaps them in, lit_gpt/float8.py) computes its own product
+        if type(self.proj) is nn.Linear and self.proj.bias is None and torch.is_grad_enabled():
             return swiglu_linear(a, b, self.proj.weight)
         return self.proj(F.silu(a) * b)
 

@@ -1,4 +1,5 @@
-"""Parallelism, mixed precision, activation checkpointing and compilation, applied to a plain `GPT` from outside.
+"""Parallelism, mixed precision, float8, the attention kernel, activation checkpointing and compilation, applied to a
+plain `GPT` from outside.
 
 `parallelize` is the `parallelize_fn` of Lightning Fabric's `ModelParallelStrategy`: FSDP2 (`fully_shard`) on each
 transformer block and on the root, with bf16 compute and float32 master weights and gradient reduction under
@@ -30,6 +31,8 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
+from lit_gpt.attention import apply_attention
+from lit_gpt.float8 import convert_to_float8
 from lit_gpt.model import GPT, Block
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -84,14 +87,20 @@ def parallelize(
     sharding: Literal["full", "hybrid"] = "full",
     devices_per_node: Optional[int] = None,
     reshard_after_forward: Optional[bool] = None,
+    attention: str = "sdpa",
+    fp8: Optional[str] = None,
+    fp8_emulate: bool = False,
 ) -> GPT:
-    """Apply activation checkpointing, `torch.compile` and FSDP2 to `model` in place and return it.
+    """Apply the attention kernel, float8 training, activation checkpointing, `torch.compile` and FSDP2 to `model`
+    in place and return it.
 
     `device_mesh` is Fabric's ("data_parallel", "tensor_parallel") mesh; only data parallelism is used here.
     `sharding="hybrid"` shards within groups of `devices_per_node` consecutive ranks (a node, with the rank order
     of torchrun, SLURM and Fabric) and replicates across groups. `reshard_after_forward=None` frees the gathered
     weights after the forward pass unless `keep_weights_gathered` says to keep them (one process per shard group,
-    or a model small enough).
+    or a model small enough). `attention` is a kernel of `lit_gpt.attention.KERNELS` (`choose_attention` picks it);
+    `fp8` a recipe of `lit_gpt.float8.RECIPES` or None (bf16 products), `fp8_emulate` runs its products in high
+    precision (tests on CPU).
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -106,6 +115,9 @@ def parallelize(
     param_dtype = PARAM_DTYPES.get(precision)
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
 
+    apply_attention(model, attention)
+    if fp8:
+        convert_to_float8(model, fp8, emulate=fp8_emulate)
     for i, block in enumerate(model.transformer.h):
         if activation_checkpointing:
             block = checkpoint(block)

@@ -30,6 +30,7 @@ from lightning.fabric.strategies import ModelParallelStrategy
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.attention import choose_attention  # noqa: E402
 from lit_gpt.checkpoint import (  # noqa: E402
     checkpoint_path,
     find_latest,
@@ -40,6 +41,7 @@ from lit_gpt.checkpoint import (  # noqa: E402
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 from lit_gpt.dataloaders import check_data_dir, cycle_full_batches, train_dataloader, val_dataloader  # noqa: E402
+from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lr import cosine_lr  # noqa: E402
@@ -65,6 +67,8 @@ def setup(
     reshard_after_backward: Optional[bool] = None,
     accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
     precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
+    fp8: Optional[Literal["tensorwise", "rowwise"]] = None,
+    attention: Literal["auto", "sdpa", "fa4"] = "auto",
     global_batch_size: int = 512,
     micro_batch_size: int = 4,
     max_tokens: int = int(3e12),
@@ -115,6 +119,13 @@ def setup(
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
             `32-true`.
+        fp8: Float8 training (torchao) of the transformer blocks' linear layers: `tensorwise` (fastest; weights
+            all-gathered in float8) or `rowwise` (finer scales, slower). Needs a GPU of compute capability 8.9+
+            (Ada, Hopper, Blackwell) and `pip install -e ".[hopper]"`. Off by default; checkpoints hold ordinary
+            weights either way, so a run may resume with or without it (tutorials/pretrain_tinyllama.md).
+        attention: The attention kernel: `auto` takes flash-attn-4 on a Hopper or newer GPU when it is installed
+            and suits the model (bf16, head size 8..256), SDPA otherwise; `sdpa` or `fa4` force one. Generation
+            always uses SDPA.
         global_batch_size: Sequences per optimizer step across all devices and nodes (not per node). Gradient
             accumulation steps = global_batch_size / (world size × micro_batch_size), which must be a whole number.
         micro_batch_size: Sequences per forward/backward pass on one device.
@@ -183,6 +194,9 @@ def setup(
     compile = cuda if compile is None else compile
     if precision != "32-true" and not cuda:  # --accelerator cpu, or auto on a machine without a GPU
         print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
+    device = torch.device("cuda" if cuda else "cpu")
+    check_float8(fp8, device)
+    attention, attention_note = choose_attention(attention, config, device, precision)
 
     shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
     reshard_after_forward, reshard_after_backward = reshard_choices(
@@ -191,7 +205,8 @@ def setup(
     )  # fmt: skip
     parallelize_fn = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
-        devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward,
+        devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward, attention=attention,
+        fp8=fp8,
     )  # fmt: skip
     # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
     strategy = ModelParallelStrategy(
@@ -209,7 +224,9 @@ def setup(
         fabric.launch()
     hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
     hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
+    hparams.update(attention=attention)
     fabric.print(hparams)
+    fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
     fabric.logger.log_hyperparams(hparams)
     main(fabric, config, hparams, out_dir, accumulation, resume)
 
@@ -250,6 +267,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     fused = fabric.device.type in ("cuda", "cpu")
     param_groups = optimizer_param_groups(model, h["weight_decay"], h["decay_norms_and_biases"])
     optimizer = torch.optim.AdamW(param_groups, lr=h["learning_rate"], betas=(h["beta1"], h["beta2"]), fused=fused)
+    if h["fp8"]:
+        precompute_scales_after_step(optimizer, model)
     optimizer = fabric.setup_optimizers(optimizer)
 
     batch_size, n_workers, block = h["micro_batch_size"], h["num_workers"], config.block_size

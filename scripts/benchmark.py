@@ -22,7 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt import flops  # noqa: E402
+from lit_gpt.attention import choose_attention  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.training import training_step  # noqa: E402
 
@@ -36,6 +38,8 @@ def main(
     reshard_after_backward: Optional[bool] = None,
     block_size: Optional[int] = None,
     precision: str = "bf16-mixed",
+    attention: str = "auto",
+    fp8: Optional[str] = None,
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
     fused_loss: bool = True,
@@ -64,6 +68,10 @@ def main(
             micro-batches of a step. Default for both, as there: `lit_gpt.parallel.reshard_choices`.
         block_size: sequence length; the model's block size by default.
         precision: `bf16-mixed` (bf16 compute, float32 master weights), `bf16-true` or `32-true`.
+        attention: the attention kernel, as in `pretrain/tinyllama.py`: `auto` (flash-attn-4 on Hopper when it
+            imports, else SDPA), `sdpa` or `fa4` (`lit_gpt/attention.py`).
+        fp8: float8 training of the block linear layers, `tensorwise` or `rowwise` (`lit_gpt/float8.py`); bf16 if
+            left out.
         compile: `torch.compile` each transformer block; on by default on CUDA.
         activation_checkpointing: recompute activations in backward.
         fused_loss: the chunked fused output projection + cross-entropy; False for the plain reference.
@@ -95,9 +103,12 @@ def main(
         reshard_after_forward, reshard_after_backward, flops.num_parameters(config, True), devices,
         torch.device("cuda" if cuda else "cpu"), precision,
     )  # fmt: skip
+    device = torch.device("cuda" if cuda else "cpu")
+    check_float8(fp8, device)
+    attention, attention_note = choose_attention(attention, config, device, precision)
     parallelize = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing,
-        reshard_after_forward=reshard_after_forward,
+        reshard_after_forward=reshard_after_forward, attention=attention, fp8=fp8,
     )  # fmt: skip
     strategy = ModelParallelStrategy(parallelize, data_parallel_size=devices, tensor_parallel_size=1)
     if memory_budget is not None:
@@ -105,6 +116,7 @@ def main(
     fabric = L.Fabric(devices=devices, strategy=strategy, precision=precision if autocast else "32-true")
     fabric.launch()
     fabric.print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}, {devices} process(es)")
+    fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
     results = []
     for mbs in micro_batch_sizes:
         torch.manual_seed(0)
@@ -114,6 +126,8 @@ def main(
         model = fabric.setup(model)
         init_weights(model, config.n_layer, config.n_embd)
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=cuda)
+        if fp8:
+            precompute_scales_after_step(optimizer, model)
         optimizer = fabric.setup_optimizers(optimizer)
         x = [torch.randint(0, config.vocab_size, (mbs, T + 1), device=fabric.device) for _ in range(accumulation)]
 
@@ -135,6 +149,8 @@ def main(
         tps = mbs * T * accumulation / dt
         r = dict(
             impl="ours",
+            attention=attention,
+            fp8=fp8,
             compile=compile,
             devices=devices,
             reshard_after_forward=reshard_after_forward,
@@ -175,15 +191,17 @@ def main(
     if fabric.global_rank:
         return
     (out_dir / "benchmark.json").write_text(json.dumps(results, indent=1))
-    print(f"{'impl':8} {'compile':7} {'mbs':>4} {'tok/s':>9} {'MFU':>6} {'GiB':>7} {'step s':>7}")
+    print(f"{'impl':8} {'compile':7} {'kernels':10} {'mbs':>4} {'tok/s':>9} {'MFU':>6} {'GiB':>7} {'step s':>7}")
     for r in results:
         if "error" in r:
-            print(f"{r['impl']:8} {str(r['compile']):7} {r['mbs']:>4} ERROR {r['error'][:80]}")
+            print(f"{r['impl']:8} {str(r['compile']):7} {'-':10} {r['mbs']:>4} ERROR {r['error'][:80]}")
             continue
         mfu = f"{r['mfu'] * 100:5.1f}%" if r.get("mfu") else "    -"
         mem = f"{r['peak_mem_gb']:7.1f}" if r.get("peak_mem_gb") else "      -"
+        kernels = f"{r.get('attention', '-')}/{r.get('fp8') or 'bf16'}" if r["impl"] == "ours" else "-"
         print(
-            f"{r['impl']:8} {str(r['compile']):7} {r['mbs']:>4} {r['tokens_per_s']:9.0f} {mfu} {mem} {r['step_s']:7.3f}"
+            f"{r['impl']:8} {str(r['compile']):7} {kernels:10} {r['mbs']:>4} {r['tokens_per_s']:9.0f} {mfu} {mem} "
+            f"{r['step_s']:7.3f}"
         )
 
 

@@ -1,0 +1,177 @@
+"""Float8 training (`lit_gpt/float8.py`). On CPU, torchao's float8 linear layers in emulation (real float8 rounding
+of every operand, products in float32) through the real FSDP2 step: a float8 run saves ordinary weights, in a single
+file and in a sharded directory, that load without torchao into a plain model, and a run resumes from them with or
+without float8. On an sm89+ GPU (`-m gpu`): the real script with `--fp8 tensorwise`, its loss against bf16's, and
+its resumption without `--fp8`."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_pretrain import same_data_dir  # noqa: F401  (the GPU test's fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+WORKER = r"""
+import json, sys
+from pathlib import Path
+import lightning as L, torch
+from lightning.fabric.strategies import ModelParallelStrategy
+from lit_gpt.checkpoint import load_checkpoint, save_checkpoint
+from lit_gpt.config import Config
+from lit_gpt.float8 import precompute_scales_after_step
+from lit_gpt.model import GPT, init_weights
+from lit_gpt.parallel import make_parallelize_fn
+from lit_gpt.training import training_step
+
+out = Path(sys.argv[1])
+config = Config.from_name("micro-llama", n_layer=2, block_size=32)
+strategy = ModelParallelStrategy(make_parallelize_fn(precision="32-true"), data_parallel_size=1, tensor_parallel_size=1)
+fabric = L.Fabric(accelerator="cpu", devices=1, strategy=strategy, precision="32-true")
+fabric.launch()
+batches = torch.randint(0, config.vocab_size, (5, 4, 33), generator=torch.Generator().manual_seed(1))
+report = {}
+
+def build(fp8):
+    fabric.strategy._parallelize_fn = make_parallelize_fn(precision="32-true", fp8=fp8, fp8_emulate=True)
+    torch.manual_seed(0)
+    model = GPT(config)
+    init_weights(model, config.n_layer, config.n_embd)
+    model = fabric.setup(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    if fp8:
+        precompute_scales_after_step(optimizer, model)
+    optimizer = fabric.setup_optimizers(optimizer)
+    hparams = {"model_config": config.to_dict(), "world_size": 1}
+    return model, optimizer, {"model": model, "optimizer": optimizer, "hparams": hparams, "step_count": 0}
+
+def train(name, fp8, steps, resume=None, save=None, sharded=False):
+    model, optimizer, state = build(fp8)
+    report[name + "_float8_layers"] = sum(type(m).__name__ == "Float8Linear" for m in model.modules())
+    if resume:
+        load_checkpoint(fabric, out / resume, state, config.to_dict())
+    losses = []
+    for _ in range(steps):
+        losses.append(training_step(fabric, model, optimizer, [batches[state["step_count"]]], 1.0)[0].item())
+        state["step_count"] += 1
+    report[name] = losses
+    if save:
+        fabric.strategy._save_distributed_checkpoint = sharded
+        save_checkpoint(fabric, out / save, state)
+
+train("fp8", "tensorwise", 3, save="fp8.pth")
+train("fp8_sharded", "tensorwise", 3, save="fp8-sharded.pth", sharded=True)
+train("plain", None, 5)
+train("resumed_plain", None, 2, resume="fp8.pth")
+train("resumed_fp8", "tensorwise", 2, resume="fp8.pth")
+train("resumed_from_sharded", None, 2, resume="fp8-sharded.pth")
+train("rowwise", "rowwise", 3)
+(out / "report.json").write_text(json.dumps(report))
+"""
+
+# loads a checkpoint's weights where torchao cannot be imported, with weights_only=True
+READER = r"""
+import sys
+sys.modules["torchao"] = None  # any unpickling that needs torchao fails
+import torch
+from lit_gpt.config import Config
+from lit_gpt.convert import training_checkpoint_tensors
+from lit_gpt.model import GPT
+from pathlib import Path
+weights = dict(training_checkpoint_tensors(Path(sys.argv[1])))
+assert {type(v) for v in weights.values()} == {torch.Tensor}, {type(v) for v in weights.values()}
+GPT(Config.from_name("micro-llama", n_layer=2, block_size=32)).load_state_dict(weights, strict=True)
+print("loaded", len(weights))
+"""
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def test_float8_run_saves_ordinary_weights_and_resumes_with_or_without_float8(tmp_path):
+    pytest.importorskip("torchao", reason="torchao is in requirements/test.txt")
+    proc = subprocess.run([sys.executable, "-c", WORKER, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env=_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    r = json.loads((tmp_path / "report.json").read_text())
+    # every block linear (q/k/v, attention output, fc_1, fc_2, proj) of both layers, not the head
+    assert r["fp8_float8_layers"] == r["rowwise_float8_layers"] == 10 and r["plain_float8_layers"] == 0
+    # float8 rounding moves the losses a little, not much
+    for name in ("fp8", "rowwise"):
+        rel = [abs(a - b) / b for a, b in zip(r[name], r["plain"])]
+        assert 0 < max(rel) < 0.03, (name, rel)
+    assert r["fp8_sharded"] == r["fp8"]
+    # resumed at step 3, with or without float8, from the single file or the sharded directory
+    for name in ("resumed_plain", "resumed_fp8", "resumed_from_sharded"):
+        assert len(r[name]) == 2 and abs(r[name][0] - r["plain"][3]) / r["plain"][3] < 0.03, (name, r[name])
+    assert r["resumed_from_sharded"] == r["resumed_plain"]
+
+    for checkpoint in ("fp8.pth", "fp8-sharded.pth"):
+        proc = subprocess.run([sys.executable, "-c", READER, str(tmp_path / checkpoint)], capture_output=True,
+                              text=True, timeout=120, env=_env())  # fmt: skip
+        assert proc.returncode == 0 and "loaded" in proc.stdout, checkpoint + proc.stderr[-3000:]
+
+
+def test_float8_layers_are_the_blocks_linears_only():
+    pytest.importorskip("torchao", reason="torchao is in requirements/test.txt")
+    from lit_gpt.config import Config
+    from lit_gpt.float8 import convert_to_float8
+    from lit_gpt.model import GPT
+
+    model = GPT(Config.from_name("micro-llama", n_layer=2))
+    assert convert_to_float8(model, "tensorwise", emulate=True) == 10
+    assert type(model.lm_head).__name__ == "Linear"
+    assert all(type(b.mlp.proj).__name__ == "Float8Linear" for b in model.transformer.h)
+
+
+def test_fp8_refusals_name_the_device_and_what_is_needed(monkeypatch):
+    from lit_gpt.float8 import check_float8
+
+    check_float8(None, torch.device("cpu"))  # off: nothing to check
+    with pytest.raises(ValueError, match=r"needs a CUDA GPU with float8 matrix units .* Leave --fp8 out"):
+        check_float8("tensorwise", torch.device("cpu"))
+    with pytest.raises(ValueError, match="is not one of tensorwise, rowwise"):
+        check_float8("e4m3", torch.device("cpu"))
+    # an A100 (sm80) has no float8 matrix units
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(ValueError, match=r"this NVIDIA A100-SXM4-80GB \(compute capability 8.0\) has no float8"):
+        check_float8("rowwise", torch.device("cuda", 0))
+
+
+@pytest.mark.gpu
+def test_fp8_real_script_trains_like_bf16_and_resumes_without_fp8(tmp_path, same_data_dir):  # noqa: F811
+    """`pretrain/tinyllama.py --fp8 tensorwise` on the GPU (bf16-mixed, compiled, FSDP2): its losses follow a bf16
+    run's from the same weights and batches, and a run resumed from its checkpoint without --fp8 continues."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs a GPU of compute capability 8.9+")
+    pytest.importorskip("torchao")
+    from test_pretrain import COMMON, _env, metrics
+
+    gpu = [a for a in COMMON if a not in ("--accelerator", "cpu", "--precision", "32-true", "--block_size", "32")]
+    gpu += ["--block_size", "256", "--accelerator", "cuda", "--max_steps", "6", "--save_interval", "3"]
+    gpu += ["--eval_interval", "3", "--attention", "sdpa"]
+
+    def run(out_dir: Path, *args: str) -> str:
+        cmd = [sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), *gpu, "--data_dir", str(same_data_dir)]
+        proc = subprocess.run([*cmd, "--out_dir", str(out_dir), *args], capture_output=True, text=True, timeout=600,
+                              env=_env())  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        return proc.stdout
+
+    assert "float8: tensorwise" in run(tmp_path / "fp8", "--fp8", "tensorwise")
+    run(tmp_path / "bf16")
+    fp8, bf16 = metrics(tmp_path / "fp8"), metrics(tmp_path / "bf16")
+    for step in range(1, 7):
+        assert fp8[step] == pytest.approx(bf16[step], rel=0.03), (step, fp8, bf16)
+    assert fp8 != bf16
+    out = run(tmp_path / "resumed", "--resume", str(tmp_path / "fp8" / "step-00000003.pth"))
+    assert "Resumed at step 3" in out and "float8: off" in out
+    resumed = metrics(tmp_path / "resumed")
+    assert sorted(resumed) == [4, 5, 6] and resumed[4] == pytest.approx(fp8[4], rel=0.03)
