@@ -14,6 +14,14 @@ learning-rate schedule:
     nudged     the reference again, from initial weights each moved by one float32 step (`torch.nextafter`) in a
                random direction: how far two float32 runs drift apart from a difference far smaller than any
                rounding, a floor for how close a run that is not bit-identical to the reference can be expected to stay
+    ours_nudged  ours from initial weights each moved by one bf16 step in a random direction: the chaotic noise floor
+               of comparisons between bf16 runs
+    fp8        ours with float8 training (`--fp8 tensorwise`, `lit_gpt/float8.py`), SDPA attention
+    fa4        ours with flash-attn-4 attention (`--attention fa4`, `lit_gpt/attention.py`), bf16
+    fp8_fa4    ours with both
+
+The variants of ours (ours_nudged, fp8, fa4, fp8_fa4) are also compared with ours by the mean |loss - ours| / ours
+over the steps of `--window`, against the same figure for ours_nudged: a ratio <= `--noise_ratio` (1.5) passes.
 
 The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean; the same against
 `autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
@@ -31,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +52,15 @@ from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.training import training_step  # noqa: E402
 from lit_gpt.utils import optimizer_param_groups  # noqa: E402
 
-CASES = ("ours", "reference", "autocast", "litgpt", "nudged")
+CASES = ("ours", "reference", "autocast", "litgpt", "nudged", "ours_nudged", "fp8", "fa4", "fp8_fa4")
+# the variants of ours: the kernels they take (--fp8, --attention) and whether they start from bf16-nudged weights
+VARIANTS = {
+    "ours": (None, "sdpa", False),
+    "ours_nudged": (None, "sdpa", True),
+    "fp8": ("tensorwise", "sdpa", False),
+    "fa4": (None, "fa4", False),
+    "fp8_fa4": ("tensorwise", "fa4", False),
+}
 TRAIN_DIR = "slimpajama/train"
 
 
@@ -62,8 +78,10 @@ def main(
     beta1: float = 0.9,
     beta2: float = 0.95,
     grad_clip: float = 1.0,
-    cases: str = ",".join(CASES),
+    cases: str = "ours,reference,autocast,litgpt,nudged",
     tolerance: float = 0.01,
+    window: Tuple[int, int] = (50, 200),
+    noise_ratio: float = 1.5,
     seed: int = 3407,
     compile: Optional[bool] = None,
     out_dir: Optional[Path] = None,
@@ -85,10 +103,15 @@ def main(
         beta1: AdamW's beta1.
         beta2: AdamW's beta2.
         grad_clip: clip the gradient norm to this value; 0 disables clipping.
-        cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`, `nudged`; the differences
-            are taken against `reference` and `autocast`, so keep one of them in the list.
+        cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`, `nudged`, `ours_nudged`,
+            `fp8`, `fa4`, `fp8_fa4`; the differences are taken against `reference`, `autocast` and `ours`, so keep
+            one of them in the list. fp8 and fa4 need a GPU that runs them (they are skipped, saying why, elsewhere).
         tolerance: the largest per-step relative difference from `reference` (or `autocast`) that passes (0.01 is
             1%).
+        window: first and last 1-based step over which the variants of ours are compared with ours (the early
+            steps, where every run follows the same steep descent, say little).
+        noise_ratio: a variant's mean deviation from ours over `window` passes when at most this many times that
+            of ours_nudged.
         seed: seed of the shared initial weights.
         compile: `torch.compile` ours (per block, as in pretraining) and litgpt; on by default on CUDA. The reference
             is always eager.
@@ -127,13 +150,15 @@ def main(
         groups = optimizer_param_groups(model, weight_decay, decay_norms_and_biases)
         return torch.optim.AdamW(groups, lr=learning_rate, betas=(beta1, beta2), fused=fused)
 
-    runners = {
-        "ours": partial(run_ours, fabric),
-        "reference": partial(run_reference, device=device),
-        "autocast": partial(run_reference, device=device, autocast=True),
-        "litgpt": partial(run_litgpt, device=device, compile=compile),
-        "nudged": partial(run_reference, device=device, nudge_seed=seed + 1),
-    }
+    runners = {name: partial(run_ours, fabric, *VARIANTS[name], compile=compile, seed=seed) for name in VARIANTS}
+    runners.update(
+        {
+            "reference": partial(run_reference, device=device),
+            "autocast": partial(run_reference, device=device, autocast=True),
+            "litgpt": partial(run_litgpt, device=device, compile=compile),
+            "nudged": partial(run_reference, device=device, nudge_seed=seed + 1),
+        }
+    )
     losses: Dict[str, List[float]] = {}
     seconds: Dict[str, float] = {}
     for name in names:
@@ -149,13 +174,13 @@ def main(
             torch._dynamo.reset()  # compiled graphs hold on to the model
             torch.cuda.empty_cache()
 
-    summary = summarize(losses, seconds, tolerance)
+    summary = summarize(losses, seconds, tolerance, window, noise_ratio)
     print_summary(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
     args = dict(model_name=model_name, data_dir=str(data_dir), micro_batch_size=micro_batch_size)
     args.update(block_size=config.block_size, steps=steps, learning_rate=learning_rate, min_lr=min_lr)
     args.update(warmup_steps=warmup_steps, weight_decay=weight_decay, decay_norms_and_biases=decay_norms_and_biases)
-    args.update(beta1=beta1, beta2=beta2, grad_clip=grad_clip, seed=seed, compile=compile)
+    args.update(beta1=beta1, beta2=beta2, grad_clip=grad_clip, seed=seed, compile=compile, window=list(window))
     record = dict(args=args, torch=torch.__version__, device=str(device), losses=losses, summary=summary)
     (out_dir / "loss_parity.json").write_text(json.dumps(record, indent=1))
     print(f"Wrote {out_dir / 'loss_parity.json'}")
@@ -219,19 +244,40 @@ def train(
     return torch.stack(losses).tolist()
 
 
-def run_ours(fabric, config, initial_state, batches, lr_at, make_optimizer, grad_clip) -> List[float]:
+def run_ours(
+    fabric, fp8, attention, nudged, config, initial_state, batches, lr_at, make_optimizer, grad_clip, compile, seed
+) -> Optional[List[float]]:
+    from lit_gpt.attention import choose_attention
+    from lit_gpt.float8 import check_float8, precompute_scales_after_step
+    from lit_gpt.parallel import make_parallelize_fn
+
+    name = {v: k for k, v in VARIANTS.items()}[(fp8, attention, nudged)]
+    try:
+        check_float8(fp8, fabric.device)
+        choose_attention(attention, config, fabric.device, "bf16-mixed")
+    except ValueError as e:
+        print(f"{name}: skipped, {e}")
+        return None
+    # the strategy applies its parallelize function in `fabric.setup`: this case's kernels
+    fabric.strategy._parallelize_fn = make_parallelize_fn(
+        precision="bf16-mixed", compile=compile, attention=attention, fp8=fp8
+    )
     with fabric.init_module(empty_init=True):
         model = GPT(config)
     model.to_empty(device=fabric.device)
-    model.load_state_dict(initial_state)  # before sharding: plain tensors into plain parameters
+    # before sharding: plain tensors into plain parameters
+    model.load_state_dict(nudge(initial_state, seed + 2, torch.bfloat16) if nudged else initial_state)
     model = fabric.setup(model)
     # as pretrain/tinyllama.py: fused AdamW wherever it exists
-    optimizer = fabric.setup_optimizers(make_optimizer(model, fused=fabric.device.type in ("cuda", "cpu")))
+    optimizer = make_optimizer(model, fused=fabric.device.type in ("cuda", "cpu"))
+    if fp8:
+        precompute_scales_after_step(optimizer, model)
+    optimizer = fabric.setup_optimizers(optimizer)
 
     def step(batch: torch.Tensor) -> torch.Tensor:
         return training_step(fabric, model, optimizer, [batch], grad_clip)[0]
 
-    return train("ours", step, optimizer, batches, lr_at, fabric.device)
+    return train(name, step, optimizer, batches, lr_at, fabric.device)
 
 
 @contextmanager
@@ -284,15 +330,20 @@ def run_reference(
         return train("reference" if nudge_seed is None else "nudged", step, optimizer, batches, lr_at, device)
 
 
-def nudge(state: Dict[str, torch.Tensor], seed: int) -> Dict[str, torch.Tensor]:
-    """Each floating-point value moved to its float32 neighbour, up or down at random (`seed`): a relative change of
-    2^-24 to 2^-23, below bf16's rounding step (2^-9 to 2^-8) by a factor of 2^15."""
+def nudge(
+    state: Dict[str, torch.Tensor], seed: int, step_dtype: torch.dtype = torch.float32
+) -> Dict[str, torch.Tensor]:
+    """Each floating-point value moved by one step of `step_dtype` (the distance from its value rounded to that
+    dtype to the next one), up or down at random (`seed`). In float32 a relative change of 2^-24 to 2^-23, below
+    bf16's rounding step (2^-9 to 2^-8) by a factor of 2^15; in bfloat16 one bf16 rounding step."""
     generator = torch.Generator().manual_seed(seed)
     nudged = {}
     for name, value in state.items():
         if value.is_floating_point():
             up = torch.rand(value.shape, generator=generator) < 0.5
-            value = torch.nextafter(value, torch.where(up, torch.inf, -torch.inf).to(value.dtype))
+            rounded = value.to(step_dtype)
+            neighbour = torch.nextafter(rounded, torch.where(up, torch.inf, -torch.inf).to(step_dtype))
+            value = value + (neighbour.to(value.dtype) - rounded.to(value.dtype))
         nudged[name] = value
     return nudged
 
@@ -346,10 +397,26 @@ def compare(losses: List[float], baseline: List[float]) -> dict:
     return dict(max=rel.max().item(), max_step=int(rel.argmax()) + 1, mean=rel.mean().item())
 
 
-def summarize(losses: Dict[str, List[float]], seconds: Dict[str, float], tolerance: float) -> dict:
+def window_deviation(losses: List[float], baseline: List[float], window: Tuple[int, int]) -> float:
+    """Mean |loss - baseline| / baseline over the 1-based steps window[0]..window[1] (clipped to the run)."""
+    a = torch.tensor(losses, dtype=torch.float64)[window[0] - 1 : window[1]]
+    b = torch.tensor(baseline, dtype=torch.float64)[window[0] - 1 : window[1]]
+    if a.numel() == 0:
+        raise ValueError(f"--window {window} holds no step of a run of {len(losses)} steps")
+    return torch.nan_to_num((a - b).abs() / b.abs(), nan=float("inf")).mean().item()
+
+
+def summarize(
+    losses: Dict[str, List[float]],
+    seconds: Dict[str, float],
+    tolerance: float,
+    window: Tuple[int, int] = (50, 200),
+    noise_ratio: float = 1.5,
+) -> dict:
     """Each case's first and last loss and seconds; each other case against `reference` and against `autocast`
-    (with whether the maximum relative difference is within `tolerance`); ours against litgpt."""
-    summary = dict(tolerance=tolerance, cases={}, vs_reference={}, vs_autocast={})
+    (with whether the maximum relative difference is within `tolerance`); ours against litgpt; each variant of ours
+    against ours over `window`, as a multiple of ours_nudged's deviation (within `noise_ratio` or not)."""
+    summary = dict(tolerance=tolerance, cases={}, vs_reference={}, vs_autocast={}, vs_ours={})
     for name, curve in losses.items():
         summary["cases"][name] = dict(steps=len(curve), first_loss=curve[0], last_loss=curve[-1])
         summary["cases"][name]["seconds"] = seconds.get(name)
@@ -362,6 +429,15 @@ def summarize(losses: Dict[str, List[float]], seconds: Dict[str, float], toleran
                 summary[f"vs_{baseline}"][name] = dict(diff, within_tolerance=diff["max"] <= tolerance)
     if "ours" in losses and "litgpt" in losses:
         summary["ours_vs_litgpt"] = compare(losses["ours"], losses["litgpt"])
+    if "ours" in losses:
+        floor = window_deviation(losses["ours_nudged"], losses["ours"], window) if "ours_nudged" in losses else None
+        for name in VARIANTS:
+            if name != "ours" and name in losses:
+                d = dict(window=list(window), mean=window_deviation(losses[name], losses["ours"], window))
+                if floor:
+                    d.update(noise_floor=floor, ratio=d["mean"] / floor, within=d["mean"] <= noise_ratio * floor)
+                summary["vs_ours"][name] = d
+        summary["noise_ratio"] = noise_ratio
     return summary
 
 
@@ -378,6 +454,12 @@ def print_summary(summary: dict) -> None:
     if "ours_vs_litgpt" in summary:
         d = summary["ours_vs_litgpt"]
         print(f"ours vs litgpt: max {d['max']:.3%} at step {d['max_step']}, mean {d['mean']:.3%}")
+    for name, d in summary.get("vs_ours", {}).items():
+        line = f"{name} vs ours, steps {d['window'][0]}-{d['window'][1]}: mean {d['mean']:.3%}"
+        if "ratio" in d:
+            verdict = "within" if d["within"] else "OUTSIDE"
+            line += f" = {d['ratio']:.2f}x ours_nudged's {d['noise_floor']:.3%} -> {verdict} {summary['noise_ratio']}x"
+        print(line)
 
 
 if __name__ == "__main__":

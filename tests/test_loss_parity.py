@@ -109,3 +109,37 @@ def test_missing_or_short_data_and_help(tmp_path, data_dir):
     assert script.load_batches(data_dir, 32, 2, 4)[:3].equal(batches)  # in order: a longer run starts the same
 
     help_text(script.main)
+
+
+def test_variants_of_ours_are_judged_against_the_bf16_noise_floor():
+    script = load_script()
+    ours = [4.0] * 10
+    losses = {
+        "ours": ours,
+        "ours_nudged": [4.0 * (1 + 0.01)] * 10,  # 1% from ours at every step
+        "fp8": [4.0 * (1 + 0.5)] * 4 + [4.0 * (1 + 0.012)] * 6,  # far off early, 1.2% in the window
+        "fa4": [4.0 * (1 - 0.02)] * 10,  # 2%: twice the floor
+    }
+    summary = script.summarize(losses, {}, tolerance=0.01, window=(5, 10), noise_ratio=1.5)
+    fp8, fa4 = summary["vs_ours"]["fp8"], summary["vs_ours"]["fa4"]
+    assert fp8["noise_floor"] == pytest.approx(0.01) and fp8["mean"] == pytest.approx(0.012)
+    assert fp8["ratio"] == pytest.approx(1.2) and fp8["within"]  # the early steps are outside the window
+    assert fa4["ratio"] == pytest.approx(2.0) and not fa4["within"]
+    assert summary["vs_ours"]["ours_nudged"]["ratio"] == pytest.approx(1.0)
+
+
+def test_a_bf16_nudge_moves_each_weight_by_one_bf16_step():
+    script = load_script()
+    value = torch.randn(1000) * 3
+    nudged = script.nudge({"w": value, "step": torch.tensor(3)}, seed=1, step_dtype=torch.bfloat16)
+    rounded = value.to(torch.bfloat16)
+    up = nudged["w"] > value
+    target = torch.where(up, torch.inf, -torch.inf).to(torch.bfloat16)
+    step = torch.nextafter(rounded, target).float() - rounded.float()  # one bf16 step in the direction taken
+    torch.testing.assert_close(nudged["w"] - value, step, rtol=1e-5, atol=0)  # float32 rounding of the sum
+    assert (nudged["w"] > value).any() and (nudged["w"] < value).any()
+    assert nudged["step"] == 3
+    # in float32 it is the float32 neighbour, as before
+    assert torch.equal(
+        script.nudge({"w": value}, seed=1)["w"].sub(value).abs(), torch.nextafter(value, value * 2).sub(value).abs()
+    )
