@@ -11,10 +11,15 @@ checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoi
 
 Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
 checkpoint under a `step-*.pth` name. Everything in them is tensors and plain Python values: they load with
-`torch.load(..., weights_only=True)`. To read the model weights of either layout without a process group, use
+`torch.load(..., weights_only=True)`. A sharded checkpoint's `.metadata` is a pickle too, which torch's own reader
+unpickles in full: `DCPReader` reads it with an unpickler that builds nothing but torch.distributed.checkpoint's
+metadata classes (and its non-tensor values with `weights_only=True`), unless the user trusts the checkpoint
+(`--trust_pickle true`). To read the model weights of either layout without a process group, use
 `lit_gpt.convert.training_checkpoint_tensors` (what `scripts/convert_pretrained_checkpoint.py` does).
 """
 
+import io
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +27,8 @@ from typing import Any, Dict, Optional
 
 import lightning as L
 import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 
@@ -69,15 +76,136 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def load_metadata(path: Path) -> Dict[str, Any]:
-    """Everything in the checkpoint at `path` except the model and optimizer tensors (cheap: no tensor is read)."""
+########################
+# Sharded checkpoints read without running code
+########################
+# everything the `.metadata` pickle of a torch.distributed.checkpoint directory holds: its dataclasses, sizes,
+# dtypes, layouts, the memory-format enum and the checkpoint's path (pathlib is `pathlib._local` from Python 3.13)
+_DCP_METADATA_GLOBALS = {
+    *(
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    ),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    *((module, name) for module in ("pathlib", "pathlib._local") for name in ("PosixPath", "PurePosixPath")),
+    ("collections", "OrderedDict"),
+}  # fmt: skip
+TRUST_HINT = "If the checkpoint comes from a source you trust, pass --trust_pickle true."
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the classes of `_DCP_METADATA_GLOBALS` and torch dtypes: a pickle that names
+    anything else (`os.system`, `builtins.eval`, ...) is refused before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if dtype or (module, name) in _DCP_METADATA_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
+    """The `torch.distributed.checkpoint.metadata.Metadata` in the `.metadata` file `file`, unpickled with
+    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory."""
+    with open(file, "rb") as f:
+        if trust_pickle:
+            return pickle.load(f)
+        try:
+            metadata = _MetadataUnpickler(f).load()
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"{file} names {e}, which the metadata of a sharded checkpoint never holds: unpickling it could run "
+                f"arbitrary code, so it is not read. {TRUST_HINT}"
+            ) from None
+        except Exception as e:  # truncated, or not a pickle
+            raise ValueError(f"{file} cannot be read ({type(e).__name__}: {e}): it is truncated or corrupt") from None
+    storage = getattr(metadata, "storage_data", None)
+    files = [getattr(info, "relative_path", None) for info in (storage or {}).values()]
+    if not hasattr(metadata, "state_dict_metadata") or not all(isinstance(f, str) and "/" not in f for f in files):
+        raise ValueError(f"{file} is not the metadata of a sharded checkpoint whose shards lie beside it")
+    return metadata
+
+
+class DCPReader(FileSystemReader):
+    """torch.distributed.checkpoint's file reader, with `.metadata` read by `read_dcp_metadata` and the values that
+    are not tensors (optimizer hyperparameters) by `torch.load(weights_only=True)`, unless `trust_pickle`."""
+
+    def __init__(self, path: Path, trust_pickle: bool = False) -> None:
+        super().__init__(path)
+        self.trust_pickle = trust_pickle
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        metadata = read_dcp_metadata(Path(self._get_metadata_path(kwargs.get("rank"))), self.trust_pickle)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def planner(self) -> DefaultLoadPlanner:
+        return DefaultLoadPlanner() if self.trust_pickle else _WeightsOnlyLoadPlanner()
+
+
+class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        # torch's planner unpickles these in full; what passes `weights_only` is saved again for it to read
+        safe = io.BytesIO()
+        torch.save(torch.load(value, weights_only=True), safe)
+        safe.seek(0)
+        super().load_bytes(read_item, safe)
+
+
+def dcp_load(state: Dict[str, Any], path: Path, trust_pickle: bool = False, **kwargs: Any) -> None:
+    """`torch.distributed.checkpoint.load(state, ...)` from the directory `path` through `DCPReader`."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = DCPReader(path, trust_pickle)
+    dcp.load(state, storage_reader=reader, planner=reader.planner(), **kwargs)
+
+
+def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict[str, Any]:
+    """What `fabric.load(path, state)` does for a sharded checkpoint (Lightning's
+    `strategies.model_parallel._load_checkpoint`), with `dcp_load` instead of a plain `dcp.load`."""
+    from lightning.fabric.wrappers import _unwrap_objects
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    model, optimizer = _unwrap_objects(state["model"]), _unwrap_objects(state["optimizer"])
+    model_state = {"model": get_model_state_dict(model)}
+    dcp_load(model_state, path, trust_pickle)
+    model.load_state_dict(model_state["model"], strict=True)
+    optimizer_state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp_load(optimizer_state, path, trust_pickle)
+    options = StateDictOptions(cpu_offload=True)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state["optimizer"], options=options)
+    metadata = torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
+    missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
+    if missing:
+        raise KeyError(f"{path}/meta.pt lacks {missing}: it is not a checkpoint of pretrain/tinyllama.py")
+    for key in state.keys() - {"model", "optimizer"}:
+        state[key] = metadata.pop(key)
+    return metadata
+
+
+def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
+    """Everything in the checkpoint at `path` except the model and optimizer tensors (cheap: no tensor is read).
+    A sharded checkpoint's `.metadata` is read too, so that one that would run code is refused here."""
     if path.is_dir():
-        if not (path / "meta.pt").is_file():
-            raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt")
-        return torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+        if not (path / "meta.pt").is_file() or not (path / ".metadata").is_file():
+            raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt or .metadata")
+        read_dcp_metadata(path / ".metadata", trust_pickle)
+        return torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}; pass `--resume auto` to pick the latest in --out_dir")
-    checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=not trust_pickle)
     return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
 
 
@@ -123,9 +251,15 @@ def check_compatible(
         )
 
 
-def load_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any], model_config: Dict[str, Any]) -> None:
+def load_checkpoint(
+    fabric: L.Fabric, path: Path, state: Dict[str, Any], model_config: Dict[str, Any], trust_pickle: bool = False
+) -> None:
     """Check `path` against this run, then load it into `state` in place (model, optimizer and the rest)."""
-    check_compatible(path, load_metadata(path), model_config, fabric.world_size, state["hparams"])
-    remainder = fabric.load(path, state, weights_only=True)
+    check_compatible(path, load_metadata(path, trust_pickle), model_config, fabric.world_size, state["hparams"])
+    if path.is_dir():
+        remainder = _load_sharded(path, state, trust_pickle)
+        fabric.barrier()
+    else:
+        remainder = fabric.load(path, state, weights_only=not trust_pickle)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")

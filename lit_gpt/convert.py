@@ -150,13 +150,14 @@ def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
 ########################
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path, weights_only: bool = True) -> dict:
     try:
-        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        return torch.load(path, mmap=True, weights_only=weights_only, map_location="cpu")
     except RuntimeError as e:
         if "mmap" not in str(e):
             raise
-        return torch.load(path, weights_only=True, map_location="cpu")  # a legacy (non-zip) file cannot be mapped
+        # a legacy (non-zip) file cannot be mapped
+        return torch.load(path, weights_only=weights_only, map_location="cpu")
 
 
 def is_distributed_checkpoint(path: Path) -> bool:
@@ -167,7 +168,7 @@ def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[s
     """Names (wrapper prefixes stripped) and shapes of the model weights in a training checkpoint, read without
     loading any tensor."""
     if is_distributed_checkpoint(path):
-        return {name: meta.size for name, (_, meta) in _dcp_model_entries(path).items()}
+        return {name: meta.size for name, (_, meta) in _dcp_model_entries(path, trust_pickle).items()}
     return {name: t.shape for name, t in _single_file_model(path, trust_pickle).items()}
 
 
@@ -178,14 +179,15 @@ def training_checkpoint_tensors(
 
     A single file is memory-mapped. A distributed checkpoint is consolidated without a process group: the DCP
     metadata lists every weight and its global shape, and the weights are read in groups of about `group_bytes`,
-    so that the optimizer state is never read and only one group is in flight at a time.
+    so that the optimizer state is never read and only one group is in flight at a time. Its `.metadata` pickle is
+    read without running code unless `trust_pickle` (`lit_gpt.checkpoint.DCPReader`).
     """
     if not is_distributed_checkpoint(path):
         yield from _single_file_model(path, trust_pickle).items()
         return
-    import torch.distributed.checkpoint as dcp
+    from lit_gpt.checkpoint import dcp_load
 
-    entries = _dcp_model_entries(path)
+    entries = _dcp_model_entries(path, trust_pickle)
     group: Dict[str, torch.Tensor] = {}
     size = 0
     names = list(entries)
@@ -196,7 +198,7 @@ def training_checkpoint_tensors(
         if size >= group_bytes or i == len(names) - 1:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-                dcp.load(group, storage_reader=dcp.FileSystemReader(path), no_dist=True)
+                dcp_load(group, path, trust_pickle, no_dist=True)
             for key, tensor in group.items():
                 yield strip_wrapper_prefixes(key[len("model.") :]), tensor
             group, size = {}, 0
@@ -238,7 +240,7 @@ def _training_hparams(path: Path, trust_pickle: bool = False) -> dict:
     """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
     if is_distributed_checkpoint(path):
         meta = path / "meta.pt"  # Fabric's file for everything besides the sharded tensors
-        state = torch.load(meta, weights_only=True, map_location="cpu") if meta.is_file() else {}
+        state = torch.load(meta, weights_only=not trust_pickle, map_location="cpu") if meta.is_file() else {}
     else:
         state = _load_single_file(path, trust_pickle)
     hparams = state.get("hparams") if isinstance(state, dict) else None
@@ -275,15 +277,16 @@ def _load_single_file(path: Path, trust_pickle: bool = False) -> object:
                 "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. If the file "
                 "comes from a source you trust, pass --trust_pickle true."
             ) from e
-        return torch.load(path, mmap=True, weights_only=False, map_location="cpu")
+        return _torch_load(path, weights_only=False)
 
 
-def _dcp_model_entries(path: Path) -> Dict[str, tuple]:
+def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tuple]:
     """stripped name -> (name in the checkpoint, TensorStorageMetadata) of the weights under the "model" key."""
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = FileSystemReader(path).read_metadata()
+    from lit_gpt.checkpoint import read_dcp_metadata
+
+    metadata = read_dcp_metadata(path / ".metadata", trust_pickle)
     entries = {
         strip_wrapper_prefixes(k[len("model.") :]): (k, meta)
         for k, meta in metadata.state_dict_metadata.items()

@@ -90,6 +90,7 @@ def setup(
     seed: int = 3407,
     resume: Union[bool, Literal["auto"], Path] = False,
     initial_checkpoint_dir: Optional[Path] = None,
+    trust_pickle: bool = False,
 ) -> None:
     """Pretrain a model from the registry on a weighted mix of SlimPajama and Starcoder.
 
@@ -150,6 +151,10 @@ def setup(
         initial_checkpoint_dir: A lit checkpoint directory (`lit_model.pth` + `lit_config.json`, for example from
             `scripts/convert_hf_checkpoint.py`) whose weights replace the random initialization, to continue
             pretraining a public model. The optimizer and the data start fresh. Ignored when a run resumes.
+        trust_pickle: Resume from a checkpoint that holds pickled Python objects besides tensors and plain values
+            (in a single file, `meta.pt`, or a sharded checkpoint's `.metadata`), which a safe load refuses.
+            Unpickling can run arbitrary code: only for checkpoints from a source you trust. This script's own
+            checkpoints never need it.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     out_dir = out_dir or Path("out") / model_name
@@ -286,7 +291,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
-        load_checkpoint(fabric, Path(resume), state, config.to_dict())
+        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"])
         train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])

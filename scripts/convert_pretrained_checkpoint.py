@@ -63,6 +63,8 @@ def convert(
         trust_pickle: Also convert a single-file checkpoint that holds pickled Python objects besides tensors
             (other tools' hyperparameters, for example), which a safe load refuses. Unpickling can run arbitrary
             code: only for files from a source you trust. Checkpoints of `pretrain/tinyllama.py` never need it.
+            Also reads a sharded checkpoint whose `.metadata` names classes other than torch.distributed.checkpoint's
+            metadata, or whose `meta.pt` holds pickled objects.
     """
     if not tokenizer_dir.is_dir():
         raise NotADirectoryError(
