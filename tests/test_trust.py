@@ -88,3 +88,16 @@ def test_trust_pickle_reads_a_legacy_pickle(fabric_checkpoints, export_tokenizer
     convert(path, export_tokenizer_dir, "test-llama", tmp_path / "trusted", trust_pickle=True)
     converted = torch.load(tmp_path / "trusted" / "lit_model.pth", weights_only=True)
     assert all(torch.equal(converted[k], raw["model"][k]) for k in converted)
+
+
+def test_lit_export_checks_the_weights_against_lit_config(export_lit_dir, tmp_path):
+    from scripts.convert_lit_checkpoint import convert
+
+    lit = tmp_path / "lit"
+    lit.mkdir()
+    (lit / "tokenizer.model").write_bytes((export_lit_dir / "tokenizer.model").read_bytes())
+    (lit / "lit_model.pth").write_bytes((export_lit_dir / "lit_model.pth").read_bytes())
+    Config.from_name("micro-llama").to_file(lit / "lit_config.json")  # not the config of these weights
+    with pytest.raises(ValueError, match=r"lit_model.pth does not fit 'micro-llama'.*convert the checkpoint again"):
+        convert(lit, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
