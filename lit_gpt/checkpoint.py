@@ -18,12 +18,17 @@ metadata classes (and its non-tensor values with `weights_only=True`), unless th
 `lit_gpt.convert.training_checkpoint_tensors` (what `scripts/convert_pretrained_checkpoint.py` does).
 """
 
+import contextlib
+import fcntl
 import io
+import os
 import pickle
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import lightning as L
 import torch
@@ -35,6 +40,44 @@ STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
     return out_dir / f"step-{step:08d}.pth"
+
+
+@contextlib.contextmanager
+def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir/.lock` for the run, so that a second run started on the same `--out_dir` (a job submitted twice)
+    is refused instead of overwriting this one's checkpoints. Rank 0 takes it before anything is written and every
+    process raises if it cannot. It is an `flock`, which the kernel releases when the process ends, however it ends:
+    a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder)."""
+    lock, error = None, None
+    if fabric.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "a process that has not yet written its name"
+            lock.close()
+            lock = None
+            error = (
+                f"--out_dir {out_dir} is in use by another training run ({holder}; it holds {out_dir}/.lock): two "
+                "runs in one out dir overwrite each other's checkpoints. Wait for it to end or stop it, or pass "
+                "another --out_dir"
+            )
+        else:
+            lock.seek(0)
+            lock.truncate()
+            started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+            lock.flush()
+    error = fabric.broadcast(error)
+    if error:
+        raise FileExistsError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
 
 
 def find_latest(out_dir: Path) -> Optional[Path]:

@@ -35,6 +35,7 @@ from lit_gpt.checkpoint import (  # noqa: E402
     find_latest,
     later_checkpoints,
     load_checkpoint,
+    own_out_dir,
     save_checkpoint,
 )
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
@@ -212,11 +213,12 @@ def setup(
     )  # fmt: skip
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
-    hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
-    hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
-    fabric.print(hparams)
-    fabric.logger.log_hyperparams(hparams)
-    main(fabric, config, hparams, out_dir, accumulation, resume)
+    with own_out_dir(fabric, out_dir):  # before anything is written there
+        hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
+        hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
+        fabric.print(hparams)
+        fabric.logger.log_hyperparams(hparams)
+        main(fabric, config, hparams, out_dir, accumulation, resume)
 
 
 def check_counts(

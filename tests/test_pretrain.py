@@ -388,3 +388,35 @@ def test_training_step_skips_non_finite_gradients():
     assert torch.isfinite(grad_norm)
     assert not torch.equal(before["lm_head.weight"], model.lm_head.weight)
     assert all(s["step"] == 1 for s in optimizer.state.values())
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused(tmp_path, same_data_dir):
+    """A job started twice (by a scheduler, say) must not share an out dir: the second run is refused, naming the
+    first, whose checkpoints stay its own. The first is paused (SIGSTOP) while the second runs, so that they overlap
+    whatever the speed of the machine."""
+    flags = ["--max_steps", "4", "--save_interval", "2", "--eval_interval", "4", "--resume", "auto"]
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path), *flags]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    output = []
+    try:
+        for line in first.stdout:
+            output.append(line)
+            if line.startswith("step 1/4"):
+                first.send_signal(signal.SIGSTOP)
+                break
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+        first.send_signal(signal.SIGCONT)
+        output += first.stdout.readlines()
+        assert first.wait(timeout=300) == 0, "".join(output)[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode != 0, second.stdout[-2000:]
+    refusal = second.stderr.strip().splitlines()[-1]
+    assert f"is in use by another training run (pid {first.pid} on " in refusal, second.stderr[-2000:]
+    assert "pass another --out_dir" in refusal
+    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000004.pth"]
+    assert torch.load(tmp_path / "step-00000004.pth", weights_only=True)["step_count"] == 4
+    assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
+    assert len(list((tmp_path / "logs" / "csv").glob("version_*"))) == 1  # the second run logged nothing
+    assert "Done: 4 steps" in "".join(output)
