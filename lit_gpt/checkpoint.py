@@ -19,6 +19,7 @@ metadata classes (and its non-tensor values with `weights_only=True`), unless th
 """
 
 import contextlib
+import errno
 import fcntl
 import io
 import os
@@ -28,7 +29,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -80,12 +81,64 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
             lock.close()
 
 
-def find_latest(out_dir: Path) -> Optional[Path]:
-    """The complete checkpoint with the highest step in `out_dir`, or None (temporary `.tmp` saves are ignored)."""
+def checkpoints_by_step(out_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, path) of the complete checkpoints in `out_dir`, oldest first (temporary `.tmp` saves are ignored)."""
     if not out_dir.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in out_dir.iterdir() if (m := STEP_PATTERN.match(p.name)))
+
+
+def find_latest(out_dir: Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step in `out_dir`, or None."""
+    found = checkpoints_by_step(out_dir)
+    return found[-1][1] if found else None
+
+
+def latest_to_resume(out_dir: Path, trust_pickle: bool = False) -> Optional[Path]:
+    """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose metadata cannot
+    be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the newest
+    earlier one that can be read."""
+    found = [p for _, p in reversed(checkpoints_by_step(out_dir))]
+    if not found:
         return None
-    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if (m := STEP_PATTERN.match(p.name))]
-    return max(found)[1] if found else None
+    try:
+        load_metadata(found[0], trust_pickle)
+        return found[0]
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    previous = next((p for p in found[1:] if _readable(p, trust_pickle)), None)
+    instead = (
+        f"move it away (for example to {found[0].name}.broken, which is not picked up) to resume from the newest "
+        f"complete one before it, {previous.name}"
+        if previous
+        else "no checkpoint before it can be read: move it away to start afresh, or pass another --out_dir"
+    )
+    raise ValueError(f"--resume auto: the newest checkpoint {found[0]} cannot be used ({reason}); {instead}")
+
+
+def _readable(path: Path, trust_pickle: bool) -> bool:
+    try:
+        load_metadata(path, trust_pickle)
+        return True
+    except Exception:
+        return False
+
+
+def nonfinite_stop_message(out_dir: Path, streak: int, step: int) -> str:
+    """Why a run stopped after `streak` non-finite steps in a row up to `step`, and what to resume from: a checkpoint
+    saved before the streak began (those saved during it hold the weights that diverged)."""
+    first = step - streak + 1
+    safe = next((p for s, p in reversed(checkpoints_by_step(out_dir)) if s < first), None)
+    advice = (
+        f"resume from {safe}, the newest checkpoint saved before the streak began at step {first}, with "
+        f"--resume {safe} and another --out_dir"
+        if safe
+        else f"start again: no checkpoint was saved before the streak began at step {first}"
+    )
+    return (
+        f"{streak} optimizer steps in a row had a non-finite gradient norm (each was skipped). Stopped at step "
+        f"{step}. Lower --learning_rate or raise --warmup_steps, and {advice}."
+    )
 
 
 def later_checkpoints(out_dir: Path, resume_from: Path) -> list:
@@ -104,12 +157,30 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
     if fabric.global_rank == 0:
         remove(tmp)  # left by a crash during an earlier save
     fabric.barrier()
-    fabric.save(tmp, state)
+    try:
+        fabric.save(tmp, state)
+    except (OSError, RuntimeError) as e:
+        full = _disk_full(e, path.parent)
+        remove(tmp)
+        if full:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device writing {tmp}: free space on that disk and resume with --resume auto (the "
+                f"checkpoints saved before are intact; the partial {tmp.name} is removed)",
+            ) from e
+        raise
     fabric.barrier()
     if fabric.global_rank == 0:
         remove(path)
         tmp.rename(path)
     fabric.barrier()
+
+
+def _disk_full(e: BaseException, directory: Path) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch's file writer loses the errno ("unexpected pos ...", "basic_ios::clear: iostream error")
+    return shutil.disk_usage(directory).free < 2**24
 
 
 def remove(path: Path) -> None:

@@ -34,13 +34,21 @@ from lit_gpt.checkpoint import (  # noqa: E402
     checkpoint_path,
     find_latest,
     later_checkpoints,
+    latest_to_resume,
     load_checkpoint,
+    nonfinite_stop_message,
     own_out_dir,
     save_checkpoint,
 )
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
-from lit_gpt.dataloaders import check_data_dir, cycle_full_batches, train_dataloader, val_dataloader  # noqa: E402
+from lit_gpt.dataloaders import (  # noqa: E402
+    check_data_dir,
+    check_token_ids,
+    cycle_full_batches,
+    train_dataloader,
+    val_dataloader,
+)
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lr import cosine_lr  # noqa: E402
@@ -176,6 +184,7 @@ def setup(
             "--out_dir for the resumed run, or move them away."
         )
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
+    check_token_ids(data_dir, config.padded_vocab_size, model_name)
     tokens_per_step = global_batch_size * config.block_size
     if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
         raise ValueError(
@@ -281,7 +290,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         "skipped_steps": 0,
     }
     if resume in (True, "auto"):
-        resume = find_latest(out_dir)
+        resume = latest_to_resume(out_dir, h["trust_pickle"])
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if not resume and h["initial_checkpoint_dir"]:
         saved_config, model_file = lit_checkpoint_files(Path(h["initial_checkpoint_dir"]))
@@ -386,12 +395,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             fabric.print(format_metrics(step, max_steps, metrics))
             fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
-                latest = find_latest(out_dir)
-                raise RuntimeError(
-                    f"{int(nonfinite_streak.item())} optimizer steps in a row had a non-finite gradient norm (each "
-                    f"was skipped). Stopped at step {step}; the latest checkpoint is {latest}. Lower "
-                    "--learning_rate or raise --warmup_steps, and resume from it with --resume."
-                )
+                raise RuntimeError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()

@@ -420,3 +420,13 @@ def test_a_second_run_on_the_same_out_dir_is_refused(tmp_path, same_data_dir):
     assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
     assert len(list((tmp_path / "logs" / "csv").glob("version_*"))) == 1  # the second run logged nothing
     assert "Done: 4 steps" in "".join(output)
+
+
+def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path):
+    """Token ids the model has no embedding for used to fail at the first step, with an IndexError."""
+    data = _build(tmp_path / "data", lambda i: same_tokens(i) + 40_000, 8)  # micro-llama: 32,000 ids
+    setup = load_script().setup
+    with pytest.raises(ValueError, match=r"chunk-0-0.bin holds token id 40\d{3}, but --model_name micro-llama has "
+                       r"embeddings for 32,000 ids.*Prepare it with the model's tokenizer"):  # fmt: skip
+        setup(model_name="micro-llama", data_dir=str(data), accelerator="cpu", devices=1, out_dir=tmp_path / "out",
+              global_batch_size=8, micro_batch_size=2, block_size=BLOCK)  # fmt: skip

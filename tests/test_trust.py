@@ -1,4 +1,5 @@
-"""Checkpoints from elsewhere: a planted sharded checkpoint runs no code; pickles are unpickled only when trusted."""
+"""Checkpoints that are broken or from elsewhere: a planted sharded checkpoint runs no code, pickles are unpickled
+only when trusted, a broken newest checkpoint is named, and what is written is whole or absent."""
 
 import pickle
 import re
@@ -71,6 +72,70 @@ def test_planted_sharded_checkpoint_runs_no_code_on_resume_or_conversion(tmp_pat
         assert proc.returncode != 0, (resume, stdout[-2000:])
         assert re.search(message, stderr.strip().splitlines()[-1]), stderr[-2000:]
     assert not marker.exists()
+
+
+def test_resume_auto_names_a_broken_newest_checkpoint_and_the_one_before(tmp_path):
+    from lit_gpt.checkpoint import latest_to_resume
+
+    torch.save({"hparams": {}, "step_count": 2}, tmp_path / "step-00000002.pth")
+    torch.save({"hparams": {}, "step_count": 4}, tmp_path / "step-00000004.pth")
+    assert latest_to_resume(tmp_path) == tmp_path / "step-00000004.pth"
+    whole = (tmp_path / "step-00000004.pth").read_bytes()
+    (tmp_path / "step-00000004.pth").write_bytes(
+        whole[: len(whole) // 2]
+    )  # as a full disk or a copy cut short leave it
+    message = r"newest checkpoint .*step-00000004.pth cannot be used \(.*\); move it away .* step-00000002.pth"
+    with pytest.raises(ValueError, match=message):
+        latest_to_resume(tmp_path)
+    plant_sharded_checkpoint(tmp_path / "step-00000006.pth", tmp_path / "pwned")  # and one that would run code
+    with pytest.raises(ValueError, match=r"step-00000006.pth cannot be used \(.*never holds.*step-00000002.pth"):
+        latest_to_resume(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "step-00000002.pth").unlink()
+    with pytest.raises(ValueError, match="no checkpoint before it can be read: move it away to start afresh"):
+        latest_to_resume(tmp_path)
+
+
+def test_nonfinite_stop_names_a_checkpoint_from_before_the_streak(tmp_path):
+    from lit_gpt.checkpoint import nonfinite_stop_message
+
+    for step in (2, 4, 6):
+        (tmp_path / f"step-{step:08d}.pth").touch()
+    # non-finite steps 4 to 7: the step-4 and step-6 checkpoints were saved during the streak
+    message = nonfinite_stop_message(tmp_path, streak=4, step=7)
+    assert "Stopped at step 7" in message
+    assert "step-00000002.pth, the newest checkpoint saved before the streak began at step 4" in message
+    assert "step-00000004" not in message and "step-00000006" not in message
+    assert "no checkpoint was saved before" in nonfinite_stop_message(tmp_path, streak=6, step=7)
+
+
+def test_writes_are_whole_or_absent(tmp_path):
+    """A write that fails (here on /dev/full, a disk that is always full) leaves neither a truncated file under the
+    final name nor its temporary file; a training save that runs out of space says so and removes its `.tmp`."""
+    import errno
+
+    from lit_gpt.checkpoint import save_checkpoint
+    from lit_gpt.convert import atomic_file
+
+    target = tmp_path / "lit_model.pth"
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.symlink_to("/dev/full")
+        torch.save({"w": torch.zeros(1000)}, tmp)
+    assert list(tmp_path.iterdir()) == []
+
+    class FullDisk:  # a Fabric whose disk fills up halfway through a save
+        global_rank = 0
+
+        def barrier(self):
+            pass
+
+        def save(self, path, state):
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left on device writing .*step-00000004.pth.tmp: free space"):
+        save_checkpoint(FullDisk(), tmp_path / "step-00000004.pth", {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_trust_pickle_reads_a_legacy_pickle(fabric_checkpoints, export_tokenizer_dir, tmp_path, register_test_llama):
