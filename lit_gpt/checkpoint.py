@@ -11,17 +11,30 @@ checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoi
 
 Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
 checkpoint under a `step-*.pth` name. Everything in them is tensors and plain Python values: they load with
-`torch.load(..., weights_only=True)`. To read the model weights of either layout without a process group, use
+`torch.load(..., weights_only=True)`. A sharded checkpoint's `.metadata` is a pickle too, which torch's own reader
+unpickles in full: `DCPReader` reads it with an unpickler that builds nothing but torch.distributed.checkpoint's
+metadata classes (and its non-tensor values with `weights_only=True`), unless the user trusts the checkpoint
+(`--trust_pickle true`). To read the model weights of either layout without a process group, use
 `lit_gpt.convert.training_checkpoint_tensors` (what `scripts/convert_pretrained_checkpoint.py` does).
 """
 
+import contextlib
+import errno
+import fcntl
+import io
+import os
+import pickle
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import lightning as L
 import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 
@@ -30,12 +43,102 @@ def checkpoint_path(out_dir: Path, step: int) -> Path:
     return out_dir / f"step-{step:08d}.pth"
 
 
-def find_latest(out_dir: Path) -> Optional[Path]:
-    """The complete checkpoint with the highest step in `out_dir`, or None (temporary `.tmp` saves are ignored)."""
+@contextlib.contextmanager
+def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir/.lock` for the run, so that a second run started on the same `--out_dir` (a job submitted twice)
+    is refused instead of overwriting this one's checkpoints. Rank 0 takes it before anything is written and every
+    process raises if it cannot. It is an `flock`, which the kernel releases when the process ends, however it ends:
+    a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder)."""
+    lock, error = None, None
+    if fabric.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "a process that has not yet written its name"
+            lock.close()
+            lock = None
+            error = (
+                f"--out_dir {out_dir} is in use by another training run ({holder}; it holds {out_dir}/.lock): two "
+                "runs in one out dir overwrite each other's checkpoints. Wait for it to end or stop it, or pass "
+                "another --out_dir"
+            )
+        else:
+            lock.seek(0)
+            lock.truncate()
+            started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n")
+            lock.flush()
+    error = fabric.broadcast(error)
+    if error:
+        raise FileExistsError(error)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def checkpoints_by_step(out_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, path) of the complete checkpoints in `out_dir`, oldest first (temporary `.tmp` saves are ignored)."""
     if not out_dir.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in out_dir.iterdir() if (m := STEP_PATTERN.match(p.name)))
+
+
+def find_latest(out_dir: Path) -> Optional[Path]:
+    """The complete checkpoint with the highest step in `out_dir`, or None."""
+    found = checkpoints_by_step(out_dir)
+    return found[-1][1] if found else None
+
+
+def latest_to_resume(out_dir: Path, trust_pickle: bool = False) -> Optional[Path]:
+    """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose metadata cannot
+    be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the newest
+    earlier one that can be read."""
+    found = [p for _, p in reversed(checkpoints_by_step(out_dir))]
+    if not found:
         return None
-    found = [(int(m.group(1)), p) for p in out_dir.iterdir() if (m := STEP_PATTERN.match(p.name))]
-    return max(found)[1] if found else None
+    try:
+        load_metadata(found[0], trust_pickle)
+        return found[0]
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    previous = next((p for p in found[1:] if _readable(p, trust_pickle)), None)
+    instead = (
+        f"move it away (for example to {found[0].name}.broken, which is not picked up) to resume from the newest "
+        f"complete one before it, {previous.name}"
+        if previous
+        else "no checkpoint before it can be read: move it away to start afresh, or pass another --out_dir"
+    )
+    raise ValueError(f"--resume auto: the newest checkpoint {found[0]} cannot be used ({reason}); {instead}")
+
+
+def _readable(path: Path, trust_pickle: bool) -> bool:
+    try:
+        load_metadata(path, trust_pickle)
+        return True
+    except Exception:
+        return False
+
+
+def nonfinite_stop_message(out_dir: Path, streak: int, step: int) -> str:
+    """Why a run stopped after `streak` non-finite steps in a row up to `step`, and what to resume from: a checkpoint
+    saved before the streak began (those saved during it hold the weights that diverged)."""
+    first = step - streak + 1
+    safe = next((p for s, p in reversed(checkpoints_by_step(out_dir)) if s < first), None)
+    advice = (
+        f"resume from {safe}, the newest checkpoint saved before the streak began at step {first}, with "
+        f"--resume {safe} and another --out_dir"
+        if safe
+        else f"start again: no checkpoint was saved before the streak began at step {first}"
+    )
+    return (
+        f"{streak} optimizer steps in a row had a non-finite gradient norm (each was skipped). Stopped at step "
+        f"{step}. Lower --learning_rate or raise --warmup_steps, and {advice}."
+    )
 
 
 def later_checkpoints(out_dir: Path, resume_from: Path) -> list:
@@ -54,12 +157,30 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
     if fabric.global_rank == 0:
         remove(tmp)  # left by a crash during an earlier save
     fabric.barrier()
-    fabric.save(tmp, state)
+    try:
+        fabric.save(tmp, state)
+    except (OSError, RuntimeError) as e:
+        full = _disk_full(e, path.parent)
+        remove(tmp)
+        if full:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device writing {tmp}: free space on that disk and resume with --resume auto (the "
+                f"checkpoints saved before are intact; the partial {tmp.name} is removed)",
+            ) from e
+        raise
     fabric.barrier()
     if fabric.global_rank == 0:
         remove(path)
         tmp.rename(path)
     fabric.barrier()
+
+
+def _disk_full(e: BaseException, directory: Path) -> bool:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    # torch's file writer loses the errno ("unexpected pos ...", "basic_ios::clear: iostream error")
+    return shutil.disk_usage(directory).free < 2**24
 
 
 def remove(path: Path) -> None:
@@ -69,15 +190,136 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def load_metadata(path: Path) -> Dict[str, Any]:
-    """Everything in the checkpoint at `path` except the model and optimizer tensors (cheap: no tensor is read)."""
+########################
+# Sharded checkpoints read without running code
+########################
+# everything the `.metadata` pickle of a torch.distributed.checkpoint directory holds: its dataclasses, sizes,
+# dtypes, layouts, the memory-format enum and the checkpoint's path (pathlib is `pathlib._local` from Python 3.13)
+_DCP_METADATA_GLOBALS = {
+    *(
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    ),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    *((module, name) for module in ("pathlib", "pathlib._local") for name in ("PosixPath", "PurePosixPath")),
+    ("collections", "OrderedDict"),
+}  # fmt: skip
+TRUST_HINT = "If the checkpoint comes from a source you trust, pass --trust_pickle true."
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the classes of `_DCP_METADATA_GLOBALS` and torch dtypes: a pickle that names
+    anything else (`os.system`, `builtins.eval`, ...) is refused before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if dtype or (module, name) in _DCP_METADATA_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
+    """The `torch.distributed.checkpoint.metadata.Metadata` in the `.metadata` file `file`, unpickled with
+    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory."""
+    with open(file, "rb") as f:
+        if trust_pickle:
+            return pickle.load(f)
+        try:
+            metadata = _MetadataUnpickler(f).load()
+        except pickle.UnpicklingError as e:
+            raise ValueError(
+                f"{file} names {e}, which the metadata of a sharded checkpoint never holds: unpickling it could run "
+                f"arbitrary code, so it is not read. {TRUST_HINT}"
+            ) from None
+        except Exception as e:  # truncated, or not a pickle
+            raise ValueError(f"{file} cannot be read ({type(e).__name__}: {e}): it is truncated or corrupt") from None
+    storage = getattr(metadata, "storage_data", None)
+    files = [getattr(info, "relative_path", None) for info in (storage or {}).values()]
+    if not hasattr(metadata, "state_dict_metadata") or not all(isinstance(f, str) and "/" not in f for f in files):
+        raise ValueError(f"{file} is not the metadata of a sharded checkpoint whose shards lie beside it")
+    return metadata
+
+
+class DCPReader(FileSystemReader):
+    """torch.distributed.checkpoint's file reader, with `.metadata` read by `read_dcp_metadata` and the values that
+    are not tensors (optimizer hyperparameters) by `torch.load(weights_only=True)`, unless `trust_pickle`."""
+
+    def __init__(self, path: Path, trust_pickle: bool = False) -> None:
+        super().__init__(path)
+        self.trust_pickle = trust_pickle
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        metadata = read_dcp_metadata(Path(self._get_metadata_path(kwargs.get("rank"))), self.trust_pickle)
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def planner(self) -> DefaultLoadPlanner:
+        return DefaultLoadPlanner() if self.trust_pickle else _WeightsOnlyLoadPlanner()
+
+
+class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        # torch's planner unpickles these in full; what passes `weights_only` is saved again for it to read
+        safe = io.BytesIO()
+        torch.save(torch.load(value, weights_only=True), safe)
+        safe.seek(0)
+        super().load_bytes(read_item, safe)
+
+
+def dcp_load(state: Dict[str, Any], path: Path, trust_pickle: bool = False, **kwargs: Any) -> None:
+    """`torch.distributed.checkpoint.load(state, ...)` from the directory `path` through `DCPReader`."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = DCPReader(path, trust_pickle)
+    dcp.load(state, storage_reader=reader, planner=reader.planner(), **kwargs)
+
+
+def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict[str, Any]:
+    """What `fabric.load(path, state)` does for a sharded checkpoint (Lightning's
+    `strategies.model_parallel._load_checkpoint`), with `dcp_load` instead of a plain `dcp.load`."""
+    from lightning.fabric.wrappers import _unwrap_objects
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    model, optimizer = _unwrap_objects(state["model"]), _unwrap_objects(state["optimizer"])
+    model_state = {"model": get_model_state_dict(model)}
+    dcp_load(model_state, path, trust_pickle)
+    model.load_state_dict(model_state["model"], strict=True)
+    optimizer_state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
+    dcp_load(optimizer_state, path, trust_pickle)
+    options = StateDictOptions(cpu_offload=True)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state["optimizer"], options=options)
+    metadata = torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
+    missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
+    if missing:
+        raise KeyError(f"{path}/meta.pt lacks {missing}: it is not a checkpoint of pretrain/tinyllama.py")
+    for key in state.keys() - {"model", "optimizer"}:
+        state[key] = metadata.pop(key)
+    return metadata
+
+
+def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
+    """Everything in the checkpoint at `path` except the model and optimizer tensors (cheap: no tensor is read).
+    A sharded checkpoint's `.metadata` is read too, so that one that would run code is refused here."""
     if path.is_dir():
-        if not (path / "meta.pt").is_file():
-            raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt")
-        return torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+        if not (path / "meta.pt").is_file() or not (path / ".metadata").is_file():
+            raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt or .metadata")
+        read_dcp_metadata(path / ".metadata", trust_pickle)
+        return torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}; pass `--resume auto` to pick the latest in --out_dir")
-    checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=True)
+    checkpoint = torch.load(path, mmap=True, map_location="cpu", weights_only=not trust_pickle)
     return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
 
 
@@ -123,9 +365,15 @@ def check_compatible(
         )
 
 
-def load_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any], model_config: Dict[str, Any]) -> None:
+def load_checkpoint(
+    fabric: L.Fabric, path: Path, state: Dict[str, Any], model_config: Dict[str, Any], trust_pickle: bool = False
+) -> None:
     """Check `path` against this run, then load it into `state` in place (model, optimizer and the rest)."""
-    check_compatible(path, load_metadata(path), model_config, fabric.world_size, state["hparams"])
-    remainder = fabric.load(path, state, weights_only=True)
+    check_compatible(path, load_metadata(path, trust_pickle), model_config, fabric.world_size, state["hparams"])
+    if path.is_dir():
+        remainder = _load_sharded(path, state, trust_pickle)
+        fabric.barrier()
+    else:
+        remainder = fabric.load(path, state, weights_only=not trust_pickle)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")

@@ -10,6 +10,7 @@ Three formats meet here:
 The weight mapping between lit and HF names lives in `lit_gpt/hf.py`; this module only moves tensors.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -74,11 +75,12 @@ def check_weights(shapes: Dict[str, torch.Size], config: Config, source: str, hi
             raise ValueError(f"{source} has a weight {key!r} that {config.name!r} does not have. {hint}")
 
 
-# what an earlier conversion (or transformers' `save_pretrained`) may have left in an output directory: files that
+# the files a conversion writes (globs): what an earlier run of the same converter left in an output directory, that
 # the loaders would pick up next to, or instead of, the new ones (transformers reads a stale `model.safetensors` rather
 # than new shards, and a stale `tokenizer.json` rather than a new `tokenizer.model`)
 _TOKENIZER_OUTPUTS = (*TOKENIZER_FILES, "added_tokens.json", "chat_template.jinja", "chat_template.json")
-LIT_OUTPUTS = ("lit_config.json", "lit_model.pth", *_TOKENIZER_OUTPUTS)
+LIT_WEIGHT_OUTPUTS = ("lit_config.json", "lit_model.pth", "lit_*.tmp")
+LIT_OUTPUTS = (*LIT_WEIGHT_OUTPUTS, *_TOKENIZER_OUTPUTS)
 HF_OUTPUTS = (
     "config.json",
     "*.safetensors",
@@ -88,24 +90,73 @@ HF_OUTPUTS = (
     "shard-*.tmp",  # save_hf_weights' files before their rename
     *_TOKENIZER_OUTPUTS,
 )
+# written into an output directory before any other file: which converter owns the files of its outputs there
+OUTPUT_RECORD = ".lit_gpt_conversion.json"
 
 
-def ensure_empty_dir(output_dir: Path, overwrite: bool, outputs: Tuple[str, ...]) -> None:
-    """Create `output_dir`, or refuse a non-empty one unless `overwrite`; with `overwrite`, delete the files matching
-    the glob patterns `outputs` (those a conversion writes) and keep the others, so that nothing of an earlier
-    conversion is loaded with the new one while a mistyped path loses only checkpoint files."""
+def prepare_output_dir(
+    output_dir: Path,
+    overwrite: bool,
+    outputs: Tuple[str, ...],
+    script: str,
+    inputs: Dict[str, Path],
+    require_empty: bool = True,
+) -> None:
+    """Make `output_dir` ready for `script`, a converter that writes files matching the globs `outputs`.
+
+    Refused: an `output_dir` that is, lies inside or holds one of `inputs` (flag -> path); without `overwrite`, a
+    non-empty one (with `require_empty`) or one that holds a file of `outputs`; with `overwrite`, one that holds a
+    file of `outputs` that `script` did not write there (`OUTPUT_RECORD` does not name it). Otherwise the files of
+    `outputs` are deleted, so that nothing of the earlier conversion is loaded with the new one, other files are
+    kept, and the record is written: nothing but the converter's own earlier output is ever deleted.
+    """
+    check_apart_from_inputs(output_dir, inputs)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output_dir {str(output_dir)!r} exists and is a file; pass a directory")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+    stale = sorted({p for pattern in outputs for p in output_dir.glob(pattern) if p.is_file() or p.is_symlink()})
+    nonempty = output_dir.is_dir() and any(output_dir.iterdir()) if require_empty else bool(stale)
+    if nonempty and not overwrite:
         raise FileExistsError(
-            f"--output_dir {str(output_dir)!r} is not empty; pass --overwrite true to replace the checkpoint files "
-            "in it, or choose another directory"
+            f"--output_dir {str(output_dir)!r} is not empty; pass --overwrite true to replace the files of an earlier "
+            f"conversion by {script} in it, or choose another directory"
+        )
+    record = _output_record(output_dir)
+    if stale and script not in record:
+        names = ", ".join(p.name for p in stale[:5]) + (", ..." if len(stale) > 5 else "")
+        raise FileExistsError(
+            f"--output_dir {str(output_dir)!r} holds {names}, which {script} did not write (no {OUTPUT_RECORD} of it "
+            "there): --overwrite true replaces only its own earlier output. Move them away or choose another "
+            "directory"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
-    for pattern in outputs:
-        for path in output_dir.glob(pattern):
-            if path.is_file() or path.is_symlink():
-                path.unlink()
+    for path in stale:
+        path.unlink()
+    with atomic_file(output_dir / OUTPUT_RECORD) as tmp, open(tmp, "w", encoding="utf-8") as fp:
+        json.dump({**record, script: list(outputs)}, fp, indent=2)
+
+
+def _output_record(output_dir: Path) -> Dict[str, List[str]]:
+    """script -> its output globs, of the converters that wrote into `output_dir` ({} if none did)."""
+    try:
+        record = json.loads((output_dir / OUTPUT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_apart_from_inputs(output_dir: Path, inputs: Dict[str, Path]) -> None:
+    """Refuse an `output_dir` that is, lies inside or holds one of `inputs` (flag -> path), where writing or
+    replacing files could destroy an input."""
+    out = output_dir.resolve()
+    for flag, path in inputs.items():
+        source = Path(path).resolve()
+        relation = "is" if out == source else "lies inside" if source in out.parents else None
+        relation = relation or ("holds" if out in source.parents else None)
+        if relation:
+            raise ValueError(
+                f"--output_dir {str(output_dir)!r} {relation} {flag} {str(path)!r}: the conversion could overwrite "
+                f"or delete its input. Choose an --output_dir outside {flag} (and not holding it)"
+            )
 
 
 def copy_tokenizer_files(source_dir: Path, output_dir: Path) -> List[str]:
@@ -118,11 +169,28 @@ def copy_tokenizer_files(source_dir: Path, output_dir: Path) -> List[str]:
 
 
 def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, output_dir: Path) -> None:
-    """`lit_config.json` and `lit_model.pth`, the tensors in the order of `GPT(config).state_dict()`."""
+    """`lit_config.json` and then `lit_model.pth`, the tensors in the order of `GPT(config).state_dict()`, each
+    written whole or not at all (`atomic_file`): a `lit_model.pth` there is a complete conversion."""
     with torch.device("meta"):
         order = list(GPT(config).state_dict())
-    config.to_file(output_dir / "lit_config.json")
-    torch.save({k: state_dict[k] for k in order}, output_dir / "lit_model.pth")
+    with atomic_file(output_dir / "lit_config.json") as tmp:
+        config.to_file(tmp)
+    with atomic_file(output_dir / "lit_model.pth") as tmp:
+        torch.save({k: state_dict[k] for k in order}, tmp)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path` to write to, renamed onto `path` once written and synced to disk: a kill or a
+    full disk leaves no truncated file under the final name, and no temporary file either when it raises."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def lit_checkpoint_files(checkpoint_dir: Path) -> Tuple[Config, Path]:
@@ -150,13 +218,14 @@ def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
 ########################
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path, weights_only: bool = True) -> dict:
     try:
-        return torch.load(path, mmap=True, weights_only=True, map_location="cpu")
+        return torch.load(path, mmap=True, weights_only=weights_only, map_location="cpu")
     except RuntimeError as e:
         if "mmap" not in str(e):
             raise
-        return torch.load(path, weights_only=True, map_location="cpu")  # a legacy (non-zip) file cannot be mapped
+        # a legacy (non-zip) file cannot be mapped
+        return torch.load(path, weights_only=weights_only, map_location="cpu")
 
 
 def is_distributed_checkpoint(path: Path) -> bool:
@@ -167,7 +236,7 @@ def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[s
     """Names (wrapper prefixes stripped) and shapes of the model weights in a training checkpoint, read without
     loading any tensor."""
     if is_distributed_checkpoint(path):
-        return {name: meta.size for name, (_, meta) in _dcp_model_entries(path).items()}
+        return {name: meta.size for name, (_, meta) in _dcp_model_entries(path, trust_pickle).items()}
     return {name: t.shape for name, t in _single_file_model(path, trust_pickle).items()}
 
 
@@ -178,14 +247,15 @@ def training_checkpoint_tensors(
 
     A single file is memory-mapped. A distributed checkpoint is consolidated without a process group: the DCP
     metadata lists every weight and its global shape, and the weights are read in groups of about `group_bytes`,
-    so that the optimizer state is never read and only one group is in flight at a time.
+    so that the optimizer state is never read and only one group is in flight at a time. Its `.metadata` pickle is
+    read without running code unless `trust_pickle` (`lit_gpt.checkpoint.DCPReader`).
     """
     if not is_distributed_checkpoint(path):
         yield from _single_file_model(path, trust_pickle).items()
         return
-    import torch.distributed.checkpoint as dcp
+    from lit_gpt.checkpoint import dcp_load
 
-    entries = _dcp_model_entries(path)
+    entries = _dcp_model_entries(path, trust_pickle)
     group: Dict[str, torch.Tensor] = {}
     size = 0
     names = list(entries)
@@ -196,7 +266,7 @@ def training_checkpoint_tensors(
         if size >= group_bytes or i == len(names) - 1:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
-                dcp.load(group, storage_reader=dcp.FileSystemReader(path), no_dist=True)
+                dcp_load(group, path, trust_pickle, no_dist=True)
             for key, tensor in group.items():
                 yield strip_wrapper_prefixes(key[len("model.") :]), tensor
             group, size = {}, 0
@@ -238,7 +308,7 @@ def _training_hparams(path: Path, trust_pickle: bool = False) -> dict:
     """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
     if is_distributed_checkpoint(path):
         meta = path / "meta.pt"  # Fabric's file for everything besides the sharded tensors
-        state = torch.load(meta, weights_only=True, map_location="cpu") if meta.is_file() else {}
+        state = torch.load(meta, weights_only=not trust_pickle, map_location="cpu") if meta.is_file() else {}
     else:
         state = _load_single_file(path, trust_pickle)
     hparams = state.get("hparams") if isinstance(state, dict) else None
@@ -275,15 +345,16 @@ def _load_single_file(path: Path, trust_pickle: bool = False) -> object:
                 "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. If the file "
                 "comes from a source you trust, pass --trust_pickle true."
             ) from e
-        return torch.load(path, mmap=True, weights_only=False, map_location="cpu")
+        return _torch_load(path, weights_only=False)
 
 
-def _dcp_model_entries(path: Path) -> Dict[str, tuple]:
+def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tuple]:
     """stripped name -> (name in the checkpoint, TensorStorageMetadata) of the weights under the "model" key."""
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = FileSystemReader(path).read_metadata()
+    from lit_gpt.checkpoint import read_dcp_metadata
+
+    metadata = read_dcp_metadata(path / ".metadata", trust_pickle)
     entries = {
         strip_wrapper_prefixes(k[len("model.") :]): (k, meta)
         for k, meta in metadata.state_dict_metadata.items()
@@ -369,7 +440,7 @@ def save_hf_weights(
         os.replace(output_dir / f"shard-{i}.tmp", output_dir / name)
     if n > 1:
         index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in weight_map.items()}}
-        with open(output_dir / "model.safetensors.index.json", "w", encoding="utf-8") as fp:
+        with atomic_file(output_dir / "model.safetensors.index.json") as tmp, open(tmp, "w", encoding="utf-8") as fp:
             json.dump(index, fp, indent=2)
     return n, total, dtype
 

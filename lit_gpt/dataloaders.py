@@ -7,6 +7,7 @@ position in the data, so a resumed run continues with exactly the next batch (wi
 more, litdata's restored position can repeat or skip a few sequences of the interrupted epoch).
 """
 
+import json
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -27,6 +28,36 @@ def check_data_dir(data_dir: str) -> None:
             "Prepare them with scripts/prepare_slimpajama.py and scripts/prepare_starcoder.py (see "
             "tutorials/pretrain_tinyllama.md), or pass --data_dir pointing to the folder that holds them."
         )
+
+
+def check_token_ids(data_dir: str, vocab_size: int, model_name: str) -> None:
+    """Refuse, before any work, local data whose first chunk in a source folder holds a token id that the model has no
+    embedding for: data tokenized with a tokenizer of a larger vocabulary, which would fail at the first step (an
+    IndexError on CPU, a device-side assert on a GPU). One chunk per folder is read (a few MB): a tokenizer that does
+    not fit shows in every chunk."""
+    import numpy as np
+    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+
+    if "://" in data_dir:
+        return
+    for sub in (*TRAIN_DIRS, VAL_DIR):
+        index = json.loads((Path(data_dir) / sub / "index.json").read_text())
+        serializer, code = index["config"]["data_format"][0].split(":")
+        if not index["chunks"] or index["config"].get("compression") or not serializer.startswith("no_header_"):
+            continue
+        dtype = _NUMPY_DTYPES_MAPPING[int(code)] if serializer == "no_header_numpy" else None
+        dtype = dtype or torch.empty(0, dtype=_TORCH_DTYPES_MAPPING[int(code)]).numpy().dtype
+        chunk = index["chunks"][0]
+        path = Path(data_dir) / sub / chunk["filename"]
+        # litdata's chunk header: the number of items and their offsets, as uint32
+        tokens = np.memmap(path, dtype=dtype, mode="r", offset=(chunk["chunk_size"] + 2) * 4)
+        top = int(tokens.max()) if tokens.size else -1
+        if top >= vocab_size:
+            raise ValueError(
+                f"{path} holds token id {top}, but --model_name {model_name} has embeddings for {vocab_size:,} ids "
+                "(its padded_vocab_size): the data was tokenized with a tokenizer of a larger vocabulary. Prepare "
+                "it with the model's tokenizer, or train a model whose vocabulary holds the tokenizer's"
+            )
 
 
 def join(data_dir: str, sub: str) -> str:

@@ -35,12 +35,21 @@ from lit_gpt.checkpoint import (  # noqa: E402
     checkpoint_path,
     find_latest,
     later_checkpoints,
+    latest_to_resume,
     load_checkpoint,
+    nonfinite_stop_message,
+    own_out_dir,
     save_checkpoint,
 )
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
-from lit_gpt.dataloaders import check_data_dir, cycle_full_batches, train_dataloader, val_dataloader  # noqa: E402
+from lit_gpt.dataloaders import (  # noqa: E402
+    check_data_dir,
+    check_token_ids,
+    cycle_full_batches,
+    train_dataloader,
+    val_dataloader,
+)
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
@@ -94,6 +103,7 @@ def setup(
     seed: int = 3407,
     resume: Union[bool, Literal["auto"], Path] = False,
     initial_checkpoint_dir: Optional[Path] = None,
+    trust_pickle: bool = False,
 ) -> None:
     """Pretrain a model from the registry on a weighted mix of SlimPajama and Starcoder.
 
@@ -161,6 +171,10 @@ def setup(
         initial_checkpoint_dir: A lit checkpoint directory (`lit_model.pth` + `lit_config.json`, for example from
             `scripts/convert_hf_checkpoint.py`) whose weights replace the random initialization, to continue
             pretraining a public model. The optimizer and the data start fresh. Ignored when a run resumes.
+        trust_pickle: Resume from a checkpoint that holds pickled Python objects besides tensors and plain values
+            (in a single file, `meta.pt`, or a sharded checkpoint's `.metadata`), which a safe load refuses.
+            Unpickling can run arbitrary code: only for checkpoints from a source you trust. This script's own
+            checkpoints never need it.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     out_dir = out_dir or Path("out") / model_name
@@ -181,6 +195,7 @@ def setup(
             "--out_dir for the resumed run, or move them away."
         )
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
+    check_token_ids(data_dir, config.padded_vocab_size, model_name)
     tokens_per_step = global_batch_size * config.block_size
     if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
         raise ValueError(
@@ -222,13 +237,14 @@ def setup(
     )  # fmt: skip
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
-    hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
-    hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
-    hparams.update(attention=attention)
-    fabric.print(hparams)
-    fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
-    fabric.logger.log_hyperparams(hparams)
-    main(fabric, config, hparams, out_dir, accumulation, resume)
+    with own_out_dir(fabric, out_dir):  # before anything is written there
+        hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
+        hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
+        hparams.update(attention=attention)
+        fabric.print(hparams)
+        fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
+        fabric.logger.log_hyperparams(hparams)
+        main(fabric, config, hparams, out_dir, accumulation, resume)
 
 
 def check_counts(
@@ -293,7 +309,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         "skipped_steps": 0,
     }
     if resume in (True, "auto"):
-        resume = find_latest(out_dir)
+        resume = latest_to_resume(out_dir, h["trust_pickle"])
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if not resume and h["initial_checkpoint_dir"]:
         saved_config, model_file = lit_checkpoint_files(Path(h["initial_checkpoint_dir"]))
@@ -305,7 +321,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
-        load_checkpoint(fabric, Path(resume), state, config.to_dict())
+        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"])
         train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -398,12 +414,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             fabric.print(format_metrics(step, max_steps, metrics))
             fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
-                latest = find_latest(out_dir)
-                raise RuntimeError(
-                    f"{int(nonfinite_streak.item())} optimizer steps in a row had a non-finite gradient norm (each "
-                    f"was skipped). Stopped at step {step}; the latest checkpoint is {latest}. Lower "
-                    "--learning_rate or raise --warmup_steps, and resume from it with --resume."
-                )
+                raise RuntimeError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()

@@ -21,7 +21,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
-from lit_gpt.convert import check_weights, copy_tokenizer_files, hf_checkpoint_tensors, save_lit_checkpoint  # noqa: E402
+from lit_gpt.convert import (  # noqa: E402
+    LIT_OUTPUTS,
+    LIT_WEIGHT_OUTPUTS,
+    check_weights,
+    copy_tokenizer_files,
+    hf_checkpoint_tensors,
+    prepare_output_dir,
+    save_lit_checkpoint,
+)
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
 
 
@@ -30,6 +38,7 @@ def convert(
     model_name: Optional[str] = None,
     output_dir: Optional[Path] = None,
     dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
+    overwrite: bool = False,
 ) -> None:
     """Convert a Hugging Face Llama checkpoint directory to `lit_config.json` + `lit_model.pth`.
 
@@ -39,6 +48,9 @@ def convert(
             `config.json`, named after the directory.
         output_dir: Where to write the lit files; by default `checkpoint_dir` itself.
         dtype: Cast the weights to this dtype; by default they keep the dtype they were saved in.
+        overwrite: Replace the `lit_config.json`, `lit_model.pth` (and, in another `output_dir`, the tokenizer
+            files) that an earlier run of this script wrote there. Files of those names that it did not write are
+            refused, never deleted, and so is an `output_dir` that lies in or holds `checkpoint_dir`.
     """
     if not (checkpoint_dir / "config.json").is_file():
         raise FileNotFoundError(
@@ -55,7 +67,12 @@ def convert(
         hint = "pass the matching --model_name or leave it out to use config.json"
         check_same_architecture(config, from_json, f"{checkpoint_dir}/config.json", hint)
     output_dir = output_dir or checkpoint_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # by default the lit files go next to the Hugging Face files (and the tokenizer stays where it is), but nowhere
+    # else in or around them
+    beside = output_dir.resolve() == checkpoint_dir.resolve()
+    outputs = LIT_WEIGHT_OUTPUTS if beside else LIT_OUTPUTS
+    inputs = {} if beside else {"--checkpoint_dir": checkpoint_dir}
+    prepare_output_dir(output_dir, overwrite, outputs, "convert_hf_checkpoint.py", inputs, require_empty=False)
 
     t0 = time.perf_counter()
     target = getattr(torch, dtype) if dtype else None
@@ -65,8 +82,8 @@ def convert(
     # the architecture was checked against config.json above: a mismatch here is in the weight files
     hint = "Its weight files do not match its config.json: download it again (an interrupted or mixed download)."
     check_weights({k: v.shape for k, v in state_dict.items()}, config, str(checkpoint_dir), hint)
-    save_lit_checkpoint(state_dict, config, output_dir)
     copied = copy_tokenizer_files(checkpoint_dir, output_dir)
+    save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
     n_bytes = sum(t.nbytes for t in state_dict.values())
     also = f" (and copied {', '.join(copied)})" if copied else ""
     if tied:

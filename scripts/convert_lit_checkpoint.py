@@ -23,11 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.convert import (  # noqa: E402
     HF_OUTPUTS,
+    atomic_file,
     check_hf_tokenizer,
-    ensure_empty_dir,
+    check_weights,
     lit_checkpoint_files,
     load_lit_state_dict,
     parse_size,
+    prepare_output_dir,
     save_hf_tokenizer,
     save_hf_weights,
 )
@@ -55,12 +57,19 @@ def convert(
         overwrite: Write into `output_dir` even when it is not empty. The weight, config and tokenizer files that an
             earlier export or `save_pretrained` left there (`*.safetensors`, `*.index.json`, `pytorch_model*.bin`,
             `config.json`, `generation_config.json`, `tokenizer*`, ...) are deleted first, so that transformers
-            loads only the new ones; other files (a README, for example) are kept.
+            loads only the new ones; other files (a README, for example) are kept. Files of those names that this
+            script did not write there (another tool's `save_pretrained`, for example) are refused, never deleted,
+            and so is an `output_dir` that is, lies in or holds `checkpoint_dir`.
     """
     config, model_file = lit_checkpoint_files(checkpoint_dir)
-    ensure_empty_dir(output_dir, overwrite, HF_OUTPUTS)
-    t0 = time.perf_counter()
     state_dict = load_lit_state_dict(model_file)
+    # transformers would refuse the export only when loading it
+    hint = "Its lit_config.json does not describe the weights in lit_model.pth: convert the checkpoint again."
+    check_weights({k: v.shape for k, v in state_dict.items()}, config, str(model_file), hint)
+    prepare_output_dir(
+        output_dir, overwrite, HF_OUTPUTS, "convert_lit_checkpoint.py", {"--checkpoint_dir": checkpoint_dir}
+    )
+    t0 = time.perf_counter()
     target = getattr(torch, dtype) if dtype else None
     items = ((k, v.to(target) if target else v) for k, v in lit_to_hf(state_dict.items(), config))
     shards, n_bytes, saved_dtype = save_hf_weights(items, output_dir, parse_size(max_shard_size))
@@ -69,7 +78,8 @@ def convert(
     hf_config = config_to_hf(config)
     dtype_name = str(saved_dtype).removeprefix("torch.")
     hf_config.update(bos_token_id=bos, eos_token_id=eos, torch_dtype=dtype_name, dtype=dtype_name)
-    with open(output_dir / "config.json", "w", encoding="utf-8") as fp:
+    # written last and whole (a kill leaves none): a config.json there is a complete export
+    with atomic_file(output_dir / "config.json") as tmp, open(tmp, "w", encoding="utf-8") as fp:
         json.dump(hf_config, fp, indent=2)
     print(
         f"Wrote {output_dir}: config.json, {shards} safetensors file(s) ({n_bytes / 1e6:.1f} MB, {dtype_name}), "

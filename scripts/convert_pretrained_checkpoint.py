@@ -23,9 +23,9 @@ from lit_gpt.convert import (  # noqa: E402
     LIT_OUTPUTS,
     check_weights,
     copy_tokenizer_files,
-    ensure_empty_dir,
     is_distributed_checkpoint,
     parse_size,
+    prepare_output_dir,
     save_lit_checkpoint,
     training_checkpoint_config,
     training_checkpoint_shapes,
@@ -55,14 +55,18 @@ def convert(
             used: then this is only checked against it. Needed for checkpoints that record none.
         output_dir: Where to write `lit_config.json`, `lit_model.pth` and the tokenizer files; by default
             `checkpoints/lit-<config name>`.
-        overwrite: Write into `output_dir` even when it is not empty. The files that an earlier conversion left
-            there (`lit_config.json`, `lit_model.pth`, the tokenizer files) are deleted first, so that none of them
-            is read with the new ones; other files are kept.
+        overwrite: Write into `output_dir` even when it is not empty. The files that an earlier run of this script
+            left there (`lit_config.json`, `lit_model.pth`, the tokenizer files) are deleted first, so that none of
+            them is read with the new ones; other files are kept. Files of those names that this script did not
+            write there are refused, never deleted, and so is an `output_dir` that is, lies in or holds
+            `checkpoint_file` or `tokenizer_dir`.
         group_size: Read a sharded checkpoint in groups of tensors of about this size ('1GB', '500MB'); peak
             memory is the model's size plus one group.
         trust_pickle: Also convert a single-file checkpoint that holds pickled Python objects besides tensors
             (other tools' hyperparameters, for example), which a safe load refuses. Unpickling can run arbitrary
             code: only for files from a source you trust. Checkpoints of `pretrain/tinyllama.py` never need it.
+            Also reads a sharded checkpoint whose `.metadata` names classes other than torch.distributed.checkpoint's
+            metadata, or whose `meta.pt` holds pickled objects.
     """
     if not tokenizer_dir.is_dir():
         raise NotADirectoryError(
@@ -85,14 +89,15 @@ def convert(
         else "Pass the --config_name it was trained as, or leave --config_name out to use the config saved in it."
     )
     check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, str(checkpoint_file), hint)
-    ensure_empty_dir(output_dir, overwrite, LIT_OUTPUTS)
+    inputs = {"--checkpoint_file": checkpoint_file, "--tokenizer_dir": tokenizer_dir}
+    prepare_output_dir(output_dir, overwrite, LIT_OUTPUTS, "convert_pretrained_checkpoint.py", inputs)
 
     t0 = time.perf_counter()
     kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
     print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
     state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))
-    save_lit_checkpoint(state_dict, config, output_dir)
     copied = copy_tokenizer_files(tokenizer_dir, output_dir)
+    save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
     n_bytes = sum(t.nbytes for t in state_dict.values())
     print(
         f"Wrote lit_config.json, lit_model.pth ({n_bytes / 1e6:.1f} MB) and {', '.join(copied)} "

@@ -31,7 +31,8 @@ def _registered(register_test_llama):
 
 def test_pretrained_checkpoint_files(fabric_checkpoints, export_lit_dir, export_tokenizer_dir):
     assert fabric_checkpoints["single"].is_file()
-    assert sorted(p.name for p in export_lit_dir.iterdir()) == ["lit_config.json", "lit_model.pth", "tokenizer.model"]
+    names = sorted(p.name for p in export_lit_dir.iterdir())
+    assert names == [".lit_gpt_conversion.json", "lit_config.json", "lit_model.pth", "tokenizer.model"]
     config = Config.from_file(export_lit_dir / "lit_config.json")
     assert config.to_dict() == Config.from_name("test-llama").to_dict()
     state_dict = torch.load(export_lit_dir / "lit_model.pth", weights_only=True)
@@ -73,12 +74,72 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     assert not (tmp_path / "a").exists()
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "keep.txt").write_text("x")
-    (tmp_path / "b" / "tokenizer.json").write_text("{}")  # an earlier conversion's, not in --tokenizer_dir
+    (tmp_path / "b" / "tokenizer.json").write_text("{}")  # another tool's: not this script's to delete
     with pytest.raises(FileExistsError, match="--overwrite"):
         convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b")
+    with pytest.raises(FileExistsError, match="holds tokenizer.json, which convert_pretrained_checkpoint.py did not"):
+        convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b", overwrite=True)
+    assert (tmp_path / "b" / "tokenizer.json").read_text() == "{}"
+    (tmp_path / "b" / "tokenizer.json").unlink()
+    convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b", overwrite=True)
+    # as an earlier conversion from a --tokenizer_dir with a tokenizer.json leaves it: replaced by an overwrite
+    (tmp_path / "b" / "tokenizer.json").write_text("{}")
     convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b", overwrite=True)
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert names == ["keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.model"]
+    assert names == [".lit_gpt_conversion.json", "keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.model"]
+
+
+def _tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_converters_never_delete_their_inputs(fabric_checkpoints, export_tokenizer_dir, export_lit_dir, tmp_path):
+    """An --output_dir that is, lies in or holds an input is refused even with --overwrite true, which used to delete
+    the tokenizer (or the weights) in it before reading them; nothing of the inputs changes."""
+    from scripts.convert_hf_checkpoint import convert as import_hf
+    from scripts.convert_lit_checkpoint import convert as export_hf
+    from scripts.convert_pretrained_checkpoint import convert
+
+    tokenizer = tmp_path / "data" / "tokenizer"
+    tokenizer.mkdir(parents=True)
+    (tokenizer / "tokenizer.model").write_bytes((export_tokenizer_dir / "tokenizer.model").read_bytes())
+    checkpoint = tmp_path / "run" / "step-00000002.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(fabric_checkpoints["single"].read_bytes())
+    lit = tmp_path / "lit"
+    lit.mkdir()
+    for name in ("lit_config.json", "lit_model.pth", "tokenizer.model"):
+        (lit / name).write_bytes((export_lit_dir / name).read_bytes())
+    before = _tree(tmp_path)
+
+    for out, match in [
+        (tokenizer, "is --tokenizer_dir"),
+        (tokenizer / "lit", "lies inside --tokenizer_dir"),
+        (tmp_path / "data", "holds --tokenizer_dir"),
+        (checkpoint.parent, "holds --checkpoint_file"),
+    ]:
+        with pytest.raises(ValueError, match=f"--output_dir .* {match} .*Choose an --output_dir outside"):
+            convert(checkpoint, tokenizer, "test-llama", out, overwrite=True)
+    for out, match in [(lit, "is"), (lit / "hf", "lies inside"), (tmp_path, "holds")]:
+        with pytest.raises(ValueError, match=f"--output_dir .* {match} --checkpoint_dir"):
+            export_hf(lit, out, overwrite=True)
+    assert _tree(tmp_path) == before
+
+    hf = tmp_path / "hf"
+    export_hf(lit, hf)
+    before = _tree(hf)
+    for out, match in [(hf / "lit", "lies inside"), (tmp_path, "holds")]:
+        with pytest.raises(ValueError, match=f"--output_dir .* {match} --checkpoint_dir"):
+            import_hf(hf, output_dir=out, overwrite=True)
+    import_hf(hf)  # by default next to the Hugging Face files, which stay as they are
+    with pytest.raises(FileExistsError, match="--overwrite true"):
+        import_hf(hf)
+    import_hf(hf, overwrite=True)  # its own earlier lit files
+    after = _tree(hf)
+    assert {k: after[k] for k in before if k != ".lit_gpt_conversion.json"} == {
+        k: v for k, v in before.items() if k != ".lit_gpt_conversion.json"
+    }
+    assert torch.load(hf / "lit_model.pth", weights_only=True).keys() == torch.load(lit / "lit_model.pth").keys()
 
 
 def test_refuses_a_checkpoint_with_more_layers_than_the_config(
@@ -465,9 +526,9 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     single, sharded = tmp_path / "lit-1", tmp_path / "lit-2"
     convert(written[1], tokenizer_dir, "micro-llama", single)  # --config_name checked against the saved config
     convert(written[2], tokenizer_dir, output_dir=sharded, group_size="2MB")  # the config from meta.pt
-    # the five files of the tutorial
+    # the five files of the tutorial, and the converter's record of them
     files = ["lit_config.json", "lit_model.pth", "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
-    assert sorted(p.name for p in single.iterdir()) == files
+    assert sorted(p.name for p in single.iterdir()) == [".lit_gpt_conversion.json", *files]
     # the config the run trained: micro-llama with its --block_size, not the registry's
     config = Config.from_file(single / "lit_config.json")
     assert config.to_dict() == Config.from_name("micro-llama", block_size=BLOCK).to_dict()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -279,11 +280,21 @@ def test_initial_checkpoint_of_another_architecture_is_refused(tmp_path, same_da
     assert "lit_config.json says 500000; pass the --model_name of the model in --initial_checkpoint_dir" in proc.stderr
 
 
-def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_data_dir):
-    flags = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
-    one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
+SHARDED_FLAGS = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, same_data_dir) -> Path:
+    """The out dir of an uninterrupted 2-process run with SHARDED_FLAGS (sharded checkpoints of steps 2 and 3)."""
+    two = tmp_path_factory.mktemp("two")
+    run(two, same_data_dir, *SHARDED_FLAGS, devices=2)
+    return two
+
+
+def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_data_dir, two_process_run):
+    flags = SHARDED_FLAGS
+    one, two, resumed = tmp_path / "one", two_process_run, tmp_path / "resumed"
     run(one, same_data_dir, *flags)
-    run(two, same_data_dir, *flags, devices=2)
     for key in ("loss", "grad_norm", "val_loss"):
         expected, actual = metrics(one, key), metrics(two, key)
         assert expected.keys() == actual.keys() and expected, key
@@ -388,3 +399,81 @@ def test_training_step_skips_non_finite_gradients():
     assert torch.isfinite(grad_norm)
     assert not torch.equal(before["lm_head.weight"], model.lm_head.weight)
     assert all(s["step"] == 1 for s in optimizer.state.values())
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused(tmp_path, same_data_dir):
+    """A job started twice (by a scheduler, say) must not share an out dir: the second run is refused, naming the
+    first, whose checkpoints stay its own. The first is paused (SIGSTOP) while the second runs, so that they overlap
+    whatever the speed of the machine."""
+    flags = ["--max_steps", "4", "--save_interval", "2", "--eval_interval", "4", "--resume", "auto"]
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path), *flags]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    output = []
+    try:
+        for line in first.stdout:
+            output.append(line)
+            if line.startswith("step 1/4"):
+                first.send_signal(signal.SIGSTOP)
+                break
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+        first.send_signal(signal.SIGCONT)
+        output += first.stdout.readlines()
+        assert first.wait(timeout=300) == 0, "".join(output)[-3000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode != 0, second.stdout[-2000:]
+    refusal = second.stderr.strip().splitlines()[-1]
+    assert f"is in use by another training run (pid {first.pid} on " in refusal, second.stderr[-2000:]
+    assert "pass another --out_dir" in refusal
+    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000004.pth"]
+    assert torch.load(tmp_path / "step-00000004.pth", weights_only=True)["step_count"] == 4
+    assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
+    assert len(list((tmp_path / "logs" / "csv").glob("version_*"))) == 1  # the second run logged nothing
+    assert "Done: 4 steps" in "".join(output)
+
+
+def test_sigkill_during_a_sharded_save_then_resume_auto_is_the_uninterrupted_run(
+    tmp_path, same_data_dir, two_process_run
+):
+    """Both processes are killed while they write the sharded step-3 checkpoint (its `.tmp` directory exists): the
+    step-2 checkpoint stays the newest complete one, the killed run's lock does not outlive it, and `--resume auto`
+    ends with the uninterrupted run's weights, bit for bit."""
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path)]
+    cmd += [*SHARDED_FLAGS, "--devices", "2"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True
+    )
+    saving = tmp_path / "step-00000003.pth.tmp"
+    try:
+        while proc.poll() is None and not saving.exists():  # the save takes far longer than one look
+            time.sleep(0.001)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000003.pth.tmp"]
+
+    proc = run(tmp_path, same_data_dir, *SHARDED_FLAGS, "--resume", "auto", devices=2)
+    assert "Resumed at step 2" in proc.stdout
+    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000003.pth"]
+    assert metrics(tmp_path)[3] == metrics(two_process_run)[3]
+    expected, resumed = (
+        model_weights(two_process_run / "step-00000003.pth"),
+        model_weights(tmp_path / "step-00000003.pth"),
+    )
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name
+
+
+def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path):
+    """Token ids the model has no embedding for used to fail at the first step, with an IndexError."""
+    data = _build(tmp_path / "data", lambda i: same_tokens(i) + 40_000, 8)  # micro-llama: 32,000 ids
+    setup = load_script().setup
+    with pytest.raises(ValueError, match=r"chunk-0-0.bin holds token id 40\d{3}, but --model_name micro-llama has "
+                       r"embeddings for 32,000 ids.*Prepare it with the model's tokenizer"):  # fmt: skip
+        setup(model_name="micro-llama", data_dir=str(data), accelerator="cpu", devices=1, out_dir=tmp_path / "out",
+              global_batch_size=8, micro_batch_size=2, block_size=BLOCK)  # fmt: skip

@@ -1,0 +1,168 @@
+"""Checkpoints that are broken or from elsewhere: a planted sharded checkpoint runs no code, pickles are unpickled
+only when trusted, a broken newest checkpoint is named, and what is written is whole or absent."""
+
+import pickle
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_pretrain import BLOCK, COMMON, SCRIPT, _build, _env, same_tokens
+
+from lit_gpt.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def same_data_dir(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("same-data"), same_tokens, 40)
+
+
+class _Payload:
+    """Unpickled, it opens `marker` for writing, creating it: what any code run by a malicious pickle could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def plant_sharded_checkpoint(path: Path, marker: Path) -> Path:
+    """A `step-*.pth/` directory like a 1-process run of test_pretrain.py's COMMON flags would write, with a `meta.pt`
+    that fits the run and a `.metadata` pickle whose payload creates `marker`."""
+    path.mkdir(parents=True)
+    config = Config.from_name("micro-llama", block_size=BLOCK).to_dict()
+    hparams = {"model_config": config, "model_name": "micro-llama", "world_size": 1, "micro_batch_size": 2}
+    hparams.update(num_workers=1, seed=3407)
+    torch.save({"hparams": hparams, "step_count": 4, "iter_num": 16, "tokens_seen": 1024}, path / "meta.pt")
+    (path / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    (path / "__0_0.distcp").write_bytes(b"")
+    return path
+
+
+def test_planted_sharded_checkpoint_runs_no_code_on_resume_or_conversion(tmp_path, same_data_dir, export_tokenizer_dir):
+    from scripts.convert_pretrained_checkpoint import convert
+
+    marker = tmp_path / "pwned"
+    out_dir = tmp_path / "out"
+    planted = plant_sharded_checkpoint(out_dir / "step-00000004.pth", marker)
+    message = (
+        r"\.metadata names (io|builtins)\.open, which the metadata of a sharded checkpoint never.*--trust_pickle true"
+    )
+
+    with pytest.raises(ValueError, match=message):
+        convert(planted, export_tokenizer_dir, output_dir=tmp_path / "lit")
+    assert not marker.exists() and not (tmp_path / "lit").exists()
+
+    base = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--devices", "1"]
+    base += ["--max_steps", "6"]
+    # --resume auto picks up the planted directory as the newest checkpoint; both runs at once, to save time
+    outs = {"auto": out_dir, str(planted): tmp_path / "other"}
+    procs = {
+        resume: subprocess.Popen(base + ["--out_dir", str(out), "--resume", resume], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=_env())
+        for resume, out in outs.items()
+    }  # fmt: skip
+    for resume, proc in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode != 0, (resume, stdout[-2000:])
+        assert re.search(message, stderr.strip().splitlines()[-1]), stderr[-2000:]
+    assert not marker.exists()
+
+
+def test_resume_auto_names_a_broken_newest_checkpoint_and_the_one_before(tmp_path):
+    from lit_gpt.checkpoint import latest_to_resume
+
+    torch.save({"hparams": {}, "step_count": 2}, tmp_path / "step-00000002.pth")
+    torch.save({"hparams": {}, "step_count": 4}, tmp_path / "step-00000004.pth")
+    assert latest_to_resume(tmp_path) == tmp_path / "step-00000004.pth"
+    whole = (tmp_path / "step-00000004.pth").read_bytes()
+    (tmp_path / "step-00000004.pth").write_bytes(
+        whole[: len(whole) // 2]
+    )  # as a full disk or a copy cut short leave it
+    message = r"newest checkpoint .*step-00000004.pth cannot be used \(.*\); move it away .* step-00000002.pth"
+    with pytest.raises(ValueError, match=message):
+        latest_to_resume(tmp_path)
+    plant_sharded_checkpoint(tmp_path / "step-00000006.pth", tmp_path / "pwned")  # and one that would run code
+    with pytest.raises(ValueError, match=r"step-00000006.pth cannot be used \(.*never holds.*step-00000002.pth"):
+        latest_to_resume(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "step-00000002.pth").unlink()
+    with pytest.raises(ValueError, match="no checkpoint before it can be read: move it away to start afresh"):
+        latest_to_resume(tmp_path)
+
+
+def test_nonfinite_stop_names_a_checkpoint_from_before_the_streak(tmp_path):
+    from lit_gpt.checkpoint import nonfinite_stop_message
+
+    for step in (2, 4, 6):
+        (tmp_path / f"step-{step:08d}.pth").touch()
+    # non-finite steps 4 to 7: the step-4 and step-6 checkpoints were saved during the streak
+    message = nonfinite_stop_message(tmp_path, streak=4, step=7)
+    assert "Stopped at step 7" in message
+    assert "step-00000002.pth, the newest checkpoint saved before the streak began at step 4" in message
+    assert "step-00000004" not in message and "step-00000006" not in message
+    assert "no checkpoint was saved before" in nonfinite_stop_message(tmp_path, streak=6, step=7)
+
+
+def test_writes_are_whole_or_absent(tmp_path):
+    """A write that fails (here on /dev/full, a disk that is always full) leaves neither a truncated file under the
+    final name nor its temporary file; a training save that runs out of space says so and removes its `.tmp`."""
+    import errno
+
+    from lit_gpt.checkpoint import save_checkpoint
+    from lit_gpt.convert import atomic_file
+
+    target = tmp_path / "lit_model.pth"
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.symlink_to("/dev/full")
+        torch.save({"w": torch.zeros(1000)}, tmp)
+    assert list(tmp_path.iterdir()) == []
+
+    class FullDisk:  # a Fabric whose disk fills up halfway through a save
+        global_rank = 0
+
+        def barrier(self):
+            pass
+
+        def save(self, path, state):
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"No space left on device writing .*step-00000004.pth.tmp: free space"):
+        save_checkpoint(FullDisk(), tmp_path / "step-00000004.pth", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trust_pickle_reads_a_legacy_pickle(fabric_checkpoints, export_tokenizer_dir, tmp_path, register_test_llama):
+    """A checkpoint written without the zip format (`_use_new_zipfile_serialization=False`, older tools) that holds
+    pickled objects: refused, then read with --trust_pickle true (it used to fail: a legacy file cannot be mmapped)."""
+    import argparse
+
+    from scripts.convert_pretrained_checkpoint import convert
+
+    raw = torch.load(fabric_checkpoints["single"], weights_only=True)
+    path = tmp_path / "legacy.pth"
+    torch.save({"model": raw["model"], "args": argparse.Namespace(lr=1e-3)}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="pickled Python objects.*--trust_pickle true"):
+        convert(path, export_tokenizer_dir, "test-llama", tmp_path / "refused")
+    convert(path, export_tokenizer_dir, "test-llama", tmp_path / "trusted", trust_pickle=True)
+    converted = torch.load(tmp_path / "trusted" / "lit_model.pth", weights_only=True)
+    assert all(torch.equal(converted[k], raw["model"][k]) for k in converted)
+
+
+def test_lit_export_checks_the_weights_against_lit_config(export_lit_dir, tmp_path):
+    from scripts.convert_lit_checkpoint import convert
+
+    lit = tmp_path / "lit"
+    lit.mkdir()
+    (lit / "tokenizer.model").write_bytes((export_lit_dir / "tokenizer.model").read_bytes())
+    (lit / "lit_model.pth").write_bytes((export_lit_dir / "lit_model.pth").read_bytes())
+    Config.from_name("micro-llama").to_file(lit / "lit_config.json")  # not the config of these weights
+    with pytest.raises(ValueError, match=r"lit_model.pth does not fit 'micro-llama'.*convert the checkpoint again"):
+        convert(lit, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
