@@ -99,15 +99,18 @@ def all_calls():
 
 
 def _parser(script: str):
-    """The jsonargparse parser of `script`'s `CLI(<function>, ...)` call, built in-process without running it."""
+    """The jsonargparse parser of `script`'s `CLI(<function>, ...)` call (or its argparse `build_parser()`), built
+    in-process without running it."""
     from jsonargparse import CLI, capture_parser
 
     path = ROOT / script
-    target = re.search(r"CLI\((\w+)", path.read_text(encoding="utf-8")).group(1)
+    target = re.search(r"CLI\((\w+)", path.read_text(encoding="utf-8"))
     spec = importlib.util.spec_from_file_location(f"tutorial_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return capture_parser(lambda: CLI(getattr(module, target), as_positional=False, args=[]))
+    if target is None:  # argparse, in a script that runs before jsonargparse is installed (scripts/torch_source.py)
+        return module.build_parser()
+    return capture_parser(lambda: CLI(getattr(module, target.group(1)), as_positional=False, args=[]))
 
 
 def test_tutorials_have_commands():
