@@ -168,3 +168,23 @@ def run_marked_blocks(work: Path) -> int:
                 assert proc.returncode == 0, f"{doc.name}:{line}: {shlex.join(tokens)}\n{proc.stderr[-3000:]}"
                 ran += 1
     return ran
+
+
+def test_sample_data_section_prepares_what_its_commands_read():
+    """The sample-data section of pretrain_tinyllama.md prepares every folder its later commands read, the test split
+    that eval/perplexity.py measures included."""
+    text = (ROOT / "tutorials" / "pretrain_tinyllama.md").read_text(encoding="utf-8")
+    section = text.split("## Try the whole pipeline on the sample data first")[1].split("\n## ")[0]
+    written, perplexity_data = set(), None
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL):
+        for tokens in commands(block):
+            script, args = script_call(tokens)
+            flags = dict(zip(args[::2], args[1::2]))
+            if "--data_dir" in flags:
+                data = flags["--data_dir"]
+                reads = [f"{data}/slimpajama/train", f"{data}/slimpajama/val", f"{data}/starcoder"]
+                reads = reads if script == "pretrain/tinyllama.py" else [data]
+                assert set(reads) <= written, f"{script} reads {sorted(set(reads) - written)}, not prepared before"
+                perplexity_data = data if script == "eval/perplexity.py" else perplexity_data
+            written.add(flags.get("--output_dir"))
+    assert perplexity_data == "data/slimpajama/test"
