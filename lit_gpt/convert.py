@@ -367,8 +367,12 @@ def save_hf_weights(
 
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    umask = os.umask(0)
+    os.umask(umask)
     for i, name in enumerate(names):
         os.replace(output_dir / f"shard-{i}.tmp", output_dir / name)
+        # safetensors writes 0600: give it the mode open() gives (0644 under umask 022), for a shared folder's readers
+        os.chmod(output_dir / name, 0o666 & ~umask)
     if n > 1:
         index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in weight_map.items()}}
         with open(output_dir / "model.safetensors.index.json", "w", encoding="utf-8") as fp:

@@ -2,6 +2,7 @@
 sharded), a real SentencePiece tokenizer, and the exports loaded by transformers (fixtures in conftest.py)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -222,6 +223,21 @@ def test_hf_export_tokenizer_loads_without_sentencepiece(export_lit_dir, export_
     assert theirs["ids"] == [ours.encode_ids(t) for t in texts]
     assert theirs["model_max_length"] == Config.from_file(export_lit_dir / "lit_config.json").block_size == 256
     assert (theirs["bos_token_id"], theirs["eos_token_id"]) == (1, 2)
+
+
+def test_export_files_follow_the_umask(export_lit_dir, tmp_path):
+    """Every exported file (the safetensors shards included, which safetensors writes 0600) has the mode the umask
+    gives new files (0644 under the usual 022; 0640 under 027 here), so that colleagues can read a shared export."""
+    from scripts.convert_lit_checkpoint import convert
+
+    before = os.umask(0o027)
+    try:
+        convert(export_lit_dir, tmp_path / "hf", max_shard_size="1MB")
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert len([n for n in modes if n.endswith(".safetensors")]) > 1
+    assert set(modes.values()) == {0o640}, modes
 
 
 def _max_logit_difference(hf_model, lit_dir: Path) -> float:
