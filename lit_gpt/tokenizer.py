@@ -117,8 +117,9 @@ def sentencepiece_to_tokenizers(model_file: Union[Path, str], add_bos_token: boo
     SentencePiece's BPE merges the adjacent pair whose merged piece has the highest score; a BPE merge list ranked by
     that score (the pieces' vocabulary order on ties) does the same. Spaces and the dummy prefix are SentencePiece's
     normalizer spec, applied as normalizers before the model and not as a pre-tokenizer: the model sees the whole
-    text, as SentencePiece's does, so `"  two"` becomes `▁▁ ▁two` and not `▁▁ two`. Unigram models are converted too;
-    SentencePiece and `tokenizers` can break a tie between two equally scored segmentations differently. Control
+    text, as SentencePiece's does, so `"  two"` becomes `▁▁ ▁two` and not `▁▁ two`. Unigram models are converted too,
+    less exactly: `tokenizers` can break a tie between two equally scored segmentations differently, and can match a
+    control or byte piece spelled out in a text ("<0x41>"), which SentencePiece never does. Control
     tokens (`<s>`) are special tokens: loaded with `split_special_tokens` (as `save_tokenizer_files` writes it), a
     literal "<s>" in a text is text, as for SentencePiece. User-defined symbols become added tokens.
     """

@@ -156,3 +156,30 @@ def test_tokenizer_files_load_with_transformers_alone(prepared, tmp_path, plain_
     assert theirs["decoded"] == [ours.decode(ours.encode_ids(t)) for t in texts]
     assert theirs["model_max_length"] == 256
     assert (theirs["bos_token_id"], theirs["eos_token_id"]) == (ours.bos_id, ours.eos_id) == (1, 2)
+
+
+def test_unigram_tokenizer_json_encodes_like_sentencepiece(tmp_path):
+    """The Unigram path, on text without the spelled-out special pieces it cannot tell from text (see
+    `sentencepiece_to_tokenizers`)."""
+    import sentencepiece as spm
+
+    from lit_gpt.tokenizer import sentencepiece_to_tokenizers
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT.splitlines()),
+        model_prefix=str(tmp_path / "unigram"),
+        model_type="unigram",
+        vocab_size=300,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "unigram.model"))
+    fast = sentencepiece_to_tokenizers(tmp_path / "unigram.model")
+    texts = [t for t in _edge_and_random_texts() if "<" not in t] + TEXT.splitlines()[:3] + ["The  lazy fox\n"]
+    for text in texts:
+        assert fast.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+        assert fast.decode(sp.encode(text)) == sp.decode(sp.encode(text)), text
