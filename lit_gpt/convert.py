@@ -159,9 +159,11 @@ def check_apart_from_inputs(output_dir: Path, inputs: Dict[str, Path]) -> None:
             )
 
 
-def copy_tokenizer_files(source_dir: Path, output_dir: Path) -> List[str]:
+def copy_tokenizer_files(source_dir: Path, output_dir: Path, skip: Tuple[str, ...] = ()) -> List[str]:
     copied = []
     for name in TOKENIZER_FILES:
+        if name in skip:
+            continue
         if (source_dir / name).is_file() and (source_dir / name).resolve() != (output_dir / name).resolve():
             shutil.copyfile(source_dir / name, output_dir / name)
             copied.append(name)
@@ -436,8 +438,12 @@ def save_hf_weights(
 
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    umask = os.umask(0)
+    os.umask(umask)
     for i, name in enumerate(names):
         os.replace(output_dir / f"shard-{i}.tmp", output_dir / name)
+        # safetensors writes 0600: give it the mode open() gives (0644 under umask 022), for a shared folder's readers
+        os.chmod(output_dir / name, 0o666 & ~umask)
     if n > 1:
         index = {"metadata": {"total_size": total}, "weight_map": {k: names[i] for k, i in weight_map.items()}}
         with atomic_file(output_dir / "model.safetensors.index.json") as tmp, open(tmp, "w", encoding="utf-8") as fp:
@@ -445,41 +451,68 @@ def save_hf_weights(
     return n, total, dtype
 
 
-def save_hf_tokenizer(checkpoint_dir: Path, output_dir: Path) -> Tuple[int, int]:
-    """Tokenizer files that `transformers.AutoTokenizer` loads, and `generation_config.json`. Returns the
-    (bos, eos) ids, which `config.json` repeats.
+def save_tokenizer_files(source_dir: Path, output_dir: Path, block_size: int) -> List[str]:
+    """The tokenizer of `source_dir` in `output_dir`, in files that `transformers.AutoTokenizer` loads with nothing
+    but transformers installed (no sentencepiece, no protobuf). Returns the names written.
 
-    `tokenizer.json` and `tokenizer_config.json` are copied when present. A SentencePiece-only directory gets a
-    `tokenizer_config.json` naming `LlamaTokenizer`, which transformers builds from `tokenizer.model`.
+    A SentencePiece `tokenizer.model` is copied together with the `tokenizer.json` that encodes exactly like it
+    (`lit_gpt.tokenizer.sentencepiece_to_tokenizers`), which replaces a `tokenizer.json` of `source_dir`: lit's
+    `Tokenizer` encodes with `tokenizer.model`, and transformers' own conversion of it does not always agree
+    (`LlamaTokenizer` splits "  two" into `▁▁ two`, SentencePiece into `▁▁ ▁two`). `tokenizer_config.json` (the
+    source's, or one made from the tokenizer's special tokens) then names the generic `PreTrainedTokenizerFast`,
+    which takes `tokenizer.json` as it is. A `tokenizer.json` without `tokenizer.model` is copied as it is. Either
+    way `model_max_length` is the model's `block_size`.
     """
+    from lit_gpt.tokenizer import Tokenizer, sentencepiece_to_tokenizers
+
+    tokenizer = Tokenizer(source_dir)
+    from_sentencepiece = tokenizer.backend == "sentencepiece"
+    config_file = source_dir / "tokenizer_config.json"
+    config = (
+        json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else _tokenizer_config(tokenizer)
+    )
+    skip = ("tokenizer_config.json", "tokenizer.json") if from_sentencepiece else ("tokenizer_config.json",)
+    written = copy_tokenizer_files(source_dir, output_dir, skip)
+    if from_sentencepiece:
+        fast = sentencepiece_to_tokenizers(source_dir / "tokenizer.model", add_bos_token=tokenizer.add_bos_token)
+        fast.save(str(output_dir / "tokenizer.json"))
+        # split_special_tokens: a literal "<s>" in a text is text, as SentencePiece encodes it
+        config.update(tokenizer_class="PreTrainedTokenizerFast", split_special_tokens=True)
+        written.append("tokenizer.json")
+    config["model_max_length"] = block_size
+    with open(output_dir / "tokenizer_config.json", "w", encoding="utf-8") as fp:
+        json.dump(config, fp, indent=2)
+    return [*written, "tokenizer_config.json"]
+
+
+def _tokenizer_config(tokenizer) -> dict:
+    """A `tokenizer_config.json` for a tokenizer directory that has none: its special tokens and `add_bos_token`."""
+    ids = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id}
+    if tokenizer.backend == "sentencepiece":
+        ids["unk"] = tokenizer.processor.unk_id()
+        to_token = tokenizer.processor.id_to_piece
+    else:
+        to_token = tokenizer.processor.id_to_token
+    special = {f"{k}_token": to_token(i) for k, i in ids.items() if i is not None and 0 <= i < tokenizer.vocab_size}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **{k: v for k, v in special.items() if v is not None},
+        "add_bos_token": tokenizer.add_bos_token,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+
+
+def save_hf_tokenizer(checkpoint_dir: Path, output_dir: Path, block_size: int) -> Tuple[int, int]:
+    """The tokenizer files of `save_tokenizer_files`, and `generation_config.json`. Returns the (bos, eos) ids, which
+    `config.json` repeats."""
     from lit_gpt.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(checkpoint_dir)
-    copied = copy_tokenizer_files(checkpoint_dir, output_dir)
+    written = save_tokenizer_files(checkpoint_dir, output_dir, block_size)
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else 1
     eos = tokenizer.eos_id if tokenizer.eos_id is not None else 2
-    if "tokenizer_config.json" not in copied:
-        if tokenizer.backend == "sentencepiece":
-            tokenizer_class = "LlamaTokenizer"
-            special = {
-                f"{k}_token": tokenizer.processor.id_to_piece(i)
-                for k, i in (("bos", bos), ("eos", eos), ("unk", tokenizer.processor.unk_id()))
-                if 0 <= i < tokenizer.vocab_size
-            }
-        else:
-            tokenizer_class = "PreTrainedTokenizerFast"
-            special = {f"{k}_token": tokenizer.processor.id_to_token(i) for k, i in (("bos", bos), ("eos", eos))}
-        tokenizer_config = {
-            "tokenizer_class": tokenizer_class,
-            **{k: v for k, v in special.items() if v is not None},
-            "add_bos_token": tokenizer.add_bos_token,
-            "add_eos_token": False,
-            "legacy": False,
-            "clean_up_tokenization_spaces": False,
-        }
-        with open(output_dir / "tokenizer_config.json", "w", encoding="utf-8") as fp:
-            json.dump(tokenizer_config, fp, indent=2)
-    if "generation_config.json" not in copied:
+    if "generation_config.json" not in written:
         with open(output_dir / "generation_config.json", "w", encoding="utf-8") as fp:
             json.dump({"bos_token_id": bos, "eos_token_id": eos, "transformers_version": _transformers_version()}, fp)
     return bos, eos

@@ -1,10 +1,14 @@
-"""The tokenizer of a checkpoint directory: SentencePiece (`tokenizer.model`) or HF tokenizers (`tokenizer.json`)."""
+"""The tokenizer of a checkpoint directory: SentencePiece (`tokenizer.model`) or HF tokenizers (`tokenizer.json`), and
+the `tokenizer.json` that encodes like a SentencePiece model (for exports that load with transformers alone)."""
 
 import json
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, Union
 
 import torch
+
+if TYPE_CHECKING:
+    import tokenizers
 
 
 class Tokenizer:
@@ -105,6 +109,81 @@ class Tokenizer:
         if isinstance(ids, int):
             ids = [ids]
         return self.processor.decode(ids)
+
+
+def sentencepiece_to_tokenizers(model_file: Union[Path, str], add_bos_token: bool = False) -> "tokenizers.Tokenizer":
+    """A Hugging Face `tokenizers.Tokenizer` that gives the ids of the SentencePiece model in `model_file`.
+
+    SentencePiece's BPE merges the adjacent pair whose merged piece has the highest score; a BPE merge list ranked by
+    that score (the pieces' vocabulary order on ties) does the same. Spaces and the dummy prefix are SentencePiece's
+    normalizer spec, applied as normalizers before the model and not as a pre-tokenizer: the model sees the whole
+    text, as SentencePiece's does, so `"  two"` becomes `▁▁ ▁two` and not `▁▁ two`. Unigram models are converted too,
+    less exactly: `tokenizers` can break a tie between two equally scored segmentations differently, and can match a
+    control or byte piece spelled out in a text ("<0x41>"), which SentencePiece never does. Control
+    tokens (`<s>`) are special tokens: loaded with `split_special_tokens` (as `save_tokenizer_files` writes it), a
+    literal "<s>" in a text is text, as for SentencePiece. User-defined symbols become added tokens.
+    """
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import AddedToken, Regex, decoders, models, normalizers, processors
+    from tokenizers import Tokenizer as HFTokenizer
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    trainer, spec = proto.trainer_spec, proto.normalizer_spec
+    piece_type = sentencepiece_model_pb2.ModelProto.SentencePiece
+    pieces = [(p.piece, p.score, p.type) for p in proto.pieces]
+    matched = {piece_type.NORMAL, piece_type.USER_DEFINED}  # the pieces a text is made of; bytes only as a fallback
+    unk_id = next((i for i, (_, _, kind) in enumerate(pieces) if kind == piece_type.UNKNOWN), None)
+    if trainer.model_type == trainer.BPE:
+        vocab = {piece: i for i, (piece, _, _) in enumerate(pieces)}
+        parts = {piece for piece, _, kind in pieces if kind in matched}
+        merges = sorted(
+            (-score, i, vocab[piece[:k]], vocab[piece[k:]], piece[:k], piece[k:])
+            for i, (piece, score, kind) in enumerate(pieces)
+            if kind == piece_type.NORMAL
+            for k in range(1, len(piece))
+            if piece[:k] in parts and piece[k:] in parts
+        )
+        unk = pieces[unk_id][0] if unk_id is not None else None
+        model = models.BPE(
+            vocab, [m[-2:] for m in merges], unk_token=unk, fuse_unk=True, byte_fallback=trainer.byte_fallback
+        )
+    elif trainer.model_type == trainer.UNIGRAM:
+        lowest = min(score for _, score, _ in pieces) - 10.0  # bytes and control tokens are never matched as text
+        vocab = [(piece, score if kind in matched else lowest) for piece, score, kind in pieces]
+        model = models.Unigram(vocab, unk_id, trainer.byte_fallback)
+    else:
+        raise ValueError(
+            f"{model_file} is a SentencePiece {trainer.ModelType.Name(trainer.model_type)} model; only BPE and "
+            "Unigram models convert to tokenizer.json"
+        )
+    if trainer.treat_whitespace_as_suffix:
+        raise ValueError(
+            f"{model_file} puts '▁' at the end of words (treat_whitespace_as_suffix), which this conversion does not"
+        )
+
+    tokenizer = HFTokenizer(model)
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:
+        # SentencePiece strips and collapses spaces only, not tabs or newlines
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend(" "))
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tokenizer.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if spec.add_dummy_prefix else []))
+    special = {piece_type.CONTROL, piece_type.UNKNOWN}
+    tokenizer.add_special_tokens([AddedToken(p, special=True, normalized=False) for p, _, t in pieces if t in special])
+    user = [AddedToken(p, normalized=False) for p, _, t in pieces if t == piece_type.USER_DEFINED]
+    tokenizer.add_tokens(user)
+    if add_bos_token and trainer.bos_id >= 0:
+        bos = (pieces[trainer.bos_id][0], trainer.bos_id)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos[0]} $A", pair=f"{bos[0]} $A {bos[0]} $B", special_tokens=[bos]
+        )
+    return tokenizer
 
 
 def _read_json(path: Path) -> dict:

@@ -4,9 +4,10 @@
         --output_dir checkpoints/hf-tiny-llama-1.1b
 
 The output loads with `transformers.AutoModelForCausalLM.from_pretrained(output_dir)` and
-`AutoTokenizer.from_pretrained(output_dir)` and nothing else: `config.json` (LlamaConfig), `model.safetensors`
-(`model-0000i-of-0000n.safetensors` + `model.safetensors.index.json` above `--max_shard_size`),
-`generation_config.json` and the tokenizer files. Weights are mapped one tensor at a time (`lit_gpt/hf.py`) from the
+`AutoTokenizer.from_pretrained(output_dir)` and nothing else (no sentencepiece): `config.json` (LlamaConfig),
+`model.safetensors` (`model-0000i-of-0000n.safetensors` + `model.safetensors.index.json` above `--max_shard_size`),
+`generation_config.json` and the tokenizer files, with a `tokenizer.json` that encodes like `tokenizer.model`
+(`lit_gpt/convert.py: save_tokenizer_files`). Weights are mapped one tensor at a time (`lit_gpt/hf.py`) from the
 memory-mapped `lit_model.pth`, so only one shard is in memory.
 """
 
@@ -36,7 +37,7 @@ from lit_gpt.convert import (  # noqa: E402
 from lit_gpt.hf import config_to_hf, lit_to_hf  # noqa: E402
 
 # a probe for the tokenizer check: spaces, newlines, digits, code, non-ASCII
-_PROBE = "Hello world!  Two  spaces\n\tdef f(x):\n        return x ** 2  # 3.14159\nÜber naïve café, 東京 🙂"
+_PROBE = "  two <s> Hello world!  Two  spaces\n\tdef f(x):\n        return x ** 2  # 3.14159\nÜber naïve café, 東京 🙂"
 
 
 def convert(
@@ -74,7 +75,7 @@ def convert(
     items = ((k, v.to(target) if target else v) for k, v in lit_to_hf(state_dict.items(), config))
     shards, n_bytes, saved_dtype = save_hf_weights(items, output_dir, parse_size(max_shard_size))
 
-    bos, eos = save_hf_tokenizer(checkpoint_dir, output_dir)
+    bos, eos = save_hf_tokenizer(checkpoint_dir, output_dir, config.block_size)
     hf_config = config_to_hf(config)
     dtype_name = str(saved_dtype).removeprefix("torch.")
     hf_config.update(bos_token_id=bos, eos_token_id=eos, torch_dtype=dtype_name, dtype=dtype_name)
@@ -88,10 +89,8 @@ def convert(
     difference = check_hf_tokenizer(checkpoint_dir, output_dir, _PROBE)
     if difference:
         print(
-            f"Warning: transformers' tokenizer for {output_dir} encodes text differently from the SentencePiece "
-            f"model ({difference}). transformers rebuilds Llama tokenizers with Llama's normalization (no NFKC, "
-            "spaces kept); train the tokenizer with normalization_rule_name='identity' and "
-            "remove_extra_whitespaces=False, or ship a tokenizer.json in the checkpoint directory.",
+            f"Warning: transformers' tokenizer for {output_dir} encodes text differently from lit's tokenizer for "
+            f"{checkpoint_dir} ({difference}); the model would not see the ids it was trained on.",
             file=sys.stderr,
         )
 

@@ -5,8 +5,9 @@
 
 Writes `lit_config.json` (the model config saved in the checkpoint), `lit_model.pth` (the model's state dict, without
 optimizer state and without the `_orig_mod.`/`_forward_module.`/`module.` prefixes of torch.compile, Fabric and DDP)
-and copies the tokenizer files found in `--tokenizer_dir`. The checkpoint is either one file (`fabric.save` on one
-process, or with a full state dict) or a sharded directory (`fabric.save` with
+and the tokenizer files found in `--tokenizer_dir`, with a `tokenizer.json` built from its `tokenizer.model` (so that
+`transformers.AutoTokenizer` loads them without sentencepiece). The checkpoint is either one file (`fabric.save` on
+one process, or with a full state dict) or a sharded directory (`fabric.save` with
 `ModelParallelStrategy(save_distributed_checkpoint=True)`): the shards are consolidated here without GPUs or a process
 group, a group of tensors at a time.
 """
@@ -22,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt.convert import (  # noqa: E402
     LIT_OUTPUTS,
     check_weights,
-    copy_tokenizer_files,
     is_distributed_checkpoint,
     parse_size,
     prepare_output_dir,
     save_lit_checkpoint,
+    save_tokenizer_files,
     training_checkpoint_config,
     training_checkpoint_shapes,
     training_checkpoint_tensors,
@@ -48,8 +49,9 @@ def convert(
         checkpoint_file: A checkpoint written by `pretrain/tinyllama.py`: a `step-*.pth` file, or a directory of
             that name holding a sharded (torch.distributed.checkpoint) checkpoint.
         tokenizer_dir: Directory with the tokenizer the model was trained with (`tokenizer.model` and/or
-            `tokenizer.json`); these and `tokenizer_config.json`, `special_tokens_map.json`,
-            `generation_config.json` are copied when present.
+            `tokenizer.json`); these and `tokenizer_config.json` (with the model's block size as
+            `model_max_length`), `special_tokens_map.json`, `generation_config.json` are copied when present. A
+            `tokenizer.model` comes with the `tokenizer.json` that encodes like it, in place of the directory's.
         config_name: Registered model name the checkpoint was trained as (`tiny-llama-1.1b`, `micro-llama`, ...).
             Checkpoints of `pretrain/tinyllama.py` record their config (with the run's `--block_size`), which is
             used: then this is only checked against it. Needed for checkpoints that record none.
@@ -96,7 +98,7 @@ def convert(
     kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
     print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
     state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))
-    copied = copy_tokenizer_files(tokenizer_dir, output_dir)
+    copied = save_tokenizer_files(tokenizer_dir, output_dir, config.block_size)
     save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
     n_bytes = sum(t.nbytes for t in state_dict.values())
     print(

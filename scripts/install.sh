@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with everything the project needs, without a CUDA download on a CPU machine.
+# Create .venv with everything the project needs, without a CUDA download on a machine without an NVIDIA GPU.
 #   bash scripts/install.sh          # runtime + test dependencies into .venv
 #   VENV=/path bash scripts/install.sh
 # Re-running is cheap: pip skips what is already installed.
@@ -7,9 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
-# The tested torch. On a machine with an NVIDIA GPU set TORCH_SPEC to the CUDA build you want (e.g. torch==2.11.0);
-# on a CPU machine torch==2.13.0 is the CPU build (pip finds it in the machine's local wheel store).
+# The tested torch. scripts/torch_source.py picks the build: with an NVIDIA GPU pip's default (the CUDA build), without
+# one a CPU build (from pip's configured sources if they offer one, else PyTorch's CPU index). TORCH_BUILD=cuda keeps
+# pip's default on a machine without a GPU (a login node building for GPU nodes), TORCH_BUILD=cpu forces the CPU build.
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TORCH_BUILD=${TORCH_BUILD:-auto}
 # litdata needs torchvision unpinned: left to pip, that either upgrades torch to a multi-GB CUDA build or
 # installs a torchvision that breaks `import lightning` ("operator torchvision::nms does not exist").
 # Training never uses torchvision, so litdata goes in with --no-deps after its other requirements.
@@ -18,8 +20,12 @@ LITDATA_SPEC=${LITDATA_SPEC:-litdata==0.2.76}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-  echo "[install] $TORCH_SPEC"
-  "${PIP[@]}" "$TORCH_SPEC"
+  # one pip argument a line; it says on stderr which build and why
+  TORCH_OUT=$("$VENV/bin/python" scripts/torch_source.py --spec "$TORCH_SPEC" --build "$TORCH_BUILD")
+  TORCH_ARGS=()
+  while IFS= read -r arg; do TORCH_ARGS+=("$arg"); done <<<"$TORCH_OUT"
+  echo "[install] pip install ${TORCH_ARGS[*]}"
+  "${PIP[@]}" "${TORCH_ARGS[@]}"
 fi
 TORCH_NOW=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
 echo "[install] runtime and test requirements (torch $TORCH_NOW kept)"

@@ -5,11 +5,12 @@
 #
 #   bash scripts/quickstart.sh                  # everything under out/demo (~6 min on 2 CPU cores)
 #   bash scripts/quickstart.sh --smoke          # every stage with tiny sizes, under out/demo-smoke (~2 min; CI)
-#   bash scripts/quickstart.sh --root /tmp/demo # another output root
+#   bash scripts/quickstart.sh --root /tmp/demo # another output root (a relative one is taken from the current folder)
 #
 # Re-running is safe: a stage whose output exists is skipped, so a second run only generates text and plots again.
 # Delete the root folder to start over. On a machine with a CUDA GPU, pretraining runs on it in bf16-mixed.
 set -euo pipefail
+CALLER_DIR=$PWD
 cd "$(dirname "$0")/.."
 
 SMOKE=0
@@ -25,7 +26,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ -z "$ROOT" ]; then
-  ROOT=$([ "$SMOKE" = 1 ] && echo out/demo-smoke || echo out/demo)
+  ROOT=$([ "$SMOKE" = 1 ] && echo out/demo-smoke || echo out/demo)  # in the repository, git-ignored
+elif [ "${ROOT#/}" = "$ROOT" ]; then
+  ROOT=$CALLER_DIR/$ROOT  # the scripts run from the repository root: --root is the caller's
 fi
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python

@@ -168,3 +168,46 @@ def export_hf_dir(export_lit_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("hf") / "hf-test-llama"
     convert(export_lit_dir, out, max_shard_size="1MB")  # small shards: exercise the index
     return out
+
+
+# Encodes texts with transformers' AutoTokenizer in a process where sentencepiece and protobuf cannot be imported, as
+# on a machine with only torch and transformers installed.
+PLAIN_TRANSFORMERS_SCRIPT = """
+import json, sys
+for name in ("sentencepiece", "google", "google.protobuf", "tiktoken"):
+    sys.modules[name] = None  # `import name` raises ImportError, find_spec says it is not installed
+from transformers import AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+texts = json.load(sys.stdin)
+ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+print(json.dumps({
+    "ids": ids,
+    "with_special_tokens": [tokenizer.encode(t) for t in texts],
+    "decoded": [tokenizer.decode(i) for i in ids],
+    "model_max_length": tokenizer.model_max_length,
+    "bos_token_id": tokenizer.bos_token_id,
+    "eos_token_id": tokenizer.eos_token_id,
+}))
+"""
+
+
+@pytest.fixture
+def plain_transformers_encode():
+    """`encode(directory, texts)`: ids (without and with special tokens), decoded texts, `model_max_length` and
+    bos/eos ids of `AutoTokenizer.from_pretrained(directory)` in a Python without sentencepiece and protobuf."""
+    import json
+    import subprocess
+
+    def encode(directory: Path, texts: list) -> dict:
+        proc = subprocess.run(
+            [sys.executable, "-c", PLAIN_TRANSFORMERS_SCRIPT, str(directory)],
+            input=json.dumps(texts),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    return encode

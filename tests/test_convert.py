@@ -2,6 +2,7 @@
 sharded), a real SentencePiece tokenizer, and the exports loaded by transformers (fixtures in conftest.py)."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.model import GPT
+from lit_gpt.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 32
@@ -32,7 +34,10 @@ def _registered(register_test_llama):
 def test_pretrained_checkpoint_files(fabric_checkpoints, export_lit_dir, export_tokenizer_dir):
     assert fabric_checkpoints["single"].is_file()
     names = sorted(p.name for p in export_lit_dir.iterdir())
-    assert names == [".lit_gpt_conversion.json", "lit_config.json", "lit_model.pth", "tokenizer.model"]
+    assert names == [".lit_gpt_conversion.json", "lit_config.json", "lit_model.pth", "tokenizer.json"] + [
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
     config = Config.from_file(export_lit_dir / "lit_config.json")
     assert config.to_dict() == Config.from_name("test-llama").to_dict()
     state_dict = torch.load(export_lit_dir / "lit_model.pth", weights_only=True)
@@ -86,7 +91,11 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     (tmp_path / "b" / "tokenizer.json").write_text("{}")
     convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b", overwrite=True)
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert names == [".lit_gpt_conversion.json", "keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.model"]
+    assert names == [".lit_gpt_conversion.json", "keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.json"] + [
+        "tokenizer.model",
+        "tokenizer_config.json",
+    ]
+    assert (tmp_path / "b" / "tokenizer.json").read_text() != "{}"
 
 
 def _tree(root: Path) -> dict:
@@ -254,8 +263,6 @@ def test_cli_refusal_names_first_mismatching_key(fabric_checkpoints, export_toke
 def test_hf_export_loads_in_transformers_with_equal_logits(export_lit_dir, export_hf_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lit_gpt.tokenizer import Tokenizer
-
     names = {p.name for p in export_hf_dir.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer_config.json"} <= names
     assert len([n for n in names if n.endswith(".safetensors")]) > 1
@@ -267,6 +274,34 @@ def test_hf_export_loads_in_transformers_with_equal_logits(export_lit_dir, expor
     text = "def forward(self, x):\n    return  x ** 2  # Über 3.14"
     assert hf_tokenizer.encode(text, add_special_tokens=False) == Tokenizer(export_lit_dir).encode_ids(text)
     assert (hf_tokenizer.bos_token_id, hf_tokenizer.eos_token_id) == (1, 2)
+
+
+def test_hf_export_tokenizer_loads_without_sentencepiece(export_lit_dir, export_hf_dir, plain_transformers_encode):
+    """transformers alone (sentencepiece and protobuf not importable) loads the export's tokenizer, which gives lit's
+    ids, and knows the model's context length."""
+    from scripts.convert_lit_checkpoint import _PROBE
+
+    texts = [_PROBE, "  two", "def forward(self, x):\n    return  x ** 2  # Über 3.14", "\n\n   \t x  ", "<s>é☃"]
+    theirs = plain_transformers_encode(export_hf_dir, texts)
+    ours = Tokenizer(export_lit_dir)
+    assert theirs["ids"] == [ours.encode_ids(t) for t in texts]
+    assert theirs["model_max_length"] == Config.from_file(export_lit_dir / "lit_config.json").block_size == 256
+    assert (theirs["bos_token_id"], theirs["eos_token_id"]) == (1, 2)
+
+
+def test_export_files_follow_the_umask(export_lit_dir, tmp_path):
+    """Every exported file (the safetensors shards included, which safetensors writes 0600) has the mode the umask
+    gives new files (0644 under the usual 022; 0640 under 027 here), so that colleagues can read a shared export."""
+    from scripts.convert_lit_checkpoint import convert
+
+    before = os.umask(0o027)
+    try:
+        convert(export_lit_dir, tmp_path / "hf", max_shard_size="1MB")
+    finally:
+        os.umask(before)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "hf").iterdir()}
+    assert len([n for n in modes if n.endswith(".safetensors")]) > 1
+    assert set(modes.values()) == {0o640}, modes
 
 
 def _max_logit_difference(hf_model, lit_dir: Path) -> float:
@@ -282,7 +317,7 @@ def _max_logit_difference(hf_model, lit_dir: Path) -> float:
 
 def test_hf_export_overwrite_replaces_the_earlier_export(export_lit_dir, export_tokenizer_dir, tmp_path):
     """A second export into the same directory leaves nothing of the first that transformers would load instead:
-    not its single `model.safetensors` next to the new shards, not its `tokenizer.json` next to `tokenizer.model`."""
+    not its single `model.safetensors` next to the new shards."""
     from transformers import AutoModelForCausalLM
 
     from scripts.convert_lit_checkpoint import convert as export
@@ -306,7 +341,7 @@ def test_hf_export_overwrite_replaces_the_earlier_export(export_lit_dir, export_
     names = {p.name for p in out.iterdir()}
     shards = sorted(n for n in names if n.endswith(".safetensors"))
     assert len(shards) > 1 and all(n.startswith("model-") for n in shards), names
-    assert "tokenizer.json" not in names and "README.md" in names, names
+    assert "README.md" in names, names
     theirs = AutoModelForCausalLM.from_pretrained(out)
     assert _max_logit_difference(theirs, second) <= 1e-5
 

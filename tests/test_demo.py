@@ -5,6 +5,7 @@ Re-running the demo (every built stage skipped) is left to `make demo` itself: i
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,29 @@ def test_demo_smoke(tmp_path):
     (work / "checkpoints" / "sample-tokenizer").symlink_to(root / "checkpoints" / "sample-tokenizer")
     assert run_marked_blocks(work) >= 3
     assert (work / "checkpoints" / "lit-micro-llama" / "lit_model.pth").is_file()
+
+
+def test_demo_root_is_taken_from_the_callers_folder(tmp_path):
+    """`--root out` from another folder writes there, not into the repository (a Python that fails stops it after
+    the root's first folder, before any stage)."""
+    name = f"demo-root-{tmp_path.name}"
+    cmd = ["bash", str(ROOT / "scripts" / "quickstart.sh"), "--smoke", "--root", name]
+    env = {**os.environ, "PYTHON": "/bin/false"}
+    try:
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+        assert not (ROOT / name).exists()
+    finally:
+        shutil.rmtree(ROOT / name, ignore_errors=True)
+    assert proc.returncode != 0
+    assert (tmp_path / name / "logs").is_dir(), proc.stderr
+
+
+def test_demo_default_root_is_git_ignored():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    for root in ("out/demo", "out/demo-smoke"):
+        proc = subprocess.run(["git", "check-ignore", "-q", f"{root}/logs"], cwd=ROOT)
+        assert proc.returncode == 0, f"{root} is not ignored by .gitignore"
 
 
 def test_plot_logs_csv(tmp_path, capsys):

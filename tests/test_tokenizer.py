@@ -90,3 +90,96 @@ def test_unreadable_tokenizer_model(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"not a model")
     with pytest.raises(RuntimeError, match="not a readable SentencePiece model"):
         Tokenizer(tmp_path)
+
+
+# what SentencePiece and a converted tokenizer are most likely to disagree on: runs of spaces at the start, inside and
+# at the end, newlines and tabs, digits, characters the corpus never had (byte fallback), the special tokens as text
+EDGE_TEXTS = [
+    "  two",
+    " two",
+    "two  ",
+    "a  b   c    d",
+    "\n",
+    "\n\n  x\n",
+    "\t\tdef f():\n\t\treturn 1",
+    "",
+    " ",
+    "   ",
+]
+EDGE_TEXTS += ["3.14159 + 2024", "Über naïve café, 東京 🙂", "\u00a0\u3000ﬁ", "<s>x</s>", "<unk>", "<0x41>", "▁▁a"]
+
+
+def _edge_and_random_texts(n: int = 500) -> list:
+    import random
+
+    rng = random.Random(0)
+    alphabet = "  \n\tae_(){}0123456789éü東🙂"
+    return EDGE_TEXTS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(n)]
+
+
+def test_tokenizer_json_encodes_like_sentencepiece(prepared):
+    """The tokenizer.json built from the sample tokenizer (scripts/train_tokenizer.py: BPE, byte fallback, identity
+    normalization) gives SentencePiece's ids and texts on the documents of the sample corpus and on edge cases."""
+    from sentencepiece import SentencePieceProcessor
+
+    from lit_gpt.prepare import iter_texts
+    from lit_gpt.tokenizer import sentencepiece_to_tokenizers
+
+    sp = SentencePieceProcessor(model_file=str(prepared["tokenizer"] / "tokenizer.model"))
+    fast = sentencepiece_to_tokenizers(prepared["tokenizer"] / "tokenizer.model")
+    fast.encode_special_tokens = True  # what `split_special_tokens` in tokenizer_config.json does in transformers
+    texts = list(iter_texts(prepared["raw"])) + _edge_and_random_texts()
+    assert len(texts) > 800
+    for text in texts:
+        ids = sp.encode(text)
+        assert fast.encode(text, add_special_tokens=False).ids == ids, (text[:80], sp.encode(text, out_type=str)[:20])
+        assert fast.decode(ids) == sp.decode(ids), text[:80]
+    # the case transformers' LlamaTokenizer gets wrong (`▁▁ t w o`): the dummy prefix joins the word
+    assert sp.encode("  two", out_type=str)[:2] == ["▁▁", "▁t"]
+
+
+def test_tokenizer_files_load_with_transformers_alone(prepared, tmp_path, plain_transformers_encode):
+    """The tokenizer files written for a checkpoint load with AutoTokenizer where sentencepiece and protobuf cannot
+    be imported, encode and decode as lit's Tokenizer (bos from add_bos_token), and take the model's context length
+    (train_tokenizer.py's tokenizer_config.json says 2048)."""
+    from lit_gpt.convert import save_tokenizer_files
+    from lit_gpt.prepare import iter_texts
+
+    written = save_tokenizer_files(prepared["tokenizer"], tmp_path, block_size=256)
+    assert {"tokenizer.model", "tokenizer.json", "tokenizer_config.json"} <= set(written)
+    texts = [t for i, t in enumerate(iter_texts(prepared["raw"])) if i % 10 == 0] + _edge_and_random_texts(100)
+    theirs = plain_transformers_encode(tmp_path, texts)
+    ours = Tokenizer(prepared["tokenizer"])
+    assert ours.add_bos_token
+    assert theirs["ids"] == [ours.encode_ids(t) for t in texts]
+    assert theirs["with_special_tokens"] == [ours.encode_ids(t, bos=None) for t in texts]
+    assert theirs["decoded"] == [ours.decode(ours.encode_ids(t)) for t in texts]
+    assert theirs["model_max_length"] == 256
+    assert (theirs["bos_token_id"], theirs["eos_token_id"]) == (ours.bos_id, ours.eos_id) == (1, 2)
+
+
+def test_unigram_tokenizer_json_encodes_like_sentencepiece(tmp_path):
+    """The Unigram path, on text without the spelled-out special pieces it cannot tell from text (see
+    `sentencepiece_to_tokenizers`)."""
+    import sentencepiece as spm
+
+    from lit_gpt.tokenizer import sentencepiece_to_tokenizers
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT.splitlines()),
+        model_prefix=str(tmp_path / "unigram"),
+        model_type="unigram",
+        vocab_size=300,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "unigram.model"))
+    fast = sentencepiece_to_tokenizers(tmp_path / "unigram.model")
+    texts = [t for t in _edge_and_random_texts() if "<" not in t] + TEXT.splitlines()[:3] + ["The  lazy fox\n"]
+    for text in texts:
+        assert fast.encode(text, add_special_tokens=False).ids == sp.encode(text), text
+        assert fast.decode(sp.encode(text)) == sp.decode(sp.encode(text)), text

@@ -99,15 +99,18 @@ def all_calls():
 
 
 def _parser(script: str):
-    """The jsonargparse parser of `script`'s `CLI(<function>, ...)` call, built in-process without running it."""
+    """The jsonargparse parser of `script`'s `CLI(<function>, ...)` call (or its argparse `build_parser()`), built
+    in-process without running it."""
     from jsonargparse import CLI, capture_parser
 
     path = ROOT / script
-    target = re.search(r"CLI\((\w+)", path.read_text(encoding="utf-8")).group(1)
+    target = re.search(r"CLI\((\w+)", path.read_text(encoding="utf-8"))
     spec = importlib.util.spec_from_file_location(f"tutorial_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return capture_parser(lambda: CLI(getattr(module, target), as_positional=False, args=[]))
+    if target is None:  # argparse, in a script that runs before jsonargparse is installed (scripts/torch_source.py)
+        return module.build_parser()
+    return capture_parser(lambda: CLI(getattr(module, target.group(1)), as_positional=False, args=[]))
 
 
 def test_tutorials_have_commands():
@@ -165,3 +168,23 @@ def run_marked_blocks(work: Path) -> int:
                 assert proc.returncode == 0, f"{doc.name}:{line}: {shlex.join(tokens)}\n{proc.stderr[-3000:]}"
                 ran += 1
     return ran
+
+
+def test_sample_data_section_prepares_what_its_commands_read():
+    """The sample-data section of pretrain_tinyllama.md prepares every folder its later commands read, the test split
+    that eval/perplexity.py measures included."""
+    text = (ROOT / "tutorials" / "pretrain_tinyllama.md").read_text(encoding="utf-8")
+    section = text.split("## Try the whole pipeline on the sample data first")[1].split("\n## ")[0]
+    written, perplexity_data = set(), None
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL):
+        for tokens in commands(block):
+            script, args = script_call(tokens)
+            flags = dict(zip(args[::2], args[1::2]))
+            if "--data_dir" in flags:
+                data = flags["--data_dir"]
+                reads = [f"{data}/slimpajama/train", f"{data}/slimpajama/val", f"{data}/starcoder"]
+                reads = reads if script == "pretrain/tinyllama.py" else [data]
+                assert set(reads) <= written, f"{script} reads {sorted(set(reads) - written)}, not prepared before"
+                perplexity_data = data if script == "eval/perplexity.py" else perplexity_data
+            written.add(flags.get("--output_dir"))
+    assert perplexity_data == "data/slimpajama/test"
