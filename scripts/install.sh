@@ -38,3 +38,9 @@ echo "torch==$TORCH_NOW" > "$VENV/torch-constraint.txt"
 "${PIP[@]}" --no-deps --no-build-isolation -e . 2>/dev/null || "${PIP[@]}" --no-deps -e .
 "$VENV/bin/python" -c "import torch, lightning, litdata, lit_gpt; print('[install] ok: torch', torch.__version__, \
 'lightning', lightning.__version__, 'litdata', litdata.__version__)"
+# the optional Hopper kernels (pretrain/tinyllama.py --fp8, --attention fa4) are not installed by default
+if "$VENV/bin/python" -c "import sys, torch; sys.exit(not (torch.cuda.is_available() and \
+torch.cuda.get_device_capability() >= (8, 9)))" 2>/dev/null; then
+  echo "[install] this GPU has float8 matrix units: $VENV/bin/python -m pip install -e \".[hopper]\" adds float8" \
+    "training (torchao, --fp8) and FlashAttention-4 (flash-attn-4, --attention fa4)"
+fi
