@@ -356,6 +356,8 @@ def check_compatible(
             f"{path} was written by {hparams.get('world_size')} processes, this run has {world_size}. The data "
             "loader's position is tied to the number of processes: resume with the same --devices × --num_nodes."
         )
+    if run_hparams and run_hparams.get("train_sources") is not None:
+        check_same_sources(path, hparams, run_hparams["train_sources"])
     changed = [k for k in LOADER_SETTINGS if run_hparams and k in hparams and hparams[k] != run_hparams[k]]
     if changed:
         then, now = (" ".join(f"--{k} {h[k]}" for k in changed) for h in (hparams, run_hparams))
@@ -363,6 +365,27 @@ def check_compatible(
             f"{path} was written with {then}, this run has {now}. The data loader's saved position is only valid "
             f"with the same micro-batch size, loader workers and data seed: resume with {then}."
         )
+
+
+def check_same_sources(path: Path, hparams: Dict[str, Any], sources: list) -> None:
+    """Refuse to resume on other training sources or weights than the checkpoint's: litdata restores each source's
+    position, not the mix, so the resumed run would not be the run that was interrupted."""
+    from lit_gpt.dataloaders import data_sources
+
+    then = hparams.get("train_sources")
+    if then is None and "data_dir" in hparams:  # written before --train_data existed: --data_dir's two sources
+        then = data_sources(hparams["data_dir"], hparams.get("data_weights") or (0.693584, 0.306416))[0]
+    if then is None or [tuple(s) for s in then] == [tuple(s) for s in sources]:
+        return
+
+    def mix(pairs) -> str:
+        return "{" + ", ".join(f"{folder}: {weight:g}" for folder, weight in pairs) + "}"
+
+    raise ValueError(
+        f"{path} was trained on {mix(then)}, this run reads {mix(sources)}. The data loader's saved position holds "
+        f"each source's place, not the mix: resume with --train_data \"{mix(then)}\" (or that run's --data_dir and "
+        "--data_weights), or start a new run from its weights with another --out_dir."
+    )
 
 
 def load_checkpoint(

@@ -1,4 +1,9 @@
-"""The pretraining data: litdata chunks of SlimPajama and Starcoder tokens, mixed by weight, streamed with state.
+"""The pretraining data: litdata chunks of SlimPajama and Starcoder tokens (or any prepared sources), mixed by weight,
+streamed with state.
+
+By default the sources are `--data_dir`'s `slimpajama/train` and `starcoder` with `--data_weights`, validation its
+`slimpajama/val`. `--train_data` names any number of prepared folders (local paths or object-store URLs) with their
+weights, as a mapping or a YAML file of one, and `--val_data` the validation folder (`data_sources`).
 
 Each source folder holds chunks written with `TokensLoader()` (`scripts/prepare_slimpajama.py`,
 `scripts/prepare_starcoder.py`); reading them with `TokensLoader(block_size + 1)` yields (block_size + 1)-token
@@ -8,8 +13,9 @@ more, litdata's restored position can repeat or skip a few sequences of the inte
 """
 
 import json
+import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -30,7 +36,71 @@ def check_data_dir(data_dir: str) -> None:
         )
 
 
-def check_token_ids(data_dir: str, vocab_size: int, model_name: str) -> None:
+def data_sources(
+    data_dir: str,
+    data_weights: Sequence[float],
+    train_data: Optional[Union[Dict[str, float], str, Path]] = None,
+    val_data: Optional[str] = None,
+) -> Tuple[List[Tuple[str, float]], str]:
+    """The training sources as (folder, weight) pairs and the validation folder.
+
+    `train_data` is a mapping of prepared folders to sampling weights, or the path of a YAML file that holds one
+    (folders relative to the working directory); without it, `data_dir`'s slimpajama/train and starcoder with
+    `data_weights`. `val_data` defaults to `data_dir`'s slimpajama/val. Local folders are normalized (`data/x/` and
+    `./data/x` are one folder), so that a resumed run can be compared with the checkpoint's."""
+    example = '--train_data "{data/slimpajama/train: 0.7, data/starcoder: 0.3}"'
+    if train_data is None:
+        if len(data_weights) != len(TRAIN_DIRS) or min(data_weights) < 0 or sum(data_weights) <= 0:
+            raise ValueError(
+                f"--data_weights {list(data_weights)} must be two non-negative weights for {', '.join(TRAIN_DIRS)}"
+            )
+        mapping = {join(data_dir, d): w for d, w in zip(TRAIN_DIRS, data_weights)}
+    elif isinstance(train_data, dict):
+        mapping = train_data
+    else:
+        import yaml
+
+        path = Path(train_data)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--train_data {train_data}: no such file. Pass a mapping of prepared folders to weights, e.g. "
+                f"{example}, or a YAML file that holds one"
+            )
+        mapping = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not isinstance(mapping, dict):
+            raise ValueError(
+                f"--train_data {train_data} must hold a mapping of prepared folders to weights, e.g. {example}"
+            )
+    sources: Dict[str, float] = {}
+    for folder, weight in mapping.items():
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 or weight != weight:
+            raise ValueError(f"--train_data: the weight of {folder} is {weight!r}; weights are non-negative numbers")
+        key = normalize(str(folder))
+        if key in sources:
+            raise ValueError(f"--train_data names {folder} twice; give each prepared folder once")
+        sources[key] = float(weight)
+    if not sources or sum(sources.values()) <= 0:
+        raise ValueError(f"--train_data needs at least one prepared folder with a positive weight, e.g. {example}")
+    return list(sources.items()), normalize(val_data) if val_data else join(data_dir, VAL_DIR)
+
+
+def normalize(folder: str) -> str:
+    """A local folder's normalized path (an object-store URL without its trailing slash)."""
+    return folder.rstrip("/") if "://" in folder else os.path.normpath(folder)
+
+
+def check_prepared(folders: Sequence[str], flag: str) -> None:
+    """Fail early, naming them, if local `folders` hold no prepared litdata chunks."""
+    missing = [f for f in folders if "://" not in f and not (Path(f) / "index.json").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{flag}: {', '.join(missing)} hold{'s' * (len(missing) == 1)} no prepared litdata chunks (no index.json). "
+            "Prepare it with scripts/prepare_slimpajama.py or scripts/prepare_starcoder.py (see "
+            "tutorials/pretrain_tinyllama.md), or correct the path"
+        )
+
+
+def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) -> None:
     """Refuse, before any work, local data whose first chunk in a source folder holds a token id that the model has no
     embedding for: data tokenized with a tokenizer of a larger vocabulary, which would fail at the first step (an
     IndexError on CPU, a device-side assert on a GPU). One chunk per folder is read (a few MB): a tokenizer that does
@@ -38,17 +108,17 @@ def check_token_ids(data_dir: str, vocab_size: int, model_name: str) -> None:
     import numpy as np
     from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
 
-    if "://" in data_dir:
-        return
-    for sub in (*TRAIN_DIRS, VAL_DIR):
-        index = json.loads((Path(data_dir) / sub / "index.json").read_text())
+    for folder in folders:
+        if "://" in folder:
+            continue
+        index = json.loads((Path(folder) / "index.json").read_text())
         serializer, code = index["config"]["data_format"][0].split(":")
         if not index["chunks"] or index["config"].get("compression") or not serializer.startswith("no_header_"):
             continue
         dtype = _NUMPY_DTYPES_MAPPING[int(code)] if serializer == "no_header_numpy" else None
         dtype = dtype or torch.empty(0, dtype=_TORCH_DTYPES_MAPPING[int(code)]).numpy().dtype
         chunk = index["chunks"][0]
-        path = Path(data_dir) / sub / chunk["filename"]
+        path = Path(folder) / chunk["filename"]
         # litdata's chunk header: the number of items and their offsets, as uint32
         tokens = np.memmap(path, dtype=dtype, mode="r", offset=(chunk["chunk_size"] + 2) * 4)
         top = int(tokens.max()) if tokens.size else -1
@@ -67,31 +137,35 @@ def join(data_dir: str, sub: str) -> str:
 def train_dataloader(
     data_dir: str, weights: Sequence[float], block_size: int, batch_size: int, num_workers: int, seed: int
 ):
-    """Shuffled slimpajama/train and starcoder, sampled with `weights`, in batches of (batch_size, block_size + 1)."""
+    """Shuffled slimpajama/train and starcoder of `data_dir`, sampled with `weights` (`mixture_dataloader`)."""
+    return mixture_dataloader(data_sources(data_dir, weights)[0], block_size, batch_size, num_workers, seed)
+
+
+def mixture_dataloader(
+    sources: Sequence[Tuple[str, float]], block_size: int, batch_size: int, num_workers: int, seed: int
+):
+    """The (folder, weight) `sources`, each shuffled, each batch row drawn from a source with probability its weight's
+    share, in batches of (batch_size, block_size + 1)."""
     from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
 
-    if len(weights) != len(TRAIN_DIRS) or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(f"--data_weights {list(weights)} must be two non-negative weights for {', '.join(TRAIN_DIRS)}")
     datasets = [
-        StreamingDataset(
-            input_dir=join(data_dir, d), item_loader=TokensLoader(block_size=block_size + 1), shuffle=True, seed=seed
-        )
-        for d in TRAIN_DIRS
+        StreamingDataset(input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=True, seed=seed)
+        for folder, _ in sources
     ]
-    combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=list(weights), iterate_over_all=False)
+    weights = [w for _, w in sources]
+    combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=weights, iterate_over_all=False)
     return StreamingDataLoader(
         combined, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=num_workers, drop_last=True
     )
 
 
-def val_dataloader(data_dir: str, block_size: int, batch_size: int, num_workers: int):
-    """slimpajama/val in order, in batches of (batch_size, block_size + 1); every process gets as many batches."""
+def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: int):
+    """The validation folder in order, in batches of (batch_size, block_size + 1); every process gets as many."""
     from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader
 
     dataset = StreamingDataset(
-        input_dir=join(data_dir, VAL_DIR), item_loader=TokensLoader(block_size=block_size + 1), shuffle=False,
-        drop_last=True,
-    )  # fmt: skip
+        input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=False, drop_last=True
+    )
     return StreamingDataLoader(
         dataset, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=num_workers, drop_last=True
     )

@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Literal, Optional, Tuple, Union
+from typing import Dict, Literal, Optional, Tuple, Union
 
 import lightning as L
 import torch
@@ -45,9 +45,11 @@ from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 from lit_gpt.dataloaders import (  # noqa: E402
     check_data_dir,
+    check_prepared,
     check_token_ids,
     cycle_full_batches,
-    train_dataloader,
+    data_sources,
+    mixture_dataloader,
     val_dataloader,
 )
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
@@ -68,6 +70,8 @@ def setup(
     model_name: str = "tiny-llama-1.1b",
     data_dir: str = "data",
     data_weights: Tuple[float, float] = (0.693584, 0.306416),
+    train_data: Optional[Union[Dict[str, float], str]] = None,
+    val_data: Optional[str] = None,
     out_dir: Optional[Path] = None,
     devices: Union[int, Literal["auto"]] = "auto",
     num_nodes: int = 1,
@@ -112,6 +116,10 @@ def setup(
         data_dir: Folder (or object-store URL such as s3://bucket/data) with the litdata chunk folders
             `slimpajama/train`, `slimpajama/val` and `starcoder`.
         data_weights: Sampling weights of slimpajama/train and starcoder (TinyLlama's token ratio by default).
+        train_data: Your own mix instead of `--data_dir`'s two sources: prepared litdata folders (local or object
+            store) with their sampling weights, `"{data/slimpajama/train: 0.69, data/starcoder: 0.31}"`, or a YAML
+            file holding such a mapping. A resumed run must name the same folders with the same weights.
+        val_data: The prepared validation folder. Default: `--data_dir`'s slimpajama/val.
         out_dir: Where checkpoints and logs go. Default: `out/<model_name>`.
         devices: Processes (GPUs) per node; `auto` = every local GPU, or 1 process on a machine without one.
         num_nodes: Number of nodes; launch one command per node (torchrun, SLURM's srun, `fabric run`), see
@@ -181,7 +189,13 @@ def setup(
     world_size = num_processes(devices, num_nodes, accelerator)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_counts(log_interval, eval_interval, eval_iters, save_interval, max_nonfinite_steps)
-    check_data_dir(data_dir)
+    train_sources, val_dir = data_sources(data_dir, data_weights, train_data, val_data)
+    if train_data is None and val_data is None:
+        check_data_dir(data_dir)
+    else:
+        check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
+        check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
+    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     if not resume and (latest := find_latest(out_dir)):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
@@ -195,7 +209,7 @@ def setup(
             "--out_dir for the resumed run, or move them away."
         )
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
-    check_token_ids(data_dir, config.padded_vocab_size, model_name)
+    check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
     tokens_per_step = global_batch_size * config.block_size
     if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
         raise ValueError(
@@ -288,11 +302,11 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     optimizer = fabric.setup_optimizers(optimizer)
 
     batch_size, n_workers, block = h["micro_batch_size"], h["num_workers"], config.block_size
-    train_loader = train_dataloader(h["data_dir"], h["data_weights"], block, batch_size, n_workers, h["seed"])
-    val_loader = val_dataloader(h["data_dir"], block, batch_size, n_workers)
+    train_loader = mixture_dataloader(h["train_sources"], block, batch_size, n_workers, h["seed"])
+    val_loader = val_dataloader(h["val_dir"], block, batch_size, n_workers)
     if len(val_loader) == 0:  # fail now, not at the first validation after hours of training
         raise ValueError(
-            f"{h['data_dir']}/slimpajama/val has fewer than {fabric.world_size * batch_size} blocks of {block + 1} "
+            f"{h['val_dir']} has fewer than {fabric.world_size * batch_size} blocks of {block + 1} "
             f"tokens, one micro-batch for each of the {fabric.world_size} processes: validation would have nothing "
             "to run on. Prepare a larger validation split, or lower --micro_batch_size."
         )

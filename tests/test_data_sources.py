@@ -1,0 +1,120 @@
+"""Pretraining on any number of prepared sources (`--train_data`, `--val_data`; `lit_gpt.dataloaders.data_sources`):
+the flags' forms and refusals, the sampled share of each source, and a real run on three sources killed and resumed
+bit-identically, which refuses a resume on another mix."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_pretrain import BLOCK, COMMON, SCRIPT, _env, _write_chunks, metrics, model_weights, run
+
+from lit_gpt.dataloaders import data_sources, mixture_dataloader
+
+
+def test_sources_from_the_default_a_mapping_or_a_yaml_file(tmp_path):
+    default, val = data_sources("data", (0.7, 0.3))
+    assert default == [("data/slimpajama/train", 0.7), ("data/starcoder", 0.3)] and val == "data/slimpajama/val"
+    mix = {"data/a/": 2, "./data/b": 1, "s3://bucket/c/": 0.5}
+    sources, val = data_sources("data", (0.7, 0.3), mix, "data/v/")
+    assert sources == [("data/a", 2.0), ("data/b", 1.0), ("s3://bucket/c", 0.5)] and val == "data/v"
+    (tmp_path / "mix.yaml").write_text("data/a: 0.6\ndata/b: 0.4\n")
+    assert data_sources("data", (0.7, 0.3), str(tmp_path / "mix.yaml"))[0] == [("data/a", 0.6), ("data/b", 0.4)]
+
+    with pytest.raises(FileNotFoundError, match=r"--train_data .*nope.yaml: no such file"):
+        data_sources("data", (0.7, 0.3), str(tmp_path / "nope.yaml"))
+    (tmp_path / "list.yaml").write_text("- data/a\n- data/b\n")
+    with pytest.raises(ValueError, match="must hold a mapping of prepared folders to weights"):
+        data_sources("data", (0.7, 0.3), str(tmp_path / "list.yaml"))
+    for bad, match in [
+        ({"data/a": -1}, "the weight of data/a is -1"),
+        ({"data/a": "heavy"}, "the weight of data/a is 'heavy'"),
+        ({"data/a": 0}, "at least one prepared folder with a positive weight"),
+        ({}, "at least one prepared folder"),
+        ({"data/a": 1, "data/a/": 1}, "names data/a/ twice"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            data_sources("data", (0.7, 0.3), bad)
+    with pytest.raises(ValueError, match="--data_weights .* two non-negative weights"):
+        data_sources("data", (0.7, 0.2, 0.1))
+
+
+def test_each_source_is_sampled_by_its_weight(tmp_path):
+    # three sources whose tokens name them: every item of source i is i + 1 throughout
+    weights = [0.5, 0.3, 0.2]
+    sources = []
+    for i, w in enumerate(weights):
+        _write_chunks(lambda _, i=i: torch.full((BLOCK + 1,), i + 1, dtype=torch.int32), 400, tmp_path / f"s{i}")
+        sources.append((str(tmp_path / f"s{i}"), w))
+    loader = mixture_dataloader(sources, BLOCK, batch_size=8, num_workers=1, seed=3)
+    counts, rows = [0, 0, 0], 0
+    for batch in loader:
+        for row in batch:
+            counts[int(row[0]) - 1] += 1
+        rows += batch.size(0)
+        if rows >= 800:
+            break
+    shares = [c / rows for c in counts]
+    assert all(abs(s - w) < 0.05 for s, w in zip(shares, weights)), shares
+
+
+def test_three_sources_resume_bit_identically_after_a_kill_and_refuse_another_mix(tmp_path, data_dir):
+    mix = {str(data_dir / "slimpajama/train"): 0.5, str(data_dir / "starcoder"): 0.3,
+           str(data_dir / "slimpajama/val"): 0.2}  # fmt: skip
+    spec = "{" + ", ".join(f"{k}: {v}" for k, v in mix.items()) + "}"
+    flags = ["--train_data", spec, "--val_data", str(data_dir / "slimpajama/val"), "--max_steps", "6"]
+    flags += ["--save_interval", "3", "--eval_interval", "3"]
+    full = tmp_path / "full"
+    run(full, tmp_path / "no-data-dir", *flags)  # --data_dir is not read when the sources are named
+    losses = metrics(full)
+    assert sorted(losses) == list(range(1, 7))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(tmp_path), "--out_dir", str(killed), *flags]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if line.startswith("step 4/6"):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert (killed / "step-00000003.pth").exists() and not (killed / "step-00000006.pth").exists()
+    assert "Resumed at step 3" in run(killed, tmp_path, *flags, "--resume", "auto").stdout
+    resumed = metrics(killed)
+    assert all(resumed[step] == losses[step] for step in (4, 5, 6)), (resumed, losses)
+    final, again = model_weights(full / "step-00000006.pth"), model_weights(killed / "step-00000006.pth")
+    assert all(torch.equal(final[k], again[k]) for k in final)
+
+    # another weight for one source: refused before a step, naming the checkpoint's mix
+    changed = spec.replace(": 0.2}", ": 0.4}")
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(tmp_path), "--out_dir", str(killed), *flags]
+    cmd[cmd.index(spec)] = changed
+    proc = subprocess.run([*cmd, "--resume", "auto", "--max_steps", "8"], capture_output=True, text=True,
+                          timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode != 0 and "was trained on {" in proc.stderr and "slimpajama/val: 0.2}" in proc.stderr, (
+        proc.stderr[-2000:]
+    )
+    assert not (killed / "step-00000008.pth").exists()
+
+
+def test_a_missing_source_is_named_before_any_work(tmp_path, data_dir):
+    flags = ["--train_data", f"{{{data_dir / 'starcoder'}: 1, {tmp_path / 'typo'}: 1}}", "--max_steps", "1"]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        *COMMON,
+        "--data_dir",
+        str(data_dir),
+        "--out_dir",
+        str(tmp_path / "out"),
+        *flags,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode != 0 and f"--train_data: {tmp_path / 'typo'} holds no prepared litdata chunks" in proc.stderr
+    assert not (tmp_path / "out").exists()
