@@ -7,13 +7,18 @@ Nothing is dropped silently: every row that is not turned into tokens is counted
 be read is reported with its file and line (row, for parquet).
 """
 
+import ctypes
 import functools
+import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import queue as queue_module
 import shutil
+import signal
+import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,6 +38,7 @@ GITHUB_SET = "RedPajamaGithub"  # SlimPajama's code rows, skipped: Starcoder cov
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
 PARQUET_BATCH_ROWS = 1024
 MAX_LISTED_BAD_RECORDS = 20
+MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
 
 
 class PrepareError(Exception):
@@ -206,19 +212,27 @@ def _tokenizer(tokenizer_dir: str) -> Tokenizer:
     return Tokenizer(tokenizer_dir)
 
 
-def tokenize_file(
-    path: str, kind: Kind, tokenizer_dir: str, item_tokens: int, progress: Optional[multiprocessing.Queue] = None
+def tokenize_files(
+    paths: List[str],
+    kind: Kind,
+    tokenizer_dir: str,
+    item_tokens: int,
+    progress: Optional[multiprocessing.Queue] = None,
+    parent_pid: Optional[int] = None,
 ) -> Iterator[torch.Tensor]:
-    """The litdata work function: one input file -> int32 token items of `item_tokens` tokens (the last one shorter).
+    """The litdata work function: one worker's input files -> int32 token items of `item_tokens` tokens (a file's
+    last one shorter).
 
-    Documents are encoded `bos=False, eos=True` (lit-gpt's convention), many per tokenizer call; their tokens form
-    one stream that is cut into equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
+    Documents are encoded `bos=False, eos=True` (lit-gpt's convention), many per tokenizer call; the tokens of a file
+    form one stream that is cut into equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
+    `parent_pid`: the preparing process, which this worker must not outlive.
     """
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     tokenizer = _tokenizer(tokenizer_dir)
-    stats = Stats(files=1)  # this file's counts; the skipped and bad rows are recorded by the reader
     pending = np.empty(0, dtype=np.int32)
 
-    def encode(texts: List[str]) -> Iterator[torch.Tensor]:
+    def encode(texts: List[str], stats: Stats) -> Iterator[torch.Tensor]:
         nonlocal pending
         ids = tokenizer.encode_batch(texts, bos=False, eos=True)
         count = sum(len(i) for i in ids)
@@ -233,20 +247,62 @@ def tokenize_file(
             yield torch.from_numpy(pending[start : start + item_tokens].copy())
         pending = pending[full:]
 
-    batch, chars = [], 0
-    for text in READERS[kind](Path(path), stats):
-        batch.append(text)
-        chars += len(text)
-        if chars >= BATCH_CHARS:
-            yield from encode(batch)
-            batch, chars = [], 0
-    if batch:
-        yield from encode(batch)
-    if len(pending):
-        yield torch.from_numpy(pending.copy())
-    if progress is not None:
-        # documents and tokens were reported batch by batch
-        progress.put(("file", Stats(files=1, skipped=stats.skipped, bad=stats.bad)))
+    for path in paths:
+        stats = Stats(files=1)  # this file's counts; the skipped and bad rows are recorded by the reader
+        batch, chars = [], 0
+        for text in READERS[kind](Path(path), stats):
+            batch.append(text)
+            chars += len(text)
+            if chars >= BATCH_CHARS:
+                yield from encode(batch, stats)
+                batch, chars = [], 0
+        if batch:
+            yield from encode(batch, stats)
+        if progress is not None:
+            # documents and tokens were reported batch by batch
+            progress.put(("file", Stats(files=1, skipped=stats.skipped, bad=stats.bad)))
+        if len(pending):
+            yield torch.from_numpy(pending.copy())
+            pending = pending[:0]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker, and the helper processes litdata started in it, when the preparing process ends, even by
+    SIGKILL: an orphan would go on writing chunks."""
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        PR_SET_PDEATHSIG = 1
+        signal.signal(signal.SIGTERM, _end_worker)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    else:  # no parent-death signal: watch the parent id, which changes when the parent is gone
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1)
+            _end_worker()
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was set up
+        _end_worker()
+
+
+def _end_worker(*_) -> None:
+    for child in multiprocessing.active_children():  # litdata's remover process waits for work forever
+        child.kill()
+    os._exit(1)
+
+
+def assign_files(files: List[Path], num_workers: int) -> List[List[str]]:
+    """The input files of each worker: the largest file first to the least loaded worker (bytes; ties to the lower
+    worker), each worker's files in name order. The same files and worker count give the same assignment, so that a
+    preparation run twice writes the same chunks (litdata's shared work queue hands files to whichever worker is
+    free first)."""
+    bins: List[List[str]] = [[] for _ in range(num_workers)]
+    loads = [0] * num_workers
+    for size, path in sorted(((f.stat().st_size, str(f)) for f in files), key=lambda x: (-x[0], x[1])):
+        worker = min(range(num_workers), key=lambda w: (loads[w], w))
+        bins[worker].append(path)
+        loads[worker] += size
+    return [sorted(b) for b in bins if b]
 
 
 def item_tokens_for(chunk_size: int, target: int = BLOCK_SIZE * 8) -> int:
@@ -271,6 +327,10 @@ def prepare(
 ) -> Stats:
     """Tokenize every file of a SlimPajama or Starcoder folder into litdata chunks; see the scripts for the options.
 
+    A local `output_dir` is written as a hidden sibling folder that is renamed into place when the chunks are complete,
+    so that neither a killed run nor a stale writer can change a finished output. The same files, options and worker
+    count give byte-identical chunks and `index.json`.
+
     Raises `PrepareError` with a message for the user when the options or the inputs are wrong, or, unless
     `skip_bad_records`, when some rows could not be read (after writing everything else).
     """
@@ -285,7 +345,13 @@ def prepare(
     if fast_dev_run:
         files = files[:2]  # a few files: a quick end-to-end check of the whole pipeline
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
-    mode = _check_output_dir(output_dir, overwrite)
+    local = "://" not in str(output_dir)
+    if local:
+        check_output_dir(Path(output_dir), overwrite, {"--input_dir": input_dir, "--tokenizer_path": tokenizer_path})
+        check_inputs_outside(Path(output_dir), files)
+        write_dir = str(_staging_dir(Path(output_dir)))
+    else:  # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
+        write_dir = str(output_dir)
 
     progress = multiprocessing.get_context("spawn").Queue()
     stats = Stats()
@@ -294,35 +360,45 @@ def prepare(
     )
     monitor.start()
     try:
-        optimize(
-            fn=functools.partial(
-                tokenize_file,
-                kind=kind,
-                tokenizer_dir=str(tokenizer_path),
-                item_tokens=item_tokens_for(chunk_size),
-                progress=progress,
-            ),
-            inputs=[str(f) for f in files],
-            output_dir=str(output_dir),
-            num_workers=num_workers,
-            chunk_size=chunk_size,
-            item_loader=TokensLoader(),
-            reorder_files=False,
-            mode=mode,
-            verbose=False,
-        )
+        try:
+            workers_files = assign_files(files, num_workers)
+            optimize(
+                fn=functools.partial(
+                    tokenize_files,
+                    kind=kind,
+                    tokenizer_dir=str(tokenizer_path),
+                    item_tokens=item_tokens_for(chunk_size),
+                    progress=progress,
+                    parent_pid=os.getpid(),
+                ),
+                inputs=workers_files,  # one item per worker: its files
+                output_dir=write_dir,
+                num_workers=len(workers_files),
+                chunk_size=chunk_size,
+                item_loader=TokensLoader(),
+                reorder_files=False,
+                keep_data_ordered=True,  # worker i processes item i and writes `chunk-<i>-<n>.bin`
+                mode="overwrite" if overwrite and not local else None,
+                verbose=False,
+            )
+        finally:
+            progress.put(("done", None))
+            monitor.join()
+        stats.elapsed = time.perf_counter() - t0
+        written = chunk_tokens(write_dir)
+        if written is not None and sum(written) != stats.tokens:
+            raise PrepareError(
+                f"{write_dir}/index.json lists {sum(written):,} tokens but {stats.tokens:,} were encoded; the chunks "
+                "are incomplete"
+            )
+        if local:
+            _finish(Path(write_dir), kind, input_dir, stats)
+            publish(Path(write_dir), Path(output_dir), overwrite)
     finally:
-        progress.put(("done", None))
-        monitor.join()
-    stats.elapsed = time.perf_counter() - t0
+        if local and Path(write_dir).exists():  # a failed run: nothing of it is kept
+            shutil.rmtree(write_dir, ignore_errors=True)
     if verbose:
         print_summary(stats, output_dir)
-    written = chunk_tokens(output_dir)
-    if written is not None and sum(written) != stats.tokens:
-        raise PrepareError(
-            f"{output_dir}/index.json lists {sum(written):,} tokens but {stats.tokens:,} were encoded; the chunks are "
-            "incomplete (was the output directory written to by another run at the same time?)"
-        )
     if stats.bad and not skip_bad_records:
         raise PrepareError(
             f"{len(stats.bad)} rows could not be read (listed above) and are not in {output_dir}. Fix or remove those "
@@ -337,6 +413,118 @@ def chunk_tokens(output_dir: str) -> Optional[List[int]]:
     if "://" in str(output_dir) or not index.is_file():
         return None
     return [chunk["dim"] for chunk in json.loads(index.read_text())["chunks"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The output directory: only a preparation's own output is ever replaced
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(path: Path, overwrite: bool, inputs: Dict[str, Path]) -> None:
+    """Refuse an output directory that overlaps an input (`inputs`: flag -> path) or holds anything but an earlier
+    preparation's output (`--overwrite true` replaces that, and only that)."""
+    resolved = path.resolve()
+    for flag, other in inputs.items():
+        other = Path(other).resolve()
+        if resolved == other or resolved in other.parents or other in resolved.parents:
+            relation = "is" if resolved == other else "contains" if resolved in other.parents else "is inside"
+            raise PrepareError(
+                f"--output_dir {path} {relation} {flag} {other}; the chunks must go to a folder of their own, outside "
+                f"the inputs (such as data/slimpajama/train or data/starcoder)"
+            )
+    if path.exists() and not path.is_dir():
+        raise PrepareError(f"--output_dir {path} is a file; pick a directory")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    foreign = foreign_files(path)
+    if foreign:
+        raise PrepareError(
+            f"--output_dir {path} holds {foreign[0]}, which no preparation wrote there (no {MANIFEST} lists it); pick "
+            "an empty or new --output_dir (--overwrite true replaces only an earlier preparation's output)"
+        )
+    if not overwrite:
+        raise PrepareError(
+            f"--output_dir {path} holds an earlier preparation ({MANIFEST}); pick another --output_dir, or pass "
+            "--overwrite true to replace it"
+        )
+
+
+def check_inputs_outside(path: Path, files: List[Path]) -> None:
+    """Refuse an output directory that holds an input file (one reached through a symbolic link, too)."""
+    resolved = path.resolve()
+    for f in files:
+        if resolved in f.resolve().parents:
+            raise PrepareError(f"--output_dir {path} holds the input file {f}; pick an --output_dir outside the inputs")
+
+
+def foreign_files(path: Path) -> List[str]:
+    """The entries of an output directory that its `prepare.json` does not list (all of them without one)."""
+    owned = set()
+    try:
+        owned = set(json.loads((path / MANIFEST).read_text())["files"]) | {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return sorted(p.name for p in path.iterdir() if p.name not in owned or p.is_symlink() or not p.is_file())
+
+
+def _staging_dir(path: Path) -> Path:
+    """A fresh hidden sibling of `path` for the workers to write into; such folders of killed runs are removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.partial-*"):
+        pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _finish(write_dir: Path, kind: Kind, input_dir: Path, stats: Stats) -> None:
+    """Make `index.json` reproducible and list what was written in `prepare.json`."""
+    index_path = write_dir / "index.json"
+    index = json.loads(index_path.read_text())
+    # litdata stamps the write time; its readers only compare the stamp to notice a changed dataset: a digest of the
+    # index does that, and is the same for the same chunks
+    index.pop("updated_at", None)
+    index["updated_at"] = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()[:16]
+    index_path.write_text(json.dumps(index, sort_keys=True))
+    manifest = {
+        "prepared_by": "lit_gpt.prepare",
+        "kind": kind,
+        "input_dir": str(input_dir),
+        "documents": stats.documents,
+        "tokens": stats.tokens,
+        "files": sorted(p.name for p in write_dir.iterdir()),
+    }
+    (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def publish(write_dir: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished `write_dir` to `path`, replacing an earlier preparation there if `overwrite`."""
+    old = None
+    if path.is_dir() and any(path.iterdir()):
+        check_output_dir(path, overwrite, {})  # again: another run may have written there meanwhile
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.rename(path, old)
+    elif path.is_dir():
+        path.rmdir()
+    os.rename(write_dir, path)
+    if old is not None:
+        # only the files that prepare.json lists (checked above)
+        for name in json.loads((old / MANIFEST).read_text())["files"] + [MANIFEST]:
+            (old / name).unlink(missing_ok=True)
+        try:
+            old.rmdir()
+        except OSError:
+            print(f"note: left {old}: files appeared in it that no preparation wrote")
 
 
 def check_tokenizer_dir(tokenizer_path: Path) -> Path:
@@ -381,25 +569,6 @@ def check_tokenizer_dir(tokenizer_path: Path) -> Path:
 
 def _has_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file()
-
-
-def _check_output_dir(output_dir: str, overwrite: bool) -> Optional[str]:
-    """litdata's write mode, after refusing to mix a new run into an existing output directory."""
-    if "://" in str(output_dir):
-        # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
-        return "overwrite" if overwrite else None
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise PrepareError(f"--output_dir {path} is a file; pick a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise PrepareError(
-                f"--output_dir {path} is not empty (it holds {sorted(p.name for p in path.iterdir())[:3]}...). "
-                "Pick another --output_dir, or pass --overwrite true to delete its contents and write it again."
-            )
-        for child in path.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    return None
 
 
 def _monitor(progress: multiprocessing.Queue, stats: Stats, num_files: int, verbose: bool, desc: str) -> None:

@@ -42,7 +42,8 @@ def main(
         num_workers: Worker processes (default: one per CPU core).
         skip_bad_records: Leave out rows that cannot be read (malformed JSON, no `text`, corrupt zstd data) and count
             them in the summary, instead of failing the run.
-        overwrite: Delete what `output_dir` holds and write it again.
+        overwrite: Replace an earlier preparation in `output_dir` (the files its `prepare.json` lists); a folder that
+            holds anything else, or overlaps `input_dir` or `tokenizer_path`, is refused.
     """
     prepare(
         "slimpajama",

@@ -136,7 +136,7 @@ def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_pa
     assert "--skip_bad_records true" in out.stderr.strip().splitlines()[-1]
 
     # the same run refuses to write into the non-empty output directory, then accepts the loss when told
-    with pytest.raises(PrepareError, match="is not empty.*--overwrite true"):
+    with pytest.raises(PrepareError, match="holds an earlier preparation.*--overwrite true"):
         prepare("slimpajama", raw, str(tmp_path / "out"), prepared["tokenizer"], 8196, skip_bad_records=True)
     out = run_script(
         "prepare_slimpajama", *args, "--skip_bad_records", "true", "--overwrite", "true", tmp_path=tmp_path
@@ -261,3 +261,93 @@ def test_training_batches_are_all_full_across_epochs(prepared, tmp_path):
     resumed = train_dataloader(str(data_dir), (0.7, 0.3), block_size=256, batch_size=8, num_workers=2, seed=1)
     resumed.load_state_dict(state)
     assert next(cycle_full_batches(resumed, 8)).shape == (8, 257)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_dir_around_inputs_or_with_foreign_files_is_refused_and_nothing_is_deleted(prepared, tmp_path):
+    """`--overwrite true` into the input's parent (or the input, or the tokenizer) deletes nothing: such an
+    --output_dir is refused, and so is one that holds a file no preparation wrote. Only an earlier preparation's
+    output (listed in its prepare.json) is replaced."""
+    import shutil
+
+    data = tmp_path / "data"
+    train = data / "slimpajama-raw" / "train"
+    write_jsonl_zst(train / "chunk1" / "a.jsonl.zst", [{"text": "hello world"}] * 3)
+    (data / "notes.txt").write_text("mine")
+    tokenizer = shutil.copytree(prepared["tokenizer"], data / "tokenizer")
+    before = snapshot(data)
+    for out, relation, flag in [
+        (data, "contains", "--input_dir"),
+        (train, "is", "--input_dir"),
+        (train / "chunks", "is inside", "--input_dir"),
+        (tokenizer, "is", "--tokenizer_path"),
+    ]:
+        for overwrite in (False, True):
+            with pytest.raises(PrepareError, match=f"--output_dir {out} {relation} {flag} ") as e:
+                prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, overwrite=overwrite, verbose=False)
+            assert "pass --overwrite true" not in str(e.value)
+    foreign = data / "out"
+    foreign.mkdir()
+    (foreign / "index.json").write_text("{}")  # not a preparation's: no prepare.json lists it
+    with pytest.raises(PrepareError, match=f"--output_dir {foreign} holds index.json, which no preparation wrote"):
+        prepare("slimpajama", train, str(foreign), tokenizer, 2049 * 4, overwrite=True, verbose=False)
+    assert snapshot(data) == {**before, foreign / "index.json": b"{}"}
+
+    # an earlier preparation: refused without --overwrite, replaced with it
+    out = tmp_path / "prepared"
+    first = prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, num_workers=1, verbose=False)
+    with pytest.raises(PrepareError, match="holds an earlier preparation .*pass --overwrite true to replace it"):
+        prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, verbose=False)
+    second = prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, num_workers=1, overwrite=True, verbose=False)
+    assert sum(chunk_tokens(out)) == first.tokens == second.tokens
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder left
+    assert snapshot(data) == {**before, foreign / "index.json": b"{}"}
+
+
+def _descendants(pid: int) -> list:
+    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree in /proc")
+def test_killed_preparation_leaves_no_writer_and_preparations_are_byte_identical(prepared, tmp_path):
+    """A preparation SIGKILLed in the middle: its workers die with it, a re-run with --overwrite true reports success
+    and stays as written, and it is byte for byte a clean run with the same options and 2 workers."""
+    import signal
+    import time
+
+    raw = tmp_path / "raw" / "python"
+    raw.mkdir(parents=True)
+    for copy in range(4):  # ~2M tokens: a run that is still going when its first chunk is written
+        for f in sorted((prepared["raw"] / "starcoderdata-raw" / "python").glob("*.parquet")):
+            (raw / f"{copy}-{f.name}").write_bytes(f.read_bytes())
+    args = ["--input_dir", str(raw.parent), "--tokenizer_path", str(prepared["tokenizer"]), "--chunk_size", "4098",
+            "--num_workers", "2", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    script = str(ROOT / "scripts" / "prepare_starcoder.py")
+    killed = subprocess.Popen([sys.executable, script, *args], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not any(tmp_path.glob("**/chunk-*.bin")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _descendants(killed.pid)  # litdata's workers and their helpers
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert workers and killed.returncode == -signal.SIGKILL
+
+    rerun = run_script("prepare_starcoder", *args, "--overwrite", "true", tmp_path=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    time.sleep(2)  # an orphan would write its chunks now
+    assert [pid for pid in workers if _running(pid)] == []
+    clean = tmp_path / "clean"
+    prepare("starcoder", raw.parent, str(clean), prepared["tokenizer"], 4098, num_workers=2, verbose=False)
+    assert snapshot(tmp_path / "out") == {tmp_path / "out" / p.name: b for p, b in snapshot(clean).items()}
