@@ -8,6 +8,7 @@ be read is reported with its file and line (row, for parquet).
 """
 
 import ctypes
+import fnmatch
 import functools
 import hashlib
 import itertools
@@ -24,7 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Literal, Optional
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -81,16 +82,57 @@ class Stats:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def find_files(input_dir: Path, kind: Kind) -> List[Path]:
-    """Every input file of a dataset under `input_dir`, sorted (the order of the output is then reproducible)."""
-    pattern = "*.jsonl.zst" if kind == "slimpajama" else "*.parquet"
+def find_files(input_dir: Path, kind: Kind, problems: Optional[List[BadRecord]] = None) -> List[Path]:
+    """Every input file of a dataset under `input_dir`, sorted (the order of the output is then reproducible).
+
+    Symbolic links to folders are followed. A folder that cannot be listed or a link to no file is an error, or, when
+    a `problems` list is given, appended to it and left out.
+    """
+    pattern = PATTERNS[kind]
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise PrepareError(f"--input_dir {input_dir} is not a directory: {DOWNLOAD_HINT[kind]}")
-    files = sorted(p for p in input_dir.rglob(pattern) if p.is_file())
+    found = walk_files(input_dir, pattern)
+    files = [p for p, problem in found if problem is None]
+    bad = [BadRecord(str(p), None, problem) for p, problem in found if problem is not None]
+    if bad and problems is None:
+        listed = "; ".join(map(str, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise PrepareError(
+            f"{len(bad)} inputs under --input_dir {input_dir} cannot be read: {listed}. Fix them, or leave them out "
+            "with --skip_bad_records true"
+        )
+    if problems is not None:
+        problems.extend(bad)
     if not files:
         raise PrepareError(f"--input_dir {input_dir} holds no {pattern} files: {DOWNLOAD_HINT[kind]}")
     return files
+
+
+PATTERNS = {"slimpajama": "*.jsonl.zst", "starcoder": "*.parquet"}
+
+
+def walk_files(folder: Path, pattern: str) -> List[Tuple[Path, Optional[str]]]:
+    """The files matching `pattern` under `folder`, through symbolic links to folders too (each folder once), sorted,
+    each with None or why it cannot be read (a folder that cannot be listed comes with its own path)."""
+    found: List[Tuple[Path, Optional[str]]] = []
+    seen = set()
+
+    def unreadable(e: OSError) -> None:
+        found.append((Path(e.filename), f"unreadable directory: {e.strerror}"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in fnmatch.filter(names, pattern):
+            path = Path(root) / name
+            if path.is_file():
+                found.append((path, None))
+            else:
+                found.append((path, "a link to no file" if path.is_symlink() else "not a regular file"))
+    return sorted(found)
 
 
 DOWNLOAD_HINT = {
@@ -188,9 +230,11 @@ READERS: Dict[str, Callable[[Path, Stats], Iterator[str]]] = {
 def iter_texts(input_dir: Path, stats: Optional[Stats] = None) -> Iterator[str]:
     """The documents of every SlimPajama and Starcoder file under `input_dir` (either layout, or both)."""
     stats = stats or Stats()
-    files = [(p, "slimpajama") for p in sorted(Path(input_dir).rglob("*.jsonl.zst"))]
-    files += [(p, "starcoder") for p in sorted(Path(input_dir).rglob("*.parquet"))]
-    for path, kind in files:
+    files = [(p, kind, problem) for kind in READERS for p, problem in walk_files(Path(input_dir), PATTERNS[kind])]
+    for path, kind, problem in files:
+        if problem is not None:
+            stats.skip(BadRecord(str(path), None, problem))
+            continue
         stats.files += 1
         for text in READERS[kind](path, stats):
             stats.documents += 1
@@ -341,7 +385,8 @@ def prepare(
     tokenizer_path = check_tokenizer_dir(tokenizer_path)
     if chunk_size < 1:
         raise PrepareError(f"--chunk_size {chunk_size} must be a positive number of tokens, e.g. {BLOCK_SIZE * 1024}")
-    files = find_files(input_dir, kind)
+    problems: List[BadRecord] = []
+    files = find_files(input_dir, kind, problems if skip_bad_records else None)
     if fast_dev_run:
         files = files[:2]  # a few files: a quick end-to-end check of the whole pipeline
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
@@ -355,6 +400,8 @@ def prepare(
 
     progress = multiprocessing.get_context("spawn").Queue()
     stats = Stats()
+    for problem in problems:  # inputs left out under --skip_bad_records
+        stats.skip(problem)
     monitor = threading.Thread(
         target=_monitor, args=(progress, stats, len(files), verbose, f"{kind} {Path(input_dir).name}"), daemon=True
     )

@@ -351,3 +351,49 @@ def test_killed_preparation_leaves_no_writer_and_preparations_are_byte_identical
     clean = tmp_path / "clean"
     prepare("starcoder", raw.parent, str(clean), prepared["tokenizer"], 4098, num_workers=2, verbose=False)
     assert snapshot(tmp_path / "out") == {tmp_path / "out" / p.name: b for p, b in snapshot(clean).items()}
+
+
+def test_symlinked_folders_are_read_and_dangling_links_or_unreadable_folders_are_named(prepared, tmp_path):
+    import os
+
+    doc = {"text": "hello world"}
+    raw = tmp_path / "raw" / "train"
+    write_jsonl_zst(raw / "chunk1" / "a.jsonl.zst", [doc] * 2)
+    write_jsonl_zst(tmp_path / "elsewhere" / "chunk2" / "b.jsonl.zst", [doc] * 3)
+    (raw / "chunk2").symlink_to(tmp_path / "elsewhere" / "chunk2")  # as on clusters: a folder on another disk
+    (raw / "loop").symlink_to(raw)  # followed once, not forever
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    per_doc = len(tokenizer.encode_ids("hello world", eos=True))
+    stats = prepare("slimpajama", raw, str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4, num_workers=1,
+                    verbose=False)  # fmt: skip
+    assert (stats.files, stats.documents, stats.tokens) == (2, 5, 5 * per_doc)
+
+    (raw / "chunk1" / "c.jsonl.zst").symlink_to(tmp_path / "gone.jsonl.zst")
+    unreadable = raw / "locked"
+    unreadable.mkdir()
+    write_jsonl_zst(unreadable / "d.jsonl.zst", [doc])
+    unreadable.chmod(0)
+    try:
+        listable = os.access(unreadable, os.R_OK)  # root reads every folder
+        with pytest.raises(
+            PrepareError, match=r"inputs under --input_dir .* cannot be read: .*c.jsonl.zst: a link"
+        ) as e:
+            prepare("slimpajama", raw, str(tmp_path / "out2"), prepared["tokenizer"], 2049 * 4, verbose=False)
+        assert "--skip_bad_records true" in str(e.value)
+        assert listable or f"{unreadable}: unreadable directory" in str(e.value)
+        stats = prepare("slimpajama", raw, str(tmp_path / "out2"), prepared["tokenizer"], 2049 * 4, num_workers=1,
+                        skip_bad_records=True, verbose=False)  # fmt: skip
+    finally:
+        unreadable.chmod(0o755)
+    assert stats.skipped["a link to no file"] == 1 and stats.documents == 5 + listable
+    assert [str(r) for r in stats.bad][0] == f"{raw}/chunk1/c.jsonl.zst: a link to no file"
+
+
+def test_tokenizer_trainer_reports_the_records_it_leaves_out(prepared, tmp_path, capsys):
+    import shutil
+
+    corpus = shutil.copytree(prepared["raw"] / "slimpajama-raw" / "validation", tmp_path / "corpus")
+    write_jsonl_zst(corpus / "bad.jsonl.zst", [{"text": "fine"}, "{not json", {"meta": {}}])
+    load_script("train_tokenizer").train(input_dir=corpus, output_dir=tmp_path / "tok", vocab_size=400, num_threads=1)
+    out = capsys.readouterr().out
+    assert f"left out 2 records that could not be read; the first: {corpus}/bad.jsonl.zst:2: malformed JSON" in out
