@@ -46,6 +46,10 @@ class PrepareError(Exception):
     """A problem with the inputs or the options, with what to do about it."""
 
 
+class TruncatedError(zstd.ZstdError):
+    """A zstd file that ends inside a frame: the end of a complete file is missing."""
+
+
 @dataclass
 class BadRecord:
     path: str
@@ -147,7 +151,7 @@ DOWNLOAD_HINT = {
 
 def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
     """The `text` of every row of a `.jsonl.zst` file, RedPajamaGithub rows left out."""
-    line_no = 0
+    line_no, documents = 0, 0
     try:
         for line_no, line in enumerate(_zstd_lines(path), start=1):  # noqa: B007 (line_no is reported after the loop)
             if not line.strip():
@@ -165,7 +169,11 @@ def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
             if isinstance(meta, dict) and meta.get("redpajama_set_name") == GITHUB_SET:
                 stats.skipped[GITHUB_SET] += 1
                 continue
+            documents += 1
             yield text
+    except TruncatedError:
+        lost = f"truncated file: it ends inside a zstd frame after {documents:,} documents; the rest is lost"
+        stats.skip(BadRecord(str(path), line_no + 1, f"{lost} (download it again)"))
     except zstd.ZstdError as e:
         stats.skip(BadRecord(str(path), line_no + 1, f"corrupt zstd data: {_short(e)} (rest of file unread)"))
     except OSError as e:
@@ -189,7 +197,7 @@ def _zstd_lines(path: Path, read_size: int = 1 << 22) -> Iterator[bytes]:
                 pending = lines.pop()
                 yield from lines
     if fed:
-        raise zstd.ZstdError("the file ends inside a zstd frame (truncated download?)")
+        raise TruncatedError("the file ends inside a zstd frame (truncated download?)")
     if pending:
         yield pending
 
@@ -376,7 +384,7 @@ def prepare(
     count give byte-identical chunks and `index.json`.
 
     Raises `PrepareError` with a message for the user when the options or the inputs are wrong, or, unless
-    `skip_bad_records`, when some rows could not be read (after writing everything else).
+    `skip_bad_records`, when some rows or files could not be read (after writing everything else).
     """
     from litdata import optimize
     from litdata.streaming.item_loader import TokensLoader
@@ -438,6 +446,13 @@ def prepare(
                 f"{write_dir}/index.json lists {sum(written):,} tokens but {stats.tokens:,} were encoded; the chunks "
                 "are incomplete"
             )
+        if stats.tokens == 0:
+            if verbose:
+                print_summary(stats, output_dir)
+            raise PrepareError(
+                f"--input_dir {input_dir}: its {stats.files} {PATTERNS[kind]} files hold no documents to tokenize "
+                f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
+            )
         if local:
             _finish(Path(write_dir), kind, input_dir, stats)
             publish(Path(write_dir), Path(output_dir), overwrite)
@@ -448,8 +463,9 @@ def prepare(
         print_summary(stats, output_dir)
     if stats.bad and not skip_bad_records:
         raise PrepareError(
-            f"{len(stats.bad)} rows could not be read (listed above) and are not in {output_dir}. Fix or remove those "
-            "files and run again with --overwrite true, or accept the loss: --skip_bad_records true --overwrite true."
+            f"{len(stats.bad)} records could not be read (listed above) and are not in {output_dir}. Fix or remove "
+            "those files and run again with --overwrite true, or accept the loss: --skip_bad_records true "
+            "--overwrite true."
         )
     return stats
 
@@ -641,16 +657,20 @@ def _monitor(progress: multiprocessing.Queue, stats: Stats, num_files: int, verb
     bar.close()
 
 
+def _left_out(stats: Stats) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
+
+
 def print_summary(stats: Stats, output_dir: str) -> None:
     for record in stats.bad[:MAX_LISTED_BAD_RECORDS]:
         print(f"bad record: {record}")
     if len(stats.bad) > MAX_LISTED_BAD_RECORDS:
         print(f"... and {len(stats.bad) - MAX_LISTED_BAD_RECORDS} more bad records")
     elapsed = stats.elapsed
-    skipped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
+    skipped = _left_out(stats)
     print(
         f"{stats.files:,} files, {stats.documents:,} documents, {stats.tokens:,} tokens written to {output_dir} "
-        f"in {elapsed:.1f}s ({stats.tokens / max(elapsed, 1e-9):,.0f} tokens/s); rows skipped: {skipped}"
+        f"in {elapsed:.1f}s ({stats.tokens / max(elapsed, 1e-9):,.0f} tokens/s); left out: {skipped}"
     )
     chunks = chunk_tokens(output_dir)
     if chunks:

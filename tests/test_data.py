@@ -132,7 +132,7 @@ def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_pa
     assert out.returncode == 1
     assert f"{bad_json}:2: malformed JSON line" in out.stdout
     assert f"{bad_json}:3: row without a 'text' string" in out.stdout
-    assert f"{corrupt}:1: corrupt zstd data" in out.stdout
+    assert f"{corrupt}:1: truncated file: it ends inside a zstd frame after 0 documents" in out.stdout
     assert "--skip_bad_records true" in out.stderr.strip().splitlines()[-1]
 
     # the same run refuses to write into the non-empty output directory, then accepts the loss when told
@@ -144,9 +144,7 @@ def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_pa
     assert out.returncode == 0, out.stderr
     assert "3 files, 3 documents" in out.stdout  # good rows: 2 in a.jsonl.zst, 1 in b.jsonl.zst
     assert (
-        "1 RedPajamaGithub" in out.stdout
-        and "1 malformed JSON line" in out.stdout
-        and "1 corrupt zstd data" in out.stdout
+        "1 RedPajamaGithub" in out.stdout and "1 malformed JSON line" in out.stdout and "1 truncated file" in out.stdout
     )
     tokenizer = Tokenizer(prepared["tokenizer"])
     assert sum(chunk_tokens(tmp_path / "out")) == 3 * len(tokenizer.encode_ids("hello world", eos=True))
@@ -165,7 +163,7 @@ def test_bad_starcoder_files_are_reported(prepared, tmp_path):
     assert reasons[0] == "/train-00000-of-00003.parquet:2: row without a 'content' string"
     assert reasons[1].startswith("/train-00001-of-00003.parquet: no 'content' column")
     assert reasons[2].startswith("/train-00002-of-00003.parquet: unreadable parquet file")
-    with pytest.raises(PrepareError, match="3 rows could not be read"):
+    with pytest.raises(PrepareError, match="3 records could not be read"):
         prepare("starcoder", tmp_path / "raw", str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4,
                 num_workers=1, overwrite=True, verbose=False)  # fmt: skip
 
@@ -397,3 +395,30 @@ def test_tokenizer_trainer_reports_the_records_it_leaves_out(prepared, tmp_path,
     load_script("train_tokenizer").train(input_dir=corpus, output_dir=tmp_path / "tok", vocab_size=400, num_threads=1)
     out = capsys.readouterr().out
     assert f"left out 2 records that could not be read; the first: {corpus}/bad.jsonl.zst:2: malformed JSON" in out
+
+
+def test_truncated_zst_reports_the_documents_read_and_no_documents_is_an_error(prepared, tmp_path):
+    import hashlib
+
+    # 100 documents of 2.6 KB that compress badly: several zstd blocks, of which the first ones can be read
+    docs = [{"text": " ".join(hashlib.sha256(f"{i} {j}".encode()).hexdigest() for j in range(40))} for i in range(100)]
+    whole = write_jsonl_zst(tmp_path / "whole.jsonl.zst", docs).read_bytes()
+    truncated = tmp_path / "raw" / "a.jsonl.zst"
+    truncated.parent.mkdir()
+    truncated.write_bytes(whole[: len(whole) * 2 // 3])  # a download that stopped
+    stats = Stats()
+    read = list(read_slimpajama(truncated, stats))
+    assert 0 < len(read) < 100 and read == [d["text"] for d in docs[: len(read)]]
+    assert [str(r) for r in stats.bad] == [
+        f"{truncated}:{len(read) + 1}: truncated file: it ends inside a zstd frame after {len(read)} documents; the "
+        "rest is lost (download it again)"
+    ]
+    assert dict(stats.skipped) == {"truncated file": 1}  # one file, not "1 rows"
+
+    # a preparation that finds no document fails and writes nothing
+    github = {"text": "import os", "meta": {"redpajama_set_name": "RedPajamaGithub"}}
+    write_jsonl_zst(tmp_path / "code" / "b.jsonl.zst", [github] * 3)
+    with pytest.raises(PrepareError, match=r"1 \*.jsonl.zst files hold no documents to tokenize \(left out: 3 Red"):
+        prepare("slimpajama", tmp_path / "code", str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4,
+                num_workers=1, verbose=False)  # fmt: skip
+    assert not (tmp_path / "out").exists()
