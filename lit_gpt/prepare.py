@@ -612,8 +612,9 @@ def check_tokenizer_dir(tokenizer_path: Path) -> Path:
         )
     if not _has_tokenizer(tokenizer_path):
         hint = f" Did you mean --tokenizer_path {candidates[0]}?" if candidates else ""
+        what = "holds no tokenizer.model or tokenizer.json" if tokenizer_path.exists() else "does not exist"
         raise PrepareError(
-            f"--tokenizer_path {tokenizer_path} holds no tokenizer.model or tokenizer.json.{hint} Get one with `python "
+            f"--tokenizer_path {tokenizer_path} {what}.{hint} Get one with `python "
             "scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --tokenizer_only true` (writes "
             "checkpoints/meta-llama/Llama-2-7b-hf) or `python scripts/train_tokenizer.py`."
         )

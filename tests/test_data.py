@@ -210,7 +210,7 @@ def test_tokenizer_path_without_a_single_match_is_an_error(tmp_path):
 
     checkpoints = tmp_path / "checkpoints"
     # none: what to download
-    with pytest.raises(PrepareError, match="holds no tokenizer.model or tokenizer.json. Get one with `python scripts"):
+    with pytest.raises(PrepareError, match="Llama-2-7b-hf does not exist. Get one with `python scripts"):
         check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
     # several of that name: which one is not guessed
     write_tokenizer(checkpoints / "meta-llama" / "Llama-2-7b-hf")
@@ -220,6 +220,8 @@ def test_tokenizer_path_without_a_single_match_is_an_error(tmp_path):
     assert f"{checkpoints}/meta-llama/Llama-2-7b-hf, {checkpoints}/someone/Llama-2-7b-hf" in str(e.value)
     # a folder that exists but holds no tokenizer is not replaced, only pointed at the candidates
     (checkpoints / "Llama-2-7b-hf").mkdir()
+    with pytest.raises(PrepareError, match="Llama-2-7b-hf holds no tokenizer.model or tokenizer.json. Did you mean"):
+        check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
     with pytest.raises(PrepareError, match=f"Did you mean --tokenizer_path {checkpoints}/meta-llama/Llama-2-7b-hf"):
         check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
 
