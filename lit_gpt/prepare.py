@@ -37,6 +37,7 @@ Kind = Literal["slimpajama", "starcoder"]
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
 GITHUB_SET = "RedPajamaGithub"  # SlimPajama's code rows, skipped: Starcoder covers code
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
+PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters (see encode_long)
 PARQUET_BATCH_ROWS = 1024
 MAX_LISTED_BAD_RECORDS = 20
 MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
@@ -285,14 +286,16 @@ def tokenize_files(
     pending = np.empty(0, dtype=np.int32)
 
     def encode(texts: List[str], stats: Stats) -> Iterator[torch.Tensor]:
-        nonlocal pending
         ids = tokenizer.encode_batch(texts, bos=False, eos=True)
         count = sum(len(i) for i in ids)
-        stream = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=count)
-        stats.documents += len(texts)
-        stats.tokens += count
+        yield from emit(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=count), len(texts), stats)
+
+    def emit(stream: np.ndarray, documents: int, stats: Stats) -> Iterator[torch.Tensor]:
+        nonlocal pending
+        stats.documents += documents
+        stats.tokens += len(stream)
         if progress is not None:
-            progress.put(("progress", Stats(documents=len(texts), tokens=count)))
+            progress.put(("progress", Stats(documents=documents, tokens=len(stream))))
         pending = np.concatenate([pending, stream]) if len(pending) else stream
         full = len(pending) // item_tokens * item_tokens
         for start in range(0, full, item_tokens):
@@ -303,6 +306,12 @@ def tokenize_files(
         stats = Stats(files=1)  # this file's counts; the skipped and bad rows are recorded by the reader
         batch, chars = [], 0
         for text in READERS[kind](Path(path), stats):
+            if len(text) > PIECE_CHARS:  # in pieces: a tokenizer takes ~50 bytes of memory per character
+                if batch:
+                    yield from encode(batch, stats)
+                    batch, chars = [], 0
+                yield from emit(np.append(encode_long(tokenizer, text), np.int32(tokenizer.eos_id)), 1, stats)
+                continue
             batch.append(text)
             chars += len(text)
             if chars >= BATCH_CHARS:
@@ -316,6 +325,68 @@ def tokenize_files(
         if len(pending):
             yield torch.from_numpy(pending.copy())
             pending = pending[:0]
+
+
+def encode_long(tokenizer: Tokenizer, text: str, piece_chars: int = PIECE_CHARS) -> np.ndarray:
+    """The tokens of one long document (no eos), encoded in pieces of about `piece_chars` characters, each cut before a
+    single space between two non-space characters.
+
+    For SentencePiece models that keep whitespace as it is and split pieces at it (Llama's, train_tokenizer.py's) the
+    tokens are those of one call: no token spans such a space, and each piece after the first is encoded without the
+    "▁" that SentencePiece puts before a text (it starts with the space instead). Other SentencePiece models encode
+    the document in one call. A `tokenizer.json` tokenizer encodes each piece as a text of its own, which differs from
+    one call only where it treats the start of a text specially (a Metaspace pre-tokenizer that prepends "▁").
+    """
+    pieces = split_at_spaces(text, piece_chars)
+    if tokenizer.backend != "sentencepiece":
+        return np.concatenate([np.asarray(tokenizer.encode_ids(p), dtype=np.int32) for p in pieces])
+    continuation = _continuation_processor(tokenizer.processor.serialized_model_proto())
+    if continuation is None:
+        return np.asarray(tokenizer.processor.encode(text), dtype=np.int32)
+    first = [np.asarray(tokenizer.processor.encode(pieces[0]), dtype=np.int32)]
+    return np.concatenate(first + [np.asarray(continuation.encode(p), dtype=np.int32) for p in pieces[1:]])
+
+
+def split_at_spaces(text: str, piece_chars: int) -> List[str]:
+    """`text` cut into pieces of at most `piece_chars` characters (more where no cut is found), each cut before a
+    single space between two non-space characters."""
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        cut = _single_space(text, start + 1, start + piece_chars, backwards=True)
+        cut = cut or _single_space(text, start + piece_chars, len(text), backwards=False)
+        if cut is None:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _single_space(text: str, lo: int, hi: int, backwards: bool) -> Optional[int]:
+    i = text.rfind(" ", lo, hi) if backwards else text.find(" ", lo, hi)
+    while i > 0:
+        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i
+        i = text.rfind(" ", lo, i) if backwards else text.find(" ", i + 1, hi)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _continuation_processor(model_proto: bytes):
+    """The SentencePiece model without its dummy prefix, for the pieces after the first of a long document; None for a
+    model with which pieces would not encode as the whole (see `encode_long`)."""
+    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(model_proto)
+    if (
+        model.normalizer_spec.remove_extra_whitespaces
+        or not model.trainer_spec.split_by_whitespace
+        or model.trainer_spec.treat_whitespace_as_suffix
+    ):
+        return None
+    model.normalizer_spec.add_dummy_prefix = False
+    return SentencePieceProcessor(model_proto=model.SerializeToString())
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -424,3 +424,26 @@ def test_truncated_zst_reports_the_documents_read_and_no_documents_is_an_error(p
         prepare("slimpajama", tmp_path / "code", str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4,
                 num_workers=1, verbose=False)  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_long_documents_are_tokenized_in_pieces_to_the_tokens_of_one_call(prepared, tmp_path, monkeypatch):
+    """A document longer than PIECE_CHARS is encoded in pieces (bounded memory: a 50 MB document took 2.6 GB in one
+    call) whose tokens are exactly those of one call, with SentencePiece's handling of spaces, newlines and bytes."""
+    import numpy as np
+
+    import lit_gpt.prepare as prepare_module
+
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    text = "".join(p.read_text() for p in sorted((ROOT / "lit_gpt").glob("*.py"))) + " 漢字  two  spaces a b\u00a0c "
+    whole = tokenizer.encode_ids(text, eos=True)
+    for piece_chars in (40, 1000):
+        pieces = prepare_module.split_at_spaces(text, piece_chars)
+        assert "".join(pieces) == text and len(pieces) > len(text) // (piece_chars * 2)
+        assert prepare_module.encode_long(tokenizer, text, piece_chars).tolist() == whole[:-1]
+
+    # through the work function: the long document between two short ones
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 1000)
+    path = write_jsonl_zst(tmp_path / "a.jsonl.zst", [{"text": "hello"}, {"text": text}, {"text": "world"}])
+    items = prepare_module.tokenize_files([str(path)], "slimpajama", str(prepared["tokenizer"]), 4096)
+    expected = [tokenizer.encode_ids(t, eos=True) for t in ("hello", text, "world")]
+    assert np.concatenate(list(items)).tolist() == [i for ids in expected for i in ids]
