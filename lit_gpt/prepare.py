@@ -488,25 +488,29 @@ def prepare(
     try:
         try:
             workers_files = assign_files(files, num_workers)
-            optimize(
-                fn=functools.partial(
-                    tokenize_files,
-                    kind=kind,
-                    tokenizer_dir=str(tokenizer_path),
-                    item_tokens=item_tokens_for(chunk_size),
-                    progress=progress,
-                    parent_pid=os.getpid(),
-                ),
-                inputs=workers_files,  # one item per worker: its files
-                output_dir=write_dir,
-                num_workers=len(workers_files),
-                chunk_size=chunk_size,
-                item_loader=TokensLoader(),
-                reorder_files=False,
-                keep_data_ordered=True,  # worker i processes item i and writes `chunk-<i>-<n>.bin`
-                mode="overwrite" if overwrite and not local else None,
-                verbose=False,
+            fn = functools.partial(
+                tokenize_files,
+                kind=kind,
+                tokenizer_dir=str(tokenizer_path),
+                item_tokens=item_tokens_for(chunk_size),
+                progress=progress,
+                parent_pid=os.getpid(),
             )
+            if local:
+                write_chunks(fn, workers_files, write_dir, chunk_size)
+            else:
+                optimize(
+                    fn=fn,
+                    inputs=workers_files,  # one item per worker: its files
+                    output_dir=write_dir,
+                    num_workers=len(workers_files),
+                    chunk_size=chunk_size,
+                    item_loader=TokensLoader(),
+                    reorder_files=False,
+                    keep_data_ordered=True,  # worker i processes item i and writes `chunk-<i>-<n>.bin`
+                    mode="overwrite" if overwrite else None,
+                    verbose=False,
+                )
         finally:
             progress.put(("done", None))
             monitor.join()
@@ -516,6 +520,11 @@ def prepare(
             raise PrepareError(
                 f"{write_dir}/index.json lists {sum(written):,} tokens but {stats.tokens:,} were encoded; the chunks "
                 "are incomplete"
+            )
+        if stats.files < len(files):
+            raise PrepareError(
+                f"only {stats.files} of the {len(files)} input files were tokenized: a worker failed (its error is "
+                f"above); nothing was written to {output_dir}"
             )
         if stats.tokens == 0:
             if verbose:
@@ -539,6 +548,29 @@ def prepare(
             "--overwrite true."
         )
     return stats
+
+
+def write_chunks(fn: Callable, workers_files: List[List[str]], write_dir: str, chunk_size: int) -> None:
+    """`litdata.optimize` into a new local folder, worker i processing `workers_files[i]`, without the helper process
+    that optimize starts in each worker to delete downloaded copies of the inputs (there are none here; starting one
+    costs a Python interpreter with torch per worker, seconds on a small machine)."""
+    from litdata.processing.data_processor import DataProcessor
+    from litdata.processing.functions import LambdaDataChunkRecipe
+    from litdata.streaming.item_loader import TokensLoader
+    from litdata.streaming.resolver import _resolve_dir
+
+    processor = DataProcessor(
+        input_dir=_resolve_dir(None),
+        output_dir=_resolve_dir(write_dir),
+        num_workers=len(workers_files),
+        delete_cached_files=False,
+        reorder_files=False,
+        state_dict=dict.fromkeys(range(len(workers_files)), 0),
+        item_loader=TokensLoader(),
+        keep_data_ordered=True,  # worker i processes item i and writes `chunk-<i>-<n>.bin`
+        verbose=False,
+    )
+    processor.run(LambdaDataChunkRecipe(fn, workers_files, chunk_size=chunk_size, chunk_bytes=None, compression=None))
 
 
 def chunk_tokens(output_dir: str) -> Optional[List[int]]:
