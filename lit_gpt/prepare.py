@@ -527,8 +527,8 @@ def prepare(
                 f"above); nothing was written to {output_dir}"
             )
         if stats.tokens == 0:
-            if verbose:
-                print_summary(stats, output_dir)
+            for record in stats.bad[:MAX_LISTED_BAD_RECORDS]:
+                print(f"bad record: {record}")
             raise PrepareError(
                 f"--input_dir {input_dir}: its {stats.files} {PATTERNS[kind]} files hold no documents to tokenize "
                 f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
