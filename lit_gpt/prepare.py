@@ -604,9 +604,11 @@ def check_output_dir(path: Path, overwrite: bool, inputs: Dict[str, Path]) -> No
         return
     foreign = foreign_files(path)
     if foreign:
+        chunks = all(fnmatch.fnmatch(name, "chunk-*.bin") or name == "index.json" for name in foreign)
+        hint = " (chunks from before prepare.json was written: delete them yourself)" if chunks else ""
         raise PrepareError(
-            f"--output_dir {path} holds {foreign[0]}, which no preparation wrote there (no {MANIFEST} lists it); pick "
-            "an empty or new --output_dir (--overwrite true replaces only an earlier preparation's output)"
+            f"--output_dir {path} holds {foreign[0]}, which no preparation wrote there (no {MANIFEST} lists it){hint}; "
+            "pick an empty or new --output_dir (--overwrite true replaces only an earlier preparation's output)"
         )
     if not overwrite:
         raise PrepareError(
