@@ -7,19 +7,25 @@ Nothing is dropped silently: every row that is not turned into tokens is counted
 be read is reported with its file and line (row, for parquet).
 """
 
+import ctypes
+import fnmatch
 import functools
+import hashlib
 import itertools
 import json
 import multiprocessing
 import os
 import queue as queue_module
 import shutil
+import signal
+import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Literal, Optional
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -31,12 +37,18 @@ Kind = Literal["slimpajama", "starcoder"]
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
 GITHUB_SET = "RedPajamaGithub"  # SlimPajama's code rows, skipped: Starcoder covers code
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
+PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters (see encode_long)
 PARQUET_BATCH_ROWS = 1024
 MAX_LISTED_BAD_RECORDS = 20
+MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
 
 
 class PrepareError(Exception):
     """A problem with the inputs or the options, with what to do about it."""
+
+
+class TruncatedError(zstd.ZstdError):
+    """A zstd file that ends inside a frame: the end of a complete file is missing."""
 
 
 @dataclass
@@ -75,16 +87,57 @@ class Stats:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def find_files(input_dir: Path, kind: Kind) -> List[Path]:
-    """Every input file of a dataset under `input_dir`, sorted (the order of the output is then reproducible)."""
-    pattern = "*.jsonl.zst" if kind == "slimpajama" else "*.parquet"
+def find_files(input_dir: Path, kind: Kind, problems: Optional[List[BadRecord]] = None) -> List[Path]:
+    """Every input file of a dataset under `input_dir`, sorted (the order of the output is then reproducible).
+
+    Symbolic links to folders are followed. A folder that cannot be listed or a link to no file is an error, or, when
+    a `problems` list is given, appended to it and left out.
+    """
+    pattern = PATTERNS[kind]
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise PrepareError(f"--input_dir {input_dir} is not a directory: {DOWNLOAD_HINT[kind]}")
-    files = sorted(p for p in input_dir.rglob(pattern) if p.is_file())
+    found = walk_files(input_dir, pattern)
+    files = [p for p, problem in found if problem is None]
+    bad = [BadRecord(str(p), None, problem) for p, problem in found if problem is not None]
+    if bad and problems is None:
+        listed = "; ".join(map(str, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise PrepareError(
+            f"{len(bad)} inputs under --input_dir {input_dir} cannot be read: {listed}. Fix them, or leave them out "
+            "with --skip_bad_records true"
+        )
+    if problems is not None:
+        problems.extend(bad)
     if not files:
         raise PrepareError(f"--input_dir {input_dir} holds no {pattern} files: {DOWNLOAD_HINT[kind]}")
     return files
+
+
+PATTERNS = {"slimpajama": "*.jsonl.zst", "starcoder": "*.parquet"}
+
+
+def walk_files(folder: Path, pattern: str) -> List[Tuple[Path, Optional[str]]]:
+    """The files matching `pattern` under `folder`, through symbolic links to folders too (each folder once), sorted,
+    each with None or why it cannot be read (a folder that cannot be listed comes with its own path)."""
+    found: List[Tuple[Path, Optional[str]]] = []
+    seen = set()
+
+    def unreadable(e: OSError) -> None:
+        found.append((Path(e.filename), f"unreadable directory: {e.strerror}"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in fnmatch.filter(names, pattern):
+            path = Path(root) / name
+            if path.is_file():
+                found.append((path, None))
+            else:
+                found.append((path, "a link to no file" if path.is_symlink() else "not a regular file"))
+    return sorted(found)
 
 
 DOWNLOAD_HINT = {
@@ -99,7 +152,7 @@ DOWNLOAD_HINT = {
 
 def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
     """The `text` of every row of a `.jsonl.zst` file, RedPajamaGithub rows left out."""
-    line_no = 0
+    line_no, documents = 0, 0
     try:
         for line_no, line in enumerate(_zstd_lines(path), start=1):  # noqa: B007 (line_no is reported after the loop)
             if not line.strip():
@@ -117,7 +170,11 @@ def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
             if isinstance(meta, dict) and meta.get("redpajama_set_name") == GITHUB_SET:
                 stats.skipped[GITHUB_SET] += 1
                 continue
+            documents += 1
             yield text
+    except TruncatedError:
+        lost = f"truncated file: it ends inside a zstd frame after {documents:,} documents; the rest is lost"
+        stats.skip(BadRecord(str(path), line_no + 1, f"{lost} (download it again)"))
     except zstd.ZstdError as e:
         stats.skip(BadRecord(str(path), line_no + 1, f"corrupt zstd data: {_short(e)} (rest of file unread)"))
     except OSError as e:
@@ -141,7 +198,7 @@ def _zstd_lines(path: Path, read_size: int = 1 << 22) -> Iterator[bytes]:
                 pending = lines.pop()
                 yield from lines
     if fed:
-        raise zstd.ZstdError("the file ends inside a zstd frame (truncated download?)")
+        raise TruncatedError("the file ends inside a zstd frame (truncated download?)")
     if pending:
         yield pending
 
@@ -182,9 +239,11 @@ READERS: Dict[str, Callable[[Path, Stats], Iterator[str]]] = {
 def iter_texts(input_dir: Path, stats: Optional[Stats] = None) -> Iterator[str]:
     """The documents of every SlimPajama and Starcoder file under `input_dir` (either layout, or both)."""
     stats = stats or Stats()
-    files = [(p, "slimpajama") for p in sorted(Path(input_dir).rglob("*.jsonl.zst"))]
-    files += [(p, "starcoder") for p in sorted(Path(input_dir).rglob("*.parquet"))]
-    for path, kind in files:
+    files = [(p, kind, problem) for kind in READERS for p, problem in walk_files(Path(input_dir), PATTERNS[kind])]
+    for path, kind, problem in files:
+        if problem is not None:
+            stats.skip(BadRecord(str(path), None, problem))
+            continue
         stats.files += 1
         for text in READERS[kind](path, stats):
             stats.documents += 1
@@ -206,47 +265,167 @@ def _tokenizer(tokenizer_dir: str) -> Tokenizer:
     return Tokenizer(tokenizer_dir)
 
 
-def tokenize_file(
-    path: str, kind: Kind, tokenizer_dir: str, item_tokens: int, progress: Optional[multiprocessing.Queue] = None
+def tokenize_files(
+    paths: List[str],
+    kind: Kind,
+    tokenizer_dir: str,
+    item_tokens: int,
+    progress: Optional[multiprocessing.Queue] = None,
+    parent_pid: Optional[int] = None,
 ) -> Iterator[torch.Tensor]:
-    """The litdata work function: one input file -> int32 token items of `item_tokens` tokens (the last one shorter).
+    """The litdata work function: one worker's input files -> int32 token items of `item_tokens` tokens (a file's
+    last one shorter).
 
-    Documents are encoded `bos=False, eos=True` (lit-gpt's convention), many per tokenizer call; their tokens form
-    one stream that is cut into equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
+    Documents are encoded `bos=False, eos=True` (lit-gpt's convention), many per tokenizer call; the tokens of a file
+    form one stream that is cut into equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
+    `parent_pid`: the preparing process, which this worker must not outlive.
     """
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     tokenizer = _tokenizer(tokenizer_dir)
-    stats = Stats(files=1)  # this file's counts; the skipped and bad rows are recorded by the reader
     pending = np.empty(0, dtype=np.int32)
 
-    def encode(texts: List[str]) -> Iterator[torch.Tensor]:
-        nonlocal pending
+    def encode(texts: List[str], stats: Stats) -> Iterator[torch.Tensor]:
         ids = tokenizer.encode_batch(texts, bos=False, eos=True)
         count = sum(len(i) for i in ids)
-        stream = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=count)
-        stats.documents += len(texts)
-        stats.tokens += count
+        yield from emit(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=count), len(texts), stats)
+
+    def emit(stream: np.ndarray, documents: int, stats: Stats) -> Iterator[torch.Tensor]:
+        nonlocal pending
+        stats.documents += documents
+        stats.tokens += len(stream)
         if progress is not None:
-            progress.put(("progress", Stats(documents=len(texts), tokens=count)))
+            progress.put(("progress", Stats(documents=documents, tokens=len(stream))))
         pending = np.concatenate([pending, stream]) if len(pending) else stream
         full = len(pending) // item_tokens * item_tokens
         for start in range(0, full, item_tokens):
             yield torch.from_numpy(pending[start : start + item_tokens].copy())
         pending = pending[full:]
 
-    batch, chars = [], 0
-    for text in READERS[kind](Path(path), stats):
-        batch.append(text)
-        chars += len(text)
-        if chars >= BATCH_CHARS:
-            yield from encode(batch)
-            batch, chars = [], 0
-    if batch:
-        yield from encode(batch)
-    if len(pending):
-        yield torch.from_numpy(pending.copy())
-    if progress is not None:
-        # documents and tokens were reported batch by batch
-        progress.put(("file", Stats(files=1, skipped=stats.skipped, bad=stats.bad)))
+    for path in paths:
+        stats = Stats(files=1)  # this file's counts; the skipped and bad rows are recorded by the reader
+        batch, chars = [], 0
+        for text in READERS[kind](Path(path), stats):
+            if len(text) > PIECE_CHARS:  # in pieces: a tokenizer takes ~50 bytes of memory per character
+                if batch:
+                    yield from encode(batch, stats)
+                    batch, chars = [], 0
+                yield from emit(np.append(encode_long(tokenizer, text), np.int32(tokenizer.eos_id)), 1, stats)
+                continue
+            batch.append(text)
+            chars += len(text)
+            if chars >= BATCH_CHARS:
+                yield from encode(batch, stats)
+                batch, chars = [], 0
+        if batch:
+            yield from encode(batch, stats)
+        if progress is not None:
+            # documents and tokens were reported batch by batch
+            progress.put(("file", Stats(files=1, skipped=stats.skipped, bad=stats.bad)))
+        if len(pending):
+            yield torch.from_numpy(pending.copy())
+            pending = pending[:0]
+
+
+def encode_long(tokenizer: Tokenizer, text: str, piece_chars: int = PIECE_CHARS) -> np.ndarray:
+    """The tokens of one long document (no eos), encoded in pieces of about `piece_chars` characters, each cut before a
+    single space between two non-space characters.
+
+    For SentencePiece models that keep whitespace as it is and split pieces at it (Llama's, train_tokenizer.py's) the
+    tokens are those of one call: no token spans such a space, and each piece after the first is encoded without the
+    "▁" that SentencePiece puts before a text (it starts with the space instead). Other SentencePiece models encode
+    the document in one call. A `tokenizer.json` tokenizer encodes each piece as a text of its own, which differs from
+    one call only where it treats the start of a text specially (a Metaspace pre-tokenizer that prepends "▁").
+    """
+    pieces = split_at_spaces(text, piece_chars)
+    if tokenizer.backend != "sentencepiece":
+        return np.concatenate([np.asarray(tokenizer.encode_ids(p), dtype=np.int32) for p in pieces])
+    continuation = _continuation_processor(tokenizer.processor.serialized_model_proto())
+    if continuation is None:
+        return np.asarray(tokenizer.processor.encode(text), dtype=np.int32)
+    first = [np.asarray(tokenizer.processor.encode(pieces[0]), dtype=np.int32)]
+    return np.concatenate(first + [np.asarray(continuation.encode(p), dtype=np.int32) for p in pieces[1:]])
+
+
+def split_at_spaces(text: str, piece_chars: int) -> List[str]:
+    """`text` cut into pieces of at most `piece_chars` characters (more where no cut is found), each cut before a
+    single space between two non-space characters."""
+    pieces, start = [], 0
+    while len(text) - start > piece_chars:
+        cut = _single_space(text, start + 1, start + piece_chars, backwards=True)
+        cut = cut or _single_space(text, start + piece_chars, len(text), backwards=False)
+        if cut is None:
+            break
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
+
+
+def _single_space(text: str, lo: int, hi: int, backwards: bool) -> Optional[int]:
+    i = text.rfind(" ", lo, hi) if backwards else text.find(" ", lo, hi)
+    while i > 0:
+        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i
+        i = text.rfind(" ", lo, i) if backwards else text.find(" ", i + 1, hi)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _continuation_processor(model_proto: bytes):
+    """The SentencePiece model without its dummy prefix, for the pieces after the first of a long document; None for a
+    model with which pieces would not encode as the whole (see `encode_long`)."""
+    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
+
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(model_proto)
+    if (
+        model.normalizer_spec.remove_extra_whitespaces
+        or not model.trainer_spec.split_by_whitespace
+        or model.trainer_spec.treat_whitespace_as_suffix
+    ):
+        return None
+    model.normalizer_spec.add_dummy_prefix = False
+    return SentencePieceProcessor(model_proto=model.SerializeToString())
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker, and the helper processes litdata started in it, when the preparing process ends, even by
+    SIGKILL: an orphan would go on writing chunks."""
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        PR_SET_PDEATHSIG = 1
+        signal.signal(signal.SIGTERM, _end_worker)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    else:  # no parent-death signal: watch the parent id, which changes when the parent is gone
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1)
+            _end_worker()
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was set up
+        _end_worker()
+
+
+def _end_worker(*_) -> None:
+    for child in multiprocessing.active_children():  # litdata's remover process waits for work forever
+        child.kill()
+    os._exit(1)
+
+
+def assign_files(files: List[Path], num_workers: int) -> List[List[str]]:
+    """The input files of each worker: the largest file first to the least loaded worker (bytes; ties to the lower
+    worker), each worker's files in name order. The same files and worker count give the same assignment, so that a
+    preparation run twice writes the same chunks (litdata's shared work queue hands files to whichever worker is
+    free first)."""
+    bins: List[List[str]] = [[] for _ in range(num_workers)]
+    loads = [0] * num_workers
+    for size, path in sorted(((f.stat().st_size, str(f)) for f in files), key=lambda x: (-x[0], x[1])):
+        worker = min(range(num_workers), key=lambda w: (loads[w], w))
+        bins[worker].append(path)
+        loads[worker] += size
+    return [sorted(b) for b in bins if b]
 
 
 def item_tokens_for(chunk_size: int, target: int = BLOCK_SIZE * 8) -> int:
@@ -271,8 +450,12 @@ def prepare(
 ) -> Stats:
     """Tokenize every file of a SlimPajama or Starcoder folder into litdata chunks; see the scripts for the options.
 
+    A local `output_dir` is written as a hidden sibling folder that is renamed into place when the chunks are complete,
+    so that neither a killed run nor a stale writer can change a finished output. The same files, options and worker
+    count give byte-identical chunks and `index.json`.
+
     Raises `PrepareError` with a message for the user when the options or the inputs are wrong, or, unless
-    `skip_bad_records`, when some rows could not be read (after writing everything else).
+    `skip_bad_records`, when some rows or files could not be read (after writing everything else).
     """
     from litdata import optimize
     from litdata.streaming.item_loader import TokensLoader
@@ -281,54 +464,113 @@ def prepare(
     tokenizer_path = check_tokenizer_dir(tokenizer_path)
     if chunk_size < 1:
         raise PrepareError(f"--chunk_size {chunk_size} must be a positive number of tokens, e.g. {BLOCK_SIZE * 1024}")
-    files = find_files(input_dir, kind)
+    problems: List[BadRecord] = []
+    files = find_files(input_dir, kind, problems if skip_bad_records else None)
     if fast_dev_run:
         files = files[:2]  # a few files: a quick end-to-end check of the whole pipeline
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
-    mode = _check_output_dir(output_dir, overwrite)
+    local = "://" not in str(output_dir)
+    if local:
+        check_output_dir(Path(output_dir), overwrite, {"--input_dir": input_dir, "--tokenizer_path": tokenizer_path})
+        check_inputs_outside(Path(output_dir), files)
+        write_dir = str(_staging_dir(Path(output_dir)))
+    else:  # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
+        write_dir = str(output_dir)
 
     progress = multiprocessing.get_context("spawn").Queue()
     stats = Stats()
+    for problem in problems:  # inputs left out under --skip_bad_records
+        stats.skip(problem)
     monitor = threading.Thread(
         target=_monitor, args=(progress, stats, len(files), verbose, f"{kind} {Path(input_dir).name}"), daemon=True
     )
     monitor.start()
     try:
-        optimize(
-            fn=functools.partial(
-                tokenize_file,
+        try:
+            workers_files = assign_files(files, num_workers)
+            fn = functools.partial(
+                tokenize_files,
                 kind=kind,
                 tokenizer_dir=str(tokenizer_path),
                 item_tokens=item_tokens_for(chunk_size),
                 progress=progress,
-            ),
-            inputs=[str(f) for f in files],
-            output_dir=str(output_dir),
-            num_workers=num_workers,
-            chunk_size=chunk_size,
-            item_loader=TokensLoader(),
-            reorder_files=False,
-            mode=mode,
-            verbose=False,
-        )
+                parent_pid=os.getpid(),
+            )
+            if local:
+                write_chunks(fn, workers_files, write_dir, chunk_size)
+            else:
+                optimize(
+                    fn=fn,
+                    inputs=workers_files,  # one item per worker: its files
+                    output_dir=write_dir,
+                    num_workers=len(workers_files),
+                    chunk_size=chunk_size,
+                    item_loader=TokensLoader(),
+                    reorder_files=False,
+                    keep_data_ordered=True,  # worker i processes item i and writes `chunk-<i>-<n>.bin`
+                    mode="overwrite" if overwrite else None,
+                    verbose=False,
+                )
+        finally:
+            progress.put(("done", None))
+            monitor.join()
+        stats.elapsed = time.perf_counter() - t0
+        written = chunk_tokens(write_dir)
+        if written is not None and sum(written) != stats.tokens:
+            raise PrepareError(
+                f"{write_dir}/index.json lists {sum(written):,} tokens but {stats.tokens:,} were encoded; the chunks "
+                "are incomplete"
+            )
+        if stats.files < len(files):
+            raise PrepareError(
+                f"only {stats.files} of the {len(files)} input files were tokenized: a worker failed (its error is "
+                f"above); nothing was written to {output_dir}"
+            )
+        if stats.tokens == 0:
+            for record in stats.bad[:MAX_LISTED_BAD_RECORDS]:
+                print(f"bad record: {record}")
+            raise PrepareError(
+                f"--input_dir {input_dir}: its {stats.files} {PATTERNS[kind]} files hold no documents to tokenize "
+                f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
+            )
+        if local:
+            _finish(Path(write_dir), kind, input_dir, stats)
+            publish(Path(write_dir), Path(output_dir), overwrite)
     finally:
-        progress.put(("done", None))
-        monitor.join()
-    stats.elapsed = time.perf_counter() - t0
+        if local and Path(write_dir).exists():  # a failed run: nothing of it is kept
+            shutil.rmtree(write_dir, ignore_errors=True)
     if verbose:
         print_summary(stats, output_dir)
-    written = chunk_tokens(output_dir)
-    if written is not None and sum(written) != stats.tokens:
-        raise PrepareError(
-            f"{output_dir}/index.json lists {sum(written):,} tokens but {stats.tokens:,} were encoded; the chunks are "
-            "incomplete (was the output directory written to by another run at the same time?)"
-        )
     if stats.bad and not skip_bad_records:
         raise PrepareError(
-            f"{len(stats.bad)} rows could not be read (listed above) and are not in {output_dir}. Fix or remove those "
-            "files and run again with --overwrite true, or accept the loss: --skip_bad_records true --overwrite true."
+            f"{len(stats.bad)} records could not be read (listed above) and are not in {output_dir}. Fix or remove "
+            "those files and run again with --overwrite true, or accept the loss: --skip_bad_records true "
+            "--overwrite true."
         )
     return stats
+
+
+def write_chunks(fn: Callable, workers_files: List[List[str]], write_dir: str, chunk_size: int) -> None:
+    """`litdata.optimize` into a new local folder, worker i processing `workers_files[i]`, without the helper process
+    that optimize starts in each worker to delete downloaded copies of the inputs (there are none here; starting one
+    costs a Python interpreter with torch per worker, seconds on a small machine)."""
+    from litdata.processing.data_processor import DataProcessor
+    from litdata.processing.functions import LambdaDataChunkRecipe
+    from litdata.streaming.item_loader import TokensLoader
+    from litdata.streaming.resolver import _resolve_dir
+
+    processor = DataProcessor(
+        input_dir=_resolve_dir(None),
+        output_dir=_resolve_dir(write_dir),
+        num_workers=len(workers_files),
+        delete_cached_files=False,
+        reorder_files=False,
+        state_dict=dict.fromkeys(range(len(workers_files)), 0),
+        item_loader=TokensLoader(),
+        keep_data_ordered=True,  # worker i processes item i and writes `chunk-<i>-<n>.bin`
+        verbose=False,
+    )
+    processor.run(LambdaDataChunkRecipe(fn, workers_files, chunk_size=chunk_size, chunk_bytes=None, compression=None))
 
 
 def chunk_tokens(output_dir: str) -> Optional[List[int]]:
@@ -337,6 +579,120 @@ def chunk_tokens(output_dir: str) -> Optional[List[int]]:
     if "://" in str(output_dir) or not index.is_file():
         return None
     return [chunk["dim"] for chunk in json.loads(index.read_text())["chunks"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The output directory: only a preparation's own output is ever replaced
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(path: Path, overwrite: bool, inputs: Dict[str, Path]) -> None:
+    """Refuse an output directory that overlaps an input (`inputs`: flag -> path) or holds anything but an earlier
+    preparation's output (`--overwrite true` replaces that, and only that)."""
+    resolved = path.resolve()
+    for flag, other in inputs.items():
+        other = Path(other).resolve()
+        if resolved == other or resolved in other.parents or other in resolved.parents:
+            relation = "is" if resolved == other else "contains" if resolved in other.parents else "is inside"
+            raise PrepareError(
+                f"--output_dir {path} {relation} {flag} {other}; the chunks must go to a folder of their own, outside "
+                f"the inputs (such as data/slimpajama/train or data/starcoder)"
+            )
+    if path.exists() and not path.is_dir():
+        raise PrepareError(f"--output_dir {path} is a file; pick a directory")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    foreign = foreign_files(path)
+    if foreign:
+        chunks = all(fnmatch.fnmatch(name, "chunk-*.bin") or name == "index.json" for name in foreign)
+        hint = " (chunks from before prepare.json was written: delete them yourself)" if chunks else ""
+        raise PrepareError(
+            f"--output_dir {path} holds {foreign[0]}, which no preparation wrote there (no {MANIFEST} lists it){hint}; "
+            "pick an empty or new --output_dir (--overwrite true replaces only an earlier preparation's output)"
+        )
+    if not overwrite:
+        raise PrepareError(
+            f"--output_dir {path} holds an earlier preparation ({MANIFEST}); pick another --output_dir, or pass "
+            "--overwrite true to replace it"
+        )
+
+
+def check_inputs_outside(path: Path, files: List[Path]) -> None:
+    """Refuse an output directory that holds an input file (one reached through a symbolic link, too)."""
+    resolved = path.resolve()
+    for f in files:
+        if resolved in f.resolve().parents:
+            raise PrepareError(f"--output_dir {path} holds the input file {f}; pick an --output_dir outside the inputs")
+
+
+def foreign_files(path: Path) -> List[str]:
+    """The entries of an output directory that its `prepare.json` does not list (all of them without one)."""
+    owned = set()
+    try:
+        owned = set(json.loads((path / MANIFEST).read_text())["files"]) | {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return sorted(p.name for p in path.iterdir() if p.name not in owned or p.is_symlink() or not p.is_file())
+
+
+def _staging_dir(path: Path) -> Path:
+    """A fresh hidden sibling of `path` for the workers to write into; such folders of killed runs are removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.partial-*"):
+        pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _finish(write_dir: Path, kind: Kind, input_dir: Path, stats: Stats) -> None:
+    """Make `index.json` reproducible and list what was written in `prepare.json`."""
+    index_path = write_dir / "index.json"
+    index = json.loads(index_path.read_text())
+    # litdata stamps the write time; its readers only compare the stamp to notice a changed dataset: a digest of the
+    # index does that, and is the same for the same chunks
+    index.pop("updated_at", None)
+    index["updated_at"] = hashlib.sha256(json.dumps(index, sort_keys=True).encode()).hexdigest()[:16]
+    index_path.write_text(json.dumps(index, sort_keys=True))
+    manifest = {
+        "prepared_by": "lit_gpt.prepare",
+        "kind": kind,
+        "input_dir": str(input_dir),
+        "documents": stats.documents,
+        "tokens": stats.tokens,
+        "files": sorted(p.name for p in write_dir.iterdir()),
+    }
+    (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def publish(write_dir: Path, path: Path, overwrite: bool) -> None:
+    """Rename the finished `write_dir` to `path`, replacing an earlier preparation there if `overwrite`."""
+    old = None
+    if path.is_dir() and any(path.iterdir()):
+        check_output_dir(path, overwrite, {})  # again: another run may have written there meanwhile
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.rename(path, old)
+    elif path.is_dir():
+        path.rmdir()
+    os.rename(write_dir, path)
+    if old is not None:
+        # only the files that prepare.json lists (checked above)
+        for name in json.loads((old / MANIFEST).read_text())["files"] + [MANIFEST]:
+            (old / name).unlink(missing_ok=True)
+        try:
+            old.rmdir()
+        except OSError:
+            print(f"note: left {old}: files appeared in it that no preparation wrote")
 
 
 def check_tokenizer_dir(tokenizer_path: Path) -> Path:
@@ -361,8 +717,9 @@ def check_tokenizer_dir(tokenizer_path: Path) -> Path:
         )
     if not _has_tokenizer(tokenizer_path):
         hint = f" Did you mean --tokenizer_path {candidates[0]}?" if candidates else ""
+        what = "holds no tokenizer.model or tokenizer.json" if tokenizer_path.exists() else "does not exist"
         raise PrepareError(
-            f"--tokenizer_path {tokenizer_path} holds no tokenizer.model or tokenizer.json.{hint} Get one with `python "
+            f"--tokenizer_path {tokenizer_path} {what}.{hint} Get one with `python "
             "scripts/download.py --repo_id meta-llama/Llama-2-7b-hf --tokenizer_only true` (writes "
             "checkpoints/meta-llama/Llama-2-7b-hf) or `python scripts/train_tokenizer.py`."
         )
@@ -381,25 +738,6 @@ def check_tokenizer_dir(tokenizer_path: Path) -> Path:
 
 def _has_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file()
-
-
-def _check_output_dir(output_dir: str, overwrite: bool) -> Optional[str]:
-    """litdata's write mode, after refusing to mix a new run into an existing output directory."""
-    if "://" in str(output_dir):
-        # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
-        return "overwrite" if overwrite else None
-    path = Path(output_dir)
-    if path.exists() and not path.is_dir():
-        raise PrepareError(f"--output_dir {path} is a file; pick a directory")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise PrepareError(
-                f"--output_dir {path} is not empty (it holds {sorted(p.name for p in path.iterdir())[:3]}...). "
-                "Pick another --output_dir, or pass --overwrite true to delete its contents and write it again."
-            )
-        for child in path.iterdir():
-            shutil.rmtree(child) if child.is_dir() else child.unlink()
-    return None
 
 
 def _monitor(progress: multiprocessing.Queue, stats: Stats, num_files: int, verbose: bool, desc: str) -> None:
@@ -425,16 +763,20 @@ def _monitor(progress: multiprocessing.Queue, stats: Stats, num_files: int, verb
     bar.close()
 
 
+def _left_out(stats: Stats) -> str:
+    return ", ".join(f"{n:,} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
+
+
 def print_summary(stats: Stats, output_dir: str) -> None:
     for record in stats.bad[:MAX_LISTED_BAD_RECORDS]:
         print(f"bad record: {record}")
     if len(stats.bad) > MAX_LISTED_BAD_RECORDS:
         print(f"... and {len(stats.bad) - MAX_LISTED_BAD_RECORDS} more bad records")
     elapsed = stats.elapsed
-    skipped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(stats.skipped.items())) or "none"
+    skipped = _left_out(stats)
     print(
         f"{stats.files:,} files, {stats.documents:,} documents, {stats.tokens:,} tokens written to {output_dir} "
-        f"in {elapsed:.1f}s ({stats.tokens / max(elapsed, 1e-9):,.0f} tokens/s); rows skipped: {skipped}"
+        f"in {elapsed:.1f}s ({stats.tokens / max(elapsed, 1e-9):,.0f} tokens/s); left out: {skipped}"
     )
     chunks = chunk_tokens(output_dir)
     if chunks:

@@ -24,6 +24,11 @@ def main(log_dir: Path = Path("out/tiny-llama-1.1b/logs"), output: Optional[Path
         log_dir: A run's log folder (`<out_dir>/logs`), or any folder above its `metrics.csv` / event files.
         output: The PNG to write. Default: `loss.png` next to `log_dir`.
     """
+    if not log_dir.is_dir():
+        raise SystemExit(
+            f"error: --log_dir {log_dir} does not exist; pass the `logs` folder of a run of pretrain/tinyllama.py "
+            "(`<out_dir>/logs`)"
+        )
     series = read_logs(log_dir)
     if not series["loss"]:
         raise SystemExit(

@@ -33,16 +33,18 @@ def main(
     """Tokenize one SlimPajama split.
 
     Args:
-        input_dir: A split folder (`train/`, `validation/` or `test/`); every `*.jsonl.zst` under it is read.
+        input_dir: A split folder (`train/`, `validation/` or `test/`); every `*.jsonl.zst` under it is read (through
+            symbolic links to folders too).
         output_dir: Where the chunks and `index.json` go: a local folder or an object store URL (`s3://...`).
         tokenizer_path: A tokenizer directory (`tokenizer.model` or `tokenizer.json`), see `scripts/download.py`.
         chunk_size: Tokens per chunk. Keep it a multiple of the training block (2049 = 2048 + 1) so that no block
             straddles two chunks.
         fast_dev_run: Process only the first 2 files, to check the whole pipeline quickly.
         num_workers: Worker processes (default: one per CPU core).
-        skip_bad_records: Leave out rows that cannot be read (malformed JSON, no `text`, corrupt zstd data) and count
-            them in the summary, instead of failing the run.
-        overwrite: Delete what `output_dir` holds and write it again.
+        skip_bad_records: Leave out rows that cannot be read (malformed JSON, no `text`, corrupt zstd data),
+            folders that cannot be listed and links to no file, and count them in the summary, instead of failing.
+        overwrite: Replace an earlier preparation in `output_dir` (the files its `prepare.json` lists); a folder that
+            holds anything else, or overlaps `input_dir` or `tokenizer_path`, is refused.
     """
     prepare(
         "slimpajama",

@@ -27,7 +27,7 @@ import torch
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.prepare import BLOCK_SIZE, _tokenizer, find_files, item_tokens_for, prepare, tokenize_file  # noqa: E402
+from lit_gpt.prepare import BLOCK_SIZE, _tokenizer, find_files, item_tokens_for, prepare, tokenize_files  # noqa: E402
 
 INPUTS = {"slimpajama": "slimpajama-raw/train", "starcoder": "starcoderdata-raw"}
 
@@ -113,7 +113,7 @@ def litgpt_tokenize_file(path: str, kind: str, tokenizer_dir: str) -> Iterator[t
 
 
 def _ours(path: str, kind: str, tokenizer_dir: str) -> Iterator[torch.Tensor]:
-    return tokenize_file(path, kind, tokenizer_dir, item_tokens_for(BLOCK_SIZE * 1024))
+    return tokenize_files([path], kind, tokenizer_dir, item_tokens_for(BLOCK_SIZE * 1024))
 
 
 def _litgpt_optimize(files: list, kind: str, tokenizer_path: Path, output_dir: str, num_workers: int) -> None:

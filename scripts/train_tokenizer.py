@@ -109,6 +109,8 @@ def train(
         f"Trained a {tokenizer.vocab_size}-token BPE tokenizer on {stats.documents:,} documents of {stats.files} files "
         f"in {time.perf_counter() - t0:.1f}s -> {output_dir} (bos={tokenizer.bos_id}, eos={tokenizer.eos_id})"
     )
+    if stats.bad:
+        print(f"left out {len(stats.bad):,} records that could not be read; the first: {stats.bad[0]}")
 
 
 def _lines(texts: Iterator[str]) -> Iterator[str]:

@@ -132,11 +132,11 @@ def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_pa
     assert out.returncode == 1
     assert f"{bad_json}:2: malformed JSON line" in out.stdout
     assert f"{bad_json}:3: row without a 'text' string" in out.stdout
-    assert f"{corrupt}:1: corrupt zstd data" in out.stdout
+    assert f"{corrupt}:1: truncated file: it ends inside a zstd frame after 0 documents" in out.stdout
     assert "--skip_bad_records true" in out.stderr.strip().splitlines()[-1]
 
     # the same run refuses to write into the non-empty output directory, then accepts the loss when told
-    with pytest.raises(PrepareError, match="is not empty.*--overwrite true"):
+    with pytest.raises(PrepareError, match="holds an earlier preparation.*--overwrite true"):
         prepare("slimpajama", raw, str(tmp_path / "out"), prepared["tokenizer"], 8196, skip_bad_records=True)
     out = run_script(
         "prepare_slimpajama", *args, "--skip_bad_records", "true", "--overwrite", "true", tmp_path=tmp_path
@@ -144,9 +144,7 @@ def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_pa
     assert out.returncode == 0, out.stderr
     assert "3 files, 3 documents" in out.stdout  # good rows: 2 in a.jsonl.zst, 1 in b.jsonl.zst
     assert (
-        "1 RedPajamaGithub" in out.stdout
-        and "1 malformed JSON line" in out.stdout
-        and "1 corrupt zstd data" in out.stdout
+        "1 RedPajamaGithub" in out.stdout and "1 malformed JSON line" in out.stdout and "1 truncated file" in out.stdout
     )
     tokenizer = Tokenizer(prepared["tokenizer"])
     assert sum(chunk_tokens(tmp_path / "out")) == 3 * len(tokenizer.encode_ids("hello world", eos=True))
@@ -165,7 +163,7 @@ def test_bad_starcoder_files_are_reported(prepared, tmp_path):
     assert reasons[0] == "/train-00000-of-00003.parquet:2: row without a 'content' string"
     assert reasons[1].startswith("/train-00001-of-00003.parquet: no 'content' column")
     assert reasons[2].startswith("/train-00002-of-00003.parquet: unreadable parquet file")
-    with pytest.raises(PrepareError, match="3 rows could not be read"):
+    with pytest.raises(PrepareError, match="3 records could not be read"):
         prepare("starcoder", tmp_path / "raw", str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4,
                 num_workers=1, overwrite=True, verbose=False)  # fmt: skip
 
@@ -212,7 +210,7 @@ def test_tokenizer_path_without_a_single_match_is_an_error(tmp_path):
 
     checkpoints = tmp_path / "checkpoints"
     # none: what to download
-    with pytest.raises(PrepareError, match="holds no tokenizer.model or tokenizer.json. Get one with `python scripts"):
+    with pytest.raises(PrepareError, match="Llama-2-7b-hf does not exist. Get one with `python scripts"):
         check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
     # several of that name: which one is not guessed
     write_tokenizer(checkpoints / "meta-llama" / "Llama-2-7b-hf")
@@ -222,6 +220,8 @@ def test_tokenizer_path_without_a_single_match_is_an_error(tmp_path):
     assert f"{checkpoints}/meta-llama/Llama-2-7b-hf, {checkpoints}/someone/Llama-2-7b-hf" in str(e.value)
     # a folder that exists but holds no tokenizer is not replaced, only pointed at the candidates
     (checkpoints / "Llama-2-7b-hf").mkdir()
+    with pytest.raises(PrepareError, match="Llama-2-7b-hf holds no tokenizer.model or tokenizer.json. Did you mean"):
+        check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
     with pytest.raises(PrepareError, match=f"Did you mean --tokenizer_path {checkpoints}/meta-llama/Llama-2-7b-hf"):
         check_tokenizer_dir(checkpoints / "Llama-2-7b-hf")
 
@@ -261,3 +261,187 @@ def test_training_batches_are_all_full_across_epochs(prepared, tmp_path):
     resumed = train_dataloader(str(data_dir), (0.7, 0.3), block_size=256, batch_size=8, num_workers=2, seed=1)
     resumed.load_state_dict(state)
     assert next(cycle_full_batches(resumed, 8)).shape == (8, 257)
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_output_dir_around_inputs_or_with_foreign_files_is_refused_and_nothing_is_deleted(prepared, tmp_path):
+    """`--overwrite true` into the input's parent (or the input, or the tokenizer) deletes nothing: such an
+    --output_dir is refused, and so is one that holds a file no preparation wrote. Only an earlier preparation's
+    output (listed in its prepare.json) is replaced."""
+    import shutil
+
+    data = tmp_path / "data"
+    train = data / "slimpajama-raw" / "train"
+    write_jsonl_zst(train / "chunk1" / "a.jsonl.zst", [{"text": "hello world"}] * 3)
+    (data / "notes.txt").write_text("mine")
+    tokenizer = shutil.copytree(prepared["tokenizer"], data / "tokenizer")
+    before = snapshot(data)
+    for out, relation, flag in [
+        (data, "contains", "--input_dir"),
+        (train, "is", "--input_dir"),
+        (train / "chunks", "is inside", "--input_dir"),
+        (tokenizer, "is", "--tokenizer_path"),
+    ]:
+        for overwrite in (False, True):
+            with pytest.raises(PrepareError, match=f"--output_dir {out} {relation} {flag} ") as e:
+                prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, overwrite=overwrite, verbose=False)
+            assert "pass --overwrite true" not in str(e.value)
+    foreign = data / "out"
+    foreign.mkdir()
+    (foreign / "index.json").write_text("{}")  # not a preparation's: no prepare.json lists it
+    with pytest.raises(PrepareError, match=f"--output_dir {foreign} holds index.json, which no preparation wrote"):
+        prepare("slimpajama", train, str(foreign), tokenizer, 2049 * 4, overwrite=True, verbose=False)
+    assert snapshot(data) == {**before, foreign / "index.json": b"{}"}
+
+    # an earlier preparation: refused without --overwrite, replaced with it
+    out = tmp_path / "prepared"
+    first = prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, num_workers=1, verbose=False)
+    with pytest.raises(PrepareError, match="holds an earlier preparation .*pass --overwrite true to replace it"):
+        prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, verbose=False)
+    second = prepare("slimpajama", train, str(out), tokenizer, 2049 * 4, num_workers=1, overwrite=True, verbose=False)
+    assert sum(chunk_tokens(out)) == first.tokens == second.tokens
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder left
+    assert snapshot(data) == {**before, foreign / "index.json": b"{}"}
+
+
+def _descendants(pid: int) -> list:
+    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree in /proc")
+def test_killed_preparation_leaves_no_writer_and_preparations_are_byte_identical(prepared, tmp_path):
+    """A preparation SIGKILLed in the middle: its workers die with it, a re-run with --overwrite true reports success
+    and stays as written, and it is byte for byte a clean run with the same options and 2 workers."""
+    import signal
+    import time
+
+    raw = tmp_path / "raw" / "python"
+    raw.mkdir(parents=True)
+    for copy in range(4):  # ~2M tokens: a run that is still going when its first chunk is written
+        for f in sorted((prepared["raw"] / "starcoderdata-raw" / "python").glob("*.parquet")):
+            (raw / f"{copy}-{f.name}").write_bytes(f.read_bytes())
+    args = ["--input_dir", str(raw.parent), "--tokenizer_path", str(prepared["tokenizer"]), "--chunk_size", "4098",
+            "--num_workers", "2", "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    script = str(ROOT / "scripts" / "prepare_starcoder.py")
+    killed = subprocess.Popen([sys.executable, script, *args], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not any(tmp_path.glob("**/chunk-*.bin")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _descendants(killed.pid)  # litdata's workers and their helpers
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert workers and killed.returncode == -signal.SIGKILL
+
+    rerun = run_script("prepare_starcoder", *args, "--overwrite", "true", tmp_path=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    time.sleep(2)  # an orphan would write its chunks now
+    assert [pid for pid in workers if _running(pid)] == []
+    clean = tmp_path / "clean"
+    prepare("starcoder", raw.parent, str(clean), prepared["tokenizer"], 4098, num_workers=2, verbose=False)
+    assert snapshot(tmp_path / "out") == {tmp_path / "out" / p.name: b for p, b in snapshot(clean).items()}
+
+
+def test_symlinked_folders_are_read_and_dangling_links_or_unreadable_folders_are_named(prepared, tmp_path):
+    import os
+
+    doc = {"text": "hello world"}
+    raw = tmp_path / "raw" / "train"
+    write_jsonl_zst(raw / "chunk1" / "a.jsonl.zst", [doc] * 2)
+    write_jsonl_zst(tmp_path / "elsewhere" / "chunk2" / "b.jsonl.zst", [doc] * 3)
+    (raw / "chunk2").symlink_to(tmp_path / "elsewhere" / "chunk2")  # as on clusters: a folder on another disk
+    (raw / "loop").symlink_to(raw)  # followed once, not forever
+    (raw / "chunk1" / "c.jsonl.zst").symlink_to(tmp_path / "gone.jsonl.zst")
+    unreadable = raw / "locked"
+    unreadable.mkdir()
+    write_jsonl_zst(unreadable / "d.jsonl.zst", [doc])
+    unreadable.chmod(0)
+    try:
+        listable = os.access(unreadable, os.R_OK)  # root reads every folder
+        # refused by name before anything starts
+        with pytest.raises(
+            PrepareError, match=r"inputs under --input_dir .* cannot be read: .*c.jsonl.zst: a link"
+        ) as e:
+            prepare("slimpajama", raw, str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4, verbose=False)
+        assert "--skip_bad_records true" in str(e.value)
+        assert listable or f"{unreadable}: unreadable directory" in str(e.value)
+        # or counted and named, and everything else read (the linked folder too)
+        stats = prepare("slimpajama", raw, str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4, num_workers=1,
+                        skip_bad_records=True, verbose=False)  # fmt: skip
+    finally:
+        unreadable.chmod(0o755)
+    per_doc = len(Tokenizer(prepared["tokenizer"]).encode_ids("hello world", eos=True))
+    assert (stats.files, stats.documents, stats.tokens) == (2 + listable, 5 + listable, (5 + listable) * per_doc)
+    assert stats.skipped["a link to no file"] == 1
+    assert [str(r) for r in stats.bad][0] == f"{raw}/chunk1/c.jsonl.zst: a link to no file"
+
+
+def test_tokenizer_trainer_reports_the_records_it_leaves_out(prepared, tmp_path, capsys):
+    import shutil
+
+    corpus = shutil.copytree(prepared["raw"] / "slimpajama-raw" / "validation", tmp_path / "corpus")
+    write_jsonl_zst(corpus / "bad.jsonl.zst", [{"text": "fine"}, "{not json", {"meta": {}}])
+    load_script("train_tokenizer").train(input_dir=corpus, output_dir=tmp_path / "tok", vocab_size=400, num_threads=1)
+    out = capsys.readouterr().out
+    assert f"left out 2 records that could not be read; the first: {corpus}/bad.jsonl.zst:2: malformed JSON" in out
+
+
+def test_truncated_zst_reports_the_documents_read_and_no_documents_is_an_error(prepared, tmp_path):
+    import hashlib
+
+    # 100 documents of 2.6 KB that compress badly: several zstd blocks, of which the first ones can be read
+    docs = [{"text": " ".join(hashlib.sha256(f"{i} {j}".encode()).hexdigest() for j in range(40))} for i in range(100)]
+    whole = write_jsonl_zst(tmp_path / "whole.jsonl.zst", docs).read_bytes()
+    truncated = tmp_path / "raw" / "a.jsonl.zst"
+    truncated.parent.mkdir()
+    truncated.write_bytes(whole[: len(whole) * 2 // 3])  # a download that stopped
+    stats = Stats()
+    read = list(read_slimpajama(truncated, stats))
+    assert 0 < len(read) < 100 and read == [d["text"] for d in docs[: len(read)]]
+    assert [str(r) for r in stats.bad] == [
+        f"{truncated}:{len(read) + 1}: truncated file: it ends inside a zstd frame after {len(read)} documents; the "
+        "rest is lost (download it again)"
+    ]
+    assert dict(stats.skipped) == {"truncated file": 1}  # one file, not "1 rows"
+
+    # a preparation that finds no document fails and writes nothing
+    github = {"text": "import os", "meta": {"redpajama_set_name": "RedPajamaGithub"}}
+    write_jsonl_zst(tmp_path / "code" / "b.jsonl.zst", [github] * 3)
+    with pytest.raises(PrepareError, match=r"1 \*.jsonl.zst files hold no documents to tokenize \(left out: 3 Red"):
+        prepare("slimpajama", tmp_path / "code", str(tmp_path / "out"), prepared["tokenizer"], 2049 * 4,
+                num_workers=1, verbose=False)  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
+def test_long_documents_are_tokenized_in_pieces_to_the_tokens_of_one_call(prepared, tmp_path, monkeypatch):
+    """A document longer than PIECE_CHARS is encoded in pieces (bounded memory: a 50 MB document took 2.6 GB in one
+    call) whose tokens are exactly those of one call, with SentencePiece's handling of spaces, newlines and bytes."""
+    import numpy as np
+
+    import lit_gpt.prepare as prepare_module
+
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    text = "".join(p.read_text() for p in sorted((ROOT / "lit_gpt").glob("*.py"))) + " 漢字  two  spaces a b\u00a0c "
+    whole = tokenizer.encode_ids(text, eos=True)
+    for piece_chars in (40, 1000):
+        pieces = prepare_module.split_at_spaces(text, piece_chars)
+        assert "".join(pieces) == text and len(pieces) > len(text) // (piece_chars * 2)
+        assert prepare_module.encode_long(tokenizer, text, piece_chars).tolist() == whole[:-1]
+
+    # through the work function: the long document between two short ones
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 1000)
+    path = write_jsonl_zst(tmp_path / "a.jsonl.zst", [{"text": "hello"}, {"text": text}, {"text": "world"}])
+    items = prepare_module.tokenize_files([str(path)], "slimpajama", str(prepared["tokenizer"]), 4096)
+    expected = [tokenizer.encode_ids(t, eos=True) for t in ("hello", text, "world")]
+    assert np.concatenate(list(items)).tolist() == [i for ids in expected for i in ids]

@@ -98,3 +98,10 @@ def test_plot_logs_csv(tmp_path, capsys):
     assert summary["first_step"] == 1 and summary["last_step"] == 15 and summary["val_step"] == 15
     assert abs(summary["first_loss"] - 9.6) < 1e-6 and abs(summary["last_loss"] - 4.01) < 1e-6
     assert "train loss 9.600 at step 1 -> 4.010 at step 15" in capsys.readouterr().out
+
+
+def test_plot_logs_on_a_missing_folder_says_it_does_not_exist(tmp_path):
+    from prepared_data import load_script
+
+    with pytest.raises(SystemExit, match=f"--log_dir {tmp_path / 'nowhere'} does not exist"):
+        load_script("plot_logs").main(log_dir=tmp_path / "nowhere")
