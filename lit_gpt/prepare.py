@@ -33,7 +33,7 @@ import zstandard as zstd
 
 from lit_gpt.tokenizer import Tokenizer
 
-Kind = Literal["slimpajama", "starcoder"]
+Kind = Literal["slimpajama", "starcoder", "text"]  # text: any corpus of scripts/prepare_text.py
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
 GITHUB_SET = "RedPajamaGithub"  # SlimPajama's code rows, skipped: Starcoder covers code
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
@@ -272,13 +272,15 @@ def tokenize_files(
     item_tokens: int,
     progress: Optional[multiprocessing.Queue] = None,
     parent_pid: Optional[int] = None,
+    reader: Optional[Callable[[Path, Stats], Iterator[str]]] = None,
 ) -> Iterator[torch.Tensor]:
     """The litdata work function: one worker's input files -> int32 token items of `item_tokens` tokens (a file's
     last one shorter).
 
     Documents are encoded `bos=False, eos=True` (lit-gpt's convention), many per tokenizer call; the tokens of a file
     form one stream that is cut into equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
-    `parent_pid`: the preparing process, which this worker must not outlive.
+    `parent_pid`: the preparing process, which this worker must not outlive. `reader` reads a file's documents
+    (default: the reader of `kind`).
     """
     if parent_pid is not None:
         _die_with_parent(parent_pid)
@@ -305,7 +307,7 @@ def tokenize_files(
     for path in paths:
         stats = Stats(files=1)  # this file's counts; the skipped and bad rows are recorded by the reader
         batch, chars = [], 0
-        for text in READERS[kind](Path(path), stats):
+        for text in (reader or READERS[kind])(Path(path), stats):
             if len(text) > PIECE_CHARS:  # in pieces: a tokenizer takes ~50 bytes of memory per character
                 if batch:
                     yield from encode(batch, stats)
@@ -447,8 +449,12 @@ def prepare(
     skip_bad_records: bool = False,
     overwrite: bool = False,
     verbose: bool = True,
+    inputs: Optional[List[str]] = None,
+    text_options=None,
 ) -> Stats:
     """Tokenize every file of a SlimPajama or Starcoder folder into litdata chunks; see the scripts for the options.
+    With `kind="text"`, the files of `inputs` (folders, glob patterns, files; `lit_gpt.text_data.find_inputs`) are read
+    as `text_options` (a `lit_gpt.text_data.TextOptions`) says, and `input_dir` is not used.
 
     A local `output_dir` is written as a hidden sibling folder that is renamed into place when the chunks are complete,
     so that neither a killed run nor a stale writer can change a finished output. The same files, options and worker
@@ -465,13 +471,23 @@ def prepare(
     if chunk_size < 1:
         raise PrepareError(f"--chunk_size {chunk_size} must be a positive number of tokens, e.g. {BLOCK_SIZE * 1024}")
     problems: List[BadRecord] = []
-    files = find_files(input_dir, kind, problems if skip_bad_records else None)
+    reader = None
+    if kind == "text":
+        from lit_gpt.text_data import find_inputs, input_roots, read_documents
+
+        files = find_inputs(inputs or [], problems if skip_bad_records else None)
+        reader = functools.partial(read_documents, options=text_options)
+        named_inputs = {f"--input {item}": root for item, root in input_roots(inputs or [])}
+        input_dir = Path(" ".join(inputs or []))  # for the messages and prepare.json
+    else:
+        files = find_files(input_dir, kind, problems if skip_bad_records else None)
+        named_inputs = {"--input_dir": input_dir}
     if fast_dev_run:
         files = files[:2]  # a few files: a quick end-to-end check of the whole pipeline
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
     local = "://" not in str(output_dir)
     if local:
-        check_output_dir(Path(output_dir), overwrite, {"--input_dir": input_dir, "--tokenizer_path": tokenizer_path})
+        check_output_dir(Path(output_dir), overwrite, {**named_inputs, "--tokenizer_path": tokenizer_path})
         check_inputs_outside(Path(output_dir), files)
         write_dir = str(_staging_dir(Path(output_dir)))
     else:  # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
@@ -482,7 +498,9 @@ def prepare(
     for problem in problems:  # inputs left out under --skip_bad_records
         stats.skip(problem)
     monitor = threading.Thread(
-        target=_monitor, args=(progress, stats, len(files), verbose, f"{kind} {Path(input_dir).name}"), daemon=True
+        target=_monitor,
+        args=(progress, stats, len(files), verbose, f"{kind} {Path(output_dir if kind == 'text' else input_dir).name}"),
+        daemon=True,
     )
     monitor.start()
     try:
@@ -495,6 +513,7 @@ def prepare(
                 item_tokens=item_tokens_for(chunk_size),
                 progress=progress,
                 parent_pid=os.getpid(),
+                reader=reader,
             )
             if local:
                 write_chunks(fn, workers_files, write_dir, chunk_size)
@@ -530,7 +549,8 @@ def prepare(
             for record in stats.bad[:MAX_LISTED_BAD_RECORDS]:
                 print(f"bad record: {record}")
             raise PrepareError(
-                f"--input_dir {input_dir}: its {stats.files} {PATTERNS[kind]} files hold no documents to tokenize "
+                f"{'--input' if kind == 'text' else '--input_dir'} {input_dir}: its {stats.files} "
+                f"{PATTERNS.get(kind, 'input')} files hold no documents to tokenize "
                 f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
             )
         if local:

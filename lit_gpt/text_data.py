@@ -1,0 +1,311 @@
+"""Reading a corpus of one's own for `scripts/prepare_text.py`: the documents of plain-text, JSON-lines, parquet,
+arrow and CSV/TSV files, plain or compressed, with every record that cannot be read named by file and line.
+
+    .txt .text .md          one document per file, or per block of lines between blank lines (`blocks=True`)
+    .jsonl .ndjson .json    one JSON object per line (or one JSON array of objects), the text under `text_key`
+                            (`a.b` for nested objects)
+    .parquet .arrow         the string column `column` (`.arrow`: Arrow IPC stream or file, as Hugging Face
+                            `datasets` writes its cache and `save_to_disk` folders)
+    .csv .tsv               the column `column` of a file with a header row
+
+Text formats may be compressed: `.zst`, `.gz`, `.bz2`, `.xz` after the format's suffix (`data.jsonl.gz`). Files are
+found under folders (through symbolic links to folders too), by glob patterns, or named one by one (`find_inputs`).
+"""
+
+import bz2
+import csv
+import glob
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from lit_gpt.prepare import BadRecord, PrepareError, Stats, TruncatedError, _short, _zstd_lines, walk_files
+
+FORMATS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".csv": "csv",
+    ".tsv": "tsv",
+}
+COMPRESSIONS = (".zst", ".gz", ".bz2", ".xz")
+# the metadata files of a Hugging Face `datasets` folder, not data
+DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")
+PARQUET_BATCH_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How documents are taken from the files; `split` and `val_fraction` keep one side of a reproducible split by
+    document ("train" keeps the documents not in the validation share, "val" the others)."""
+
+    text_key: str = "text"
+    column: str = "text"
+    blocks: bool = False
+    val_fraction: float = 0.0
+    split: Optional[str] = None
+
+
+def file_format(path: Path) -> Optional[Tuple[str, Optional[str]]]:
+    """(format, compression) from a file's name, or None for a file that is not one of the formats."""
+    name = path.name.lower()
+    compression = next((c for c in COMPRESSIONS if name.endswith(c)), None)
+    if compression:
+        name = name[: -len(compression)]
+    fmt = FORMATS.get(os.path.splitext(name)[1])
+    if fmt is None or (compression and fmt in ("parquet", "arrow")) or path.name in DATASETS_METADATA:
+        return None
+    return fmt, compression
+
+
+def find_inputs(inputs: Sequence[str], problems: Optional[List[BadRecord]] = None) -> List[Path]:
+    """The files of `inputs` (folders, glob patterns or files), each once, sorted. A folder contributes every file of
+    a known format under it; a named file must be of one. A folder that cannot be listed or a link to no file is an
+    error, or, with a `problems` list, appended to it."""
+    found, bad = {}, []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            for p, problem in walk_files(path, "*"):
+                if problem is not None and (file_format(p) or problem.startswith("unreadable directory")):
+                    bad.append(BadRecord(str(p), None, problem))
+                elif problem is None and file_format(p):
+                    found.setdefault(os.path.realpath(p), p)
+        elif glob.has_magic(item):
+            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True)) if Path(m).is_file()]
+            if not matches:
+                raise PrepareError(f"--input {item} matches no file")
+            for p in matches:
+                if file_format(p):
+                    found.setdefault(os.path.realpath(p), p)
+        elif path.is_file():
+            if not file_format(path):
+                raise PrepareError(
+                    f"--input {item}: not a file of a known format ({', '.join(sorted(FORMATS))}, text formats also "
+                    f"with {', '.join(COMPRESSIONS)})"
+                )
+            found.setdefault(os.path.realpath(path), path)
+        else:
+            raise PrepareError(f"--input {item}: no such file or folder")
+    if bad and problems is None:
+        listed = "; ".join(map(str, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise PrepareError(
+            f"{len(bad)} inputs cannot be read: {listed}. Fix them, or leave them out with --skip_bad_records true"
+        )
+    if problems is not None:
+        problems.extend(bad)
+    if not found:
+        raise PrepareError(
+            f"--input {' '.join(inputs)} holds no file of a known format ({', '.join(sorted(FORMATS))}, text formats "
+            f"also with {', '.join(COMPRESSIONS)})"
+        )
+    return sorted(found.values())
+
+
+def input_roots(inputs: Sequence[str]) -> List[Tuple[str, Path]]:
+    """Each input with the folder or file it reads from, a glob pattern's folder before its first wildcard: the output
+    must stay outside all of them (and outside every input file, which `prepare` checks too)."""
+    roots = []
+    for item in inputs:
+        if glob.has_magic(item):
+            parts = Path(item).parts
+            fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+            if fixed:  # a pattern of the working directory itself ("*.txt") names no folder to keep out of
+                roots.append((item, Path(*parts[:fixed])))
+        else:
+            roots.append((item, Path(item)))
+    return roots
+
+
+def in_validation(path: Path, index: int, fraction: float) -> bool:
+    """Whether document `index` of the file `path` belongs to the validation share: a hash of the file's name and the
+    index, so the split is the same on every run and machine and for every worker count."""
+    digest = hashlib.blake2b(f"{path.name}\0{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def read_documents(path: Path, stats: Stats, options: TextOptions) -> Iterator[str]:
+    """The documents of one file (see the module docstring); unreadable records are recorded in `stats`."""
+    fmt, compression = file_format(path) or ("text", None)
+    reader = {"text": _read_text, "json": _read_json, "parquet": _read_table, "arrow": _read_table}.get(fmt, _read_csv)
+    index = 0
+    for text in reader(path, compression, stats, options):
+        if not text.strip():
+            stats.skipped["empty document"] += 1
+            continue
+        index += 1
+        if options.split is None or in_validation(path, index, options.val_fraction) == (options.split == "val"):
+            yield text
+
+
+def _lines(path: Path, compression: Optional[str], stats: Stats) -> Iterator[Tuple[int, bytes]]:
+    """(1-based line number, line with its newline) of a plain or compressed file; a truncated or corrupt stream ends
+    the file with a bad record."""
+    line_no = 0
+    try:
+        if compression == ".zst":
+            for line_no, line in enumerate(_zstd_lines(path), start=1):  # noqa: B007
+                yield line_no, line + b"\n"
+        else:
+            opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(compression, open)
+            with opener(path, "rb") as f:
+                for line_no, line in enumerate(f, start=1):  # noqa: B007
+                    yield line_no, line
+    except (TruncatedError, EOFError):
+        stats.skip(BadRecord(str(path), line_no + 1, "truncated file: the compressed stream ends early (download it "
+                             "again); the documents before the cut are kept"))  # fmt: skip
+    except (OSError, lzma.LZMAError, ValueError) as e:  # corrupt data (zstd's error is a ValueError too)
+        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
+
+
+def _decode(line: bytes, path: Path, line_no: int, stats: Stats) -> Optional[str]:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        stats.skip(BadRecord(str(path), line_no, f"not UTF-8 text: {_short(e)}"))
+        return None
+
+
+def _read_text(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
+    block: List[str] = []
+    bad_file = False
+    for line_no, raw in _lines(path, compression, stats):
+        line = _decode(raw, path, line_no, stats)
+        if line is None:
+            bad_file = True  # a document with a line left out would be a different document: leave it all out
+            continue
+        if options.blocks and not line.strip():
+            if block and not bad_file:
+                yield "".join(block)
+            block, bad_file = [], False
+            continue
+        block.append(line)
+    if block and not bad_file:
+        yield "".join(block)
+
+
+def _get(row: object, key: str) -> object:
+    for part in key.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
+
+
+def _read_json(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
+    lines = _lines(path, compression, stats)
+    first = next(lines, None)
+    if first is not None and first[1].lstrip().startswith(b"["):  # one JSON array, not JSON lines
+        data = first[1] + b"".join(line for _, line in lines)
+        try:
+            rows = json.loads(data)
+        except ValueError as e:
+            stats.skip(BadRecord(str(path), None, f"malformed JSON array: {_short(e)}"))
+            return
+        for i, row in enumerate(rows if isinstance(rows, list) else [], start=1):
+            text = _get(row, options.text_key)
+            if isinstance(text, str):
+                yield text
+            else:
+                stats.skip(BadRecord(str(path), i, f"element without a {options.text_key!r} string"))
+        return
+    for line_no, raw in _chain(first, lines):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError as e:  # malformed JSON or invalid UTF-8
+            stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {_short(e)}"))
+            continue
+        text = _get(row, options.text_key)
+        if not isinstance(text, str):
+            stats.skip(BadRecord(str(path), line_no, f"row without a {options.text_key!r} string"))
+            continue
+        yield text
+
+
+def _chain(first, rest) -> Iterator[Tuple[int, bytes]]:
+    if first is not None:
+        yield first
+    yield from rest
+
+
+def _read_table(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix.lower() == ".parquet":
+            parquet = pq.ParquetFile(path)
+            names = parquet.schema_arrow.names
+            batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[options.column])
+        else:
+            batches, names = _arrow_batches(path)
+    except (pa.ArrowException, OSError) as e:
+        stats.skip(BadRecord(str(path), None, f"unreadable {path.suffix[1:]} file: {_short(e)}"))
+        return
+    if options.column not in names:
+        stats.skip(BadRecord(str(path), None, f"no {options.column!r} column (--column): the file has {names}"))
+        return
+    row = 0
+    try:
+        for batch in batches:
+            for text in batch.column(batch.schema.get_field_index(options.column)).to_pylist():
+                row += 1
+                if isinstance(text, str):
+                    yield text
+                else:
+                    stats.skip(BadRecord(str(path), row, f"row without a {options.column!r} string"))
+    except (pa.ArrowException, OSError) as e:
+        stats.skip(BadRecord(str(path), row + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
+
+
+def _arrow_batches(path: Path):
+    """The record batches and column names of an Arrow IPC stream (Hugging Face `datasets`' format) or file."""
+    import pyarrow as pa
+
+    try:
+        stream = pa.ipc.open_stream(pa.memory_map(str(path)))
+        return iter(stream), stream.schema.names
+    except pa.ArrowInvalid:
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        return (reader.get_batch(i) for i in range(reader.num_record_batches)), reader.schema.names
+
+
+def _read_csv(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
+    csv.field_size_limit(sys.maxsize)
+    fmt = file_format(path)[0]
+    numbered: List[int] = []
+
+    def text_lines() -> Iterator[str]:
+        for line_no, raw in _lines(path, compression, stats):
+            line = _decode(raw, path, line_no, stats)
+            numbered.append(line_no)
+            if line is not None:
+                yield line
+
+    reader = csv.reader(text_lines(), delimiter="\t" if fmt == "tsv" else ",")
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if options.column not in header:
+            stats.skip(BadRecord(str(path), None, f"no {options.column!r} column (--column): the header is {header}"))
+            return
+        at = header.index(options.column)
+        for fields in reader:
+            if len(fields) != len(header):
+                stats.skip(BadRecord(str(path), numbered[-1], f"{len(fields)} fields, the header has {len(header)}"))
+                continue
+            yield fields[at]
+    except csv.Error as e:
+        stats.skip(BadRecord(str(path), numbered[-1] if numbered else None, f"malformed CSV: {_short(e)}"))

@@ -1,0 +1,159 @@
+"""scripts/prepare_text.py: a corpus of one's own in every supported format, plain and compressed, read document by
+document (real files, the real readers), every bad-input class named by file and line, and a real preparation into
+litdata chunks whose tokens are the documents' and whose train/validation split is the same on every run."""
+
+import bz2
+import csv
+import gzip
+import json
+import lzma
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+from prepared_data import ROOT, load_script
+
+from lit_gpt.prepare import PrepareError, Stats, chunk_tokens, prepare
+from lit_gpt.text_data import TextOptions, find_inputs, read_documents
+from lit_gpt.tokenizer import Tokenizer
+
+DOCS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog, " * (i % 5 + 1) for i in range(40)]
+
+
+def write_corpus(root):
+    """Every format, holding DOCS in order of the sorted file names; returns {file name: its documents}."""
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "a.txt": DOCS[0:1],
+        "b.md": DOCS[1:2],
+        "c.jsonl.gz": DOCS[2:6],
+        "d.jsonl.zst": DOCS[6:10],
+        "e.json.xz": DOCS[10:14],  # a JSON array
+        "f.ndjson.bz2": DOCS[14:18],
+        "sub/g.parquet": DOCS[18:24],
+        "sub/h.arrow": DOCS[24:30],
+        "sub/i.csv": DOCS[30:35],
+        "sub/j.tsv": DOCS[35:40],
+    }
+    (root / "a.txt").write_text(DOCS[0])
+    (root / "b.md").write_text(DOCS[1])
+    lines = lambda docs: "".join(json.dumps({"meta": {"body": d}}) + "\n" for d in docs)  # noqa: E731
+    with gzip.open(root / "c.jsonl.gz", "wt") as f:
+        f.write(lines(DOCS[2:6]))
+    (root / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines(DOCS[6:10]).encode()))
+    with lzma.open(root / "e.json.xz", "wt") as f:
+        json.dump([{"meta": {"body": d}} for d in DOCS[10:14]], f)
+    with bz2.open(root / "f.ndjson.bz2", "wt") as f:
+        f.write(lines(DOCS[14:18]))
+    pq.write_table(pa.table({"text": DOCS[18:24]}), root / "sub/g.parquet")
+    with pa.ipc.new_stream(str(root / "sub/h.arrow"), pa.schema([("text", pa.string())])) as w:
+        w.write_table(pa.table({"text": DOCS[24:30]}))
+    for name, delimiter, docs in (("i.csv", ",", DOCS[30:35]), ("j.tsv", "\t", DOCS[35:40])):
+        with open(root / "sub" / name, "w", newline="") as f:
+            writer = csv.writer(f, delimiter=delimiter)
+            writer.writerow(["id", "text"])
+            writer.writerows([i, d] for i, d in enumerate(docs))
+    (root / "sub" / "dataset_info.json").write_text("{}")  # a datasets folder's metadata: not data
+    (root / "notes.pdf").write_bytes(b"%PDF")  # not a known format: not read
+    return files
+
+
+def read(path, **options):
+    stats = Stats()
+    docs = list(read_documents(path, stats, TextOptions(text_key="meta.body", **options)))
+    return docs, stats
+
+
+def test_every_format_reads_its_documents(tmp_path):
+    files = write_corpus(tmp_path / "corpus")
+    found = find_inputs([str(tmp_path / "corpus")])
+    assert [str(p.relative_to(tmp_path / "corpus")) for p in found] == sorted(files)
+    for path in found:
+        docs, stats = read(path)
+        assert docs == files[str(path.relative_to(tmp_path / "corpus"))] and not stats.bad, (path, stats.bad)
+    # globs and single files; blank-line blocks
+    assert [p.name for p in find_inputs([str(tmp_path / "corpus/**/*.csv"), str(tmp_path / "corpus/a.txt")])] == [
+        "a.txt",
+        "i.csv",
+    ]
+    (tmp_path / "blocks.txt").write_text("one\nstill one\n\n\ntwo\n \nthree")
+    assert read(tmp_path / "blocks.txt", blocks=True)[0] == ["one\nstill one\n", "two\n", "three"]
+    assert read(tmp_path / "blocks.txt")[0] == ["one\nstill one\n\n\ntwo\n \nthree"]
+
+
+def test_bad_inputs_are_named_by_file_and_line(tmp_path):
+    (tmp_path / "rows.jsonl").write_text('{"meta": {"body": "ok"}}\nnot json\n{"meta": {"title": "x"}}\n')
+    docs, stats = read(tmp_path / "rows.jsonl")
+    assert docs == ["ok"] and [str(b) for b in stats.bad] == [
+        f"{tmp_path}/rows.jsonl:2: malformed JSON line: Expecting value: line 1 column 1 (char 0)",
+        f"{tmp_path}/rows.jsonl:3: row without a 'meta.body' string",
+    ]
+    (tmp_path / "latin1.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    docs, stats = read(tmp_path / "latin1.txt")
+    assert docs == [] and str(stats.bad[0]).startswith(f"{tmp_path}/latin1.txt:2: not UTF-8 text")
+    pq.write_table(pa.table({"content": ["x"]}), tmp_path / "other.parquet")
+    docs, stats = read(tmp_path / "other.parquet")
+    assert docs == [] and "no 'text' column (--column): the file has ['content']" in str(stats.bad[0])
+    (tmp_path / "bad.csv").write_text("id,body\n1,x\n")
+    assert "no 'text' column (--column): the header is ['id', 'body']" in str(read(tmp_path / "bad.csv")[1].bad[0])
+    # a compressed file cut short: the documents before the cut are kept, the cut is reported with its line
+    data = gzip.compress("".join(json.dumps({"meta": {"body": d}}) + "\n" for d in DOCS).encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    docs, stats = read(tmp_path / "cut.jsonl.gz")
+    assert 0 < len(docs) < len(DOCS) and docs == DOCS[: len(docs)]
+    assert len(stats.bad) == 1 and "truncated file" in str(stats.bad[0]) and f":{len(docs) + 1}:" in str(stats.bad[0])
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet")
+    assert "unreadable parquet file" in str(read(tmp_path / "garbage.parquet")[1].bad[0])
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    with pytest.raises(PrepareError, match=r"1 inputs cannot be read: .*link.jsonl: a link to no file"):
+        find_inputs([str(tmp_path)])
+    for inputs, match in [([str(tmp_path / "nope")], "no such file or folder"),
+                          ([str(tmp_path / "*.doc")], "matches no file"),
+                          ([str(tmp_path / "garbage.parquet"), str(tmp_path / "x.pdf")], "no such file")]:  # fmt: skip
+        with pytest.raises(PrepareError, match=match):
+            find_inputs(inputs)
+
+
+def test_prepared_tokens_are_the_documents_and_the_split_is_reproducible(tmp_path, prepared):
+    write_corpus(tmp_path / "corpus")
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    expected = [t for d in DOCS for t in tokenizer.encode(d, bos=False, eos=True).tolist()]
+    options = TextOptions(text_key="meta.body")
+    stats = prepare("text", None, str(tmp_path / "all"), prepared["tokenizer"], 2049 * 4, num_workers=1,
+                    verbose=False, inputs=[str(tmp_path / "corpus")], text_options=options)  # fmt: skip
+    assert stats.documents == len(DOCS) and stats.tokens == len(expected) == sum(chunk_tokens(str(tmp_path / "all")))
+    from litdata.streaming import StreamingDataset, TokensLoader
+
+    dataset = StreamingDataset(str(tmp_path / "all"), item_loader=TokensLoader(block_size=len(expected)))
+    assert dataset[0].tolist() == expected  # every document, in file order, each ending with eos
+
+    # --val_fraction: two runs of the real script give the same two folders, which hold every document once
+    script = [sys.executable, str(ROOT / "scripts" / "prepare_text.py"), "--input", str(tmp_path / "corpus")]
+    script += ["--tokenizer_path", str(prepared["tokenizer"]), "--text_key", "meta.body", "--val_fraction", "0.3"]
+    for out in ("split1", "split2"):
+        proc = subprocess.run([*script, "--output_dir", str(tmp_path / out), "--num_workers", "2"],
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    for split in ("train", "val"):
+        a, b = tmp_path / "split1" / split, tmp_path / "split2" / split
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+        assert all((a / p.name).read_bytes() == (b / p.name).read_bytes() for p in a.iterdir())
+    train, val = (json.loads((tmp_path / "split1" / s / "prepare.json").read_text()) for s in ("train", "val"))
+    assert train["documents"] + val["documents"] == len(DOCS) and 4 <= val["documents"] <= 20, (train, val)
+    assert train["tokens"] + val["tokens"] == len(expected)
+
+
+def test_an_empty_corpus_or_a_wrong_key_is_refused(tmp_path, prepared):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "empty.txt").write_text("  \n")
+    (tmp_path / "corpus" / "rows.jsonl").write_text('{"body": "x"}\n')
+    script = [sys.executable, str(ROOT / "scripts" / "prepare_text.py"), "--input", str(tmp_path / "corpus")]
+    script += ["--tokenizer_path", str(prepared["tokenizer"]), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "hold no documents to tokenize" in proc.stderr, proc.stderr[-2000:]
+    assert "rows.jsonl:1: row without a 'text' string" in proc.stdout + proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert load_script("prepare_text").main.__doc__  # the --help text comes from it
