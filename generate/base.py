@@ -55,9 +55,9 @@ def main(
 
     if model.config.padded_vocab_size > tokenizer.vocab_size:
         fabric.print(
-            f"Warning: the model has {model.config.padded_vocab_size} token ids, the tokenizer in {checkpoint_dir} "
-            f"{tokenizer.vocab_size}; an id past the tokenizer's cannot be decoded. Was the checkpoint converted "
-            "with the tokenizer it was trained with?",
+            f"Note: the model has {model.config.padded_vocab_size} token ids, the tokenizer in {checkpoint_dir} "
+            f"{tokenizer.vocab_size}; only the tokenizer's are sampled. That is right for a model trained with this "
+            "tokenizer; one trained with another needs to be converted with that one.",
             file=sys.stderr,
         )
     encoded = tokenizer.encode(prompt, bos=None, device=fabric.device)
@@ -66,7 +66,15 @@ def main(
         if fabric.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        y = generate(model, encoded, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=tokenizer.eos_id)
+        y = generate(
+            model,
+            encoded,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            eos_id=tokenizer.eos_id,
+            vocab_size=tokenizer.vocab_size,
+        )
         if fabric.device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter() - t0

@@ -41,8 +41,11 @@ def generate(
     temperature: float = 1.0,
     top_k: Optional[int] = None,
     eos_id: Optional[int] = None,
+    vocab_size: Optional[int] = None,
 ) -> torch.Tensor:
-    """The prompt (T,) followed by up to `max_new_tokens` generated tokens, stopping after `eos_id`.
+    """The prompt (T,) followed by up to `max_new_tokens` generated tokens, stopping after `eos_id`. With
+    `vocab_size` (the tokenizer's), only ids below it are sampled: the model's (padded) vocabulary can be larger than
+    the tokenizer's, whose decoding fails on an id it does not have.
 
     The prompt is processed in one forward pass that fills the KV cache; each new token is one more pass of a
     single position.
@@ -60,7 +63,7 @@ def generate(
     input_pos = torch.arange(0, T, device=device)
     x = prompt.view(1, -1)
     for _ in range(max_new_tokens):
-        logits = model(x, input_pos)[0, -1]
+        logits = model(x, input_pos)[0, -1, :vocab_size]
         next_token = sample(logits, temperature, top_k).to(prompt.dtype)
         tokens.append(next_token)
         if eos_id is not None and next_token.item() == eos_id:

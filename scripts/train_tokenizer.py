@@ -1,4 +1,4 @@
-"""Train a Llama-style SentencePiece BPE tokenizer on a SlimPajama- or Starcoder-layout corpus.
+"""Train a Llama-style SentencePiece BPE tokenizer on a SlimPajama- or Starcoder-layout corpus, or on files of your own.
 
 Llama's settings: BPE with byte fallback (every byte sequence can be encoded), digits split, whitespace kept as is,
 `<unk>`=0, `<s>`=1, `</s>`=2, no padding token. The output directory is a checkpoint-style tokenizer directory
@@ -8,6 +8,7 @@ Example:
 
     python scripts/prepare_sample_data.py
     python scripts/train_tokenizer.py --input_dir data --output_dir checkpoints/sample-tokenizer
+    python scripts/train_tokenizer.py --input my-corpus --output_dir checkpoints/my-tokenizer --vocab_size 8000
 """
 
 import io
@@ -15,7 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Union
 
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,8 +34,13 @@ def train(
     max_lines: Optional[int] = None,
     num_threads: Optional[int] = None,
     overwrite: bool = False,
+    input: Optional[Union[str, List[str]]] = None,
+    text_key: str = "text",
+    column: str = "text",
+    blocks: bool = False,
 ) -> None:
-    """Train on every `*.jsonl.zst` (SlimPajama) and `*.parquet` (Starcoder) file under `input_dir`.
+    """Train on every `*.jsonl.zst` (SlimPajama) and `*.parquet` (Starcoder) file under `input_dir`, or on the
+    files of `--input`.
 
     Args:
         input_dir: A corpus folder in either layout, or a folder holding both (such as `data/`).
@@ -43,6 +49,11 @@ def train(
         max_lines: Train on this many lines of text at most (SentencePiece samples them), to bound time and memory.
         num_threads: Trainer threads (default: all cores).
         overwrite: Replace a tokenizer already in `output_dir`.
+        input: Instead of `input_dir`: folders, glob patterns or files of your own corpus in any format that
+            `scripts/prepare_text.py` reads (plain text, JSON lines, parquet, arrow, CSV/TSV; compressed too).
+        text_key: With `--input`: the key of the text in JSON objects (`a.b` for nested ones).
+        column: With `--input`: the text column of parquet, arrow, CSV and TSV files.
+        blocks: With `--input`: plain-text files hold one document per block of lines between blank lines.
     """
     import os
 
@@ -53,8 +64,18 @@ def train(
     if vocab_size < 259 + 3:
         raise PrepareError(f"--vocab_size {vocab_size} is too small: 256 byte tokens and 3 special tokens come first")
     stats = Stats()
-    lines = _lines(iter_texts(input_dir, stats))
+    if input is not None:
+        from lit_gpt.text_data import TextOptions, find_inputs, read_documents
+
+        options = TextOptions(text_key=text_key, column=column, blocks=blocks)
+        files = find_inputs([input] if isinstance(input, str) else list(input))
+        input_dir = Path(" ".join(map(str, files[:1]))).parent
+        lines = _lines(_documents(files, stats, options, read_documents))
+    else:
+        lines = _lines(iter_texts(input_dir, stats))
     first = next(lines, None)
+    if first is None and input is not None:
+        raise PrepareError(f"--input {input} holds no text (left out: {sum(stats.skipped.values())} records)")
     if first is None:
         raise PrepareError(
             f"--input_dir {input_dir} holds no text in *.jsonl.zst or *.parquet files; build the sample corpus with "
@@ -111,6 +132,14 @@ def train(
     )
     if stats.bad:
         print(f"left out {len(stats.bad):,} records that could not be read; the first: {stats.bad[0]}")
+
+
+def _documents(files, stats: Stats, options, read_documents) -> Iterator[str]:
+    for path in files:
+        stats.files += 1
+        for text in read_documents(path, stats, options):
+            stats.documents += 1
+            yield text
 
 
 def _lines(texts: Iterator[str]) -> Iterator[str]:

@@ -52,6 +52,10 @@ def test_demo_smoke(tmp_path):
     (work / "checkpoints").mkdir(parents=True)
     (work / "data").symlink_to(data, target_is_directory=True)
     (work / "checkpoints" / "sample-tokenizer").symlink_to(root / "checkpoints" / "sample-tokenizer")
+    # pretrain_custom_data.md's corpus: a folder of someone's own text files (here, Python modules as text)
+    (work / "my-corpus").mkdir()
+    for source in sorted(Path(os.__file__).parent.glob("*.py"))[:40]:
+        (work / "my-corpus" / f"{source.stem}.txt").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
     assert run_marked_blocks(work) >= 3
     assert (work / "checkpoints" / "lit-micro-llama" / "lit_model.pth").is_file()
 

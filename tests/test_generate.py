@@ -80,3 +80,17 @@ def test_generate_script_names_a_missing_checkpoint(tmp_path):
     # a mistyped --checkpoint_dir: the error is about the checkpoint, not about a missing tokenizer
     with pytest.raises(FileNotFoundError, match="lit_model.pth' does not exist.*convert_pretrained_checkpoint"):
         script.main(tmp_path / "typo", prompt="x")
+
+
+def test_generation_samples_only_the_tokenizers_ids():
+    """A model's padded vocabulary (micro-llama: 32000) can be larger than its tokenizer's (a 2000-token one trained
+    on one's own corpus): ids the tokenizer lacks are never sampled, which its decoding would fail on."""
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(Config.from_name("micro-llama", n_layer=1)).eval()
+    prompt = torch.tensor([1, 5, 9])
+    out = generate(model, prompt, 40, temperature=2.0, vocab_size=50)
+    assert out.size(0) == 43 and int(out[3:].max()) < 50
+    assert int(generate(model, prompt, 40, temperature=2.0)[3:].max()) >= 50  # without the limit: any of 32000
