@@ -5,7 +5,8 @@ parses every SlimPajama line twice and hands litdata one item per document; `lit
 encodes many documents per SentencePiece call and hands litdata block-sized items. Two measurements:
 
 - per core: one process tokenizing the files (no litdata), documents/s and tokens/s;
-- end to end: `litdata.optimize` with one worker per core, input files to chunks on disk.
+- end to end: `litdata.optimize` with one worker per core, input files to chunks on disk;
+- `scripts/prepare_text.py`'s generic readers on both datasets as one mixed corpus, per core.
 
 Example:
 
@@ -85,6 +86,28 @@ def main(
             f"{kind:10s} end to end  lit-gpt {litgpt_s:.1f}s, lit_gpt.prepare {ours_s:.1f}s with {num_workers} workers:"
             f" speed-up {litgpt_s / ours_s:.2f}x"
         )
+    text_corpus_speed(data_dir, tokenizer_path, repeats)
+
+
+def text_corpus_speed(data_dir: Path, tokenizer_path: Path, repeats: int) -> None:
+    """`scripts/prepare_text.py`'s generic readers (`lit_gpt.text_data`) on both raw datasets as one mixed corpus
+    (JSON lines under `text`, parquet under `content`), per core: files/s and tokens/s."""
+    from lit_gpt.text_data import TextOptions, find_inputs, read_documents
+
+    files = [str(f) for f in find_inputs([str(data_dir / sub) for sub in INPUTS.values()])]
+    reader = functools.partial(read_documents, options=TextOptions(text_key="text", column="content"))
+    best, tokens = float("inf"), 0
+    for _ in range(repeats):
+        t0, tokens = time.perf_counter(), 0
+        for f in files:
+            for item in tokenize_files([f], "text", str(tokenizer_path), item_tokens_for(BLOCK_SIZE * 1024),
+                                       reader=reader):  # fmt: skip
+                tokens += len(item)
+        best = min(best, time.perf_counter() - t0)
+    print(
+        f"text       per core    prepare_text     {best:6.2f}s {len(files) / best:9.1f} files/s "
+        f"{tokens / best:11,.0f} tokens/s ({len(files)} files of both formats, {tokens:,} tokens)"
+    )
 
 
 def litgpt_tokenize_file(path: str, kind: str, tokenizer_dir: str) -> Iterator[torch.Tensor]:
