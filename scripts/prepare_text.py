@@ -67,21 +67,31 @@ def main(
     splits = [("train", f"{output_dir.rstrip('/')}/train"), ("val", f"{output_dir.rstrip('/')}/val")]
     if val_fraction == 0:
         splits = [(None, output_dir)]
+    documents = 0
     for split, out in splits:
         options = TextOptions(text_key=text_key, column=column, blocks=blocks, val_fraction=val_fraction, split=split)
-        prepare(
-            "text",
-            input_dir=None,
-            inputs=[input] if isinstance(input, str) else list(input),
-            text_options=options,
-            output_dir=out,
-            tokenizer_path=tokenizer_path,
-            chunk_size=chunk_size,
-            fast_dev_run=fast_dev_run,
-            num_workers=num_workers,
-            skip_bad_records=skip_bad_records,
-            overwrite=overwrite,
-        )
+        try:
+            stats = prepare(
+                "text",
+                input_dir=None,
+                inputs=[input] if isinstance(input, str) else list(input),
+                text_options=options,
+                output_dir=out,
+                tokenizer_path=tokenizer_path,
+                chunk_size=chunk_size,
+                fast_dev_run=fast_dev_run,
+                num_workers=num_workers,
+                skip_bad_records=skip_bad_records,
+                overwrite=overwrite,
+            )
+        except PrepareError as e:
+            if split != "val" or "hold no documents" not in str(e):
+                raise
+            raise PrepareError(
+                f"--val_fraction {val_fraction} put none of the {documents:,} documents into {out}: raise it (each "
+                "document goes there with that probability)"
+            ) from None
+        documents += stats.documents
 
 
 if __name__ == "__main__":

@@ -156,4 +156,9 @@ def test_an_empty_corpus_or_a_wrong_key_is_refused(tmp_path, prepared):
     assert proc.returncode != 0 and "hold no documents to tokenize" in proc.stderr, proc.stderr[-2000:]
     assert "rows.jsonl:1: row without a 'text' string" in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
+    # a validation share too small for the corpus: said so, not "no documents"
+    (tmp_path / "corpus" / "rows.jsonl").write_text('{"text": "one document"}\n{"text": "and another"}\n')
+    proc = subprocess.run([*script, "--val_fraction", "0.001", "--overwrite", "true"], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode != 0 and "--val_fraction 0.001 put none of the 2 documents into" in proc.stderr, proc.stderr
     assert load_script("prepare_text").main.__doc__  # the --help text comes from it
