@@ -39,6 +39,7 @@ from lit_gpt.checkpoint import (  # noqa: E402
     load_checkpoint,
     nonfinite_stop_message,
     own_out_dir,
+    prune_checkpoints,
     save_checkpoint,
 )
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
@@ -58,6 +59,7 @@ from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lr import cosine_lr  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
+from lit_gpt.signals import StopSignal, resume_command  # noqa: E402
 from lit_gpt.training import training_step, validate  # noqa: E402
 from lit_gpt.utils import format_metrics, gradient_accumulation_steps, num_processes, optimizer_param_groups  # noqa: E402
 
@@ -99,6 +101,7 @@ def setup(
     eval_interval: int = 1000,
     eval_iters: int = 100,
     save_interval: int = 1000,
+    keep_last: Optional[int] = None,
     logger_name: Literal["tensorboard", "csv", "wandb"] = "tensorboard",
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
@@ -163,7 +166,11 @@ def setup(
         log_interval: Optimizer steps between log lines (loss, learning rate, grad norm, throughput, MFU, memory).
         eval_interval: Optimizer steps between validation runs on slimpajama/val.
         eval_iters: Micro-batches per process in each validation run.
-        save_interval: Optimizer steps between checkpoints (one is also written at the end).
+        save_interval: Optimizer steps between checkpoints (one is also written at the end, and when a run is
+            stopped by SIGINT, SIGTERM or SIGUSR1: it finishes the optimizer step, saves, prints the command that
+            resumes it and exits with code 0).
+        keep_last: Keep only this many of the newest checkpoints in `out_dir`, deleting older ones after each
+            save (the newest complete one, which `--resume auto` takes, is never deleted). Default: keep all.
         logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
         compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
         activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
@@ -189,6 +196,9 @@ def setup(
     world_size = num_processes(devices, num_nodes, accelerator)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_counts(log_interval, eval_interval, eval_iters, save_interval, max_nonfinite_steps)
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"--keep_last {keep_last} must be at least 1 (the checkpoint to resume from); leave it out "
+                         "to keep every checkpoint")  # fmt: skip
     train_sources, val_dir = data_sources(data_dir, data_weights, train_data, val_data)
     if train_data is None and val_data is None:
         check_data_dir(data_dir)
@@ -355,6 +365,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     schedule_steps = state["step_count"] + (h["max_tokens"] - state["tokens_seen"]) // tokens_per_step
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
+    stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
         f"{h['micro_batch_size']} per device; learning-rate schedule over {schedule_steps:,} steps); "
@@ -388,7 +399,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         state["step_count"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step_count"]
-        saving = step % h["save_interval"] == 0 or step == max_steps
+        stopping = stop.agreed() and step < max_steps  # the same answer on every process
+        saving = step % h["save_interval"] == 0 or step == max_steps or stopping
         # read the next step's batches while the device still computes this one (the log step's sync below would
         # otherwise leave it idle for the read); not before a save, whose loader state must not count them
         prefetched = None if saving else next_micro_batches()
@@ -444,7 +456,20 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             path = checkpoint_path(out_dir, step)
             save_checkpoint(fabric, path, state)
             fabric.print(f"Saved {path}")
+            # not during a non-finite streak: the checkpoints before it are the ones to resume from
+            pruning = fabric.global_rank == 0 and not nonfinite_streak.item()
+            if pruning and (pruned := prune_checkpoints(out_dir, h["keep_last"])):
+                fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {h['keep_last']})")
+        if stopping:
+            fabric.print(
+                f"Stopped by {stop.received.name if stop.received else 'a signal to another process'} after step "
+                f"{step} of {max_steps}; the checkpoint to resume from is {path}. Resume with:\n"
+                f"    {resume_command()}"
+            )
+            stop.restore()
+            return
 
+    stop.restore()
     fabric.print(f"Done: {state['step_count']} steps, {state['tokens_seen']:,} tokens")
 
 

@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,23 +186,24 @@ def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data
 
     # the same run, killed with SIGKILL during step 6 (after the step-4 checkpoint), then resumed
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data_dir), "--out_dir", str(killed), *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)  # fmt: skip
-    try:
-        for line in proc.stdout:
-            if line.startswith("step 5/8"):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    code, _ = run_until_signal(killed, data_dir, "step 5/8", signal.SIGKILL, *flags)
+    assert code == -signal.SIGKILL
     assert checkpoints(killed) == ["step-00000004.pth"]
 
-    proc = run(killed, data_dir, *flags, "--resume", "true")
-    assert "Resumed at step 4" in proc.stdout
+    # resumed, and stopped by SIGTERM (a scheduler's) after the step in progress: a checkpoint of that step, the
+    # command to resume, exit code 0; --keep_last 1 deletes the step-4 checkpoint once the new one is complete
+    code, out = run_until_signal(killed, data_dir, "step 5/8", signal.SIGTERM, *flags, "--resume", "true",
+                                 "--keep_last", "1")  # fmt: skip
+    assert code == 0, out[-3000:]
+    assert "Resumed at step 4" in out and "Traceback" not in out
+    stopped_at = int(re.search(r"Stopped by SIGTERM after step (\d) of 8", out)[1])
+    assert stopped_at in (5, 6, 7), out[-2000:]
+    assert checkpoints(killed) == [f"step-0000000{stopped_at}.pth"]
+    assert "Deleted step-00000004.pth (--keep_last 1)" in out
+    assert re.search(r"Resume with:\n    python \S+tinyllama.py .*--out_dir \S+killed .*--resume auto\n", out), out
+
+    proc = run(killed, data_dir, *flags, "--resume", "auto")
+    assert f"Resumed at step {stopped_at}" in proc.stdout
     resumed = metrics(killed)
     for step in range(5, 9):
         assert resumed[step] == losses[step], (step, resumed[step], losses[step])
@@ -209,6 +211,30 @@ def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data
     assert final.keys() == final_resumed.keys()
     for name in final:
         assert torch.equal(final[name], final_resumed[name]), name
+
+
+def run_until_signal(out_dir: Path, data_dir: Path, line: str, sig: int, *args: str, devices: int = 1, group=True):
+    """Run the script and send `sig` once it prints a line that starts with `line`: to every process of the run
+    (`group`, as Ctrl-C in a terminal or SIGKILL does), else to the launching process (rank 0) only. Returns the exit
+    code and the output."""
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data_dir), "--out_dir", str(out_dir)]
+    cmd += ["--devices", str(devices), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        for text in proc.stdout:
+            lines.append(text)
+            if text.startswith(line):
+                os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+                break
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    return proc.returncode, "".join(lines)
 
 
 @pytest.mark.gpu
@@ -307,13 +333,17 @@ def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_
     for name in weights_one:
         torch.testing.assert_close(weights_two[name], weights_one[name], rtol=1e-4, atol=1e-5)
 
-    # resume the 2-process run from its sharded step-2 checkpoint, in another out_dir; keeping the gathered weights
-    # through the step (instead of gathering them again for every forward and backward) must not change a bit
-    resume_flags = ["--resume", str(two / "step-00000002.pth")]
-    resume_flags += ["--reshard_after_forward", "false", "--reshard_after_backward", "false"]
+    # the 2-process run again, stopped by a SIGINT to rank 0 alone before its first step ends (rank 1 learns of it
+    # through the all-reduce at the step boundary): both save a sharded step-1 checkpoint and exit 0
+    code, out = run_until_signal(resumed, same_data_dir, "3 steps of", signal.SIGINT, *flags, devices=2, group=False)
+    assert code == 0 and "Stopped by SIGINT after step 1 of 3" in out and "Traceback" not in out, out[-3000:]
+    assert checkpoints(resumed) == ["step-00000001.pth"] and (resumed / "step-00000001.pth" / "meta.pt").is_file()
+    # resumed; keeping the gathered weights through the step (instead of gathering them again for every forward and
+    # backward) must not change a bit
+    resume_flags = ["--resume", "auto", "--reshard_after_forward", "false", "--reshard_after_backward", "false"]
     proc = run(resumed, same_data_dir, *flags, *resume_flags, devices=2)
-    assert "Resumed at step 2" in proc.stdout
-    assert metrics(resumed)[3] == metrics(two)[3]
+    assert "Resumed at step 1" in proc.stdout
+    assert metrics(resumed, "loss") == metrics(two, "loss")
     weights_resumed = model_weights(resumed / "step-00000003.pth")
     for name in weights_two:
         assert torch.equal(weights_resumed[name], weights_two[name]), name
@@ -477,3 +507,19 @@ def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path
                        r"embeddings for 32,000 ids.*Prepare it with the model's tokenizer"):  # fmt: skip
         setup(model_name="micro-llama", data_dir=str(data), accelerator="cpu", devices=1, out_dir=tmp_path / "out",
               global_batch_size=8, micro_batch_size=2, block_size=BLOCK)  # fmt: skip
+
+
+def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
+    from lit_gpt.checkpoint import checkpoint_path, prune_checkpoints
+
+    for step in (2, 4, 6):
+        checkpoint_path(tmp_path, step).touch()
+    (tmp_path / "step-00000008.pth").mkdir()  # a sharded checkpoint, the newest
+    others = ["step-00000010.pth.tmp", "step-1.pth", "step-00000003.pth.bak", "notes.txt"]
+    for name in others:  # an unfinished save, names of another scheme, another file: never ours to delete
+        (tmp_path / name).touch()
+    assert prune_checkpoints(tmp_path, None) == []
+    assert prune_checkpoints(tmp_path, 2) == [tmp_path / "step-00000002.pth", tmp_path / "step-00000004.pth"]
+    assert prune_checkpoints(tmp_path, 1) == [tmp_path / "step-00000006.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "step-00000008.pth"])
+    assert prune_checkpoints(tmp_path, 1) == []
