@@ -105,7 +105,7 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
     torch.set_float32_matmul_precision("high")
-    CLI(main, as_positional=False)
+    cli(main)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import zstandard as zstd
 
+from lit_gpt.cli import UserError
 from lit_gpt.tokenizer import Tokenizer
 
 Kind = Literal["slimpajama", "starcoder"]
@@ -43,7 +44,7 @@ MAX_LISTED_BAD_RECORDS = 20
 MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
 
 
-class PrepareError(Exception):
+class PrepareError(UserError):
     """A problem with the inputs or the options, with what to do about it."""
 
 

@@ -474,7 +474,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
     torch.set_float32_matmul_precision("high")
-    CLI(setup, as_positional=False)
+    cli(setup)

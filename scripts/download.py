@@ -21,6 +21,8 @@ from typing import List, Literal, Optional, Union
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.cli import UserError  # noqa: E402
+
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 TOKEN_URL = "https://huggingface.co/settings/tokens"
 # the folders that the preparation scripts and the tutorials use (the repo's own name would give `slimpajama-627b-raw`);
@@ -28,7 +30,7 @@ TOKEN_URL = "https://huggingface.co/settings/tokens"
 DATASET_DIRS = {"cerebras/slimpajama-627b": "slimpajama-raw", "bigcode/starcoderdata": "starcoderdata-raw"}
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """What went wrong and what to do, in one line."""
 
 
@@ -191,9 +193,6 @@ def _gated_message(repo_id: str, repo_type: str, token: Optional[str]) -> str:
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    try:
-        CLI(download_from_hub, as_positional=False)
-    except DownloadError as e:
-        raise SystemExit(f"error: {e}") from None
+    cli(download_from_hub)

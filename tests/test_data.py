@@ -129,7 +129,7 @@ def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_pa
     args = ["--input_dir", str(raw), "--output_dir", str(tmp_path / "out"), "--tokenizer_path",
             str(prepared["tokenizer"]), "--chunk_size", "8196", "--num_workers", "1"]  # fmt: skip
     out = run_script("prepare_slimpajama", *args, tmp_path=tmp_path)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert f"{bad_json}:2: malformed JSON line" in out.stdout
     assert f"{bad_json}:3: row without a 'text' string" in out.stdout
     assert f"{corrupt}:1: truncated file: it ends inside a zstd frame after 0 documents" in out.stdout
