@@ -59,6 +59,7 @@ from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lr import cosine_lr  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
+from lit_gpt.resources import check_cpu_run  # noqa: E402
 from lit_gpt.signals import StopSignal, resume_command  # noqa: E402
 from lit_gpt.training import training_step, validate  # noqa: E402
 from lit_gpt.utils import format_metrics, gradient_accumulation_steps, num_processes, optimizer_param_groups  # noqa: E402
@@ -199,13 +200,6 @@ def setup(
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"--keep_last {keep_last} must be at least 1 (the checkpoint to resume from); leave it out "
                          "to keep every checkpoint")  # fmt: skip
-    train_sources, val_dir = data_sources(data_dir, data_weights, train_data, val_data)
-    if train_data is None and val_data is None:
-        check_data_dir(data_dir)
-    else:
-        check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
-        check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
-    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     if not resume and (latest := find_latest(out_dir)):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
@@ -219,7 +213,6 @@ def setup(
             "--out_dir for the resumed run, or move them away."
         )
     config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
-    check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
     tokens_per_step = global_batch_size * config.block_size
     if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
         raise ValueError(
@@ -231,6 +224,17 @@ def setup(
         raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
+    if not cuda:  # refuse what would not fit or would take hours per step, before the data or the model is touched
+        check_cpu_run(config, precision, micro_batch_size, global_batch_size, world_size // num_nodes, num_nodes,
+                      activation_checkpointing)  # fmt: skip
+    train_sources, val_dir = data_sources(data_dir, data_weights, train_data, val_data)
+    if train_data is None and val_data is None:
+        check_data_dir(data_dir)
+    else:
+        check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
+        check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
+    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
     if precision != "32-true" and not cuda:  # --accelerator cpu, or auto on a machine without a GPU
         print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
     device = torch.device("cuda" if cuda else "cpu")

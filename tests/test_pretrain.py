@@ -523,3 +523,33 @@ def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
     assert prune_checkpoints(tmp_path, 1) == [tmp_path / "step-00000006.pth"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "step-00000008.pth"])
     assert prune_checkpoints(tmp_path, 1) == []
+
+
+def test_default_model_on_cpu_is_refused_up_front(tmp_path):
+    """TinyLlama-1.1B on CPU used to train until the memory ran out (23.3 of 24 GB, no step in 2 minutes)."""
+    import time
+
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(SCRIPT), "--accelerator", "cpu", "--out_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 2 and time.perf_counter() - t0 < 60, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: --model_name tiny-llama-1.1b on CPU ")
+    assert "one optimizer step of 512 × 2048 tokens would take about" in line  # ~1.7e16 FLOPs
+    assert "python pretrain/tinyllama.py --model_name micro-llama --accelerator cpu" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_memory_estimate_of_tinyllama():
+    from lit_gpt.config import Config
+    from lit_gpt.resources import estimate
+
+    config = Config.from_name("tiny-llama-1.1b")
+    e = estimate(
+        config, "32-true", 4, 512, devices=1, num_nodes=1, activation_checkpointing=False, flops_per_second=1e11
+    )
+    assert 17e9 < e.state_bytes < 18e9  # 1.1e9 parameters × 16 bytes
+    assert 20e9 < e.activation_bytes < 40e9 and 5 < e.step_seconds / 3600 < 100
+    sharded = estimate(config, "32-true", 4, 512, devices=2, num_nodes=2, activation_checkpointing=True,
+                       flops_per_second=1e11)  # fmt: skip
+    assert sharded.state_bytes == e.state_bytes / 2 and sharded.activation_bytes < e.activation_bytes / 2
