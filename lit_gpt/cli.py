@@ -13,6 +13,7 @@ import linecache
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -45,6 +46,8 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
             raise
         if rank() == 0:
             print(f"error: {message}", file=sys.stderr)
+        else:  # every process refuses alike and rank 0 says it: leave it time to, before a launcher stops it
+            time.sleep(2)
         _leave_process_group()
         raise SystemExit(EXIT_USER_ERROR) from None
 

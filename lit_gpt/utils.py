@@ -1,5 +1,6 @@
 """Small helpers of the training script: world size, batch arithmetic, optimizer groups, the console line."""
 
+import os
 from typing import Any, Dict, List, Union
 
 import torch
@@ -21,6 +22,22 @@ def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) ->
     if num_nodes < 1:
         raise ValueError(f"--num_nodes {num_nodes} must be at least 1")
     return devices * num_nodes
+
+
+def check_launcher(world_size: int, num_nodes: int) -> None:
+    """Refuse --devices × --num_nodes other than the processes torchrun (or `fabric run`, which is torchrun) started;
+    Lightning would otherwise fail with an IndexError. SLURM's task counts are checked by Fabric itself."""
+    env = os.environ
+    if not all(k in env for k in ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")):
+        return  # not under torchrun (Lightning's TorchElasticEnvironment.detect)
+    started, per_node = int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
+    if (started, per_node) != (world_size, world_size // num_nodes):
+        raise ValueError(
+            f"torchrun started {started} processes, {per_node} on this node (WORLD_SIZE={started}, "
+            f"LOCAL_WORLD_SIZE={per_node}), but --devices {world_size // num_nodes} --num_nodes {num_nodes} makes "
+            f"{world_size}: pass --devices {per_node} (torchrun's --nproc_per_node) and --num_nodes "
+            f"{started // per_node} (its --nnodes), see tutorials/multi_node.md"
+        )
 
 
 def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:

@@ -62,7 +62,13 @@ from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
 from lit_gpt.resources import check_cpu_run  # noqa: E402
 from lit_gpt.signals import StopSignal, resume_command  # noqa: E402
 from lit_gpt.training import training_step, validate  # noqa: E402
-from lit_gpt.utils import format_metrics, gradient_accumulation_steps, num_processes, optimizer_param_groups  # noqa: E402
+from lit_gpt.utils import (  # noqa: E402
+    check_launcher,
+    format_metrics,
+    gradient_accumulation_steps,
+    num_processes,
+    optimizer_param_groups,
+)
 
 # above this many parameters the model is created on the meta device and initialized shard by shard after sharding;
 # below, every process initializes the whole model with the same seed (identical across world sizes)
@@ -195,6 +201,7 @@ def setup(
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     out_dir = out_dir or Path("out") / model_name
     world_size = num_processes(devices, num_nodes, accelerator)
+    check_launcher(world_size, num_nodes)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_counts(log_interval, eval_interval, eval_iters, save_interval, max_nonfinite_steps)
     if keep_last is not None and keep_last < 1:
