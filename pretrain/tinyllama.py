@@ -3,11 +3,11 @@
 With no arguments this is TinyLlama's recipe on every local GPU. A small run on CPU, and its resumption:
 
     python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
-        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --max_steps 20 \
-        --save_interval 10
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --warmup_steps 4 \
+        --max_steps 20 --save_interval 10
     python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
-        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --save_interval 10 \
-        --resume auto
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --warmup_steps 4 \
+        --save_interval 10 --resume auto
 
 (40 steps of 8 × 256 tokens in all: the first command stops after 20, the second resumes the same schedule.)
 
@@ -56,7 +56,7 @@ from lit_gpt.dataloaders import (  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
-from lit_gpt.lr import cosine_lr  # noqa: E402
+from lit_gpt.lr import cosine_lr, warmup_warning  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
 from lit_gpt.resources import check_cpu_run  # noqa: E402
@@ -229,6 +229,9 @@ def setup(
         )
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
+    run_steps = max_tokens // tokens_per_step if max_steps is None else min(max_steps, max_tokens // tokens_per_step)
+    if warning := warmup_warning(warmup_steps, run_steps, learning_rate):
+        print(warning, file=sys.stderr)
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
     if not cuda:  # refuse what would not fit or would take hours per step, before the data or the model is touched

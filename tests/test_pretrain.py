@@ -553,3 +553,16 @@ def test_training_memory_estimate_of_tinyllama():
     sharded = estimate(config, "32-true", 4, 512, devices=2, num_nodes=2, activation_checkpointing=True,
                        flops_per_second=1e11)  # fmt: skip
     assert sharded.state_bytes == e.state_bytes / 2 and sharded.activation_bytes < e.activation_bytes / 2
+
+
+def test_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
+    setup = load_script().setup
+    common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path))
+    # 40 steps with the default --warmup_steps 2000: the learning rate used to peak at 8e-6, and the loss barely moved
+    with pytest.raises(FileNotFoundError):  # the missing data is refused after the flags are checked
+        setup(**common, global_batch_size=8, micro_batch_size=4, max_tokens=81920)
+    message = "--warmup_steps 2000 is longer than the 40 steps this run trains: the learning rate peaks at 8e-06"
+    assert message in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        setup(**common, global_batch_size=8, micro_batch_size=4, max_tokens=81920, warmup_steps=4)
+    assert "--warmup_steps" not in capsys.readouterr().err
