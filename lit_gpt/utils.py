@@ -40,6 +40,29 @@ def check_launcher(world_size: int, num_nodes: int) -> None:
         )
 
 
+def check_optimizer_flags(
+    learning_rate: float, min_lr: float, warmup_steps: int, weight_decay: float, betas: tuple, grad_clip: float
+) -> None:
+    """Refuse values of the schedule and AdamW that are accepted silently or fail only inside the optimizer."""
+    if not learning_rate > 0:
+        raise ValueError(f"--learning_rate {learning_rate} must be positive (the peak learning rate)")
+    if not 0 <= min_lr <= learning_rate:
+        raise ValueError(
+            f"--min_lr {min_lr} must be between 0 and --learning_rate {learning_rate}: the cosine decays from the peak "
+            "down to it"
+        )
+    for flag, value, meaning in [
+        ("warmup_steps", warmup_steps, "optimizer steps of linear warmup; 0 starts at the peak"),
+        ("weight_decay", weight_decay, "AdamW's decoupled weight decay; 0 disables it"),
+        ("grad_clip", grad_clip, "the largest gradient norm; 0 disables clipping"),
+    ]:
+        if value < 0:
+            raise ValueError(f"--{flag} {value} must not be negative ({meaning})")
+    for flag, beta in zip(("beta1", "beta2"), betas):
+        if not 0 <= beta < 1:
+            raise ValueError(f"--{flag} {beta} must be in [0, 1) (AdamW's moment decay; TinyLlama's are 0.9 and 0.95)")
+
+
 def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
     """Micro-batches per optimizer step on each process; refuses combinations that do not divide evenly."""
     if global_batch_size < 1 or micro_batch_size < 1:

@@ -64,6 +64,7 @@ from lit_gpt.signals import StopSignal, resume_command  # noqa: E402
 from lit_gpt.training import training_step, validate  # noqa: E402
 from lit_gpt.utils import (  # noqa: E402
     check_launcher,
+    check_optimizer_flags,
     format_metrics,
     gradient_accumulation_steps,
     num_processes,
@@ -204,6 +205,9 @@ def setup(
     check_launcher(world_size, num_nodes)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_counts(log_interval, eval_interval, eval_iters, save_interval, max_nonfinite_steps)
+    check_optimizer_flags(learning_rate, min_lr, warmup_steps, weight_decay, (beta1, beta2), grad_clip)
+    if seed < 0:
+        raise ValueError(f"--seed {seed} must not be negative (the generators take 0 to 2**32 - 1)")
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"--keep_last {keep_last} must be at least 1 (the checkpoint to resume from); leave it out "
                          "to keep every checkpoint")  # fmt: skip

@@ -21,6 +21,8 @@ from typing import List, Literal, Optional, Union
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jsonargparse.typing import SecretStr  # noqa: E402
+
 from lit_gpt.cli import UserError  # noqa: E402
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
@@ -36,7 +38,7 @@ class DownloadError(UserError):
 
 def download_from_hub(
     repo_id: Optional[str] = None,
-    access_token: Optional[str] = None,
+    access_token: Optional[SecretStr] = None,
     tokenizer_only: bool = False,
     repo_type: Literal["model", "dataset"] = "model",
     allow_patterns: Optional[Union[str, List[str]]] = None,
@@ -73,6 +75,8 @@ def download_from_hub(
 
     if isinstance(allow_patterns, str):
         allow_patterns = [allow_patterns]
+    if isinstance(access_token, SecretStr):  # from the command line: `--print_config` shows it as ****
+        access_token = access_token.get_secret_value()
     access_token = access_token or os.getenv("HF_TOKEN") or get_token()
     api = HfApi(token=access_token or False)
     info = _call(api.repo_info, access_token, repo_id=repo_id, repo_type=repo_type)

@@ -306,3 +306,9 @@ def test_download_help_does_not_show_the_token(tmp_path):
     out = run_download(tmp_path, "http://127.0.0.1:9", "--help", token=TOKEN)
     assert out.returncode == 0
     assert "--repo_type" in out.stdout and TOKEN not in out.stdout + out.stderr
+
+
+def test_download_print_config_does_not_show_the_token(tmp_path):
+    out = run_download(tmp_path, "http://127.0.0.1:9", "--repo_id", "a/b", "--access_token", TOKEN, "--print_config")
+    assert out.returncode == 0 and "repo_id: a/b" in out.stdout, out.stderr
+    assert TOKEN not in out.stdout + out.stderr

@@ -80,3 +80,21 @@ def test_generate_script_names_a_missing_checkpoint(tmp_path):
     # a mistyped --checkpoint_dir: the error is about the checkpoint, not about a missing tokenizer
     with pytest.raises(FileNotFoundError, match="lit_model.pth' does not exist.*convert_pretrained_checkpoint"):
         script.main(tmp_path / "typo", prompt="x")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"temperature": -0.5}, "--temperature -0.5 must not be negative"),  # sampled the inverted distribution
+        ({"top_k": 0}, "--top_k 0 must be at least 1"),
+        ({"max_new_tokens": -3}, "--max_new_tokens -3 must not be negative"),
+    ],
+)
+def test_bad_sampling_flags_are_refused(tmp_path, flags, message):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match=message):
+        module.main(checkpoint_dir=tmp_path, **flags)

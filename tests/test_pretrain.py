@@ -566,3 +566,23 @@ def test_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
     with pytest.raises(FileNotFoundError):
         setup(**common, global_batch_size=8, micro_batch_size=4, max_tokens=81920, warmup_steps=4)
     assert "--warmup_steps" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"min_lr": 1e-3, "learning_rate": 4e-4}, "--min_lr 0.001 must be between 0 and --learning_rate 0.0004"),
+        ({"learning_rate": -1e-3}, "--learning_rate -0.001 must be positive"),
+        ({"weight_decay": -0.1}, "--weight_decay -0.1 must not be negative"),
+        ({"warmup_steps": -5}, "--warmup_steps -5 must not be negative"),
+        ({"grad_clip": -1.0}, "--grad_clip -1.0 must not be negative"),
+        ({"beta1": 1.0}, r"--beta1 1.0 must be in \[0, 1\)"),
+        ({"beta2": -0.5}, r"--beta2 -0.5 must be in \[0, 1\)"),
+        ({"seed": -1}, "--seed -1 must not be negative"),
+    ],
+)
+def test_optimizer_flags_are_refused_before_fabric_starts(tmp_path, flags, message):
+    # accepted silently, or failed inside AdamW or the seeding after Fabric had started
+    setup = load_script().setup
+    with pytest.raises(ValueError, match=message):
+        setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path), **flags)
