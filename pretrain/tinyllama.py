@@ -77,7 +77,7 @@ META_INIT_PARAMS = 100_000_000
 
 
 def setup(
-    model_name: str = "tiny-llama-1.1b",
+    model_name: Optional[str] = None,
     data_dir: str = "data",
     data_weights: Tuple[float, float] = (0.693584, 0.306416),
     train_data: Optional[Union[Dict[str, float], str]] = None,
@@ -124,6 +124,8 @@ def setup(
 
     Args:
         model_name: Any name in `lit_gpt/config.py` (`tiny-llama-1.1b`, `micro-llama`, `Llama-2-7b-hf`, ...).
+            Default: `tiny-llama-1.1b`, or with `--initial_checkpoint_dir` the model its `lit_config.json` describes
+            (which need not be in the registry).
         data_dir: Folder (or object-store URL such as s3://bucket/data) with the litdata chunk folders
             `slimpajama/train`, `slimpajama/val` and `starcoder`.
         data_weights: Sampling weights of slimpajama/train and starcoder (TinyLlama's token ratio by default).
@@ -200,6 +202,8 @@ def setup(
             checkpoints never need it.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    config = model_config(model_name, block_size, initial_checkpoint_dir)
+    hparams["model_name"] = model_name = config.name
     out_dir = out_dir or Path("out") / model_name
     world_size = num_processes(devices, num_nodes, accelerator)
     check_launcher(world_size, num_nodes)
@@ -223,7 +227,6 @@ def setup(
             "run would overwrite them one by one, and `--resume auto` would meanwhile pick them up. Pass another "
             "--out_dir for the resumed run, or move them away."
         )
-    config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
     tokens_per_step = global_batch_size * config.block_size
     if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
         raise ValueError(
@@ -287,6 +290,30 @@ def setup(
         fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
         fabric.logger.log_hyperparams(hparams)
         main(fabric, config, hparams, out_dir, accumulation, resume)
+
+
+def model_config(
+    model_name: Optional[str], block_size: Optional[int], initial_checkpoint_dir: Optional[Path]
+) -> Config:
+    """The registry's `model_name` (TinyLlama by default), or the config of `initial_checkpoint_dir` when no name is
+    given; a name whose architecture or weights differ from the checkpoint's is refused (before any model is built)."""
+    overrides = {"block_size": block_size} if block_size else {}
+    if initial_checkpoint_dir is None:
+        return Config.from_name(model_name or "tiny-llama-1.1b", **overrides)
+    saved_config, model_file = lit_checkpoint_files(initial_checkpoint_dir)
+    config = (
+        Config.from_name(model_name, **overrides) if model_name else Config(**{**saved_config.to_dict(), **overrides})
+    )
+    source = f"{model_file.parent}/lit_config.json"
+    check_same_architecture(
+        config, saved_config, source, "pass the --model_name of the model in --initial_checkpoint_dir, or leave it out"
+    )
+    shapes = {k: v.shape for k, v in load_lit_state_dict(model_file).items()}
+    hint = (
+        f"Pass the --model_name of the model there (its lit_config.json says {saved_config.name!r}), or leave it out."
+    )
+    check_weights(shapes, config, str(model_file), hint)
+    return config
 
 
 def check_counts(
@@ -353,13 +380,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     if resume in (True, "auto"):
         resume = latest_to_resume(out_dir, h["trust_pickle"])
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
-    if not resume and h["initial_checkpoint_dir"]:
-        saved_config, model_file = lit_checkpoint_files(Path(h["initial_checkpoint_dir"]))
-        hint = "pass the --model_name of the model in --initial_checkpoint_dir"
-        check_same_architecture(config, saved_config, f"{model_file.parent}/lit_config.json", hint)
-        shapes = {k: v.shape for k, v in load_lit_state_dict(model_file).items()}
-        hint = f"Pass the --model_name of the model there (its lit_config.json says {saved_config.name!r})."
-        check_weights(shapes, config, str(model_file), hint)
+    if not resume and h["initial_checkpoint_dir"]:  # checked against the model in setup()
+        model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
