@@ -1,7 +1,8 @@
 """Small helpers of the training script: world size, batch arithmetic, optimizer groups, the console line."""
 
 import os
-from typing import Any, Dict, List, Union
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -22,6 +23,18 @@ def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) ->
     if num_nodes < 1:
         raise ValueError(f"--num_nodes {num_nodes} must be at least 1")
     return devices * num_nodes
+
+
+def cpu_has_bf16(cpuinfo: Optional[str] = None) -> bool:
+    """Whether the CPU computes in bf16 natively (x86's `avx512_bf16` or `amx_bf16` flags in /proc/cpuinfo); without
+    them, bf16-mixed on CPU converts every operand and is slower than 32-true."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: unknown, assume not
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def check_launcher(world_size: int, num_nodes: int) -> None:

@@ -65,6 +65,7 @@ from lit_gpt.training import training_step, validate  # noqa: E402
 from lit_gpt.utils import (  # noqa: E402
     check_launcher,
     check_optimizer_flags,
+    cpu_has_bf16,
     format_metrics,
     gradient_accumulation_steps,
     num_processes,
@@ -252,8 +253,10 @@ def setup(
         check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
     hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
-    if precision != "32-true" and not cuda:  # --accelerator cpu, or auto on a machine without a GPU
-        print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
+    if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
+        print(
+            f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true", file=sys.stderr
+        )
     device = torch.device("cuda" if cuda else "cpu")
     check_float8(fp8, device)
     attention, attention_note = choose_attention(attention, config, device, precision)

@@ -101,6 +101,8 @@ def test_help_explains_every_flag():
 
 
 def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys):
+    from lit_gpt.utils import cpu_has_bf16
+
     setup = load_script().setup
     common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(data_dir))
     with pytest.raises(ValueError, match="--micro_batch_size 3 does not divide the per-device batch 8.*such as 2 or 4"):
@@ -146,7 +148,9 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys
         auto = "cpu" if torch.cuda.is_available() else "auto"
         with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*micro_batch_size"):
             setup(**{**common, "accelerator": auto}, global_batch_size=8, micro_batch_size=8, precision="bf16-mixed")
-        assert "Note: --precision bf16-mixed on CPU is slow" in capsys.readouterr().err
+        # (not on CPUs with bf16 instructions, where bf16-mixed is not slower)
+        note = "Note: --precision bf16-mixed on a CPU without bf16 instructions is slow"
+        assert (note in capsys.readouterr().err) == (not cpu_has_bf16())
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -598,3 +602,12 @@ def test_optimizer_flags_are_refused_before_fabric_starts(tmp_path, flags, messa
     setup = load_script().setup
     with pytest.raises(ValueError, match=message):
         setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path), **flags)
+
+
+def test_cpu_bf16_flags():
+    from lit_gpt.utils import cpu_has_bf16
+
+    line = "flags\t\t: fpu vme sse avx2 avx512f avx512bw"
+    assert not cpu_has_bf16(f"processor\t: 0\n{line}\n")
+    assert cpu_has_bf16(f"processor\t: 0\n{line} avx512_bf16 avx512vnni\n")
+    assert cpu_has_bf16(f"{line} amx_bf16 amx_tile\n")
