@@ -90,6 +90,8 @@ def main(
         "data_dir": str(data_dir),
         "num_blocks": n_blocks,
         "block_size": block_size,
+        "batch_size": batch_size,
+        "precision": precision,
         "tokens": n_tokens,
         "loss": mean_loss,
         "perplexity": math.exp(mean_loss),
