@@ -24,7 +24,8 @@ class StopSignal:
     def __init__(self, device: torch.device) -> None:
         self.received: Optional[signal.Signals] = None
         self.device = device
-        self._pending = None  # (host copy of the last all-reduced flag, its CUDA event) not yet read
+        self._pending = None  # the CUDA event after which `_host` holds the last all-reduced flag, not yet read
+        self._host = torch.zeros(1).pin_memory() if device.type == "cuda" else None
         self._agreed = False
         self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
@@ -36,12 +37,15 @@ class StopSignal:
         self.received = signal.Signals(signum)
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return  # a Ctrl-C in a terminal reaches every process: say it once
-        print(
-            f"Received {self.received.name}: stopping after the current optimizer step, with a checkpoint "
-            f"(send {self.received.name} again to stop at once, without one)",
-            file=sys.stderr,
-            flush=True,
-        )
+        try:
+            print(
+                f"Received {self.received.name}: stopping after the current optimizer step, with a checkpoint "
+                f"(send {self.received.name} again to stop at once, without one)",
+                file=sys.stderr,
+                flush=True,
+            )
+        except RuntimeError:  # the signal came while this process wrote to stderr (a reentrant write)
+            pass
 
     def agreed(self) -> bool:
         """Whether any process has received a stop signal, the same answer on every process.
@@ -56,22 +60,20 @@ class StopSignal:
             self._agreed = self.received is not None
             return self._agreed
         if self._pending is not None:
-            host, event = self._pending
-            event.synchronize()
-            self._agreed = bool(host.item())
+            self._pending.synchronize()
             self._pending = None
+            self._agreed = bool(self._host.item())
             if self._agreed:
                 return True
-        flag = torch.tensor([float(self.received is not None)], device=self.device)
+        # `torch.full` launches a fill kernel; a copy of a host value to the GPU would wait for the queued step
+        flag = torch.full((1,), float(self.received is not None), device=self.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if self.device.type != "cuda":
             self._agreed = bool(flag.item())
             return self._agreed
-        host = torch.empty_like(flag, device="cpu").pin_memory()
-        host.copy_(flag, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self._pending = (host, event)
+        self._host.copy_(flag, non_blocking=True)
+        self._pending = torch.cuda.Event()
+        self._pending.record()
         return False
 
     def restore(self) -> None:
