@@ -57,8 +57,8 @@ def check_optimizer_flags(
     learning_rate: float, min_lr: float, warmup_steps: int, weight_decay: float, betas: tuple, grad_clip: float
 ) -> None:
     """Refuse values of the schedule and AdamW that are accepted silently or fail only inside the optimizer."""
-    if not learning_rate > 0:
-        raise ValueError(f"--learning_rate {learning_rate} must be positive (the peak learning rate)")
+    if not learning_rate >= 0:
+        raise ValueError(f"--learning_rate {learning_rate} must not be negative (the peak learning rate)")
     if not 0 <= min_lr <= learning_rate:
         raise ValueError(
             f"--min_lr {min_lr} must be between 0 and --learning_rate {learning_rate}: the cosine decays from the peak "

@@ -588,7 +588,7 @@ def test_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
     ("flags", "message"),
     [
         ({"min_lr": 1e-3, "learning_rate": 4e-4}, "--min_lr 0.001 must be between 0 and --learning_rate 0.0004"),
-        ({"learning_rate": -1e-3}, "--learning_rate -0.001 must be positive"),
+        ({"learning_rate": -1e-3}, "--learning_rate -0.001 must not be negative"),
         ({"weight_decay": -0.1}, "--weight_decay -0.1 must not be negative"),
         ({"warmup_steps": -5}, "--warmup_steps -5 must not be negative"),
         ({"grad_clip": -1.0}, "--grad_clip -1.0 must not be negative"),
