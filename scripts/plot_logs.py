@@ -31,8 +31,8 @@ def main(log_dir: Path = Path("out/tiny-llama-1.1b/logs"), output: Optional[Path
         output: The PNG to write. Default: `loss.png` next to `log_dir`.
     """
     if not log_dir.is_dir():
-        raise SystemExit(
-            f"error: --log_dir {log_dir} does not exist; pass the `logs` folder of a run of pretrain/tinyllama.py "
+        raise UserError(
+            f"--log_dir {log_dir} does not exist; pass the `logs` folder of a run of pretrain/tinyllama.py "
             "(`<out_dir>/logs`)"
         )
     series = read_logs(log_dir)
