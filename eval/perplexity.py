@@ -90,6 +90,8 @@ def main(
         "data_dir": str(data_dir),
         "num_blocks": n_blocks,
         "block_size": block_size,
+        "batch_size": batch_size,
+        "precision": precision,
         "tokens": n_tokens,
         "loss": mean_loss,
         "perplexity": math.exp(mean_loss),
@@ -105,7 +107,7 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
     torch.set_float32_matmul_precision("high")
-    CLI(main, as_positional=False)
+    cli(main)

@@ -44,6 +44,13 @@ def main(
         precision: Weights and compute dtype; by default bf16-true on a GPU that supports it, else 32-true.
         seed: Random seed of the sampling.
     """
+    if temperature < 0:
+        raise ValueError(f"--temperature {temperature} must not be negative (0 decodes greedily)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top_k {top_k} must be at least 1; leave it out to sample from every token")
+    if max_new_tokens < 0 or num_samples < 1:
+        raise ValueError(f"--max_new_tokens {max_new_tokens} must not be negative, --num_samples {num_samples} "
+                         "must be at least 1")  # fmt: skip
     if precision is None:
         precision = "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     lit_checkpoint_files(checkpoint_dir)  # a missing or incomplete checkpoint says so before the tokenizer is read
@@ -84,7 +91,7 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
     torch.set_float32_matmul_precision("high")
-    CLI(main, as_positional=False)
+    cli(main)

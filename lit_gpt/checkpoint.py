@@ -37,6 +37,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
+OWN_NAME = re.compile(r"^step-(\d{8,})\.pth$")  # exactly what checkpoint_path writes
 
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
@@ -181,6 +182,23 @@ def _disk_full(e: BaseException, directory: Path) -> bool:
         return True
     # torch's file writer loses the errno ("unexpected pos ...", "basic_ios::clear: iostream error")
     return shutil.disk_usage(directory).free < 2**24
+
+
+def prune_checkpoints(out_dir: Path, keep_last: Optional[int]) -> List[Path]:
+    """Delete all but the `keep_last` newest checkpoints in `out_dir` (none if `keep_last` is None) and return them.
+
+    Call it after a save has completed: the newest complete checkpoint, the one `--resume auto` would take, is always
+    kept. Only names of `checkpoint_path`'s scheme (`step-` and 8 or more digits) are candidates: an unfinished
+    `.tmp` save, a renamed checkpoint or another tool's file is never touched.
+    """
+    if keep_last is None or not out_dir.is_dir():
+        return []
+    ours = sorted((int(m[1]), p) for p in out_dir.iterdir() if (m := OWN_NAME.match(p.name)))
+    newest = find_latest(out_dir)
+    old = [p for _, p in ours[: max(len(ours) - keep_last, 0)] if p != newest]
+    for path in old:
+        remove(path)
+    return old
 
 
 def remove(path: Path) -> None:

@@ -68,7 +68,7 @@ class Config:
         """A registered config by lit name (`tiny-llama-1.1b`) or Hugging Face name (`TinyLlama-1.1B-...`)."""
         conf = name_to_config.get(name) or hf_name_to_config.get(name)
         if conf is None:
-            known = list(name_to_config) + list(hf_name_to_config)
+            known = list(dict.fromkeys([*name_to_config, *hf_name_to_config]))  # a lit name is often the hub's
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.4)
             hint = f" Did you mean: {', '.join(close)}?" if close else ""
             raise ValueError(

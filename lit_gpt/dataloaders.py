@@ -19,6 +19,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 
+from lit_gpt.signals import ignore_stop_signals
+
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
 VAL_DIR = "slimpajama/val"
 
@@ -155,7 +157,12 @@ def mixture_dataloader(
     weights = [w for _, w in sources]
     combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=weights, iterate_over_all=False)
     return StreamingDataLoader(
-        combined, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=num_workers, drop_last=True
+        combined,
+        batch_size=batch_size,
+        pin_memory=torch.cuda.is_available(),
+        num_workers=num_workers,
+        drop_last=True,
+        worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
     )
 
 
@@ -167,7 +174,12 @@ def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: i
         input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=False, drop_last=True
     )
     return StreamingDataLoader(
-        dataset, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=num_workers, drop_last=True
+        dataset,
+        batch_size=batch_size,
+        pin_memory=torch.cuda.is_available(),
+        num_workers=num_workers,
+        drop_last=True,
+        worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
     )
 
 

@@ -1,6 +1,8 @@
 """Small helpers of the training script: world size, batch arithmetic, optimizer groups, the console line."""
 
-from typing import Any, Dict, List, Union
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import nn
@@ -21,6 +23,57 @@ def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) ->
     if num_nodes < 1:
         raise ValueError(f"--num_nodes {num_nodes} must be at least 1")
     return devices * num_nodes
+
+
+def cpu_has_bf16(cpuinfo: Optional[str] = None) -> bool:
+    """Whether the CPU computes in bf16 natively (x86's `avx512_bf16` or `amx_bf16` flags in /proc/cpuinfo); without
+    them, bf16-mixed on CPU converts every operand and is slower than 32-true."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: unknown, assume not
+            return False
+    flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def check_launcher(world_size: int, num_nodes: int) -> None:
+    """Refuse --devices × --num_nodes other than the processes torchrun (or `fabric run`, which is torchrun) started;
+    Lightning would otherwise fail with an IndexError. SLURM's task counts are checked by Fabric itself."""
+    env = os.environ
+    if not all(k in env for k in ("RANK", "GROUP_RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE")):
+        return  # not under torchrun (Lightning's TorchElasticEnvironment.detect)
+    started, per_node = int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
+    if (started, per_node) != (world_size, world_size // num_nodes):
+        raise ValueError(
+            f"torchrun started {started} processes, {per_node} on this node (WORLD_SIZE={started}, "
+            f"LOCAL_WORLD_SIZE={per_node}), but --devices {world_size // num_nodes} --num_nodes {num_nodes} makes "
+            f"{world_size}: pass --devices {per_node} (torchrun's --nproc_per_node) and --num_nodes "
+            f"{started // per_node} (its --nnodes), see tutorials/multi_node.md"
+        )
+
+
+def check_optimizer_flags(
+    learning_rate: float, min_lr: float, warmup_steps: int, weight_decay: float, betas: tuple, grad_clip: float
+) -> None:
+    """Refuse values of the schedule and AdamW that are accepted silently or fail only inside the optimizer."""
+    if not learning_rate >= 0:
+        raise ValueError(f"--learning_rate {learning_rate} must not be negative (the peak learning rate)")
+    if not 0 <= min_lr <= learning_rate:
+        raise ValueError(
+            f"--min_lr {min_lr} must be between 0 and --learning_rate {learning_rate}: the cosine decays from the peak "
+            "down to it"
+        )
+    for flag, value, meaning in [
+        ("warmup_steps", warmup_steps, "optimizer steps of linear warmup; 0 starts at the peak"),
+        ("weight_decay", weight_decay, "AdamW's decoupled weight decay; 0 disables it"),
+        ("grad_clip", grad_clip, "the largest gradient norm; 0 disables clipping"),
+    ]:
+        if value < 0:
+            raise ValueError(f"--{flag} {value} must not be negative ({meaning})")
+    for flag, beta in zip(("beta1", "beta2"), betas):
+        if not 0 <= beta < 1:
+            raise ValueError(f"--{flag} {beta} must be in [0, 1) (AdamW's moment decay; TinyLlama's are 0.9 and 0.95)")
 
 
 def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:

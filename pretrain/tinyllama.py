@@ -3,11 +3,11 @@
 With no arguments this is TinyLlama's recipe on every local GPU. A small run on CPU, and its resumption:
 
     python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
-        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --max_steps 20 \
-        --save_interval 10
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --warmup_steps 4 \
+        --max_steps 20 --save_interval 10
     python pretrain/tinyllama.py --model_name micro-llama --data_dir data --accelerator cpu --devices 1 \
-        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --save_interval 10 \
-        --resume auto
+        --precision 32-true --global_batch_size 8 --micro_batch_size 4 --max_tokens 81920 --warmup_steps 4 \
+        --save_interval 10 --resume auto
 
 (40 steps of 8 × 256 tokens in all: the first command stops after 20, the second resumes the same schedule.)
 
@@ -39,6 +39,7 @@ from lit_gpt.checkpoint import (  # noqa: E402
     load_checkpoint,
     nonfinite_stop_message,
     own_out_dir,
+    prune_checkpoints,
     save_checkpoint,
 )
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
@@ -55,11 +56,21 @@ from lit_gpt.dataloaders import (  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
-from lit_gpt.lr import cosine_lr  # noqa: E402
+from lit_gpt.lr import cosine_lr, warmup_warning  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
+from lit_gpt.resources import check_cpu_run  # noqa: E402
+from lit_gpt.signals import StopSignal, resume_command  # noqa: E402
 from lit_gpt.training import training_step, validate  # noqa: E402
-from lit_gpt.utils import format_metrics, gradient_accumulation_steps, num_processes, optimizer_param_groups  # noqa: E402
+from lit_gpt.utils import (  # noqa: E402
+    check_launcher,
+    check_optimizer_flags,
+    cpu_has_bf16,
+    format_metrics,
+    gradient_accumulation_steps,
+    num_processes,
+    optimizer_param_groups,
+)
 
 # above this many parameters the model is created on the meta device and initialized shard by shard after sharding;
 # below, every process initializes the whole model with the same seed (identical across world sizes)
@@ -67,7 +78,7 @@ META_INIT_PARAMS = 100_000_000
 
 
 def setup(
-    model_name: str = "tiny-llama-1.1b",
+    model_name: Optional[str] = None,
     data_dir: str = "data",
     data_weights: Tuple[float, float] = (0.693584, 0.306416),
     train_data: Optional[Union[Dict[str, float], str]] = None,
@@ -99,6 +110,7 @@ def setup(
     eval_interval: int = 1000,
     eval_iters: int = 100,
     save_interval: int = 1000,
+    keep_last: Optional[int] = None,
     logger_name: Literal["tensorboard", "csv", "wandb"] = "tensorboard",
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
@@ -113,6 +125,8 @@ def setup(
 
     Args:
         model_name: Any name in `lit_gpt/config.py` (`tiny-llama-1.1b`, `micro-llama`, `Llama-2-7b-hf`, ...).
+            Default: `tiny-llama-1.1b`, or with `--initial_checkpoint_dir` the model its `lit_config.json` describes
+            (which need not be in the registry).
         data_dir: Folder (or object-store URL such as s3://bucket/data) with the litdata chunk folders
             `slimpajama/train`, `slimpajama/val` and `starcoder`.
         data_weights: Sampling weights of slimpajama/train and starcoder (TinyLlama's token ratio by default).
@@ -163,7 +177,11 @@ def setup(
         log_interval: Optimizer steps between log lines (loss, learning rate, grad norm, throughput, MFU, memory).
         eval_interval: Optimizer steps between validation runs on slimpajama/val.
         eval_iters: Micro-batches per process in each validation run.
-        save_interval: Optimizer steps between checkpoints (one is also written at the end).
+        save_interval: Optimizer steps between checkpoints (one is also written at the end, and when a run is
+            stopped by SIGINT, SIGTERM or SIGUSR1: it finishes the optimizer step, saves, prints the command that
+            resumes it and exits with code 0).
+        keep_last: Keep only this many of the newest checkpoints in `out_dir`, deleting older ones after each
+            save (the newest complete one, which `--resume auto` takes, is never deleted). Default: keep all.
         logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
         compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
         activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
@@ -185,17 +203,19 @@ def setup(
             checkpoints never need it.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
+    config = model_config(model_name, block_size, initial_checkpoint_dir)
+    hparams["model_name"] = model_name = config.name
     out_dir = out_dir or Path("out") / model_name
     world_size = num_processes(devices, num_nodes, accelerator)
+    check_launcher(world_size, num_nodes)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_counts(log_interval, eval_interval, eval_iters, save_interval, max_nonfinite_steps)
-    train_sources, val_dir = data_sources(data_dir, data_weights, train_data, val_data)
-    if train_data is None and val_data is None:
-        check_data_dir(data_dir)
-    else:
-        check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
-        check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
-    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    check_optimizer_flags(learning_rate, min_lr, warmup_steps, weight_decay, (beta1, beta2), grad_clip)
+    if seed < 0:
+        raise ValueError(f"--seed {seed} must not be negative (the generators take 0 to 2**32 - 1)")
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"--keep_last {keep_last} must be at least 1 (the checkpoint to resume from); leave it out "
+                         "to keep every checkpoint")  # fmt: skip
     if not resume and (latest := find_latest(out_dir)):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
@@ -208,8 +228,6 @@ def setup(
             "run would overwrite them one by one, and `--resume auto` would meanwhile pick them up. Pass another "
             "--out_dir for the resumed run, or move them away."
         )
-    config = Config.from_name(model_name, **({"block_size": block_size} if block_size else {}))
-    check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
     tokens_per_step = global_batch_size * config.block_size
     if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
         raise ValueError(
@@ -219,10 +237,26 @@ def setup(
         )
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
+    run_steps = max_tokens // tokens_per_step if max_steps is None else min(max_steps, max_tokens // tokens_per_step)
+    if warning := warmup_warning(warmup_steps, run_steps, learning_rate):
+        print(warning, file=sys.stderr)
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
-    if precision != "32-true" and not cuda:  # --accelerator cpu, or auto on a machine without a GPU
-        print(f"Note: --precision {precision} on CPU is slow; 32-true is the CPU choice", file=sys.stderr)
+    if not cuda:  # refuse what would not fit or would take hours per step, before the data or the model is touched
+        check_cpu_run(config, precision, micro_batch_size, global_batch_size, world_size // num_nodes, num_nodes,
+                      activation_checkpointing)  # fmt: skip
+    train_sources, val_dir = data_sources(data_dir, data_weights, train_data, val_data)
+    if train_data is None and val_data is None:
+        check_data_dir(data_dir)
+    else:
+        check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
+        check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
+    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
+    if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
+        print(
+            f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true", file=sys.stderr
+        )
     device = torch.device("cuda" if cuda else "cpu")
     check_float8(fp8, device)
     attention, attention_note = choose_attention(attention, config, device, precision)
@@ -259,6 +293,30 @@ def setup(
         fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
         fabric.logger.log_hyperparams(hparams)
         main(fabric, config, hparams, out_dir, accumulation, resume)
+
+
+def model_config(
+    model_name: Optional[str], block_size: Optional[int], initial_checkpoint_dir: Optional[Path]
+) -> Config:
+    """The registry's `model_name` (TinyLlama by default), or the config of `initial_checkpoint_dir` when no name is
+    given; a name whose architecture or weights differ from the checkpoint's is refused (before any model is built)."""
+    overrides = {"block_size": block_size} if block_size else {}
+    if initial_checkpoint_dir is None:
+        return Config.from_name(model_name or "tiny-llama-1.1b", **overrides)
+    saved_config, model_file = lit_checkpoint_files(initial_checkpoint_dir)
+    config = (
+        Config.from_name(model_name, **overrides) if model_name else Config(**{**saved_config.to_dict(), **overrides})
+    )
+    source = f"{model_file.parent}/lit_config.json"
+    check_same_architecture(
+        config, saved_config, source, "pass the --model_name of the model in --initial_checkpoint_dir, or leave it out"
+    )
+    shapes = {k: v.shape for k, v in load_lit_state_dict(model_file).items()}
+    hint = (
+        f"Pass the --model_name of the model there (its lit_config.json says {saved_config.name!r}), or leave it out."
+    )
+    check_weights(shapes, config, str(model_file), hint)
+    return config
 
 
 def check_counts(
@@ -325,13 +383,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     if resume in (True, "auto"):
         resume = latest_to_resume(out_dir, h["trust_pickle"])
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
-    if not resume and h["initial_checkpoint_dir"]:
-        saved_config, model_file = lit_checkpoint_files(Path(h["initial_checkpoint_dir"]))
-        hint = "pass the --model_name of the model in --initial_checkpoint_dir"
-        check_same_architecture(config, saved_config, f"{model_file.parent}/lit_config.json", hint)
-        shapes = {k: v.shape for k, v in load_lit_state_dict(model_file).items()}
-        hint = f"Pass the --model_name of the model there (its lit_config.json says {saved_config.name!r})."
-        check_weights(shapes, config, str(model_file), hint)
+    if not resume and h["initial_checkpoint_dir"]:  # checked against the model in setup()
+        model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
@@ -355,6 +408,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     schedule_steps = state["step_count"] + (h["max_tokens"] - state["tokens_seen"]) // tokens_per_step
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
+    stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
         f"{h['micro_batch_size']} per device; learning-rate schedule over {schedule_steps:,} steps); "
@@ -388,7 +442,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         state["step_count"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step_count"]
-        saving = step % h["save_interval"] == 0 or step == max_steps
+        stopping = stop.agreed() and step < max_steps  # the same answer on every process
+        saving = step % h["save_interval"] == 0 or step == max_steps or stopping
         # read the next step's batches while the device still computes this one (the log step's sync below would
         # otherwise leave it idle for the read); not before a save, whose loader state must not count them
         prefetched = None if saving else next_micro_batches()
@@ -444,12 +499,25 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             path = checkpoint_path(out_dir, step)
             save_checkpoint(fabric, path, state)
             fabric.print(f"Saved {path}")
+            # not during a non-finite streak: the checkpoints before it are the ones to resume from
+            pruning = fabric.global_rank == 0 and not nonfinite_streak.item()
+            if pruning and (pruned := prune_checkpoints(out_dir, h["keep_last"])):
+                fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {h['keep_last']})")
+        if stopping:
+            fabric.print(
+                f"Stopped by {stop.received.name if stop.received else 'a signal to another process'} after step "
+                f"{step} of {max_steps}; the checkpoint to resume from is {path}. Resume with:\n"
+                f"    {resume_command()}"
+            )
+            stop.restore()
+            return
 
+    stop.restore()
     fabric.print(f"Done: {state['step_count']} steps, {state['tokens_seen']:,} tokens")
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
     torch.set_float32_matmul_precision("high")
-    CLI(setup, as_positional=False)
+    cli(setup)

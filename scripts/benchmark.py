@@ -232,6 +232,6 @@ def write_trace(step, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    CLI(main, as_positional=False)
+    cli(main)

@@ -95,6 +95,6 @@ def convert(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    CLI(convert, as_positional=False)
+    cli(convert)

@@ -21,6 +21,10 @@ from typing import List, Literal, Optional, Union
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jsonargparse.typing import SecretStr  # noqa: E402
+
+from lit_gpt.cli import UserError  # noqa: E402
+
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 TOKEN_URL = "https://huggingface.co/settings/tokens"
 # the folders that the preparation scripts and the tutorials use (the repo's own name would give `slimpajama-627b-raw`);
@@ -28,13 +32,13 @@ TOKEN_URL = "https://huggingface.co/settings/tokens"
 DATASET_DIRS = {"cerebras/slimpajama-627b": "slimpajama-raw", "bigcode/starcoderdata": "starcoderdata-raw"}
 
 
-class DownloadError(Exception):
+class DownloadError(UserError):
     """What went wrong and what to do, in one line."""
 
 
 def download_from_hub(
     repo_id: Optional[str] = None,
-    access_token: Optional[str] = None,
+    access_token: Optional[SecretStr] = None,
     tokenizer_only: bool = False,
     repo_type: Literal["model", "dataset"] = "model",
     allow_patterns: Optional[Union[str, List[str]]] = None,
@@ -71,6 +75,8 @@ def download_from_hub(
 
     if isinstance(allow_patterns, str):
         allow_patterns = [allow_patterns]
+    if isinstance(access_token, SecretStr):  # from the command line: `--print_config` shows it as ****
+        access_token = access_token.get_secret_value()
     access_token = access_token or os.getenv("HF_TOKEN") or get_token()
     api = HfApi(token=access_token or False)
     info = _call(api.repo_info, access_token, repo_id=repo_id, repo_type=repo_type)
@@ -191,9 +197,6 @@ def _gated_message(repo_id: str, repo_type: str, token: Optional[str]) -> str:
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    try:
-        CLI(download_from_hub, as_positional=False)
-    except DownloadError as e:
-        raise SystemExit(f"error: {e}") from None
+    cli(download_from_hub)

@@ -463,7 +463,7 @@ def print_summary(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
     torch.set_float32_matmul_precision("high")  # as pretrain/tinyllama.py; the reference turns it off for itself
-    CLI(main, as_positional=False)
+    cli(main)

@@ -10,8 +10,14 @@ later one's value for a step replaces an earlier one's. Prints where the PNG wen
 import csv
 import math
 import re
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.cli import UserError  # noqa: E402
 
 Series = Dict[str, Dict[int, float]]  # metric name -> step -> value
 METRICS = ("loss", "val_loss", "tokens_per_sec")
@@ -25,14 +31,14 @@ def main(log_dir: Path = Path("out/tiny-llama-1.1b/logs"), output: Optional[Path
         output: The PNG to write. Default: `loss.png` next to `log_dir`.
     """
     if not log_dir.is_dir():
-        raise SystemExit(
-            f"error: --log_dir {log_dir} does not exist; pass the `logs` folder of a run of pretrain/tinyllama.py "
+        raise UserError(
+            f"--log_dir {log_dir} does not exist; pass the `logs` folder of a run of pretrain/tinyllama.py "
             "(`<out_dir>/logs`)"
         )
     series = read_logs(log_dir)
     if not series["loss"]:
-        raise SystemExit(
-            f"error: no `loss` values in a metrics.csv or TensorBoard event file under {log_dir}; pass the `logs` "
+        raise UserError(
+            f"no `loss` values in a metrics.csv or TensorBoard event file under {log_dir}; pass the `logs` "
             "folder of a run of pretrain/tinyllama.py (it logs from its first --log_interval steps)"
         )
     output = output or log_dir.parent / "loss.png"
@@ -136,6 +142,6 @@ def format_summary(s: dict) -> str:
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    CLI(main, as_positional=False)
+    cli(main)

@@ -18,6 +18,7 @@ import ast
 import io
 import json
 import shutil
+import sys
 import sysconfig
 import time
 import zlib
@@ -27,6 +28,11 @@ from typing import Dict, List, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard as zstd
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.cli import UserError  # noqa: E402
 
 PROSE_SETS = [
     "RedPajamaCommonCrawl",
@@ -60,15 +66,15 @@ def main(
     for target in targets:
         if target.exists() and any(target.iterdir()):
             if not overwrite:
-                raise SystemExit(
-                    f"error: {target} is not empty. Pass --overwrite true to replace it (everything in it is deleted),"
+                raise UserError(
+                    f"{target} is not empty. Pass --overwrite true to replace it (everything in it is deleted),"
                     " or pick another --output_dir."
                 )
             shutil.rmtree(target)
 
     sources = python_sources(source_dir, max_source_files)
     if not sources:
-        raise SystemExit(f"error: no readable .py files under {source_dir}; pass --source_dir a Python stdlib folder")
+        raise UserError(f"no readable .py files under {source_dir}; pass --source_dir a Python stdlib folder")
     rows = slimpajama_rows(sources, include_topics=max_source_files is None)
     written = write_slimpajama(rows, targets[0])
     headers = c_headers(Path(sysconfig.get_paths()["include"])) if max_source_files is None else {}
@@ -203,6 +209,6 @@ def _row(text: str, set_name: str) -> dict:
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    CLI(main, as_positional=False)
+    cli(main)

@@ -148,6 +148,6 @@ def _litgpt_optimize(files: list, kind: str, tokenizer_path: Path, output_dir: s
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    CLI(main, as_positional=False)
+    cli(main)

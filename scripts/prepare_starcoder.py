@@ -16,7 +16,7 @@ from typing import Optional
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.prepare import BLOCK_SIZE, PrepareError, prepare  # noqa: E402
+from lit_gpt.prepare import BLOCK_SIZE, prepare  # noqa: E402
 
 
 def main(
@@ -60,9 +60,6 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    try:
-        CLI(main, as_positional=False)
-    except PrepareError as e:
-        raise SystemExit(f"error: {e}") from None
+    cli(main)

@@ -95,9 +95,6 @@ def main(
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    try:
-        CLI(main, as_positional=False)
-    except PrepareError as e:
-        raise SystemExit(f"error: {e}") from None
+    cli(main)

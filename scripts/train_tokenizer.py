@@ -156,9 +156,6 @@ def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    from jsonargparse import CLI
+    from lit_gpt.cli import cli
 
-    try:
-        CLI(train, as_positional=False)
-    except PrepareError as e:
-        raise SystemExit(f"error: {e}") from None
+    cli(train)

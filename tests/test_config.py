@@ -55,6 +55,12 @@ def test_lookup_by_hf_name_and_overrides():
 def test_unknown_name_lists_close_matches():
     with pytest.raises(ValueError, match="tiny-llama-1.1b"):
         Config.from_name("tiny-lama-1.1b")
+    # Llama 2's lit names are the hub's: each was suggested twice
+    with pytest.raises(
+        ValueError,
+        match="Did you mean: Llama-2-7b-hf, Llama-2-70b-hf, Llama-2-13b-hf, Llama-2-7b-chat-hf, Llama-2-70b-chat-hf[?]",
+    ):
+        Config.from_name("Llama-2-7b")
 
 
 def test_listed_names_are_the_names_from_name_takes():

@@ -129,7 +129,7 @@ def test_bad_slimpajama_records_are_reported_with_file_and_line(prepared, tmp_pa
     args = ["--input_dir", str(raw), "--output_dir", str(tmp_path / "out"), "--tokenizer_path",
             str(prepared["tokenizer"]), "--chunk_size", "8196", "--num_workers", "1"]  # fmt: skip
     out = run_script("prepare_slimpajama", *args, tmp_path=tmp_path)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert f"{bad_json}:2: malformed JSON line" in out.stdout
     assert f"{bad_json}:3: row without a 'text' string" in out.stdout
     assert f"{corrupt}:1: truncated file: it ends inside a zstd frame after 0 documents" in out.stdout
@@ -445,3 +445,28 @@ def test_long_documents_are_tokenized_in_pieces_to_the_tokens_of_one_call(prepar
     items = prepare_module.tokenize_files([str(path)], "slimpajama", str(prepared["tokenizer"]), 4096)
     expected = [tokenizer.encode_ids(t, eos=True) for t in ("hello", text, "world")]
     assert np.concatenate(list(items)).tolist() == [i for ids in expected for i in ids]
+
+
+def test_preparation_progress_rates_leave_out_the_first_report(capsys):
+    import multiprocessing
+    import re
+    import threading
+    import time
+
+    from lit_gpt.prepare import Stats, _monitor
+
+    progress = multiprocessing.Queue()
+
+    def workers():  # a file of 60,000 tokens at once, then 1,000 tokens a second
+        progress.put(("update", Stats(files=1, documents=10, tokens=60_000)))
+        for _ in range(2):
+            time.sleep(0.6)
+            progress.put(("update", Stats(files=1, documents=1, tokens=600)))
+        progress.put(("done", None))
+
+    thread = threading.Thread(target=workers)
+    thread.start()
+    _monitor(progress, Stats(), num_files=3, verbose=True, desc="test")
+    thread.join()
+    rates = [int(r.replace(",", "")) for r in re.findall(r"([\d,]+) tok/s", capsys.readouterr().err)]
+    assert rates and all(500 < r < 1_100 for r in rates), rates  # the first report gave 60,000 / 1 ms

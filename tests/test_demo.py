@@ -107,5 +107,7 @@ def test_plot_logs_csv(tmp_path, capsys):
 def test_plot_logs_on_a_missing_folder_says_it_does_not_exist(tmp_path):
     from prepared_data import load_script
 
-    with pytest.raises(SystemExit, match=f"--log_dir {tmp_path / 'nowhere'} does not exist"):
+    from lit_gpt.cli import UserError
+
+    with pytest.raises(UserError, match=f"--log_dir {tmp_path / 'nowhere'} does not exist"):
         load_script("plot_logs").main(log_dir=tmp_path / "nowhere")

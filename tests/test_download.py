@@ -247,7 +247,7 @@ def test_download_commands_of_preparation_errors_parse():
 )
 def test_download_errors_are_one_line(tmp_path, hub, args, token, expected):
     out = run_download(tmp_path, endpoint_of(hub), *args, token=token)
-    assert out.returncode == 1
+    assert out.returncode == 2
     # one line that says what to do (after the progress bar, when the download had started), no traceback
     assert out.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in out.stderr, out.stderr
     assert expected in out.stderr.strip().splitlines()[-1]
@@ -262,7 +262,7 @@ def test_download_unreachable_hub(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = run_download(tmp_path, f"http://127.0.0.1:{port}", "--repo_id", "meta-llama/Llama-2-7b-hf", token=TOKEN)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.count("\n") == 1, out.stderr
     assert f"cannot reach the Hugging Face Hub at http://127.0.0.1:{port}" in out.stderr
     assert TOKEN not in out.stdout + out.stderr
@@ -275,7 +275,7 @@ def test_download_disk_errors_are_not_network_errors(tmp_path, hub):
         tmp_path, endpoint_of(hub), "--repo_id", "cerebras/SlimPajama-627B", "--repo_type", "dataset",
         "--allow_patterns", "train/chunk1/*", "--local_dir", "blocker/slimpajama-raw",
     )  # fmt: skip
-    assert out.returncode == 1
+    assert out.returncode == 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "Traceback" not in out.stderr, out.stderr
     assert "cannot reach" not in last and "network" not in last, last
@@ -306,3 +306,9 @@ def test_download_help_does_not_show_the_token(tmp_path):
     out = run_download(tmp_path, "http://127.0.0.1:9", "--help", token=TOKEN)
     assert out.returncode == 0
     assert "--repo_type" in out.stdout and TOKEN not in out.stdout + out.stderr
+
+
+def test_download_print_config_does_not_show_the_token(tmp_path):
+    out = run_download(tmp_path, "http://127.0.0.1:9", "--repo_id", "a/b", "--access_token", TOKEN, "--print_config")
+    assert out.returncode == 0 and "repo_id: a/b" in out.stdout, out.stderr
+    assert TOKEN not in out.stdout + out.stderr

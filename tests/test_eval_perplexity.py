@@ -1,5 +1,6 @@
 """Perplexity over real litdata chunks, checked against transformers' loss on the same blocks."""
 
+import json
 import math
 
 import pytest
@@ -48,7 +49,9 @@ def test_perplexity_is_deterministic_and_matches_transformers(export_lit_dir, ex
     other_batching = main(export_lit_dir, tmp_path / "val", num_blocks=num_blocks, block_size=block_size, batch_size=3)
     assert abs(other_batching["loss"] - first["loss"]) < 1e-5  # the same blocks, batched differently
     assert first["num_blocks"] == num_blocks and first["tokens"] == num_blocks * block_size
-    assert (tmp_path / "ppl.json").is_file()
+    # what the number depends on, recorded with it
+    saved = json.loads((tmp_path / "ppl.json").read_text())
+    assert saved["precision"] == "32-true" and saved["batch_size"] == 2 and saved["loss"] == first["loss"]
 
     theirs = AutoModelForCausalLM.from_pretrained(export_hf_dir).eval()
     blocks = tokens[: num_blocks * (block_size + 1)].view(num_blocks, block_size + 1).long()

@@ -94,3 +94,21 @@ def test_generation_samples_only_the_tokenizers_ids():
     out = generate(model, prompt, 40, temperature=2.0, vocab_size=50)
     assert out.size(0) == 43 and int(out[3:].max()) < 50
     assert int(generate(model, prompt, 40, temperature=2.0)[3:].max()) >= 50  # without the limit: any of 32000
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"temperature": -0.5}, "--temperature -0.5 must not be negative"),  # sampled the inverted distribution
+        ({"top_k": 0}, "--top_k 0 must be at least 1"),
+        ({"max_new_tokens": -3}, "--max_new_tokens -3 must not be negative"),
+    ],
+)
+def test_bad_sampling_flags_are_refused(tmp_path, flags, message):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match=message):
+        module.main(checkpoint_dir=tmp_path, **flags)

@@ -174,3 +174,18 @@ def test_each_rank_reads_a_disjoint_part_of_each_source(tmp_path, data_dir, worl
     mixed = [i for r in ranks for batch in r["mix"] for i in batch]
     assert len(mixed) == world_size * 8 * batch_size and len(set(mixed)) == len(mixed)
     assert {i // 10_000 for i in mixed} == {1, 2}  # both sources
+
+
+def test_torchrun_with_other_devices_than_its_processes_is_refused(tmp_path):
+    # Lightning used to fail with `IndexError: list index out of range` here
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*torchrun, str(SCRIPT), "--model_name", "micro-llama", "--accelerator", "cpu", "--devices", "1"]
+    cmd += ["--out_dir", str(tmp_path / "out"), "--data_dir", str(tmp_path / "data")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode != 0
+    message = (
+        "error: torchrun started 2 processes, 2 on this node (WORLD_SIZE=2, LOCAL_WORLD_SIZE=2), but --devices 1 "
+        "--num_nodes 1 makes 1: pass --devices 2 (torchrun's --nproc_per_node) and --num_nodes 1 (its --nnodes)"
+    )
+    assert proc.stderr.count(message) == 1, proc.stderr[-3000:]
+    assert "IndexError" not in proc.stderr

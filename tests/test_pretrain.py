@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +101,8 @@ def test_help_explains_every_flag():
 
 
 def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys):
+    from lit_gpt.utils import cpu_has_bf16
+
     setup = load_script().setup
     common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(data_dir))
     with pytest.raises(ValueError, match="--micro_batch_size 3 does not divide the per-device batch 8.*such as 2 or 4"):
@@ -145,7 +148,9 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys
         auto = "cpu" if torch.cuda.is_available() else "auto"
         with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*micro_batch_size"):
             setup(**{**common, "accelerator": auto}, global_batch_size=8, micro_batch_size=8, precision="bf16-mixed")
-        assert "Note: --precision bf16-mixed on CPU is slow" in capsys.readouterr().err
+        # (not on CPUs with bf16 instructions, where bf16-mixed is not slower)
+        note = "Note: --precision bf16-mixed on a CPU without bf16 instructions is slow"
+        assert (note in capsys.readouterr().err) == (not cpu_has_bf16())
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -185,23 +190,24 @@ def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data
 
     # the same run, killed with SIGKILL during step 6 (after the step-4 checkpoint), then resumed
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data_dir), "--out_dir", str(killed), *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)  # fmt: skip
-    try:
-        for line in proc.stdout:
-            if line.startswith("step 5/8"):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    code, _ = run_until_signal(killed, data_dir, "step 5/8", signal.SIGKILL, *flags)
+    assert code == -signal.SIGKILL
     assert checkpoints(killed) == ["step-00000004.pth"]
 
-    proc = run(killed, data_dir, *flags, "--resume", "true")
-    assert "Resumed at step 4" in proc.stdout
+    # resumed, and stopped by SIGTERM (a scheduler's) after the step in progress: a checkpoint of that step, the
+    # command to resume, exit code 0; --keep_last 1 deletes the step-4 checkpoint once the new one is complete
+    code, out = run_until_signal(killed, data_dir, "step 5/8", signal.SIGTERM, *flags, "--resume", "true",
+                                 "--keep_last", "1")  # fmt: skip
+    assert code == 0, out[-3000:]
+    assert "Resumed at step 4" in out and "Traceback" not in out
+    stopped_at = int(re.search(r"Stopped by SIGTERM after step (\d) of 8", out)[1])
+    assert stopped_at in (5, 6, 7), out[-2000:]
+    assert checkpoints(killed) == [f"step-0000000{stopped_at}.pth"]
+    assert "Deleted step-00000004.pth (--keep_last 1)" in out
+    assert re.search(r"Resume with:\n    python \S+tinyllama.py .*--out_dir \S+killed .*--resume auto\n", out), out
+
+    proc = run(killed, data_dir, *flags, "--resume", "auto")
+    assert f"Resumed at step {stopped_at}" in proc.stdout
     resumed = metrics(killed)
     for step in range(5, 9):
         assert resumed[step] == losses[step], (step, resumed[step], losses[step])
@@ -209,6 +215,30 @@ def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data
     assert final.keys() == final_resumed.keys()
     for name in final:
         assert torch.equal(final[name], final_resumed[name]), name
+
+
+def run_until_signal(out_dir: Path, data_dir: Path, line: str, sig: int, *args: str, devices: int = 1, group=True):
+    """Run the script and send `sig` once it prints a line that starts with `line`: to every process of the run
+    (`group`, as Ctrl-C in a terminal or SIGKILL does), else to the launching process (rank 0) only. Returns the exit
+    code and the output."""
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data_dir), "--out_dir", str(out_dir)]
+    cmd += ["--devices", str(devices), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        for text in proc.stdout:
+            lines.append(text)
+            if text.startswith(line):
+                os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+                break
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    return proc.returncode, "".join(lines)
 
 
 @pytest.mark.gpu
@@ -262,22 +292,34 @@ def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path,
     assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
 
 
-def test_initial_checkpoint_of_another_architecture_is_refused(tmp_path, same_data_dir):
+def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_path, same_data_dir):
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
 
-    # micro-llama's shapes, but another rope_base: the weights would load and train a model they were not made for
+    # micro-llama's shapes, but another rope_base (an architecture the registry does not have): the weights would
+    # load into --model_name micro-llama and train a model they were not made for
     lit_dir = tmp_path / "lit"
     lit_dir.mkdir()
-    config = Config.from_name("micro-llama", block_size=BLOCK, rope_base=500_000)
+    config = Config(**{**Config.from_name("micro-llama").to_dict(), "name": "custom-llama", "block_size": BLOCK})
+    config.rope_base = 500_000
     config.to_file(lit_dir / "lit_config.json")
     torch.save(GPT(config).state_dict(), lit_dir / "lit_model.pth")
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
     cmd += ["--initial_checkpoint_dir", str(lit_dir), "--max_steps", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert proc.returncode == 2, proc.stdout[-2000:]
     assert "--model_name 'micro-llama' has rope_base=10000 but" in proc.stderr
     assert "lit_config.json says 500000; pass the --model_name of the model in --initial_checkpoint_dir" in proc.stderr
+    assert "parameters, initialized" not in proc.stdout  # refused before a model was built
+    # without --model_name, the model is the one lit_config.json describes
+    i = cmd.index("--model_name")
+    proc = subprocess.run(cmd[:i] + cmd[i + 2 :], capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        "custom-llama: 8,930,432 parameters" in proc.stdout and f"Initialized the weights from {lit_dir}" in proc.stdout
+    )
+    saved = torch.load(tmp_path / "out" / "step-00000001.pth", weights_only=True)["hparams"]
+    assert saved["model_config"]["rope_base"] == 500_000 and saved["model_name"] == "custom-llama"
 
 
 SHARDED_FLAGS = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
@@ -307,13 +349,17 @@ def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_
     for name in weights_one:
         torch.testing.assert_close(weights_two[name], weights_one[name], rtol=1e-4, atol=1e-5)
 
-    # resume the 2-process run from its sharded step-2 checkpoint, in another out_dir; keeping the gathered weights
-    # through the step (instead of gathering them again for every forward and backward) must not change a bit
-    resume_flags = ["--resume", str(two / "step-00000002.pth")]
-    resume_flags += ["--reshard_after_forward", "false", "--reshard_after_backward", "false"]
+    # the 2-process run again, stopped by a SIGINT to rank 0 alone before its first step ends (rank 1 learns of it
+    # through the all-reduce at the step boundary): both save a sharded step-1 checkpoint and exit 0
+    code, out = run_until_signal(resumed, same_data_dir, "3 steps of", signal.SIGINT, *flags, devices=2, group=False)
+    assert code == 0 and "Stopped by SIGINT after step 1 of 3" in out and "Traceback" not in out, out[-3000:]
+    assert checkpoints(resumed) == ["step-00000001.pth"] and (resumed / "step-00000001.pth" / "meta.pt").is_file()
+    # resumed; keeping the gathered weights through the step (instead of gathering them again for every forward and
+    # backward) must not change a bit
+    resume_flags = ["--resume", "auto", "--reshard_after_forward", "false", "--reshard_after_backward", "false"]
     proc = run(resumed, same_data_dir, *flags, *resume_flags, devices=2)
-    assert "Resumed at step 2" in proc.stdout
-    assert metrics(resumed)[3] == metrics(two)[3]
+    assert "Resumed at step 1" in proc.stdout
+    assert metrics(resumed, "loss") == metrics(two, "loss")
     weights_resumed = model_weights(resumed / "step-00000003.pth")
     for name in weights_two:
         assert torch.equal(weights_resumed[name], weights_two[name]), name
@@ -477,3 +523,91 @@ def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path
                        r"embeddings for 32,000 ids.*Prepare it with the model's tokenizer"):  # fmt: skip
         setup(model_name="micro-llama", data_dir=str(data), accelerator="cpu", devices=1, out_dir=tmp_path / "out",
               global_batch_size=8, micro_batch_size=2, block_size=BLOCK)  # fmt: skip
+
+
+def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
+    from lit_gpt.checkpoint import checkpoint_path, prune_checkpoints
+
+    for step in (2, 4, 6):
+        checkpoint_path(tmp_path, step).touch()
+    (tmp_path / "step-00000008.pth").mkdir()  # a sharded checkpoint, the newest
+    others = ["step-00000010.pth.tmp", "step-1.pth", "step-00000003.pth.bak", "notes.txt"]
+    for name in others:  # an unfinished save, names of another scheme, another file: never ours to delete
+        (tmp_path / name).touch()
+    assert prune_checkpoints(tmp_path, None) == []
+    assert prune_checkpoints(tmp_path, 2) == [tmp_path / "step-00000002.pth", tmp_path / "step-00000004.pth"]
+    assert prune_checkpoints(tmp_path, 1) == [tmp_path / "step-00000006.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*others, "step-00000008.pth"])
+    assert prune_checkpoints(tmp_path, 1) == []
+
+
+def test_default_model_on_cpu_is_refused_up_front(tmp_path):
+    """TinyLlama-1.1B on CPU used to train until the memory ran out (23.3 of 24 GB, no step in 2 minutes)."""
+    import time
+
+    t0 = time.perf_counter()
+    cmd = [sys.executable, str(SCRIPT), "--accelerator", "cpu", "--out_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 2 and time.perf_counter() - t0 < 60, proc.stderr[-3000:]
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("error: --model_name tiny-llama-1.1b on CPU ")
+    assert "one optimizer step of 512 × 2048 tokens would take about" in line  # ~1.7e16 FLOPs
+    assert "python pretrain/tinyllama.py --model_name micro-llama --accelerator cpu" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_memory_estimate_of_tinyllama():
+    from lit_gpt.config import Config
+    from lit_gpt.resources import estimate
+
+    config = Config.from_name("tiny-llama-1.1b")
+    e = estimate(
+        config, "32-true", 4, 512, devices=1, num_nodes=1, activation_checkpointing=False, flops_per_second=1e11
+    )
+    assert 17e9 < e.state_bytes < 18e9  # 1.1e9 parameters × 16 bytes
+    assert 20e9 < e.activation_bytes < 40e9 and 5 < e.step_seconds / 3600 < 100
+    sharded = estimate(config, "32-true", 4, 512, devices=2, num_nodes=2, activation_checkpointing=True,
+                       flops_per_second=1e11)  # fmt: skip
+    assert sharded.state_bytes == e.state_bytes / 2 and sharded.activation_bytes < e.activation_bytes / 2
+
+
+def test_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
+    setup = load_script().setup
+    common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path))
+    # 40 steps with the default --warmup_steps 2000: the learning rate used to peak at 8e-6, and the loss barely moved
+    with pytest.raises(FileNotFoundError):  # the missing data is refused after the flags are checked
+        setup(**common, global_batch_size=8, micro_batch_size=4, max_tokens=81920)
+    message = "--warmup_steps 2000 is longer than the 40 steps this run trains: the learning rate peaks at 8e-06"
+    assert message in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError):
+        setup(**common, global_batch_size=8, micro_batch_size=4, max_tokens=81920, warmup_steps=4)
+    assert "--warmup_steps" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"min_lr": 1e-3, "learning_rate": 4e-4}, "--min_lr 0.001 must be between 0 and --learning_rate 0.0004"),
+        ({"learning_rate": -1e-3}, "--learning_rate -0.001 must not be negative"),
+        ({"weight_decay": -0.1}, "--weight_decay -0.1 must not be negative"),
+        ({"warmup_steps": -5}, "--warmup_steps -5 must not be negative"),
+        ({"grad_clip": -1.0}, "--grad_clip -1.0 must not be negative"),
+        ({"beta1": 1.0}, r"--beta1 1.0 must be in \[0, 1\)"),
+        ({"beta2": -0.5}, r"--beta2 -0.5 must be in \[0, 1\)"),
+        ({"seed": -1}, "--seed -1 must not be negative"),
+    ],
+)
+def test_optimizer_flags_are_refused_before_fabric_starts(tmp_path, flags, message):
+    # accepted silently, or failed inside AdamW or the seeding after Fabric had started
+    setup = load_script().setup
+    with pytest.raises(ValueError, match=message):
+        setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path), **flags)
+
+
+def test_cpu_bf16_flags():
+    from lit_gpt.utils import cpu_has_bf16
+
+    line = "flags\t\t: fpu vme sse avx2 avx512f avx512bw"
+    assert not cpu_has_bf16(f"processor\t: 0\n{line}\n")
+    assert cpu_has_bf16(f"processor\t: 0\n{line} avx512_bf16 avx512vnni\n")
+    assert cpu_has_bf16(f"{line} amx_bf16 amx_tile\n")

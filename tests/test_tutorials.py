@@ -99,18 +99,20 @@ def all_calls():
 
 
 def _parser(script: str):
-    """The jsonargparse parser of `script`'s `CLI(<function>, ...)` call (or its argparse `build_parser()`), built
-    in-process without running it."""
-    from jsonargparse import CLI, capture_parser
+    """The jsonargparse parser of `script`'s `cli(<function>)` call (lit_gpt/cli.py), or its argparse
+    `build_parser()`, built in-process without running it."""
+    from jsonargparse import capture_parser
+
+    from lit_gpt.cli import cli
 
     path = ROOT / script
-    target = re.search(r"CLI\((\w+)", path.read_text(encoding="utf-8"))
+    target = re.search(r"\bcli\((\w+)", path.read_text(encoding="utf-8"))
     spec = importlib.util.spec_from_file_location(f"tutorial_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if target is None:  # argparse, in a script that runs before jsonargparse is installed (scripts/torch_source.py)
         return module.build_parser()
-    return capture_parser(lambda: CLI(getattr(module, target.group(1)), as_positional=False, args=[]))
+    return capture_parser(lambda: cli(getattr(module, target.group(1)), args=[]))
 
 
 def test_tutorials_have_commands():

@@ -1,0 +1,87 @@
+"""lit_gpt/cli.py: every entry point's refusals print one line and exit 2; bugs keep their traceback."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_pretrain import COMMON, SCRIPT, _env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def entry_point(path: str):
+    spec = importlib.util.spec_from_file_location(f"cli_{Path(path).stem}", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def refusal(capsys, function, *args: str) -> str:
+    """The one line on stderr of `cli(function)` given `args`, which must exit with code 2."""
+    from lit_gpt.cli import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(function, args=list(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_one_refusal_of_each_kind_of_script_is_one_line(tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    setup = entry_point("pretrain/tinyllama.py").setup
+    # a flag with a prefix of a real one was taken for it (--max_step 3 trained with --max_steps 3)
+    assert "unrecognized arguments: --max_step 3" in refusal(capsys, setup, "--max_step", "3")
+    assert "--max_steps 'abc' is not int or null" in refusal(capsys, setup, "--max_steps", "abc")
+    message = "--precision 'fp8' is not one of 'bf16-mixed', 'bf16-true', '32-true'"
+    assert message in refusal(capsys, setup, "--precision", "fp8")
+    assert "--data_dir" in refusal(capsys, setup, "--model_name", "micro-llama", "--data_dir", missing)
+    main = entry_point("generate/base.py").main
+    assert "lit_model.pth' does not exist" in refusal(capsys, main, "--checkpoint_dir", missing)
+    main = entry_point("eval/perplexity.py").main
+    assert "is not a prepared litdata split" in refusal(
+        capsys, main, "--checkpoint_dir", missing, "--data_dir", missing
+    )
+    convert = entry_point("scripts/convert_lit_checkpoint.py").convert
+    assert "does not exist" in refusal(capsys, convert, "--checkpoint_dir", missing, "--output_dir", missing + "2")
+    main = entry_point("scripts/prepare_slimpajama.py").main
+    assert "--tokenizer_path" in refusal(capsys, main, "--tokenizer_path", missing, "--output_dir", str(tmp_path / "o"))
+    # an unset variable: `--access_token $HF_TOKEN --tokenizer_only true` reaches the script without the value
+    download = entry_point("scripts/download.py").download_from_hub
+    line = refusal(capsys, download, "--repo_id", "a/b", "--access_token", "--tokenizer_only", "true")
+    assert "--access_token was given no value; if the value was a shell variable such as $HF_TOKEN" in line
+
+
+def test_a_bug_keeps_its_traceback():
+    from lit_gpt.cli import cli
+
+    def main(value: str = "x") -> None:
+        """Args:
+        value: a number, badly parsed
+        """
+        int(value)  # a ValueError from a built-in, not a refusal of the project's
+
+    with pytest.raises(ValueError, match="invalid literal"):
+        cli(main, args=[])
+
+
+def test_plotting_refusal_through_the_script(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_logs.py"), "--log_dir", str(tmp_path / "no")],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def test_refusal_after_two_processes_started_prints_once(tmp_path):
+    from test_pretrain import _build, same_tokens
+
+    data = _build(tmp_path / "data", same_tokens, 8)
+    missing = tmp_path / "elsewhere" / "step-00000004.pth"  # checked by both processes, once Fabric has started
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out")]
+    cmd += ["--devices", "2", "--max_steps", "1", "--resume", str(missing)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr and "[rank0]" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: No checkpoint at {missing}"), proc.stderr
