@@ -2,14 +2,13 @@
 the flags' forms and refusals, the sampled share of each source, and a real run on three sources killed and resumed
 bit-identically, which refuses a resume on another mix."""
 
-import os
 import signal
 import subprocess
 import sys
 
 import pytest
 import torch
-from test_pretrain import BLOCK, COMMON, SCRIPT, _env, _write_chunks, metrics, model_weights, run
+from test_pretrain import BLOCK, COMMON, SCRIPT, _env, _write_chunks, metrics, model_weights, run, run_until_signal
 
 from lit_gpt.dataloaders import data_sources, mixture_dataloader
 
@@ -72,18 +71,8 @@ def test_three_sources_resume_bit_identically_after_a_kill_and_refuse_another_mi
     assert sorted(losses) == list(range(1, 7))
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(tmp_path), "--out_dir", str(killed), *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-                            start_new_session=True)  # fmt: skip
-    try:
-        for line in proc.stdout:
-            if line.startswith("step 4/6"):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    code, _ = run_until_signal(killed, tmp_path, "step 4/6", signal.SIGKILL, *flags)
+    assert code == -signal.SIGKILL
     assert (killed / "step-00000003.pth").exists() and not (killed / "step-00000006.pth").exists()
     assert "Resumed at step 3" in run(killed, tmp_path, *flags, "--resume", "auto").stdout
     resumed = metrics(killed)
