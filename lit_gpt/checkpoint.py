@@ -228,6 +228,10 @@ _DCP_METADATA_GLOBALS = {
 TRUST_HINT = "If the checkpoint comes from a source you trust, pass --trust_pickle true."
 
 
+class _Refused(pickle.UnpicklingError):
+    """A global that `_MetadataUnpickler` does not build (other `UnpicklingError`s are of a corrupt file)."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """An unpickler that builds only the classes of `_DCP_METADATA_GLOBALS` and torch dtypes: a pickle that names
     anything else (`os.system`, `builtins.eval`, ...) is refused before it is called."""
@@ -236,7 +240,7 @@ class _MetadataUnpickler(pickle.Unpickler):
         dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
         if dtype or (module, name) in _DCP_METADATA_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise _Refused(f"{module}.{name}")
 
 
 def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
@@ -247,7 +251,7 @@ def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
             return pickle.load(f)
         try:
             metadata = _MetadataUnpickler(f).load()
-        except pickle.UnpicklingError as e:
+        except _Refused as e:
             raise ValueError(
                 f"{file} names {e}, which the metadata of a sharded checkpoint never holds: unpickling it could run "
                 f"arbitrary code, so it is not read. {TRUST_HINT}"
