@@ -38,6 +38,8 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 OWN_NAME = re.compile(r"^step-(\d{8,})\.pth$")  # exactly what checkpoint_path writes
+# what `flock` fails with on a filesystem that has no locks
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
@@ -49,12 +51,13 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
     """Hold `out_dir/.lock` for the run, so that a second run started on the same `--out_dir` (a job submitted twice)
     is refused instead of overwriting this one's checkpoints. Rank 0 takes it before anything is written and every
     process raises if it cannot. It is an `flock`, which the kernel releases when the process ends, however it ends:
-    a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder)."""
+    a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder). On a filesystem without
+    locks (Lustre mounted without `flock`) the run warns and goes on unlocked rather than not at all."""
     lock, error = None, None
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(out_dir / ".lock", "a+", encoding="utf-8")
         try:
+            lock = open(out_dir / ".lock", "a+", encoding="utf-8")
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
@@ -66,6 +69,17 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
                 "runs in one out dir overwrite each other's checkpoints. Wait for it to end or stop it, or pass "
                 "another --out_dir"
             )
+        except OSError as e:
+            if lock is not None:
+                lock.close()
+                lock = None
+            if e.errno in _NO_LOCKS:  # Lustre mounted without `flock`, NFS without a lock daemon
+                fabric.print(
+                    f"Warning: the filesystem of --out_dir {out_dir} cannot lock {out_dir}/.lock ({e.strerror}): "
+                    "this run does not own it, so make sure that no other run uses this --out_dir"
+                )
+            else:
+                error = f"--out_dir {out_dir}: cannot take {out_dir}/.lock ({e}); remove it, or pass another --out_dir"
         else:
             lock.seek(0)
             lock.truncate()
