@@ -272,10 +272,21 @@ def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
             ) from None
         except Exception as e:  # truncated, or not a pickle
             raise ValueError(f"{file} cannot be read ({type(e).__name__}: {e}): it is truncated or corrupt") from None
-    storage = getattr(metadata, "storage_data", None)
-    files = [getattr(info, "relative_path", None) for info in (storage or {}).values()]
-    if not hasattr(metadata, "state_dict_metadata") or not all(isinstance(f, str) and "/" not in f for f in files):
+    infos = list((getattr(metadata, "storage_data", None) or {}).values())
+    fields = [tuple(getattr(i, k, None) for k in ("relative_path", "offset", "length")) for i in infos]
+    valid = all(isinstance(f, str) and "/" not in f and type(o) is type(n) is int for f, o, n in fields)
+    if not hasattr(metadata, "state_dict_metadata") or not valid:
         raise ValueError(f"{file} is not the metadata of a sharded checkpoint whose shards lie beside it")
+    # a shard missing or cut short (a copy cut short, a full disk) would fail deep inside torch's reader
+    ends: Dict[str, int] = {}
+    for info in infos:
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(ends.items()):
+        shard = file.parent / name
+        size = shard.stat().st_size if shard.is_file() else None
+        if size is None or size < end:
+            state = "is missing" if size is None else f"is truncated ({size:,} bytes, its .metadata says {end:,})"
+            raise ValueError(f"{file.parent} is incomplete: its shard {name} {state}")
     return metadata
 
 

@@ -113,6 +113,30 @@ def test_a_truncated_or_garbled_metadata_is_corrupt_not_unsafe(tmp_path):
         assert "--trust_pickle" not in str(e.value)
 
 
+def test_resume_auto_names_a_sharded_checkpoint_with_a_missing_or_truncated_shard(tmp_path):
+    """The newest sharded checkpoint's `.metadata` and `meta.pt` are whole but a shard is cut short or gone (a copy
+    cut short): `--resume auto` names the shard and the checkpoint before, instead of an EOFError inside torch."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from lit_gpt.checkpoint import latest_to_resume
+
+    first = tmp_path / "step-00000002.pth"
+    dcp.save({"model": {"w": torch.zeros(16, 16)}, "optimizer": {"lr": 0.1}}, checkpoint_id=first, no_dist=True)
+    torch.save({"hparams": {}}, first / "meta.pt")
+    newest = tmp_path / "step-00000004.pth"
+    shutil.copytree(first, newest)
+    assert latest_to_resume(tmp_path) == newest
+    shard = newest / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"00004.pth is incomplete: its shard __0_0.distcp is truncated.*00002"):
+        latest_to_resume(tmp_path)
+    shard.unlink()
+    with pytest.raises(ValueError, match=r"its shard __0_0.distcp is missing\); move it away .* step-00000002.pth"):
+        latest_to_resume(tmp_path)
+
+
 def test_nonfinite_stop_names_a_checkpoint_from_before_the_streak(tmp_path):
     from lit_gpt.checkpoint import nonfinite_stop_message
 
