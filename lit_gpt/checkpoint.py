@@ -259,12 +259,10 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
     """The `torch.distributed.checkpoint.metadata.Metadata` in the `.metadata` file `file`, unpickled with
-    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory."""
+    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory, whole."""
     with open(file, "rb") as f:
-        if trust_pickle:
-            return pickle.load(f)
         try:
-            metadata = _MetadataUnpickler(f).load()
+            metadata = pickle.load(f) if trust_pickle else _MetadataUnpickler(f).load()
         except _Refused as e:
             raise ValueError(
                 f"{file} names {e}, which the metadata of a sharded checkpoint never holds: unpickling it could run "

@@ -133,8 +133,9 @@ def test_resume_auto_names_a_sharded_checkpoint_with_a_missing_or_truncated_shar
     with pytest.raises(ValueError, match=r"00004.pth is incomplete: its shard __0_0.distcp is truncated.*00002"):
         latest_to_resume(tmp_path)
     shard.unlink()
-    with pytest.raises(ValueError, match=r"its shard __0_0.distcp is missing\); move it away .* step-00000002.pth"):
-        latest_to_resume(tmp_path)
+    for trust_pickle in (False, True):
+        with pytest.raises(ValueError, match=r"its shard __0_0.distcp is missing\); move it away .* step-00000002"):
+            latest_to_resume(tmp_path, trust_pickle)
 
 
 def test_nonfinite_stop_names_a_checkpoint_from_before_the_streak(tmp_path):
