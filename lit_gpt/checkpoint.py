@@ -38,6 +38,8 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 OWN_NAME = re.compile(r"^step-(\d{8,})\.pth$")  # exactly what checkpoint_path writes
+# what `flock` fails with on a filesystem that has no locks
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
@@ -49,12 +51,13 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
     """Hold `out_dir/.lock` for the run, so that a second run started on the same `--out_dir` (a job submitted twice)
     is refused instead of overwriting this one's checkpoints. Rank 0 takes it before anything is written and every
     process raises if it cannot. It is an `flock`, which the kernel releases when the process ends, however it ends:
-    a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder)."""
+    a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder). On a filesystem without
+    locks (Lustre mounted without `flock`) the run warns and goes on unlocked rather than not at all."""
     lock, error = None, None
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(out_dir / ".lock", "a+", encoding="utf-8")
         try:
+            lock = open(out_dir / ".lock", "a+", encoding="utf-8")
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
@@ -66,6 +69,17 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
                 "runs in one out dir overwrite each other's checkpoints. Wait for it to end or stop it, or pass "
                 "another --out_dir"
             )
+        except OSError as e:
+            if lock is not None:
+                lock.close()
+                lock = None
+            if e.errno in _NO_LOCKS:  # Lustre mounted without `flock`, NFS without a lock daemon
+                fabric.print(
+                    f"Warning: the filesystem of --out_dir {out_dir} cannot lock {out_dir}/.lock ({e.strerror}): "
+                    "this run does not own it, so make sure that no other run uses this --out_dir"
+                )
+            else:
+                error = f"--out_dir {out_dir}: cannot take {out_dir}/.lock ({e}); remove it, or pass another --out_dir"
         else:
             lock.seek(0)
             lock.truncate()
@@ -228,6 +242,10 @@ _DCP_METADATA_GLOBALS = {
 TRUST_HINT = "If the checkpoint comes from a source you trust, pass --trust_pickle true."
 
 
+class _Refused(pickle.UnpicklingError):
+    """A global that `_MetadataUnpickler` does not build (other `UnpicklingError`s are of a corrupt file)."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """An unpickler that builds only the classes of `_DCP_METADATA_GLOBALS` and torch dtypes: a pickle that names
     anything else (`os.system`, `builtins.eval`, ...) is refused before it is called."""
@@ -236,28 +254,37 @@ class _MetadataUnpickler(pickle.Unpickler):
         dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
         if dtype or (module, name) in _DCP_METADATA_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise _Refused(f"{module}.{name}")
 
 
 def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
     """The `torch.distributed.checkpoint.metadata.Metadata` in the `.metadata` file `file`, unpickled with
-    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory."""
+    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory, whole."""
     with open(file, "rb") as f:
-        if trust_pickle:
-            return pickle.load(f)
         try:
-            metadata = _MetadataUnpickler(f).load()
-        except pickle.UnpicklingError as e:
+            metadata = pickle.load(f) if trust_pickle else _MetadataUnpickler(f).load()
+        except _Refused as e:
             raise ValueError(
                 f"{file} names {e}, which the metadata of a sharded checkpoint never holds: unpickling it could run "
                 f"arbitrary code, so it is not read. {TRUST_HINT}"
             ) from None
         except Exception as e:  # truncated, or not a pickle
             raise ValueError(f"{file} cannot be read ({type(e).__name__}: {e}): it is truncated or corrupt") from None
-    storage = getattr(metadata, "storage_data", None)
-    files = [getattr(info, "relative_path", None) for info in (storage or {}).values()]
-    if not hasattr(metadata, "state_dict_metadata") or not all(isinstance(f, str) and "/" not in f for f in files):
+    infos = list((getattr(metadata, "storage_data", None) or {}).values())
+    fields = [tuple(getattr(i, k, None) for k in ("relative_path", "offset", "length")) for i in infos]
+    valid = all(isinstance(f, str) and "/" not in f and type(o) is type(n) is int for f, o, n in fields)
+    if not hasattr(metadata, "state_dict_metadata") or not valid:
         raise ValueError(f"{file} is not the metadata of a sharded checkpoint whose shards lie beside it")
+    # a shard missing or cut short (a copy cut short, a full disk) would fail deep inside torch's reader
+    ends: Dict[str, int] = {}
+    for info in infos:
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(ends.items()):
+        shard = file.parent / name
+        size = shard.stat().st_size if shard.is_file() else None
+        if size is None or size < end:
+            state = "is missing" if size is None else f"is truncated ({size:,} bytes, its .metadata says {end:,})"
+            raise ValueError(f"{file.parent} is incomplete: its shard {name} {state}")
     return metadata
 
 

@@ -102,13 +102,16 @@ def prepare_output_dir(
     inputs: Dict[str, Path],
     require_empty: bool = True,
 ) -> None:
-    """Make `output_dir` ready for `script`, a converter that writes files matching the globs `outputs`.
+    """Make `output_dir` ready for `script`, a converter that writes files matching the globs `outputs` and then
+    calls `finish_output_dir`.
 
     Refused: an `output_dir` that is, lies inside or holds one of `inputs` (flag -> path); without `overwrite`, a
     non-empty one (with `require_empty`) or one that holds a file of `outputs`; with `overwrite`, one that holds a
-    file of `outputs` that `script` did not write there (`OUTPUT_RECORD` does not name it). Otherwise the files of
-    `outputs` are deleted, so that nothing of the earlier conversion is loaded with the new one, other files are
-    kept, and the record is written: nothing but the converter's own earlier output is ever deleted.
+    file of `outputs` that `script` did not write there: `OUTPUT_RECORD` does not name `script`, or names the files
+    of its finished conversion and this one is not among them or was changed since (size, modification time), as
+    another tool's `save_pretrained` into the export changes it. Otherwise the files of `outputs` are deleted, so that
+    nothing of the earlier conversion is loaded with the new one, other files are kept, and the record is written:
+    nothing but the converter's own earlier output is ever deleted.
     """
     check_apart_from_inputs(output_dir, inputs)
     if output_dir.exists() and not output_dir.is_dir():
@@ -121,22 +124,43 @@ def prepare_output_dir(
             f"conversion by {script} in it, or choose another directory"
         )
     record = _output_record(output_dir)
-    if stale and script not in record:
-        names = ", ".join(p.name for p in stale[:5]) + (", ..." if len(stale) > 5 else "")
+    mine = record.get(script)
+    # the files of a finished conversion; None while one runs (a killed one: its partial files are all its own)
+    written = mine.get("files") if isinstance(mine, dict) else None
+    foreign = [p for p in stale if mine is None or (written is not None and written.get(p.name) != _fingerprint(p))]
+    if foreign:
+        names = ", ".join(p.name for p in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        why = f"no {OUTPUT_RECORD} of it there" if mine is None else f"or changed since, says {OUTPUT_RECORD}"
         raise FileExistsError(
-            f"--output_dir {str(output_dir)!r} holds {names}, which {script} did not write (no {OUTPUT_RECORD} of it "
-            "there): --overwrite true replaces only its own earlier output. Move them away or choose another "
-            "directory"
+            f"--output_dir {str(output_dir)!r} holds {names}, which {script} did not write ({why}): --overwrite true "
+            "replaces only its own earlier output. Move them away or choose another directory"
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     for path in stale:
         path.unlink()
+    _write_output_record(output_dir, {**record, script: {"outputs": list(outputs), "files": None}})
+
+
+def finish_output_dir(output_dir: Path, outputs: Tuple[str, ...], script: str) -> None:
+    """Record in `OUTPUT_RECORD` the files of `outputs` that `script` has now written in `output_dir` (after
+    `prepare_output_dir`), so that a later `--overwrite` deletes them only as they are."""
+    files = {p.name: _fingerprint(p) for pattern in outputs for p in output_dir.glob(pattern) if p.is_file()}
+    _write_output_record(output_dir, {**_output_record(output_dir), script: {"outputs": list(outputs), "files": files}})
+
+
+def _fingerprint(path: Path) -> List[int]:
+    stat = path.lstat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _write_output_record(output_dir: Path, record: dict) -> None:
     with atomic_file(output_dir / OUTPUT_RECORD) as tmp, open(tmp, "w", encoding="utf-8") as fp:
-        json.dump({**record, script: list(outputs)}, fp, indent=2)
+        json.dump(record, fp, indent=2)
 
 
-def _output_record(output_dir: Path) -> Dict[str, List[str]]:
-    """script -> its output globs, of the converters that wrote into `output_dir` ({} if none did)."""
+def _output_record(output_dir: Path) -> Dict[str, object]:
+    """script -> {"outputs": its output globs, "files": name -> fingerprint, None until it finished}, of the
+    converters that wrote into `output_dir` ({} if none did; an older record's script -> globs, as unfinished)."""
     try:
         record = json.loads((output_dir / OUTPUT_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):

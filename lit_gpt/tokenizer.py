@@ -173,6 +173,8 @@ def sentencepiece_to_tokenizers(model_file: Union[Path, str], add_bos_token: boo
         steps.append(normalizers.Replace(" ", "▁"))
     tokenizer.normalizer = normalizers.Sequence(steps)
     steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if unk_id is not None:  # SentencePiece decodes an unknown piece as its `unk_surface` (" ⁇ "), not as "<unk>"
+        steps.insert(0, decoders.Replace(pieces[unk_id][0], trainer.unk_surface))
     tokenizer.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if spec.add_dummy_prefix else []))
     special = {piece_type.CONTROL, piece_type.UNKNOWN}
     tokenizer.add_special_tokens([AddedToken(p, special=True, normalized=False) for p, _, t in pieces if t in special])

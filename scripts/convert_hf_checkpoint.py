@@ -26,6 +26,7 @@ from lit_gpt.convert import (  # noqa: E402
     LIT_WEIGHT_OUTPUTS,
     check_weights,
     copy_tokenizer_files,
+    finish_output_dir,
     hf_checkpoint_tensors,
     prepare_output_dir,
     save_lit_checkpoint,
@@ -84,6 +85,7 @@ def convert(
     check_weights({k: v.shape for k, v in state_dict.items()}, config, str(checkpoint_dir), hint)
     copied = copy_tokenizer_files(checkpoint_dir, output_dir)
     save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
+    finish_output_dir(output_dir, outputs, "convert_hf_checkpoint.py")
     n_bytes = sum(t.nbytes for t in state_dict.values())
     also = f" (and copied {', '.join(copied)})" if copied else ""
     if tied:

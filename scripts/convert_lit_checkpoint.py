@@ -27,6 +27,7 @@ from lit_gpt.convert import (  # noqa: E402
     atomic_file,
     check_hf_tokenizer,
     check_weights,
+    finish_output_dir,
     lit_checkpoint_files,
     load_lit_state_dict,
     parse_size,
@@ -82,6 +83,7 @@ def convert(
     # written last and whole (a kill leaves none): a config.json there is a complete export
     with atomic_file(output_dir / "config.json") as tmp, open(tmp, "w", encoding="utf-8") as fp:
         json.dump(hf_config, fp, indent=2)
+    finish_output_dir(output_dir, HF_OUTPUTS, "convert_lit_checkpoint.py")
     print(
         f"Wrote {output_dir}: config.json, {shards} safetensors file(s) ({n_bytes / 1e6:.1f} MB, {dtype_name}), "
         f"generation_config.json and the tokenizer in {time.perf_counter() - t0:.1f}s"

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt.convert import (  # noqa: E402
     LIT_OUTPUTS,
     check_weights,
+    finish_output_dir,
     is_distributed_checkpoint,
     parse_size,
     prepare_output_dir,
@@ -100,6 +101,7 @@ def convert(
     state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))
     copied = save_tokenizer_files(tokenizer_dir, output_dir, config.block_size)
     save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
+    finish_output_dir(output_dir, LIT_OUTPUTS, "convert_pretrained_checkpoint.py")
     n_bytes = sum(t.nbytes for t in state_dict.values())
     print(
         f"Wrote lit_config.json, lit_model.pth ({n_bytes / 1e6:.1f} MB) and {', '.join(copied)} "

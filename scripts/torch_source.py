@@ -7,7 +7,8 @@ prints the arguments of `pip install` for torch, one per line, and on stderr whi
 - an NVIDIA GPU (`nvidia-smi` on PATH, or the driver's /proc/driver/nvidia): `--spec` from pip's configured index,
   which for PyPI's Linux wheels is the CUDA build;
 - no GPU, and pip's configured sources (pip.conf, PIP_* variables: a local wheel store, a mirror) already resolve
-  `--spec` to a CPU build (a `+cpu` version, or one that requires no nvidia-*/cuda-* packages, as on macOS): the
+  `--spec` to a CPU build (a `+cpu` version, or one that requires no nvidia-*/cuda-* packages, as on macOS, and is
+  not one of PyTorch's `+cu*`/`+rocm*` builds, which carry their libraries inside): the
   same, from there;
 - no GPU otherwise: the CPU build from PyTorch's CPU index (`--index-url https://download.pytorch.org/whl/cpu`,
   `torch==X+cpu`), instead of the CUDA build and its nvidia-*/cuda-* wheels that PyPI serves on Linux.
@@ -78,8 +79,11 @@ def resolve(spec: str, python: str) -> Tuple[Optional[str], str]:
         return None, f"pip resolved {spec} to nothing"
     metadata, url = installs[0]["metadata"], installs[0].get("download_info", {}).get("url", "")
     found = f"torch {metadata['version']} ({unquote(url.rsplit('/', 1)[-1])})"
-    if metadata["version"].endswith("+cpu"):
+    local = metadata["version"].partition("+")[2]
+    if local == "cpu":
         return found, ""
+    if re.match(r"(cu|rocm)\d", local):  # PyTorch's own GPU wheels carry their libraries, requiring no nvidia-*
+        return found, "a GPU build"
     cuda = [name for name in _requirements(metadata.get("requires_dist") or []) if CUDA_PACKAGE.match(name)]
     return found, f"with CUDA ({', '.join(cuda[:3])}{', ...' if len(cuda) > 3 else ''})" if cuda else ""
 

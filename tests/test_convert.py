@@ -77,7 +77,8 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     ):
         convert(fabric_checkpoints["single"], export_tokenizer_dir, "micro-llama", tmp_path / "a")
     assert not (tmp_path / "a").exists()
-    (tmp_path / "b").mkdir()
+    b = tmp_path / "b"
+    b.mkdir()
     (tmp_path / "b" / "keep.txt").write_text("x")
     (tmp_path / "b" / "tokenizer.json").write_text("{}")  # another tool's: not this script's to delete
     with pytest.raises(FileExistsError, match="--overwrite"):
@@ -87,15 +88,19 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     assert (tmp_path / "b" / "tokenizer.json").read_text() == "{}"
     (tmp_path / "b" / "tokenizer.json").unlink()
     convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b", overwrite=True)
-    # as an earlier conversion from a --tokenizer_dir with a tokenizer.json leaves it: replaced by an overwrite
-    (tmp_path / "b" / "tokenizer.json").write_text("{}")
-    convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", tmp_path / "b", overwrite=True)
+    # an earlier conversion from a --tokenizer_dir of a tokenizer.json alone leaves it: replaced by an overwrite
+    json_only = tmp_path / "json-only"
+    json_only.mkdir()
+    (json_only / "tokenizer.json").write_text("\n" + (b / "tokenizer.json").read_text())  # to tell it apart
+    convert(fabric_checkpoints["single"], json_only, "test-llama", b, overwrite=True)
+    assert (b / "tokenizer.json").read_text().startswith("\n")
+    convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", b, overwrite=True)
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
     assert names == [".lit_gpt_conversion.json", "keep.txt", "lit_config.json", "lit_model.pth", "tokenizer.json"] + [
         "tokenizer.model",
         "tokenizer_config.json",
     ]
-    assert (tmp_path / "b" / "tokenizer.json").read_text() != "{}"
+    assert not (b / "tokenizer.json").read_text().startswith("\n")
 
 
 def _tree(root: Path) -> dict:
@@ -344,6 +349,24 @@ def test_hf_export_overwrite_replaces_the_earlier_export(export_lit_dir, export_
     assert "README.md" in names, names
     theirs = AutoModelForCausalLM.from_pretrained(out)
     assert _max_logit_difference(theirs, second) <= 1e-5
+
+
+def test_overwrite_refuses_an_export_changed_since_by_another_tool(export_lit_dir, tmp_path):
+    """An export that the user then replaced with transformers' `save_pretrained` (a fine-tune saved into the same
+    folder) is not the converter's output any more: --overwrite true refuses it instead of deleting the fine-tune;
+    an export left as it was is replaced."""
+    from transformers import AutoModelForCausalLM
+
+    from scripts.convert_lit_checkpoint import convert as export
+
+    out = tmp_path / "hf"
+    export(export_lit_dir, out)
+    export(export_lit_dir, out, overwrite=True)
+    AutoModelForCausalLM.from_pretrained(out).save_pretrained(out)
+    saved = (out / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match=r"holds config.json, .*model.safetensors, which convert_lit_checkpoint"):
+        export(export_lit_dir, out, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() == saved
 
 
 @pytest.mark.parametrize("fmt", ["safetensors-sharded", "bin"])

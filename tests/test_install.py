@@ -120,3 +120,13 @@ def test_the_chosen_command_resolves_without_nvidia_packages(tmp_path):
     }
     args, _ = choose(tmp_path)
     assert _dry_run(tmp_path, args, pypi, cpu_index) == {"torch": "2.13.0+cpu"}  # --no-index: the folder stands in
+
+
+@pytest.mark.parametrize("version", ["2.13.0+cu118", "2.13.0+rocm6.2"])
+def test_no_gpu_and_a_store_with_a_gpu_build_that_bundles_its_libraries_takes_the_cpu_index(tmp_path, version):
+    """PyTorch's own GPU wheels (`+cu118`, `+rocm6.2`) carry their CUDA or ROCm libraries inside, so they require no
+    nvidia-* package: their local version says what they are."""
+    fake_wheel(tmp_path / "wheels", "torch", version)
+    args, message = choose(tmp_path, store=tmp_path / "wheels")
+    assert args == ["--index-url", CPU_INDEX, "torch==2.13.0+cpu"]
+    assert f"would install torch {version} (torch-{version}-py3-none-any.whl), a GPU build" in message

@@ -479,6 +479,34 @@ def test_a_second_run_on_the_same_out_dir_is_refused(tmp_path, same_data_dir):
     assert "Done: 4 steps" in "".join(output)
 
 
+def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_warns(tmp_path, monkeypatch, capsys):
+    """A `.lock` that cannot be opened (here a directory) is refused with one line naming it; a filesystem without
+    `flock` (Lustre mounted without it, which this machine cannot have: a mock) does not stop the run, it warns."""
+    import errno
+    import fcntl
+
+    import lightning as L
+
+    from lit_gpt.checkpoint import own_out_dir
+
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(FileExistsError, match=r"cannot take .*\.lock \(.*Is a directory.*remove it, or pass another"):
+        with own_out_dir(fabric, tmp_path):
+            pass
+    (tmp_path / ".lock").rmdir()
+
+    def no_locks(*args):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = False
+    with own_out_dir(fabric, tmp_path):
+        ran = True
+    assert ran
+    assert "cannot lock" in capsys.readouterr().out
+
+
 def test_sigkill_during_a_sharded_save_then_resume_auto_is_the_uninterrupted_run(
     tmp_path, same_data_dir, two_process_run
 ):

@@ -183,3 +183,29 @@ def test_unigram_tokenizer_json_encodes_like_sentencepiece(tmp_path):
     for text in texts:
         assert fast.encode(text, add_special_tokens=False).ids == sp.encode(text), text
         assert fast.decode(sp.encode(text)) == sp.decode(sp.encode(text)), text
+
+
+def test_tokenizer_json_decodes_unknown_pieces_like_sentencepiece(tmp_path):
+    """A model without byte fallback encodes a character it does not know (an emoji, a control character) as its
+    unknown piece, which SentencePiece decodes as its `unk_surface` (" ⁇ "): so does the tokenizer.json."""
+    import sentencepiece as spm
+
+    from lit_gpt.tokenizer import sentencepiece_to_tokenizers
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(TEXT.splitlines()),
+        model_prefix=str(tmp_path / "nofallback"),
+        model_type="bpe",
+        vocab_size=200,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "nofallback.model"))
+    fast = sentencepiece_to_tokenizers(tmp_path / "nofallback.model")
+    for text in ["🙂", "a🙂b", "The \x00 fox", "🙂🙂 ok"]:
+        ids = sp.encode(text)
+        assert 0 in ids and fast.encode(text, add_special_tokens=False).ids == ids, text
+        assert fast.decode(ids, skip_special_tokens=False) == sp.decode(ids), text  # transformers' default

@@ -96,6 +96,48 @@ def test_resume_auto_names_a_broken_newest_checkpoint_and_the_one_before(tmp_pat
         latest_to_resume(tmp_path)
 
 
+def test_a_truncated_or_garbled_metadata_is_corrupt_not_unsafe(tmp_path):
+    """A `.metadata` cut short (a full disk, a copy cut short) or overwritten with garbage is reported as truncated or
+    corrupt: it is not a pickle that would run code, and --trust_pickle true would not make it readable."""
+    import torch.distributed.checkpoint as dcp
+
+    from lit_gpt.checkpoint import read_dcp_metadata
+
+    dcp.save({"model": {"w": torch.zeros(2, 2)}, "optimizer": {"lr": 0.1}}, checkpoint_id=tmp_path, no_dist=True)
+    whole = (tmp_path / ".metadata").read_bytes()
+    assert "model.w" in read_dcp_metadata(tmp_path / ".metadata").state_dict_metadata
+    for broken in (whole[: len(whole) // 2], whole[:-1], b"\x80\x04(((", b"garbage " * 10):
+        (tmp_path / ".metadata").write_bytes(broken)
+        with pytest.raises(ValueError, match="it is truncated or corrupt") as e:
+            read_dcp_metadata(tmp_path / ".metadata")
+        assert "--trust_pickle" not in str(e.value)
+
+
+def test_resume_auto_names_a_sharded_checkpoint_with_a_missing_or_truncated_shard(tmp_path):
+    """The newest sharded checkpoint's `.metadata` and `meta.pt` are whole but a shard is cut short or gone (a copy
+    cut short): `--resume auto` names the shard and the checkpoint before, instead of an EOFError inside torch."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from lit_gpt.checkpoint import latest_to_resume
+
+    first = tmp_path / "step-00000002.pth"
+    dcp.save({"model": {"w": torch.zeros(16, 16)}, "optimizer": {"lr": 0.1}}, checkpoint_id=first, no_dist=True)
+    torch.save({"hparams": {}}, first / "meta.pt")
+    newest = tmp_path / "step-00000004.pth"
+    shutil.copytree(first, newest)
+    assert latest_to_resume(tmp_path) == newest
+    shard = newest / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"00004.pth is incomplete: its shard __0_0.distcp is truncated.*00002"):
+        latest_to_resume(tmp_path)
+    shard.unlink()
+    for trust_pickle in (False, True):
+        with pytest.raises(ValueError, match=r"its shard __0_0.distcp is missing\); move it away .* step-00000002"):
+            latest_to_resume(tmp_path, trust_pickle)
+
+
 def test_nonfinite_stop_names_a_checkpoint_from_before_the_streak(tmp_path):
     from lit_gpt.checkpoint import nonfinite_stop_message
 
