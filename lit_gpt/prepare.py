@@ -675,7 +675,12 @@ def _staging_dir(path: Path) -> Path:
         pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    # mkdtemp makes it 0700; it becomes the output folder, which others (a shared data folder) read like any other
+    staging.chmod(0o777 & ~umask)
+    return staging
 
 
 def _alive(pid: int) -> bool:

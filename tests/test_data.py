@@ -497,3 +497,17 @@ def test_a_forged_prepare_json_deletes_no_file_that_no_preparation_wrote(prepare
     assert (tmp_path / "victim.txt").read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw", "victim.txt"]
     assert [p.name for p in out.iterdir()] == ["index.json"]
+
+
+def test_the_output_folder_gets_the_mode_of_a_new_folder(tmp_path):
+    """The staging folder renamed into place as --output_dir has mkdir's mode (0755 under umask 022), not mkdtemp's
+    0700: a shared data folder's other users can read the chunks."""
+    import os
+
+    from lit_gpt.prepare import _staging_dir
+
+    umask = os.umask(0o022)
+    try:
+        assert _staging_dir(tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(umask)
