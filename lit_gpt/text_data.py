@@ -209,6 +209,8 @@ def _get(row: object, key: str) -> object:
 def _read_json(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
     lines = _lines(path, compression, stats)
     first = next(lines, None)
+    while first is not None and not first[1].strip():  # blank lines before the first value
+        first = next(lines, None)
     if first is not None and first[1].lstrip().startswith(b"["):  # one JSON array, not JSON lines
         data = first[1] + b"".join(line for _, line in lines)
         try:
@@ -308,6 +310,8 @@ def _read_csv(path: Path, compression: Optional[str], stats: Stats, options: Tex
             return
         at = header.index(options.column)
         for fields in reader:
+            if not fields:  # a blank line (such as one at the end of the file)
+                continue
             if len(fields) != len(header):
                 stats.skip(BadRecord(str(path), numbered[-1], f"{len(fields)} fields, the header has {len(header)}"))
                 continue
