@@ -154,6 +154,13 @@ def mixture_dataloader(
         StreamingDataset(input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=True, seed=seed)
         for folder, _ in sources
     ]
+    for (folder, weight), dataset in zip(sources, datasets):
+        if weight > 0 and len(dataset) == 0:  # it would be left out of the mix without a word
+            raise ValueError(
+                f"--train_data: {folder} holds no block of {block_size + 1} tokens (--block_size {block_size} + 1) "
+                f"for this process, so its weight {weight:g} would go to the other sources. Prepare more data into "
+                "it, or leave it out of the mix"
+            )
     weights = [w for _, w in sources]
     combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=weights, iterate_over_all=False)
     return StreamingDataLoader(
