@@ -34,6 +34,9 @@ def test_sources_from_the_default_a_mapping_or_a_yaml_file(tmp_path):
         ({"data/a": 0}, "at least one prepared folder with a positive weight"),
         ({}, "at least one prepared folder"),
         ({"data/a": 1, "data/a/": 1}, "names data/a/ twice"),
+        ({"data/a": float("inf"), "data/b": 1}, "the weight of data/a is inf"),  # its share would be nan
+        ({"data/a": 1, os.path.abspath("data/a"): 1}, f"names {os.path.abspath('data/a')} twice \\(as data/a\\)"),
+        ({"data/a": 1, "data/c/../a": 1}, "names data/c/../a twice"),
     ]:
         with pytest.raises(ValueError, match=match):
             data_sources("data", (0.7, 0.3), bad)
