@@ -198,17 +198,22 @@ def _disk_full(e: BaseException, directory: Path) -> bool:
     return shutil.disk_usage(directory).free < 2**24
 
 
-def prune_checkpoints(out_dir: Path, keep_last: Optional[int]) -> List[Path]:
+def prune_checkpoints(out_dir: Path, keep_last: Optional[int], saved: Optional[Path] = None) -> List[Path]:
     """Delete all but the `keep_last` newest checkpoints in `out_dir` (none if `keep_last` is None) and return them.
 
-    Call it after a save has completed: the newest complete checkpoint, the one `--resume auto` would take, is always
-    kept. Only names of `checkpoint_path`'s scheme (`step-` and 8 or more digits) are candidates: an unfinished
-    `.tmp` save, a renamed checkpoint or another tool's file is never touched.
+    Call it after a save has completed, with the checkpoint it wrote as `saved`: that one and the `keep_last - 1`
+    before it are kept, and so is every later one (a run resumed from an older checkpoint saves below the steps of
+    the run it replays, whose checkpoints it overwrites as it reaches them), the newest complete checkpoint, the one
+    `--resume auto` would take, among them. Only names of `checkpoint_path`'s scheme (`step-` and 8 or more digits)
+    are candidates: an unfinished `.tmp` save, a renamed checkpoint or another tool's file is never touched.
     """
     if keep_last is None or not out_dir.is_dir():
         return []
     ours = sorted((int(m[1]), p) for p in out_dir.iterdir() if (m := OWN_NAME.match(p.name)))
     newest = find_latest(out_dir)
+    last = OWN_NAME.match(saved.name) if saved is not None else None
+    if last is not None:
+        ours = [(step, p) for step, p in ours if step <= int(last[1])]
     old = [p for _, p in ours[: max(len(ours) - keep_last, 0)] if p != newest]
     for path in old:
         remove(path)

@@ -13,6 +13,7 @@ more, litdata's restored position can repeat or skip a few sequences of the inte
 """
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -74,12 +75,16 @@ def data_sources(
                 f"--train_data {train_data} must hold a mapping of prepared folders to weights, e.g. {example}"
             )
     sources: Dict[str, float] = {}
+    seen: Dict[str, str] = {}  # the folder itself (through `..` and symbolic links) -> how --train_data names it
     for folder, weight in mapping.items():
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0 or weight != weight:
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
             raise ValueError(f"--train_data: the weight of {folder} is {weight!r}; weights are non-negative numbers")
         key = normalize(str(folder))
-        if key in sources:
-            raise ValueError(f"--train_data names {folder} twice; give each prepared folder once")
+        real = key if "://" in key else os.path.realpath(key)
+        if real in seen:
+            again = "" if seen[real] == str(folder) else f" (as {seen[real]})"
+            raise ValueError(f"--train_data names {folder} twice{again}; give each prepared folder once")
+        seen[real] = str(folder)
         sources[key] = float(weight)
     if not sources or sum(sources.values()) <= 0:
         raise ValueError(f"--train_data needs at least one prepared folder with a positive weight, e.g. {example}")
@@ -154,6 +159,13 @@ def mixture_dataloader(
         StreamingDataset(input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=True, seed=seed)
         for folder, _ in sources
     ]
+    for (folder, weight), dataset in zip(sources, datasets):
+        if weight > 0 and len(dataset) == 0:  # it would be left out of the mix without a word
+            raise ValueError(
+                f"--train_data: {folder} holds no block of {block_size + 1} tokens (--block_size {block_size} + 1) "
+                f"for this process, so its weight {weight:g} would go to the other sources. Prepare more data into "
+                "it, or leave it out of the mix"
+            )
     weights = [w for _, w in sources]
     combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=weights, iterate_over_all=False)
     return StreamingDataLoader(

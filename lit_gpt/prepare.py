@@ -16,6 +16,7 @@ import json
 import multiprocessing
 import os
 import queue as queue_module
+import re
 import shutil
 import signal
 import sys
@@ -648,12 +649,23 @@ def check_inputs_outside(path: Path, files: List[Path]) -> None:
 
 def foreign_files(path: Path) -> List[str]:
     """The entries of an output directory that its `prepare.json` does not list (all of them without one)."""
-    owned = set()
-    try:
-        owned = set(json.loads((path / MANIFEST).read_text())["files"]) | {MANIFEST}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    owned = set(owned_files(path)) | {MANIFEST}
     return sorted(p.name for p in path.iterdir() if p.name not in owned or p.is_symlink() or not p.is_file())
+
+
+def owned_files(path: Path) -> List[str]:
+    """The files of an output directory that its `prepare.json` lists and that a preparation writes (`index.json`,
+    `chunk-<worker>-<n>.bin`): a hand-edited or forged list names no other file, in or outside the folder."""
+    try:
+        listed = json.loads((path / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not isinstance(listed, list):
+        return []
+    return [name for name in listed if isinstance(name, str) and OUTPUT_FILE.fullmatch(name)]
+
+
+OUTPUT_FILE = re.compile(r"index\.json|chunk-\d+-\d+\.bin")  # the files a preparation writes
 
 
 def _staging_dir(path: Path) -> Path:
@@ -663,7 +675,12 @@ def _staging_dir(path: Path) -> Path:
         pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    # mkdtemp makes it 0700; it becomes the output folder, which others (a shared data folder) read like any other
+    staging.chmod(0o777 & ~umask)
+    return staging
 
 
 def _alive(pid: int) -> bool:
@@ -708,7 +725,7 @@ def publish(write_dir: Path, path: Path, overwrite: bool) -> None:
     os.rename(write_dir, path)
     if old is not None:
         # only the files that prepare.json lists (checked above)
-        for name in json.loads((old / MANIFEST).read_text())["files"] + [MANIFEST]:
+        for name in owned_files(old) + [MANIFEST]:
             (old / name).unlink(missing_ok=True)
         try:
             old.rmdir()

@@ -43,6 +43,7 @@ COMPRESSIONS = (".zst", ".gz", ".bz2", ".xz")
 # the metadata files of a Hugging Face `datasets` folder, not data
 DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")
 PARQUET_BATCH_ROWS = 1024
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 
 
 @dataclass(frozen=True)
@@ -150,23 +151,27 @@ def read_documents(path: Path, stats: Stats, options: TextOptions) -> Iterator[s
 
 
 def _lines(path: Path, compression: Optional[str], stats: Stats) -> Iterator[Tuple[int, bytes]]:
-    """(1-based line number, line with its newline) of a plain or compressed file; a truncated or corrupt stream ends
-    the file with a bad record."""
+    """(1-based line number, line with its newline) of a plain or compressed file, without the byte order mark that
+    Windows editors and Excel put first; a truncated or corrupt stream ends the file with a bad record."""
     line_no = 0
     try:
-        if compression == ".zst":
-            for line_no, line in enumerate(_zstd_lines(path), start=1):  # noqa: B007
-                yield line_no, line + b"\n"
-        else:
-            opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(compression, open)
-            with opener(path, "rb") as f:
-                for line_no, line in enumerate(f, start=1):  # noqa: B007
-                    yield line_no, line
+        for line_no, line in enumerate(_raw_lines(path, compression), start=1):  # noqa: B007
+            yield line_no, line[len(BOM) :] if line_no == 1 and line.startswith(BOM) else line
     except (TruncatedError, EOFError):
         stats.skip(BadRecord(str(path), line_no + 1, "truncated file: the compressed stream ends early (download it "
                              "again); the documents before the cut are kept"))  # fmt: skip
     except (OSError, lzma.LZMAError, ValueError) as e:  # corrupt data (zstd's error is a ValueError too)
         stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
+
+
+def _raw_lines(path: Path, compression: Optional[str]) -> Iterator[bytes]:
+    if compression == ".zst":
+        for line in _zstd_lines(path):
+            yield line + b"\n"
+        return
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(compression, open)
+    with opener(path, "rb") as f:
+        yield from f
 
 
 def _decode(line: bytes, path: Path, line_no: int, stats: Stats) -> Optional[str]:
@@ -204,6 +209,8 @@ def _get(row: object, key: str) -> object:
 def _read_json(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
     lines = _lines(path, compression, stats)
     first = next(lines, None)
+    while first is not None and not first[1].strip():  # blank lines before the first value
+        first = next(lines, None)
     if first is not None and first[1].lstrip().startswith(b"["):  # one JSON array, not JSON lines
         data = first[1] + b"".join(line for _, line in lines)
         try:
@@ -303,6 +310,8 @@ def _read_csv(path: Path, compression: Optional[str], stats: Stats, options: Tex
             return
         at = header.index(options.column)
         for fields in reader:
+            if not fields:  # a blank line (such as one at the end of the file)
+                continue
             if len(fields) != len(header):
                 stats.skip(BadRecord(str(path), numbered[-1], f"{len(fields)} fields, the header has {len(header)}"))
                 continue

@@ -501,7 +501,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             fabric.print(f"Saved {path}")
             # not during a non-finite streak: the checkpoints before it are the ones to resume from
             pruning = fabric.global_rank == 0 and not nonfinite_streak.item()
-            if pruning and (pruned := prune_checkpoints(out_dir, h["keep_last"])):
+            if pruning and (pruned := prune_checkpoints(out_dir, h["keep_last"], path)):
                 fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {h['keep_last']})")
         if stopping:
             fabric.print(

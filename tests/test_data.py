@@ -470,3 +470,44 @@ def test_preparation_progress_rates_leave_out_the_first_report(capsys):
     thread.join()
     rates = [int(r.replace(",", "")) for r in re.findall(r"([\d,]+) tok/s", capsys.readouterr().err)]
     assert rates and all(500 < r < 1_100 for r in rates), rates  # the first report gave 60,000 / 1 ms
+
+
+def test_a_forged_prepare_json_deletes_no_file_that_no_preparation_wrote(prepared, tmp_path):
+    """A prepare.json that lists a user file, or a path out of the folder, does not make it the preparation's: the
+    folder is refused, and `--overwrite true` deletes only the index and chunks that it lists."""
+    from lit_gpt.prepare import publish
+
+    train = tmp_path / "raw" / "train"
+    write_jsonl_zst(train / "a.jsonl.zst", [{"text": "hello world"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "victim.txt").write_text("precious")
+    (out / "notes.txt").write_text("mine")
+    (out / "prepare.json").write_text(json.dumps({"files": ["notes.txt", "../victim.txt"]}))
+    with pytest.raises(PrepareError, match=f"--output_dir {out} holds notes.txt, which no preparation wrote"):
+        prepare("slimpajama", train, str(out), prepared["tokenizer"], 2049 * 4, overwrite=True, verbose=False)
+
+    (out / "notes.txt").unlink()
+    (out / "prepare.json").write_text(json.dumps({"files": ["chunk-0-0.bin", "../victim.txt"]}))
+    (out / "chunk-0-0.bin").write_bytes(b"old")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "index.json").write_text("{}")
+    publish(new, out, overwrite=True)  # the last step of a preparation that replaces `out`
+    assert (tmp_path / "victim.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "raw", "victim.txt"]
+    assert [p.name for p in out.iterdir()] == ["index.json"]
+
+
+def test_the_output_folder_gets_the_mode_of_a_new_folder(tmp_path):
+    """The staging folder renamed into place as --output_dir has mkdir's mode (0755 under umask 022), not mkdtemp's
+    0700: a shared data folder's other users can read the chunks."""
+    import os
+
+    from lit_gpt.prepare import _staging_dir
+
+    umask = os.umask(0o022)
+    try:
+        assert _staging_dir(tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    finally:
+        os.umask(umask)

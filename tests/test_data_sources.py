@@ -33,6 +33,9 @@ def test_sources_from_the_default_a_mapping_or_a_yaml_file(tmp_path):
         ({"data/a": 0}, "at least one prepared folder with a positive weight"),
         ({}, "at least one prepared folder"),
         ({"data/a": 1, "data/a/": 1}, "names data/a/ twice"),
+        ({"data/a": float("inf"), "data/b": 1}, "the weight of data/a is inf"),  # its share would be nan
+        ({"data/a": 1, os.path.abspath("data/a"): 1}, f"names {os.path.abspath('data/a')} twice \\(as data/a\\)"),
+        ({"data/a": 1, "data/c/../a": 1}, "names data/c/../a twice"),
     ]:
         with pytest.raises(ValueError, match=match):
             data_sources("data", (0.7, 0.3), bad)
@@ -107,3 +110,14 @@ def test_a_missing_source_is_named_before_any_work(tmp_path, data_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
     assert proc.returncode != 0 and f"--train_data: {tmp_path / 'typo'} holds no prepared litdata chunks" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_source_without_a_whole_block_is_refused_not_left_out_of_the_mix(tmp_path):
+    """A prepared folder with fewer tokens than one block yields no sequence: the run trained on the other sources
+    alone, its weight silently theirs."""
+    _write_chunks(lambda _: torch.ones(BLOCK + 1, dtype=torch.int32), 40, tmp_path / "big")
+    _write_chunks(lambda _: torch.ones(10, dtype=torch.int32), 3, tmp_path / "tiny")  # 30 tokens: no block of 33
+    sources = [(str(tmp_path / "big"), 0.5), (str(tmp_path / "tiny"), 0.5)]
+    with pytest.raises(ValueError, match=f"--train_data: {tmp_path / 'tiny'} holds no block of {BLOCK + 1} tokens"):
+        mixture_dataloader(sources, BLOCK, batch_size=2, num_workers=1, seed=3)
+    mixture_dataloader([*sources[:1], (sources[1][0], 0)], BLOCK, batch_size=2, num_workers=1, seed=3)  # weight 0

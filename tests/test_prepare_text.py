@@ -117,6 +117,29 @@ def test_bad_inputs_are_named_by_file_and_line(tmp_path):
             find_inputs(inputs)
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    """Excel and Windows editors start UTF-8 files with a BOM: it is not part of a CSV's header, a JSON array's first
+    line or a text's first document (it made the header '\ufefftext' and the run found no 'text' column)."""
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "excel.csv").write_bytes(bom + b"text,id\r\nhello,1\r\n")
+    (tmp_path / "array.json").write_bytes(bom + json.dumps([{"meta": {"body": "a"}}]).encode())
+    (tmp_path / "notes.txt.gz").write_bytes(gzip.compress(bom + b"hello\n"))
+    assert [read(tmp_path / name) for name in ("excel.csv", "array.json", "notes.txt.gz")] == [
+        (["hello"], Stats()),
+        (["a"], Stats()),
+        (["hello\n"], Stats()),
+    ]
+
+
+def test_blank_lines_around_csv_rows_or_before_a_json_array_are_no_bad_records(tmp_path):
+    """A CSV's blank lines (one at the end is common) hold no row; a JSON array may follow blank lines. Both were bad
+    records, which fail a run without --skip_bad_records ('0 fields, the header has 2'; 'malformed JSON line')."""
+    (tmp_path / "rows.csv").write_text('text,id\nhello,1\n\n"two\n\nlines",2\n\n')
+    (tmp_path / "array.json").write_text("\n  \n" + json.dumps([{"meta": {"body": "a"}}, {"meta": {"body": "b"}}]))
+    assert read(tmp_path / "rows.csv") == (["hello", "two\n\nlines"], Stats())
+    assert read(tmp_path / "array.json") == (["a", "b"], Stats())
+
+
 def test_prepared_tokens_are_the_documents_and_the_split_is_reproducible(tmp_path, prepared):
     write_corpus(tmp_path / "corpus")
     tokenizer = Tokenizer(prepared["tokenizer"])

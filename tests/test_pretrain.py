@@ -569,6 +569,17 @@ def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
     assert prune_checkpoints(tmp_path, 1) == []
 
 
+def test_keep_last_after_a_resume_from_an_older_checkpoint_keeps_the_one_just_saved(tmp_path):
+    """A run resumed from step 10 of a run that reached step 20 saves step 15: with --keep_last 1 that save was deleted
+    (step 20 was the newest), so that a kill then resumed from the other run's step 20."""
+    from lit_gpt.checkpoint import checkpoint_path, prune_checkpoints
+
+    for step in (10, 15, 20):
+        checkpoint_path(tmp_path, step).touch()
+    assert prune_checkpoints(tmp_path, 1, checkpoint_path(tmp_path, 15)) == [checkpoint_path(tmp_path, 10)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000015.pth", "step-00000020.pth"]
+
+
 def test_default_model_on_cpu_is_refused_up_front(tmp_path):
     """TinyLlama-1.1B on CPU used to train until the memory ran out (23.3 of 24 GB, no step in 2 minutes)."""
     import time
