@@ -2,6 +2,7 @@
 the flags' forms and refusals, the sampled share of each source, and a real run on three sources killed and resumed
 bit-identically, which refuses a resume on another mix."""
 
+import os
 import signal
 import subprocess
 import sys
