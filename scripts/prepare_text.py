@@ -89,7 +89,8 @@ def main(
                 raise
             raise PrepareError(
                 f"--val_fraction {val_fraction} put none of the {documents:,} documents into {out}: raise it (each "
-                "document goes there with that probability)"
+                f"document goes there with that probability) and run again with --overwrite true, which replaces the "
+                f"{splits[0][1]} this run wrote"
             ) from None
         documents += stats.documents
 
