@@ -23,7 +23,8 @@ def training_step(
     """Accumulate gradients over `micro_batches`, clip them, and take one optimizer step unless they are non-finite.
 
     Each micro-batch is a (micro_batch_size, block_size + 1) tensor of token ids on the device: inputs are the first
-    `block_size` tokens, targets the last. Gradient synchronization happens only in the backward pass of the last
+    `block_size` tokens, targets the last; or an (inputs, targets) pair of (micro_batch_size, T) tensors, targets -100
+    where no loss is taken (finetuning's prompt and padding). Gradient synchronization happens only in the backward pass of the last
     micro-batch. Returns this process's mean loss over the micro-batches and the global gradient norm before clipping,
     both as device tensors; a non-finite norm (on any process) means the step was skipped: no weight, moment or step
     count changes. The learning rate is whatever the optimizer's param groups hold.
@@ -38,7 +39,7 @@ def training_step(
     loss_sum = torch.zeros((), device=fabric.device)
     try:
         for i, batch in enumerate(micro_batches):
-            input_ids, targets = batch[:, :-1], batch[:, 1:]
+            input_ids, targets = inputs_and_targets(batch)
             if not reshard_after_backward:
                 set_reshard_after_backward(model, i == n - 1)
             with fabric.no_backward_sync(model, enabled=i < n - 1):
@@ -91,17 +92,24 @@ def optimizer_step(optimizer: Optimizer, found_inf: torch.Tensor) -> None:
         optimizer.step()
 
 
+def inputs_and_targets(batch) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A pretraining block (B, T + 1) -> its first T and last T tokens; an (inputs, targets) pair stays as it is."""
+    if isinstance(batch, (tuple, list)):
+        return batch[0], batch[1]
+    return batch[:, :-1], batch[:, 1:]
+
+
 @torch.no_grad()
 def validate(fabric: L.Fabric, model: nn.Module, batches: Iterable[torch.Tensor], max_iters: int) -> torch.Tensor:
-    """The mean loss over up to `max_iters` batches of (B, block_size + 1) token ids, averaged over all processes."""
+    """The mean loss over up to `max_iters` batches (as `training_step` takes them), averaged over all processes."""
     model.eval()
     total = torch.zeros((), device=fabric.device)
     count = 0
     for i, batch in enumerate(batches):
         if i >= max_iters:
             break
-        batch = fabric.to_device(batch)
-        total += model(batch[:, :-1], targets=batch[:, 1:])
+        input_ids, targets = inputs_and_targets(fabric.to_device(batch))
+        total += model(input_ids, targets=targets)
         count += 1
     model.train()
     reshard(model)
