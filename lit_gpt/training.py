@@ -24,10 +24,10 @@ def training_step(
 
     Each micro-batch is a (micro_batch_size, block_size + 1) tensor of token ids on the device: inputs are the first
     `block_size` tokens, targets the last; or an (inputs, targets) pair of (micro_batch_size, T) tensors, targets -100
-    where no loss is taken (finetuning's prompt and padding). Gradient synchronization happens only in the backward pass of the last
-    micro-batch. Returns this process's mean loss over the micro-batches and the global gradient norm before clipping,
-    both as device tensors; a non-finite norm (on any process) means the step was skipped: no weight, moment or step
-    count changes. The learning rate is whatever the optimizer's param groups hold.
+    where no loss is taken (finetuning's prompt and padding). Gradient synchronization happens only in the backward
+    pass of the last micro-batch. Returns this process's mean loss over the micro-batches and the global gradient norm
+    before clipping, both as device tensors; a non-finite norm (on any process) means the step was skipped: no weight,
+    moment or step count changes. The learning rate is whatever the optimizer's param groups hold.
 
     `reshard_after_backward=False` keeps the weights FSDP2 gathered for one micro-batch's backward until the next
     micro-batch uses them, and frees them only after the last micro-batch's backward. Per module and step, the
