@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt import flops  # noqa: E402
-from lit_gpt.attention import choose_attention  # noqa: E402
+from lit_gpt.attention import KERNELS, choose_attention  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
@@ -40,6 +40,7 @@ def main(
     precision: str = "bf16-mixed",
     attention: str = "auto",
     fp8: Optional[str] = None,
+    fp8_fast_accum: bool = False,
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
     fused_loss: bool = True,
@@ -69,9 +70,13 @@ def main(
         block_size: sequence length; the model's block size by default.
         precision: `bf16-mixed` (bf16 compute, float32 master weights), `bf16-true` or `32-true`.
         attention: the attention kernel, as in `pretrain/tinyllama.py`: `auto` (flash-attn-4 on Hopper when it
-            imports, else SDPA), `sdpa` or `fa4` (`lit_gpt/attention.py`).
+            imports, else SDPA), `sdpa` or `fa4` (`lit_gpt/attention.py`); also `fa4_func`, flash-attn-4's public
+            `flash_attn_func` called directly (a graph break in each compiled block), to measure against the
+            custom ops of `fa4`.
         fp8: float8 training of the block linear layers, `tensorwise` or `rowwise` (`lit_gpt/float8.py`); bf16 if
             left out.
+        fp8_fast_accum: with `--fp8`, also accumulate the two backward products in cuBLAS's fast float8 mode
+            (`lit_gpt.float8.convert_to_float8`); a measurement lever, not a pretraining flag.
         compile: `torch.compile` each transformer block; on by default on CUDA.
         activation_checkpointing: recompute activations in backward.
         fused_loss: the chunked fused output projection + cross-entropy; False for the plain reference.
@@ -105,10 +110,16 @@ def main(
     )  # fmt: skip
     device = torch.device("cuda" if cuda else "cpu")
     check_float8(fp8, device)
-    attention, attention_note = choose_attention(attention, config, device, precision)
+    if attention == "fa4_func":
+        choose_attention("fa4", config, device, precision)  # the same refusals
+        KERNELS["fa4_func"] = fa4_func
+        attention_note = "attention: flash_attn.cute.flash_attn_func called directly (--attention fa4_func)"
+    else:
+        attention, attention_note = choose_attention(attention, config, device, precision)
     parallelize = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing,
         reshard_after_forward=reshard_after_forward, attention=attention, fp8=fp8,
+        fp8_fast_accum=fp8_fast_accum,
     )  # fmt: skip
     strategy = ModelParallelStrategy(parallelize, data_parallel_size=devices, tensor_parallel_size=1)
     if memory_budget is not None:
@@ -151,6 +162,7 @@ def main(
             impl="ours",
             attention=attention,
             fp8=fp8,
+            fp8_fast_accum=fp8_fast_accum,
             compile=compile,
             devices=devices,
             reshard_after_forward=reshard_after_forward,
@@ -203,6 +215,14 @@ def main(
             f"{r['impl']:8} {str(r['compile']):7} {kernels:10} {r['mbs']:>4} {r['tokens_per_s']:9.0f} {mfu} {mem} "
             f"{r['step_s']:7.3f}"
         )
+
+
+def fa4_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """flash-attn-4's own autograd function: dynamo cannot trace it, so each compiled block breaks around it."""
+    from flash_attn.cute import flash_attn_func
+
+    out = flash_attn_func(q, k, v, softmax_scale=scale, causal=True)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def sync(cuda: bool) -> None:
