@@ -1,0 +1,271 @@
+"""What `finetune/lora.py` and `finetune/full.py` share: the record of the base checkpoint a run starts from, and
+the training loop over instruction batches (the same step, schedule, validation, checkpoints and stop signals as
+pretraining: `lit_gpt/training.py`, `lit_gpt/lr.py`, `lit_gpt/checkpoint.py`, `lit_gpt/signals.py`).
+
+A LoRA checkpoint holds the adapter only; its `base` entry (`base_record`) names the checkpoint directory it was
+trained on by the model config and the size and SHA-256 of `lit_model.pth`, so that resuming or merging it onto
+other weights is refused (`check_base`).
+"""
+
+import hashlib
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import lightning as L
+import torch
+
+from lit_gpt.checkpoint import (
+    checkpoint_path,
+    find_latest,
+    later_checkpoints,
+    nonfinite_stop_message,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from lit_gpt.convert import lit_checkpoint_files
+from lit_gpt.lr import cosine_lr
+from lit_gpt.signals import StopSignal, resume_command
+from lit_gpt.training import training_step, validate
+from lit_gpt.utils import format_metrics
+
+
+def file_sha256(path: Path, chunk_bytes: int = 2**24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def base_record(checkpoint_dir: Path) -> Dict[str, Any]:
+    """What identifies the weights of a lit checkpoint directory: its model config, and the size and SHA-256 of its
+    `lit_model.pth` (a few seconds for TinyLlama's 4.4 GB)."""
+    config, model_file = lit_checkpoint_files(checkpoint_dir)
+    return {
+        "checkpoint_dir": str(checkpoint_dir),
+        "model_config": config.to_dict(),
+        "model_bytes": model_file.stat().st_size,
+        "model_sha256": file_sha256(model_file),
+    }
+
+
+def check_base(saved: Dict[str, Any], checkpoint_dir: Path, source: str, record: Optional[Dict[str, Any]] = None):
+    """Refuse a `--checkpoint_dir` whose weights are not those the adapter in `source` was trained on (`saved`, its
+    `base_record`); `record` is `checkpoint_dir`'s, when already computed."""
+    record = record or base_record(checkpoint_dir)
+    if saved.get("model_config") != record["model_config"]:
+        what = "another model configuration"
+    elif (saved.get("model_bytes"), saved.get("model_sha256")) != (record["model_bytes"], record["model_sha256"]):
+        what = (
+            f"other weights (lit_model.pth of {record['model_bytes']:,} bytes, SHA-256 {record['model_sha256'][:12]})"
+        )
+    else:
+        return
+    raise ValueError(
+        f"{source} is an adapter of the base checkpoint {saved.get('checkpoint_dir')} (lit_model.pth of "
+        f"{saved.get('model_bytes', 0):,} bytes, SHA-256 {str(saved.get('model_sha256'))[:12]}); --checkpoint_dir "
+        f"{checkpoint_dir} has {what}. Pass the base checkpoint it was trained on"
+    )
+
+
+def fit(
+    fabric: L.Fabric,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_batches,
+    val_batches: list,
+    state: Dict[str, Any],
+    accumulation: int,
+    max_steps: int,
+    out_dir: Path,
+    checkpoint_state: Callable[[Dict[str, Any]], Dict[str, Any]] = lambda state: state,
+    describe_checkpoint: Callable[[Path], str] = lambda path: "",
+) -> None:
+    """Train from `state["step_count"]` to `max_steps` optimizer steps of `accumulation` micro-batches per process.
+
+    `train_batches` yields (input_ids, labels) micro-batches endlessly and has `state_dict()`; `val_batches` is this
+    process's list of validation micro-batches. `checkpoint_state(state)` is what a checkpoint saves (LoRA: the
+    adapter in place of the model), `describe_checkpoint(path)` what the "Saved" line adds about it.
+    """
+    h = state["hparams"]
+    stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    iterator = iter(train_batches)
+    nonfinite_streak = torch.zeros((), device=fabric.device)
+    skipped = torch.zeros((), device=fabric.device)
+    tokens = 0  # input tokens (padding included) of this process since the last log or save
+    last_log_time, last_log_step, last_log_tokens = time.perf_counter(), state["step_count"], state["tokens_seen"]
+    path = None
+    while state["step_count"] < max_steps:
+        lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = [fabric.to_device(next(iterator)) for _ in range(accumulation)]
+        loss, grad_norm = training_step(
+            fabric, model, optimizer, micro_batches, h["grad_clip"], h.get("reshard_after_backward", True)
+        )
+        tokens += sum(input_ids.numel() for input_ids, _ in micro_batches)  # shapes: no device sync
+        state["iter_num"] += accumulation
+        state["step_count"] += 1
+        step = state["step_count"]
+        stopping = stop.agreed() and step < max_steps  # the same answer on every process
+        saving = step % h["save_interval"] == 0 or step == max_steps or stopping
+        if saving or step % h["log_interval"] == 0 or step == max_steps:
+            step_tokens = int(fabric.all_reduce(torch.tensor(tokens, device=fabric.device), reduce_op="sum").item())
+            state["tokens_seen"] += step_tokens
+            tokens = 0
+        bad = (~torch.isfinite(grad_norm)).float()
+        nonfinite_streak = (nonfinite_streak + bad) * bad
+        skipped += bad
+
+        if step % h["log_interval"] == 0 or step == max_steps:
+            loss = fabric.all_reduce(loss, reduce_op="mean").item()
+            if fabric.device.type == "cuda":
+                torch.cuda.synchronize()
+            state["skipped_steps"] += int(skipped.item())
+            skipped.zero_()
+            now = time.perf_counter()
+            step_time = (now - last_log_time) / (step - last_log_step)
+            tokens_per_sec = (state["tokens_seen"] - last_log_tokens) / (now - last_log_time)
+            last_log_time, last_log_step, last_log_tokens = now, step, state["tokens_seen"]
+            metrics = {
+                "loss": loss,
+                "learning_rate": lr,
+                "grad_norm": grad_norm.item(),
+                "tokens": state["tokens_seen"],
+                "tokens_per_sec": tokens_per_sec,
+                "tokens_per_sec_per_device": tokens_per_sec / fabric.world_size,
+                "step_time": step_time,
+                "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if fabric.device.type == "cuda" else None,
+                "remaining_hours": (max_steps - step) * step_time / 3600,
+                "skipped_steps": state["skipped_steps"],
+            }
+            fabric.print(format_metrics(step, max_steps, metrics))
+            fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
+            if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
+                raise RuntimeError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))
+
+        if step % h["eval_interval"] == 0 or step == max_steps:
+            t0 = time.perf_counter()
+            val_loss = validate(fabric, model, val_batches, len(val_batches)).item()
+            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
+            fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
+                         f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
+            fabric.log_dict(metrics, step=step)
+
+        if saving:
+            state["train_dataloader"] = train_batches.state_dict()
+            state["rng"] = rng_state()
+            path = checkpoint_path(out_dir, step)
+            save_checkpoint(fabric, path, checkpoint_state(state))
+            fabric.print(f"Saved {path}{describe_checkpoint(path)}")
+            pruning = fabric.global_rank == 0 and not nonfinite_streak.item()
+            if pruning and (pruned := prune_checkpoints(out_dir, h["keep_last"], path)):
+                fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {h['keep_last']})")
+        if stopping:
+            fabric.print(
+                f"Stopped by {stop.received.name if stop.received else 'a signal to another process'} after step "
+                f"{step} of {max_steps}; the checkpoint to resume from is {path}. Resume with:\n"
+                f"    {resume_command()}"
+            )
+            stop.restore()
+            return
+    stop.restore()
+    fabric.print(f"Done: {state['step_count']} steps, {state['tokens_seen']:,} tokens")
+
+
+def rng_state() -> Dict[str, Any]:
+    """The generators a resumed run must continue: LoRA's dropout draws from torch's (CUDA's on a GPU)."""
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    return rng
+
+
+def restore_rng(rng: Dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
+    """Refuse flag values of the finetuning scripts that would fail later or lose work, before any work."""
+    only_last = "pass a value above --max_steps to {} only at the last step"
+    for flag, hint in [
+        ("log_interval", only_last.format("log")),
+        ("eval_interval", only_last.format("validate")),
+        ("save_interval", only_last.format("save")),
+        ("max_nonfinite_steps", "non-finite optimizer steps in a row that stop the run"),
+        ("epochs", "passes over the training examples"),
+    ]:
+        if h[flag] < 1:
+            raise ValueError(f"--{flag} {h[flag]} must be at least 1 ({hint})")
+    if h["max_steps"] is not None and h["max_steps"] < 1:
+        raise ValueError(f"--max_steps {h['max_steps']} must be at least 1; leave it out to train for --epochs")
+    if h["seed"] < 0:
+        raise ValueError(f"--seed {h['seed']} must not be negative (the generators take 0 to 2**32 - 1)")
+    if h["keep_last"] is not None and h["keep_last"] < 1:
+        raise ValueError(f"--keep_last {h['keep_last']} must be at least 1; leave it out to keep every checkpoint")
+    if not 0 < h["val_fraction"] < 1:
+        raise ValueError(f"--val_fraction {h['val_fraction']} must be between 0 and 1 (the held-out share)")
+    resume = h["resume"]
+    if not resume and (latest := find_latest(out_dir)):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
+            "overwrite them one by one. Pass `--resume auto` to continue that run, or another --out_dir to start "
+            "a new one."
+        )
+    if resume not in (False, True, "auto") and (later := later_checkpoints(out_dir, Path(resume))):
+        raise FileExistsError(
+            f"{out_dir} holds checkpoints of later steps than {Path(resume).name} ({', '.join(later)}): the resumed "
+            "run would overwrite them one by one. Pass another --out_dir for the resumed run, or move them away."
+        )
+
+
+def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
+    """(train batches of this process, its list of validation micro-batches, optimizer steps per epoch) of the
+    instruction files `h["data"]`, encoded as `lit_gpt/instruct.py` describes with the run's flags."""
+    from lit_gpt.instruct import InstructionBatches, encode_examples, load_instructions, split_instructions
+    from lit_gpt.separators import read_separators
+    from lit_gpt.tokenizer import Tokenizer
+
+    max_seq_length = h["max_seq_length"] or block_size
+    if max_seq_length > block_size:
+        raise ValueError(
+            f"--max_seq_length {max_seq_length} is longer than the model's block size {block_size} (its context and "
+            f"rotary cache); pass at most {block_size}"
+        )
+    tokenizer = Tokenizer(h["checkpoint_dir"])
+    separators = read_separators(Path(h["checkpoint_dir"]))
+    records = load_instructions(
+        h["data"], h["instruction_key"], h["input_key"], h["output_key"], skip_bad_records=h["skip_bad_records"]
+    )
+    train, val = split_instructions(records, val_fraction=h["val_fraction"], seed=h["seed"])
+
+    def encode(examples):
+        return encode_examples(tokenizer, examples, h["template"], max_seq_length, h["mask_prompt"], separators)
+
+    common = dict(
+        max_seq_length=max_seq_length, padding=h["padding"], packing=h["packing"], seed=h["seed"],
+        rank=fabric.global_rank, world_size=fabric.world_size,
+    )  # fmt: skip
+    train_batches = InstructionBatches(encode(train), h["micro_batch_size"], **common)
+    val_encoded = encode(val)
+    # a held-out set smaller than a training micro-batch per process is still validated on whole
+    val_micro = max(1, min(h["micro_batch_size"], len(val_encoded) // fabric.world_size))
+    val_batches = InstructionBatches(val_encoded, val_micro, **common, shuffle=False).epoch_batches()
+    accumulation = h["global_batch_size"] // (fabric.world_size * h["micro_batch_size"])
+    steps_per_epoch = len(train_batches) // accumulation
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_batches.rows)} training rows make no optimizer step of --global_batch_size "
+            f"{h['global_batch_size']}; lower it or use more data"
+        )
+    fabric.print(
+        f"{len(records):,} instruction records ({len(train):,} for training, {len(val):,} held out) from {h['data']}; "
+        f"template {h['template']!r}, {separators}; {steps_per_epoch} optimizer steps per epoch"
+    )
+    return train_batches, val_batches, steps_per_epoch

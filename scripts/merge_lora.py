@@ -1,0 +1,109 @@
+"""Fold a LoRA adapter of `finetune/lora.py` into its base weights: an ordinary lit checkpoint directory.
+
+    python scripts/merge_lora.py --checkpoint_dir checkpoints/lit-micro-llama \
+        --lora_checkpoint out/lora-micro-llama/step-00000020.pth --output_dir checkpoints/lit-micro-llama-lora
+
+The output holds `lit_config.json` and the tokenizer files of the base (and its `separators.json`) and a
+`lit_model.pth` of the merged weights in the base's dtype: `generate/base.py`, `eval/perplexity.py` and
+`scripts/convert_lit_checkpoint.py` read it as any other. The base must be the one the adapter was trained on
+(its config, and the size and SHA-256 of its `lit_model.pth`, are recorded in the adapter checkpoint).
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+# support running without installing as a package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lit_gpt.checkpoint import find_latest, load_metadata  # noqa: E402
+from lit_gpt.convert import (  # noqa: E402
+    LIT_OUTPUTS,
+    copy_tokenizer_files,
+    finish_output_dir,
+    lit_checkpoint_files,
+    load_lit_state_dict,
+    prepare_output_dir,
+    save_lit_checkpoint,
+)
+from lit_gpt.finetune import check_base  # noqa: E402
+from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora  # noqa: E402
+from lit_gpt.model import GPT  # noqa: E402
+from lit_gpt.separators import SEPARATORS_FILE  # noqa: E402
+
+OUTPUTS = (*LIT_OUTPUTS, SEPARATORS_FILE)
+
+
+def merge(
+    checkpoint_dir: Path,
+    lora_checkpoint: Path,
+    output_dir: Optional[Path] = None,
+    overwrite: bool = False,
+    trust_pickle: bool = False,
+) -> None:
+    """Merge a LoRA adapter into the weights it was trained on.
+
+    Args:
+        checkpoint_dir: The base lit checkpoint directory the adapter was trained on (`--checkpoint_dir` of
+            finetune/lora.py).
+        lora_checkpoint: A checkpoint of finetune/lora.py (`step-*.pth`), or its `--out_dir` to take the newest one.
+        output_dir: Where to write the merged lit checkpoint directory. Default: `<checkpoint_dir>-lora`.
+        overwrite: Write into `output_dir` even when it is not empty, replacing the files an earlier merge wrote
+            there (other files are kept; files of those names that this script did not write are refused).
+        trust_pickle: Read an adapter checkpoint that holds pickled Python objects besides tensors and plain values.
+            Unpickling can run arbitrary code: only for files from a source you trust.
+    """
+    config, model_file = lit_checkpoint_files(checkpoint_dir)
+    if lora_checkpoint.is_dir() and not lora_checkpoint.name.startswith("step-"):
+        latest = find_latest(lora_checkpoint)
+        if latest is None:
+            raise FileNotFoundError(f"--lora_checkpoint {lora_checkpoint} holds no step-*.pth checkpoint")
+        lora_checkpoint = latest
+    if not lora_checkpoint.is_file():
+        raise FileNotFoundError(f"--lora_checkpoint {lora_checkpoint} is not a checkpoint file of finetune/lora.py")
+    hparams = load_metadata(lora_checkpoint, trust_pickle).get("hparams", {})
+    if "lora" not in hparams or "base" not in hparams:
+        raise ValueError(
+            f"--lora_checkpoint {lora_checkpoint} is not a checkpoint of finetune/lora.py (it records no adapter); "
+            "a checkpoint of finetune/full.py is converted with scripts/convert_pretrained_checkpoint.py"
+        )
+    check_base(hparams["base"], checkpoint_dir, f"--lora_checkpoint {lora_checkpoint}")
+    output_dir = output_dir or checkpoint_dir.with_name(checkpoint_dir.name + "-lora")
+    inputs = {"--checkpoint_dir": checkpoint_dir, "--lora_checkpoint": lora_checkpoint}
+    prepare_output_dir(output_dir, overwrite, OUTPUTS, "merge_lora.py", inputs)
+
+    t0 = time.perf_counter()
+    lora = LoRAConfig(**hparams["lora"])
+    with torch.device("meta"):
+        model = GPT(config)
+    model.load_state_dict(load_lit_state_dict(model_file), strict=True, assign=True)  # memory-mapped
+    apply_lora(model, lora)
+    adapter = torch.load(lora_checkpoint, map_location="cpu", weights_only=not trust_pickle)["model"]
+    missing, unexpected = model.load_state_dict(adapter, strict=False)
+    missing = [k for k in missing if "lora_" in k]
+    if missing or unexpected:
+        raise ValueError(
+            f"--lora_checkpoint {lora_checkpoint} does not fit its own LoRA settings: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
+    state_dict = merge_lora(model).state_dict()
+    copied = copy_tokenizer_files(checkpoint_dir, output_dir)
+    if (checkpoint_dir / SEPARATORS_FILE).is_file():
+        copied.append(SEPARATORS_FILE)
+        (output_dir / SEPARATORS_FILE).write_bytes((checkpoint_dir / SEPARATORS_FILE).read_bytes())
+    save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
+    finish_output_dir(output_dir, OUTPUTS, "merge_lora.py")
+    adapter_bytes = sum(t.nbytes for t in adapter.values())
+    print(
+        f"Merged the adapter of {lora_checkpoint} ({adapter_bytes / 1e6:.2f} MB, rank {lora.r}) into {model_file}: "
+        f"wrote {output_dir} (lit_config.json, lit_model.pth, {', '.join(copied)}) in {time.perf_counter() - t0:.1f}s"
+    )
+
+
+if __name__ == "__main__":
+    from lit_gpt.cli import cli
+
+    cli(merge)
