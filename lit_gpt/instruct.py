@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from lit_gpt.cli import UserError
+from lit_gpt.cli import rank as process_rank
 from lit_gpt.prepare import BadRecord, Stats, _short, walk_files
 from lit_gpt.separators import DEFAULT, Separators, prompt_prefix
 from lit_gpt.text_data import COMPRESSIONS, _get, _lines, file_format
@@ -124,7 +125,8 @@ def load_instructions(
                 f"{len(stats.bad)} bad instruction records: {listed}{more}. Fix them, or leave them out with "
                 "--skip_bad_records true"
             )
-        print(f"warning: left out {len(stats.bad)} bad instruction records: {listed}{more}", file=sys.stderr)
+        if process_rank() == 0:
+            print(f"warning: left out {len(stats.bad)} bad instruction records: {listed}{more}", file=sys.stderr)
         if problems is not None:
             problems.extend(stats.bad)
     if not records:
@@ -325,7 +327,7 @@ def encode_examples(
             empty += 1
             continue
         encoded.append((ids, labels))
-    if empty:
+    if empty and process_rank() == 0:
         print(
             f"note: left out {empty} of {len(examples)} examples whose prompt fills --max_seq_length {max_seq_length} "
             "(no response token to train on); raise --max_seq_length to keep them",
@@ -479,15 +481,7 @@ class InstructionBatches:
         return [self.collate([self.rows[i] for i in order[s : s + size]]) for s in starts]
 
     def collate(self, rows: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Rows of ids and labels -> (inputs, targets) (B, T): inputs a row's ids but the last, targets its labels
-        but the first; padded with `pad_id` / -100 to T (the longest row's length, or `max_seq_length`)."""
-        length = self.pad_to or max(len(x) - 1 for x, _ in rows)
-        inputs = torch.full((len(rows), length), self.pad_id, dtype=torch.int64)
-        targets = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.int64)
-        for row, (x, y) in enumerate(rows):
-            inputs[row, : len(x) - 1] = x[:-1]
-            targets[row, : len(y) - 1] = y[1:]
-        return inputs, targets
+        return collate(rows, self.pad_to, self.pad_id)
 
     def state_dict(self) -> Dict[str, object]:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "fingerprint": self.fingerprint}
@@ -514,6 +508,48 @@ class InstructionBatches:
                 "with the processes and micro-batch size of the interrupted run"
             )
         self.epoch, self.position = int(state["epoch"]), position
+
+
+def collate(
+    rows: Sequence[Tuple[torch.Tensor, torch.Tensor]], pad_to: Optional[int] = None, pad_id: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids and labels -> (inputs, targets) (B, T): inputs a row's ids but the last, targets its labels but the
+    first; padded with `pad_id` / -100 to T (`pad_to`, or the longest row's length)."""
+    length = pad_to or max(len(x) - 1 for x, _ in rows)
+    inputs = torch.full((len(rows), length), pad_id, dtype=torch.int64)
+    targets = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.int64)
+    for row, (x, y) in enumerate(rows):
+        inputs[row, : len(x) - 1] = x[:-1]
+        targets[row, : len(y) - 1] = y[1:]
+    return inputs, targets
+
+
+def validation_batches(
+    encoded: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    micro_batch_size: int,
+    max_seq_length: int,
+    padding: Literal["longest", "max_seq_length"] = "longest",
+    packing: bool = False,
+    seed: int = 42,
+    rank: int = 0,
+    world_size: int = 1,
+    pad_id: int = 0,
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """This process's micro-batches of the held-out examples, in order, as `InstructionBatches` lays out rows: every
+    process gets `len(rows) // world_size` rows (the same number of forward passes on each, as FSDP needs) in
+    micro-batches of `micro_batch_size`, the last one smaller if need be; the `len(rows) % world_size` last rows are
+    left out."""
+    rows = pack_examples(encoded, max_seq_length, seed) if packing else list(encoded)
+    per_rank = len(rows) // world_size
+    if per_rank == 0:
+        what = "packed rows" if packing else "examples"
+        raise UserError(
+            f"{len(rows)} held-out {what} are fewer than the {world_size} processes that validate; hold out more "
+            "(--val_fraction)"
+        )
+    mine = rows[rank * per_rank : (rank + 1) * per_rank]
+    pad_to = max_seq_length if packing or padding == "max_seq_length" else None
+    return [collate(mine[i : i + micro_batch_size], pad_to, pad_id) for i in range(0, per_rank, micro_batch_size)]
 
 
 def _fingerprint(rows: Sequence[Tuple[torch.Tensor, torch.Tensor]], packing: bool, pad_to: Optional[int]) -> str:

@@ -21,6 +21,7 @@ from lit_gpt.instruct import (
     encode_prompt,
     load_instructions,
     split_instructions,
+    validation_batches,
 )
 from lit_gpt.separators import Separators
 from lit_gpt.tokenizer import Tokenizer
@@ -306,3 +307,15 @@ def test_generate_with_template_prompts_as_finetuning_encodes(tiny_checkpoint, c
     assert capsys.readouterr().out == tokenizer.decode(response) + "\n"  # the response alone
     with pytest.raises(ValueError, match="--input is the input of an instruction in --template; give --template"):
         script.main(tiny_checkpoint, input="the list")
+
+
+def test_validation_batches_give_every_rank_as_many(tokenizer):
+    encoded = encode_examples(tokenizer, records(7), "plain", 64)
+    ranks = [validation_batches(encoded, 2, 64, rank=r, world_size=2) for r in (0, 1)]
+    assert [[len(x) for x, _ in batches] for batches in ranks] == [[2, 1], [2, 1]]  # 3 rows each, the 7th left out
+    rows = [inputs[i] for batches in ranks for inputs, _ in batches for i in range(len(inputs))]
+    for row, (x, _) in zip(rows, encoded[:6]):
+        assert row[: len(x) - 1].tolist() == x[:-1].tolist()
+    assert [len(x) for x, _ in validation_batches(encoded, 4, 64)] == [4, 3]  # one process: every example
+    with pytest.raises(UserError, match="1 held-out examples are fewer than the 2 processes"):
+        validation_batches(encoded[:1], 2, 64, world_size=2)
