@@ -140,7 +140,7 @@ def load_instructions(
 def _record(row: object, keys: Tuple[str, str, str]) -> Union[Dict[str, str], str]:
     """The record, or why it is bad."""
     if not isinstance(row, dict):
-        return f"not a JSON object but {type(row).__name__ if row is not None else 'null'}"
+        return f"not a JSON object but {_json_type(row)}"
     record = {}
     for name, key in zip(("instruction", "input", "output"), keys):
         value = _get(row, key)
@@ -149,9 +149,16 @@ def _record(row: object, keys: Tuple[str, str, str]) -> Union[Dict[str, str], st
         if value is None:
             return f"no {key!r} string"
         if not isinstance(value, str):
-            return f"{key!r} is a {type(value).__name__}, not a string"
+            return f"{key!r} is {_json_type(value)}, not a string"
         record[name] = value
     return record
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    names = {int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}
+    return names.get(type(value), "null")
 
 
 def _json_rows(path: Path, stats: Stats) -> Iterator[Tuple[int, object]]:

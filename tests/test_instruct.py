@@ -5,6 +5,7 @@ import collections
 import gzip
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -85,22 +86,23 @@ def test_bad_records_are_named_by_file_and_line(tmp_path):
         load_instructions(jsonl)
     message = str(e.value)
     assert "\n" not in message and message.startswith("4 bad instruction records: ")
-    assert f"{jsonl}:3: invalid JSON" in message and f"{jsonl}:4: not a JSON object but list" in message
+    assert f"{jsonl}:3: invalid JSON" in message and f"{jsonl}:4: not a JSON object but an array" in message
     assert f"{jsonl}:5: no 'output' string" in message and "and 1 more" in message
     assert "--skip_bad_records true" in message
     problems = []
     kept = load_instructions(jsonl, skip_bad_records=True, problems=problems)
     assert [r["instruction"] for r in kept] == ["a", "g"]
-    assert [(p.line, p.reason) for p in problems][3] == (6, "'input' is a int, not a string")
+    assert [(p.line, p.reason) for p in problems][3] == (6, "'input' is a number, not a string")
 
     # a JSON array: each element named by the line it starts on
     array = tmp_path / "train.json"
     array.write_text('[\n  {"instruction": "a", "output": "b"},\n  {"output": "b"},\n  {"instruction": "c",\n'
                      '   "output": 5}\n]\n')  # fmt: skip
-    with pytest.raises(UserError, match=rf"2 bad .*{array}:3: no 'instruction' string; {array}:4: 'output' is a int"):
+    at = re.escape(str(array))
+    with pytest.raises(UserError, match=rf"2 bad .*{at}:3: no 'instruction' string; {at}:4: 'output' is a number"):
         load_instructions(array)
     array.write_text('[{"instruction": "a", "output": "b"},\n {"instruction": "c" "output": "d"}]')
-    with pytest.raises(UserError, match=rf"{array}:2: invalid JSON array"):
+    with pytest.raises(UserError, match=rf"{at}:2: invalid JSON array"):
         load_instructions(array)
     assert load_instructions(array, skip_bad_records=True) == [{"instruction": "a", "input": "", "output": "b"}]
 
@@ -319,3 +321,10 @@ def test_validation_batches_give_every_rank_as_many(tokenizer):
     assert [len(x) for x, _ in validation_batches(encoded, 4, 64)] == [4, 3]  # one process: every example
     with pytest.raises(UserError, match="1 held-out examples are fewer than the 2 processes"):
         validation_batches(encoded[:1], 2, 64, world_size=2)
+
+
+def test_the_tutorial_shows_the_templates_as_they_are():
+    text = (ROOT / "tutorials" / "finetune_lora.md").read_text(encoding="utf-8")
+    shown = dict(re.findall(r"<!-- template: alpaca, (with|without) input -->\n```text\n(.*?)```", text, re.S))
+    assert shown["with"] == apply_template("alpaca", "Translate to French.", "The cat sleeps.")
+    assert shown["without"] == apply_template("alpaca", "Name the capital of France.")
