@@ -79,7 +79,7 @@ class Separators:
         )
 
 
-DEFAULT = Separators()
+DEFAULT_SEPARATORS = Separators()  # eos after each document: what preparation writes unless told otherwise
 
 
 def read_separators(checkpoint_dir: Path) -> Separators:
@@ -113,7 +113,7 @@ def separators_of_tokenizer(tokenizer_dir: Path) -> Separators:
     except (OSError, ValueError):
         config = {}
     add_bos = isinstance(config, dict) and config.get("add_bos_token") is True
-    return Separators(bos=True, eos=False) if add_bos else DEFAULT
+    return Separators(bos=True, eos=False) if add_bos else DEFAULT_SEPARATORS
 
 
 def write_separators(checkpoint_dir: Path, separators: Separators) -> Path:
@@ -126,14 +126,19 @@ def write_separators(checkpoint_dir: Path, separators: Separators) -> Path:
     return path
 
 
-def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str) -> None:
-    """Refuse a tokenizer that lacks a token the convention needs; `source` names what asked for it (a flag)."""
-    for name in ("bos", "eos"):
+def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str = "the convention") -> None:
+    """Refuse a tokenizer that lacks a token the convention needs; `source` names what asked for it (`{name}` in it
+    becomes `bos` or `eos`: `"--{name} true"`)."""
+    for name, what, action, example in [
+        ("bos", "beginning-of-document", "puts before", "<s>"),
+        ("eos", "end-of-document", "appends to", "</s>"),
+    ]:
         if getattr(separators, name) and getattr(tokenizer, f"{name}_id") is None:
             raise UserError(
-                f"{source} needs a {name} token, and the tokenizer in {tokenizer.checkpoint_dir} has none: name it in "
-                f'tokenizer_config.json (`"{name}_token": ...`) or generation_config.json (`"{name}_token_id": ...`) '
-                f"next to the tokenizer, or prepare with --{name} false"
+                f"the tokenizer in {tokenizer.checkpoint_dir} has no {what} ({name}) token, which "
+                f"{source.format(name=name)} {action} every document. Name it in tokenizer_config.json "
+                f'(`"{name}_token": "{example}"`) or generation_config.json (`"{name}_token_id": N`) next to the '
+                "tokenizer, or use a tokenizer that has one."
             )
 
 
