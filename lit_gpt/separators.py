@@ -170,3 +170,8 @@ def prompt_prefix(tokenizer: "Tokenizer", separators: Separators) -> List[int]:
             f"after ({separators}); name it in its tokenizer_config.json"
         )
     return prefix
+
+
+def encode_prompt(tokenizer: "Tokenizer", prompt: str, separators: Separators) -> List[int]:
+    """The ids of a prompt to generate from: `prompt_prefix`, then the prompt's tokens."""
+    return prompt_prefix(tokenizer, separators) + tokenizer.encode_ids(prompt)
