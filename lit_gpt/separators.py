@@ -14,12 +14,15 @@ Where it is recorded:
 - preparation (`lit_gpt/prepare.py`, the `--bos`/`--eos` flags of every prepare script) writes it into the output
   folder's `prepare.json` as `"separators": {"bos": ..., "eos": ...}`; a folder without that field was prepared
   before it existed, with the default;
-- `pretrain/tinyllama.py` reads it from its data folders (a mix of conventions is refused) and saves it in the
-  checkpoint's `hparams["separators"]`;
+- `pretrain/tinyllama.py` reads it from its data folders (`lit_gpt.dataloaders.data_separators`: a mix of
+  conventions is refused, and so is a resume on data prepared with another) and saves it in the checkpoint's
+  `hparams["separators"]` (a checkpoint without it was trained on the default);
 - a lit checkpoint directory holds it in `separators.json`, next to `lit_config.json` (`write_separators`), written
-  by `scripts/convert_pretrained_checkpoint.py` (from the training checkpoint) and `scripts/convert_hf_checkpoint.py`
-  (from the tokenizer's `add_bos_token`); `scripts/convert_lit_checkpoint.py` sets the Hugging Face export's
-  `add_bos_token` from it.
+  by `scripts/convert_pretrained_checkpoint.py` (from the training checkpoint; the copied `tokenizer_config.json`'s
+  `add_bos_token` is made to agree) and `scripts/convert_hf_checkpoint.py` (from the tokenizer's `add_bos_token`);
+- a Hugging Face export (`scripts/convert_lit_checkpoint.py`) says it as `add_bos_token` alone, which is all
+  transformers and lm-evaluation-harness read: "both" comes back from it as `bos` before each document (the same
+  prompt prefix).
 
 Who follows it: preparation and finetuning encode documents with `encode_document(s)`, and generation puts
 `prompt_prefix` in front of a prompt: the token that stood right before the first token of every document in
@@ -30,7 +33,9 @@ training, so that a prompt starts as a document started. That is `bos` when the 
 A checkpoint directory without `separators.json` (converted before it existed, or by another tool) is read as its
 tokenizer says (`read_separators`): `add_bos_token: true` in `tokenizer_config.json` (Llama-2's and TinyLlama's
 tokenizers, and `scripts/train_tokenizer.py`'s) gives `bos` before each document, which is also the prompt that
-generation gave such checkpoints before; otherwise this toolkit's default, `eos` after each document.
+generation gave such checkpoints before; otherwise this toolkit's default, `eos` after each document. A note on
+stderr says so. A lit checkpoint converted from this toolkit's training checkpoint before `separators.json` existed,
+with Llama-2's tokenizer, was in fact trained with `eos` after each document: convert it again to record that.
 """
 
 import json
