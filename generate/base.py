@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
 from lit_gpt.generate import generate, load_model  # noqa: E402
-from lit_gpt.instruct import TemplateName, encode_prompt  # noqa: E402
-from lit_gpt.separators import read_separators  # noqa: E402
+from lit_gpt.instruct import TemplateName, apply_template  # noqa: E402
+from lit_gpt.separators import encode_prompt, read_separators  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -43,7 +43,9 @@ def main(
     Args:
         checkpoint_dir: A lit checkpoint directory (`lit_config.json`, `lit_model.pth`, tokenizer files), as
             written by `scripts/convert_pretrained_checkpoint.py` or `scripts/convert_hf_checkpoint.py`.
-        prompt: The text to continue.
+        prompt: The text to continue. It is preceded by the token that preceded every document in training: bos,
+            or eos for a model trained on documents with eos after each alone (the checkpoint's `separators.json`,
+            see `lit_gpt/separators.py`).
         num_samples: How many samples to draw, one after the other.
         max_new_tokens: The most tokens to generate per sample; a sample also stops at the eos token.
         temperature: Softmax temperature; higher is more random, 0 is greedy decoding.
@@ -80,11 +82,11 @@ def main(
             "tokenizer; one trained with another needs to be converted with that one.",
             file=sys.stderr,
         )
-    if template is None:
-        encoded = tokenizer.encode(prompt, bos=None, device=fabric.device)
-    else:  # the prompt's ids exactly as finetuning put them before each response
-        ids = encode_prompt(tokenizer, prompt, template, input, read_separators(checkpoint_dir))
-        encoded = torch.tensor(ids, dtype=torch.int32, device=fabric.device)
+    # with --template, the prompt is the one finetuning put before each response (lit_gpt/instruct.py)
+    text = prompt if template is None else apply_template(template, prompt, input)
+    # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/separators.py)
+    prompt_ids = encode_prompt(tokenizer, text, read_separators(checkpoint_dir))
+    encoded = torch.tensor(prompt_ids, dtype=torch.int32, device=fabric.device)
     L.seed_everything(seed, verbose=False)
     for i in range(num_samples):
         if fabric.device.type == "cuda":

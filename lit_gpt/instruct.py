@@ -50,7 +50,8 @@ import torch
 from lit_gpt.cli import UserError
 from lit_gpt.cli import rank as process_rank
 from lit_gpt.prepare import BadRecord, Stats, _short, walk_files
-from lit_gpt.separators import DEFAULT, Separators, prompt_prefix
+from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, prompt_prefix
+from lit_gpt.separators import encode_prompt as separators_encode_prompt
 from lit_gpt.text_data import COMPRESSIONS, _get, _lines, file_format
 from lit_gpt.tokenizer import Tokenizer
 
@@ -284,10 +285,11 @@ def apply_template(name: str, instruction: str, input: str = "") -> str:
 def encode_prompt(
     tokenizer: Tokenizer, instruction: str, template: str, input: str = "", separators: Optional[Separators] = None
 ) -> List[int]:
-    """The ids of a templated prompt as training and generation put it before the response: the separators' prompt
-    prefix, then the prompt's tokens."""
-    separators = separators or DEFAULT
-    return prompt_prefix(tokenizer, separators) + tokenizer.encode_ids(apply_template(template, instruction, input))
+    """The ids of a templated prompt as finetuning puts it before each response and `generate/base.py --template`
+    generates from: `lit_gpt.separators.encode_prompt` of the template's text."""
+    return separators_encode_prompt(
+        tokenizer, apply_template(template, instruction, input), separators or DEFAULT_SEPARATORS
+    )
 
 
 def encode_example(
@@ -319,7 +321,7 @@ def encode_examples(
         raise UserError(f"--max_seq_length {max_seq_length} must be at least 1")
     if tokenizer.eos_id is None:
         raise UserError(f"the tokenizer in {tokenizer.checkpoint_dir} has no eos token, which ends every response")
-    separators = separators or DEFAULT
+    separators = separators or DEFAULT_SEPARATORS
     prefix = prompt_prefix(tokenizer, separators)
     chosen = get_template(template)
     prompts = tokenizer.encode_batch([chosen.apply(e["instruction"], e["input"]) for e in examples])
