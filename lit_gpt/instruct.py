@@ -63,8 +63,13 @@ MAX_LISTED = 3  # bad records named in the error line
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def find_instruction_files(paths: Union[str, Path, Sequence[Union[str, Path]]], flag: str = "--data") -> List[Path]:
-    """The JSON and JSON-lines files of `paths` (files, or folders searched through), each once, sorted."""
+def find_instruction_files(
+    paths: Union[str, Path, Sequence[Union[str, Path]]],
+    flag: str = "--data",
+    problems: Optional[List[BadRecord]] = None,
+) -> List[Path]:
+    """The JSON and JSON-lines files of `paths` (files, or folders searched through), each once, sorted. A file or
+    folder under a folder that cannot be read is an error, or, with a `problems` list, appended to it."""
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not items:
         raise UserError(f"{flag} names no file; pass a JSON or JSON-lines file of instruction records, or a folder")
@@ -74,12 +79,15 @@ def find_instruction_files(paths: Union[str, Path, Sequence[Union[str, Path]]], 
         path = Path(item)
         if path.is_dir():
             for p, problem in walk_files(path, "*"):
-                if _is_json(p):
-                    if problem is not None:
-                        raise UserError(f"{flag} {item}: {p} cannot be read ({problem}); fix it or move it away")
+                if problem is not None and (_is_json(p) or problem.startswith("unreadable directory")):
+                    if problems is None:
+                        raise UserError(
+                            f"{flag} {item}: {p} cannot be read ({problem}); fix it or move it away, or leave it out "
+                            "with --skip_bad_records true"
+                        )
+                    problems.append(BadRecord(str(p), None, problem))
+                elif _is_json(p):
                     found.setdefault(os.path.realpath(p), p)
-                elif problem is not None and problem.startswith("unreadable directory"):
-                    raise UserError(f"{flag} {item}: {p} is an {problem}; fix its permissions or move it away")
         elif path.is_file():
             if not _is_json(path):
                 raise UserError(f"{flag} {item} is not a JSON or JSON-lines file ({kinds})")
@@ -109,9 +117,10 @@ def load_instructions(
     Bad records (see the module docstring) raise a one-line `UserError` naming the first few by file and line; with
     `skip_bad_records` they are left out with a warning on stderr, and appended to `problems` when given."""
     keys = (instruction_key, input_key, output_key)
+    items = [path] if isinstance(path, (str, Path)) else list(path)
     records: List[Dict[str, str]] = []
     stats = Stats()
-    for file in find_instruction_files(path):
+    for file in find_instruction_files(path, problems=stats.bad if skip_bad_records else None):
         for line, row in _json_rows(file, stats):
             record = _record(row, keys)
             if isinstance(record, str):
@@ -132,8 +141,8 @@ def load_instructions(
             problems.extend(stats.bad)
     if not records:
         raise UserError(
-            f"{path} holds no instruction record with a {instruction_key!r} and an {output_key!r} string; name the "
-            "keys your records use with --instruction_key and --output_key"
+            f"--data {' '.join(map(str, items))} holds no record with strings under {instruction_key!r} and "
+            f"{output_key!r}; name the keys your records use with --instruction_key and --output_key"
         )
     return records
 

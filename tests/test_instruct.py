@@ -328,3 +328,16 @@ def test_the_tutorial_shows_the_templates_as_they_are():
     shown = dict(re.findall(r"<!-- template: alpaca, (with|without) input -->\n```text\n(.*?)```", text, re.S))
     assert shown["with"] == apply_template("alpaca", "Translate to French.", "The cat sleeps.")
     assert shown["without"] == apply_template("alpaca", "Name the capital of France.")
+
+
+def test_unreadable_files_and_empty_data_are_named(tmp_path):
+    (tmp_path / "good.jsonl").write_text('{"instruction": "a", "output": "b"}\n')
+    (tmp_path / "gone.jsonl").symlink_to(tmp_path / "missing.jsonl")
+    with pytest.raises(UserError, match=r"gone.jsonl cannot be read \(a link to no file\).*--skip_bad_records true"):
+        load_instructions(tmp_path)
+    problems = []
+    assert len(load_instructions(tmp_path, skip_bad_records=True, problems=problems)) == 1
+    assert [(Path(p.path).name, p.reason) for p in problems] == [("gone.jsonl", "a link to no file")]
+    (tmp_path / "good.jsonl").write_text('{"question": "a", "output": "b"}\n')
+    with pytest.raises(UserError, match="holds no record with strings under 'instruction' and 'output'; name the keys"):
+        load_instructions(tmp_path / "good.jsonl", skip_bad_records=True)
