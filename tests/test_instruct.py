@@ -341,3 +341,27 @@ def test_unreadable_files_and_empty_data_are_named(tmp_path):
     (tmp_path / "good.jsonl").write_text('{"question": "a", "output": "b"}\n')
     with pytest.raises(UserError, match="holds no record with strings under 'instruction' and 'output'; name the keys"):
         load_instructions(tmp_path / "good.jsonl", skip_bad_records=True)
+
+
+def test_the_models_loss_is_the_response_tokens_alone(tokenizer):
+    from conftest import TEST_LLAMA
+
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+
+    torch.manual_seed(0)
+    model = GPT(Config(**{**TEST_LLAMA, "n_layer": 1}))
+    encoded = encode_examples(tokenizer, records(3), "plain", 64)
+    inputs, targets = InstructionBatches(encoded, 3, 64, shuffle=False).epoch_batches()[0]
+    with torch.no_grad():
+        logits = model(inputs)
+        loss = model(inputs, targets=targets)
+    # the mean cross-entropy of predicting each response token (and eos) of each example from what precedes it
+    expected = []
+    for row, (ids, labels) in enumerate(encoded):
+        for t in range(1, len(ids)):
+            if labels[t] != IGNORE_INDEX:
+                expected.append(torch.nn.functional.cross_entropy(logits[row, t - 1], ids[t]))
+    n_response = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in encoded)
+    assert len(expected) == n_response
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
