@@ -408,12 +408,28 @@ def check_compatible(
         )
     if run_hparams and run_hparams.get("train_sources") is not None:
         check_same_sources(path, hparams, run_hparams["train_sources"])
+    if run_hparams and run_hparams.get("separators") is not None:
+        check_same_separators(path, hparams, run_hparams["separators"])
     changed = [k for k in LOADER_SETTINGS if run_hparams and k in hparams and hparams[k] != run_hparams[k]]
     if changed:
         then, now = (" ".join(f"--{k} {h[k]}" for k in changed) for h in (hparams, run_hparams))
         raise ValueError(
             f"{path} was written with {then}, this run has {now}. The data loader's saved position is only valid "
             f"with the same micro-batch size, loader workers and data seed: resume with {then}."
+        )
+
+
+def check_same_separators(path: Path, hparams: Dict[str, Any], separators: dict) -> None:
+    """Refuse to resume on data prepared with other document separators than the checkpoint's (a folder prepared
+    again with other --bos/--eos); a checkpoint from before they were recorded was trained with the default."""
+    from lit_gpt.separators import DEFAULT_SEPARATORS, Separators
+
+    then = Separators.from_dict(hparams.get("separators", DEFAULT_SEPARATORS.to_dict()), str(path))
+    now = Separators.from_dict(separators, "this run's data")
+    if then != now:
+        raise ValueError(
+            f"{path} was trained on documents with {then}, this run's data has {now}: prepare the data as that run's "
+            "was (the prepare scripts' --bos/--eos), or start a new run from its weights with another --out_dir."
         )
 
 

@@ -23,6 +23,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.model import GPT
+from lit_gpt.separators import DEFAULT_SEPARATORS, Separators
 
 # copied along with the weights; `generation_config.json` carries bos/eos ids
 TOKENIZER_FILES = (
@@ -79,7 +80,7 @@ def check_weights(shapes: Dict[str, torch.Size], config: Config, source: str, hi
 # the loaders would pick up next to, or instead of, the new ones (transformers reads a stale `model.safetensors` rather
 # than new shards, and a stale `tokenizer.json` rather than a new `tokenizer.model`)
 _TOKENIZER_OUTPUTS = (*TOKENIZER_FILES, "added_tokens.json", "chat_template.jinja", "chat_template.json")
-LIT_WEIGHT_OUTPUTS = ("lit_config.json", "lit_model.pth", "lit_*.tmp")
+LIT_WEIGHT_OUTPUTS = ("lit_config.json", "lit_model.pth", "lit_*.tmp", "separators.json", "separators.json.tmp")
 LIT_OUTPUTS = (*LIT_WEIGHT_OUTPUTS, *_TOKENIZER_OUTPUTS)
 HF_OUTPUTS = (
     "config.json",
@@ -330,6 +331,14 @@ def training_checkpoint_config(path: Path, config_name: Optional[str] = None, tr
     return config
 
 
+def training_checkpoint_separators(path: Path, trust_pickle: bool = False) -> Separators:
+    """The document separators a training checkpoint was trained with (`hparams["separators"]`, which
+    `pretrain/tinyllama.py` reads from the data's `prepare.json`); a checkpoint without them was trained before they
+    were recorded, on data prepared with the default (eos after each document)."""
+    recorded = _training_hparams(path, trust_pickle).get("separators")
+    return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, f"{path}'s hparams")
+
+
 def _training_hparams(path: Path, trust_pickle: bool = False) -> dict:
     """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
     if is_distributed_checkpoint(path):
@@ -475,7 +484,9 @@ def save_hf_weights(
     return n, total, dtype
 
 
-def save_tokenizer_files(source_dir: Path, output_dir: Path, block_size: int) -> List[str]:
+def save_tokenizer_files(
+    source_dir: Path, output_dir: Path, block_size: int, add_bos_token: Optional[bool] = None
+) -> List[str]:
     """The tokenizer of `source_dir` in `output_dir`, in files that `transformers.AutoTokenizer` loads with nothing
     but transformers installed (no sentencepiece, no protobuf). Returns the names written.
 
@@ -485,7 +496,9 @@ def save_tokenizer_files(source_dir: Path, output_dir: Path, block_size: int) ->
     (`LlamaTokenizer` splits "  two" into `▁▁ two`, SentencePiece into `▁▁ ▁two`). `tokenizer_config.json` (the
     source's, or one made from the tokenizer's special tokens) then names the generic `PreTrainedTokenizerFast`,
     which takes `tokenizer.json` as it is. A `tokenizer.json` without `tokenizer.model` is copied as it is. Either
-    way `model_max_length` is the model's `block_size`.
+    way `model_max_length` is the model's `block_size`. `add_bos_token` (the model's `Separators.bos`), when given,
+    replaces the source's, in `tokenizer_config.json` and in what the `tokenizer.json` made from `tokenizer.model`
+    puts before a text.
     """
     from lit_gpt.tokenizer import Tokenizer, sentencepiece_to_tokenizers
 
@@ -495,10 +508,14 @@ def save_tokenizer_files(source_dir: Path, output_dir: Path, block_size: int) ->
     config = (
         json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else _tokenizer_config(tokenizer)
     )
+    if add_bos_token is None:
+        add_bos_token = tokenizer.add_bos_token
+    else:
+        config["add_bos_token"] = add_bos_token
     skip = ("tokenizer_config.json", "tokenizer.json") if from_sentencepiece else ("tokenizer_config.json",)
     written = copy_tokenizer_files(source_dir, output_dir, skip)
     if from_sentencepiece:
-        fast = sentencepiece_to_tokenizers(source_dir / "tokenizer.model", add_bos_token=tokenizer.add_bos_token)
+        fast = sentencepiece_to_tokenizers(source_dir / "tokenizer.model", add_bos_token=add_bos_token)
         fast.save(str(output_dir / "tokenizer.json"))
         # split_special_tokens: a literal "<s>" in a text is text, as SentencePiece encodes it
         config.update(tokenizer_class="PreTrainedTokenizerFast", split_special_tokens=True)
@@ -529,11 +546,15 @@ def _tokenizer_config(tokenizer) -> dict:
 
 def save_hf_tokenizer(checkpoint_dir: Path, output_dir: Path, block_size: int) -> Tuple[int, int]:
     """The tokenizer files of `save_tokenizer_files`, and `generation_config.json`. Returns the (bos, eos) ids, which
-    `config.json` repeats."""
+    `config.json` repeats. The tokenizer's `add_bos_token` is whether the model was trained with `bos` before each
+    document (`lit_gpt.separators.read_separators`): what a Hugging Face directory says of it (and what
+    `scripts/convert_hf_checkpoint.py` reads back)."""
+    from lit_gpt.separators import read_separators
     from lit_gpt.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(checkpoint_dir)
-    written = save_tokenizer_files(checkpoint_dir, output_dir, block_size)
+    separators = read_separators(checkpoint_dir)
+    written = save_tokenizer_files(checkpoint_dir, output_dir, block_size, add_bos_token=separators.bos)
     bos = tokenizer.bos_id if tokenizer.bos_id is not None else 1
     eos = tokenizer.eos_id if tokenizer.eos_id is not None else 2
     if "generation_config.json" not in written:

@@ -20,6 +20,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 
+from lit_gpt.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.signals import ignore_stop_signals
 
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
@@ -105,6 +106,26 @@ def check_prepared(folders: Sequence[str], flag: str) -> None:
             "Prepare it with scripts/prepare_slimpajama.py or scripts/prepare_starcoder.py (see "
             "tutorials/pretrain_tinyllama.md), or correct the path"
         )
+
+
+def data_separators(folders: Sequence[str]) -> Separators:
+    """The document-separator convention (`lit_gpt/separators.py`) that the local prepared `folders` share, from their
+    `prepare.json` (a folder prepared before it was recorded counts as the default, eos after each document); a mix
+    is refused, naming the folders of each convention. Object-store folders are not read: the local ones decide, and
+    the default holds when there are none."""
+    from lit_gpt.prepare import prepared_separators
+
+    found: Dict[Separators, List[str]] = {}
+    for folder in folders:
+        if "://" not in folder:
+            found.setdefault(prepared_separators(Path(folder)), []).append(folder)
+    if len(found) > 1:
+        groups = "; ".join(f"{', '.join(names)} with {separators}" for separators, names in found.items())
+        raise ValueError(
+            f"the data folders were prepared with different document separators: {groups}. The model would learn "
+            "both; prepare them alike (the prepare scripts' --bos/--eos, see lit_gpt/separators.py)"
+        )
+    return next(iter(found), DEFAULT_SEPARATORS)
 
 
 def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) -> None:

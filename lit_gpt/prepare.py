@@ -33,6 +33,7 @@ import torch
 import zstandard as zstd
 
 from lit_gpt.cli import UserError
+from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
 from lit_gpt.tokenizer import Tokenizer
 
 Kind = Literal["slimpajama", "starcoder", "text"]  # text: any corpus of scripts/prepare_text.py
@@ -275,12 +276,14 @@ def tokenize_files(
     progress: Optional[multiprocessing.Queue] = None,
     parent_pid: Optional[int] = None,
     reader: Optional[Callable[[Path, Stats], Iterator[str]]] = None,
+    separators: Separators = DEFAULT_SEPARATORS,
 ) -> Iterator[torch.Tensor]:
     """The litdata work function: one worker's input files -> int32 token items of `item_tokens` tokens (a file's
     last one shorter).
 
-    Documents are encoded `bos=False, eos=True` (lit-gpt's convention), many per tokenizer call; the tokens of a file
-    form one stream that is cut into equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
+    Documents are encoded with `bos` and/or `eos` as `separators` says (`lit_gpt/separators.py`; by default `eos`
+    after each, lit-gpt's convention), many per tokenizer call; the tokens of a file form one stream that is cut into
+    equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
     `parent_pid`: the preparing process, which this worker must not outlive. `reader` reads a file's documents
     (default: the reader of `kind`).
     """
@@ -288,9 +291,10 @@ def tokenize_files(
         _die_with_parent(parent_pid)
     tokenizer = _tokenizer(tokenizer_dir)
     pending = np.empty(0, dtype=np.int32)
+    before, after = (np.asarray(ids, dtype=np.int32) for ids in document_ends(tokenizer, separators))
 
     def encode(texts: List[str], stats: Stats) -> Iterator[torch.Tensor]:
-        ids = tokenizer.encode_batch(texts, bos=False, eos=True)
+        ids = encode_documents(tokenizer, texts, separators)
         count = sum(len(i) for i in ids)
         yield from emit(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=count), len(texts), stats)
 
@@ -314,7 +318,7 @@ def tokenize_files(
                 if batch:
                     yield from encode(batch, stats)
                     batch, chars = [], 0
-                yield from emit(np.append(encode_long(tokenizer, text), np.int32(tokenizer.eos_id)), 1, stats)
+                yield from emit(np.concatenate([before, encode_long(tokenizer, text), after]), 1, stats)
                 continue
             batch.append(text)
             chars += len(text)
@@ -453,8 +457,12 @@ def prepare(
     verbose: bool = True,
     inputs: Optional[List[str]] = None,
     text_options=None,
+    bos: bool = False,
+    eos: bool = True,
 ) -> Stats:
     """Tokenize every file of a SlimPajama or Starcoder folder into litdata chunks; see the scripts for the options.
+    `bos`, `eos`: put the tokenizer's bos token before each document, its eos token after it, or both
+    (`lit_gpt/separators.py`); recorded in `prepare.json`.
     With `kind="text"`, the files of `inputs` (folders, glob patterns, files; `lit_gpt.text_data.find_inputs`) are read
     as `text_options` (a `lit_gpt.text_data.TextOptions`) says, and `input_dir` is not used.
 
@@ -469,7 +477,13 @@ def prepare(
     from litdata.streaming.item_loader import TokensLoader
 
     t0 = time.perf_counter()
-    tokenizer_path = check_tokenizer_dir(tokenizer_path)
+    if not bos and not eos:
+        raise PrepareError(
+            "--bos false --eos false would lay the documents end to end with nothing between them; keep --eos true "
+            "(the default), or pass --bos true"
+        )
+    separators = Separators(bos=bos, eos=eos)
+    tokenizer_path = check_tokenizer_dir(tokenizer_path, separators)
     if chunk_size < 1:
         raise PrepareError(f"--chunk_size {chunk_size} must be a positive number of tokens, e.g. {BLOCK_SIZE * 1024}")
     problems: List[BadRecord] = []
@@ -489,7 +503,7 @@ def prepare(
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
     local = "://" not in str(output_dir)
     if local:
-        check_output_dir(Path(output_dir), overwrite, {**named_inputs, "--tokenizer_path": tokenizer_path})
+        check_output_dir(Path(output_dir), overwrite, {**named_inputs, "--tokenizer_path": tokenizer_path}, separators)
         check_inputs_outside(Path(output_dir), files)
         write_dir = str(_staging_dir(Path(output_dir)))
     else:  # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
@@ -516,6 +530,7 @@ def prepare(
                 progress=progress,
                 parent_pid=os.getpid(),
                 reader=reader,
+                separators=separators,
             )
             if local:
                 write_chunks(fn, workers_files, write_dir, chunk_size)
@@ -556,7 +571,7 @@ def prepare(
                 f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
             )
         if local:
-            _finish(Path(write_dir), kind, input_dir, stats)
+            _finish(Path(write_dir), kind, input_dir, stats, separators)
             publish(Path(write_dir), Path(output_dir), overwrite)
     finally:
         if local and Path(write_dir).exists():  # a failed run: nothing of it is kept
@@ -608,9 +623,12 @@ def chunk_tokens(output_dir: str) -> Optional[List[int]]:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def check_output_dir(path: Path, overwrite: bool, inputs: Dict[str, Path]) -> None:
+def check_output_dir(
+    path: Path, overwrite: bool, inputs: Dict[str, Path], separators: Optional[Separators] = None
+) -> None:
     """Refuse an output directory that overlaps an input (`inputs`: flag -> path) or holds anything but an earlier
-    preparation's output (`--overwrite true` replaces that, and only that)."""
+    preparation's output (`--overwrite true` replaces that, and only that; the refusal without it names an earlier
+    separator convention that differs from `separators`)."""
     resolved = path.resolve()
     for flag, other in inputs.items():
         other = Path(other).resolve()
@@ -633,8 +651,13 @@ def check_output_dir(path: Path, overwrite: bool, inputs: Dict[str, Path]) -> No
             "pick an empty or new --output_dir (--overwrite true replaces only an earlier preparation's output)"
         )
     if not overwrite:
+        try:
+            earlier = prepared_separators(path)
+        except UserError:  # a garbled record: the refusal below says enough
+            earlier = separators
+        other = f", with {earlier} (this run: {separators})" if separators and earlier != separators else ""
         raise PrepareError(
-            f"--output_dir {path} holds an earlier preparation ({MANIFEST}); pick another --output_dir, or pass "
+            f"--output_dir {path} holds an earlier preparation ({MANIFEST}{other}); pick another --output_dir, or pass "
             "--overwrite true to replace it"
         )
 
@@ -693,7 +716,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _finish(write_dir: Path, kind: Kind, input_dir: Path, stats: Stats) -> None:
+def prepared_separators(path: Path) -> Separators:
+    """The separator convention recorded in a prepared folder's `prepare.json`; the default (eos after each document)
+    for a folder prepared before it was recorded, or without a `prepare.json`."""
+    manifest_path = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except (OSError, ValueError):
+        manifest = {}
+    recorded = manifest.get("separators") if isinstance(manifest, dict) else None
+    return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, str(manifest_path))
+
+
+def _finish(write_dir: Path, kind: Kind, input_dir: Path, stats: Stats, separators: Separators) -> None:
     """Make `index.json` reproducible and list what was written in `prepare.json`."""
     index_path = write_dir / "index.json"
     index = json.loads(index_path.read_text())
@@ -708,6 +743,7 @@ def _finish(write_dir: Path, kind: Kind, input_dir: Path, stats: Stats) -> None:
         "input_dir": str(input_dir),
         "documents": stats.documents,
         "tokens": stats.tokens,
+        "separators": separators.to_dict(),  # lit_gpt/separators.py
         "files": sorted(p.name for p in write_dir.iterdir()),
     }
     (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -733,7 +769,7 @@ def publish(write_dir: Path, path: Path, overwrite: bool) -> None:
             print(f"note: left {old}: files appeared in it that no preparation wrote")
 
 
-def check_tokenizer_dir(tokenizer_path: Path) -> Path:
+def check_tokenizer_dir(tokenizer_path: Path, separators: Separators = DEFAULT_SEPARATORS) -> Path:
     """The tokenizer directory, checked before the workers start (they would each fail on it with a traceback).
 
     A path that does not exist is taken to mean the one `<parent>/<org>/<name>` with a tokenizer that has its name, if
@@ -765,12 +801,10 @@ def check_tokenizer_dir(tokenizer_path: Path) -> Path:
         tokenizer = Tokenizer(tokenizer_path)
     except (OSError, RuntimeError, ValueError) as e:  # an unreadable tokenizer file or malformed JSON config
         raise PrepareError(f"cannot load the tokenizer in {tokenizer_path}: {e}") from None
-    if tokenizer.eos_id is None:
-        raise PrepareError(
-            f"the tokenizer in {tokenizer_path} has no end-of-document (eos) token, which preparation appends to every "
-            'document. Name it in tokenizer_config.json (`"eos_token": "</s>"`) or generation_config.json '
-            '(`"eos_token_id": 2`) next to the tokenizer, or use a tokenizer that has one.'
-        )
+    try:
+        check_tokenizer(tokenizer, separators, "--{name} true")
+    except UserError as e:
+        raise PrepareError(str(e)) from None
     return tokenizer_path
 
 

@@ -14,12 +14,15 @@ Where it is recorded:
 - preparation (`lit_gpt/prepare.py`, the `--bos`/`--eos` flags of every prepare script) writes it into the output
   folder's `prepare.json` as `"separators": {"bos": ..., "eos": ...}`; a folder without that field was prepared
   before it existed, with the default;
-- `pretrain/tinyllama.py` reads it from its data folders (a mix of conventions is refused) and saves it in the
-  checkpoint's `hparams["separators"]`;
+- `pretrain/tinyllama.py` reads it from its data folders (`lit_gpt.dataloaders.data_separators`: a mix of
+  conventions is refused, and so is a resume on data prepared with another) and saves it in the checkpoint's
+  `hparams["separators"]` (a checkpoint without it was trained on the default);
 - a lit checkpoint directory holds it in `separators.json`, next to `lit_config.json` (`write_separators`), written
-  by `scripts/convert_pretrained_checkpoint.py` (from the training checkpoint) and `scripts/convert_hf_checkpoint.py`
-  (from the tokenizer's `add_bos_token`); `scripts/convert_lit_checkpoint.py` sets the Hugging Face export's
-  `add_bos_token` from it.
+  by `scripts/convert_pretrained_checkpoint.py` (from the training checkpoint; the copied `tokenizer_config.json`'s
+  `add_bos_token` is made to agree) and `scripts/convert_hf_checkpoint.py` (from the tokenizer's `add_bos_token`);
+- a Hugging Face export (`scripts/convert_lit_checkpoint.py`) says it as `add_bos_token` alone, which is all
+  transformers and lm-evaluation-harness read: "both" comes back from it as `bos` before each document (the same
+  prompt prefix).
 
 Who follows it: preparation and finetuning encode documents with `encode_document(s)`, and generation puts
 `prompt_prefix` in front of a prompt: the token that stood right before the first token of every document in
@@ -30,7 +33,9 @@ training, so that a prompt starts as a document started. That is `bos` when the 
 A checkpoint directory without `separators.json` (converted before it existed, or by another tool) is read as its
 tokenizer says (`read_separators`): `add_bos_token: true` in `tokenizer_config.json` (Llama-2's and TinyLlama's
 tokenizers, and `scripts/train_tokenizer.py`'s) gives `bos` before each document, which is also the prompt that
-generation gave such checkpoints before; otherwise this toolkit's default, `eos` after each document.
+generation gave such checkpoints before; otherwise this toolkit's default, `eos` after each document. A note on
+stderr says so. A lit checkpoint converted from this toolkit's training checkpoint before `separators.json` existed,
+with Llama-2's tokenizer, was in fact trained with `eos` after each document: convert it again to record that.
 """
 
 import json
@@ -79,7 +84,7 @@ class Separators:
         )
 
 
-DEFAULT = Separators()
+DEFAULT_SEPARATORS = Separators()  # eos after each document: what preparation writes unless told otherwise
 
 
 def read_separators(checkpoint_dir: Path) -> Separators:
@@ -113,7 +118,7 @@ def separators_of_tokenizer(tokenizer_dir: Path) -> Separators:
     except (OSError, ValueError):
         config = {}
     add_bos = isinstance(config, dict) and config.get("add_bos_token") is True
-    return Separators(bos=True, eos=False) if add_bos else DEFAULT
+    return Separators(bos=True, eos=False) if add_bos else DEFAULT_SEPARATORS
 
 
 def write_separators(checkpoint_dir: Path, separators: Separators) -> Path:
@@ -126,14 +131,19 @@ def write_separators(checkpoint_dir: Path, separators: Separators) -> Path:
     return path
 
 
-def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str) -> None:
-    """Refuse a tokenizer that lacks a token the convention needs; `source` names what asked for it (a flag)."""
-    for name in ("bos", "eos"):
+def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str = "the convention") -> None:
+    """Refuse a tokenizer that lacks a token the convention needs; `source` names what asked for it (`{name}` in it
+    becomes `bos` or `eos`: `"--{name} true"`)."""
+    for name, what, action, example in [
+        ("bos", "beginning-of-document", "puts before", "<s>"),
+        ("eos", "end-of-document", "appends to", "</s>"),
+    ]:
         if getattr(separators, name) and getattr(tokenizer, f"{name}_id") is None:
             raise UserError(
-                f"{source} needs a {name} token, and the tokenizer in {tokenizer.checkpoint_dir} has none: name it in "
-                f'tokenizer_config.json (`"{name}_token": ...`) or generation_config.json (`"{name}_token_id": ...`) '
-                f"next to the tokenizer, or prepare with --{name} false"
+                f"the tokenizer in {tokenizer.checkpoint_dir} has no {what} ({name}) token, which "
+                f"{source.format(name=name)} {action} every document. Name it in tokenizer_config.json "
+                f'(`"{name}_token": "{example}"`) or generation_config.json (`"{name}_token_id": N`) next to the '
+                "tokenizer, or use a tokenizer that has one."
             )
 
 
@@ -165,3 +175,8 @@ def prompt_prefix(tokenizer: "Tokenizer", separators: Separators) -> List[int]:
             f"after ({separators}); name it in its tokenizer_config.json"
         )
     return prefix
+
+
+def encode_prompt(tokenizer: "Tokenizer", prompt: str, separators: Separators) -> List[int]:
+    """The ids of a prompt to generate from: `prompt_prefix`, then the prompt's tokens."""
+    return prompt_prefix(tokenizer, separators) + tokenizer.encode_ids(prompt)

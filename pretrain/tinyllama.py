@@ -49,6 +49,7 @@ from lit_gpt.dataloaders import (  # noqa: E402
     check_prepared,
     check_token_ids,
     cycle_full_batches,
+    data_separators,
     data_sources,
     mixture_dataloader,
     val_dataloader,
@@ -252,6 +253,8 @@ def setup(
         check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
         check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
     hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/separators.py)
+    hparams["separators"] = data_separators([*(folder for folder, _ in train_sources), val_dir]).to_dict()
     check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
     if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
         print(

@@ -4,8 +4,10 @@
         --checkpoint_dir checkpoints/TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T
 
 Reads `config.json` and the weights (`model.safetensors` or `pytorch_model.bin`, sharded with an index or not) one
-file and one tensor at a time, maps them with `lit_gpt/hf.py` and writes `lit_config.json` and `lit_model.pth` next
-to them (or into `--output_dir`, with the tokenizer files copied). `pretrain/tinyllama.py --initial_checkpoint_dir`
+file and one tensor at a time, maps them with `lit_gpt/hf.py` and writes `lit_config.json`, `lit_model.pth` and
+`separators.json` next to them (or into `--output_dir`, with the tokenizer files copied). `separators.json` records
+the document separators the model was trained with, as its tokenizer says (`lit_gpt/separators.py`; TinyLlama,
+Llama-2: bos before each document). `pretrain/tinyllama.py --initial_checkpoint_dir`
 starts from the result.
 """
 
@@ -32,6 +34,7 @@ from lit_gpt.convert import (  # noqa: E402
     save_lit_checkpoint,
 )
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
+from lit_gpt.separators import separators_of_tokenizer, write_separators  # noqa: E402
 
 
 def convert(
@@ -84,6 +87,8 @@ def convert(
     hint = "Its weight files do not match its config.json: download it again (an interrupted or mixed download)."
     check_weights({k: v.shape for k, v in state_dict.items()}, config, str(checkpoint_dir), hint)
     copied = copy_tokenizer_files(checkpoint_dir, output_dir)
+    separators = separators_of_tokenizer(checkpoint_dir)
+    write_separators(output_dir, separators)
     save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
     finish_output_dir(output_dir, outputs, "convert_hf_checkpoint.py")
     n_bytes = sum(t.nbytes for t in state_dict.values())
@@ -91,7 +96,8 @@ def convert(
     if tied:
         also += "; the tied embedding is copied into lm_head.weight, which continued training updates on its own"
     print(
-        f"Wrote {output_dir}/lit_config.json ({config.name}) and lit_model.pth ({n_bytes / 1e6:.1f} MB){also} "
+        f"Wrote {output_dir}/lit_config.json ({config.name}), separators.json ({separators}) and lit_model.pth "
+        f"({n_bytes / 1e6:.1f} MB){also} "
         f"in {time.perf_counter() - t0:.1f}s"
     )
 

@@ -4,9 +4,11 @@
         --tokenizer_dir checkpoints/meta-llama/Llama-2-7b-hf --output_dir checkpoints/lit-tiny-llama-1.1b
 
 Writes `lit_config.json` (the model config saved in the checkpoint), `lit_model.pth` (the model's state dict, without
-optimizer state and without the `_orig_mod.`/`_forward_module.`/`module.` prefixes of torch.compile, Fabric and DDP)
-and the tokenizer files found in `--tokenizer_dir`, with a `tokenizer.json` built from its `tokenizer.model` (so that
-`transformers.AutoTokenizer` loads them without sentencepiece). The checkpoint is either one file (`fabric.save` on
+optimizer state and without the `_orig_mod.`/`_forward_module.`/`module.` prefixes of torch.compile, Fabric and DDP),
+`separators.json` (the document separators of the training data, `lit_gpt/separators.py`) and the tokenizer files
+found in `--tokenizer_dir`, with a `tokenizer.json` built from its `tokenizer.model` (so that
+`transformers.AutoTokenizer` loads them without sentencepiece), whose `add_bos_token` says whether the model was
+trained with bos before each document. The checkpoint is either one file (`fabric.save` on
 one process, or with a full state dict) or a sharded directory (`fabric.save` with
 `ModelParallelStrategy(save_distributed_checkpoint=True)`): the shards are consolidated here without GPUs or a process
 group, a group of tensors at a time.
@@ -30,9 +32,11 @@ from lit_gpt.convert import (  # noqa: E402
     save_lit_checkpoint,
     save_tokenizer_files,
     training_checkpoint_config,
+    training_checkpoint_separators,
     training_checkpoint_shapes,
     training_checkpoint_tensors,
 )
+from lit_gpt.separators import write_separators  # noqa: E402
 
 
 def convert(
@@ -99,13 +103,15 @@ def convert(
     kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
     print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
     state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))
-    copied = save_tokenizer_files(tokenizer_dir, output_dir, config.block_size)
+    separators = training_checkpoint_separators(checkpoint_file, trust_pickle)
+    copied = save_tokenizer_files(tokenizer_dir, output_dir, config.block_size, add_bos_token=separators.bos)
+    write_separators(output_dir, separators)
     save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
     finish_output_dir(output_dir, LIT_OUTPUTS, "convert_pretrained_checkpoint.py")
     n_bytes = sum(t.nbytes for t in state_dict.values())
     print(
-        f"Wrote lit_config.json, lit_model.pth ({n_bytes / 1e6:.1f} MB) and {', '.join(copied)} "
-        f"in {time.perf_counter() - t0:.1f}s"
+        f"Wrote lit_config.json, lit_model.pth ({n_bytes / 1e6:.1f} MB), separators.json ({separators}) and "
+        f"{', '.join(copied)} in {time.perf_counter() - t0:.1f}s"
     )
 
 

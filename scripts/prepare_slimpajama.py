@@ -1,8 +1,8 @@
 """Tokenize SlimPajama (`*.jsonl.zst` files) into litdata chunks for pretraining.
 
-Every line's `text` is encoded with `eos=True, bos=False`; rows of the `RedPajamaGithub` set are skipped (Starcoder
-covers code). The chunks are read with
-`litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`.
+Every line's `text` is a document, followed by the tokenizer's eos token (`--bos`/`--eos` choose the separators:
+`lit_gpt/separators.py`); rows of the `RedPajamaGithub` set are skipped (Starcoder covers code). The chunks are read
+with `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`.
 
 Example:
 
@@ -29,6 +29,8 @@ def main(
     num_workers: Optional[int] = None,
     skip_bad_records: bool = False,
     overwrite: bool = False,
+    bos: bool = False,
+    eos: bool = True,
 ) -> None:
     """Tokenize one SlimPajama split.
 
@@ -45,6 +47,10 @@ def main(
             folders that cannot be listed and links to no file, and count them in the summary, instead of failing.
         overwrite: Replace an earlier preparation in `output_dir` (the files its `prepare.json` lists); a folder that
             holds anything else, or overlaps `input_dir` or `tokenizer_path`, is refused.
+        bos: Put the tokenizer's bos token before each document (TinyLlama's and Llama-2's convention); see
+            `lit_gpt/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
+        eos: Put the tokenizer's eos token after each document (lit-gpt's convention, the default). `--bos true
+            --eos false` gives TinyLlama's data, both true gives `<s>doc</s>`; at least one must be true.
     """
     prepare(
         "slimpajama",
@@ -56,6 +62,8 @@ def main(
         num_workers=num_workers,
         skip_bad_records=skip_bad_records,
         overwrite=overwrite,
+        bos=bos,
+        eos=eos,
     )
 
 

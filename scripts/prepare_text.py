@@ -1,7 +1,8 @@
 """Tokenize a corpus of your own (plain text, JSON lines, parquet/arrow, CSV/TSV; plain or compressed) into litdata
 chunks for pretraining, optionally splitting off a validation set by document.
 
-Each document is encoded with `eos=True, bos=False`, as SlimPajama and Starcoder are. The chunks are read with
+Each document is followed by the tokenizer's eos token, as SlimPajama and Starcoder are (`--bos`/`--eos` choose the
+separators: `lit_gpt/separators.py`). The chunks are read with
 `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`, and pretrained on with
 `pretrain/tinyllama.py --train_data "{data/mine/train: 1.0}" --val_data data/mine/val` (or in a mix with other
 sources). Example:
@@ -34,6 +35,8 @@ def main(
     num_workers: Optional[int] = None,
     skip_bad_records: bool = False,
     overwrite: bool = False,
+    bos: bool = False,
+    eos: bool = True,
 ) -> None:
     """Tokenize the documents of your own files.
 
@@ -61,6 +64,10 @@ def main(
             failing the run.
         overwrite: Replace an earlier preparation in `output_dir` (the files its `prepare.json` lists); a folder that
             holds anything else, or overlaps an input or `tokenizer_path`, is refused.
+        bos: Put the tokenizer's bos token before each document (TinyLlama's and Llama-2's convention); see
+            `lit_gpt/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
+        eos: Put the tokenizer's eos token after each document (lit-gpt's convention, the default). `--bos true
+            --eos false` gives TinyLlama's data, both true gives `<s>doc</s>`; at least one must be true.
     """
     if not 0 <= val_fraction <= 0.5:
         raise PrepareError(f"--val_fraction {val_fraction} must be between 0 and 0.5 (0.01 keeps 1% for validation)")
@@ -83,6 +90,8 @@ def main(
                 num_workers=num_workers,
                 skip_bad_records=skip_bad_records,
                 overwrite=overwrite,
+                bos=bos,
+                eos=eos,
             )
         except PrepareError as e:
             if split != "val" or "hold no documents" not in str(e):

@@ -1,8 +1,14 @@
+import importlib.util
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
+from prepared_data import help_text, load_script
+from test_data import write_jsonl_zst, write_tokenizer
 
 from lit_gpt.cli import UserError
+from lit_gpt.prepare import PrepareError, prepare
 from lit_gpt.separators import (
     SEPARATORS_FILE,
     Separators,
@@ -54,3 +60,211 @@ def test_prompt_prefix_is_the_token_before_each_training_document(export_tokeniz
         second = tokenizer.encode_ids("second one")
         start = next(i for i in range(1, len(stream)) if stream[i : i + len(second)] == second)
         assert prompt_prefix(tokenizer, separators) == stream[start - 1 : start], separators
+
+
+def read_chunks(folder: Path) -> list:
+    """The token stream of a prepared folder, chunk after chunk in index order (litdata's header: the number of items
+    and their offsets, uint32)."""
+    index = json.loads((folder / "index.json").read_text())
+    stream = []
+    for chunk in index["chunks"]:
+        data = np.fromfile(folder / chunk["filename"], dtype=np.int32, offset=(chunk["chunk_size"] + 2) * 4)
+        stream += data.tolist()
+    return stream
+
+
+DOCUMENTS = ["hello world", "def f(x):\n    return x", "one more document"]
+
+
+def test_preparation_writes_the_separators_asked_for_and_records_them(export_tokenizer_dir, tmp_path):
+    from lit_gpt.prepare import prepared_separators
+
+    tokenizer = Tokenizer(export_tokenizer_dir)
+    raw = write_jsonl_zst(tmp_path / "raw" / "a.jsonl.zst", [{"text": t} for t in DOCUMENTS]).parent
+
+    def prepared(out: str, **flags) -> Path:
+        prepare("slimpajama", raw, str(tmp_path / out), export_tokenizer_dir, 2049, num_workers=1, verbose=False,
+                **flags)  # fmt: skip
+        return tmp_path / out
+
+    default = prepared("default")
+    # the default is today's output: eos after each document (the chunks and index.json are those of this stream)
+    assert read_chunks(default) == sum((tokenizer.encode_ids(t) + [tokenizer.eos_id] for t in DOCUMENTS), [])
+    assert json.loads((default / "prepare.json").read_text())["separators"] == {"bos": False, "eos": True}
+
+    # the flags of the scripts
+    load_script("prepare_slimpajama").main(raw, str(tmp_path / "both"), export_tokenizer_dir, 2049, num_workers=1,
+                                           bos=True, eos=True)  # fmt: skip
+    both = tmp_path / "both"
+    assert read_chunks(both) == sum((encode_document(tokenizer, t, Separators(True, True)) for t in DOCUMENTS), [])
+    assert read_chunks(both)[:2] == [tokenizer.bos_id, tokenizer.encode_ids(DOCUMENTS[0])[0]]
+    assert json.loads((both / "prepare.json").read_text())["separators"] == {"bos": True, "eos": True}
+
+    # another convention into the same folder: refused, naming both, or replaced with --overwrite true
+    with pytest.raises(PrepareError, match="with bos before and eos after each document .this run: eos after each"):
+        prepared("both")
+    bos_only = prepared("both", bos=True, eos=False, overwrite=True)
+    assert read_chunks(bos_only) == sum(([tokenizer.bos_id] + tokenizer.encode_ids(t) for t in DOCUMENTS), [])
+    assert prepared_separators(bos_only) == Separators(bos=True, eos=False)
+    # a folder prepared before the convention was recorded counts as the default
+    manifest = json.loads((default / "prepare.json").read_text())
+    del manifest["separators"]
+    (default / "prepare.json").write_text(json.dumps(manifest))
+    assert prepared_separators(default) == Separators()
+
+    with pytest.raises(PrepareError, match="--bos false --eos false would lay the documents end to end"):
+        prepared("none", bos=False, eos=False)
+    no_bos = write_tokenizer(tmp_path / "no-bos")  # names </s> as its eos token, no bos token
+    with pytest.raises(PrepareError, match=r"no-bos has no beginning-of-document \(bos\) token, which --bos true"):
+        prepare("slimpajama", raw, str(tmp_path / "x"), no_bos, 2049, num_workers=1, verbose=False, bos=True)
+    assert not (tmp_path / "x").exists()
+
+
+def test_long_documents_get_the_same_separators(export_tokenizer_dir, tmp_path, monkeypatch):
+    """A document longer than PIECE_CHARS (encoded in pieces) is wrapped like the others."""
+    import lit_gpt.prepare as prepare_module
+
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 100)
+    tokenizer = Tokenizer(export_tokenizer_dir)
+    long = " ".join(["a long document"] * 40)
+    path = write_jsonl_zst(tmp_path / "a.jsonl.zst", [{"text": "short"}, {"text": long}, {"text": "end"}])
+    for separators in (Separators(), Separators(bos=True, eos=False), Separators(bos=True, eos=True)):
+        items = prepare_module.tokenize_files([str(path)], "slimpajama", str(export_tokenizer_dir), 4096,
+                                              separators=separators)  # fmt: skip
+        expected = encode_documents(tokenizer, ["short", long, "end"], separators)
+        assert np.concatenate(list(items)).tolist() == sum(expected, []), separators
+
+
+@pytest.mark.parametrize("script", ["prepare_slimpajama", "prepare_starcoder", "prepare_text"])
+def test_every_prepare_script_takes_bos_and_eos(script):
+    text = help_text(load_script(script).main)
+    assert "--bos {true,false}" in text and "--eos {true,false}" in text
+
+
+def _prepared_folder(path: Path, separators) -> str:
+    """Real litdata chunks of 40 blocks, with the `prepare.json` a preparation of `separators` writes (None: none,
+    as before it was recorded)."""
+    from test_pretrain import _write_chunks, same_tokens
+
+    _write_chunks(same_tokens, 40, path)
+    if separators is not None:
+        files = sorted(p.name for p in path.iterdir())
+        (path / "prepare.json").write_text(json.dumps({"separators": separators.to_dict(), "files": files}))
+    return str(path)
+
+
+def test_pretraining_records_the_separators_of_its_data_and_refuses_a_mix(tmp_path, monkeypatch):
+    from test_pretrain import BLOCK, load_script
+
+    from lit_gpt.checkpoint import check_compatible
+
+    bos = Separators(bos=True, eos=False)
+    a, b = _prepared_folder(tmp_path / "a", bos), _prepared_folder(tmp_path / "b", bos)
+    val = _prepared_folder(tmp_path / "val", bos)
+    script = load_script()
+    seen = {}
+    monkeypatch.setattr(script, "main", lambda fabric, config, hparams, *_: seen.update(hparams))  # no training
+    flags = dict(model_name="micro-llama", block_size=BLOCK, accelerator="cpu", devices=1, precision="32-true",
+                 global_batch_size=8, micro_batch_size=2, logger_name="csv")  # fmt: skip
+    script.setup(train_data={a: 1, b: 1}, val_data=val, out_dir=tmp_path / "out", **flags)
+    assert seen["separators"] == {"bos": True, "eos": False}
+
+    old = _prepared_folder(tmp_path / "old", None)  # prepared before the convention was recorded: the default
+    mix = f"different document separators: {a}, {b}, {val} with bos before each document; {old} with eos after each"
+    with pytest.raises(ValueError, match=mix):
+        script.setup(train_data={a: 1, b: 1, old: 1}, val_data=val, out_dir=tmp_path / "out2", **flags)
+    assert not (tmp_path / "out2").exists()
+
+    # a resume on data prepared again with another convention
+    metadata = {"hparams": {"model_config": {}, "world_size": 1, "separators": seen["separators"]}}
+    with pytest.raises(ValueError, match="trained on documents with bos before each document, this run's data has eos"):
+        check_compatible(Path("step-00000002.pth"), metadata, {}, 1, {"separators": {"bos": False, "eos": True}})
+    check_compatible(Path("step-00000002.pth"), metadata, {}, 1, {"separators": {"bos": True, "eos": False}})
+
+
+def _training_checkpoint(path: Path, separators=None) -> Path:
+    """A checkpoint as pretrain/tinyllama.py saves it on one process: the model and the hparams that the converter
+    reads (`separators` None: a checkpoint from before they were recorded)."""
+    import torch
+    from conftest import TEST_LLAMA
+
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+
+    config = Config(**TEST_LLAMA)
+    torch.manual_seed(0)
+    hparams = {"model_config": config.to_dict(), "model_name": config.name}
+    if separators is not None:
+        hparams["separators"] = separators.to_dict()
+    torch.save({"model": GPT(config).state_dict(), "hparams": hparams, "step_count": 2}, path)
+    return path
+
+
+def _llama_style_tokenizer(export_tokenizer_dir: Path, out: Path) -> Path:
+    """The test tokenizer with Llama-2's `add_bos_token: true`."""
+    out.mkdir()
+    (out / "tokenizer.model").write_bytes((export_tokenizer_dir / "tokenizer.model").read_bytes())
+    config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_converters_write_the_separators_and_the_export_follows_them(export_tokenizer_dir, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from scripts.convert_hf_checkpoint import convert as import_hf
+    from scripts.convert_lit_checkpoint import convert as export_hf
+    from scripts.convert_pretrained_checkpoint import convert
+
+    llama_tokenizer = _llama_style_tokenizer(export_tokenizer_dir, tmp_path / "tokenizer")
+    for name, recorded, expected in [
+        ("both", Separators(bos=True, eos=True), Separators(bos=True, eos=True)),
+        ("older", None, Separators()),  # trained before the separators were recorded: on data with the default
+    ]:
+        lit, hf, back = tmp_path / f"lit-{name}", tmp_path / f"hf-{name}", tmp_path / f"back-{name}"
+        convert(_training_checkpoint(tmp_path / f"{name}.pth", recorded), llama_tokenizer, output_dir=lit)
+        assert read_separators(lit) == expected
+        # the lit checkpoint's tokenizer says the same (the source said add_bos_token: true)
+        assert json.loads((lit / "tokenizer_config.json").read_text())["add_bos_token"] is expected.bos
+        tokenizer = Tokenizer(lit)
+        assert tokenizer.encode_ids("x", bos=None) == [1] * expected.bos + tokenizer.encode_ids("x")
+
+        export_hf(lit, hf)
+        assert json.loads((hf / "tokenizer_config.json").read_text())["add_bos_token"] is expected.bos
+        with_special = HFTokenizer.from_file(str(hf / "tokenizer.json")).encode("x").ids
+        assert (with_special[0] == 1) is expected.bos  # what transformers' tokenizer(text) puts in front
+
+        import_hf(hf, output_dir=back)  # the Hugging Face side knows bos alone: both becomes bos before each
+        assert read_separators(back) == Separators(bos=expected.bos, eos=not expected.bos)
+
+    # TinyLlama's and Llama-2's Hugging Face tokenizers: bos before each document
+    import_hf(tmp_path / "hf-both", output_dir=tmp_path / "tinyllama")
+    assert json.loads((tmp_path / "tinyllama" / "separators.json").read_text()) == {"bos": True, "eos": False}
+
+
+@pytest.mark.parametrize(
+    "separators, prefix",
+    [(Separators(), "eos"), (Separators(bos=True, eos=False), "bos"), (Separators(bos=True, eos=True), "bos")],
+)
+def test_generation_prompt_starts_as_the_training_documents_did(export_tokenizer_dir, tmp_path, monkeypatch,
+                                                                 separators, prefix):  # fmt: skip
+    from prepared_data import ROOT
+
+    from scripts.convert_pretrained_checkpoint import convert
+
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    prompts = []
+
+    def spy(model, prompt, *args, **kwargs):
+        prompts.append(prompt.tolist())
+        return base_generate(model, prompt, *args, **kwargs)
+
+    base_generate = base.generate
+    monkeypatch.setattr(base, "generate", spy)
+    lit = tmp_path / "lit"
+    convert(_training_checkpoint(tmp_path / "step.pth", separators), export_tokenizer_dir, output_dir=lit)
+    base.main(lit, prompt="def forward", max_new_tokens=1, precision="32-true")
+    tokenizer = Tokenizer(lit)
+    assert prompts == [[getattr(tokenizer, f"{prefix}_id")] + tokenizer.encode_ids("def forward")]
