@@ -228,7 +228,13 @@ def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
 def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
     """(train batches of this process, its list of validation micro-batches, optimizer steps per epoch) of the
     instruction files `h["data"]`, encoded as `lit_gpt/instruct.py` describes with the run's flags."""
-    from lit_gpt.instruct import InstructionBatches, encode_examples, load_instructions, split_instructions
+    from lit_gpt.instruct import (
+        InstructionBatches,
+        encode_examples,
+        load_instructions,
+        split_instructions,
+        validation_batches,
+    )
     from lit_gpt.separators import read_separators
     from lit_gpt.tokenizer import Tokenizer
 
@@ -253,10 +259,7 @@ def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
         rank=fabric.global_rank, world_size=fabric.world_size,
     )  # fmt: skip
     train_batches = InstructionBatches(encode(train), h["micro_batch_size"], **common)
-    val_encoded = encode(val)
-    # a held-out set smaller than a training micro-batch per process is still validated on whole
-    val_micro = max(1, min(h["micro_batch_size"], len(val_encoded) // fabric.world_size))
-    val_batches = InstructionBatches(val_encoded, val_micro, **common, shuffle=False).epoch_batches()
+    val_batches = validation_batches(encode(val), h["micro_batch_size"], **common)
     accumulation = h["global_batch_size"] // (fabric.world_size * h["micro_batch_size"])
     steps_per_epoch = len(train_batches) // accumulation
     if steps_per_epoch == 0:
