@@ -31,6 +31,7 @@ from lit_gpt.instruct import TemplateName  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
+from lit_gpt.separators import read_separators  # noqa: E402
 from lit_gpt.utils import (  # noqa: E402
     check_launcher,
     check_optimizer_flags,
@@ -147,6 +148,8 @@ def setup(
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     hparams["data"] = [str(p) for p in data] if isinstance(data, list) else str(data)
     config, _ = lit_checkpoint_files(checkpoint_dir)
+    # how the base model's documents began and ended: the prompts begin the same way (lit_gpt/separators.py)
+    hparams["separators"] = read_separators(checkpoint_dir).to_dict()
     out_dir = out_dir or Path("out") / f"full-{config.name}"
     world_size = num_processes(devices, num_nodes, accelerator)
     check_launcher(world_size, num_nodes)

@@ -44,6 +44,7 @@ from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.lora import TARGETS, LoRAConfig, apply_lora, lora_state_dict  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.parallel import checkpoint  # noqa: E402
+from lit_gpt.separators import read_separators  # noqa: E402
 from lit_gpt.utils import check_optimizer_flags, gradient_accumulation_steps, optimizer_param_groups  # noqa: E402
 
 
@@ -165,6 +166,8 @@ def setup(
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     hparams["data"] = [str(p) for p in data] if isinstance(data, list) else str(data)
     config, _ = lit_checkpoint_files(checkpoint_dir)
+    # how the base model's documents began and ended: the prompts begin the same way (lit_gpt/separators.py)
+    hparams["separators"] = read_separators(checkpoint_dir).to_dict()
     lora = LoRAConfig(
         lora_r, lora_alpha, lora_dropout, lora_query, lora_key, lora_value, lora_projection, lora_mlp, lora_head
     )
@@ -176,13 +179,14 @@ def setup(
     compile = cuda if compile is None else compile
     device = torch.device("cuda" if cuda else "cpu")
     attention, attention_note = choose_attention(attention, config, device, precision)
+    hparams.update(out_dir=str(out_dir), world_size=1, model_config=config.to_dict(), compile=compile)
+    hparams.update(attention=attention, lora=lora.to_dict(), base=base_record(checkpoint_dir))
+    resume = adapter_checkpoint_to_resume(resume, out_dir, hparams)
     logger = choose_logger(logger_name, out_dir, f"lora-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     fabric = L.Fabric(accelerator=accelerator, devices=1, precision=precision, loggers=logger)
     if os.environ.get("LT_CLI_USED") != "1":
         fabric.launch()
     with own_out_dir(fabric, out_dir):
-        hparams.update(out_dir=str(out_dir), world_size=1, model_config=config.to_dict(), compile=compile)
-        hparams.update(attention=attention, lora=lora.to_dict(), base=base_record(checkpoint_dir))
         fabric.print({k: v for k, v in hparams.items() if k not in ("model_config", "base")})
         fabric.print(attention_note)
         fabric.logger.log_hyperparams(hparams)
@@ -229,11 +233,9 @@ def main(fabric: L.Fabric, config, lora: LoRAConfig, hparams: dict, out_dir: Pat
         "tokens_seen": 0,
         "skipped_steps": 0,
     }
-    if resume in (True, "auto"):
-        resume = latest_to_resume(out_dir, h["trust_pickle"])
-        fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if resume:
-        load_adapter_checkpoint(fabric, Path(resume), model, state, config.to_dict(), h)
+        fabric.print(f"Resuming from {resume}")
+        load_adapter_checkpoint(fabric, resume, model, state, h["trust_pickle"])
         train_batches.load_state_dict(state["train_dataloader"])
         restore_rng(state["rng"])
         state["hparams"] = hparams
@@ -250,11 +252,16 @@ def main(fabric: L.Fabric, config, lora: LoRAConfig, hparams: dict, out_dir: Pat
         checkpoint_state=adapter_only, describe_checkpoint=describe)  # fmt: skip
 
 
-def load_adapter_checkpoint(fabric: L.Fabric, path: Path, model, state: dict, model_config: dict, h: dict) -> None:
-    """Check that `path` is a LoRA checkpoint of this base model, adapter and data settings, then load it into
-    `model` (the adapter) and `state` (the rest) in place."""
+def adapter_checkpoint_to_resume(resume, out_dir: Path, h: dict) -> Optional[Path]:
+    """The checkpoint that `--resume` names (None for a fresh start), checked to be a LoRA checkpoint of this base
+    model, adapter and run settings: refused before any model is built."""
+    if not resume:
+        return None
+    path = latest_to_resume(out_dir, h["trust_pickle"]) if resume in (True, "auto") else Path(resume)
+    if path is None:
+        return None
     metadata = load_metadata(path, h["trust_pickle"])
-    check_compatible(path, metadata, model_config, 1, h)
+    check_compatible(path, metadata, h["model_config"], 1, h)
     saved = metadata["hparams"]
     if "lora" not in saved or "base" not in saved:
         raise ValueError(f"{path} is not a checkpoint of finetune/lora.py (it has no adapter); pass another --resume")
@@ -265,7 +272,13 @@ def load_adapter_checkpoint(fabric: L.Fabric, path: Path, model, state: dict, mo
             f"{path} holds an adapter of other settings (checkpoint, now): {diff}; resume with the checkpoint's "
             "--lora_* flags, or pass another --out_dir"
         )
-    remainder = fabric.load(path, state, weights_only=not h["trust_pickle"])
+    return path
+
+
+def load_adapter_checkpoint(fabric: L.Fabric, path: Path, model, state: dict, trust_pickle: bool) -> None:
+    """Load the checkpoint `path` (checked by `adapter_checkpoint_to_resume`) into `model` (the adapter) and `state`
+    (the rest) in place."""
+    remainder = fabric.load(path, state, weights_only=not trust_pickle)
     missing, unexpected = model.load_state_dict(state.pop("model"), strict=False)
     state["model"] = None
     missing = [k for k in missing if "lora_" in k]

@@ -227,7 +227,8 @@ def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
 
 def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
     """(train batches of this process, its list of validation micro-batches, optimizer steps per epoch) of the
-    instruction files `h["data"]`, encoded as `lit_gpt/instruct.py` describes with the run's flags."""
+    instruction files `h["data"]`, encoded as `lit_gpt/instruct.py` describes with the run's flags and the base
+    model's document separators (`h["separators"]`)."""
     from lit_gpt.instruct import (
         InstructionBatches,
         encode_examples,
@@ -235,7 +236,7 @@ def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
         split_instructions,
         validation_batches,
     )
-    from lit_gpt.separators import read_separators
+    from lit_gpt.separators import Separators
     from lit_gpt.tokenizer import Tokenizer
 
     max_seq_length = h["max_seq_length"] or block_size
@@ -245,7 +246,7 @@ def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
             f"rotary cache); pass at most {block_size}"
         )
     tokenizer = Tokenizer(h["checkpoint_dir"])
-    separators = read_separators(Path(h["checkpoint_dir"]))
+    separators = Separators.from_dict(h["separators"], f"{h['checkpoint_dir']}/separators.json")
     records = load_instructions(
         h["data"], h["instruction_key"], h["input_key"], h["output_key"], skip_bad_records=h["skip_bad_records"]
     )

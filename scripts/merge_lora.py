@@ -3,7 +3,7 @@
     python scripts/merge_lora.py --checkpoint_dir checkpoints/lit-micro-llama \
         --lora_checkpoint out/lora-micro-llama/step-00000020.pth --output_dir checkpoints/lit-micro-llama-lora
 
-The output holds `lit_config.json` and the tokenizer files of the base (and its `separators.json`) and a
+The output holds `lit_config.json`, `separators.json` and the tokenizer files of the base and a
 `lit_model.pth` of the merged weights in the base's dtype: `generate/base.py`, `eval/perplexity.py` and
 `scripts/convert_lit_checkpoint.py` read it as any other. The base must be the one the adapter was trained on
 (its config, and the size and SHA-256 of its `lit_model.pth`, are recorded in the adapter checkpoint).
@@ -32,9 +32,7 @@ from lit_gpt.convert import (  # noqa: E402
 from lit_gpt.finetune import check_base  # noqa: E402
 from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.separators import SEPARATORS_FILE  # noqa: E402
-
-OUTPUTS = (*LIT_OUTPUTS, SEPARATORS_FILE)
+from lit_gpt.separators import read_separators, write_separators  # noqa: E402
 
 
 def merge(
@@ -73,7 +71,7 @@ def merge(
     check_base(hparams["base"], checkpoint_dir, f"--lora_checkpoint {lora_checkpoint}")
     output_dir = output_dir or checkpoint_dir.with_name(checkpoint_dir.name + "-lora")
     inputs = {"--checkpoint_dir": checkpoint_dir, "--lora_checkpoint": lora_checkpoint}
-    prepare_output_dir(output_dir, overwrite, OUTPUTS, "merge_lora.py", inputs)
+    prepare_output_dir(output_dir, overwrite, LIT_OUTPUTS, "merge_lora.py", inputs)
 
     t0 = time.perf_counter()
     lora = LoRAConfig(**hparams["lora"])
@@ -91,15 +89,14 @@ def merge(
         )
     state_dict = merge_lora(model).state_dict()
     copied = copy_tokenizer_files(checkpoint_dir, output_dir)
-    if (checkpoint_dir / SEPARATORS_FILE).is_file():
-        copied.append(SEPARATORS_FILE)
-        (output_dir / SEPARATORS_FILE).write_bytes((checkpoint_dir / SEPARATORS_FILE).read_bytes())
+    write_separators(output_dir, read_separators(checkpoint_dir))
     save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
-    finish_output_dir(output_dir, OUTPUTS, "merge_lora.py")
+    finish_output_dir(output_dir, LIT_OUTPUTS, "merge_lora.py")
     adapter_bytes = sum(t.nbytes for t in adapter.values())
     print(
         f"Merged the adapter of {lora_checkpoint} ({adapter_bytes / 1e6:.2f} MB, rank {lora.r}) into {model_file}: "
-        f"wrote {output_dir} (lit_config.json, lit_model.pth, {', '.join(copied)}) in {time.perf_counter() - t0:.1f}s"
+        f"wrote {output_dir} (lit_config.json, lit_model.pth, separators.json, {', '.join(copied)}) in "
+        f"{time.perf_counter() - t0:.1f}s"
     )
 
 

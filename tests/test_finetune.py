@@ -1,8 +1,10 @@
 """LoRA (lit_gpt/lora.py) and the finetuning scripts on CPU: a tiny model taught a synthetic instruction set, merged,
 exported and answered through generate/base.py and transformers; resumption after SIGKILL; the adapter checkpoint."""
 
+import contextlib
 import copy
 import importlib.util
+import io
 import json
 import os
 import random
@@ -109,7 +111,7 @@ COMMON = [
 ]  # fmt: skip
 LORA_STEPS = 160
 LORA = [
-    *COMMON, "--max_steps", str(LORA_STEPS), "--save_interval", "40", "--eval_interval", "60",
+    *COMMON, "--max_steps", str(LORA_STEPS), "--save_interval", "20", "--eval_interval", "80",
     "--learning_rate", "2e-3", "--lora_r", "16", "--lora_alpha", "32", "--lora_dropout", "0.05", "--lora_key", "true",
     "--lora_projection", "true", "--lora_mlp", "true", "--lora_head", "true",
 ]  # fmt: skip
@@ -254,10 +256,20 @@ def accuracy(answers: List[str], records: list) -> float:
 
 @pytest.fixture(scope="module")
 def lora_run(codes) -> Path:
+    """The out dir of an uninterrupted LoRA run with the LORA flags, run in this process (a Python start with
+    lightning costs ~6 s of CPU), its output in stdout.txt."""
+    from lit_gpt.cli import cli
+
     out = codes["tmp"] / "lora"
-    proc = run("finetune/lora.py", "--checkpoint_dir", str(codes["base"]), "--data", str(codes["data"]),
-               "--out_dir", str(out), *LORA)  # fmt: skip
-    (out / "stdout.txt").write_text(proc.stdout)
+    args = ["--checkpoint_dir", str(codes["base"]), "--data", str(codes["data"]), "--out_dir", str(out), *LORA]
+    threads, printed = torch.get_num_threads(), io.StringIO()
+    torch.set_num_threads(1)  # as the subprocesses' OMP_NUM_THREADS=1: the same numbers, and faster here
+    try:
+        with contextlib.redirect_stdout(printed):
+            cli(load_script_at("finetune/lora.py").setup, args)
+    finally:
+        torch.set_num_threads(threads)
+    (out / "stdout.txt").write_text(printed.getvalue())
     return out
 
 
@@ -297,3 +309,59 @@ def check_answers(lit_dir: Path, records: list, hf_dir: Path, capsys) -> None:
         assert answers_of_transformers(hf_dir, lit_dir, records) == answers
     finally:
         torch.set_num_threads(threads)
+
+
+def test_lora_resumed_after_sigkill_ends_bit_identical_and_refuses_another_base(codes, lora_run, tmp_path):
+    killed = tmp_path / "killed"
+    args = ["--checkpoint_dir", str(codes["base"]), "--data", str(codes["data"]), "--out_dir", str(killed), *LORA]
+    code, out = run_until("finetune/lora.py", "step 30/", signal.SIGKILL, *args)  # after the step-20 checkpoint
+    assert code == -signal.SIGKILL, out[-2000:]
+    assert sorted(p.name for p in killed.glob("step-*")) == ["step-00000020.pth"], out[-3000:]
+
+    # a base with other weights (the same architecture) is refused by name, before any model is built
+    other = write_base(tmp_path / "other-base", codes["base"], seed=1)
+    setup = load_script_at("finetune/lora.py").setup
+    flags = dict(data=codes["data"], out_dir=killed, accelerator="cpu", template="plain", val_fraction=VAL_FRACTION,
+                 global_batch_size=16, micro_batch_size=16, lora_r=16, lora_alpha=32.0, lora_key=True,
+                 lora_projection=True, lora_mlp=True, lora_head=True, resume="auto")  # fmt: skip
+    message = (
+        rf"\S+step-00000020.pth is an adapter of the base checkpoint {codes['base']} \(lit_model.pth of [\d,]+ bytes, "
+        rf"SHA-256 \w+\); --checkpoint_dir {other} has other weights .*Pass the base checkpoint it was trained on$"
+    )
+    with pytest.raises(ValueError, match=message):
+        setup(checkpoint_dir=other, **flags)
+    with pytest.raises(ValueError, match=r"holds an adapter of other settings .*'r': \(16, 8\)"):
+        setup(checkpoint_dir=codes["base"], **{**flags, "lora_r": 8})
+
+    proc = run("finetune/lora.py", *args, "--resume", "auto")
+    assert "Resumed at step 20" in proc.stdout
+    final = f"step-{LORA_STEPS:08d}.pth"
+    expected, resumed = (torch.load(d / final, weights_only=True) for d in (lora_run, killed))
+    for name, tensor in expected["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    for index, moments in expected["optimizer"]["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(resumed["optimizer"]["state"][index][key], value), (index, key)
+
+    # merging onto the other base is refused too
+    with pytest.raises(ValueError, match=rf"--checkpoint_dir {other} has other weights"):
+        load_script_at("scripts/merge_lora.py").merge(other, killed / final, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+FULL_STEPS = 120
+FULL = [*COMMON, "--max_steps", str(FULL_STEPS), "--save_interval", "60", "--eval_interval", "60",
+        "--learning_rate", "3e-3", "--micro_batch_size", "8"]  # fmt: skip
+
+
+def test_full_finetuning_on_two_processes_learns_the_codes_and_converts(codes, tmp_path, capsys):
+    """FSDP2 over 2 CPU processes (gloo); the sharded checkpoint converts with convert_pretrained_checkpoint.py."""
+    out = tmp_path / "full"
+    run("finetune/full.py", "--checkpoint_dir", str(codes["base"]), "--data", str(codes["data"]), "--out_dir",
+        str(out), *FULL, devices=2)  # fmt: skip
+    final = out / f"step-{FULL_STEPS:08d}.pth"
+    assert final.is_dir() and (final / ".metadata").is_file()  # sharded
+    lit = tmp_path / "lit"
+    load_script_at("scripts/convert_pretrained_checkpoint.py").convert(final, codes["base"], output_dir=lit)
+    assert json.loads((lit / "separators.json").read_text()) == {"bos": False, "eos": True}
+    check_answers(lit, trained_records(codes["records"]), tmp_path / "hf", capsys)
