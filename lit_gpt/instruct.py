@@ -32,7 +32,8 @@ Batches (`InstructionBatches`). Rows are examples, each padded to the longest ro
 whole, the rest of a row padded). Batches are (inputs, targets) pairs of int64 (micro_batch_size, T) tensors ready
 for `model(inputs, targets=targets)`: targets are the next token's label, -100 on padding, on the prompt, and where a
 packed row passes from one example to the next (no loss on predicting an example's first token from the previous
-one). In a packed row attention does cross from one example into the next, as between pretraining documents.
+one). In a packed row attention does cross from one example into the next, as between pretraining documents; for a
+model pretrained with eos alone each example keeps its own prefix eos, so that two eos stand between examples.
 """
 
 import hashlib
