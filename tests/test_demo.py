@@ -56,8 +56,13 @@ def test_demo_smoke(tmp_path):
     (work / "my-corpus").mkdir()
     for source in sorted(Path(os.__file__).parent.glob("*.py"))[:40]:
         (work / "my-corpus" / f"{source.stem}.txt").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    # finetune_lora.md's instructions: a file of someone's own records, in Alpaca's layout
+    records = [{"instruction": f"Add {a} and {b}.", "output": str(a + b)} for a in range(5) for b in range(8)]
+    (work / "my-instructions.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
     assert run_marked_blocks(work) >= 3
     assert (work / "checkpoints" / "lit-micro-llama" / "lit_model.pth").is_file()
+    assert (work / "out" / "lora-merged" / "lit_model.pth").is_file()
+    assert (work / "checkpoints" / "lit-micro-llama-full" / "lit_model.pth").is_file()
 
 
 def test_demo_root_is_taken_from_the_callers_folder(tmp_path):

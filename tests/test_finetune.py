@@ -365,3 +365,35 @@ def test_full_finetuning_on_two_processes_learns_the_codes_and_converts(codes, t
     load_script_at("scripts/convert_pretrained_checkpoint.py").convert(final, codes["base"], output_dir=lit)
     assert json.loads((lit / "separators.json").read_text()) == {"bos": False, "eos": True}
     check_answers(lit, trained_records(codes["records"]), tmp_path / "hf", capsys)
+
+
+@pytest.mark.parametrize("script", ["finetune/lora.py", "finetune/full.py", "scripts/merge_lora.py"])
+def test_help_explains_every_flag(script):
+    from prepared_data import help_text
+
+    module = load_script_at(script)
+    help_text(getattr(module, "merge", None) or module.setup)
+
+
+def test_bad_flags_are_refused_before_any_work(codes, tmp_path):
+    setup = load_script_at("finetune/lora.py").setup
+    common = dict(checkpoint_dir=codes["base"], data=codes["data"], out_dir=tmp_path / "out", accelerator="cpu")
+    with pytest.raises(ValueError, match="No layer is chosen for LoRA: set at least one of --lora_query"):
+        setup(**common, lora_query=False, lora_value=False)
+    with pytest.raises(ValueError, match="--lora_r 0 must be at least 1"):
+        setup(**common, lora_r=0)
+    with pytest.raises(ValueError, match="--save_interval 0 must be at least 1"):
+        setup(**common, save_interval=0)
+    with pytest.raises(ValueError, match="--micro_batch_size 3 does not divide the per-device batch 16"):
+        setup(**common, micro_batch_size=3)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "step-00000010.pth").touch()
+    with pytest.raises(FileExistsError, match="earlier run.*step-00000010.pth.*--resume auto"):
+        setup(**{**common, "out_dir": earlier})
+    with pytest.raises(FileNotFoundError, match="lit_model.pth' does not exist"):
+        load_script_at("finetune/full.py").setup(**{**common, "checkpoint_dir": tmp_path})
+    with pytest.raises(ValueError, match="is not a checkpoint of finetune/lora.py.*convert_pretrained_checkpoint"):
+        full_checkpoint = tmp_path / "step-00000001.pth"
+        torch.save({"model": {}, "hparams": {"model_config": {}}}, full_checkpoint)
+        load_script_at("scripts/merge_lora.py").merge(codes["base"], full_checkpoint, tmp_path / "merged")

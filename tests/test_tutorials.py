@@ -6,7 +6,8 @@
   included).
 - Blocks marked `<!-- test: run -->` on the line before them are run, command after command, by
   `tests/test_demo.py` in a folder that holds the sample data the smoke demo prepared with the real scripts
-  (`data/slimpajama/{train,val}`, `data/starcoder`, `checkpoints/sample-tokenizer`): `run_marked_blocks` below.
+  (`data/slimpajama/{train,val}`, `data/starcoder`, `checkpoints/sample-tokenizer`) and the users' own files the pages
+  start from (`my-corpus`, `my-instructions.json`): `run_marked_blocks` below.
 """
 
 import ast
@@ -27,7 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "tutorials").glob("*.md")) + [ROOT / "README.md"]
 SEED = Path(__file__).with_name("seed_tutorial_commands.md")  # the commands of the tutorial users know, verbatim
 RUN_MARKER = "<!-- test: run -->"
-ENTRY_POINTS = sorted(p for d in ("scripts", "pretrain", "generate", "eval") for p in (ROOT / d).glob("*.py"))
+ENTRY_POINTS = sorted(
+    p for d in ("scripts", "pretrain", "finetune", "generate", "eval") for p in (ROOT / d).glob("*.py")
+)
+# pages whose runnable blocks read what another page's blocks wrote: run after the others
+RUN_LAST = ("finetune_lora.md",)  # finetunes checkpoints/lit-micro-llama of pretrain_tinyllama.md
 LAUNCHERS = {"python", "python3", "torchrun", "srun", "fabric"}
 
 
@@ -158,7 +163,7 @@ def run_marked_blocks(work: Path) -> int:
     `tests/test_demo.py` calls this in a folder that holds the sample data the smoke demo built."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ran = 0
-    for doc in DOCS:
+    for doc in sorted(DOCS, key=lambda d: d.name in RUN_LAST):
         for line, marked, block in bash_blocks(doc):
             if not marked:
                 continue
