@@ -70,6 +70,7 @@ def test_lora_model_computes_as_its_merged_weights_in_training_and_inference():
     lora = LoRAConfig(r=4, dropout=0.0, query=True, key=True, value=True, projection=True, mlp=True, head=True)
     n_trainable = apply_lora(model, lora)
     randomize_adapters(model)
+    assert model.fused_loss is False  # the fused loss (CUDA's default) reads lm_head.weight, not the head's adapter
     assert n_trainable == sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert all(p.requires_grad == ("lora_" in n) for n, p in model.named_parameters())
     merged = merge_lora(copy.deepcopy(model))
