@@ -224,8 +224,10 @@ class _SwiGLULinear(torch.autograd.Function):
         h = (silu * b32).to(dtype)
         grad_a = grad_h32 * b32 * sig * (1 + a32 * (1 - sig))
         grad_b = grad_h32 * silu
-        grad_w = grad_y.reshape(-1, grad_y.size(-1)).to(dtype).t() @ h.reshape(-1, h.size(-1))
-        return grad_a.to(a.dtype), grad_b.to(b.dtype), grad_w.to(weight.dtype)
+        grad_w = None
+        if ctx.needs_input_grad[2]:  # a frozen weight (LoRA finetuning) needs no gradient: skip its matmul
+            grad_w = (grad_y.reshape(-1, grad_y.size(-1)).to(dtype).t() @ h.reshape(-1, h.size(-1))).to(weight.dtype)
+        return grad_a.to(a.dtype), grad_b.to(b.dtype), grad_w
 
 
 def swiglu_linear(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -398,3 +398,27 @@ def test_bad_flags_are_refused_before_any_work(codes, tmp_path):
         full_checkpoint = tmp_path / "step-00000001.pth"
         torch.save({"model": {}, "hparams": {"model_config": {}}}, full_checkpoint)
         load_script_at("scripts/merge_lora.py").merge(codes["base"], full_checkpoint, tmp_path / "merged")
+
+
+def test_a_frozen_mlp_projection_skips_its_weight_gradient():
+    """LoRA leaves the MLP's output projection frozen and a plain nn.Linear, computed by the fused SwiGLU of
+    lit_gpt/model.py: its backward skips the weight-gradient matmul (a third of that layer's backward work) and
+    gives the input gradients of the trainable case."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lit_gpt.model import swiglu_linear
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(64, 96, generator=generator) for _ in range(2))
+    weight = torch.randn(32, 96, generator=generator)
+    flops, grads = {}, {}
+    for trainable in (True, False):
+        x, y, w = a.clone().requires_grad_(), b.clone().requires_grad_(), weight.clone().requires_grad_(trainable)
+        out = swiglu_linear(x, y, w)
+        with FlopCounterMode(display=False) as counter:
+            out.sum().backward()
+        flops[trainable], grads[trainable] = counter.get_total_flops(), (x.grad, y.grad)
+        assert (w.grad is not None) == trainable
+    assert flops[True] - flops[False] == 2 * 64 * 96 * 32  # the (32 x 64) @ (64 x 96) weight-gradient product
+    for frozen_grad, trainable_grad in zip(grads[False], grads[True]):
+        assert torch.equal(frozen_grad, trainable_grad)
