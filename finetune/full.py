@@ -23,7 +23,7 @@ from lightning.fabric.strategies import ModelParallelStrategy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.attention import choose_attention  # noqa: E402
-from lit_gpt.checkpoint import latest_to_resume, load_checkpoint, own_out_dir  # noqa: E402
+from lit_gpt.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
 from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
 from lit_gpt.finetune import base_record, check_finetune_flags, fit, instruction_data, restore_rng  # noqa: E402
 from lit_gpt.flops import num_parameters  # noqa: E402
@@ -227,6 +227,8 @@ def main(fabric: L.Fabric, config, hparams: dict, out_dir: Path, accumulation: i
         resume = latest_to_resume(out_dir, h["trust_pickle"])
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if resume:
+        if "lora" in load_metadata(Path(resume), h["trust_pickle"]).get("hparams", {}):
+            raise ValueError(f"{resume} is a LoRA checkpoint (an adapter alone); resume it with finetune/lora.py")
         load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"])
         train_batches.load_state_dict(state["train_dataloader"])
         restore_rng(state["rng"])
