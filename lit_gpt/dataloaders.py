@@ -15,12 +15,13 @@ more, litdata's restored position can repeat or skip a few sequences of the inte
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from lit_gpt.separators import DEFAULT_SEPARATORS, Separators
+from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.signals import ignore_stop_signals
 
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
@@ -108,11 +109,12 @@ def check_prepared(folders: Sequence[str], flag: str) -> None:
         )
 
 
-def data_separators(folders: Sequence[str]) -> Separators:
+def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Path] = None) -> Separators:
     """The document-separator convention (`lit_gpt/separators.py`) that the local prepared `folders` share, from their
     `prepare.json` (a folder prepared before it was recorded counts as the default, eos after each document); a mix
     is refused, naming the folders of each convention. Object-store folders are not read: the local ones decide, and
-    the default holds when there are none."""
+    the default holds when there are none. A note says so when the weights of `initial_checkpoint_dir` were trained
+    with another convention (TinyLlama's bos before each document, continued on eos-separated data)."""
     from lit_gpt.prepare import prepared_separators
 
     found: Dict[Separators, List[str]] = {}
@@ -125,7 +127,15 @@ def data_separators(folders: Sequence[str]) -> Separators:
             f"the data folders were prepared with different document separators: {groups}. The model would learn "
             "both; prepare them alike (the prepare scripts' --bos/--eos, see lit_gpt/separators.py)"
         )
-    return next(iter(found), DEFAULT_SEPARATORS)
+    separators = next(iter(found), DEFAULT_SEPARATORS)
+    if initial_checkpoint_dir is not None and (initial := read_separators(initial_checkpoint_dir)) != separators:
+        print(
+            f"Note: --initial_checkpoint_dir {initial_checkpoint_dir} was trained with {initial}, the data has "
+            f"{separators}: the run teaches the model the data's. To keep the model's, prepare the data with "
+            f"--bos {str(initial.bos).lower()} --eos {str(initial.eos).lower()}",
+            file=sys.stderr,
+        )
+    return separators
 
 
 def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) -> None:

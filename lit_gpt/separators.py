@@ -42,7 +42,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Sequence
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from lit_gpt.cli import UserError
 
@@ -131,7 +131,7 @@ def write_separators(checkpoint_dir: Path, separators: Separators) -> Path:
     return path
 
 
-def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str = "the convention") -> None:
+def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str = "the model's convention") -> None:
     """Refuse a tokenizer that lacks a token the convention needs; `source` names what asked for it (`{name}` in it
     becomes `bos` or `eos`: `"--{name} true"`)."""
     for name, what, action, example in [
@@ -151,6 +151,7 @@ def encode_documents(
     tokenizer: "Tokenizer", texts: Sequence[str], separators: Separators, num_threads: int = 1
 ) -> List[List[int]]:
     """The token ids of each text as a training document: `bos` in front and/or `eos` behind, as `separators` says."""
+    check_tokenizer(tokenizer, separators)
     return tokenizer.encode_batch(list(texts), bos=separators.bos, eos=separators.eos, num_threads=num_threads)
 
 
@@ -159,7 +160,7 @@ def encode_document(tokenizer: "Tokenizer", text: str, separators: Separators) -
     return encode_documents(tokenizer, [text], separators)[0]
 
 
-def document_ends(tokenizer: "Tokenizer", separators: Separators) -> tuple:
+def document_ends(tokenizer: "Tokenizer", separators: Separators) -> Tuple[List[int], List[int]]:
     """(ids before, ids after) a document's own tokens: for a document encoded in pieces (`encode_long`)."""
     return ([tokenizer.bos_id] if separators.bos else []), ([tokenizer.eos_id] if separators.eos else [])
 

@@ -254,8 +254,9 @@ def setup(
         check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
     hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/separators.py)
-    hparams["separators"] = data_separators([*(folder for folder, _ in train_sources), val_dir]).to_dict()
-    check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
+    folders = [*(folder for folder, _ in train_sources), val_dir]
+    hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
+    check_token_ids(folders, config.padded_vocab_size, model_name)
     if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
         print(
             f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true", file=sys.stderr

@@ -35,6 +35,13 @@ def test_documents_get_bos_and_eos_as_the_convention_says(export_tokenizer_dir):
         Separators(bos=False, eos=False)
 
 
+def test_a_tokenizer_without_the_separator_is_refused_in_one_line(tmp_path):
+    no_bos = Tokenizer(write_tokenizer(tmp_path / "no-bos"))  # names </s> as its eos token, no bos token
+    assert encode_document(no_bos, "hello world", Separators()) == [3, 4, 2]
+    with pytest.raises(UserError, match=r"no-bos has no beginning-of-document \(bos\) token, which the model's conv"):
+        encode_document(no_bos, "hello world", Separators(bos=True, eos=True))
+
+
 def test_separators_file_round_trip_and_fallback_to_the_tokenizer(tmp_path, capsys):
     for separators in (Separators(), Separators(bos=True, eos=False), Separators(bos=True, eos=True)):
         write_separators(tmp_path, separators)
@@ -180,6 +187,22 @@ def test_pretraining_records_the_separators_of_its_data_and_refuses_a_mix(tmp_pa
     with pytest.raises(ValueError, match="trained on documents with bos before each document, this run's data has eos"):
         check_compatible(Path("step-00000002.pth"), metadata, {}, 1, {"separators": {"bos": False, "eos": True}})
     check_compatible(Path("step-00000002.pth"), metadata, {}, 1, {"separators": {"bos": True, "eos": False}})
+
+
+def test_continued_pretraining_on_data_of_another_convention_says_so(tmp_path, capsys):
+    from lit_gpt.dataloaders import data_separators
+
+    eos_data = _prepared_folder(tmp_path / "eos", Separators())
+    (tmp_path / "tinyllama").mkdir()
+    write_separators(tmp_path / "tinyllama", Separators(bos=True, eos=False))
+    assert data_separators([eos_data], tmp_path / "tinyllama") == Separators()
+    note = capsys.readouterr().err
+    assert "was trained with bos before each document, the data has eos after each document" in note
+    assert "prepare the data with --bos true --eos false" in note
+    (tmp_path / "ours").mkdir()
+    write_separators(tmp_path / "ours", Separators())
+    data_separators([eos_data], tmp_path / "ours")
+    assert capsys.readouterr().err == ""
 
 
 def _training_checkpoint(path: Path, separators=None) -> Path:
