@@ -23,7 +23,8 @@ learning-rate schedule:
                   (`scripts/benchmark.py --fp8_fast_accum`)
 
 The variants of ours (ours_nudged, fp8, fa4, fp8_fa4, fp8_fast_fa4) are also compared with ours by the mean
-|loss - ours| / ours over the steps of `--window`, against the same figure for ours_nudged: a ratio <= `--noise_ratio` (1.5) passes.
+|loss - ours| / ours over the steps of `--window`, against the same figure for ours_nudged: a ratio <=
+`--noise_ratio` (1.5) passes.
 
 The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean; the same against
 `autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
@@ -107,8 +108,9 @@ def main(
         beta2: AdamW's beta2.
         grad_clip: clip the gradient norm to this value; 0 disables clipping.
         cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`, `nudged`, `ours_nudged`,
-            `fp8`, `fa4`, `fp8_fa4`, `fp8_fast_fa4`; the differences are taken against `reference`, `autocast` and `ours`, so keep
-            one of them in the list. fp8 and fa4 need a GPU that runs them (they are skipped, saying why, elsewhere).
+            `fp8`, `fa4`, `fp8_fa4`, `fp8_fast_fa4`; the differences are taken against `reference`, `autocast` and
+            `ours`, so keep one of them in the list. fp8 and fa4 need a GPU that runs them (they are skipped, saying
+            why, elsewhere).
         tolerance: the largest per-step relative difference from `reference` (or `autocast`) that passes (0.01 is
             1%).
         window: first and last 1-based step over which the variants of ours are compared with ours (the early
