@@ -127,6 +127,8 @@ def main(
             raise ValueError("--document_mask true needs --data_dir (real documents) or --eos_id")
         eos_id = data_eos_id([str(data_dir)] if data_dir else [], eos_id, config.padded_vocab_size)
     if attention == "fa4_func":
+        if document_mask:
+            raise ValueError("--attention fa4_func is causal only; use --attention fa4 with --document_mask")
         choose_attention("fa4", config, device, precision)  # the same refusals
         KERNELS["fa4_func"] = fa4_func
         attention_note = "attention: flash_attn.cute.flash_attn_func called directly (--attention fa4_func)"
@@ -275,6 +277,9 @@ def fa4_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) ->
 
     out = flash_attn_func(q, k, v, softmax_scale=scale, causal=True)
     return out[0] if isinstance(out, tuple) else out
+
+
+fa4_func.prepare = None  # causal only: the benchmark refuses --document_mask with it
 
 
 def sync(cuda: bool) -> None:

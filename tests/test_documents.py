@@ -12,10 +12,10 @@ from lit_gpt.model import GPT
 EOS = 3
 
 
-def tiny_gpt(n_head=4, n_query_groups=2, seed=0) -> GPT:
+def tiny_gpt(n_head=4, n_query_groups=2, n_embd=64, seed=0) -> GPT:
     torch.manual_seed(seed)
     config = Config.from_name(
-        "micro-llama", n_layer=2, n_head=n_head, n_query_groups=n_query_groups, n_embd=64, intermediate_size=128,
+        "micro-llama", n_layer=2, n_head=n_head, n_query_groups=n_query_groups, n_embd=n_embd, intermediate_size=128,
         vocab_size=100, padded_vocab_size=128, block_size=64,
     )  # fmt: skip
     return GPT(config)
@@ -131,7 +131,7 @@ def test_the_kv_cache_path_refuses_a_document_mask():
 
 def reference_and_gpu(kernel: str, document_positions: bool):
     generator = torch.Generator().manual_seed(4)
-    model = tiny_gpt(n_head=8, n_query_groups=2)
+    model = tiny_gpt(n_head=8, n_query_groups=2, n_embd=512)  # head size 64, as TinyLlama's
     rows = []
     for _ in range(3):  # documents of many lengths, a row ending mid-document
         pieces = []
@@ -162,7 +162,8 @@ def reference_and_gpu(kernel: str, document_positions: bool):
 @pytest.mark.parametrize("kernel", ["sdpa", "fa4"])
 @pytest.mark.parametrize("document_positions", [False, True])
 def test_gpu_document_kernels_follow_the_cpu_reference(kernel, document_positions):
-    if kernel == "fa4" and (reason := fa4_unsuitable(tiny_gpt(n_head=8).config, torch.device("cuda"), "bf16-true")):
+    config = tiny_gpt(n_head=8, n_embd=512).config
+    if kernel == "fa4" and (reason := fa4_unsuitable(config, torch.device("cuda"), "bf16-true")):
         pytest.skip(reason)
     logits_ref, logits, ref, out = reference_and_gpu(kernel, document_positions)
     torch.testing.assert_close(logits, logits_ref, rtol=0.05, atol=0.05)
