@@ -42,7 +42,7 @@ def main(
     precision: str = "bf16-mixed",
     attention: str = "auto",
     fp8: Optional[str] = None,
-    fp8_fast_accum: bool = False,
+    fp8_fast_accum: bool = True,
     document_mask: bool = False,
     document_positions: bool = False,
     data_dir: Optional[Path] = None,
@@ -81,8 +81,8 @@ def main(
             custom ops of `fa4`.
         fp8: float8 training of the block linear layers, `tensorwise` or `rowwise` (`lit_gpt/float8.py`); bf16 if
             left out.
-        fp8_fast_accum: with `--fp8`, also accumulate the two backward products in cuBLAS's fast float8 mode
-            (`lit_gpt.float8.convert_to_float8`); a measurement lever, not a pretraining flag.
+        fp8_fast_accum: with `--fp8`, accumulate the two backward products in cuBLAS's fast float8 mode too, as
+            `pretrain/tinyllama.py` does by default (`lit_gpt.float8.convert_to_float8`); false: torchao's default.
         document_mask: attention within documents, as `pretrain/tinyllama.py --document_mask true`; needs
             `--data_dir` (or `--eos_id`), so that the rows hold real documents.
         document_positions: with `--document_mask`, rotary positions restarting at each document.
