@@ -168,6 +168,34 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
             )
 
 
+def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) -> int:
+    """The end-of-document id a document mask splits at: `eos_id` (`--eos_id`) if given, else the one the prepare.json
+    of the local `folders` records; refused if they disagree, record none, or it is not a token id of the model."""
+    if eos_id is None:
+        recorded = {}
+        for folder in folders:
+            manifest = Path(folder) / "prepare.json"
+            if "://" not in folder and manifest.is_file():
+                value = json.loads(manifest.read_text()).get("eos_id")
+                if value is not None:
+                    recorded[folder] = value
+        if len(set(recorded.values())) > 1:
+            raise ValueError(
+                f"--document_mask: the data folders were prepared with different end-of-document ids ({recorded}); "
+                "prepare them with one tokenizer, or pass --eos_id"
+            )
+        if not recorded:
+            raise ValueError(
+                f"--document_mask: no prepare.json in {', '.join(folders)} records the end-of-document id (data "
+                "prepared before it was recorded, or in an object store): pass --eos_id (the eos id of the tokenizer "
+                "the data was prepared with: 2 for Llama's)"
+            )
+        eos_id = next(iter(recorded.values()))
+    if not 0 <= eos_id < vocab_size:
+        raise ValueError(f"--eos_id {eos_id} is not a token id of the model (0..{vocab_size - 1})")
+    return eos_id
+
+
 def join(data_dir: str, sub: str) -> str:
     return f"{data_dir.rstrip('/')}/{sub}" if "://" in data_dir else str(Path(data_dir) / sub)
 
