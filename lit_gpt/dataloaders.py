@@ -170,7 +170,16 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
 
 def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) -> int:
     """The end-of-document id a document mask splits at: `eos_id` (`--eos_id`) if given, else the one the prepare.json
-    of the local `folders` records; refused if they disagree, record none, or it is not a token id of the model."""
+    of the local `folders` records; refused if they disagree, record none, or it is not a token id of the model, and
+    for folders prepared without an eos after each document (`--eos false`), which have none to split at."""
+    from lit_gpt.prepare import prepared_separators
+
+    no_eos = [folder for folder in folders if "://" not in folder and not prepared_separators(Path(folder)).eos]
+    if no_eos:
+        raise ValueError(
+            f"--document_mask splits documents at their eos token, and {', '.join(no_eos)} hold none (prepared with "
+            "--eos false): prepare them with --eos true (with --bos true too to keep bos before each document)"
+        )
     if eos_id is None:
         recorded = {}
         for folder in folders:

@@ -12,8 +12,9 @@ later step has to repeat. Three conventions are in use:
 Where it is recorded:
 
 - preparation (`lit_gpt/prepare.py`, the `--bos`/`--eos` flags of every prepare script) writes it into the output
-  folder's `prepare.json` as `"separators": {"bos": ..., "eos": ...}`; a folder without that field was prepared
-  before it existed, with the default;
+  folder's `prepare.json` as `"separators": {"bos": ..., "eos": ...}`, with the ids written (`"bos_id"`, `"eos_id"`;
+  `pretrain/tinyllama.py --document_mask` splits documents at that eos, so it needs `--eos true` data); a folder
+  without that field was prepared before it existed, with the default;
 - `pretrain/tinyllama.py` reads it from its data folders (`lit_gpt.dataloaders.data_separators`: a mix of
   conventions is refused, and so is a resume on data prepared with another) and saves it in the checkpoint's
   `hparams["separators"]` (a checkpoint without it was trained on the default);
