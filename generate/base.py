@@ -2,7 +2,10 @@
 
     python generate/base.py --checkpoint_dir checkpoints/lit-tiny-llama-1.1b --prompt "The capital of France is"
 
-Prints each sample's text on stdout and its speed (tokens/s) on stderr. `--temperature 0` decodes greedily.
+Prints each sample's text on stdout and its speed (tokens/s) on stderr. `--temperature 0` decodes greedily. A model
+finetuned on instructions (finetune/lora.py, finetune/full.py) answers when asked in the template it was trained with:
+
+    python generate/base.py --checkpoint_dir out/lora-merged --template alpaca --prompt "Name the capital of France."
 """
 
 import sys
@@ -18,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
 from lit_gpt.generate import generate, load_model  # noqa: E402
+from lit_gpt.instruct import TemplateName, apply_template  # noqa: E402
 from lit_gpt.separators import encode_prompt, read_separators  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
@@ -31,6 +35,8 @@ def main(
     top_k: Optional[int] = 200,
     precision: Optional[Literal["32-true", "bf16-true", "16-true"]] = None,
     seed: int = 1234,
+    template: Optional[TemplateName] = None,
+    input: str = "",
 ) -> None:
     """Generate text samples from a prompt.
 
@@ -46,6 +52,10 @@ def main(
         top_k: Sample among the `top_k` most likely tokens only; no limit if not given.
         precision: Weights and compute dtype; by default bf16-true on a GPU that supports it, else 32-true.
         seed: Random seed of the sampling.
+        template: Put the prompt into this instruction template (`alpaca` or `plain`, as `lit_gpt/instruct.py`
+            writes them), as the finetuning scripts' `--template` did, and print only the response. Default: the
+            prompt is plain text to continue.
+        input: With `--template`: the instruction's input (context), as the records' `input` in finetuning.
     """
     if temperature < 0:
         raise ValueError(f"--temperature {temperature} must not be negative (0 decodes greedily)")
@@ -54,6 +64,8 @@ def main(
     if max_new_tokens < 0 or num_samples < 1:
         raise ValueError(f"--max_new_tokens {max_new_tokens} must not be negative, --num_samples {num_samples} "
                          "must be at least 1")  # fmt: skip
+    if input and template is None:
+        raise ValueError("--input is the input of an instruction in --template; give --template too")
     if precision is None:
         precision = "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     lit_checkpoint_files(checkpoint_dir)  # a missing or incomplete checkpoint says so before the tokenizer is read
@@ -70,8 +82,10 @@ def main(
             "tokenizer; one trained with another needs to be converted with that one.",
             file=sys.stderr,
         )
+    # with --template, the prompt is the one finetuning put before each response (lit_gpt/instruct.py)
+    text = prompt if template is None else apply_template(template, prompt, input)
     # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/separators.py)
-    prompt_ids = encode_prompt(tokenizer, prompt, read_separators(checkpoint_dir))
+    prompt_ids = encode_prompt(tokenizer, text, read_separators(checkpoint_dir))
     encoded = torch.tensor(prompt_ids, dtype=torch.int32, device=fabric.device)
     L.seed_everything(seed, verbose=False)
     for i in range(num_samples):
@@ -90,7 +104,7 @@ def main(
         if fabric.device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter() - t0
-        fabric.print(tokenizer.decode(y))
+        fabric.print(tokenizer.decode(y if template is None else y[encoded.size(0) :]))
         new_tokens = y.size(0) - encoded.size(0)
         fabric.print(f"Sample {i + 1}: {new_tokens} tokens in {t:.2f}s, {new_tokens / t:.2f} tokens/s", file=sys.stderr)
 
