@@ -410,6 +410,8 @@ def check_compatible(
         check_same_sources(path, hparams, run_hparams["train_sources"])
     if run_hparams and run_hparams.get("separators") is not None:
         check_same_separators(path, hparams, run_hparams["separators"])
+    if run_hparams:
+        check_same_attention_mask(path, hparams, run_hparams)
     changed = [k for k in LOADER_SETTINGS if run_hparams and k in hparams and hparams[k] != run_hparams[k]]
     if changed:
         then, now = (" ".join(f"--{k} {h[k]}" for k in changed) for h in (hparams, run_hparams))
@@ -430,6 +432,26 @@ def check_same_separators(path: Path, hparams: Dict[str, Any], separators: dict)
         raise ValueError(
             f"{path} was trained on documents with {then}, this run's data has {now}: prepare the data as that run's "
             "was (the prepare scripts' --bos/--eos), or start a new run from its weights with another --out_dir."
+        )
+
+
+def attention_mask_flags(hparams: Dict[str, Any]) -> str:
+    """The document-mask flags of a run's hparams, as the command line spells them (checkpoints written before the
+    flags existed trained across documents)."""
+    if not hparams.get("document_mask"):
+        return "--document_mask false"
+    return (f"--document_mask true --document_positions {str(bool(hparams.get('document_positions'))).lower()} "
+            f"--eos_id {hparams.get('eos_id')}")  # fmt: skip
+
+
+def check_same_attention_mask(path: Path, hparams: Dict[str, Any], run_hparams: Dict[str, Any]) -> None:
+    """Refuse to resume a run with another attention mask than it was trained with: the resumed run would be another
+    run, as with another data mix."""
+    then, now = attention_mask_flags(hparams), attention_mask_flags(run_hparams)
+    if then != now:
+        raise ValueError(
+            f"{path} was trained with {then}, this run has {now}. Resume with {then}, or start a new run (another "
+            "--out_dir, --initial_checkpoint_dir for its weights)"
         )
 
 

@@ -15,12 +15,13 @@ more, litdata's restored position can repeat or skip a few sequences of the inte
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from lit_gpt.separators import DEFAULT_SEPARATORS, Separators
+from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.signals import ignore_stop_signals
 
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
@@ -108,11 +109,12 @@ def check_prepared(folders: Sequence[str], flag: str) -> None:
         )
 
 
-def data_separators(folders: Sequence[str]) -> Separators:
+def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Path] = None) -> Separators:
     """The document-separator convention (`lit_gpt/separators.py`) that the local prepared `folders` share, from their
     `prepare.json` (a folder prepared before it was recorded counts as the default, eos after each document); a mix
     is refused, naming the folders of each convention. Object-store folders are not read: the local ones decide, and
-    the default holds when there are none."""
+    the default holds when there are none. A note says so when the weights of `initial_checkpoint_dir` were trained
+    with another convention (TinyLlama's bos before each document, continued on eos-separated data)."""
     from lit_gpt.prepare import prepared_separators
 
     found: Dict[Separators, List[str]] = {}
@@ -125,7 +127,15 @@ def data_separators(folders: Sequence[str]) -> Separators:
             f"the data folders were prepared with different document separators: {groups}. The model would learn "
             "both; prepare them alike (the prepare scripts' --bos/--eos, see lit_gpt/separators.py)"
         )
-    return next(iter(found), DEFAULT_SEPARATORS)
+    separators = next(iter(found), DEFAULT_SEPARATORS)
+    if initial_checkpoint_dir is not None and (initial := read_separators(initial_checkpoint_dir)) != separators:
+        print(
+            f"Note: --initial_checkpoint_dir {initial_checkpoint_dir} was trained with {initial}, the data has "
+            f"{separators}: the run teaches the model the data's. To keep the model's, prepare the data with "
+            f"--bos {str(initial.bos).lower()} --eos {str(initial.eos).lower()}",
+            file=sys.stderr,
+        )
+    return separators
 
 
 def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) -> None:
@@ -156,6 +166,43 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
                 "(its padded_vocab_size): the data was tokenized with a tokenizer of a larger vocabulary. Prepare "
                 "it with the model's tokenizer, or train a model whose vocabulary holds the tokenizer's"
             )
+
+
+def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) -> int:
+    """The end-of-document id a document mask splits at: `eos_id` (`--eos_id`) if given, else the one the prepare.json
+    of the local `folders` records; refused if they disagree, record none, or it is not a token id of the model, and
+    for folders prepared without an eos after each document (`--eos false`), which have none to split at."""
+    from lit_gpt.prepare import prepared_separators
+
+    no_eos = [folder for folder in folders if "://" not in folder and not prepared_separators(Path(folder)).eos]
+    if no_eos:
+        raise ValueError(
+            f"--document_mask splits documents at their eos token, and {', '.join(no_eos)} hold none (prepared with "
+            "--eos false): prepare them with --eos true (with --bos true too to keep bos before each document)"
+        )
+    if eos_id is None:
+        recorded = {}
+        for folder in folders:
+            manifest = Path(folder) / "prepare.json"
+            if "://" not in folder and manifest.is_file():
+                value = json.loads(manifest.read_text()).get("eos_id")
+                if value is not None:
+                    recorded[folder] = value
+        if len(set(recorded.values())) > 1:
+            raise ValueError(
+                f"--document_mask: the data folders were prepared with different end-of-document ids ({recorded}); "
+                "prepare them with one tokenizer, or pass --eos_id"
+            )
+        if not recorded:
+            raise ValueError(
+                f"--document_mask: no prepare.json in {', '.join(folders)} records the end-of-document id (data "
+                "prepared before it was recorded, or in an object store): pass --eos_id (the eos id of the tokenizer "
+                "the data was prepared with: 2 for Llama's)"
+            )
+        eos_id = next(iter(recorded.values()))
+    if not 0 <= eos_id < vocab_size:
+        raise ValueError(f"--eos_id {eos_id} is not a token id of the model (0..{vocab_size - 1})")
+    return eos_id
 
 
 def join(data_dir: str, sub: str) -> str:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from lit_gpt.attention import sdpa
 from lit_gpt.config import Config
+from lit_gpt.documents import find_documents
 from lit_gpt.hf import fuse_qkv
 from lit_gpt.loss import cross_entropy, fused_linear_cross_entropy
 
@@ -38,6 +39,9 @@ class GPT(nn.Module):
         # False uses the plain `lm_head` + `F.cross_entropy`; None picks fused on CUDA, where it saves memory and
         # time, and plain elsewhere, where it is the faster of the two (~15x on CPU)
         self.fused_loss: Optional[bool] = None
+        # builds what the attention kernel reads for a document mask (set with the kernel by
+        # `lit_gpt.attention.apply_attention`)
+        self.prepare_documents = sdpa.prepare
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -57,29 +61,51 @@ class GPT(nn.Module):
         return module
 
     def forward(
-        self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None, targets: Optional[torch.Tensor] = None
+        self,
+        idx: torch.Tensor,
+        input_pos: Optional[torch.Tensor] = None,
+        targets: Optional[torch.Tensor] = None,
+        eos_id: Optional[int] = None,
+        document_positions: bool = False,
+        max_documents: Optional[int] = None,
     ) -> torch.Tensor:
         """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T), or with `targets` (B, T) the mean
         next-token cross-entropy (targets equal to -100 are ignored).
 
         With `input_pos` (T,), the positions of `idx` in the sequence, attention reads and updates the KV cache
         set by `set_kv_cache`; without it, `idx` is a whole sequence from position 0.
+
+        With `eos_id`, each position attends only to the positions of its own document, a document ending with (and
+        including) each `eos_id` token (`lit_gpt/documents.py`); `document_positions` restarts the rotary positions
+        at 0 at each document instead of counting on through the row. `max_documents` (`count_documents`), a bound
+        on the documents of the batch, spares the variable-length kernels a read of the count from the device.
         """
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"Cannot forward a sequence of length {T}: the block size is {self.config.block_size}")
+        documents = None
         if input_pos is not None:
             if self.mask_cache is None:
                 raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")
+            if eos_id is not None:
+                raise ValueError("A document mask (eos_id) applies to whole sequences, not to the KV-cache path")
             cos = self.cos.index_select(0, input_pos)
             sin = self.sin.index_select(0, input_pos)
             mask = self.mask_cache.index_select(2, input_pos)
         else:
             cos, sin, mask = self.cos[:T], self.sin[:T], None
+            if eos_id is not None:
+                docs = find_documents(idx, eos_id, max_documents)
+                if document_positions:  # (B, T, n_elem): each row its own positions
+                    cos, sin = self.cos[docs.positions], self.sin[docs.positions]
+                documents = self.prepare_documents(docs)
 
         x = self.transformer.wte(idx)
         for block in self.transformer.h:
-            x = block(x, cos, sin, mask, input_pos)
+            if documents is None:
+                x = block(x, cos, sin, mask, input_pos)
+            else:
+                x = block(x, cos, sin, mask, input_pos, documents)
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x)
@@ -118,8 +144,8 @@ class Block(nn.Module):
         self.mlp = LLaMAMLP(config) if config.mlp_class_name == "LLaMAMLP" else GptNeoxMLP(config)
         self.parallel_residual = config.parallel_residual
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None) -> torch.Tensor:
-        h = self.attn(self.norm_1(x), cos, sin, mask, input_pos)
+    def forward(self, x, cos, sin, mask=None, input_pos=None, documents=None) -> torch.Tensor:
+        h = self.attn(self.norm_1(x), cos, sin, mask, input_pos, documents)
         if self.parallel_residual:
             return x + h + self.mlp(self.norm_2(x))
         x = x + h
@@ -150,7 +176,7 @@ class CausalSelfAttention(nn.Module):
                 state_dict[f"{prefix}attn.{attr}"] = fuse_qkv(q, k, v, C)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask=None, input_pos=None, documents=None) -> torch.Tensor:
         B, T, _ = x.size()
         C = self.config
         q_per_kv = C.n_head // C.n_query_groups
@@ -164,12 +190,15 @@ class CausalSelfAttention(nn.Module):
         # a compact copy: as a view, v (or k), saved by attention for backward, would keep all of `qkv` alive
         v = v.reshape(B, T, C.n_query_groups, C.head_size).contiguous()
 
-        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (T, 1, n_elem): broadcast over the heads
+        # (T, 1, n_elem), or (B, T, 1, n_elem) with positions per document: broadcast over the heads
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
         q = apply_rope(q, cos, sin, C.rope_n_elem)
         k = apply_rope(k, cos, sin, C.rope_n_elem).contiguous()
         scale = 1.0 / math.sqrt(C.head_size)
-        if input_pos is None:  # a whole sequence: the kernel set by `lit_gpt.attention.apply_attention`
+        if input_pos is None and documents is None:  # the kernel set by `lit_gpt.attention.apply_attention`
             y = self.attention(q, k, v, scale)
+        elif input_pos is None:  # attention within documents, from what the kernel's `prepare` built
+            y = self.attention(q, k, v, scale, documents)
         else:
             if self.kv_cache is None:
                 raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")

@@ -90,7 +90,7 @@ def parallelize(
     attention: str = "sdpa",
     fp8: Optional[str] = None,
     fp8_emulate: bool = False,
-    fp8_fast_accum: bool = False,
+    fp8_fast_accum: bool = True,
 ) -> GPT:
     """Apply the attention kernel, float8 training, activation checkpointing, `torch.compile` and FSDP2 to `model`
     in place and return it.
@@ -101,7 +101,7 @@ def parallelize(
     weights after the forward pass unless `keep_weights_gathered` says to keep them (one process per shard group,
     or a model small enough). `attention` is a kernel of `lit_gpt.attention.KERNELS` (`choose_attention` picks it);
     `fp8` a recipe of `lit_gpt.float8.RECIPES` or None (bf16 products), `fp8_emulate` runs its products in high
-    precision (tests on CPU), `fp8_fast_accum` accumulates the backward products in cuBLAS's fast mode.
+    precision (tests on CPU), `fp8_fast_accum` accumulates the backward products in cuBLAS's fast mode too.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 

@@ -571,7 +571,11 @@ def prepare(
                 f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
             )
         if local:
-            _finish(Path(write_dir), kind, input_dir, stats, separators)
+            tokenizer = _tokenizer(str(tokenizer_path))
+            ids = {
+                f"{name}_id": getattr(tokenizer, f"{name}_id") for name in ("bos", "eos") if getattr(separators, name)
+            }
+            _finish(Path(write_dir), kind, input_dir, stats, separators, ids)
             publish(Path(write_dir), Path(output_dir), overwrite)
     finally:
         if local and Path(write_dir).exists():  # a failed run: nothing of it is kept
@@ -728,7 +732,9 @@ def prepared_separators(path: Path) -> Separators:
     return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, str(manifest_path))
 
 
-def _finish(write_dir: Path, kind: Kind, input_dir: Path, stats: Stats, separators: Separators) -> None:
+def _finish(
+    write_dir: Path, kind: Kind, input_dir: Path, stats: Stats, separators: Separators, separator_ids: Dict[str, int]
+) -> None:
     """Make `index.json` reproducible and list what was written in `prepare.json`."""
     index_path = write_dir / "index.json"
     index = json.loads(index_path.read_text())
@@ -744,6 +750,7 @@ def _finish(write_dir: Path, kind: Kind, input_dir: Path, stats: Stats, separato
         "documents": stats.documents,
         "tokens": stats.tokens,
         "separators": separators.to_dict(),  # lit_gpt/separators.py
+        **separator_ids,  # the ids written between documents: "eos_id" is what `pretrain --document_mask` splits at
         "files": sorted(p.name for p in write_dir.iterdir()),
     }
     (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

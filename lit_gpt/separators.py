@@ -12,8 +12,9 @@ later step has to repeat. Three conventions are in use:
 Where it is recorded:
 
 - preparation (`lit_gpt/prepare.py`, the `--bos`/`--eos` flags of every prepare script) writes it into the output
-  folder's `prepare.json` as `"separators": {"bos": ..., "eos": ...}`; a folder without that field was prepared
-  before it existed, with the default;
+  folder's `prepare.json` as `"separators": {"bos": ..., "eos": ...}`, with the ids written (`"bos_id"`, `"eos_id"`;
+  `pretrain/tinyllama.py --document_mask` splits documents at that eos, so it needs `--eos true` data); a folder
+  without that field was prepared before it existed, with the default;
 - `pretrain/tinyllama.py` reads it from its data folders (`lit_gpt.dataloaders.data_separators`: a mix of
   conventions is refused, and so is a resume on data prepared with another) and saves it in the checkpoint's
   `hparams["separators"]` (a checkpoint without it was trained on the default);
@@ -42,7 +43,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Sequence
+from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from lit_gpt.cli import UserError
 
@@ -131,7 +132,7 @@ def write_separators(checkpoint_dir: Path, separators: Separators) -> Path:
     return path
 
 
-def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str = "the convention") -> None:
+def check_tokenizer(tokenizer: "Tokenizer", separators: Separators, source: str = "the model's convention") -> None:
     """Refuse a tokenizer that lacks a token the convention needs; `source` names what asked for it (`{name}` in it
     becomes `bos` or `eos`: `"--{name} true"`)."""
     for name, what, action, example in [
@@ -151,6 +152,7 @@ def encode_documents(
     tokenizer: "Tokenizer", texts: Sequence[str], separators: Separators, num_threads: int = 1
 ) -> List[List[int]]:
     """The token ids of each text as a training document: `bos` in front and/or `eos` behind, as `separators` says."""
+    check_tokenizer(tokenizer, separators)
     return tokenizer.encode_batch(list(texts), bos=separators.bos, eos=separators.eos, num_threads=num_threads)
 
 
@@ -159,7 +161,7 @@ def encode_document(tokenizer: "Tokenizer", text: str, separators: Separators) -
     return encode_documents(tokenizer, [text], separators)[0]
 
 
-def document_ends(tokenizer: "Tokenizer", separators: Separators) -> tuple:
+def document_ends(tokenizer: "Tokenizer", separators: Separators) -> Tuple[List[int], List[int]]:
     """(ids before, ids after) a document's own tokens: for a document encoded in pieces (`encode_long`)."""
     return ([tokenizer.bos_id] if separators.bos else []), ([tokenizer.eos_id] if separators.eos else [])
 

@@ -4,12 +4,14 @@ script and the benchmark so that both time exactly the same code.
 Nothing here copies a value to the host (`.item()`, `if tensor:`): the GPU queue never drains inside a step.
 """
 
-from typing import Iterable, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
 from torch import nn
 from torch.optim import Optimizer
+
+from lit_gpt.documents import count_documents
 
 
 def training_step(
@@ -19,6 +21,9 @@ def training_step(
     micro_batches: Sequence[torch.Tensor],
     grad_clip: float,
     reshard_after_backward: bool = True,
+    eos_id: Optional[int] = None,
+    document_positions: bool = False,
+    max_documents: Optional[Sequence[int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Accumulate gradients over `micro_batches`, clip them, and take one optimizer step unless they are non-finite.
 
@@ -34,6 +39,10 @@ def training_step(
     weights are then gathered once (modules that keep them from forward to backward) or n + 1 times (modules that
     reshard after forward) instead of n or 2n times for n micro-batches; the cost is the gathered weights staying
     allocated between micro-batches. Results are bit-identical either way.
+
+    With `eos_id`, attention stays within documents (`GPT.forward`), `document_positions` restarts the rotary
+    positions at each; `max_documents`, one bound per micro-batch counted on the host before the copy to the device
+    (`document_bounds`), keeps the variable-length kernels from reading the count back.
     """
     n = len(micro_batches)
     loss_sum = torch.zeros((), device=fabric.device)
@@ -43,7 +52,12 @@ def training_step(
             if not reshard_after_backward:
                 set_reshard_after_backward(model, i == n - 1)
             with fabric.no_backward_sync(model, enabled=i < n - 1):
-                loss = model(input_ids, targets=targets)
+                if eos_id is None:
+                    loss = model(input_ids, targets=targets)
+                else:
+                    bound = max_documents[i] if max_documents else None
+                    loss = model(input_ids, targets=targets, eos_id=eos_id, document_positions=document_positions,
+                                 max_documents=bound)  # fmt: skip
                 fabric.backward(loss / n)
             loss_sum += loss.detach()
     finally:  # a micro-batch that raised must not leave the modules holding on to their gathered weights
@@ -99,17 +113,39 @@ def inputs_and_targets(batch) -> Tuple[torch.Tensor, torch.Tensor]:
     return batch[:, :-1], batch[:, 1:]
 
 
+def document_bounds(micro_batches: Sequence[torch.Tensor], eos_id: Optional[int]) -> Optional[list]:
+    """For a document mask: a bound on the documents of each (B, block_size + 1) micro-batch, counted on the host
+    (`lit_gpt.documents.count_documents`), before the batches go to the device; None without a mask."""
+    if eos_id is None:
+        return None
+    return [count_documents(batch[:, :-1], eos_id) for batch in micro_batches]
+
+
 @torch.no_grad()
-def validate(fabric: L.Fabric, model: nn.Module, batches: Iterable[torch.Tensor], max_iters: int) -> torch.Tensor:
-    """The mean loss over up to `max_iters` batches (as `training_step` takes them), averaged over all processes."""
+def validate(
+    fabric: L.Fabric,
+    model: nn.Module,
+    batches: Iterable[torch.Tensor],
+    max_iters: int,
+    eos_id: Optional[int] = None,
+    document_positions: bool = False,
+) -> torch.Tensor:
+    """The mean loss over up to `max_iters` batches (as `training_step` takes them), averaged over all processes;
+    with `eos_id`, under the same document mask as training."""
     model.eval()
     total = torch.zeros((), device=fabric.device)
     count = 0
     for i, batch in enumerate(batches):
         if i >= max_iters:
             break
-        input_ids, targets = inputs_and_targets(fabric.to_device(batch))
-        total += model(input_ids, targets=targets)
+        if eos_id is None:
+            input_ids, targets = inputs_and_targets(fabric.to_device(batch))
+            total += model(input_ids, targets=targets)
+        else:
+            (bound,) = document_bounds([batch], eos_id)
+            batch = fabric.to_device(batch)
+            total += model(batch[:, :-1], targets=batch[:, 1:], eos_id=eos_id, document_positions=document_positions,
+                           max_documents=bound)  # fmt: skip
         count += 1
     model.train()
     reshard(model)

@@ -49,6 +49,7 @@ from lit_gpt.dataloaders import (  # noqa: E402
     check_prepared,
     check_token_ids,
     cycle_full_batches,
+    data_eos_id,
     data_separators,
     data_sources,
     mixture_dataloader,
@@ -62,7 +63,7 @@ from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
 from lit_gpt.resources import check_cpu_run  # noqa: E402
 from lit_gpt.signals import StopSignal, resume_command  # noqa: E402
-from lit_gpt.training import training_step, validate  # noqa: E402
+from lit_gpt.training import document_bounds, training_step, validate  # noqa: E402
 from lit_gpt.utils import (  # noqa: E402
     check_launcher,
     check_optimizer_flags,
@@ -93,7 +94,11 @@ def setup(
     accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
     precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
     fp8: Optional[Literal["tensorwise", "rowwise"]] = None,
+    fp8_fast_accum: bool = True,
     attention: Literal["auto", "sdpa", "fa4"] = "auto",
+    document_mask: bool = False,
+    document_positions: bool = False,
+    eos_id: Optional[int] = None,
     global_batch_size: int = 512,
     micro_batch_size: int = 4,
     max_tokens: int = int(3e12),
@@ -156,9 +161,19 @@ def setup(
             all-gathered in float8) or `rowwise` (finer scales, slower). Needs a GPU of compute capability 8.9+
             (Ada, Hopper, Blackwell) and `pip install -e ".[hopper]"`. Off by default; checkpoints hold ordinary
             weights either way, so a run may resume with or without it (tutorials/pretrain_tinyllama.md).
+        fp8_fast_accum: With --fp8, accumulate the backward float8 products (input and weight gradients) in cuBLAS's
+            fast mode, as the forward product always is: 2% faster, the loss as close to bf16's as bf16 runs are to
+            each other (tutorials/performance.md). False keeps torchao's precise accumulation in backward.
         attention: The attention kernel: `auto` takes flash-attn-4 on a Hopper or newer GPU when it is installed
             and suits the model (bf16, head size 8..256), SDPA otherwise; `sdpa` or `fa4` force one. Generation
             always uses SDPA.
+        document_mask: Attend only within each document of the packed training rows (each document ends with its
+            end-of-document token) instead of across the documents of a row; off by default, as in lit-gpt and
+            TinyLlama (tutorials/pretrain_tinyllama.md, "Attention within documents"). A resumed run keeps it.
+        document_positions: With --document_mask, restart the rotary positions at 0 at each document instead of
+            counting on through the row.
+        eos_id: The end-of-document token id that --document_mask splits at. Default: the one the data folders'
+            prepare.json records (the tokenizer's eos id at preparation).
         global_batch_size: Sequences per optimizer step across all devices and nodes (not per node). Gradient
             accumulation steps = global_batch_size / (world size × micro_batch_size), which must be a whole number.
         micro_batch_size: Sequences per forward/backward pass on one device.
@@ -254,8 +269,14 @@ def setup(
         check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
     hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/separators.py)
-    hparams["separators"] = data_separators([*(folder for folder, _ in train_sources), val_dir]).to_dict()
-    check_token_ids([*(folder for folder, _ in train_sources), val_dir], config.padded_vocab_size, model_name)
+    folders = [*(folder for folder, _ in train_sources), val_dir]
+    hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
+    check_token_ids(folders, config.padded_vocab_size, model_name)
+    if document_positions and not document_mask:
+        raise ValueError("--document_positions true restarts positions at each document of --document_mask: pass "
+                         "--document_mask true as well, or leave --document_positions out")  # fmt: skip
+    if document_mask:
+        hparams["eos_id"] = data_eos_id([folder for folder, _ in train_sources], eos_id, config.padded_vocab_size)
     if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
         print(
             f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true", file=sys.stderr
@@ -272,7 +293,7 @@ def setup(
     parallelize_fn = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
         devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward, attention=attention,
-        fp8=fp8,
+        fp8=fp8, fp8_fast_accum=fp8_fast_accum,
     )  # fmt: skip
     # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
     strategy = ModelParallelStrategy(
@@ -293,7 +314,8 @@ def setup(
         hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
         hparams.update(attention=attention)
         fabric.print(hparams)
-        fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
+        mask = f"within documents (eos id {hparams['eos_id']})" if document_mask else "across documents"
+        fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
         fabric.logger.log_hyperparams(hparams)
         main(fabric, config, hparams, out_dir, accumulation, resume)
 
@@ -425,22 +447,28 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     last_log_time, last_log_step = time.perf_counter(), state["step_count"]
     data_wait = 0.0  # host seconds spent waiting for batches since the last log step
 
-    def next_micro_batches() -> list:
+    eos_id = h["eos_id"] if h["document_mask"] else None
+    doc_kwargs = dict(eos_id=eos_id, document_positions=h["document_positions"])
+
+    def next_micro_batches() -> tuple:
         nonlocal data_wait
         t_data = time.perf_counter()
-        micro_batches = [fabric.to_device(next(train_iterator)) for _ in range(accumulation)]
+        micro_batches = [next(train_iterator) for _ in range(accumulation)]
+        bounds = document_bounds(micro_batches, eos_id)  # on the host, before the copy
+        micro_batches = [fabric.to_device(batch) for batch in micro_batches]
         data_wait += time.perf_counter() - t_data
-        return micro_batches
+        return micro_batches, bounds
 
     prefetched = None
     while state["step_count"] < max_steps:
         lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], schedule_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches = prefetched or next_micro_batches()
+        micro_batches, bounds = prefetched or next_micro_batches()
         loss, grad_norm = training_step(
-            fabric, model, optimizer, micro_batches, h["grad_clip"], h["reshard_after_backward"]
-        )
+            fabric, model, optimizer, micro_batches, h["grad_clip"], h["reshard_after_backward"],
+            max_documents=bounds, **doc_kwargs,
+        )  # fmt: skip
         state["iter_num"] += accumulation
         state["step_count"] += 1
         state["tokens_seen"] += tokens_per_step
@@ -490,7 +518,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
-            val_loss = validate(fabric, model, val_loader, h["eval_iters"]).item()
+            val_loss = validate(fabric, model, val_loader, h["eval_iters"], **doc_kwargs).item()
             metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
             fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
                          f"{time.perf_counter() - t0:.1f}s")  # fmt: skip

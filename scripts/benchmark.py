@@ -24,9 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt import flops  # noqa: E402
 from lit_gpt.attention import KERNELS, choose_attention  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
+from lit_gpt.dataloaders import data_eos_id  # noqa: E402
+from lit_gpt.documents import count_documents  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.training import training_step  # noqa: E402
+from lit_gpt.training import document_bounds, training_step  # noqa: E402
 
 
 def main(
@@ -40,7 +42,11 @@ def main(
     precision: str = "bf16-mixed",
     attention: str = "auto",
     fp8: Optional[str] = None,
-    fp8_fast_accum: bool = False,
+    fp8_fast_accum: bool = True,
+    document_mask: bool = False,
+    document_positions: bool = False,
+    data_dir: Optional[Path] = None,
+    eos_id: Optional[int] = None,
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
     fused_loss: bool = True,
@@ -75,8 +81,14 @@ def main(
             custom ops of `fa4`.
         fp8: float8 training of the block linear layers, `tensorwise` or `rowwise` (`lit_gpt/float8.py`); bf16 if
             left out.
-        fp8_fast_accum: with `--fp8`, also accumulate the two backward products in cuBLAS's fast float8 mode
-            (`lit_gpt.float8.convert_to_float8`); a measurement lever, not a pretraining flag.
+        fp8_fast_accum: with `--fp8`, accumulate the two backward products in cuBLAS's fast float8 mode too, as
+            `pretrain/tinyllama.py` does by default (`lit_gpt.float8.convert_to_float8`); false: torchao's default.
+        document_mask: attention within documents, as `pretrain/tinyllama.py --document_mask true`; needs
+            `--data_dir` (or `--eos_id`), so that the rows hold real documents.
+        document_positions: with `--document_mask`, rotary positions restarting at each document.
+        data_dir: a prepared litdata folder (e.g. data/slimpajama/train) whose first sequences are the benchmark's
+            micro-batches instead of random tokens: the documents and their lengths of real data.
+        eos_id: the end-of-document id for `--document_mask`; default: the one `--data_dir`'s prepare.json records.
         compile: `torch.compile` each transformer block; on by default on CUDA.
         activation_checkpointing: recompute activations in backward.
         fused_loss: the chunked fused output projection + cross-entropy; False for the plain reference.
@@ -110,7 +122,13 @@ def main(
     )  # fmt: skip
     device = torch.device("cuda" if cuda else "cpu")
     check_float8(fp8, device)
+    if document_mask:
+        if data_dir is None and eos_id is None:
+            raise ValueError("--document_mask true needs --data_dir (real documents) or --eos_id")
+        eos_id = data_eos_id([str(data_dir)] if data_dir else [], eos_id, config.padded_vocab_size)
     if attention == "fa4_func":
+        if document_mask:
+            raise ValueError("--attention fa4_func is causal only; use --attention fa4 with --document_mask")
         choose_attention("fa4", config, device, precision)  # the same refusals
         KERNELS["fa4_func"] = fa4_func
         attention_note = "attention: flash_attn.cute.flash_attn_func called directly (--attention fa4_func)"
@@ -127,7 +145,9 @@ def main(
     fabric = L.Fabric(devices=devices, strategy=strategy, precision=precision if autocast else "32-true")
     fabric.launch()
     fabric.print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if cuda else 'CPU'}, {devices} process(es)")
-    fabric.print(f"{attention_note}; float8: {fp8 or 'off'}")
+    mask = f"within documents (eos id {eos_id})" if document_mask else "across documents"
+    fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
+    doc_kwargs = dict(eos_id=eos_id if document_mask else None, document_positions=document_positions)
     results = []
     for mbs in micro_batch_sizes:
         torch.manual_seed(0)
@@ -140,10 +160,17 @@ def main(
         if fp8:
             precompute_scales_after_step(optimizer, model)
         optimizer = fabric.setup_optimizers(optimizer)
-        x = [torch.randint(0, config.vocab_size, (mbs, T + 1), device=fabric.device) for _ in range(accumulation)]
+        if data_dir is None:
+            x = [torch.randint(0, config.vocab_size, (mbs, T + 1)) for _ in range(accumulation)]
+        else:
+            x = read_batches(data_dir, T, mbs, accumulation)
+        bounds = document_bounds(x, doc_kwargs["eos_id"])  # counted on the host, as pretraining does
+        x = [batch.to(fabric.device) for batch in x]
 
-        def step(model=model, optimizer=optimizer, x=x):
-            return training_step(fabric, model, optimizer, x, grad_clip, reshard_after_backward)[0]
+        def step(model=model, optimizer=optimizer, x=x, bounds=bounds):
+            return training_step(
+                fabric, model, optimizer, x, grad_clip, reshard_after_backward, max_documents=bounds, **doc_kwargs
+            )[0]
 
         t0 = time.perf_counter()
         for _ in range(warmup):
@@ -163,6 +190,8 @@ def main(
             attention=attention,
             fp8=fp8,
             fp8_fast_accum=fp8_fast_accum,
+            document_mask=document_mask,
+            documents_per_row=documents_per_row(x, doc_kwargs["eos_id"]),
             compile=compile,
             devices=devices,
             reshard_after_forward=reshard_after_forward,
@@ -217,12 +246,40 @@ def main(
         )
 
 
+def documents_per_row(batches: List[torch.Tensor], eos_id: Optional[int]) -> Optional[float]:
+    """The mean number of documents (or pieces of one) per row of the micro-batches, for the record."""
+    if eos_id is None:
+        return None
+    counts = [count_documents(batch[:, :-1].cpu(), eos_id, multiple=1) for batch in batches]
+    return sum(counts) / sum(batch.size(0) for batch in batches)
+
+
+def read_batches(data_dir: Path, block_size: int, micro_batch_size: int, n: int) -> List[torch.Tensor]:
+    """The first `n` micro-batches of (micro_batch_size, block_size + 1) tokens of a prepared folder, in order
+    (repeated when it holds fewer)."""
+    from lit_gpt.dataloaders import val_dataloader
+
+    batches = []
+    for batch in val_dataloader(str(data_dir), block_size, micro_batch_size, num_workers=0):
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    if not batches:
+        raise ValueError(
+            f"--data_dir {data_dir} holds fewer than {micro_batch_size} sequences of {block_size + 1} tokens"
+        )
+    return [batches[i % len(batches)] for i in range(n)]
+
+
 def fa4_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """flash-attn-4's own autograd function: dynamo cannot trace it, so each compiled block breaks around it."""
     from flash_attn.cute import flash_attn_func
 
     out = flash_attn_func(q, k, v, softmax_scale=scale, causal=True)
     return out[0] if isinstance(out, tuple) else out
+
+
+fa4_func.prepare = None  # causal only: the benchmark refuses --document_mask with it
 
 
 def sync(cuda: bool) -> None:

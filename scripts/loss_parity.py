@@ -19,11 +19,12 @@ learning-rate schedule:
     fp8        ours with float8 training (`--fp8 tensorwise`, `lit_gpt/float8.py`), SDPA attention
     fa4        ours with flash-attn-4 attention (`--attention fa4`, `lit_gpt/attention.py`), bf16
     fp8_fa4    ours with both
-    fp8_fast_fa4  fp8_fa4 with the backward float8 products in cuBLAS's fast accumulation mode too
-                  (`scripts/benchmark.py --fp8_fast_accum`)
+    fp8_precise_fa4  fp8_fa4 with the backward float8 products in torchao's default precise accumulation
+                  (`--fp8_fast_accum false`; fp8 and fp8_fa4 accumulate them fast, as pretraining does)
 
-The variants of ours (ours_nudged, fp8, fa4, fp8_fa4, fp8_fast_fa4) are also compared with ours by the mean
-|loss - ours| / ours over the steps of `--window`, against the same figure for ours_nudged: a ratio <= `--noise_ratio` (1.5) passes.
+The variants of ours (ours_nudged, fp8, fa4, fp8_fa4, fp8_precise_fa4) are also compared with ours by the mean
+|loss - ours| / ours over the steps of `--window`, against the same figure for ours_nudged: a ratio <=
+`--noise_ratio` (1.5) passes.
 
 The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean; the same against
 `autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
@@ -54,7 +55,7 @@ from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.training import training_step  # noqa: E402
 from lit_gpt.utils import optimizer_param_groups  # noqa: E402
 
-CASES = ("ours", "reference", "autocast", "litgpt", "nudged", "ours_nudged", "fp8", "fa4", "fp8_fa4", "fp8_fast_fa4")
+CASES = ("ours", "reference", "autocast", "litgpt", "nudged", "ours_nudged", "fp8", "fa4", "fp8_fa4", "fp8_precise_fa4")
 # the variants of ours: the kernels they take (--fp8, --attention) and whether they start from bf16-nudged weights
 VARIANTS = {
     "ours": (None, "sdpa", False),
@@ -62,7 +63,7 @@ VARIANTS = {
     "fp8": ("tensorwise", "sdpa", False),
     "fa4": (None, "fa4", False),
     "fp8_fa4": ("tensorwise", "fa4", False),
-    "fp8_fast_fa4": ("tensorwise+fast_accum", "fa4", False),
+    "fp8_precise_fa4": ("tensorwise+precise_accum", "fa4", False),
 }
 TRAIN_DIR = "slimpajama/train"
 
@@ -107,8 +108,9 @@ def main(
         beta2: AdamW's beta2.
         grad_clip: clip the gradient norm to this value; 0 disables clipping.
         cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`, `nudged`, `ours_nudged`,
-            `fp8`, `fa4`, `fp8_fa4`, `fp8_fast_fa4`; the differences are taken against `reference`, `autocast` and `ours`, so keep
-            one of them in the list. fp8 and fa4 need a GPU that runs them (they are skipped, saying why, elsewhere).
+            `fp8`, `fa4`, `fp8_fa4`, `fp8_precise_fa4`; the differences are taken against `reference`, `autocast` and
+            `ours`, so keep one of them in the list. fp8 and fa4 need a GPU that runs them (they are skipped, saying
+            why, elsewhere).
         tolerance: the largest per-step relative difference from `reference` (or `autocast`) that passes (0.01 is
             1%).
         window: first and last 1-based step over which the variants of ours are compared with ours (the early
@@ -255,7 +257,7 @@ def run_ours(
     from lit_gpt.parallel import make_parallelize_fn
 
     name = {v: k for k, v in VARIANTS.items()}[(fp8, attention, nudged)]
-    fp8, fast_accum = (fp8.partition("+")[0], "+fast_accum" in fp8) if fp8 else (None, False)
+    fp8, fast_accum = (fp8.partition("+")[0], "+precise_accum" not in fp8) if fp8 else (None, True)
     try:
         check_float8(fp8, fabric.device)
         choose_attention(attention, config, fabric.device, "bf16-mixed")

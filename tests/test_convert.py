@@ -590,6 +590,9 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     files = ["lit_config.json", "lit_model.pth", "separators.json", "tokenizer.json", "tokenizer.model"]
     files.append("tokenizer_config.json")
     assert sorted(p.name for p in single.iterdir()) == [".lit_gpt_conversion.json", *files]
+    # the run's data has no prepare.json (chunks written directly): the default separators, recorded by the run
+    assert torch.load(written[1], weights_only=True)["hparams"]["separators"] == {"bos": False, "eos": True}
+    assert json.loads((single / "separators.json").read_text()) == {"bos": False, "eos": True}
     # the config the run trained: micro-llama with its --block_size, not the registry's
     config = Config.from_file(single / "lit_config.json")
     assert config.to_dict() == Config.from_name("micro-llama", block_size=BLOCK).to_dict()

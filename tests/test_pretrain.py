@@ -650,3 +650,22 @@ def test_cpu_bf16_flags():
     assert not cpu_has_bf16(f"processor\t: 0\n{line}\n")
     assert cpu_has_bf16(f"processor\t: 0\n{line} avx512_bf16 avx512vnni\n")
     assert cpu_has_bf16(f"{line} amx_bf16 amx_tile\n")
+
+
+def test_document_mask_run_records_it_and_a_resume_that_changes_it_is_refused(tmp_path, same_data_dir):
+    """--document_mask trains (eos id 7 ends a document every 33 tokens of these samples), is in the checkpoint's
+    hparams, and a resume with another mask is refused in one line before any step."""
+    proc = run(tmp_path, same_data_dir, "--max_steps", "1", "--document_mask", "true", "--eos_id", "7")
+    assert "attention within documents (eos id 7)" in proc.stdout
+    hparams = torch.load(checkpoints_path := tmp_path / checkpoints(tmp_path)[-1], weights_only=True)["hparams"]
+    assert (hparams["document_mask"], hparams["document_positions"], hparams["eos_id"]) == (True, False, 7)
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path)]
+    cmd += ["--max_steps", "2", "--resume", "auto"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error == [
+        f"error: {checkpoints_path} was trained with --document_mask true --document_positions false --eos_id 7, "
+        "this run has --document_mask false. Resume with --document_mask true --document_positions false --eos_id "
+        "7, or start a new run (another --out_dir, --initial_checkpoint_dir for its weights)"
+    ], proc.stderr[-2000:]

@@ -35,6 +35,13 @@ def test_documents_get_bos_and_eos_as_the_convention_says(export_tokenizer_dir):
         Separators(bos=False, eos=False)
 
 
+def test_a_tokenizer_without_the_separator_is_refused_in_one_line(tmp_path):
+    no_bos = Tokenizer(write_tokenizer(tmp_path / "no-bos"))  # names </s> as its eos token, no bos token
+    assert encode_document(no_bos, "hello world", Separators()) == [3, 4, 2]
+    with pytest.raises(UserError, match=r"no-bos has no beginning-of-document \(bos\) token, which the model's conv"):
+        encode_document(no_bos, "hello world", Separators(bos=True, eos=True))
+
+
 def test_separators_file_round_trip_and_fallback_to_the_tokenizer(tmp_path, capsys):
     for separators in (Separators(), Separators(bos=True, eos=False), Separators(bos=True, eos=True)):
         write_separators(tmp_path, separators)
@@ -90,7 +97,10 @@ def test_preparation_writes_the_separators_asked_for_and_records_them(export_tok
     default = prepared("default")
     # the default is today's output: eos after each document (the chunks and index.json are those of this stream)
     assert read_chunks(default) == sum((tokenizer.encode_ids(t) + [tokenizer.eos_id] for t in DOCUMENTS), [])
-    assert json.loads((default / "prepare.json").read_text())["separators"] == {"bos": False, "eos": True}
+    manifest = json.loads((default / "prepare.json").read_text())
+    assert (
+        manifest["separators"] == {"bos": False, "eos": True} and manifest["eos_id"] == 2 and "bos_id" not in manifest
+    )
 
     # the flags of the scripts
     load_script("prepare_slimpajama").main(raw, str(tmp_path / "both"), export_tokenizer_dir, 2049, num_workers=1,
@@ -98,7 +108,8 @@ def test_preparation_writes_the_separators_asked_for_and_records_them(export_tok
     both = tmp_path / "both"
     assert read_chunks(both) == sum((encode_document(tokenizer, t, Separators(True, True)) for t in DOCUMENTS), [])
     assert read_chunks(both)[:2] == [tokenizer.bos_id, tokenizer.encode_ids(DOCUMENTS[0])[0]]
-    assert json.loads((both / "prepare.json").read_text())["separators"] == {"bos": True, "eos": True}
+    manifest = json.loads((both / "prepare.json").read_text())
+    assert manifest["separators"] == {"bos": True, "eos": True} and (manifest["bos_id"], manifest["eos_id"]) == (1, 2)
 
     # another convention into the same folder: refused, naming both, or replaced with --overwrite true
     with pytest.raises(PrepareError, match="with bos before and eos after each document .this run: eos after each"):
@@ -142,14 +153,15 @@ def test_every_prepare_script_takes_bos_and_eos(script):
 
 
 def _prepared_folder(path: Path, separators) -> str:
-    """Real litdata chunks of 40 blocks, with the `prepare.json` a preparation of `separators` writes (None: none,
-    as before it was recorded)."""
+    """Real litdata chunks of 40 blocks, with the `prepare.json` a preparation of `separators` writes with a
+    tokenizer of bos 1 and eos 2 (None: none, as before it was recorded)."""
     from test_pretrain import _write_chunks, same_tokens
 
     _write_chunks(same_tokens, 40, path)
     if separators is not None:
-        files = sorted(p.name for p in path.iterdir())
-        (path / "prepare.json").write_text(json.dumps({"separators": separators.to_dict(), "files": files}))
+        manifest = {"separators": separators.to_dict(), "files": sorted(p.name for p in path.iterdir())}
+        manifest.update({f"{name}_id": i for name, i in (("bos", 1), ("eos", 2)) if getattr(separators, name)})
+        (path / "prepare.json").write_text(json.dumps(manifest))
     return str(path)
 
 
@@ -180,6 +192,32 @@ def test_pretraining_records_the_separators_of_its_data_and_refuses_a_mix(tmp_pa
     with pytest.raises(ValueError, match="trained on documents with bos before each document, this run's data has eos"):
         check_compatible(Path("step-00000002.pth"), metadata, {}, 1, {"separators": {"bos": False, "eos": True}})
     check_compatible(Path("step-00000002.pth"), metadata, {}, 1, {"separators": {"bos": True, "eos": False}})
+
+
+def test_the_document_mask_splits_at_the_recorded_eos_and_refuses_data_without_one(tmp_path):
+    from lit_gpt.dataloaders import data_eos_id
+
+    both = _prepared_folder(tmp_path / "both", Separators(bos=True, eos=True))
+    assert data_eos_id([both], None, 512) == 2  # recorded by preparation: no --eos_id needed
+    bos_only = _prepared_folder(tmp_path / "bos", Separators(bos=True, eos=False))
+    with pytest.raises(ValueError, match=f"--document_mask splits documents at their eos token, and {bos_only} hold"):
+        data_eos_id([both, bos_only], 2, 512)
+
+
+def test_continued_pretraining_on_data_of_another_convention_says_so(tmp_path, capsys):
+    from lit_gpt.dataloaders import data_separators
+
+    eos_data = _prepared_folder(tmp_path / "eos", Separators())
+    (tmp_path / "tinyllama").mkdir()
+    write_separators(tmp_path / "tinyllama", Separators(bos=True, eos=False))
+    assert data_separators([eos_data], tmp_path / "tinyllama") == Separators()
+    note = capsys.readouterr().err
+    assert "was trained with bos before each document, the data has eos after each document" in note
+    assert "prepare the data with --bos true --eos false" in note
+    (tmp_path / "ours").mkdir()
+    write_separators(tmp_path / "ours", Separators())
+    data_separators([eos_data], tmp_path / "ours")
+    assert capsys.readouterr().err == ""
 
 
 def _training_checkpoint(path: Path, separators=None) -> Path:
