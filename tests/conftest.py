@@ -17,6 +17,19 @@ def _litdata_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_OPTIMIZER_DATA_CACHE_FOLDER", str(tmp_path / "litdata-data-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _no_distributed_leftovers():
+    """A test that runs a script's setup() in-process makes this process a 1-process group through Fabric, which sets
+    MASTER_PORT, LOCAL_RANK, ... and holds a port: release the group and drop the variables after every test, or the
+    later tests' subprocesses inherit them (taking themselves for launched ranks, or binding the port: EADDRINUSE)."""
+    saved = dict(os.environ)
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
