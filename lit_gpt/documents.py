@@ -41,9 +41,17 @@ class Documents:
         """The starts of the documents in the flattened (B * T) tokens and their end, (max_documents + 1,) int32,
         padded at the end with empty documents (repeats of B * T): flash-attn-4's `cu_seqlens`."""
         B, T = self.ids.shape
-        if self.max_documents is None:
-            self.max_documents = int(is_start(self.ids).sum())  # a host sync; count_documents avoids it
         starts = is_start(self.ids).flatten()
+        if self.max_documents is None:
+            self.max_documents = int(starts.sum())  # a host sync; count_documents avoids it
+        else:
+            # a bound below the count would drop the last starts and merge their documents into one, silently:
+            # checked on the device, without a read-back (on a GPU a failed check stops the process)
+            torch._assert_async(
+                starts.sum() <= self.max_documents,
+                f"max_documents={self.max_documents} is below the number of documents in the batch: count them "
+                "with lit_gpt.documents.count_documents on the model's input ids",
+            )
         # the flat index of every document start, in order, then B * T for the padding
         index = torch.nonzero_static(starts, size=self.max_documents, fill_value=B * T).squeeze(-1)
         end = torch.full((1,), B * T, dtype=index.dtype, device=index.device)

@@ -78,7 +78,8 @@ class GPT(nn.Module):
         With `eos_id`, each position attends only to the positions of its own document, a document ending with (and
         including) each `eos_id` token (`lit_gpt/documents.py`); `document_positions` restarts the rotary positions
         at 0 at each document instead of counting on through the row. `max_documents` (`count_documents`), a bound
-        on the documents of the batch, spares the variable-length kernels a read of the count from the device.
+        on the documents of the batch, spares the variable-length kernels a read of the count from the device (a bound
+        below the count stops them with an error, on the device).
         """
         T = idx.size(1)
         if T > self.config.block_size:

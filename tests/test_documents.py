@@ -117,6 +117,14 @@ def test_documents_of_a_batch():
     assert find_documents(idx, EOS).cu_seqlens().tolist() == [0, 2, 5, 6, 7, 12]  # counted on the device
 
 
+def test_a_bound_below_the_document_count_is_refused_not_merged():
+    """nonzero_static keeps the first `max_documents` starts: a bound too small would join the last documents."""
+    idx = torch.tensor([[5, EOS, 6, EOS, 7, EOS, 8, 9]])  # 4 documents
+    assert find_documents(idx, EOS, max_documents=4).cu_seqlens().tolist() == [0, 2, 4, 6, 8]
+    with pytest.raises(RuntimeError, match="max_documents=2 is below the number of documents"):
+        find_documents(idx, EOS, max_documents=2).cu_seqlens()
+
+
 def test_the_kv_cache_path_refuses_a_document_mask():
     model = tiny_gpt()
     model.set_kv_cache(1)
