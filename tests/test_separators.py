@@ -60,6 +60,31 @@ def test_separators_file_round_trip_and_fallback_to_the_tokenizer(tmp_path, caps
     assert read_separators(tmp_path) == Separators(bos=True, eos=False)
 
 
+def test_separators_json_is_written_in_its_directory_alone_and_two_writers_do_not_collide(tmp_path):
+    """Links left in the output directory (under the final name or a temporary one) are replaced, never written
+    through; two writes into one directory at once each finish."""
+    from lit_gpt.convert import atomic_file
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / SEPARATORS_FILE).symlink_to(elsewhere / "a.json")
+    (out / f"{SEPARATORS_FILE}.tmp").symlink_to(elsewhere / "b.json")
+    write_separators(out, Separators(bos=True, eos=True))
+    assert list(elsewhere.iterdir()) == []
+    assert not (out / SEPARATORS_FILE).is_symlink() and read_separators(out) == Separators(bos=True, eos=True)
+
+    target = tmp_path / "lit_config.json"
+    with atomic_file(target) as first, atomic_file(target) as second:  # interleaved, as two processes would
+        first.write_text("1")
+        second.write_text("2")
+    assert target.read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "elsewhere",
+        "lit_config.json",
+        "out",
+    ]
+
+
 def test_prompt_prefix_is_the_token_before_each_training_document(export_tokenizer_dir):
     tokenizer = Tokenizer(export_tokenizer_dir)
     for separators in (Separators(), Separators(bos=True, eos=False), Separators(bos=True, eos=True)):
