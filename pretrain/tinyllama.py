@@ -172,8 +172,9 @@ def setup(
             TinyLlama (tutorials/pretrain_tinyllama.md, "Attention within documents"). A resumed run keeps it.
         document_positions: With --document_mask, restart the rotary positions at 0 at each document instead of
             counting on through the row.
-        eos_id: The end-of-document token id that --document_mask splits at. Default: the one the data folders'
-            prepare.json records (the tokenizer's eos id at preparation).
+        eos_id: The end-of-document token id that --document_mask splits at, for data whose prepare.json records
+            none (prepared before it was recorded, or in an object store). Default: the one the data folders'
+            prepare.json records (the tokenizer's eos id at preparation); another id than that is refused.
         global_batch_size: Sequences per optimizer step across all devices and nodes (not per node). Gradient
             accumulation steps = global_batch_size / (world size × micro_batch_size), which must be a whole number.
         micro_batch_size: Sequences per forward/backward pass on one device.

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +228,26 @@ def test_the_document_mask_splits_at_the_recorded_eos_and_refuses_data_without_o
     bos_only = _prepared_folder(tmp_path / "bos", Separators(bos=True, eos=False))
     with pytest.raises(ValueError, match=f"--document_mask splits documents at their eos token, and {bos_only} hold"):
         data_eos_id([both, bos_only], 2, 512)
+
+
+def test_the_document_mask_refuses_a_bogus_recorded_eos_id_and_an_eos_id_flag_that_contradicts_it(tmp_path):
+    from lit_gpt.dataloaders import data_eos_id
+
+    folder = _prepared_folder(tmp_path / "data", Separators())
+    with pytest.raises(ValueError, match=r"--eos_id 1: .*/data/prepare.json records 2 as the id written after each"):
+        data_eos_id([folder], 1, 512)
+    assert data_eos_id([folder], 2, 512) == 2
+    manifest = Path(folder) / "prepare.json"
+    record = json.loads(manifest.read_text())
+    for bogus in ("2", True, 2.0, -1, 512, [2]):  # a string or a bool would have split at the wrong id, or crashed
+        manifest.write_text(json.dumps({**record, "eos_id": bogus}))
+        with pytest.raises(
+            ValueError, match=rf"prepare.json records eos_id {re.escape(repr(bogus))}, not a token id of the"
+        ):
+            data_eos_id([folder], None, 512)
+    manifest.write_text(json.dumps(record)[:-1])
+    with pytest.raises(ValueError, match=r"prepare.json cannot be read \(Expecting .*\): prepare .*/data again"):
+        data_eos_id([folder], None, 512)
 
 
 def test_continued_pretraining_on_data_of_another_convention_says_so(tmp_path, capsys):
