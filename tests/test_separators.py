@@ -61,6 +61,22 @@ def test_separators_file_round_trip_and_fallback_to_the_tokenizer(tmp_path, caps
     assert read_separators(tmp_path) == Separators(bos=True, eos=False)
 
 
+def test_a_separators_json_that_is_no_record_is_refused_not_gone_around(tmp_path):
+    """A folder or a dangling link under the name would have sent generation to the tokenizer's guess with a note
+    saying there was no file; a huge file is not read whole; keys it does not know are left alone."""
+    (tmp_path / "dir" / SEPARATORS_FILE).mkdir(parents=True)
+    (tmp_path / "dangling").mkdir()
+    (tmp_path / "dangling" / SEPARATORS_FILE).symlink_to(tmp_path / "nowhere")
+    for name in ("dir", "dangling"):
+        with pytest.raises(UserError, match=f"{name}/{SEPARATORS_FILE} is not a file; delete it to go by the token"):
+            read_separators(tmp_path / name)
+    (tmp_path / SEPARATORS_FILE).write_text('{"bos": true, "eos": false' + " " * 100_000 + "}")
+    with pytest.raises(UserError, match="cannot be read \\(over 65536 bytes, where it holds two booleans\\)"):
+        read_separators(tmp_path)
+    (tmp_path / SEPARATORS_FILE).write_text('{"bos": true, "eos": false, "written_by": "a later version"}')
+    assert read_separators(tmp_path) == Separators(bos=True, eos=False)
+
+
 def test_separators_json_is_written_in_its_directory_alone_and_two_writers_do_not_collide(tmp_path):
     """Links left in the output directory (under the final name or a temporary one) are replaced, never written
     through; two writes into one directory at once each finish."""
