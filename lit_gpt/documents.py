@@ -86,3 +86,12 @@ def count_documents(idx: Tensor, eos_id: int, multiple: int = 64) -> int:
     compiled blocks). One document per row, and one more after each eos that is not a row's last token."""
     n = idx.size(0) + int((idx[:, :-1] == eos_id).sum())
     return -(-n // multiple) * multiple
+
+
+def check_document_flags(document_mask: bool, document_positions: bool) -> None:
+    """Refuse `--document_positions true` without `--document_mask true`, where it would change nothing."""
+    if document_positions and not document_mask:
+        raise ValueError(
+            "--document_positions true restarts positions at each document of --document_mask: pass "
+            "--document_mask true as well, or leave --document_positions out"
+        )

@@ -55,6 +55,7 @@ from lit_gpt.dataloaders import (  # noqa: E402
     mixture_dataloader,
     val_dataloader,
 )
+from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
@@ -273,9 +274,7 @@ def setup(
     folders = [*(folder for folder, _ in train_sources), val_dir]
     hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     check_token_ids(folders, config.padded_vocab_size, model_name)
-    if document_positions and not document_mask:
-        raise ValueError("--document_positions true restarts positions at each document of --document_mask: pass "
-                         "--document_mask true as well, or leave --document_positions out")  # fmt: skip
+    check_document_flags(document_mask, document_positions)
     if document_mask:
         hparams["eos_id"] = data_eos_id([folder for folder, _ in train_sources], eos_id, config.padded_vocab_size)
     if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
