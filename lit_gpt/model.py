@@ -85,6 +85,8 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"Cannot forward a sequence of length {T}: the block size is {self.config.block_size}")
         documents = None
+        if eos_id is not None and not 0 <= eos_id < self.config.padded_vocab_size:  # no token would end a document
+            raise ValueError(f"eos_id {eos_id} is not a token id of the model (0..{self.config.padded_vocab_size - 1})")
         if input_pos is not None:
             if self.mask_cache is None:
                 raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")

@@ -125,6 +125,14 @@ def test_a_bound_below_the_document_count_is_refused_not_merged():
         find_documents(idx, EOS, max_documents=2).cu_seqlens()
 
 
+def test_an_eos_id_that_is_no_token_is_refused_not_a_causal_pass():
+    """No position ever equals it: the pass would have been the causal one without a word."""
+    model = tiny_gpt()
+    for eos_id in (-1, 128, 10**9):
+        with pytest.raises(ValueError, match=rf"eos_id {eos_id} is not a token id of the model \(0..127\)"):
+            model(torch.tensor([[5, 6]]), eos_id=eos_id)
+
+
 def test_the_kv_cache_path_refuses_a_document_mask():
     model = tiny_gpt()
     model.set_kv_cache(1)
