@@ -342,6 +342,24 @@ def test_converters_write_the_separators_and_the_export_follows_them(export_toke
     assert json.loads((tmp_path / "tinyllama" / "separators.json").read_text()) == {"bos": True, "eos": False}
 
 
+def test_generation_without_the_prompt_prefix_token_says_so_before_reading_the_weights(tmp_path):
+    """separators.json says bos, the tokenizer has none: refused in one line before a model of many GB is loaded
+    (here lit_model.pth is no checkpoint at all, which the loader would have failed on instead)."""
+    from prepared_data import ROOT
+
+    from lit_gpt.config import Config
+
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    lit = write_tokenizer(tmp_path / "lit")  # eos </s>, no bos token
+    (lit / "lit_config.json").write_text(json.dumps(Config.from_name("micro-llama").to_dict()))
+    (lit / "lit_model.pth").write_bytes(b"not a checkpoint")
+    write_separators(lit, Separators(bos=True, eos=False))
+    with pytest.raises(UserError, match="lit has no bos token, which every training document began after"):
+        base.main(lit, prompt="hello", max_new_tokens=1, precision="32-true")
+
+
 @pytest.mark.parametrize(
     "separators, prefix",
     [(Separators(), "eos"), (Separators(bos=True, eos=False), "bos"), (Separators(bos=True, eos=True), "bos")],
