@@ -49,8 +49,8 @@ class Documents:
             # checked on the device, without a read-back (on a GPU a failed check stops the process)
             torch._assert_async(
                 starts.sum() <= self.max_documents,
-                f"max_documents={self.max_documents} is below the number of documents in the batch: count them "
-                "with lit_gpt.documents.count_documents on the model's input ids",
+                "max_documents is below the number of documents in the batch: count them with "
+                "lit_gpt.documents.count_documents on the model's input ids",  # a constant: traceable by dynamo
             )
         # the flat index of every document start, in order, then B * T for the padding
         index = torch.nonzero_static(starts, size=self.max_documents, fill_value=B * T).squeeze(-1)

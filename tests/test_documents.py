@@ -121,7 +121,7 @@ def test_a_bound_below_the_document_count_is_refused_not_merged():
     """nonzero_static keeps the first `max_documents` starts: a bound too small would join the last documents."""
     idx = torch.tensor([[5, EOS, 6, EOS, 7, EOS, 8, 9]])  # 4 documents
     assert find_documents(idx, EOS, max_documents=4).cu_seqlens().tolist() == [0, 2, 4, 6, 8]
-    with pytest.raises(RuntimeError, match="max_documents=2 is below the number of documents"):
+    with pytest.raises(RuntimeError, match="max_documents is below the number of documents in the batch"):
         find_documents(idx, EOS, max_documents=2).cu_seqlens()
 
 
