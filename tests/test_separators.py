@@ -247,7 +247,7 @@ def test_the_document_mask_splits_at_the_recorded_eos_and_refuses_data_without_o
 
 
 def test_the_document_mask_refuses_a_bogus_recorded_eos_id_and_an_eos_id_flag_that_contradicts_it(tmp_path):
-    from lit_gpt.dataloaders import data_eos_id
+    from lit_gpt.dataloaders import data_eos_id, data_separators
 
     folder = _prepared_folder(tmp_path / "data", Separators())
     with pytest.raises(ValueError, match=r"--eos_id 1: .*/data/prepare.json records 2 as the id written after each"):
@@ -261,9 +261,10 @@ def test_the_document_mask_refuses_a_bogus_recorded_eos_id_and_an_eos_id_flag_th
             ValueError, match=rf"prepare.json records eos_id {re.escape(repr(bogus))}, not a token id of the"
         ):
             data_eos_id([folder], None, 512)
-    manifest.write_text(json.dumps(record)[:-1])
-    with pytest.raises(ValueError, match=r"prepare.json cannot be read \(Expecting .*\): prepare .*/data again"):
-        data_eos_id([folder], None, 512)
+    manifest.write_text(json.dumps({**record, "separators": {"bos": True, "eos": True}})[:-1])  # cut short
+    for read in (data_separators, data_eos_id):  # the first read it as the default, eos after each document
+        with pytest.raises(UserError, match=r"prepare.json cannot be read \(Expecting .*\): prepare .*/data again"):
+            read([folder], *([None, 512] if read is data_eos_id else []))
 
 
 def test_continued_pretraining_on_data_of_another_convention_says_so(tmp_path, capsys):
