@@ -87,6 +87,8 @@ class GPT(nn.Module):
         documents = None
         if eos_id is not None and not 0 <= eos_id < self.config.padded_vocab_size:  # no token would end a document
             raise ValueError(f"eos_id {eos_id} is not a token id of the model (0..{self.config.padded_vocab_size - 1})")
+        if document_positions and eos_id is None:
+            raise ValueError("document_positions restarts the positions at each document: pass the eos_id ending one")
         if input_pos is not None:
             if self.mask_cache is None:
                 raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")

@@ -126,11 +126,14 @@ def test_a_bound_below_the_document_count_is_refused_not_merged():
 
 
 def test_an_eos_id_that_is_no_token_is_refused_not_a_causal_pass():
-    """No position ever equals it: the pass would have been the causal one without a word."""
+    """No position ever equals it: the pass would have been the causal one without a word; so would it have been
+    with document_positions and no eos_id."""
     model = tiny_gpt()
     for eos_id in (-1, 128, 10**9):
         with pytest.raises(ValueError, match=rf"eos_id {eos_id} is not a token id of the model \(0..127\)"):
             model(torch.tensor([[5, 6]]), eos_id=eos_id)
+    with pytest.raises(ValueError, match="document_positions restarts the positions at each document: pass the eos_id"):
+        model(torch.tensor([[5, 6]]), document_positions=True)  # it was the causal pass with positions through the row
 
 
 def test_the_kv_cache_path_refuses_a_document_mask():
