@@ -276,7 +276,7 @@ def setup(
     check_token_ids(folders, config.padded_vocab_size, model_name)
     check_document_flags(document_mask, document_positions)
     if document_mask:
-        hparams["eos_id"] = data_eos_id([folder for folder, _ in train_sources], eos_id, config.padded_vocab_size)
+        hparams["eos_id"] = data_eos_id(folders, eos_id, config.padded_vocab_size)  # validation is masked alike
     if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
         print(
             f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true", file=sys.stderr

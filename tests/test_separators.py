@@ -267,6 +267,22 @@ def test_the_document_mask_refuses_a_bogus_recorded_eos_id_and_an_eos_id_flag_th
             read([folder], *([None, 512] if read is data_eos_id else []))
 
 
+def test_the_document_mask_refuses_a_validation_folder_of_another_eos_id(tmp_path, monkeypatch):
+    """Validation runs under the training mask: a held-out set prepared with another tokenizer's eos would have
+    been validated with documents split at an id it does not end them with."""
+    from test_pretrain import BLOCK, load_script
+
+    train, val = _prepared_folder(tmp_path / "train", Separators()), _prepared_folder(tmp_path / "val", Separators())
+    manifest = Path(val) / "prepare.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "eos_id": 5}))
+    script = load_script()
+    monkeypatch.setattr(script, "main", lambda *_: pytest.fail("refused before training"))
+    with pytest.raises(ValueError, match=r"prepared with different end-of-document ids \(\{.*train': 2, .*val': 5\}"):
+        script.setup(model_name="micro-llama", block_size=BLOCK, accelerator="cpu", devices=1, precision="32-true",
+                     global_batch_size=8, micro_batch_size=2, logger_name="csv", train_data={train: 1}, val_data=val,
+                     out_dir=tmp_path / "out", document_mask=True)  # fmt: skip
+
+
 def test_continued_pretraining_on_data_of_another_convention_says_so(tmp_path, capsys):
     from lit_gpt.dataloaders import data_separators
 
