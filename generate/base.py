@@ -71,6 +71,11 @@ def main(
     lit_checkpoint_files(checkpoint_dir)  # a missing or incomplete checkpoint says so before the tokenizer is read
     fabric = L.Fabric(devices=1, precision=precision)
     tokenizer = Tokenizer(checkpoint_dir)
+    # with --template, the prompt is the one finetuning put before each response (lit_gpt/instruct.py)
+    text = prompt if template is None else apply_template(template, prompt, input)
+    # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/separators.py); before the
+    # weights are read, so that a separators.json or tokenizer that cannot give it says so at once
+    prompt_ids = encode_prompt(tokenizer, text, read_separators(checkpoint_dir))
     t0 = time.perf_counter()
     model = load_model(fabric, checkpoint_dir)
     fabric.print(f"Loaded {model.config.name} in {time.perf_counter() - t0:.2f}s ({precision})", file=sys.stderr)
@@ -82,10 +87,6 @@ def main(
             "tokenizer; one trained with another needs to be converted with that one.",
             file=sys.stderr,
         )
-    # with --template, the prompt is the one finetuning put before each response (lit_gpt/instruct.py)
-    text = prompt if template is None else apply_template(template, prompt, input)
-    # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/separators.py)
-    prompt_ids = encode_prompt(tokenizer, text, read_separators(checkpoint_dir))
     encoded = torch.tensor(prompt_ids, dtype=torch.int32, device=fabric.device)
     L.seed_everything(seed, verbose=False)
     for i in range(num_samples):

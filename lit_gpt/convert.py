@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import warnings
 from pathlib import Path
@@ -80,7 +81,7 @@ def check_weights(shapes: Dict[str, torch.Size], config: Config, source: str, hi
 # the loaders would pick up next to, or instead of, the new ones (transformers reads a stale `model.safetensors` rather
 # than new shards, and a stale `tokenizer.json` rather than a new `tokenizer.model`)
 _TOKENIZER_OUTPUTS = (*TOKENIZER_FILES, "added_tokens.json", "chat_template.jinja", "chat_template.json")
-LIT_WEIGHT_OUTPUTS = ("lit_config.json", "lit_model.pth", "lit_*.tmp", "separators.json", "separators.json.tmp")
+LIT_WEIGHT_OUTPUTS = ("lit_config.json", "lit_model.pth", "lit_*.tmp", "separators.json", "separators.json*.tmp")
 LIT_OUTPUTS = (*LIT_WEIGHT_OUTPUTS, *_TOKENIZER_OUTPUTS)
 HF_OUTPUTS = (
     "config.json",
@@ -209,8 +210,11 @@ def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, out
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """A temporary name beside `path` to write to, renamed onto `path` once written and synced to disk: a kill or a
-    full disk leaves no truncated file under the final name, and no temporary file either when it raises."""
-    tmp = path.with_name(path.name + ".tmp")
+    full disk leaves no truncated file under the final name, and no temporary file either when it raises.
+
+    The name is this write's own (`path.name.<pid>.<random>.tmp`): two conversions into one directory never write
+    or rename each other's file, and a link left under a fixed name cannot lead the write outside the directory."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
         with open(tmp, "rb") as f:

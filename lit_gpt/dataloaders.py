@@ -169,9 +169,10 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
 
 
 def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) -> int:
-    """The end-of-document id a document mask splits at: `eos_id` (`--eos_id`) if given, else the one the prepare.json
-    of the local `folders` records; refused if they disagree, record none, or it is not a token id of the model, and
-    for folders prepared without an eos after each document (`--eos false`), which have none to split at."""
+    """The end-of-document id a document mask splits at: the one the prepare.json of the local `folders` records, or
+    `eos_id` (`--eos_id`) for data that records none; refused if they disagree (folders among themselves, or with
+    `eos_id`), if none is known, or it is not a token id of the model, and for folders prepared without an eos after
+    each document (`--eos false`), which have none to split at."""
     from lit_gpt.prepare import prepared_separators
 
     no_eos = [folder for folder in folders if "://" not in folder and not prepared_separators(Path(folder)).eos]
@@ -180,19 +181,19 @@ def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) 
             f"--document_mask splits documents at their eos token, and {', '.join(no_eos)} hold none (prepared with "
             "--eos false): prepare them with --eos true (with --bos true too to keep bos before each document)"
         )
+    recorded = {folder: value for folder in folders if (value := _recorded_eos_id(folder, vocab_size)) is not None}
+    if len(set(recorded.values())) > 1:
+        raise ValueError(
+            f"--document_mask: the data folders were prepared with different end-of-document ids ({recorded}); "
+            "prepare them with one tokenizer"
+        )
+    if eos_id is not None and recorded and eos_id not in recorded.values():
+        folder, value = next(iter(recorded.items()))
+        raise ValueError(
+            f"--eos_id {eos_id}: {folder}/prepare.json records {value} as the id written after each document; leave "
+            "--eos_id out to split there"
+        )
     if eos_id is None:
-        recorded = {}
-        for folder in folders:
-            manifest = Path(folder) / "prepare.json"
-            if "://" not in folder and manifest.is_file():
-                value = json.loads(manifest.read_text()).get("eos_id")
-                if value is not None:
-                    recorded[folder] = value
-        if len(set(recorded.values())) > 1:
-            raise ValueError(
-                f"--document_mask: the data folders were prepared with different end-of-document ids ({recorded}); "
-                "prepare them with one tokenizer, or pass --eos_id"
-            )
         if not recorded:
             raise ValueError(
                 f"--document_mask: no prepare.json in {', '.join(folders)} records the end-of-document id (data "
@@ -203,6 +204,24 @@ def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) 
     if not 0 <= eos_id < vocab_size:
         raise ValueError(f"--eos_id {eos_id} is not a token id of the model (0..{vocab_size - 1})")
     return eos_id
+
+
+def _recorded_eos_id(folder: str, vocab_size: int) -> Optional[int]:
+    """The `eos_id` of a local folder's prepare.json; None for an object store, no prepare.json or none recorded."""
+    manifest = Path(folder) / "prepare.json"
+    if "://" in folder or not manifest.is_file():
+        return None
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{manifest} cannot be read ({e}): prepare {folder} again") from None
+    value = record.get("eos_id") if isinstance(record, dict) else None
+    if value is not None and (type(value) is not int or not 0 <= value < vocab_size):
+        raise ValueError(
+            f"{manifest} records eos_id {value!r}, not a token id of the model (0..{vocab_size - 1}): prepare "
+            f"{folder} again (with the model's tokenizer)"
+        )
+    return value
 
 
 def join(data_dir: str, sub: str) -> str:

@@ -41,9 +41,17 @@ class Documents:
         """The starts of the documents in the flattened (B * T) tokens and their end, (max_documents + 1,) int32,
         padded at the end with empty documents (repeats of B * T): flash-attn-4's `cu_seqlens`."""
         B, T = self.ids.shape
-        if self.max_documents is None:
-            self.max_documents = int(is_start(self.ids).sum())  # a host sync; count_documents avoids it
         starts = is_start(self.ids).flatten()
+        if self.max_documents is None:
+            self.max_documents = int(starts.sum())  # a host sync; count_documents avoids it
+        else:
+            # a bound below the count would drop the last starts and merge their documents into one, silently:
+            # checked on the device, without a read-back (on a GPU a failed check stops the process)
+            torch._assert_async(
+                starts.sum() <= self.max_documents,
+                "max_documents is below the number of documents in the batch: count them with "
+                "lit_gpt.documents.count_documents on the model's input ids",  # a constant: traceable by dynamo
+            )
         # the flat index of every document start, in order, then B * T for the padding
         index = torch.nonzero_static(starts, size=self.max_documents, fill_value=B * T).squeeze(-1)
         end = torch.full((1,), B * T, dtype=index.dtype, device=index.device)
@@ -78,3 +86,12 @@ def count_documents(idx: Tensor, eos_id: int, multiple: int = 64) -> int:
     compiled blocks). One document per row, and one more after each eos that is not a row's last token."""
     n = idx.size(0) + int((idx[:, :-1] == eos_id).sum())
     return -(-n // multiple) * multiple
+
+
+def check_document_flags(document_mask: bool, document_positions: bool) -> None:
+    """Refuse `--document_positions true` without `--document_mask true`, where it would change nothing."""
+    if document_positions and not document_mask:
+        raise ValueError(
+            "--document_positions true restarts positions at each document of --document_mask: pass "
+            "--document_mask true as well, or leave --document_positions out"
+        )

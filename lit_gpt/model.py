@@ -78,12 +78,17 @@ class GPT(nn.Module):
         With `eos_id`, each position attends only to the positions of its own document, a document ending with (and
         including) each `eos_id` token (`lit_gpt/documents.py`); `document_positions` restarts the rotary positions
         at 0 at each document instead of counting on through the row. `max_documents` (`count_documents`), a bound
-        on the documents of the batch, spares the variable-length kernels a read of the count from the device.
+        on the documents of the batch, spares the variable-length kernels a read of the count from the device (a bound
+        below the count stops them with an error, on the device).
         """
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"Cannot forward a sequence of length {T}: the block size is {self.config.block_size}")
         documents = None
+        if eos_id is not None and not 0 <= eos_id < self.config.padded_vocab_size:  # no token would end a document
+            raise ValueError(f"eos_id {eos_id} is not a token id of the model (0..{self.config.padded_vocab_size - 1})")
+        if document_positions and eos_id is None:
+            raise ValueError("document_positions restarts the positions at each document: pass the eos_id ending one")
         if input_pos is not None:
             if self.mask_cache is None:
                 raise TypeError("Call `model.set_kv_cache(batch_size)` before passing `input_pos`")

@@ -722,12 +722,13 @@ def _alive(pid: int) -> bool:
 
 def prepared_separators(path: Path) -> Separators:
     """The separator convention recorded in a prepared folder's `prepare.json`; the default (eos after each document)
-    for a folder prepared before it was recorded, or without a `prepare.json`."""
+    for a folder prepared before it was recorded, or without a `prepare.json`. One that cannot be read is refused: the
+    default would be a guess (a bos-only preparation read as eos, and its model prompted so)."""
     manifest_path = Path(path) / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    except (OSError, ValueError):
-        manifest = {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{manifest_path} cannot be read ({e}): prepare {path} again") from None
     recorded = manifest.get("separators") if isinstance(manifest, dict) else None
     return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, str(manifest_path))
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from lit_gpt.tokenizer import Tokenizer
 
 SEPARATORS_FILE = "separators.json"  # in a lit checkpoint directory, next to lit_config.json
+MAX_SEPARATORS_BYTES = 65536  # what read_separators reads of it at most
 
 
 @dataclass(frozen=True)
@@ -95,12 +96,18 @@ def read_separators(checkpoint_dir: Path) -> Separators:
     path = Path(checkpoint_dir) / SEPARATORS_FILE
     if path.is_file():
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
+            with open(path, "rb") as f:
+                text = f.read(MAX_SEPARATORS_BYTES + 1)
+            if len(text) > MAX_SEPARATORS_BYTES:
+                raise ValueError(f"over {MAX_SEPARATORS_BYTES} bytes, where it holds two booleans")
+            recorded = json.loads(text.decode("utf-8"))
         except (OSError, ValueError) as e:
             raise UserError(
                 f"{path} cannot be read ({e}); write it again, or delete it to go by the tokenizer"
             ) from None
         return Separators.from_dict(recorded, str(path))
+    if path.exists() or path.is_symlink():  # a folder, a link to nothing, a device: not a record to go around
+        raise UserError(f"{path} is not a file; delete it to go by the tokenizer, or write it again")
     separators = separators_of_tokenizer(checkpoint_dir)
     print(
         f"note: {checkpoint_dir} has no {SEPARATORS_FILE}; assuming the model was trained with {separators} "

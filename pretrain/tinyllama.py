@@ -55,6 +55,7 @@ from lit_gpt.dataloaders import (  # noqa: E402
     mixture_dataloader,
     val_dataloader,
 )
+from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.logger import choose_logger  # noqa: E402
@@ -172,8 +173,9 @@ def setup(
             TinyLlama (tutorials/pretrain_tinyllama.md, "Attention within documents"). A resumed run keeps it.
         document_positions: With --document_mask, restart the rotary positions at 0 at each document instead of
             counting on through the row.
-        eos_id: The end-of-document token id that --document_mask splits at. Default: the one the data folders'
-            prepare.json records (the tokenizer's eos id at preparation).
+        eos_id: The end-of-document token id that --document_mask splits at, for data whose prepare.json records
+            none (prepared before it was recorded, or in an object store). Default: the one the data folders'
+            prepare.json records (the tokenizer's eos id at preparation); another id than that is refused.
         global_batch_size: Sequences per optimizer step across all devices and nodes (not per node). Gradient
             accumulation steps = global_batch_size / (world size × micro_batch_size), which must be a whole number.
         micro_batch_size: Sequences per forward/backward pass on one device.
@@ -272,11 +274,9 @@ def setup(
     folders = [*(folder for folder, _ in train_sources), val_dir]
     hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     check_token_ids(folders, config.padded_vocab_size, model_name)
-    if document_positions and not document_mask:
-        raise ValueError("--document_positions true restarts positions at each document of --document_mask: pass "
-                         "--document_mask true as well, or leave --document_positions out")  # fmt: skip
+    check_document_flags(document_mask, document_positions)
     if document_mask:
-        hparams["eos_id"] = data_eos_id([folder for folder, _ in train_sources], eos_id, config.padded_vocab_size)
+        hparams["eos_id"] = data_eos_id(folders, eos_id, config.padded_vocab_size)  # validation is masked alike
     if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
         print(
             f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true", file=sys.stderr

@@ -25,7 +25,7 @@ from lit_gpt import flops  # noqa: E402
 from lit_gpt.attention import KERNELS, choose_attention  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.dataloaders import data_eos_id  # noqa: E402
-from lit_gpt.documents import count_documents  # noqa: E402
+from lit_gpt.documents import check_document_flags, count_documents  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.training import document_bounds, training_step  # noqa: E402
@@ -122,6 +122,7 @@ def main(
     )  # fmt: skip
     device = torch.device("cuda" if cuda else "cpu")
     check_float8(fp8, device)
+    check_document_flags(document_mask, document_positions)
     if document_mask:
         if data_dir is None and eos_id is None:
             raise ValueError("--document_mask true needs --data_dir (real documents) or --eos_id")

@@ -117,6 +117,25 @@ def test_documents_of_a_batch():
     assert find_documents(idx, EOS).cu_seqlens().tolist() == [0, 2, 5, 6, 7, 12]  # counted on the device
 
 
+def test_a_bound_below_the_document_count_is_refused_not_merged():
+    """nonzero_static keeps the first `max_documents` starts: a bound too small would join the last documents."""
+    idx = torch.tensor([[5, EOS, 6, EOS, 7, EOS, 8, 9]])  # 4 documents
+    assert find_documents(idx, EOS, max_documents=4).cu_seqlens().tolist() == [0, 2, 4, 6, 8]
+    with pytest.raises(RuntimeError, match="max_documents is below the number of documents in the batch"):
+        find_documents(idx, EOS, max_documents=2).cu_seqlens()
+
+
+def test_an_eos_id_that_is_no_token_is_refused_not_a_causal_pass():
+    """No position ever equals it: the pass would have been the causal one without a word; so would it have been
+    with document_positions and no eos_id."""
+    model = tiny_gpt()
+    for eos_id in (-1, 128, 10**9):
+        with pytest.raises(ValueError, match=rf"eos_id {eos_id} is not a token id of the model \(0..127\)"):
+            model(torch.tensor([[5, 6]]), eos_id=eos_id)
+    with pytest.raises(ValueError, match="document_positions restarts the positions at each document: pass the eos_id"):
+        model(torch.tensor([[5, 6]]), document_positions=True)  # it was the causal pass with positions through the row
+
+
 def test_the_kv_cache_path_refuses_a_document_mask():
     model = tiny_gpt()
     model.set_kv_cache(1)

@@ -652,6 +652,20 @@ def test_cpu_bf16_flags():
     assert cpu_has_bf16(f"{line} amx_bf16 amx_tile\n")
 
 
+def test_document_positions_without_a_document_mask_is_refused_by_pretraining_and_the_benchmark(
+    tmp_path, same_data_dir
+):
+    """The benchmark measured the causal step without a word, as if positions restarted per document."""
+    from prepared_data import load_script as load_scripts_module
+
+    message = "--document_positions true restarts positions at each document of --document_mask: pass --document_m"
+    with pytest.raises(ValueError, match=message):
+        load_scripts_module("benchmark").main(model_name="micro-llama", document_positions=True, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=message):
+        load_script().setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path,
+                            data_dir=str(same_data_dir), document_positions=True)  # fmt: skip
+
+
 def test_document_mask_run_records_it_and_a_resume_that_changes_it_is_refused(tmp_path, same_data_dir):
     """--document_mask trains (eos id 7 ends a document every 33 tokens of these samples), is in the checkpoint's
     hparams, and a resume with another mask is refused in one line before any step."""

@@ -1,5 +1,6 @@
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,47 @@ def test_separators_file_round_trip_and_fallback_to_the_tokenizer(tmp_path, caps
     assert "has no separators.json; assuming the model was trained with eos after each document" in note
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": True}))  # Llama-2, TinyLlama
     assert read_separators(tmp_path) == Separators(bos=True, eos=False)
+
+
+def test_a_separators_json_that_is_no_record_is_refused_not_gone_around(tmp_path):
+    """A folder or a dangling link under the name would have sent generation to the tokenizer's guess with a note
+    saying there was no file; a huge file is not read whole; keys it does not know are left alone."""
+    (tmp_path / "dir" / SEPARATORS_FILE).mkdir(parents=True)
+    (tmp_path / "dangling").mkdir()
+    (tmp_path / "dangling" / SEPARATORS_FILE).symlink_to(tmp_path / "nowhere")
+    for name in ("dir", "dangling"):
+        with pytest.raises(UserError, match=f"{name}/{SEPARATORS_FILE} is not a file; delete it to go by the token"):
+            read_separators(tmp_path / name)
+    (tmp_path / SEPARATORS_FILE).write_text('{"bos": true, "eos": false' + " " * 100_000 + "}")
+    with pytest.raises(UserError, match="cannot be read \\(over 65536 bytes, where it holds two booleans\\)"):
+        read_separators(tmp_path)
+    (tmp_path / SEPARATORS_FILE).write_text('{"bos": true, "eos": false, "written_by": "a later version"}')
+    assert read_separators(tmp_path) == Separators(bos=True, eos=False)
+
+
+def test_separators_json_is_written_in_its_directory_alone_and_two_writers_do_not_collide(tmp_path):
+    """Links left in the output directory (under the final name or a temporary one) are replaced, never written
+    through; two writes into one directory at once each finish."""
+    from lit_gpt.convert import atomic_file
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / SEPARATORS_FILE).symlink_to(elsewhere / "a.json")
+    (out / f"{SEPARATORS_FILE}.tmp").symlink_to(elsewhere / "b.json")
+    write_separators(out, Separators(bos=True, eos=True))
+    assert list(elsewhere.iterdir()) == []
+    assert not (out / SEPARATORS_FILE).is_symlink() and read_separators(out) == Separators(bos=True, eos=True)
+
+    target = tmp_path / "lit_config.json"
+    with atomic_file(target) as first, atomic_file(target) as second:  # interleaved, as two processes would
+        first.write_text("1")
+        second.write_text("2")
+    assert target.read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "elsewhere",
+        "lit_config.json",
+        "out",
+    ]
 
 
 def test_prompt_prefix_is_the_token_before_each_training_document(export_tokenizer_dir):
@@ -204,6 +246,43 @@ def test_the_document_mask_splits_at_the_recorded_eos_and_refuses_data_without_o
         data_eos_id([both, bos_only], 2, 512)
 
 
+def test_the_document_mask_refuses_a_bogus_recorded_eos_id_and_an_eos_id_flag_that_contradicts_it(tmp_path):
+    from lit_gpt.dataloaders import data_eos_id, data_separators
+
+    folder = _prepared_folder(tmp_path / "data", Separators())
+    with pytest.raises(ValueError, match=r"--eos_id 1: .*/data/prepare.json records 2 as the id written after each"):
+        data_eos_id([folder], 1, 512)
+    assert data_eos_id([folder], 2, 512) == 2
+    manifest = Path(folder) / "prepare.json"
+    record = json.loads(manifest.read_text())
+    for bogus in ("2", True, 2.0, -1, 512, [2]):  # a string or a bool would have split at the wrong id, or crashed
+        manifest.write_text(json.dumps({**record, "eos_id": bogus}))
+        with pytest.raises(
+            ValueError, match=rf"prepare.json records eos_id {re.escape(repr(bogus))}, not a token id of the"
+        ):
+            data_eos_id([folder], None, 512)
+    manifest.write_text(json.dumps({**record, "separators": {"bos": True, "eos": True}})[:-1])  # cut short
+    for read in (data_separators, data_eos_id):  # the first read it as the default, eos after each document
+        with pytest.raises(UserError, match=r"prepare.json cannot be read \(Expecting .*\): prepare .*/data again"):
+            read([folder], *([None, 512] if read is data_eos_id else []))
+
+
+def test_the_document_mask_refuses_a_validation_folder_of_another_eos_id(tmp_path, monkeypatch):
+    """Validation runs under the training mask: a held-out set prepared with another tokenizer's eos would have
+    been validated with documents split at an id it does not end them with."""
+    from test_pretrain import BLOCK, load_script
+
+    train, val = _prepared_folder(tmp_path / "train", Separators()), _prepared_folder(tmp_path / "val", Separators())
+    manifest = Path(val) / "prepare.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "eos_id": 5}))
+    script = load_script()
+    monkeypatch.setattr(script, "main", lambda *_: pytest.fail("refused before training"))
+    with pytest.raises(ValueError, match=r"prepared with different end-of-document ids \(\{.*train': 2, .*val': 5\}"):
+        script.setup(model_name="micro-llama", block_size=BLOCK, accelerator="cpu", devices=1, precision="32-true",
+                     global_batch_size=8, micro_batch_size=2, logger_name="csv", train_data={train: 1}, val_data=val,
+                     out_dir=tmp_path / "out", document_mask=True)  # fmt: skip
+
+
 def test_continued_pretraining_on_data_of_another_convention_says_so(tmp_path, capsys):
     from lit_gpt.dataloaders import data_separators
 
@@ -278,6 +357,24 @@ def test_converters_write_the_separators_and_the_export_follows_them(export_toke
     # TinyLlama's and Llama-2's Hugging Face tokenizers: bos before each document
     import_hf(tmp_path / "hf-both", output_dir=tmp_path / "tinyllama")
     assert json.loads((tmp_path / "tinyllama" / "separators.json").read_text()) == {"bos": True, "eos": False}
+
+
+def test_generation_without_the_prompt_prefix_token_says_so_before_reading_the_weights(tmp_path):
+    """separators.json says bos, the tokenizer has none: refused in one line before a model of many GB is loaded
+    (here lit_model.pth is no checkpoint at all, which the loader would have failed on instead)."""
+    from prepared_data import ROOT
+
+    from lit_gpt.config import Config
+
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    lit = write_tokenizer(tmp_path / "lit")  # eos </s>, no bos token
+    (lit / "lit_config.json").write_text(json.dumps(Config.from_name("micro-llama").to_dict()))
+    (lit / "lit_model.pth").write_bytes(b"not a checkpoint")
+    write_separators(lit, Separators(bos=True, eos=False))
+    with pytest.raises(UserError, match="lit has no bos token, which every training document began after"):
+        base.main(lit, prompt="hello", max_new_tokens=1, precision="32-true")
 
 
 @pytest.mark.parametrize(
