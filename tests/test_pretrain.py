@@ -292,7 +292,9 @@ def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path,
     assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
 
 
-def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_path, same_data_dir):
+def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_path, same_data_dir, capsys):
+    from test_cli import refusal
+
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
 
@@ -304,16 +306,17 @@ def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_
     config.rope_base = 500_000
     config.to_file(lit_dir / "lit_config.json")
     torch.save(GPT(config).state_dict(), lit_dir / "lit_model.pth")
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
-    cmd += ["--initial_checkpoint_dir", str(lit_dir), "--max_steps", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 2, proc.stdout[-2000:]
-    assert "--model_name 'micro-llama' has rope_base=10000 but" in proc.stderr
-    assert "lit_config.json says 500000; pass the --model_name of the model in --initial_checkpoint_dir" in proc.stderr
-    assert "parameters, initialized" not in proc.stdout  # refused before a model was built
+    args = [*COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
+    args += ["--initial_checkpoint_dir", str(lit_dir), "--max_steps", "1"]
+    # refused in-process, through the script's own `cli(setup)` (a Python start with lightning costs ~10 s here)
+    line = refusal(capsys, load_script().setup, *args)
+    assert "--model_name 'micro-llama' has rope_base=10000 but" in line
+    assert "lit_config.json says 500000; pass the --model_name of the model in --initial_checkpoint_dir" in line
+    assert not (tmp_path / "out").exists()  # refused before a model was built or anything written
     # without --model_name, the model is the one lit_config.json describes
-    i = cmd.index("--model_name")
-    proc = subprocess.run(cmd[:i] + cmd[i + 2 :], capture_output=True, text=True, timeout=300, env=_env())
+    i = args.index("--model_name")
+    cmd = [sys.executable, str(SCRIPT), *args[:i], *args[i + 2 :]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         "custom-llama: 8,930,432 parameters" in proc.stdout and f"Initialized the weights from {lit_dir}" in proc.stdout
