@@ -336,7 +336,9 @@ def two_process_run(tmp_path_factory, same_data_dir) -> Path:
     return two
 
 
-def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_data_dir, two_process_run):
+def test_two_process_sharded_run_matches_one_process_and_resumes_after_sigint_and_sigkill(
+    tmp_path, same_data_dir, two_process_run
+):
     flags = SHARDED_FLAGS
     one, two, resumed = tmp_path / "one", two_process_run, tmp_path / "resumed"
     run(one, same_data_dir, *flags)
@@ -357,13 +359,34 @@ def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_
     code, out = run_until_signal(resumed, same_data_dir, "3 steps of", signal.SIGINT, *flags, devices=2, group=False)
     assert code == 0 and "Stopped by SIGINT after step 1 of 3" in out and "Traceback" not in out, out[-3000:]
     assert checkpoints(resumed) == ["step-00000001.pth"] and (resumed / "step-00000001.pth" / "meta.pt").is_file()
-    # resumed; keeping the gathered weights through the step (instead of gathering them again for every forward and
-    # backward) must not change a bit
+    # resumed, keeping the gathered weights through the step (instead of gathering them again for every forward and
+    # backward), and killed with SIGKILL in both processes while they write the sharded step-3 checkpoint (its `.tmp`
+    # directory exists): the step-2 checkpoint stays the newest complete one
     resume_flags = ["--resume", "auto", "--reshard_after_forward", "false", "--reshard_after_backward", "false"]
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(resumed)]
+    cmd += [*flags, *resume_flags, "--devices", "2"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True
+    )
+    saving = resumed / "step-00000003.pth.tmp"
+    try:
+        while proc.poll() is None and not saving.exists():  # the save takes far longer than one look
+            time.sleep(0.001)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoints(resumed) == ["step-00000001.pth", "step-00000002.pth", "step-00000003.pth.tmp"]
+    # the killed run's lock does not outlive it, and `--resume auto` ends with the uninterrupted run's weights: neither
+    # the interruptions nor the weights kept gathered changed a bit
     proc = run(resumed, same_data_dir, *flags, *resume_flags, devices=2)
-    assert "Resumed at step 1" in proc.stdout
+    assert "Resumed at step 2" in proc.stdout
+    assert checkpoints(resumed) == ["step-00000001.pth", "step-00000002.pth", "step-00000003.pth"]
     assert metrics(resumed, "loss") == metrics(two, "loss")
     weights_resumed = model_weights(resumed / "step-00000003.pth")
+    assert weights_resumed.keys() == weights_two.keys()
     for name in weights_two:
         assert torch.equal(weights_resumed[name], weights_two[name]), name
 
@@ -508,42 +531,6 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
         ran = True
     assert ran
     assert "cannot lock" in capsys.readouterr().out
-
-
-def test_sigkill_during_a_sharded_save_then_resume_auto_is_the_uninterrupted_run(
-    tmp_path, same_data_dir, two_process_run
-):
-    """Both processes are killed while they write the sharded step-3 checkpoint (its `.tmp` directory exists): the
-    step-2 checkpoint stays the newest complete one, the killed run's lock does not outlive it, and `--resume auto`
-    ends with the uninterrupted run's weights, bit for bit."""
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path)]
-    cmd += [*SHARDED_FLAGS, "--devices", "2"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True
-    )
-    saving = tmp_path / "step-00000003.pth.tmp"
-    try:
-        while proc.poll() is None and not saving.exists():  # the save takes far longer than one look
-            time.sleep(0.001)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000003.pth.tmp"]
-
-    proc = run(tmp_path, same_data_dir, *SHARDED_FLAGS, "--resume", "auto", devices=2)
-    assert "Resumed at step 2" in proc.stdout
-    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000003.pth"]
-    assert metrics(tmp_path)[3] == metrics(two_process_run)[3]
-    expected, resumed = (
-        model_weights(two_process_run / "step-00000003.pth"),
-        model_weights(tmp_path / "step-00000003.pth"),
-    )
-    assert expected.keys() == resumed.keys()
-    for name in expected:
-        assert torch.equal(resumed[name], expected[name]), name
 
 
 def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path):
