@@ -328,20 +328,9 @@ def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_
 SHARDED_FLAGS = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, same_data_dir) -> Path:
-    """The out dir of an uninterrupted 2-process run with SHARDED_FLAGS (sharded checkpoints of steps 2 and 3)."""
-    two = tmp_path_factory.mktemp("two")
-    run(two, same_data_dir, *SHARDED_FLAGS, devices=2)
-    return two
-
-
-def test_two_process_sharded_run_matches_one_process_and_resumes_after_sigint_and_sigkill(
-    tmp_path, same_data_dir, two_process_run
-):
-    flags = SHARDED_FLAGS
-    one, two, resumed = tmp_path / "one", two_process_run, tmp_path / "resumed"
-    run(one, same_data_dir, *flags)
+def test_two_process_sharded_run_matches_one_process_and_resumes_after_sigint_and_sigkill(tmp_path, pretrain_runs):
+    flags, same_data_dir = SHARDED_FLAGS, pretrain_runs["data"]
+    one, two, resumed = pretrain_runs["one"], pretrain_runs["two"], tmp_path / "resumed"
     for key in ("loss", "grad_norm", "val_loss"):
         expected, actual = metrics(one, key), metrics(two, key)
         assert expected.keys() == actual.keys() and expected, key
