@@ -284,10 +284,13 @@ def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_p
     assert lrs[1] == lrs[2] == 3e-3 > lrs[3] > lrs[4] > lrs[5] > lrs[6] > 3e-4, lrs  # one cosine after the warmup
 
 
-def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path, same_data_dir):
-    run(tmp_path, same_data_dir, "--max_steps", "2")  # 2 steps of 8 sequences: 512 tokens
+def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path, pretrain_runs):
+    import shutil
+
+    # the shared 1-process run up to its step-2 checkpoint: 2 steps of 8 sequences, 512 tokens
+    shutil.copytree(pretrain_runs["one"], tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("step-00000003*"))
     # twice the batch: 2 more steps of 512 tokens reach --max_tokens (not 1536 // 512 = 3 steps in all)
-    proc = run(tmp_path, same_data_dir, "--resume", "auto", "--global_batch_size", "16", "--max_tokens", "1536")
+    proc = run(tmp_path, pretrain_runs["data"], "--resume", "auto", "--global_batch_size", "16", "--max_tokens", "1536")
     assert "Done: 4 steps, 1,536 tokens" in proc.stdout, proc.stdout[-2000:]
     assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
 
