@@ -269,14 +269,16 @@ def test_bf16_compiled_run_on_cuda_trains_and_resumes(tmp_path, same_data_dir):
         assert again[step] == pytest.approx(losses[step], rel=2e-3), (step, again[step], losses[step])
 
 
-def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_path, same_data_dir):
+def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_path, pretrain_runs):
     """--max_steps stops early but the schedule spans --max_tokens: stopping at step 3 and resuming to 6 repeats the
     6-step run's learning rates and losses exactly (a schedule over --max_steps would have decayed faster in the
     first part and jumped back up after the resume)."""
-    plan = ["--max_tokens", str(6 * 8 * BLOCK), "--warmup_steps", "1"]
+    import shutil
+
+    plan, same_data_dir = SIX_STEP_PLAN, pretrain_runs["data"]
     through, staged = tmp_path / "through", tmp_path / "staged"
     run(through, same_data_dir, *plan)
-    run(staged, same_data_dir, *plan, "--max_steps", "3")
+    shutil.copytree(pretrain_runs["one"], staged)  # the plan stopped by --max_steps 3 (SHARDED_FLAGS)
     assert "Done: 6 steps" in run(staged, same_data_dir, *plan, "--resume", "auto").stdout
     for key in ("learning_rate", "loss"):
         assert metrics(staged, key) == metrics(through, key), key
@@ -328,7 +330,9 @@ def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_
     assert saved["model_config"]["rope_base"] == 500_000 and saved["model_name"] == "custom-llama"
 
 
-SHARDED_FLAGS = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
+# a 6-step schedule; the shared runs of conftest.py's `pretrain_runs` stop it after step 3
+SIX_STEP_PLAN = ["--max_tokens", str(6 * 8 * BLOCK), "--warmup_steps", "1"]
+SHARDED_FLAGS = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3", *SIX_STEP_PLAN]
 
 
 def test_two_process_sharded_run_matches_one_process_and_resumes_after_sigint_and_sigkill(tmp_path, pretrain_runs):
