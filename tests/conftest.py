@@ -224,3 +224,20 @@ def plain_transformers_encode():
         return json.loads(proc.stdout.splitlines()[-1])
 
     return encode
+
+
+########################
+# Pretraining runs shared by tests/test_pretrain.py and test_convert.py
+########################
+@pytest.fixture(scope="session")
+def pretrain_runs(tmp_path_factory) -> dict:
+    """Uninterrupted runs of pretrain/tinyllama.py with test_pretrain.py's COMMON flags and SHARDED_FLAGS (3 steps,
+    checkpoints of steps 2 and 3) on its identical samples: the data dir (`data`) and the out dirs of one process
+    (`one`, single-file checkpoints) and of two (`two`, sharded). Read-only for tests: copy what a test changes."""
+    from test_pretrain import SHARDED_FLAGS, _build, run, same_tokens
+
+    root = tmp_path_factory.mktemp("pretrain-runs")
+    runs = {"data": _build(root / "data", same_tokens, 40), "one": root / "one", "two": root / "two"}
+    run(runs["one"], runs["data"], *SHARDED_FLAGS)
+    run(runs["two"], runs["data"], *SHARDED_FLAGS, devices=2)
+    return runs

@@ -1,8 +1,6 @@
 """The attention dispatch (`lit_gpt/attention.py`): the choice and its refusals on CPU; on a Hopper GPU (`-m gpu`),
 flash-attn-4 against SDPA and inside a compiled block without a graph break."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -45,15 +43,17 @@ def test_sdpa_kernel_is_the_model_default_and_the_output_is_unchanged():
     torch.testing.assert_close(logits, before[:, :8], rtol=1e-4, atol=1e-4)
 
 
-def test_pretrain_refuses_fa4_and_fp8_on_cpu_before_any_work(tmp_path, data_dir):
+def test_pretrain_refuses_fa4_and_fp8_on_cpu_before_any_work(tmp_path, data_dir, capsys):
+    from test_cli import entry_point, refusal
+
+    # in-process through the script's own `cli(setup)` (its __main__ block): a Python start with lightning costs ~10 s
+    setup = entry_point("pretrain/tinyllama.py").setup
     for flags, message in [
         (["--attention", "fa4"], "--attention fa4: flash-attn-4 needs a CUDA GPU"),
         (["--fp8", "tensorwise"], "--fp8 tensorwise: float8 training needs a CUDA GPU"),
     ]:
-        cmd = [sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), "--model_name", "micro-llama"]
-        cmd += ["--accelerator", "cpu", "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "out"), *flags]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+        args = ["--model_name", "micro-llama", "--accelerator", "cpu", "--data_dir", str(data_dir)]
+        assert message in refusal(capsys, setup, *args, "--out_dir", str(tmp_path / "out"), *flags)
         assert not (tmp_path / "out").exists()
 
 

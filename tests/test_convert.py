@@ -17,8 +17,7 @@ from lit_gpt.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 32
-# pretrain/tinyllama.py on micro-llama, 2 optimizer steps of 8 sequences; every sequence the same, so that one
-# process and two compute the same weights
+# pretrain/tinyllama.py on micro-llama, 2 optimizer steps of 8 sequences
 PRETRAIN = [
     "--model_name", "micro-llama", "--block_size", str(BLOCK), "--accelerator", "cpu", "--precision", "32-true",
     "--global_batch_size", "8", "--micro_batch_size", "2", "--max_steps", "2", "--save_interval", "2",
@@ -537,21 +536,6 @@ def test_help_explains_every_flag(module, flags, capsys):
         assert f"        {name}: " in fn.__doc__, name
 
 
-def _pretraining_data(root: Path) -> Path:
-    """litdata chunks in the three folders pretrain/tinyllama.py reads, every (BLOCK + 1)-token sample the same."""
-    from litdata.streaming.item_loader import TokensLoader
-    from litdata.streaming.writer import BinaryWriter
-
-    sample = torch.arange(100, 100 + BLOCK + 1, dtype=torch.int32)
-    for sub in ("slimpajama/train", "starcoder", "slimpajama/val"):
-        writer = BinaryWriter(str(root / sub), chunk_size=(BLOCK + 1) * 8, item_loader=TokensLoader())
-        for i in range(40):
-            writer.add_item(i, sample.repeat(4))
-        writer.done()
-        writer.merge()
-    return root
-
-
 def _tutorial_tokenizer(export_tokenizer_dir: Path, out: Path) -> Path:
     """The tokenizer files of the tutorial: tokenizer.model, tokenizer.json and tokenizer_config.json."""
     from transformers import AutoTokenizer
@@ -565,21 +549,17 @@ def _tutorial_tokenizer(export_tokenizer_dir: Path, out: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir, tmp_path):
-    """The tutorial's path on checkpoints written by pretrain/tinyllama.py itself, on one process and on two."""
+def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir, tmp_path, pretrain_runs):
+    """The tutorial's path on checkpoints written by pretrain/tinyllama.py itself, on one process and on two (the
+    step-2 checkpoints of the runs that tests/test_pretrain.py also reads: every sequence the same, so that one
+    process and two compute the same weights)."""
     from transformers import AutoModelForCausalLM
 
     from scripts.convert_lit_checkpoint import convert as export
     from scripts.convert_pretrained_checkpoint import convert
 
-    data = _pretraining_data(tmp_path / "data")
-    written = {}
-    for devices in (1, 2):
-        out = tmp_path / f"out-{devices}"
-        cmd = [sys.executable, "pretrain/tinyllama.py", *PRETRAIN, "--data_dir", str(data), "--out_dir", str(out)]
-        proc = subprocess.run(cmd + ["--devices", str(devices)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        written[devices] = out / "step-00000002.pth"
+    data = pretrain_runs["data"]
+    written = {1: pretrain_runs["one"] / "step-00000002.pth", 2: pretrain_runs["two"] / "step-00000002.pth"}
     assert written[1].is_file() and written[2].is_dir() and list(written[2].glob("*.distcp"))
 
     tokenizer_dir = _tutorial_tokenizer(export_tokenizer_dir, tmp_path / "tokenizer")

@@ -269,14 +269,16 @@ def test_bf16_compiled_run_on_cuda_trains_and_resumes(tmp_path, same_data_dir):
         assert again[step] == pytest.approx(losses[step], rel=2e-3), (step, again[step], losses[step])
 
 
-def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_path, same_data_dir):
+def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_path, pretrain_runs):
     """--max_steps stops early but the schedule spans --max_tokens: stopping at step 3 and resuming to 6 repeats the
     6-step run's learning rates and losses exactly (a schedule over --max_steps would have decayed faster in the
     first part and jumped back up after the resume)."""
-    plan = ["--max_tokens", str(6 * 8 * BLOCK), "--warmup_steps", "1"]
+    import shutil
+
+    plan, same_data_dir = SIX_STEP_PLAN, pretrain_runs["data"]
     through, staged = tmp_path / "through", tmp_path / "staged"
     run(through, same_data_dir, *plan)
-    run(staged, same_data_dir, *plan, "--max_steps", "3")
+    shutil.copytree(pretrain_runs["one"], staged)  # the plan stopped by --max_steps 3 (SHARDED_FLAGS)
     assert "Done: 6 steps" in run(staged, same_data_dir, *plan, "--resume", "auto").stdout
     for key in ("learning_rate", "loss"):
         assert metrics(staged, key) == metrics(through, key), key
@@ -284,15 +286,20 @@ def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_p
     assert lrs[1] == lrs[2] == 3e-3 > lrs[3] > lrs[4] > lrs[5] > lrs[6] > 3e-4, lrs  # one cosine after the warmup
 
 
-def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path, same_data_dir):
-    run(tmp_path, same_data_dir, "--max_steps", "2")  # 2 steps of 8 sequences: 512 tokens
+def test_resume_with_another_global_batch_size_trains_up_to_max_tokens(tmp_path, pretrain_runs):
+    import shutil
+
+    # the shared 1-process run up to its step-2 checkpoint: 2 steps of 8 sequences, 512 tokens
+    shutil.copytree(pretrain_runs["one"], tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("step-00000003*"))
     # twice the batch: 2 more steps of 512 tokens reach --max_tokens (not 1536 // 512 = 3 steps in all)
-    proc = run(tmp_path, same_data_dir, "--resume", "auto", "--global_batch_size", "16", "--max_tokens", "1536")
+    proc = run(tmp_path, pretrain_runs["data"], "--resume", "auto", "--global_batch_size", "16", "--max_tokens", "1536")
     assert "Done: 4 steps, 1,536 tokens" in proc.stdout, proc.stdout[-2000:]
     assert sorted(metrics(tmp_path)) == [1, 2, 3, 4]
 
 
-def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_path, same_data_dir):
+def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_path, same_data_dir, capsys):
+    from test_cli import refusal
+
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
 
@@ -304,16 +311,17 @@ def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_
     config.rope_base = 500_000
     config.to_file(lit_dir / "lit_config.json")
     torch.save(GPT(config).state_dict(), lit_dir / "lit_model.pth")
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
-    cmd += ["--initial_checkpoint_dir", str(lit_dir), "--max_steps", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 2, proc.stdout[-2000:]
-    assert "--model_name 'micro-llama' has rope_base=10000 but" in proc.stderr
-    assert "lit_config.json says 500000; pass the --model_name of the model in --initial_checkpoint_dir" in proc.stderr
-    assert "parameters, initialized" not in proc.stdout  # refused before a model was built
+    args = [*COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
+    args += ["--initial_checkpoint_dir", str(lit_dir), "--max_steps", "1"]
+    # refused in-process, through the script's own `cli(setup)` (a Python start with lightning costs ~10 s here)
+    line = refusal(capsys, load_script().setup, *args)
+    assert "--model_name 'micro-llama' has rope_base=10000 but" in line
+    assert "lit_config.json says 500000; pass the --model_name of the model in --initial_checkpoint_dir" in line
+    assert not (tmp_path / "out").exists()  # refused before a model was built or anything written
     # without --model_name, the model is the one lit_config.json describes
-    i = cmd.index("--model_name")
-    proc = subprocess.run(cmd[:i] + cmd[i + 2 :], capture_output=True, text=True, timeout=300, env=_env())
+    i = args.index("--model_name")
+    cmd = [sys.executable, str(SCRIPT), *args[:i], *args[i + 2 :]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (
         "custom-llama: 8,930,432 parameters" in proc.stdout and f"Initialized the weights from {lit_dir}" in proc.stdout
@@ -322,21 +330,14 @@ def test_initial_checkpoint_of_another_architecture_is_refused_or_continued(tmp_
     assert saved["model_config"]["rope_base"] == 500_000 and saved["model_name"] == "custom-llama"
 
 
-SHARDED_FLAGS = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3"]
+# a 6-step schedule; the shared runs of conftest.py's `pretrain_runs` stop it after step 3
+SIX_STEP_PLAN = ["--max_tokens", str(6 * 8 * BLOCK), "--warmup_steps", "1"]
+SHARDED_FLAGS = ["--max_steps", "3", "--save_interval", "2", "--eval_interval", "3", *SIX_STEP_PLAN]
 
 
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, same_data_dir) -> Path:
-    """The out dir of an uninterrupted 2-process run with SHARDED_FLAGS (sharded checkpoints of steps 2 and 3)."""
-    two = tmp_path_factory.mktemp("two")
-    run(two, same_data_dir, *SHARDED_FLAGS, devices=2)
-    return two
-
-
-def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_data_dir, two_process_run):
-    flags = SHARDED_FLAGS
-    one, two, resumed = tmp_path / "one", two_process_run, tmp_path / "resumed"
-    run(one, same_data_dir, *flags)
+def test_two_process_sharded_run_matches_one_process_and_resumes_after_sigint_and_sigkill(tmp_path, pretrain_runs):
+    flags, same_data_dir = SHARDED_FLAGS, pretrain_runs["data"]
+    one, two, resumed = pretrain_runs["one"], pretrain_runs["two"], tmp_path / "resumed"
     for key in ("loss", "grad_norm", "val_loss"):
         expected, actual = metrics(one, key), metrics(two, key)
         assert expected.keys() == actual.keys() and expected, key
@@ -354,13 +355,34 @@ def test_two_process_sharded_run_matches_one_process_and_resumes(tmp_path, same_
     code, out = run_until_signal(resumed, same_data_dir, "3 steps of", signal.SIGINT, *flags, devices=2, group=False)
     assert code == 0 and "Stopped by SIGINT after step 1 of 3" in out and "Traceback" not in out, out[-3000:]
     assert checkpoints(resumed) == ["step-00000001.pth"] and (resumed / "step-00000001.pth" / "meta.pt").is_file()
-    # resumed; keeping the gathered weights through the step (instead of gathering them again for every forward and
-    # backward) must not change a bit
+    # resumed, keeping the gathered weights through the step (instead of gathering them again for every forward and
+    # backward), and killed with SIGKILL in both processes while they write the sharded step-3 checkpoint (its `.tmp`
+    # directory exists): the step-2 checkpoint stays the newest complete one
     resume_flags = ["--resume", "auto", "--reshard_after_forward", "false", "--reshard_after_backward", "false"]
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(resumed)]
+    cmd += [*flags, *resume_flags, "--devices", "2"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True
+    )
+    saving = resumed / "step-00000003.pth.tmp"
+    try:
+        while proc.poll() is None and not saving.exists():  # the save takes far longer than one look
+            time.sleep(0.001)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert checkpoints(resumed) == ["step-00000001.pth", "step-00000002.pth", "step-00000003.pth.tmp"]
+    # the killed run's lock does not outlive it, and `--resume auto` ends with the uninterrupted run's weights: neither
+    # the interruptions nor the weights kept gathered changed a bit
     proc = run(resumed, same_data_dir, *flags, *resume_flags, devices=2)
-    assert "Resumed at step 1" in proc.stdout
+    assert "Resumed at step 2" in proc.stdout
+    assert checkpoints(resumed) == ["step-00000001.pth", "step-00000002.pth", "step-00000003.pth"]
     assert metrics(resumed, "loss") == metrics(two, "loss")
     weights_resumed = model_weights(resumed / "step-00000003.pth")
+    assert weights_resumed.keys() == weights_two.keys()
     for name in weights_two:
         assert torch.equal(weights_resumed[name], weights_two[name]), name
 
@@ -505,42 +527,6 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
         ran = True
     assert ran
     assert "cannot lock" in capsys.readouterr().out
-
-
-def test_sigkill_during_a_sharded_save_then_resume_auto_is_the_uninterrupted_run(
-    tmp_path, same_data_dir, two_process_run
-):
-    """Both processes are killed while they write the sharded step-3 checkpoint (its `.tmp` directory exists): the
-    step-2 checkpoint stays the newest complete one, the killed run's lock does not outlive it, and `--resume auto`
-    ends with the uninterrupted run's weights, bit for bit."""
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path)]
-    cmd += [*SHARDED_FLAGS, "--devices", "2"]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True
-    )
-    saving = tmp_path / "step-00000003.pth.tmp"
-    try:
-        while proc.poll() is None and not saving.exists():  # the save takes far longer than one look
-            time.sleep(0.001)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000003.pth.tmp"]
-
-    proc = run(tmp_path, same_data_dir, *SHARDED_FLAGS, "--resume", "auto", devices=2)
-    assert "Resumed at step 2" in proc.stdout
-    assert checkpoints(tmp_path) == ["step-00000002.pth", "step-00000003.pth"]
-    assert metrics(tmp_path)[3] == metrics(two_process_run)[3]
-    expected, resumed = (
-        model_weights(two_process_run / "step-00000003.pth"),
-        model_weights(tmp_path / "step-00000003.pth"),
-    )
-    assert expected.keys() == resumed.keys()
-    for name in expected:
-        assert torch.equal(resumed[name], expected[name]), name
 
 
 def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path):
