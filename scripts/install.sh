@@ -27,7 +27,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   echo "[install] pip install ${TORCH_ARGS[*]}"
   "${PIP[@]}" "${TORCH_ARGS[@]}"
 fi
-TORCH_NOW=$("$VENV/bin/python" -c "import torch; print(torch.__version__.split('+')[0])")
+# read from the installed metadata: importing torch before numpy is installed warns "Failed to initialize NumPy"
+TORCH_NOW=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('torch').split('+')[0])")
 echo "[install] runtime and test requirements (torch $TORCH_NOW kept)"
 # the constraint keeps every later install from touching torch
 echo "torch==$TORCH_NOW" > "$VENV/torch-constraint.txt"
