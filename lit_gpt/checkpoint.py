@@ -220,6 +220,14 @@ def prune_checkpoints(out_dir: Path, keep_last: Optional[int], saved: Optional[P
     return old
 
 
+def save_pruned(fabric: L.Fabric, out_dir: Path, saved: Path, keep_last: Optional[int], nonfinite_streak) -> None:
+    """After a save: apply `--keep_last` on rank 0 and say what was deleted; not during a non-finite streak (a device
+    tensor of the steps in a row that were skipped), whose earlier checkpoints are the ones to resume from."""
+    if fabric.global_rank == 0 and not nonfinite_streak.item():
+        if pruned := prune_checkpoints(out_dir, keep_last, saved):
+            fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {keep_last})")
+
+
 def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)

@@ -22,12 +22,12 @@ from lit_gpt.checkpoint import (
     find_latest,
     later_checkpoints,
     nonfinite_stop_message,
-    prune_checkpoints,
     save_checkpoint,
+    save_pruned,
 )
 from lit_gpt.convert import lit_checkpoint_files
 from lit_gpt.lr import cosine_lr
-from lit_gpt.signals import StopSignal, resume_command
+from lit_gpt.signals import StopSignal
 from lit_gpt.training import training_step, validate
 from lit_gpt.utils import format_metrics
 
@@ -161,15 +161,9 @@ def fit(
             path = checkpoint_path(out_dir, step)
             save_checkpoint(fabric, path, checkpoint_state(state))
             fabric.print(f"Saved {path}{describe_checkpoint(path)}")
-            pruning = fabric.global_rank == 0 and not nonfinite_streak.item()
-            if pruning and (pruned := prune_checkpoints(out_dir, h["keep_last"], path)):
-                fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {h['keep_last']})")
+            save_pruned(fabric, out_dir, path, h["keep_last"], nonfinite_streak)
         if stopping:
-            fabric.print(
-                f"Stopped by {stop.received.name if stop.received else 'a signal to another process'} after step "
-                f"{step} of {max_steps}; the checkpoint to resume from is {path}. Resume with:\n"
-                f"    {resume_command()}"
-            )
+            fabric.print(stop.stopped_message(step, max_steps, path))
             stop.restore()
             return
     stop.restore()

@@ -47,6 +47,12 @@ class StopSignal:
         except RuntimeError:  # the signal came while this process wrote to stderr (a reentrant write)
             pass
 
+    def stopped_message(self, step: int, max_steps: int, checkpoint) -> str:
+        """What a run stopped by a signal prints last: which signal, where, and the command that resumes it."""
+        by = self.received.name if self.received else "a signal to another process"
+        return (f"Stopped by {by} after step {step} of {max_steps}; the checkpoint to resume from is {checkpoint}. "
+                f"Resume with:\n    {resume_command()}")  # fmt: skip
+
     def agreed(self) -> bool:
         """Whether any process has received a stop signal, the same answer on every process.
 

@@ -39,8 +39,8 @@ from lit_gpt.checkpoint import (  # noqa: E402
     load_checkpoint,
     nonfinite_stop_message,
     own_out_dir,
-    prune_checkpoints,
     save_checkpoint,
+    save_pruned,
 )
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
@@ -63,7 +63,7 @@ from lit_gpt.lr import cosine_lr, warmup_warning  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
 from lit_gpt.resources import check_cpu_run  # noqa: E402
-from lit_gpt.signals import StopSignal, resume_command  # noqa: E402
+from lit_gpt.signals import StopSignal  # noqa: E402
 from lit_gpt.training import document_bounds, training_step, validate  # noqa: E402
 from lit_gpt.utils import (  # noqa: E402
     check_launcher,
@@ -530,16 +530,9 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             path = checkpoint_path(out_dir, step)
             save_checkpoint(fabric, path, state)
             fabric.print(f"Saved {path}")
-            # not during a non-finite streak: the checkpoints before it are the ones to resume from
-            pruning = fabric.global_rank == 0 and not nonfinite_streak.item()
-            if pruning and (pruned := prune_checkpoints(out_dir, h["keep_last"], path)):
-                fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {h['keep_last']})")
+            save_pruned(fabric, out_dir, path, h["keep_last"], nonfinite_streak)
         if stopping:
-            fabric.print(
-                f"Stopped by {stop.received.name if stop.received else 'a signal to another process'} after step "
-                f"{step} of {max_steps}; the checkpoint to resume from is {path}. Resume with:\n"
-                f"    {resume_command()}"
-            )
+            fabric.print(stop.stopped_message(step, max_steps, path))
             stop.restore()
             return
 
