@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
 from lit_gpt.generate import generate, load_model  # noqa: E402
 from lit_gpt.instruct import TemplateName, apply_template  # noqa: E402
-from lit_gpt.separators import encode_prompt, read_separators  # noqa: E402
+from lit_gpt.separators import encode_prompt, read_separators, stop_ids  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
 
@@ -47,7 +47,8 @@ def main(
             or eos for a model trained on documents with eos after each alone (the checkpoint's `separators.json`,
             see `lit_gpt/separators.py`).
         num_samples: How many samples to draw, one after the other.
-        max_new_tokens: The most tokens to generate per sample; a sample also stops at the eos token.
+        max_new_tokens: The most tokens to generate per sample; a sample also stops at the eos token, and for a model
+            pretrained with bos alone before each document (TinyLlama's convention) at bos: a next document began.
         temperature: Softmax temperature; higher is more random, 0 is greedy decoding.
         top_k: Sample among the `top_k` most likely tokens only; no limit if not given.
         precision: Weights and compute dtype; by default bf16-true on a GPU that supports it, else 32-true.
@@ -75,7 +76,8 @@ def main(
     text = prompt if template is None else apply_template(template, prompt, input)
     # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/separators.py); before the
     # weights are read, so that a separators.json or tokenizer that cannot give it says so at once
-    prompt_ids = encode_prompt(tokenizer, text, read_separators(checkpoint_dir))
+    separators = read_separators(checkpoint_dir)
+    prompt_ids = encode_prompt(tokenizer, text, separators)
     t0 = time.perf_counter()
     model = load_model(fabric, checkpoint_dir)
     fabric.print(f"Loaded {model.config.name} in {time.perf_counter() - t0:.2f}s ({precision})", file=sys.stderr)
@@ -99,7 +101,7 @@ def main(
             max_new_tokens,
             temperature=temperature,
             top_k=top_k,
-            eos_id=tokenizer.eos_id,
+            eos_id=stop_ids(tokenizer, separators),
             vocab_size=tokenizer.vocab_size,
         )
         if fabric.device.type == "cuda":

@@ -88,10 +88,16 @@ def count_documents(idx: Tensor, eos_id: int, multiple: int = 64) -> int:
     return -(-n // multiple) * multiple
 
 
-def check_document_flags(document_mask: bool, document_positions: bool) -> None:
-    """Refuse `--document_positions true` without `--document_mask true`, where it would change nothing."""
+def check_document_flags(document_mask: bool, document_positions: bool, eos_id: Optional[int] = None) -> None:
+    """Refuse `--document_positions true` or `--eos_id` without `--document_mask true`, where they would change
+    nothing."""
     if document_positions and not document_mask:
         raise ValueError(
             "--document_positions true restarts positions at each document of --document_mask: pass "
             "--document_mask true as well, or leave --document_positions out"
+        )
+    if eos_id is not None and not document_mask:
+        raise ValueError(
+            f"--eos_id {eos_id} is the token where --document_mask splits documents: pass --document_mask true as "
+            "well, or leave --eos_id out (the data's separators are set when it is prepared: --bos/--eos there)"
         )

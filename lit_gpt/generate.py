@@ -1,7 +1,7 @@
 """Autoregressive sampling with the KV cache, and loading a lit checkpoint directory for inference."""
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import lightning as L
 import torch
@@ -40,10 +40,11 @@ def generate(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: Optional[int] = None,
-    eos_id: Optional[int] = None,
+    eos_id: Union[int, Sequence[int], None] = None,
     vocab_size: Optional[int] = None,
 ) -> torch.Tensor:
-    """The prompt (T,) followed by up to `max_new_tokens` generated tokens, stopping after `eos_id`. With
+    """The prompt (T,) followed by up to `max_new_tokens` generated tokens, stopping after `eos_id` (an id, or
+    several: `lit_gpt.separators.stop_ids`). With
     `vocab_size` (the tokenizer's), only ids below it are sampled: the model's (padded) vocabulary can be larger than
     the tokenizer's, whose decoding fails on an id it does not have.
 
@@ -57,6 +58,7 @@ def generate(
             f"The prompt ({T} tokens) plus --max_new_tokens {max_new_tokens} exceed the model's block size "
             f"{model.config.block_size}; shorten the prompt or lower --max_new_tokens to {model.config.block_size - T}"
         )
+    stop = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     device = prompt.device
     model.set_kv_cache(batch_size=1, max_seq_length=total, device=device)
     tokens = [prompt]
@@ -66,7 +68,7 @@ def generate(
         logits = model(x, input_pos)[0, -1, :vocab_size]
         next_token = sample(logits, temperature, top_k).to(prompt.dtype)
         tokens.append(next_token)
-        if eos_id is not None and next_token.item() == eos_id:
+        if next_token.item() in stop:
             break
         input_pos = input_pos[-1:] + 1
         x = next_token.view(1, -1)

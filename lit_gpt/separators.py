@@ -30,6 +30,8 @@ Who follows it: preparation and finetuning encode documents with `encode_documen
 training, so that a prompt starts as a document started. That is `bos` when the model was trained with `bos`, and
 `eos` when it was trained with `eos` alone: there a document's first token always followed the previous document's
 `eos` (a prompt without any prefix starts in a context the model never saw at a document start).
+Generation also stops where training documents ended (`stop_ids`): at `eos`, and for a model trained with `bos`
+alone at `bos` too, the start of a next document.
 
 A checkpoint directory without `separators.json` (converted before it existed, or by another tool) is read as its
 tokenizer says (`read_separators`): `add_bos_token: true` in `tokenizer_config.json` (Llama-2's and TinyLlama's
@@ -184,6 +186,16 @@ def prompt_prefix(tokenizer: "Tokenizer", separators: Separators) -> List[int]:
             f"after ({separators}); name it in its tokenizer_config.json"
         )
     return prefix
+
+
+def stop_ids(tokenizer: "Tokenizer", separators: Separators) -> List[int]:
+    """The ids that end a generated sample: `eos`, and for a model trained with `bos` alone also `bos`: there a
+    document ended only where the next one's `bos` began, and an `eos` never came in pretraining (finetuned responses
+    end with `eos` under every convention, `lit_gpt/instruct.py`)."""
+    ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    if separators.bos and not separators.eos and tokenizer.bos_id is not None:
+        ids.append(tokenizer.bos_id)
+    return ids
 
 
 def encode_prompt(tokenizer: "Tokenizer", prompt: str, separators: Separators) -> List[int]:

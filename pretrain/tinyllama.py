@@ -274,7 +274,7 @@ def setup(
     folders = [*(folder for folder, _ in train_sources), val_dir]
     hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     check_token_ids(folders, config.padded_vocab_size, model_name)
-    check_document_flags(document_mask, document_positions)
+    check_document_flags(document_mask, document_positions, eos_id)
     if document_mask:
         hparams["eos_id"] = data_eos_id(folders, eos_id, config.padded_vocab_size)  # validation is masked alike
     if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU

@@ -122,7 +122,7 @@ def main(
     )  # fmt: skip
     device = torch.device("cuda" if cuda else "cpu")
     check_float8(fp8, device)
-    check_document_flags(document_mask, document_positions)
+    check_document_flags(document_mask, document_positions, eos_id)
     if document_mask:
         if data_dir is None and eos_id is None:
             raise ValueError("--document_mask true needs --data_dir (real documents) or --eos_id")

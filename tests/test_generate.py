@@ -40,6 +40,50 @@ def test_generation_stops_at_eos_and_respects_block_size(export_lit_dir):
         generate(model, prompt, max_new_tokens=254)
 
 
+@pytest.mark.parametrize("bos, stops", [(True, True), (False, False)])
+def test_generate_script_stops_at_bos_for_a_model_pretrained_with_bos_alone(export_lit_dir, tmp_path, bos, stops):
+    """TinyLlama's convention puts bos before each document and no eos: such a model ends a text by starting the
+    next document, and a sample ran on into it to --max_new_tokens. The weights here make bos the greedy choice
+    after any token: the residual stream is the token's embedding (block outputs zeroed), whose first component is 1,
+    and only the head's bos row reads it."""
+    import shutil
+
+    from lit_gpt.separators import Separators, write_separators
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(export_lit_dir, checkpoint)
+    bos_id = Tokenizer(checkpoint).bos_id
+    state = torch.load(checkpoint / "lit_model.pth", weights_only=True)
+    for name, tensor in state.items():
+        if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
+            tensor.zero_()
+    state["transformer.wte.weight"][:, 0] = 1.0
+    state["transformer.ln_f.weight"].fill_(1.0)
+    state["lm_head.weight"].zero_()
+    state["lm_head.weight"][bos_id, 0] = 5.0
+    torch.save(state, checkpoint / "lit_model.pth")
+    write_separators(checkpoint, Separators(bos=bos, eos=not bos))
+    proc = subprocess.run(
+        [sys.executable, "generate/base.py", "--checkpoint_dir", str(checkpoint), "--prompt", "def forward"]
+        + ["--max_new_tokens", "6", "--temperature", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"Sample 1: {1 if stops else 6} tokens" in proc.stderr, proc.stderr
+
+
+def test_stop_ids_follow_the_separators(export_lit_dir):
+    from lit_gpt.separators import Separators, stop_ids
+
+    tokenizer = Tokenizer(export_lit_dir)
+    bos, eos = tokenizer.bos_id, tokenizer.eos_id
+    assert stop_ids(tokenizer, Separators(bos=True, eos=False)) == [eos, bos]
+    assert stop_ids(tokenizer, Separators(bos=False, eos=True)) == [eos]
+    assert stop_ids(tokenizer, Separators(bos=True, eos=True)) == [eos]
+
+
 def test_sample_top_k():
     logits = torch.tensor([0.0, 5.0, 4.0, -1.0])
     assert sample(logits, temperature=0.0).item() == 1

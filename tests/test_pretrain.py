@@ -652,6 +652,19 @@ def test_document_positions_without_a_document_mask_is_refused_by_pretraining_an
                             data_dir=str(same_data_dir), document_positions=True)  # fmt: skip
 
 
+def test_eos_id_without_a_document_mask_is_refused_by_pretraining_and_the_benchmark(tmp_path, same_data_dir):
+    """`--eos_id` was taken and ignored: a user who meant attention within documents trained causally without a
+    word."""
+    from prepared_data import load_script as load_scripts_module
+
+    message = "--eos_id 7 is the token where --document_mask splits documents: pass --document_mask true as well"
+    with pytest.raises(ValueError, match=message):
+        load_scripts_module("benchmark").main(model_name="micro-llama", eos_id=7, out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=message):
+        load_script().setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path,
+                            data_dir=str(same_data_dir), eos_id=7)  # fmt: skip
+
+
 def test_document_mask_run_records_it_and_a_resume_that_changes_it_is_refused(tmp_path, same_data_dir):
     """--document_mask trains (eos id 7 ends a document every 33 tokens of these samples), is in the checkpoint's
     hparams, and a resume with another mask is refused in one line before any step."""
