@@ -167,28 +167,53 @@ def later_checkpoints(out_dir: Path, resume_from: Path) -> list:
 
 
 def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None:
-    """`fabric.save(path, state)` through a temporary name, renamed into place once every process has written."""
+    """`fabric.save(path, state)` through a temporary name, renamed into place once every process has written.
+
+    The processes agree on the outcome: where one fails (a full disk on one node), every one raises, instead of the
+    others waiting at the next collective until its timeout; the partial `.tmp` is removed and the checkpoints saved
+    before stay as they were."""
     tmp = path.with_name(path.name + ".tmp")
     if fabric.global_rank == 0:
         remove(tmp)  # left by a crash during an earlier save
     fabric.barrier()
+    error = None
     try:
         fabric.save(tmp, state)
     except (OSError, RuntimeError) as e:
-        full = _disk_full(e, path.parent)
-        remove(tmp)
-        if full:
+        error = e
+    failed_elsewhere = _failed_elsewhere(fabric, error is not None)  # also the barrier after the writes
+    if error is not None or failed_elsewhere:
+        if fabric.global_rank == 0 or error is not None:
+            with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
+                remove(tmp)
+        if error is None:
+            raise RuntimeError(
+                f"Saving {tmp} failed on another process (its error is in that process' output); fix that and "
+                "resume with --resume auto (the checkpoints saved before are intact; the partial save is removed)"
+            )
+        if _disk_full(error, path.parent):
             raise OSError(
                 errno.ENOSPC,
                 f"No space left on device writing {tmp}: free space on that disk and resume with --resume auto (the "
                 f"checkpoints saved before are intact; the partial {tmp.name} is removed)",
-            ) from e
-        raise
-    fabric.barrier()
+            ) from error
+        raise error
     if fabric.global_rank == 0:
         remove(path)
         tmp.rename(path)
     fabric.barrier()
+
+
+def _failed_elsewhere(fabric: L.Fabric, failed_here: bool) -> bool:
+    """Whether another process's save failed: a sum over the processes of who failed (one process: no). A process
+    whose `fabric.save` raised first takes the barrier that ends a `fabric.save` elsewhere, so that the collectives
+    pair up."""
+    if getattr(fabric, "world_size", 1) == 1:
+        return False
+    if failed_here:
+        fabric.barrier()
+    failures = fabric.all_reduce(torch.tensor(float(failed_here), device=fabric.device), reduce_op="sum")
+    return bool(failures.item() - float(failed_here) > 0)
 
 
 def _disk_full(e: BaseException, directory: Path) -> bool:

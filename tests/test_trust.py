@@ -180,6 +180,45 @@ def test_writes_are_whole_or_absent(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+SAVE_FAILS_ON_RANK_1 = """
+import errno
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+sys.path.insert(0, {root!r})
+from lit_gpt.checkpoint import save_checkpoint
+
+out = Path(sys.argv[1])
+fabric = L.Fabric(accelerator="cpu", devices=2, strategy="ddp")
+fabric.launch()
+if fabric.global_rank == 1:  # this process' disk is full
+    def save(path, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    fabric.save = save
+try:
+    save_checkpoint(fabric, out / "step-00000004.pth", {{"w": torch.zeros(4)}})
+except Exception as e:
+    print(f"rank {{fabric.global_rank}}: {{type(e).__name__}}: {{e}}", flush=True)
+"""
+
+
+def test_a_save_that_fails_on_one_process_fails_on_every_one(tmp_path):
+    """Rank 1 ran out of space while rank 0's write succeeded: rank 0 went on to the barrier and waited for a process
+    that had left (on NCCL until the collective timeout, 30 minutes by default). Now both say what happened, and no
+    checkpoint or partial save is left."""
+    script = tmp_path / "save.py"
+    script.write_text(SAVE_FAILS_ON_RANK_1.format(root=str(ROOT)))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=120)
+    assert "rank 1: OSError: [Errno 28] No space left on device writing" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "rank 0: RuntimeError: Saving " in proc.stdout and "failed on another process" in proc.stdout, proc.stdout
+    assert list(out.iterdir()) == []
+
+
 def test_trust_pickle_reads_a_legacy_pickle(fabric_checkpoints, export_tokenizer_dir, tmp_path, register_test_llama):
     """A checkpoint written without the zip format (`_use_new_zipfile_serialization=False`, older tools) that holds
     pickled objects: refused, then read with --trust_pickle true (it used to fail: a legacy file cannot be mmapped)."""
