@@ -92,8 +92,10 @@ def setup(
     Args:
         checkpoint_dir: The base model: a lit checkpoint directory (`lit_config.json`, `lit_model.pth`, tokenizer
             files), as `scripts/convert_pretrained_checkpoint.py` or `scripts/convert_hf_checkpoint.py` write it.
-        data: Instruction data: a JSON file (an array of records) or JSON-lines file, or several, with the keys
-            `--instruction_key`, `--input_key` (optional in each record) and `--output_key` (Alpaca's layout).
+        data: Instruction data: a JSON file (an array of records) or JSON-lines file, or several, or a folder
+            searched for them (`.json`, `.jsonl`, `.ndjson`, also compressed: `.gz`, `.zst`, `.bz2`, `.xz`), with
+            the keys `--instruction_key`, `--input_key` (optional in each record) and `--output_key` (Alpaca's
+            layout). `--val_fraction` of the records are held out for validation: the default needs 11 or more.
         out_dir: Where checkpoints and logs go. Default: `out/full-<model name>`.
         template: The prompt template the examples are written in (`lit_gpt.instruct.TEMPLATES`): `alpaca` or
             `plain`. Generate with the same `--template` (generate/base.py).

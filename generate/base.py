@@ -50,7 +50,7 @@ def main(
         max_new_tokens: The most tokens to generate per sample; a sample also stops at the eos token, and for a model
             pretrained with bos alone before each document (TinyLlama's convention) at bos: a next document began.
         temperature: Softmax temperature; higher is more random, 0 is greedy decoding.
-        top_k: Sample among the `top_k` most likely tokens only; no limit if not given.
+        top_k: Sample among the `top_k` most likely tokens only; `--top_k null` samples from every token.
         precision: Weights and compute dtype; by default bf16-true on a GPU that supports it, else 32-true.
         seed: Random seed of the sampling.
         template: Put the prompt into this instruction template (`alpaca` or `plain`, as `lit_gpt/instruct.py`
@@ -61,7 +61,7 @@ def main(
     if temperature < 0:
         raise ValueError(f"--temperature {temperature} must not be negative (0 decodes greedily)")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"--top_k {top_k} must be at least 1; leave it out to sample from every token")
+        raise ValueError(f"--top_k {top_k} must be at least 1; pass --top_k null to sample from every token")
     if max_new_tokens < 0 or num_samples < 1:
         raise ValueError(f"--max_new_tokens {max_new_tokens} must not be negative, --num_samples {num_samples} "
                          "must be at least 1")  # fmt: skip

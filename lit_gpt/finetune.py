@@ -10,6 +10,7 @@ other weights is refused (`check_base`).
 import hashlib
 import math
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -26,7 +27,7 @@ from lit_gpt.checkpoint import (
     save_pruned,
 )
 from lit_gpt.convert import lit_checkpoint_files
-from lit_gpt.lr import cosine_lr
+from lit_gpt.lr import cosine_lr, warmup_warning
 from lit_gpt.signals import StopSignal
 from lit_gpt.training import training_step, validate
 from lit_gpt.utils import format_metrics
@@ -91,6 +92,13 @@ def fit(
     adapter in place of the model), `describe_checkpoint(path)` what the "Saved" line adds about it.
     """
     h = state["hparams"]
+    if (warning := warmup_warning(h["warmup_steps"], max_steps, h["learning_rate"])) and fabric.global_rank == 0:
+        print(warning, file=sys.stderr)  # as pretraining does: the default 100 on a run of a few steps
+    if state["step_count"] >= max_steps:
+        fabric.print(
+            f"Nothing to train: the checkpoint is at step {state['step_count']} and this run ends at step {max_steps} "
+            "(--max_steps, or --epochs of optimizer steps); raise it to train on"
+        )
     stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
     iterator = iter(train_batches)
     nonfinite_streak = torch.zeros((), device=fabric.device)

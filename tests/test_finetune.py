@@ -423,3 +423,19 @@ def test_a_frozen_mlp_projection_skips_its_weight_gradient():
     assert flops[True] - flops[False] == 2 * 64 * 96 * 32  # the (32 x 64) @ (64 x 96) weight-gradient product
     for frozen_grad, trainable_grad in zip(grads[False], grads[True]):
         assert torch.equal(frozen_grad, trainable_grad)
+
+
+def test_fit_warns_of_a_warmup_longer_than_the_run_and_says_when_nothing_is_left_to_train(tmp_path, capsys):
+    """The default --warmup_steps 100 on a run of a few steps never reaches --learning_rate: warned of, as pretraining
+    does; a resume from a checkpoint at or past --max_steps says why it trains nothing."""
+    from types import SimpleNamespace
+
+    from lit_gpt.finetune import fit
+
+    fabric = SimpleNamespace(device=torch.device("cpu"), global_rank=0, print=print)
+    state = {"hparams": {"warmup_steps": 100, "learning_rate": 3e-4}, "step_count": 6, "tokens_seen": 990}
+    fit(fabric, None, None, [], [], state, accumulation=1, max_steps=4, out_dir=tmp_path)
+    out = capsys.readouterr()
+    assert "Warning: --warmup_steps 100 is longer than the 4 steps this run trains" in out.err
+    assert "Nothing to train: the checkpoint is at step 6 and this run ends at step 4" in out.out
+    assert out.out.endswith("Done: 6 steps, 990 tokens\n")
