@@ -72,7 +72,9 @@ def parse_error_line(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     key = re.match(r'Parser key "([^"]+)":(.*)', lines[0]) if lines else None
     if key is None:
-        return f"{' '.join(lines)}; `--help` lists every flag"
+        stray = re.match(r"unrecognized arguments: (?!-)", lines[0]) if lines else None  # a value without its flag
+        hint = " (each value follows its flag; several values of one flag are one list: --data '[a.json, b.json]')"
+        return f"{' '.join(lines)}{hint if stray else ''}; `--help` lists every flag"
     given = re.search(r"(?:Given|Got) value: (.*)$", message)
     expected = re.findall(r"Expected a (.+?)(?:\. Got value: .*)?$", message, re.M)
     expected = [re.sub(r"^typing\.Literal\[(.*)\]$", r"one of \1", TYPE_NAMES.get(t, t)) for t in expected]

@@ -35,6 +35,13 @@ def test_one_refusal_of_each_kind_of_script_is_one_line(tmp_path, capsys):
     setup = entry_point("pretrain/tinyllama.py").setup
     # a flag with a prefix of a real one was taken for it (--max_step 3 trained with --max_steps 3)
     assert "unrecognized arguments: --max_step 3" in refusal(capsys, setup, "--max_step", "3")
+    # several files after one flag, as a shell user writes them: the list syntax is named
+    line = refusal(
+        capsys, entry_point("finetune/lora.py").setup, "--checkpoint_dir", missing, "--data", "a.json", "b.json"
+    )
+    assert (
+        "unrecognized arguments: b.json (each value follows its flag; several values of one flag are one list" in line
+    )
     assert "--max_steps 'abc' is not int or null" in refusal(capsys, setup, "--max_steps", "abc")
     message = "--precision 'fp8' is not one of 'bf16-mixed', 'bf16-true', '32-true'"
     assert message in refusal(capsys, setup, "--precision", "fp8")
