@@ -228,6 +228,13 @@ def lit_checkpoint_files(checkpoint_dir: Path) -> Tuple[Config, Path]:
     """The config and the weight file of a lit checkpoint directory, with an error that says how to make one."""
     checkpoint_dir = Path(checkpoint_dir)
     model_file = checkpoint_dir / "lit_model.pth"
+    if not model_file.is_file() and checkpoint_dir.is_dir() and any(checkpoint_dir.glob("step-*.pth")):
+        raise FileNotFoundError(  # an --out_dir of training, taken for the lit checkpoint made from it
+            f"{str(checkpoint_dir)!r} is the output folder of a training run (step-*.pth checkpoints), not a lit "
+            "checkpoint directory (lit_model.pth). Make one from a checkpoint of pretrain/tinyllama.py or "
+            "finetune/full.py with `python scripts/convert_pretrained_checkpoint.py`; fold one of finetune/lora.py "
+            "into its base with `python scripts/merge_lora.py`."
+        )
     if not model_file.is_file():
         raise FileNotFoundError(
             f"{str(model_file)!r} does not exist. Make a lit checkpoint directory from a training checkpoint with "

@@ -60,6 +60,11 @@ def merge(
         if latest is None:
             raise FileNotFoundError(f"--lora_checkpoint {lora_checkpoint} holds no step-*.pth checkpoint")
         lora_checkpoint = latest
+    if not lora_checkpoint.exists():
+        raise FileNotFoundError(
+            f"--lora_checkpoint {lora_checkpoint} does not exist: pass the --out_dir of "
+            "finetune/lora.py, or one of its step-*.pth checkpoints"
+        )
     if not lora_checkpoint.is_file():
         raise FileNotFoundError(f"--lora_checkpoint {lora_checkpoint} is not a checkpoint file of finetune/lora.py")
     hparams = load_metadata(lora_checkpoint, trust_pickle).get("hparams", {})

@@ -56,6 +56,21 @@ def test_one_refusal_of_each_kind_of_script_is_one_line(tmp_path, capsys):
     assert "does not exist" in refusal(capsys, convert, "--checkpoint_dir", missing, "--output_dir", missing + "2")
     main = entry_point("scripts/prepare_slimpajama.py").main
     assert "--tokenizer_path" in refusal(capsys, main, "--tokenizer_path", missing, "--output_dir", str(tmp_path / "o"))
+    # the --out_dir of a training run given where its lit checkpoint belongs: how to make one, LoRA's merge included
+    (tmp_path / "lora-out").mkdir()
+    (tmp_path / "lora-out" / "step-00000004.pth").touch()
+    main = entry_point("generate/base.py").main
+    line = refusal(capsys, main, "--checkpoint_dir", str(tmp_path / "lora-out"))
+    assert "lora-out' is the output folder of a training run (step-*.pth checkpoints)" in line
+    assert "`python scripts/merge_lora.py`" in line
+    # a --lora_checkpoint that does not exist is named as missing
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "lit_model.pth").touch()
+    (base / "lit_config.json").write_text('{"name": "micro-llama"}')
+    merge = entry_point("scripts/merge_lora.py").merge
+    line = refusal(capsys, merge, "--checkpoint_dir", str(base), "--lora_checkpoint", missing)
+    assert f"--lora_checkpoint {missing} does not exist: pass the --out_dir of finetune/lora.py" in line
     # an unset variable: `--access_token $HF_TOKEN --tokenizer_only true` reaches the script without the value
     download = entry_point("scripts/download.py").download_from_hub
     line = refusal(capsys, download, "--repo_id", "a/b", "--access_token", "--tokenizer_only", "true")
