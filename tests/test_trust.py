@@ -214,7 +214,9 @@ def test_a_save_that_fails_on_one_process_fails_on_every_one(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=120)
-    assert "rank 1: OSError: [Errno 28] No space left on device writing" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "rank 1: OSError: [Errno 28] No space left on device writing" in proc.stdout, (
+        proc.stdout + proc.stderr[-3000:]
+    )
     assert "rank 0: RuntimeError: Saving " in proc.stdout and "failed on another process" in proc.stdout, proc.stdout
     assert list(out.iterdir()) == []
 
