@@ -72,6 +72,10 @@ def parse_error_line(message: str) -> str:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     key = re.match(r'Parser key "([^"]+)":(.*)', lines[0]) if lines else None
     if key is None:
+        required = re.match(r"the following arguments are required: (.*)$", lines[0]) if lines else None
+        if required:  # argparse names them by their dest: say the flags a user types
+            names = ", ".join(f"--{n.strip()}" for n in required[1].split(",") if n.strip())
+            lines = [f"the following flags are required: {names}", *lines[1:]]
         stray = re.match(r"unrecognized arguments: (?!-)", lines[0]) if lines else None  # a value without its flag
         hint = " (each value follows its flag; several values of one flag are one list: --data '[a.json, b.json]')"
         return f"{' '.join(lines)}{hint if stray else ''}; `--help` lists every flag"

@@ -35,6 +35,9 @@ def test_one_refusal_of_each_kind_of_script_is_one_line(tmp_path, capsys):
     setup = entry_point("pretrain/tinyllama.py").setup
     # a flag with a prefix of a real one was taken for it (--max_step 3 trained with --max_steps 3)
     assert "unrecognized arguments: --max_step 3" in refusal(capsys, setup, "--max_step", "3")
+    # the required flags are named as they are typed
+    line = refusal(capsys, entry_point("finetune/lora.py").setup)
+    assert "the following flags are required: --checkpoint_dir, --data; `--help` lists every flag" in line
     # several files after one flag, as a shell user writes them: the list syntax is named
     line = refusal(
         capsys, entry_point("finetune/lora.py").setup, "--checkpoint_dir", missing, "--data", "a.json", "b.json"
