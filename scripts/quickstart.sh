@@ -141,5 +141,6 @@ cat <<EOF
     lit checkpoint  $LIT
     Hugging Face    $HF
     TensorBoard     $TENSORBOARD --logdir $RUN/logs/tensorboard   (then open http://localhost:6006)
-Next: tutorials/pretrain_tinyllama.md runs the same stages on SlimPajama and Starcoder.
+Next: tutorials/pretrain_tinyllama.md runs the same stages on SlimPajama and Starcoder;
+      tutorials/finetune_lora.md finetunes this lit checkpoint on instructions (LoRA or all weights).
 EOF
