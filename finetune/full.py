@@ -229,8 +229,16 @@ def main(fabric: L.Fabric, config, hparams: dict, out_dir: Path, accumulation: i
         resume = latest_to_resume(out_dir, h["trust_pickle"])
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if resume:
-        if "lora" in load_metadata(Path(resume), h["trust_pickle"]).get("hparams", {}):
+        saved = load_metadata(Path(resume), h["trust_pickle"]).get("hparams", {})
+        if "lora" in saved:
             raise ValueError(f"{resume} is a LoRA checkpoint (an adapter alone); resume it with finetune/lora.py")
+        if "template" not in saved:
+            raise ValueError(
+                f"{resume} is not a checkpoint of finetune/full.py (it records no instruction data; a pretraining "
+                "checkpoint?): to finetune its weights, convert it with scripts/convert_pretrained_checkpoint.py and "
+                "pass that directory as --checkpoint_dir; to continue pretraining it, resume it with "
+                "pretrain/tinyllama.py"
+            )
         load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"])
         train_batches.load_state_dict(state["train_dataloader"])
         restore_rng(state["rng"])

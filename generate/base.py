@@ -65,6 +65,13 @@ def main(
     if max_new_tokens < 0 or num_samples < 1:
         raise ValueError(f"--max_new_tokens {max_new_tokens} must not be negative, --num_samples {num_samples} "
                          "must be at least 1")  # fmt: skip
+    for flag, text in (("--prompt", prompt), ("--input", input)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"{flag} holds bytes that are not UTF-8 text (at character {e.start}); pass it in UTF-8"
+            ) from None
     if input and template is None:
         raise ValueError("--input is the input of an instruction in --template; give --template too")
     if precision is None:

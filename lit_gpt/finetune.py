@@ -207,6 +207,10 @@ def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
             raise ValueError(f"--{flag} {h[flag]} must be at least 1 ({hint})")
     if h["max_steps"] is not None and h["max_steps"] < 1:
         raise ValueError(f"--max_steps {h['max_steps']} must be at least 1; leave it out to train for --epochs")
+    if h["max_seq_length"] is not None and h["max_seq_length"] < 1:
+        raise ValueError(
+            f"--max_seq_length {h['max_seq_length']} must be at least 1; leave it out for the model's block size"
+        )
     if h["seed"] < 0:
         raise ValueError(f"--seed {h['seed']} must not be negative (the generators take 0 to 2**32 - 1)")
     if h["keep_last"] is not None and h["keep_last"] < 1:
@@ -241,7 +245,7 @@ def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
     from lit_gpt.separators import Separators
     from lit_gpt.tokenizer import Tokenizer
 
-    max_seq_length = h["max_seq_length"] or block_size
+    max_seq_length = block_size if h["max_seq_length"] is None else h["max_seq_length"]
     if max_seq_length > block_size:
         raise ValueError(
             f"--max_seq_length {max_seq_length} is longer than the model's block size {block_size} (its context and "

@@ -53,6 +53,11 @@ def generate(
     """
     T = prompt.size(0)
     total = T + max_new_tokens
+    if total > model.config.block_size and T >= model.config.block_size:
+        raise ValueError(
+            f"The prompt ({T} tokens) fills the model's block size {model.config.block_size} and leaves no room for "
+            f"--max_new_tokens {max_new_tokens}; shorten the prompt to fewer than {model.config.block_size} tokens"
+        )
     if total > model.config.block_size:
         raise ValueError(
             f"The prompt ({T} tokens) plus --max_new_tokens {max_new_tokens} exceed the model's block size "

@@ -161,6 +161,10 @@ def _record(row: object, keys: Tuple[str, str, str]) -> Union[Dict[str, str], st
             return f"no {key!r} string"
         if not isinstance(value, str):
             return f"{key!r} is {_json_type(value)}, not a string"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a JSON escape of half a surrogate pair ("\ud800"): not a character
+            return f"{key!r} holds an unpaired surrogate escape \\u{ord(value[e.start]):04x}, which is not text"
         record[name] = value
     return record
 

@@ -48,6 +48,11 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"--lora_r {self.r} must be at least 1 (the rank of each adapter)")
+        if not self.alpha > 0:
+            raise ValueError(
+                f"--lora_alpha {self.alpha} must be positive (the adapter's output is scaled by alpha / r: at 0 it "
+                "would train and change nothing)"
+            )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"--lora_dropout {self.dropout} must be in [0, 1)")
         if not any(getattr(self, t) for t in TARGETS):

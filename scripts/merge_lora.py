@@ -32,7 +32,7 @@ from lit_gpt.convert import (  # noqa: E402
 from lit_gpt.finetune import check_base  # noqa: E402
 from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.separators import read_separators, write_separators  # noqa: E402
+from lit_gpt.separators import Separators, read_separators, write_separators  # noqa: E402
 
 
 def merge(
@@ -74,27 +74,54 @@ def merge(
             "a checkpoint of finetune/full.py is converted with scripts/convert_pretrained_checkpoint.py"
         )
     check_base(hparams["base"], checkpoint_dir, f"--lora_checkpoint {lora_checkpoint}")
+    # the prompts of finetuning began as its record says: the merged model is asked the same way (generate/base.py
+    # reads separators.json), also when the base's separators.json was written or changed after the finetuning
+    separators = read_separators(checkpoint_dir)
+    if hparams.get("separators") is not None:
+        trained = Separators.from_dict(hparams["separators"], f"--lora_checkpoint {lora_checkpoint}'s hparams")
+        if trained != separators:
+            print(
+                f"note: {lora_checkpoint} was finetuned with prompts begun as for a model trained with {trained}; "
+                f"{checkpoint_dir} now says {separators}: the merged checkpoint records the finetuning's, which its "
+                "prompts must follow",
+                file=sys.stderr,
+            )
+            separators = trained
+    # the adapter checked against its own settings before anything is written
+    t0 = time.perf_counter()
+    try:
+        lora = LoRAConfig(**hparams["lora"])
+    except TypeError as e:
+        raise ValueError(f"--lora_checkpoint {lora_checkpoint} records LoRA settings of another version: {e}") from None
+    checkpoint = torch.load(lora_checkpoint, map_location="cpu", weights_only=not trust_pickle)
+    adapter = checkpoint.get("model")
+    if not isinstance(adapter, dict) or not all(isinstance(v, torch.Tensor) for v in adapter.values()):
+        raise ValueError(f"--lora_checkpoint {lora_checkpoint} holds no adapter tensors under 'model'")
+    with torch.device("meta"):
+        model = GPT(config)
+    apply_lora(model, lora)
+    expected = {k: tuple(p.shape) for k, p in model.named_parameters() if "lora_" in k}
+    missing = [k for k in expected if k not in adapter]
+    unexpected = [k for k in adapter if k not in expected]
+    wrong = [f"{k} {tuple(adapter[k].shape)} (expected {expected[k]})" for k in expected
+             if k in adapter and tuple(adapter[k].shape) != expected[k]]  # fmt: skip
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"--lora_checkpoint {lora_checkpoint} does not fit its own LoRA settings {hparams['lora']}: missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {wrong[:3]}"
+        )
     output_dir = output_dir or checkpoint_dir.with_name(checkpoint_dir.name + "-lora")
     inputs = {"--checkpoint_dir": checkpoint_dir, "--lora_checkpoint": lora_checkpoint}
     prepare_output_dir(output_dir, overwrite, LIT_OUTPUTS, "merge_lora.py", inputs)
 
-    t0 = time.perf_counter()
-    lora = LoRAConfig(**hparams["lora"])
     with torch.device("meta"):
         model = GPT(config)
     model.load_state_dict(load_lit_state_dict(model_file), strict=True, assign=True)  # memory-mapped
     apply_lora(model, lora)
-    adapter = torch.load(lora_checkpoint, map_location="cpu", weights_only=not trust_pickle)["model"]
-    missing, unexpected = model.load_state_dict(adapter, strict=False)
-    missing = [k for k in missing if "lora_" in k]
-    if missing or unexpected:
-        raise ValueError(
-            f"--lora_checkpoint {lora_checkpoint} does not fit its own LoRA settings: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
+    model.load_state_dict(adapter, strict=False)
     state_dict = merge_lora(model).state_dict()
     copied = copy_tokenizer_files(checkpoint_dir, output_dir)
-    write_separators(output_dir, read_separators(checkpoint_dir))
+    write_separators(output_dir, separators)
     save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
     finish_output_dir(output_dir, LIT_OUTPUTS, "merge_lora.py")
     adapter_bytes = sum(t.nbytes for t in adapter.values())

@@ -439,3 +439,102 @@ def test_fit_warns_of_a_warmup_longer_than_the_run_and_says_when_nothing_is_left
     assert "Warning: --warmup_steps 100 is longer than the 4 steps this run trains" in out.err
     assert "Nothing to train: the checkpoint is at step 6 and this run ends at step 4" in out.out
     assert out.out.endswith("Done: 6 steps, 990 tokens\n")
+
+
+def fake_adapter_checkpoint(path: Path, base: Path, lora: LoRAConfig, separators: Optional[dict] = None) -> Path:
+    """A checkpoint as finetune/lora.py saves it (adapter, settings, base record), of a random nonzero adapter."""
+    from lit_gpt.finetune import base_record
+
+    model = tiny_model()
+    apply_lora(model, lora)
+    randomize_adapters(model)
+    hparams = {"lora": lora.to_dict(), "base": base_record(base), "model_config": model.config.to_dict()}
+    if separators is not None:
+        hparams["separators"] = separators
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": lora_state_dict(model), "hparams": hparams, "step_count": 1}, path)
+    return path
+
+
+def test_a_truncated_or_pickled_checkpoint_is_refused_in_one_line(codes, tmp_path):
+    """--resume PATH and merge_lora.py used to stop with torch's traceback (`OSError: [Errno 22] Invalid argument`
+    for a file cut short, torch's weights_only essay for pickled objects)."""
+    import argparse
+
+    from lit_gpt.checkpoint import latest_to_resume, load_metadata
+
+    good = fake_adapter_checkpoint(tmp_path / "run" / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
+    cut = tmp_path / "run" / "step-00000002.pth"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    pickled = tmp_path / "pickled" / "step-00000001.pth"
+    pickled.parent.mkdir()
+    torch.save({**torch.load(good, weights_only=True), "args": argparse.Namespace(lr=1)}, pickled)
+    merge = load_script_at("scripts/merge_lora.py").merge
+    for function in (load_metadata, lambda path: merge(codes["base"], path, tmp_path / "merged")):
+        with pytest.raises(ValueError, match=r"step-00000002.pth cannot be read \(.*\): it is truncated or corrupt"):
+            function(cut)
+        with pytest.raises(ValueError, match=r"holds pickled Python objects.*pass --trust_pickle true\.$"):
+            function(pickled)
+    with pytest.raises(ValueError, match=r"newest checkpoint \S+step-00000002.pth .*truncated or corrupt.*00001"):
+        latest_to_resume(tmp_path / "run")
+    assert load_metadata(pickled, trust_pickle=True)["args"].lr == 1
+    assert not (tmp_path / "merged").exists()
+
+
+def test_merge_checks_the_adapter_before_writing_and_keeps_the_finetunings_separators(codes, tmp_path):
+    """An adapter whose tensors do not fit its recorded settings is refused before the output directory is made
+    (it used to be refused after, with torch's size-mismatch traceback, leaving a directory that a second merge
+    calls not empty); a base whose separators.json changed after the finetuning merges with the separators the
+    prompts were finetuned after, which generate/base.py then begins its prompts with."""
+    import shutil
+
+    merge = load_script_at("scripts/merge_lora.py").merge
+    tampered = fake_adapter_checkpoint(tmp_path / "t" / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
+    state = torch.load(tampered, weights_only=True)
+    state["hparams"]["lora"]["r"] = 4
+    torch.save(state, tampered)
+    with pytest.raises(ValueError, match=r"does not fit its own LoRA settings .*other shapes \['transformer.h.0"):
+        merge(codes["base"], tampered, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+    base = tmp_path / "base"
+    shutil.copytree(codes["base"], base)
+    adapter = fake_adapter_checkpoint(tmp_path / "a" / "step-00000001.pth", base, LoRAConfig(r=2),
+                                      separators={"bos": False, "eos": True})  # fmt: skip
+    (base / "separators.json").write_text('{"bos": true, "eos": false}\n')  # written after the finetuning
+    merge(base, adapter, tmp_path / "merged")
+    assert json.loads((tmp_path / "merged" / "separators.json").read_text()) == {"bos": False, "eos": True}
+
+
+def test_flags_that_would_train_nothing_or_not_as_asked_are_refused(codes, tmp_path):
+    setup = load_script_at("finetune/lora.py").setup
+    common = dict(checkpoint_dir=codes["base"], data=codes["data"], out_dir=tmp_path / "out", accelerator="cpu",
+                  precision="32-true", max_steps=1, global_batch_size=2, micro_batch_size=2)  # fmt: skip
+    # 0 used to mean the model's block size (`max_seq_length or block_size`)
+    with pytest.raises(ValueError, match="--max_seq_length 0 must be at least 1; leave it out for the model's block"):
+        setup(**common, max_seq_length=0)
+    # an adapter scaled by 0 changes no output: it used to train, and save, an adapter that does nothing
+    with pytest.raises(ValueError, match="--lora_alpha 0.0 must be positive"):
+        setup(**common, lora_alpha=0.0)
+
+
+def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_path):
+    """It used to load it and then stop at the data order: "the checkpoint's data order is of another seed (None,
+    this run's 1337)"."""
+    pretraining = tmp_path / "pretrain" / "step-00000100.pth"
+    pretraining.parent.mkdir()
+    hparams = {"model_name": "test-llama", "model_config": Config(**TEST_LLAMA).to_dict(), "world_size": 1}
+    torch.save({"model": {}, "hparams": hparams, "train_dataloader": {"current_epoch": 1}}, pretraining)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "finetune/full.py"), "--checkpoint_dir", str(codes["base"]), "--data",
+         str(codes["data"]), "--out_dir", str(tmp_path / "out"), "--accelerator", "cpu", "--devices", "1",
+         "--precision", "32-true", "--global_batch_size", "2", "--micro_batch_size", "2", "--resume",
+         str(pretraining)],
+        capture_output=True, text=True, timeout=300, env=_env(),
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {pretraining} is not a checkpoint of finetune/full.py (it records no instruction data; a pretraining "
+        "checkpoint?): to finetune its weights, convert it with scripts/convert_pretrained_checkpoint.py and pass "
+        "that directory as --checkpoint_dir; to continue pretraining it, resume it with pretrain/tinyllama.py"
+    ), proc.stderr[-3000:]

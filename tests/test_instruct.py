@@ -365,3 +365,26 @@ def test_the_models_loss_is_the_response_tokens_alone(tokenizer):
     n_response = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in encoded)
     assert len(expected) == n_response
     torch.testing.assert_close(loss, torch.stack(expected).mean())
+
+
+def test_an_unpaired_surrogate_escape_is_a_bad_record(tmp_path):
+    """`"\\ud800"` is valid JSON but no character: it used to pass as a record and stop the run with a traceback
+    (UnicodeEncodeError) in the held-out split's hash, or the tokenizer's."""
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "\\ud800 c", "output": "d"}\n')
+    with pytest.raises(UserError, match=r"data.jsonl:2: 'instruction' holds an unpaired surrogate escape \\ud800"):
+        load_instructions(path)
+    kept = load_instructions(path, skip_bad_records=True)
+    assert kept == [{"instruction": "a", "input": "", "output": "b"}]
+    split_instructions(kept * 20, val_fraction=0.1)  # what the scripts do next: no error
+
+
+def test_generate_refuses_a_prompt_that_fills_the_window_or_is_not_utf8(tiny_checkpoint):
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(ValueError, match="fills the model's block size 256 .* fewer than 256 tokens$") as e:
+        script.main(tiny_checkpoint, prompt="word " * 400, template="plain", max_new_tokens=5, temperature=0.0)
+    assert "-" not in re.sub(r"--\w+", "", str(e.value))  # it used to suggest --max_new_tokens -947
+    with pytest.raises(ValueError, match="--prompt holds bytes that are not UTF-8 text"):
+        script.main(tiny_checkpoint, prompt=b"caf\xe9".decode("utf-8", "surrogateescape"), template="plain")
