@@ -55,8 +55,8 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
     locks (Lustre mounted without `flock`) the run warns and goes on unlocked rather than not at all."""
     lock, error = None, None
     if fabric.global_rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
         try:
+            out_dir.mkdir(parents=True, exist_ok=True)
             lock = open(out_dir / ".lock", "a+", encoding="utf-8")
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,7 +73,11 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
             if lock is not None:
                 lock.close()
                 lock = None
-            if e.errno in _NO_LOCKS:  # Lustre mounted without `flock`, NFS without a lock daemon
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                error = f"--out_dir {out_dir} cannot be written ({e.strerror}); pass an --out_dir on a writable disk"
+            elif not out_dir.is_dir():
+                error = f"--out_dir {out_dir} cannot be made a directory ({e.strerror}); pass another --out_dir"
+            elif e.errno in _NO_LOCKS:  # Lustre mounted without `flock`, NFS without a lock daemon
                 fabric.print(
                     f"Warning: the filesystem of --out_dir {out_dir} cannot lock {out_dir}/.lock ({e.strerror}): "
                     "this run does not own it, so make sure that no other run uses this --out_dir"

@@ -137,10 +137,16 @@ def prepare_output_dir(
             f"--output_dir {str(output_dir)!r} holds {names}, which {script} did not write ({why}): --overwrite true "
             "replaces only its own earlier output. Move them away or choose another directory"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for path in stale:
-        path.unlink()
-    _write_output_record(output_dir, {**record, script: {"outputs": list(outputs), "files": None}})
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for path in stale:
+            path.unlink()
+        _write_output_record(output_dir, {**record, script: {"outputs": list(outputs), "files": None}})
+    except OSError as e:  # a read-only disk, a folder of another user, a full disk: before any work
+        raise ValueError(
+            f"--output_dir {str(output_dir)!r} cannot be written ({e.strerror or e}); pass a directory on a "
+            "writable disk with room for the output"
+        ) from None
 
 
 def finish_output_dir(output_dir: Path, outputs: Tuple[str, ...], script: str) -> None:

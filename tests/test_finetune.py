@@ -538,3 +538,29 @@ def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_p
         "checkpoint?): to finetune its weights, convert it with scripts/convert_pretrained_checkpoint.py and pass "
         "that directory as --checkpoint_dir; to continue pretraining it, resume it with pretrain/tinyllama.py"
     ), proc.stderr[-3000:]
+
+
+def test_an_out_dir_that_cannot_be_written_is_refused_in_one_line(codes, tmp_path, monkeypatch):
+    """A read-only disk or a path through a file used to stop the scripts with mkdir's traceback."""
+    import errno
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    setup = load_script_at("finetune/lora.py").setup
+    common = dict(checkpoint_dir=codes["base"], data=codes["data"], accelerator="cpu", precision="32-true",
+                  max_steps=1, global_batch_size=2, micro_batch_size=2)  # fmt: skip
+    with pytest.raises(FileExistsError, match=r"--out_dir \S+a-file/out cannot be made a directory \(Not a direc"):
+        setup(**common, out_dir=a_file / "out")
+    adapter = fake_adapter_checkpoint(tmp_path / "a" / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
+    merge = load_script_at("scripts/merge_lora.py").merge
+    with pytest.raises(ValueError, match=r"--output_dir '\S+a-file/merged' cannot be written \(Not a directory\)"):
+        merge(codes["base"], adapter, a_file / "merged")
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(FileExistsError, match=r"--out_dir \S+ro cannot be written \(Read-only file system\); pass"):
+        setup(**common, out_dir=tmp_path / "ro")
+    with pytest.raises(ValueError, match=r"--output_dir '\S+ro' cannot be written \(Read-only file system\)"):
+        merge(codes["base"], adapter, tmp_path / "ro")
