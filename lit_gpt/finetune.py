@@ -43,19 +43,28 @@ def file_sha256(path: Path, chunk_bytes: int = 2**24) -> str:
 
 def base_record(checkpoint_dir: Path) -> Dict[str, Any]:
     """What identifies the weights of a lit checkpoint directory: its model config, and the size and SHA-256 of its
-    `lit_model.pth` (a few seconds for TinyLlama's 4.4 GB)."""
+    `lit_model.pth` (a few seconds for TinyLlama's 4.4 GB); and the SHA-256 of each of its tokenizer files, which
+    the examples were encoded with and `scripts/merge_lora.py` copies beside the merged weights."""
+    from lit_gpt.convert import TOKENIZER_FILES
+
     config, model_file = lit_checkpoint_files(checkpoint_dir)
+    # the files that make the token ids (generation_config.json does not)
+    names = [name for name in TOKENIZER_FILES if name != "generation_config.json"]
+    tokenizer = {
+        name: file_sha256(Path(checkpoint_dir) / name) for name in names if (Path(checkpoint_dir) / name).is_file()
+    }
     return {
         "checkpoint_dir": str(checkpoint_dir),
         "model_config": config.to_dict(),
         "model_bytes": model_file.stat().st_size,
         "model_sha256": file_sha256(model_file),
+        "tokenizer_sha256": tokenizer,
     }
 
 
 def check_base(saved: Dict[str, Any], checkpoint_dir: Path, source: str, record: Optional[Dict[str, Any]] = None):
-    """Refuse a `--checkpoint_dir` whose weights are not those the adapter in `source` was trained on (`saved`, its
-    `base_record`); `record` is `checkpoint_dir`'s, when already computed."""
+    """Refuse a `--checkpoint_dir` whose weights or tokenizer files are not those the adapter in `source` was trained
+    on (`saved`, its `base_record`); `record` is `checkpoint_dir`'s, when already computed."""
     record = record or base_record(checkpoint_dir)
     if saved.get("model_config") != record["model_config"]:
         what = "another model configuration"
@@ -64,7 +73,15 @@ def check_base(saved: Dict[str, Any], checkpoint_dir: Path, source: str, record:
             f"other weights (lit_model.pth of {record['model_bytes']:,} bytes, SHA-256 {record['model_sha256'][:12]})"
         )
     else:
-        return
+        then, now = saved.get("tokenizer_sha256"), record.get("tokenizer_sha256")
+        if then is None or then == now:  # checkpoints written before the tokenizer was recorded: not checked
+            return
+        changed = sorted(name for name in {*then, *now} if then.get(name) != now.get(name))
+        raise ValueError(
+            f"{source} was finetuned on examples encoded with the tokenizer of {saved.get('checkpoint_dir')}; "
+            f"--checkpoint_dir {checkpoint_dir} has other tokenizer files (changed, added or missing: "
+            f"{', '.join(changed)}). Put back the tokenizer it was finetuned with, or pass that base checkpoint"
+        )
     raise ValueError(
         f"{source} is an adapter of the base checkpoint {saved.get('checkpoint_dir')} (lit_model.pth of "
         f"{saved.get('model_bytes', 0):,} bytes, SHA-256 {str(saved.get('model_sha256'))[:12]}); --checkpoint_dir "

@@ -564,3 +564,24 @@ def test_an_out_dir_that_cannot_be_written_is_refused_in_one_line(codes, tmp_pat
         setup(**common, out_dir=tmp_path / "ro")
     with pytest.raises(ValueError, match=r"--output_dir '\S+ro' cannot be written \(Read-only file system\)"):
         merge(codes["base"], adapter, tmp_path / "ro")
+
+
+def test_a_base_whose_tokenizer_changed_after_finetuning_is_refused(codes, tmp_path):
+    """The weights alone were recorded: merge_lora.py used to copy whatever tokenizer the base directory held by
+    then beside the merged weights, and a resume stopped late with a vague "other examples or encoding"."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(codes["base"], base)
+    adapter = fake_adapter_checkpoint(tmp_path / "a" / "step-00000001.pth", base, LoRAConfig(r=2))
+    model = bytearray((base / "tokenizer.model").read_bytes())
+    model[-1] ^= 1  # another tokenizer (here: one byte of it)
+    (base / "tokenizer.model").write_bytes(bytes(model))
+    merge = load_script_at("scripts/merge_lora.py").merge
+    with pytest.raises(ValueError, match=r"encoded with the tokenizer of \S+base; --checkpoint_dir \S+ has other "
+                       r"tokenizer files \(changed, added or missing: tokenizer.model\)"):  # fmt: skip
+        merge(base, adapter, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    shutil.copy(codes["base"] / "tokenizer.model", base)
+    (base / "generation_config.json").write_text("{}")  # not a tokenizer file: no refusal
+    merge(base, adapter, tmp_path / "merged")
