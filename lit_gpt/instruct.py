@@ -384,6 +384,10 @@ def split_instructions(
             raise UserError(
                 f"--val_fraction {val_fraction} of {n} examples holds out none; raise it to at least {1 / n:.2g}"
             )
+        if val_size >= n:
+            raise UserError(
+                f"--val_fraction {val_fraction} of {n} examples holds out all {n}, leaving none to train on; lower it"
+            )
     if not 0 <= val_size < n:
         raise UserError(f"--val_size {val_size} must be at least 0 and below the number of examples ({n})")
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.convert import (  # noqa: E402
     LIT_OUTPUTS,
+    _training_hparams,
     check_weights,
     finish_output_dir,
     is_distributed_checkpoint,
@@ -86,6 +87,14 @@ def convert(
         )
     if not checkpoint_file.exists():
         raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
+    saved = _training_hparams(checkpoint_file, trust_pickle)
+    if "lora" in saved:  # an adapter alone: its weights are not a model's
+        base = (saved.get("base") or {}).get("checkpoint_dir", "<its base checkpoint>")
+        raise ValueError(
+            f"--checkpoint_file {checkpoint_file} is a LoRA checkpoint of finetune/lora.py, an adapter without the "
+            f"base weights: fold it into its base with `python scripts/merge_lora.py --checkpoint_dir {base} "
+            f"--lora_checkpoint {checkpoint_file}`, which writes a lit checkpoint directory"
+        )
     config = training_checkpoint_config(checkpoint_file, config_name, trust_pickle)
     output_dir = output_dir or Path("checkpoints") / f"lit-{config.name}"
     # refuse a mismatching checkpoint before reading any weight or writing any file

@@ -585,3 +585,13 @@ def test_a_base_whose_tokenizer_changed_after_finetuning_is_refused(codes, tmp_p
     shutil.copy(codes["base"] / "tokenizer.model", base)
     (base / "generation_config.json").write_text("{}")  # not a tokenizer file: no refusal
     merge(base, adapter, tmp_path / "merged")
+
+
+def test_converting_an_adapter_checkpoint_points_to_merge_lora(codes, tmp_path):
+    """It used to be refused as a checkpoint "changed after training or written by another tool" (no lm_head)."""
+    adapter = fake_adapter_checkpoint(tmp_path / "a" / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
+    convert = load_script_at("scripts/convert_pretrained_checkpoint.py").convert
+    with pytest.raises(ValueError, match=rf"is a LoRA checkpoint .* `python scripts/merge_lora.py --checkpoint_dir "
+                       rf"{codes['base']} --lora_checkpoint {adapter}`"):  # fmt: skip
+        convert(adapter, codes["base"], output_dir=tmp_path / "lit")
+    assert not (tmp_path / "lit").exists()

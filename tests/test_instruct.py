@@ -388,3 +388,9 @@ def test_generate_refuses_a_prompt_that_fills_the_window_or_is_not_utf8(tiny_che
     assert "-" not in re.sub(r"--\w+", "", str(e.value))  # it used to suggest --max_new_tokens -947
     with pytest.raises(ValueError, match="--prompt holds bytes that are not UTF-8 text"):
         script.main(tiny_checkpoint, prompt=b"caf\xe9".decode("utf-8", "surrogateescape"), template="plain")
+
+
+def test_a_val_fraction_that_holds_out_every_record_names_the_flag():
+    """It used to name --val_size, which the scripts do not have."""
+    with pytest.raises(UserError, match="--val_fraction 0.98 of 20 examples holds out all 20, leaving none to train"):
+        split_instructions(records(20), val_fraction=0.98)
