@@ -40,6 +40,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ from lit_gpt.text_data import COMPRESSIONS, _get, _lines, file_format
 from lit_gpt.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # targets the loss skips (lit_gpt/loss.py)
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what `surrogateescape` decodes a byte that is not UTF-8 to
 MAX_LISTED = 3  # bad records named in the error line
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -201,12 +203,9 @@ def _json_rows(path: Path, stats: Stats) -> Iterator[Tuple[int, object]]:
 def _array_elements(path: Path, data: bytes, first_line: int, stats: Stats) -> Iterator[Tuple[int, object]]:
     """The elements of the JSON array `data` (which starts on line `first_line`), each with the line it starts on; an
     error in the array ends it (the elements before it are kept)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = first_line + data[: e.start].count(b"\n")
-        stats.skip(BadRecord(str(path), line, f"not UTF-8 text: {_short(e)} (rest of file unread)"))
-        return
+    # bytes that are not UTF-8 become lone surrogates U+DC80..U+DCFF: the element that holds one is a bad record, the
+    # others are kept (decoding the whole file strictly lost every element of it to one stray byte)
+    text = data.decode("utf-8", "surrogateescape")
     decoder = json.JSONDecoder()
     at, line, counted = text.index("[") + 1, first_line, 0
 
@@ -231,7 +230,13 @@ def _array_elements(path: Path, data: bytes, first_line: int, stats: Stats) -> I
             stats.skip(BadRecord(str(path), line_of(min(at, len(text))), f"invalid JSON array: {_short(e)} (rest of "
                                  "file unread)"))  # fmt: skip
             return
-        yield line_of(at), value
+        stray = _NOT_UTF8.search(text, at, end)
+        if stray:
+            start, line = line_of(at), line_of(at) + text.count("\n", at, stray.start())
+            where = f" on line {line}" if line != start else ""
+            stats.skip(BadRecord(str(path), start, f"not UTF-8 text: byte 0x{ord(stray[0]) - 0xDC00:02x}{where}"))
+        else:
+            yield line_of(at), value
         at = skip_space(end)
         if text[at : at + 1] == ",":
             at = skip_space(at + 1)

@@ -394,3 +394,19 @@ def test_a_val_fraction_that_holds_out_every_record_names_the_flag():
     """It used to name --val_size, which the scripts do not have."""
     with pytest.raises(UserError, match="--val_fraction 0.98 of 20 examples holds out all 20, leaving none to train"):
         split_instructions(records(20), val_fraction=0.98)
+
+
+def test_a_stray_byte_in_a_json_array_loses_its_record_alone(tmp_path):
+    """A byte that is not UTF-8 (a Latin-1 é) in one element of an array used to fail the decoding of the whole
+    file: with --skip_bad_records every record of it was left out, under a warning of 1 bad record whose "rest of file
+    unread" said the records before it were kept."""
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(6)]
+    text = json.dumps(rows, indent=1).encode()
+    at = text.index(b'"q3"')
+    (tmp_path / "data.json").write_bytes(text[:at] + b'"caf\xe9 ' + text[at + 1 :])
+    line = text[:at].count(b"\n") + 1
+    with pytest.raises(UserError, match=rf"^1 bad instruction records: \S+data.json:{line - 1}: not UTF-8 text: byte "
+                       rf"0xe9 on line {line}\. Fix them"):  # fmt: skip
+        load_instructions(tmp_path / "data.json")
+    kept = load_instructions(tmp_path / "data.json", skip_bad_records=True)
+    assert [r["instruction"] for r in kept] == ["q0", "q1", "q2", "q4", "q5"]
