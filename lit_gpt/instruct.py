@@ -186,6 +186,10 @@ def _json_rows(path: Path, stats: Stats) -> Iterator[Tuple[int, object]]:
         first = next(lines, None)
     if first is None:
         return
+    if first[1].startswith((b"\xff\xfe", b"\xfe\xff")):  # what Windows PowerShell's `>` writes
+        stats.skip(BadRecord(str(path), first[0], "UTF-16 text, not UTF-8 (it begins with a UTF-16 byte order mark): "
+                             "save it as UTF-8 (the file is unread)"))  # fmt: skip
+        return
     if first[1].lstrip().startswith(b"["):
         data = b"".join([first[1]] + [line for _, line in lines])
         yield from _array_elements(path, data, first[0], stats)

@@ -410,3 +410,14 @@ def test_a_stray_byte_in_a_json_array_loses_its_record_alone(tmp_path):
         load_instructions(tmp_path / "data.json")
     kept = load_instructions(tmp_path / "data.json", skip_bad_records=True)
     assert [r["instruction"] for r in kept] == ["q0", "q1", "q2", "q4", "q5"]
+
+
+@pytest.mark.parametrize("name", ["data.json", "data.jsonl"])
+def test_a_utf16_file_is_named_as_such(tmp_path, name):
+    """Windows PowerShell's `>` writes UTF-16: it used to give a bad record per line, in codec and JSON jargon."""
+    rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    text = json.dumps(rows) if name.endswith(".json") else "\n".join(json.dumps(r) for r in rows)
+    (tmp_path / name).write_text(text, encoding="utf-16")
+    with pytest.raises(UserError, match=rf"^1 bad instruction records: \S+{name}:1: UTF-16 text, not UTF-8 .*save it "
+                       "as UTF-8"):  # fmt: skip
+        load_instructions(tmp_path / name)
