@@ -122,9 +122,10 @@ def load_instructions(
     keys = (instruction_key, input_key, output_key)
     items = [path] if isinstance(path, (str, Path)) else list(path)
     records: List[Dict[str, str]] = []
-    stats = Stats()
+    stats, seen = Stats(), 0
     for file in find_instruction_files(path, problems=stats.bad if skip_bad_records else None):
         for line, row in _json_rows(file, stats):
+            seen += 1
             record = _record(row, keys)
             if isinstance(record, str):
                 stats.skip(BadRecord(str(file), line, record))
@@ -142,6 +143,11 @@ def load_instructions(
             print(f"warning: left out {len(stats.bad)} bad instruction records: {listed}{more}", file=sys.stderr)
         if problems is not None:
             problems.extend(stats.bad)
+    if not records and not seen and not stats.bad:
+        raise UserError(
+            f"--data {' '.join(map(str, items))} holds no record: its JSON files are empty (or hold an empty array); "
+            "pass the files of your instruction records"
+        )
     if not records:
         raise UserError(
             f"--data {' '.join(map(str, items))} holds no record with strings under {instruction_key!r} and "

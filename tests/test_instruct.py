@@ -421,3 +421,11 @@ def test_a_utf16_file_is_named_as_such(tmp_path, name):
     with pytest.raises(UserError, match=rf"^1 bad instruction records: \S+{name}:1: UTF-16 text, not UTF-8 .*save it "
                        "as UTF-8"):  # fmt: skip
         load_instructions(tmp_path / name)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]", " [ ] \n"])
+def test_an_empty_file_is_called_empty(tmp_path, content):
+    """It used to be told to name the keys its records use (--instruction_key), as if it held records."""
+    (tmp_path / "data.json").write_text(content)
+    with pytest.raises(UserError, match=r"holds no record: its JSON files are empty \(or hold an empty array\)"):
+        load_instructions(tmp_path / "data.json")
