@@ -401,6 +401,12 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
     A sharded checkpoint's `.metadata` is read too, so that one that would run code is refused here."""
     if path.is_dir():
         if not (path / "meta.pt").is_file() or not (path / ".metadata").is_file():
+            inner = find_latest(path)
+            if inner is not None:  # the out dir of a run, not one of its checkpoints
+                raise FileNotFoundError(
+                    f"{path} is a directory of checkpoints, not one: pass one of them (the newest is {inner}), or "
+                    f"--resume auto with --out_dir {path} to continue that run in it"
+                )
             raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt or .metadata")
         read_dcp_metadata(path / ".metadata", trust_pickle)
         return torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)

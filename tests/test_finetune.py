@@ -595,3 +595,13 @@ def test_converting_an_adapter_checkpoint_points_to_merge_lora(codes, tmp_path):
                        rf"{codes['base']} --lora_checkpoint {adapter}`"):  # fmt: skip
         convert(adapter, codes["base"], output_dir=tmp_path / "lit")
     assert not (tmp_path / "lit").exists()
+
+
+def test_resume_from_an_out_dir_points_to_its_checkpoints(codes, tmp_path):
+    """`--resume out/run` (the run's folder, not a checkpoint) used to be called an incomplete sharded checkpoint."""
+    from lit_gpt.checkpoint import load_metadata
+
+    adapter = fake_adapter_checkpoint(tmp_path / "run" / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
+    with pytest.raises(FileNotFoundError, match=rf"run is a directory of checkpoints, not one: pass one of them \(the "
+                       rf"newest is {adapter}\), or --resume auto with --out_dir \S+run"):  # fmt: skip
+        load_metadata(tmp_path / "run")
