@@ -412,21 +412,9 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
         return torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}; pass `--resume auto` to pick the latest in --out_dir")
-    from lit_gpt.convert import _torch_load
+    from lit_gpt.convert import _load_single_file
 
-    try:
-        checkpoint = _torch_load(path, weights_only=not trust_pickle)
-    except Exception as e:
-        if "weights_only" in str(e) and not trust_pickle:
-            raise ValueError(
-                f"{path} holds pickled Python objects besides tensors and plain values, which a checkpoint of these "
-                f"scripts never does: unpickling them could run arbitrary code, so it is not read. {TRUST_HINT}"
-            ) from None
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(
-            f"{path} cannot be read ({type(e).__name__}: {reason}): it is truncated or corrupt, not a whole "
-            "torch.save file (a copy or a save cut short)"
-        ) from None
+    checkpoint = _load_single_file(path, trust_pickle)  # one-line errors for pickled objects and truncated files
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} holds {type(checkpoint).__name__}, not a training checkpoint (a dict)")
     return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}

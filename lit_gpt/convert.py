@@ -388,16 +388,27 @@ def _load_single_file(path: Path, trust_pickle: bool = False) -> object:
         )
     try:
         return _torch_load(path)
-    except Exception as e:  # pickled objects (hyperparameters of other tools, ...) that weights_only refuses
-        if "weights_only" not in str(e):
-            raise
-        if not trust_pickle:
+    except Exception as e:
+        if "weights_only" not in str(e):  # a file cut short or overwritten: EOFError, "invalid header", OSError 22
+            raise _unreadable(path, e) from None
+        if not trust_pickle:  # pickled objects (hyperparameters of other tools, ...) that weights_only refuses
             raise ValueError(
                 f"{str(path)!r} holds pickled Python objects besides tensors, which loading it safely "
                 "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. If the file "
                 "comes from a source you trust, pass --trust_pickle true."
             ) from e
+    try:
         return _torch_load(path, weights_only=False)
+    except Exception as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> ValueError:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ValueError(
+        f"{path} cannot be read ({type(e).__name__}: {reason}): it is truncated or corrupt, not a whole torch.save "
+        "file (a copy or a save cut short)"
+    )
 
 
 def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tuple]:

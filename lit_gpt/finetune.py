@@ -26,7 +26,7 @@ from lit_gpt.checkpoint import (
     save_checkpoint,
     save_pruned,
 )
-from lit_gpt.convert import lit_checkpoint_files
+from lit_gpt.convert import TOKENIZER_FILES, lit_checkpoint_files
 from lit_gpt.lr import cosine_lr, warmup_warning
 from lit_gpt.signals import StopSignal
 from lit_gpt.training import training_step, validate
@@ -45,8 +45,6 @@ def base_record(checkpoint_dir: Path) -> Dict[str, Any]:
     """What identifies the weights of a lit checkpoint directory: its model config, and the size and SHA-256 of its
     `lit_model.pth` (a few seconds for TinyLlama's 4.4 GB); and the SHA-256 of each of its tokenizer files, which
     the examples were encoded with and `scripts/merge_lora.py` copies beside the merged weights."""
-    from lit_gpt.convert import TOKENIZER_FILES
-
     config, model_file = lit_checkpoint_files(checkpoint_dir)
     # the files that make the token ids (generation_config.json does not)
     names = [name for name in TOKENIZER_FILES if name != "generation_config.json"]

@@ -53,15 +53,15 @@ def generate(
     """
     T = prompt.size(0)
     total = T + max_new_tokens
-    if total > model.config.block_size and T >= model.config.block_size:
-        raise ValueError(
-            f"The prompt ({T} tokens) fills the model's block size {model.config.block_size} and leaves no room for "
-            f"--max_new_tokens {max_new_tokens}; shorten the prompt to fewer than {model.config.block_size} tokens"
-        )
     if total > model.config.block_size:
+        fix = (
+            f"shorten the prompt to fewer than {model.config.block_size} tokens"
+            if T >= model.config.block_size
+            else f"shorten the prompt or lower --max_new_tokens to {model.config.block_size - T}"
+        )
         raise ValueError(
             f"The prompt ({T} tokens) plus --max_new_tokens {max_new_tokens} exceed the model's block size "
-            f"{model.config.block_size}; shorten the prompt or lower --max_new_tokens to {model.config.block_size - T}"
+            f"{model.config.block_size}; {fix}"
         )
     stop = {eos_id} if isinstance(eos_id, int) else set(eos_id or ())
     device = prompt.device
