@@ -4,9 +4,9 @@
         --out_dir out/full-micro-llama --accelerator cpu --devices 1 --precision 32-true --max_seq_length 256 \
         --global_batch_size 8 --micro_batch_size 4 --max_steps 20 --warmup_steps 2 --save_interval 10
 
-Checkpoints are those of pretraining (`lit_gpt/checkpoint.py`: one file on one process, a directory of shards on
-several), and `scripts/convert_pretrained_checkpoint.py` turns one into a lit checkpoint directory (with
-`--tokenizer_dir` the base checkpoint directory). The data and its template are described in `lit_gpt/instruct.py`.
+Checkpoints are those of pretraining (`lit_gpt/training/checkpoint.py`: one file on one process, a directory of shards
+on several), and `scripts/convert_pretrained_checkpoint.py` turns one into a lit checkpoint directory (with
+`--tokenizer_dir` the base checkpoint directory). The data and its template are described in `lit_gpt/data/instruct.py`.
 """
 
 import os
@@ -23,22 +23,23 @@ from lightning.fabric.strategies import ModelParallelStrategy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.attention import choose_attention  # noqa: E402
-from lit_gpt.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
-from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
-from lit_gpt.finetune import base_record, check_finetune_flags, fit, instruction_data, restore_rng  # noqa: E402
+from lit_gpt.data.instruct import TemplateName  # noqa: E402
+from lit_gpt.data.separators import read_separators  # noqa: E402
 from lit_gpt.flops import num_parameters  # noqa: E402
-from lit_gpt.instruct import TemplateName  # noqa: E402
-from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
-from lit_gpt.separators import read_separators  # noqa: E402
-from lit_gpt.utils import (  # noqa: E402
-    check_launcher,
-    check_optimizer_flags,
-    gradient_accumulation_steps,
-    num_processes,
-    optimizer_param_groups,
+from lit_gpt.training.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
+from lit_gpt.training.finetune import (  # noqa: E402
+    base_record,
+    check_finetune_flags,
+    fit,
+    instruction_data,
+    restore_rng,
 )
+from lit_gpt.training.launch import check_launcher, gradient_accumulation_steps, num_processes  # noqa: E402
+from lit_gpt.training.logger import choose_logger  # noqa: E402
+from lit_gpt.training.optimizer import check_optimizer_flags, optimizer_param_groups  # noqa: E402
+from lit_gpt.training.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
+from lit_gpt.weights import lit_checkpoint_files  # noqa: E402
 
 # above this many parameters the model is created on the meta device and materialized shard by shard (as in
 # pretraining); below, every process materializes the whole model before sharding
@@ -97,7 +98,7 @@ def setup(
             the keys `--instruction_key`, `--input_key` (optional in each record) and `--output_key` (Alpaca's
             layout). `--val_fraction` of the records are held out for validation: the default needs 11 or more.
         out_dir: Where checkpoints and logs go. Default: `out/full-<model name>`.
-        template: The prompt template the examples are written in (`lit_gpt.instruct.TEMPLATES`): `alpaca` or
+        template: The prompt template the examples are written in (`lit_gpt.data.instruct.TEMPLATES`): `alpaca` or
             `plain`. Generate with the same `--template` (generate/base.py).
         mask_prompt: Take the loss on the response tokens only; false trains on the prompt too.
         max_seq_length: Truncate (or pack) examples to this many tokens. Default: the model's block size.
@@ -150,7 +151,7 @@ def setup(
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     hparams["data"] = [str(p) for p in data] if isinstance(data, list) else str(data)
     config, _ = lit_checkpoint_files(checkpoint_dir)
-    # how the base model's documents began and ended: the prompts begin the same way (lit_gpt/separators.py)
+    # how the base model's documents began and ended: the prompts begin the same way (lit_gpt/data/separators.py)
     hparams["separators"] = read_separators(checkpoint_dir).to_dict()
     out_dir = out_dir or Path("out") / f"full-{config.name}"
     world_size = num_processes(devices, num_nodes, accelerator)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lit_gpt.config import Config
 from lit_gpt.documents import Documents
@@ -229,14 +229,3 @@ def choose_attention(backend: str, config: Config, device: torch.device, precisi
     if reason:
         return "sdpa", f"attention: sdpa (--attention auto: {reason})"
     return "fa4", "attention: fa4 (flash-attn-4, --attention auto on this GPU)"
-
-
-def apply_attention(model: nn.Module, kernel: str) -> None:
-    """Set every attention layer of `model` to `kernel` (a name of `KERNELS`), in place; call before compiling."""
-    from lit_gpt.model import GPT, CausalSelfAttention
-
-    for module in model.modules():
-        if isinstance(module, CausalSelfAttention):
-            module.attention = KERNELS[kernel]
-        if isinstance(module, GPT):  # its forward pass prepares the document mask for this kernel
-            module.prepare_documents = KERNELS[kernel].prepare

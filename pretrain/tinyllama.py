@@ -12,7 +12,7 @@ With no arguments this is TinyLlama's recipe on every local GPU. A small run on 
 (40 steps of 8 × 256 tokens in all: the first command stops after 20, the second resumes the same schedule.)
 
 The data directory holds litdata chunks from `scripts/prepare_slimpajama.py` and `scripts/prepare_starcoder.py`:
-`slimpajama/train`, `slimpajama/val` and `starcoder`. Checkpoints are described in `lit_gpt/checkpoint.py`.
+`slimpajama/train`, `slimpajama/val` and `starcoder`. Checkpoints are described in `lit_gpt/training/checkpoint.py`.
 """
 
 import math
@@ -31,7 +31,24 @@ from lightning.fabric.strategies import ModelParallelStrategy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.attention import choose_attention  # noqa: E402
-from lit_gpt.checkpoint import (  # noqa: E402
+from lit_gpt.config import Config, check_same_architecture  # noqa: E402
+from lit_gpt.data.loaders import (  # noqa: E402
+    check_data_dir,
+    check_prepared,
+    check_token_ids,
+    cycle_full_batches,
+    data_eos_id,
+    data_separators,
+    data_sources,
+    mixture_dataloader,
+    recorded_sources,
+    val_dataloader,
+)
+from lit_gpt.documents import check_document_flags  # noqa: E402
+from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
+from lit_gpt.model import GPT, init_weights  # noqa: E402
+from lit_gpt.signals import StopSignal  # noqa: E402
+from lit_gpt.training.checkpoint import (  # noqa: E402
     checkpoint_path,
     find_latest,
     later_checkpoints,
@@ -42,38 +59,20 @@ from lit_gpt.checkpoint import (  # noqa: E402
     save_checkpoint,
     save_pruned,
 )
-from lit_gpt.config import Config, check_same_architecture  # noqa: E402
-from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
-from lit_gpt.dataloaders import (  # noqa: E402
-    check_data_dir,
-    check_prepared,
-    check_token_ids,
-    cycle_full_batches,
-    data_eos_id,
-    data_separators,
-    data_sources,
-    mixture_dataloader,
-    val_dataloader,
-)
-from lit_gpt.documents import check_document_flags  # noqa: E402
-from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
-from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
-from lit_gpt.logger import choose_logger  # noqa: E402
-from lit_gpt.lr import cosine_lr, warmup_warning  # noqa: E402
-from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
-from lit_gpt.resources import check_cpu_run  # noqa: E402
-from lit_gpt.signals import StopSignal  # noqa: E402
-from lit_gpt.training import document_bounds, training_step, validate  # noqa: E402
-from lit_gpt.utils import (  # noqa: E402
+from lit_gpt.training.float8 import check_float8, precompute_scales_after_step  # noqa: E402
+from lit_gpt.training.launch import (  # noqa: E402
     check_launcher,
-    check_optimizer_flags,
     cpu_has_bf16,
-    format_metrics,
     gradient_accumulation_steps,
     num_processes,
-    optimizer_param_groups,
 )
+from lit_gpt.training.logger import choose_logger, format_metrics  # noqa: E402
+from lit_gpt.training.lr import cosine_lr, warmup_warning  # noqa: E402
+from lit_gpt.training.optimizer import check_optimizer_flags, optimizer_param_groups  # noqa: E402
+from lit_gpt.training.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
+from lit_gpt.training.resources import check_cpu_run  # noqa: E402
+from lit_gpt.training.step import document_bounds, training_step, validate  # noqa: E402
+from lit_gpt.weights import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 
 # above this many parameters the model is created on the meta device and initialized shard by shard after sharding;
 # below, every process initializes the whole model with the same seed (identical across world sizes)
@@ -153,7 +152,7 @@ def setup(
             (true) or only after the last micro-batch of an optimizer step (false: the weights gathered for one
             micro-batch serve the next). Default for both: off, so one all-gather per optimizer step, with one
             process per shard group or when the model's bf16 weights take at most 5% of a GPU's memory
-            (TinyLlama-1.1B: 2.2 GB); on otherwise (`lit_gpt.parallel.keep_weights_gathered`). Set both on a
+            (TinyLlama-1.1B: 2.2 GB); on otherwise (`lit_gpt.training.parallel.keep_weights_gathered`). Set both on a
             cluster of GPUs of different memory sizes, where processes could otherwise decide differently.
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
@@ -270,7 +269,7 @@ def setup(
         check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
         check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
     hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
-    # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/separators.py)
+    # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py)
     folders = [*(folder for folder, _ in train_sources), val_dir]
     hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     check_token_ids(folders, config.padded_vocab_size, model_name)
@@ -413,7 +412,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
-        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"])
+        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources)
         train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])

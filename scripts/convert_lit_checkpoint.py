@@ -22,20 +22,10 @@ import torch
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.convert import (  # noqa: E402
-    HF_OUTPUTS,
-    atomic_file,
-    check_hf_tokenizer,
-    check_weights,
-    finish_output_dir,
-    lit_checkpoint_files,
-    load_lit_state_dict,
-    parse_size,
-    prepare_output_dir,
-    save_hf_tokenizer,
-    save_hf_weights,
-)
+from lit_gpt.convert import HF_OUTPUTS, check_hf_tokenizer, save_hf_tokenizer, save_hf_weights  # noqa: E402
+from lit_gpt.files import atomic_file, finish_output_dir, parse_size, prepare_output_dir  # noqa: E402
 from lit_gpt.hf import config_to_hf, lit_to_hf  # noqa: E402
+from lit_gpt.weights import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 
 # a probe for the tokenizer check: spaces, newlines, digits, code, non-ASCII
 _PROBE = "  two <s> Hello world!  Two  spaces\n\tdef f(x):\n        return x ** 2  # 3.14159\nÜber naïve café, 東京 🙂"

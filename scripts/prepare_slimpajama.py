@@ -1,8 +1,8 @@
 """Tokenize SlimPajama (`*.jsonl.zst` files) into litdata chunks for pretraining.
 
 Every line's `text` is a document, followed by the tokenizer's eos token (`--bos`/`--eos` choose the separators:
-`lit_gpt/separators.py`); rows of the `RedPajamaGithub` set are skipped (Starcoder covers code). The chunks are read
-with `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`.
+`lit_gpt/data/separators.py`); rows of the `RedPajamaGithub` set are skipped (Starcoder covers code). The chunks are
+read with `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`.
 
 Example:
 
@@ -17,7 +17,7 @@ from typing import Optional
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.prepare import BLOCK_SIZE, prepare  # noqa: E402
+from lit_gpt.data.prepare import BLOCK_SIZE, prepare  # noqa: E402
 
 
 def main(
@@ -48,7 +48,7 @@ def main(
         overwrite: Replace an earlier preparation in `output_dir` (the files its `prepare.json` lists); a folder that
             holds anything else, or overlaps `input_dir` or `tokenizer_path`, is refused.
         bos: Put the tokenizer's bos token before each document (TinyLlama's and Llama-2's convention); see
-            `lit_gpt/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
+            `lit_gpt/data/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
         eos: Put the tokenizer's eos token after each document (lit-gpt's convention, the default). `--bos true
             --eos false` gives TinyLlama's data, both true gives `<s>doc</s>`; at least one must be true.
     """

@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional, Union
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lit_gpt.prepare import PrepareError, Stats, iter_texts  # noqa: E402
+from lit_gpt.data.readers import PrepareError, Stats, iter_texts  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
 MAX_LINE_BYTES = 4192  # SentencePiece's max_sentence_length (as in Llama's tokenizer)
@@ -65,7 +65,7 @@ def train(
         raise PrepareError(f"--vocab_size {vocab_size} is too small: 256 byte tokens and 3 special tokens come first")
     stats = Stats()
     if input is not None:
-        from lit_gpt.text_data import TextOptions, find_inputs, read_documents
+        from lit_gpt.data.readers import TextOptions, find_inputs, read_documents
 
         options = TextOptions(text_key=text_key, column=column, blocks=blocks)
         files = find_inputs([input] if isinstance(input, str) else list(input))

@@ -16,7 +16,7 @@ from typing import Dict, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_gpt.prepare import prepare  # noqa: E402
+from lit_gpt.data.prepare import prepare  # noqa: E402
 
 
 def load_script(name: str):

@@ -48,7 +48,7 @@ def test_generate_script_stops_at_bos_for_a_model_pretrained_with_bos_alone(expo
     and only the head's bos row reads it."""
     import shutil
 
-    from lit_gpt.separators import Separators, write_separators
+    from lit_gpt.data.separators import Separators, write_separators
 
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(export_lit_dir, checkpoint)
@@ -75,7 +75,7 @@ def test_generate_script_stops_at_bos_for_a_model_pretrained_with_bos_alone(expo
 
 
 def test_stop_ids_follow_the_separators(export_lit_dir):
-    from lit_gpt.separators import Separators, stop_ids
+    from lit_gpt.data.separators import Separators, stop_ids
 
     tokenizer = Tokenizer(export_lit_dir)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id

@@ -16,7 +16,7 @@ PACKAGE = ROOT / "lit_gpt"
 
 # bottom-up; a module's layer is the first entry whose name is the module or a package holding it
 LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
-    ("files and formats", ("lit_gpt.cli", "lit_gpt.files", "lit_gpt.trust", "lit_gpt.utils")),
+    ("files and formats", ("lit_gpt.cli", "lit_gpt.files", "lit_gpt.trust", "lit_gpt.signals")),
     (
         "model",
         (
@@ -28,6 +28,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
             "lit_gpt.model",
             "lit_gpt.lora",
             "lit_gpt.flops",
+            "lit_gpt.hf",
             "lit_gpt.weights",
         ),
     ),

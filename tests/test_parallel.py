@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_weights_stay_gathered_only_where_they_fit(monkeypatch):
     from lit_gpt.config import Config
     from lit_gpt.flops import num_parameters
-    from lit_gpt.parallel import keep_weights_gathered
+    from lit_gpt.training.parallel import keep_weights_gathered
 
     tiny, big = (num_parameters(Config.from_name(n), True) for n in ("tiny-llama-1.1b", "Llama-2-7b-hf"))
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)

@@ -81,7 +81,7 @@ def checkpoints(out_dir: Path) -> list:
 
 
 def model_weights(path: Path) -> dict:
-    from lit_gpt.convert import training_checkpoint_tensors
+    from lit_gpt.training.checkpoint import training_checkpoint_tensors
 
     return dict(training_checkpoint_tensors(path))
 
@@ -101,7 +101,7 @@ def test_help_explains_every_flag():
 
 
 def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys):
-    from lit_gpt.utils import cpu_has_bf16
+    from lit_gpt.training.launch import cpu_has_bf16
 
     setup = load_script().setup
     common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(data_dir))
@@ -159,7 +159,7 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys
 
 
 def test_world_size_of_devices_auto(monkeypatch):
-    from lit_gpt.utils import num_processes
+    from lit_gpt.training.launch import num_processes
 
     assert num_processes("auto", 2, "cpu") == 2
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine where CUDA sees no GPU
@@ -388,8 +388,8 @@ def test_two_process_sharded_run_matches_one_process_and_resumes_after_sigint_an
 
 
 def test_resume_refuses_another_model_or_world_size(tmp_path):
-    from lit_gpt.checkpoint import check_compatible
     from lit_gpt.config import Config
+    from lit_gpt.training.checkpoint import check_compatible
 
     config = Config.from_name("micro-llama").to_dict()
     meta = {"hparams": {"model_config": config, "world_size": 2, "model_name": "micro-llama"}}
@@ -411,7 +411,7 @@ def test_resume_refuses_another_model_or_world_size(tmp_path):
 
 
 def test_find_latest_ignores_incomplete_saves(tmp_path):
-    from lit_gpt.checkpoint import checkpoint_path, find_latest
+    from lit_gpt.training.checkpoint import checkpoint_path, find_latest
 
     assert find_latest(tmp_path / "missing") is None
     assert find_latest(tmp_path) is None
@@ -425,7 +425,7 @@ def test_find_latest_ignores_incomplete_saves(tmp_path):
 def test_cosine_lr_and_flops():
     from lit_gpt.config import Config
     from lit_gpt.flops import flops_per_token, mfu, num_parameters
-    from lit_gpt.lr import cosine_lr
+    from lit_gpt.training.lr import cosine_lr
 
     lrs = [cosine_lr(s, 1.0, 0.1, warmup_steps=4, max_steps=12) for s in range(14)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
@@ -445,7 +445,7 @@ def test_training_step_skips_non_finite_gradients():
 
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
-    from lit_gpt.training import training_step
+    from lit_gpt.training.step import training_step
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     torch.manual_seed(0)
@@ -509,7 +509,7 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
 
     import lightning as L
 
-    from lit_gpt.checkpoint import own_out_dir
+    from lit_gpt.training.checkpoint import own_out_dir
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     (tmp_path / ".lock").mkdir()
@@ -540,7 +540,7 @@ def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path
 
 
 def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
-    from lit_gpt.checkpoint import checkpoint_path, prune_checkpoints
+    from lit_gpt.training.checkpoint import checkpoint_path, prune_checkpoints
 
     for step in (2, 4, 6):
         checkpoint_path(tmp_path, step).touch()
@@ -558,7 +558,7 @@ def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
 def test_keep_last_after_a_resume_from_an_older_checkpoint_keeps_the_one_just_saved(tmp_path):
     """A run resumed from step 10 of a run that reached step 20 saves step 15: with --keep_last 1 that save was deleted
     (step 20 was the newest), so that a kill then resumed from the other run's step 20."""
-    from lit_gpt.checkpoint import checkpoint_path, prune_checkpoints
+    from lit_gpt.training.checkpoint import checkpoint_path, prune_checkpoints
 
     for step in (10, 15, 20):
         checkpoint_path(tmp_path, step).touch()
@@ -583,7 +583,7 @@ def test_default_model_on_cpu_is_refused_up_front(tmp_path):
 
 def test_training_memory_estimate_of_tinyllama():
     from lit_gpt.config import Config
-    from lit_gpt.resources import estimate
+    from lit_gpt.training.resources import estimate
 
     config = Config.from_name("tiny-llama-1.1b")
     e = estimate(
@@ -630,7 +630,7 @@ def test_optimizer_flags_are_refused_before_fabric_starts(tmp_path, flags, messa
 
 
 def test_cpu_bf16_flags():
-    from lit_gpt.utils import cpu_has_bf16
+    from lit_gpt.training.launch import cpu_has_bf16
 
     line = "flags\t\t: fpu vme sse avx2 avx512f avx512bw"
     assert not cpu_has_bf16(f"processor\t: 0\n{line}\n")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lit_gpt.cli import UserError
 from lit_gpt.config import Config
 from lit_gpt.flops import flops_per_token, num_parameters
 
@@ -94,8 +95,6 @@ def check_cpu_run(config: Config, precision: str, micro_batch_size: int, global_
                   num_nodes: int, activation_checkpointing: bool) -> Estimate:  # fmt: skip
     """Refuse a CPU run that would not fit in this machine's memory or would take over `MAX_CPU_STEP_HOURS` per
     optimizer step, with the estimate and a run that fits; return the estimate otherwise."""
-    from lit_gpt.cli import UserError
-
     rate = cpu_flops_per_second()
     e = estimate(config, precision, micro_batch_size, global_batch_size, devices, num_nodes, activation_checkpointing,
                  rate)  # fmt: skip

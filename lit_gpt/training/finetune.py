@@ -1,13 +1,13 @@
 """What `finetune/lora.py` and `finetune/full.py` share: the record of the base checkpoint a run starts from, and
 the training loop over instruction batches (the same step, schedule, validation, checkpoints and stop signals as
-pretraining: `lit_gpt/training.py`, `lit_gpt/lr.py`, `lit_gpt/checkpoint.py`, `lit_gpt/signals.py`).
+pretraining: `lit_gpt/training/step.py`, `lit_gpt/training/lr.py`, `lit_gpt/training/checkpoint.py`,
+`lit_gpt/signals.py`).
 
 A LoRA checkpoint holds the adapter only; its `base` entry (`base_record`) names the checkpoint directory it was
 trained on by the model config and the size and SHA-256 of `lit_model.pth`, so that resuming or merging it onto
 other weights is refused (`check_base`).
 """
 
-import hashlib
 import math
 import random
 import sys
@@ -18,7 +18,18 @@ from typing import Any, Callable, Dict, Optional
 import lightning as L
 import torch
 
-from lit_gpt.checkpoint import (
+from lit_gpt.data.instruct import (
+    InstructionBatches,
+    encode_examples,
+    load_instructions,
+    split_instructions,
+    validation_batches,
+)
+from lit_gpt.data.separators import Separators
+from lit_gpt.files import file_sha256
+from lit_gpt.signals import StopSignal
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.training.checkpoint import (
     checkpoint_path,
     find_latest,
     later_checkpoints,
@@ -26,19 +37,10 @@ from lit_gpt.checkpoint import (
     save_checkpoint,
     save_pruned,
 )
-from lit_gpt.convert import TOKENIZER_FILES, lit_checkpoint_files
-from lit_gpt.lr import cosine_lr, warmup_warning
-from lit_gpt.signals import StopSignal
-from lit_gpt.training import training_step, validate
-from lit_gpt.utils import format_metrics
-
-
-def file_sha256(path: Path, chunk_bytes: int = 2**24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+from lit_gpt.training.logger import format_metrics
+from lit_gpt.training.lr import cosine_lr, warmup_warning
+from lit_gpt.training.step import training_step, validate
+from lit_gpt.weights import TOKENIZER_FILES, lit_checkpoint_files
 
 
 def base_record(checkpoint_dir: Path) -> Dict[str, Any]:
@@ -248,18 +250,8 @@ def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
 
 def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
     """(train batches of this process, its list of validation micro-batches, optimizer steps per epoch) of the
-    instruction files `h["data"]`, encoded as `lit_gpt/instruct.py` describes with the run's flags and the base
+    instruction files `h["data"]`, encoded as `lit_gpt/data/instruct.py` describes with the run's flags and the base
     model's document separators (`h["separators"]`)."""
-    from lit_gpt.instruct import (
-        InstructionBatches,
-        encode_examples,
-        load_instructions,
-        split_instructions,
-        validation_batches,
-    )
-    from lit_gpt.separators import Separators
-    from lit_gpt.tokenizer import Tokenizer
-
     max_seq_length = block_size if h["max_seq_length"] is None else h["max_seq_length"]
     if max_seq_length > block_size:
         raise ValueError(

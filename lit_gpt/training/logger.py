@@ -1,9 +1,10 @@
-"""Experiment loggers for Fabric: TensorBoard, CSV, or Weights & Biases (offline when no API key is configured)."""
+"""Experiment loggers for Fabric: TensorBoard, CSV, or Weights & Biases (offline when no API key is configured), and the
+console line of a log step."""
 
 import netrc
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Dict, Literal
 
 from lightning.fabric.loggers import Logger, TensorBoardLogger
 
@@ -35,3 +36,33 @@ def wandb_key_configured() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
+
+
+def format_metrics(step: int, max_steps: int, m: Dict[str, Any]) -> str:
+    """One console line for a log step."""
+    parts = [
+        f"step {step}/{max_steps}",
+        f"loss {m['loss']:.4f}",
+        f"lr {m['learning_rate']:.2e}",
+        f"grad norm {m['grad_norm']:.3f}",
+        f"tokens {m['tokens']:,}",
+        f"{m['tokens_per_sec']:,.0f} tok/s ({m['tokens_per_sec_per_device']:,.0f}/device)",
+    ]
+    if m.get("mfu") is not None:
+        parts.append(f"MFU {m['mfu']:.1%}")
+    parts.append(f"{m['step_time'] * 1000:.0f} ms/step")
+    if m.get("data_wait") is not None:
+        parts.append(f"data wait {m['data_wait'] * 1000:.0f} ms")
+    if m.get("peak_memory_gb") is not None:
+        parts.append(f"peak mem {m['peak_memory_gb']:.1f} GiB")
+    parts.append(f"ETA {format_duration(m['remaining_hours'] * 3600)}")
+    if m.get("skipped_steps"):
+        parts.append(f"skipped {m['skipped_steps']}")
+    return " | ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24:02d}h"
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

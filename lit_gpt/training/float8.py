@@ -1,4 +1,4 @@
-"""Float8 training through torchao, applied to a plain `GPT` from outside (`lit_gpt.parallel.parallelize`).
+"""Float8 training through torchao, applied to a plain `GPT` from outside (`lit_gpt.training.parallel.parallelize`).
 
 Every linear layer of the transformer blocks (q/k/v, attention output, the three MLP projections) computes its
 three matrix products in float8 with dynamic scales; the output head, the embeddings and the norms stay in bf16.

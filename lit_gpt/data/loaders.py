@@ -21,7 +21,8 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 
-from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, read_separators
+from lit_gpt.data.prepare import prepared_separators
+from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.signals import ignore_stop_signals
 
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
@@ -93,6 +94,15 @@ def data_sources(
     return list(sources.items()), normalize(val_data) if val_data else join(data_dir, VAL_DIR)
 
 
+def recorded_sources(hparams: Dict[str, object]) -> Optional[List[Tuple[str, float]]]:
+    """The training sources that a run's hparams record: its `train_sources`, or for a run from before --train_data
+    existed, its --data_dir's two sources with its --data_weights (None when neither is recorded)."""
+    then = hparams.get("train_sources")
+    if then is None and "data_dir" in hparams:  # written before --train_data existed: --data_dir's two sources
+        then = data_sources(hparams["data_dir"], hparams.get("data_weights") or (0.693584, 0.306416))[0]
+    return then
+
+
 def normalize(folder: str) -> str:
     """A local folder's normalized path (an object-store URL without its trailing slash)."""
     return folder.rstrip("/") if "://" in folder else os.path.normpath(folder)
@@ -110,13 +120,11 @@ def check_prepared(folders: Sequence[str], flag: str) -> None:
 
 
 def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Path] = None) -> Separators:
-    """The document-separator convention (`lit_gpt/separators.py`) that the local prepared `folders` share, from their
-    `prepare.json` (a folder prepared before it was recorded counts as the default, eos after each document); a mix
-    is refused, naming the folders of each convention. Object-store folders are not read: the local ones decide, and
+    """The document-separator convention (`lit_gpt/data/separators.py`) that the local prepared `folders` share, from
+    their `prepare.json` (a folder prepared before it was recorded counts as the default, eos after each document); a
+    mix is refused, naming the folders of each convention. Object-store folders are not read: the local ones decide, and
     the default holds when there are none. A note says so when the weights of `initial_checkpoint_dir` were trained
     with another convention (TinyLlama's bos before each document, continued on eos-separated data)."""
-    from lit_gpt.prepare import prepared_separators
-
     found: Dict[Separators, List[str]] = {}
     for folder in folders:
         if "://" not in folder:
@@ -125,7 +133,7 @@ def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Pat
         groups = "; ".join(f"{', '.join(names)} with {separators}" for separators, names in found.items())
         raise ValueError(
             f"the data folders were prepared with different document separators: {groups}. The model would learn "
-            "both; prepare them alike (the prepare scripts' --bos/--eos, see lit_gpt/separators.py)"
+            "both; prepare them alike (the prepare scripts' --bos/--eos, see lit_gpt/data/separators.py)"
         )
     separators = next(iter(found), DEFAULT_SEPARATORS)
     if initial_checkpoint_dir is not None and (initial := read_separators(initial_checkpoint_dir)) != separators:
@@ -173,8 +181,6 @@ def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) 
     `eos_id` (`--eos_id`) for data that records none; refused if they disagree (folders among themselves, or with
     `eos_id`), if none is known, or it is not a token id of the model, and for folders prepared without an eos after
     each document (`--eos false`), which have none to split at."""
-    from lit_gpt.prepare import prepared_separators
-
     no_eos = [folder for folder in folders if "://" not in folder and not prepared_separators(Path(folder)).eos]
     if no_eos:
         raise ValueError(

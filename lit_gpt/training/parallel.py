@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 
-from lit_gpt.attention import apply_attention
-from lit_gpt.float8 import convert_to_float8
-from lit_gpt.model import GPT, Block
+from lit_gpt.attention import KERNELS
+from lit_gpt.model import GPT, Block, CausalSelfAttention
+from lit_gpt.training.float8 import convert_to_float8
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # the whole model's gathered weights may stay allocated through a step when they take at most this share of a GPU
@@ -78,6 +78,15 @@ def reshard_choices(
     return (not keep if forward is None else forward), (not keep if backward is None else backward)
 
 
+def apply_attention(model: nn.Module, kernel: str) -> None:
+    """Set every attention layer of `model` to `kernel` (a name of `KERNELS`), in place; call before compiling."""
+    for module in model.modules():
+        if isinstance(module, CausalSelfAttention):
+            module.attention = KERNELS[kernel]
+        if isinstance(module, GPT):  # its forward pass prepares the document mask for this kernel
+            module.prepare_documents = KERNELS[kernel].prepare
+
+
 def parallelize(
     model: GPT,
     device_mesh: DeviceMesh,
@@ -100,7 +109,7 @@ def parallelize(
     of torchrun, SLURM and Fabric) and replicates across groups. `reshard_after_forward=None` frees the gathered
     weights after the forward pass unless `keep_weights_gathered` says to keep them (one process per shard group,
     or a model small enough). `attention` is a kernel of `lit_gpt.attention.KERNELS` (`choose_attention` picks it);
-    `fp8` a recipe of `lit_gpt.float8.RECIPES` or None (bf16 products), `fp8_emulate` runs its products in high
+    `fp8` a recipe of `lit_gpt.training.float8.RECIPES` or None (bf16 products), `fp8_emulate` runs its products in high
     precision (tests on CPU), `fp8_fast_accum` accumulates the backward products in cuBLAS's fast mode too.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
