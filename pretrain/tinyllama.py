@@ -505,7 +505,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
                 "step_time": step_time,
                 # the host's wait for the loader; it costs throughput only where it exceeds the GPU's queued work
                 "data_wait": data_wait_per_step,
-                # GiB, as scripts/benchmark.py and the peer harness count it
+                # GiB, as dev/benchmark.py and the peer harness count it
                 "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if fabric.device.type == "cuda" else None,
                 "remaining_hours": (max_steps - step) * step_time / 3600,
                 "skipped_steps": state["skipped_steps"],

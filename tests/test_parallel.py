@@ -53,7 +53,7 @@ def test_reshard_choices_set_the_all_gathers_per_step_and_keep_results_bit_ident
     results = {}
     for name, (forward, backward) in choices.items():
         out = tmp_path / name
-        cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--model_name", "micro-llama", "--devices", "2"]
+        cmd = [sys.executable, str(ROOT / "dev" / "benchmark.py"), "--model_name", "micro-llama", "--devices", "2"]
         cmd += ["--micro_batch_sizes", "[2]", "--block_size", "32", "--accumulation", str(accumulation)]
         cmd += ["--precision", "32-true", "--steps", "1", "--warmup", "1", "--trace", "true", "--out_dir", str(out)]
         cmd += ["--reshard_after_forward", forward, "--reshard_after_backward", backward]

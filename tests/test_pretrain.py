@@ -646,7 +646,9 @@ def test_document_positions_without_a_document_mask_is_refused_by_pretraining_an
 
     message = "--document_positions true restarts positions at each document of --document_mask: pass --document_m"
     with pytest.raises(ValueError, match=message):
-        load_scripts_module("benchmark").main(model_name="micro-llama", document_positions=True, out_dir=str(tmp_path))
+        load_scripts_module("benchmark", "dev").main(
+            model_name="micro-llama", document_positions=True, out_dir=str(tmp_path)
+        )
     with pytest.raises(ValueError, match=message):
         load_script().setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path,
                             data_dir=str(same_data_dir), document_positions=True)  # fmt: skip
@@ -659,7 +661,7 @@ def test_eos_id_without_a_document_mask_is_refused_by_pretraining_and_the_benchm
 
     message = "--eos_id 7 is the token where --document_mask splits documents: pass --document_mask true as well"
     with pytest.raises(ValueError, match=message):
-        load_scripts_module("benchmark").main(model_name="micro-llama", eos_id=7, out_dir=str(tmp_path))
+        load_scripts_module("benchmark", "dev").main(model_name="micro-llama", eos_id=7, out_dir=str(tmp_path))
     with pytest.raises(ValueError, match=message):
         load_script().setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path,
                             data_dir=str(same_data_dir), eos_id=7)  # fmt: skip

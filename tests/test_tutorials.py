@@ -29,7 +29,7 @@ DOCS = sorted((ROOT / "tutorials").glob("*.md")) + [ROOT / "README.md"]
 SEED = Path(__file__).with_name("seed_tutorial_commands.md")  # the commands of the tutorial users know, verbatim
 RUN_MARKER = "<!-- test: run -->"
 ENTRY_POINTS = sorted(
-    p for d in ("scripts", "pretrain", "finetune", "generate", "eval") for p in (ROOT / d).glob("*.py")
+    p for d in ("scripts", "pretrain", "finetune", "generate", "eval", "dev") for p in (ROOT / d).glob("*.py")
 )
 # pages whose runnable blocks read what another page's blocks wrote: run after the others
 RUN_LAST = ("finetune_lora.md",)  # finetunes checkpoints/lit-micro-llama of pretrain_tinyllama.md

@@ -11,7 +11,7 @@ encodes many documents per SentencePiece call and hands litdata block-sized item
 Example:
 
     python scripts/prepare_sample_data.py && python scripts/train_tokenizer.py
-    python scripts/prepare_speed.py --data_dir data --tokenizer_path checkpoints/sample-tokenizer
+    python dev/prepare_speed.py --data_dir data --tokenizer_path checkpoints/sample-tokenizer
 """
 
 import functools

@@ -5,7 +5,7 @@ The step is the one `pretrain/tinyllama.py` runs: the model parallelized by `lit
 AdamW, gradient clipping. Peers come from `bench/peer_throughput.py` (litgpt's GPT, transformers' Llama) and run in
 the same process, so that every figure of one call is measured on the same GPU at the same time.
 
-    python scripts/benchmark.py --model_name tiny-llama-1.1b --micro_batch_sizes "[8, 16]" \
+    python dev/benchmark.py --model_name tiny-llama-1.1b --micro_batch_sizes "[8, 16]" \
         --peers litgpt:1:16,hf:1:8 --peer_script .device/bench/peer_throughput.py
 """
 

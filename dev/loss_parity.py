@@ -30,7 +30,7 @@ The summary gives, per step, |loss - reference| / reference: its maximum (and wh
 `autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
 `loss_parity.json`. A measurement: the exit code is 0 either way.
 
-    python scripts/loss_parity.py --model_name tiny-llama-1.1b --data_dir data --steps 200 --micro_batch_size 2
+    python dev/loss_parity.py --model_name tiny-llama-1.1b --data_dir data --steps 200 --micro_batch_size 2
 """
 
 import gc
