@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from lit_gpt.cli import UserError
 from lit_gpt.data.readers import (
@@ -178,7 +179,7 @@ def _single_space(text: str, lo: int, hi: int, backwards: bool) -> Optional[int]
 def _continuation_processor(model_proto: bytes):
     """The SentencePiece model without its dummy prefix, for the pieces after the first of a long document; None for a
     model with which pieces would not encode as the whole (see `encode_long`)."""
-    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
+    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2  # lazy: protobuf, for long documents
 
     model = sentencepiece_model_pb2.ModelProto()
     model.ParseFromString(model_proto)
@@ -268,6 +269,7 @@ def prepare(
     Raises `PrepareError` with a message for the user when the options or the inputs are wrong, or, unless
     `skip_bad_records`, when some rows or files could not be read (after writing everything else).
     """
+    # lazy: litdata is heavy (~2 s to import), needed only once the inputs are checked
     from litdata import optimize
     from litdata.streaming.item_loader import TokensLoader
 
@@ -388,7 +390,7 @@ def write_chunks(fn: Callable, workers_files: List[List[str]], write_dir: str, c
     """`litdata.optimize` into a new local folder, worker i processing `workers_files[i]`, without the helper process
     that optimize starts in each worker to delete downloaded copies of the inputs (there are none here; starting one
     costs a Python interpreter with torch per worker, seconds on a small machine)."""
-    from litdata.processing.data_processor import DataProcessor
+    from litdata.processing.data_processor import DataProcessor  # lazy: heavy, as in prepare
     from litdata.processing.functions import LambdaDataChunkRecipe
     from litdata.streaming.item_loader import TokensLoader
     from litdata.streaming.resolver import _resolve_dir
@@ -615,8 +617,6 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def _monitor(progress: multiprocessing.Queue, stats: Stats, num_files: int, verbose: bool, desc: str) -> None:
     """Collects the workers' counts into `stats` and shows them: files done, documents/s, tokens/s."""
-    from tqdm import tqdm
-
     bar = tqdm(total=num_files, desc=desc, unit="file", disable=not verbose, dynamic_ncols=True)
     # the rates count from the first report, not from the workers' start-up, and without that report's counts: they
     # took an unknown time (a whole file), which divided by the moments since it gave 61,765,960 tok/s

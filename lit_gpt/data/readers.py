@@ -201,7 +201,7 @@ def zstd_lines(path: Path, read_size: int = 1 << 22) -> Iterator[bytes]:
 
 def read_starcoder(path: Path, stats: Stats) -> Iterator[str]:
     """The `content` of every row of a `.parquet` file, read in batches of rows."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: heavy (~0.4 s), only for parquet and arrow files
     import pyarrow.parquet as pq
 
     try:
@@ -474,7 +474,7 @@ def _chain(first, rest) -> Iterator[Tuple[int, bytes]]:
 
 
 def _read_table(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: heavy (~0.4 s), only for parquet and arrow files
     import pyarrow.parquet as pq
 
     try:
@@ -505,7 +505,7 @@ def _read_table(path: Path, compression: Optional[str], stats: Stats, options: T
 
 def _arrow_batches(path: Path):
     """The record batches and column names of an Arrow IPC stream (Hugging Face `datasets`' format) or file."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: heavy, as in _read_table
 
     try:
         stream = pa.ipc.open_stream(pa.memory_map(str(path)))

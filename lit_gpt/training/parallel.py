@@ -29,7 +29,9 @@ from typing import Literal, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lit_gpt.attention import KERNELS
 from lit_gpt.model import GPT, Block, CausalSelfAttention
@@ -112,8 +114,6 @@ def parallelize(
     `fp8` a recipe of `lit_gpt.training.float8.RECIPES` or None (bf16 products), `fp8_emulate` runs its products in high
     precision (tests on CPU), `fp8_fast_accum` accumulates the backward products in cuBLAS's fast mode too.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mesh = device_mesh["data_parallel"] if device_mesh.mesh_dim_names else device_mesh
     if sharding == "hybrid":
         mesh = hybrid_mesh(mesh, devices_per_node or mesh.size())
@@ -148,8 +148,6 @@ def make_parallelize_fn(**kwargs) -> "partial[GPT]":
 
 def checkpoint(block: Block) -> nn.Module:
     """Recompute the block's activations in backward instead of keeping them (state-dict names unchanged)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
     return checkpoint_wrapper(block, preserve_rng_state=False)
 
 
@@ -159,8 +157,6 @@ def hybrid_mesh(mesh: DeviceMesh, devices_per_node: int) -> DeviceMesh:
     Ranks are laid out row-major: with 2 nodes of 2 devices, the shard groups are {0, 1} and {2, 3} (one per node)
     and the replicate groups {0, 2} and {1, 3}.
     """
-    from torch.distributed.device_mesh import init_device_mesh
-
     if mesh.size() % devices_per_node:
         raise ValueError(
             f"Hybrid sharding needs the world size ({mesh.size()}) to be a multiple of the devices per node "

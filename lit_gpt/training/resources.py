@@ -66,7 +66,7 @@ def estimate(
 def available_memory() -> float:
     """Bytes of RAM that can be allocated without swapping (Linux's MemAvailable)."""
     try:
-        import psutil
+        import psutil  # lazy: optional (not a requirement of the library)
 
         return float(psutil.virtual_memory().available)
     except ImportError:
