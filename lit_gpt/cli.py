@@ -1,4 +1,5 @@
-"""The command line of every entry point: `cli(main)` in its `__main__` block.
+"""The command line of every entry point: `check_command_line(__name__, __file__)` before its heavy imports, and
+`cli(main)` in its `__main__` block.
 
 The flags are `main`'s parameters, parsed by jsonargparse with whole names only (`--max_step 3` is refused, not taken
 for `--max_steps`). A refusal of what the user asked (a bad flag value, a missing file, a resume that would lose work)
@@ -6,16 +7,23 @@ prints one line, `error: <what is wrong and what to do>`, on stderr and exits wi
 processes run; a bug keeps its traceback. A refusal is a `UserError`, or a `ValueError`, `FileNotFoundError` or
 `FileExistsError` that the project's own code raises with a `raise` statement (as its checks do); the same types
 raised by a library, or by a built-in call in the project's code (`int("x")`), are bugs or need the traceback.
+
+Importing torch, lightning and litdata takes seconds, tens of seconds on a busy machine, so `check_command_line` checks
+the flags first, importing none of them: a misspelt flag is refused at once, with the flag it was probably meant to be.
+This module imports nothing but the standard library (jsonargparse when parsing).
 """
 
 import argparse
+import ast
+import difflib
+import inspect
 import linecache
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Sequence, Tuple, Union
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_USER_ERROR = 2  # argparse's code for a flag it cannot parse
@@ -23,6 +31,11 @@ REFUSALS = (ValueError, FileNotFoundError, FileExistsError)
 # flags that take no value, or an optional one
 NO_VALUE = {"-h", "--help", "--print_config"}
 TYPE_NAMES = {"<class 'int'>": "int", "<class 'float'>": "float", "<class 'NoneType'>": "null", "<class 'str'>": "str"}
+# flags that jsonargparse adds to every entry function's
+PARSER_FLAGS = ("--help", "--config", "--print_config")
+# the names that an entry function's annotations and defaults may use in the first, light parse (no import needed)
+SIMPLE = dict(Any=Any, Dict=Dict, List=List, Literal=Literal, Optional=Optional, Tuple=Tuple, Union=Union, Path=Path)
+SIMPLE.update(bool=bool, float=float, int=int, str=str)
 
 
 class UserError(Exception):
@@ -39,17 +52,93 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
         return CLI(function, as_positional=False, allow_abbrev=False, exit_on_error=False, args=args)
     except Exception as e:
         if isinstance(e, argparse.ArgumentError):
-            message = parse_error_line(str(e))
+            message = parse_error_line(str(e), [f"--{name}" for name in inspect.signature(function).parameters])
         elif is_user_error(e):
             message = str(e)
         else:
             raise
-        if rank() == 0:
-            print(f"error: {message}", file=sys.stderr)
-        else:  # every process refuses alike and rank 0 says it: leave it time to, before a launcher stops it
-            time.sleep(2)
-        _leave_process_group()
-        raise SystemExit(EXIT_USER_ERROR) from None
+    refuse(message)
+
+
+def refuse(message: str) -> NoReturn:
+    """Print `error: message` (once, on rank 0, however many processes run) and exit with code 2."""
+    if rank() == 0:
+        print(f"error: {message}", file=sys.stderr)
+    else:  # every process refuses alike and rank 0 says it: leave it time to, before a launcher stops it
+        time.sleep(2)
+    _leave_process_group()
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def check_command_line(module_name: str, script: str) -> None:
+    """The first, light pass of an entry point `script` run as a program (`module_name` is `"__main__"`), at the top
+    of the script before the imports of torch, lightning or litdata: parse the command line into a stand-in for the
+    entry function (`cli(NAME)` in the `__main__` block), read from the script's source: an unknown flag, a missing
+    required one or a value of the wrong type is refused as `cli(NAME)` would refuse it, seconds sooner. A parameter
+    whose type or default needs an import (`TemplateName`, `BLOCK_SIZE * 8192`) takes any value here; `cli(NAME)`
+    parses everything again after the imports. `--help` and `--print_config` are left to it (they show the real
+    function's docstrings and defaults). Nothing happens when the script is imported rather than run."""
+    if module_name != "__main__":
+        return
+    tree = ast.parse(Path(script).read_text(encoding="utf-8"))
+    args = sys.argv[1:]
+    if any(arg in NO_VALUE or arg.startswith("--print_config") for arg in args):
+        return
+    function = entry_stand_in(tree)
+    if function is not None:
+        cli(function, args)
+
+
+def entry_stand_in(tree: ast.Module) -> Optional[Callable]:
+    """A function with the parameters of the script's entry function (`cli(NAME)` in its `__main__` block), whose
+    annotations and defaults keep what the builtins, `typing` and `Path` can say (`Optional[int]`, `Path("data")`);
+    a parameter with another type or default takes any value. None if the script has no such call."""
+    calls = [
+        call
+        for node in tree.body
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "cli" and call.args
+    ]
+    name = getattr(calls[0].args[0], "id", None) if calls else None
+    function = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if function is None:
+        return None
+    arguments = function.args
+    positional = [*arguments.posonlyargs, *arguments.args]
+    defaults = [None] * (len(positional) - len(arguments.defaults)) + arguments.defaults
+    parameters = []
+    for arg, default in [*zip(positional, defaults), *zip(arguments.kwonlyargs, arguments.kw_defaults)]:
+        annotation = _simple_value(arg.annotation) if arg.annotation is not None else Any
+        annotation = Any if isinstance(annotation, str) else annotation  # a forward reference: "GPT"
+        value = inspect.Parameter.empty if default is None else _simple_value(default, unknown=_UNKNOWN)
+        if value is _UNKNOWN:
+            annotation, value = Any, None
+        parameters.append(
+            inspect.Parameter(arg.arg, inspect.Parameter.KEYWORD_ONLY, default=value, annotation=annotation)
+        )
+
+    def stand_in(**kwargs: Any) -> None:
+        pass
+
+    stand_in.__name__ = stand_in.__qualname__ = name
+    stand_in.__signature__ = inspect.Signature(parameters)
+    stand_in.__annotations__ = {p.name: p.annotation for p in parameters}
+    return stand_in
+
+
+_UNKNOWN = object()
+
+
+def _simple_value(node: ast.expr, unknown: Any = Any) -> Any:
+    """The value of an annotation or default written with the names of SIMPLE and literals only, else `unknown`."""
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    if names - SIMPLE.keys() or any(isinstance(n, (ast.Attribute, ast.Lambda, ast.NamedExpr)) for n in ast.walk(node)):
+        return unknown
+    try:
+        return eval(compile(ast.Expression(node), "<signature>", "eval"), {"__builtins__": {}}, dict(SIMPLE))
+    except Exception:
+        return unknown
 
 
 def check_values_given(args: List[str]) -> None:
@@ -66,9 +155,10 @@ def check_values_given(args: List[str]) -> None:
                 )
 
 
-def parse_error_line(message: str) -> str:
+def parse_error_line(message: str, flags: Sequence[str] = ()) -> str:
     """jsonargparse's report of a flag it could not parse, in one line: `Parser key "max_steps": ... Given value:
-    abc` (several lines, with the Union's subtypes) becomes `--max_steps 'abc' is not int or null`."""
+    abc` (several lines, with the Union's subtypes) becomes `--max_steps 'abc' is not int or null`. An unknown flag
+    is given the one of `flags` it was probably meant to be."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     key = re.match(r'Parser key "([^"]+)":(.*)', lines[0]) if lines else None
     if key is None:
@@ -78,13 +168,39 @@ def parse_error_line(message: str) -> str:
             lines = [f"the following flags are required: {names}", *lines[1:]]
         stray = re.match(r"unrecognized arguments: (?!-)", lines[0]) if lines else None  # a value without its flag
         hint = " (each value follows its flag; several values of one flag are one list: --data '[a.json, b.json]')"
-        return f"{' '.join(lines)}{hint if stray else ''}; `--help` lists every flag"
+        unknown = re.match(r"unrecognized arguments: (.*)$", lines[0]) if lines else None
+        hint = (hint if stray else "") + did_you_mean(unknown[1].split() if unknown else [], flags)
+        return f"{' '.join(lines)}{hint}; `--help` lists every flag"
     given = re.search(r"(?:Given|Got) value: (.*)$", message)
     expected = re.findall(r"Expected a (.+?)(?:\. Got value: .*)?$", message, re.M)
     expected = [re.sub(r"^typing\.Literal\[(.*)\]$", r"one of \1", TYPE_NAMES.get(t, t)) for t in expected]
     value = f" {given[1]!r}" if given else ""
     what = f"is not {' or '.join(expected)}" if expected else f"is not valid: {' '.join(lines[1:])}"
     return f"--{key[1]}{value} {what} (`--help` describes the flag)"
+
+
+def did_you_mean(arguments: Sequence[str], flags: Sequence[str]) -> str:
+    """` (did you mean --model_name?)` for the unknown flags among `arguments` that are near misses of `flags`."""
+    guesses = {arg.split("=", 1)[0]: guess for arg in arguments if (guess := near_miss(arg, flags))}
+    if len(guesses) > 1:
+        return f" (did you mean {' and '.join(f'{guess} for {arg}' for arg, guess in guesses.items())}?)"
+    return f" (did you mean {guesses.popitem()[1]}?)" if guesses else ""
+
+
+def near_miss(flag: str, flags: Sequence[str]) -> Optional[str]:
+    """The flag of `flags` that an unknown `flag` probably meant (`--modle_name`, `--model-name`: `--model_name`;
+    `--prec`: `--precision`), or several separated by "or", or None."""
+    if not flag.startswith("--"):
+        return None
+    name = flag[2:].split("=", 1)[0].rstrip("+").replace("-", "_")
+    names = [f[2:] for f in [*flags, *PARSER_FLAGS]]
+    if name in names:
+        return f"--{name}"
+    scored = sorted(((difflib.SequenceMatcher(None, name, n).ratio(), n) for n in names), reverse=True)
+    # the closest, and the next only if about as close (--batch_size: --micro_batch_size or --global_batch_size)
+    guesses = [n for ratio, n in scored[:2] if ratio >= max(0.7, scored[0][0] - 0.05)]
+    guesses = guesses or [n for n in names if n.startswith(name)][:2]  # --prec: --precision
+    return " or ".join(f"--{guess}" for guess in guesses) or None
 
 
 def is_user_error(e: BaseException) -> bool:
@@ -95,9 +211,13 @@ def is_user_error(e: BaseException) -> bool:
     tb = e.__traceback__
     while tb.tb_next is not None:
         tb = tb.tb_next
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    ours = ROOT in path.parents and "site-packages" not in path.parts and ".venv" not in path.parts
-    return ours and linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise ")
+    path = Path(tb.tb_frame.f_code.co_filename)
+    return _is_project_file(path) and linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise ")
+
+
+def _is_project_file(path: Path) -> bool:
+    path = path.resolve()
+    return ROOT in path.parents and "site-packages" not in path.parts and ".venv" not in path.parts
 
 
 def rank() -> int:
