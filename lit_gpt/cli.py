@@ -6,16 +6,19 @@ for `--max_steps`). A refusal of what the user asked (a bad flag value, a missin
 prints one line, `error: <what is wrong and what to do>`, on stderr and exits with code 2, once however many
 processes run; a bug keeps its traceback. A refusal is a `UserError`, or a `ValueError`, `FileNotFoundError` or
 `FileExistsError` that the project's own code raises with a `raise` statement (as its checks do); the same types
-raised by a library, or by a built-in call in the project's code (`int("x")`), are bugs or need the traceback.
+raised by a library, or by a built-in call in the project's code (`int("x")`), are bugs or need the traceback. A
+package that this Python lacks (a script run outside the project's environment) is refused too: the line says what to
+activate or install.
 
 Importing torch, lightning and litdata takes seconds, tens of seconds on a busy machine, so `check_command_line` checks
-the flags first, importing none of them: a misspelt flag is refused at once, with the flag it was probably meant to be.
-This module imports nothing but the standard library (jsonargparse when parsing).
+the packages and the flags first, importing none of them: a misspelt flag is refused at once, with the flag it was
+probably meant to be. This module imports nothing but the standard library (jsonargparse when parsing).
 """
 
 import argparse
 import ast
 import difflib
+import importlib.util
 import inspect
 import linecache
 import os
@@ -23,7 +26,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Sequence, Set, Tuple, Union
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_USER_ERROR = 2  # argparse's code for a flag it cannot parse
@@ -33,6 +36,14 @@ NO_VALUE = {"-h", "--help", "--print_config"}
 TYPE_NAMES = {"<class 'int'>": "int", "<class 'float'>": "float", "<class 'NoneType'>": "null", "<class 'str'>": "str"}
 # flags that jsonargparse adds to every entry function's
 PARSER_FLAGS = ("--help", "--config", "--print_config")
+# what installs a package that the project's environment may lack on purpose (pyproject.toml's extras)
+OPTIONAL = {
+    "wandb": "pip install wandb",
+    "matplotlib": "pip install matplotlib",
+    "transformers": "pip install transformers",
+    "torchao": "pip install -e '.[hopper]'",
+    "flash_attn": "pip install -e '.[hopper]'",
+}
 # the names that an entry function's annotations and defaults may use in the first, light parse (no import needed)
 SIMPLE = dict(Any=Any, Dict=Dict, List=List, Literal=Literal, Optional=Optional, Tuple=Tuple, Union=Union, Path=Path)
 SIMPLE.update(bool=bool, float=float, int=int, str=str)
@@ -55,6 +66,8 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
             message = parse_error_line(str(e), [f"--{name}" for name in inspect.signature(function).parameters])
         elif is_user_error(e):
             message = str(e)
+        elif isinstance(e, ModuleNotFoundError) and (package := missing_package(e)):
+            message = not_installed([package])
         else:
             raise
     refuse(message)
@@ -72,7 +85,8 @@ def refuse(message: str) -> NoReturn:
 
 def check_command_line(module_name: str, script: str) -> None:
     """The first, light pass of an entry point `script` run as a program (`module_name` is `"__main__"`), at the top
-    of the script before the imports of torch, lightning or litdata: parse the command line into a stand-in for the
+    of the script before the imports of torch, lightning or litdata: refuse a Python that lacks a package the script
+    imports (`not_installed` says what to activate or install), then parse the command line into a stand-in for the
     entry function (`cli(NAME)` in the `__main__` block), read from the script's source: an unknown flag, a missing
     required one or a value of the wrong type is refused as `cli(NAME)` would refuse it, seconds sooner. A parameter
     whose type or default needs an import (`TemplateName`, `BLOCK_SIZE * 8192`) takes any value here; `cli(NAME)`
@@ -81,12 +95,97 @@ def check_command_line(module_name: str, script: str) -> None:
     if module_name != "__main__":
         return
     tree = ast.parse(Path(script).read_text(encoding="utf-8"))
+    packages = imported_packages(tree) | {"jsonargparse"}
+    missing = sorted(name for name in packages if not is_installed(name))
+    if missing:
+        refuse(not_installed(missing))
     args = sys.argv[1:]
     if any(arg in NO_VALUE or arg.startswith("--print_config") for arg in args):
         return
     function = entry_stand_in(tree)
     if function is not None:
         cli(function, args)
+
+
+def imported_packages(tree: ast.Module, seen: Optional[Set[Path]] = None) -> Set[str]:
+    """The packages outside the standard library that a module imports at its top level, itself or through the
+    `lit_gpt` modules it imports (imports inside functions are of optional packages, and checked where they happen:
+    `missing_package`)."""
+    seen = set() if seen is None else seen
+    packages = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from lit_gpt import flops` imports the module lit_gpt.flops
+            modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for module in modules:
+            top = module.split(".")[0]
+            if top != "lit_gpt":
+                packages |= set() if top in sys.stdlib_module_names else {top}
+                continue
+            for path in _source_files(module):
+                if path not in seen:
+                    seen.add(path)
+                    packages |= imported_packages(ast.parse(path.read_text(encoding="utf-8")), seen)
+    return packages
+
+
+def _source_files(module: str) -> List[Path]:
+    """The files of this checkout that importing `module` runs: its packages' `__init__.py` and its own."""
+    parts = module.split(".")
+    files = []
+    for i in range(1, len(parts) + 1):
+        path = ROOT.joinpath(*parts[:i])
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def is_installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # in sys.modules without a spec: imported somehow
+        return True
+
+
+def not_installed(packages: List[str]) -> str:
+    """The line for `packages` that this Python lacks: the optional ones' install command, or the project's
+    environment to activate, or to create or complete."""
+    names = " and ".join([", ".join(packages[:-1]), packages[-1]] if len(packages) > 1 else packages)
+    lacks = f"{names} {'is' if len(packages) == 1 else 'are'} not installed in this Python ({sys.executable})"
+    if all(name in OPTIONAL for name in packages):
+        return f"{lacks}: {'; '.join(sorted({f'`{OPTIONAL[name]}`' for name in packages}))} installs it"
+    venv = ROOT / ".venv"
+    shown = os.path.relpath(venv) if not os.path.relpath(venv).startswith("..") else str(venv)
+    if venv.is_dir() and Path(sys.prefix).resolve() == venv.resolve():
+        return f"{lacks}, the project's environment {shown}: `make install` (or `bash scripts/install.sh`) installs it"
+    if (venv / "bin" / "activate").is_file():
+        return (
+            f"{lacks}; run the scripts in the project's environment: `source {shown}/bin/activate` first, or "
+            f"`{shown}/bin/python` instead of python"
+        )
+    return (
+        f"{lacks}; create the project's environment with `make install` (or `bash scripts/install.sh`), then "
+        f"`source {shown}/bin/activate`"
+    )
+
+
+def missing_package(e: ModuleNotFoundError) -> Optional[str]:
+    """The package that an import statement of the project's own code (a lazy import of an optional package) did not
+    find, or None: a module that a library misses is the library's problem, kept with its traceback."""
+    package = (e.name or "").split(".")[0]
+    if not package or is_installed(package):
+        return None
+    tb, importer = e.__traceback__, None
+    while tb is not None:  # the innermost frame outside importlib's: the import statement
+        if not tb.tb_frame.f_code.co_filename.startswith("<frozen importlib"):
+            importer = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return package if importer is not None and _is_project_file(Path(importer)) else None
 
 
 def entry_stand_in(tree: ast.Module) -> Optional[Callable]:

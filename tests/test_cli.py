@@ -250,3 +250,23 @@ def test_help_is_the_full_parsers():
     assert "Stop earlier, after this many optimizer steps" in proc.stdout  # --max_steps' docstring
     for name in entry_parameters("pretrain/tinyllama.py"):
         assert f"--{name} " in proc.stdout, name
+
+
+########################
+# A Python without the project's packages: what to activate or install, in one line
+########################
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_outside_the_environment_the_line_says_what_to_activate(script):
+    # -S: no site-packages, as a Python outside .venv; -I: nor the user's or PYTHONPATH's
+    proc = subprocess.run([sys.executable, "-I", "-S", str(ROOT / script)], capture_output=True, text=True, timeout=60)
+    line = one_error_line(proc)
+    assert "jsonargparse" in line and f"not installed in this Python ({sys.executable})" in line, line
+    assert "`source " in line or "`make install`" in line, line
+
+
+def test_a_missing_optional_package_is_named_with_its_install_command(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text("step,loss\n1,5.0\n2,4.0\n")
+    proc = run_script("scripts/plot_logs.py", "--log_dir", str(tmp_path / "logs"), hide="matplotlib")
+    line = one_error_line(proc)
+    assert "error: matplotlib is not installed in this Python" in line and "`pip install matplotlib`" in line, line
