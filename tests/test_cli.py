@@ -270,3 +270,13 @@ def test_a_missing_optional_package_is_named_with_its_install_command(tmp_path):
     proc = run_script("scripts/plot_logs.py", "--log_dir", str(tmp_path / "logs"), hide="matplotlib")
     line = one_error_line(proc)
     assert "error: matplotlib is not installed in this Python" in line and "`pip install matplotlib`" in line, line
+
+
+def test_logger_wandb_without_wandb_is_refused_with_its_install_command(tmp_path):
+    from test_pretrain import _build, same_tokens
+
+    data = _build(tmp_path / "data", same_tokens, 8)
+    args = [*COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--max_steps", "4"]
+    proc = run_script("pretrain/tinyllama.py", *args, "--logger_name", "wandb", hide="wandb")
+    line = one_error_line(proc)
+    assert "error: --logger_name wandb needs wandb, which this Python lacks: `pip install wandb`" in line, line
