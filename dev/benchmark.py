@@ -17,9 +17,12 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+
+import torch  # noqa: E402
 
 from lit_gpt import flops  # noqa: E402
 from lit_gpt.attention import KERNELS, choose_attention  # noqa: E402

@@ -44,10 +44,13 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import torch
-import torch.nn.functional as F
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402

@@ -23,10 +23,13 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-import torch
-
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+
+import torch  # noqa: E402
 
 from lit_gpt.data.prepare import BLOCK_SIZE, _tokenizer, item_tokens_for, prepare, tokenize_files  # noqa: E402
 from lit_gpt.data.readers import find_files  # noqa: E402

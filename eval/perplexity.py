@@ -14,12 +14,15 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
-import lightning as L
-import torch
-import torch.nn.functional as F
-
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from lit_gpt.generate import load_model  # noqa: E402
 

@@ -17,11 +17,14 @@ import time
 from pathlib import Path
 from typing import List, Literal, Optional, Union
 
-import lightning as L
-import torch
-
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
 
 from lit_gpt.attention import choose_attention  # noqa: E402
 from lit_gpt.data.instruct import TemplateName  # noqa: E402

@@ -1,21 +1,32 @@
-"""The command line of every entry point: `cli(main)` in its `__main__` block.
+"""The command line of every entry point: `check_command_line(__name__, __file__)` before its heavy imports, and
+`cli(main)` in its `__main__` block.
 
 The flags are `main`'s parameters, parsed by jsonargparse with whole names only (`--max_step 3` is refused, not taken
 for `--max_steps`). A refusal of what the user asked (a bad flag value, a missing file, a resume that would lose work)
 prints one line, `error: <what is wrong and what to do>`, on stderr and exits with code 2, once however many
 processes run; a bug keeps its traceback. A refusal is a `UserError`, or a `ValueError`, `FileNotFoundError` or
 `FileExistsError` that the project's own code raises with a `raise` statement (as its checks do); the same types
-raised by a library, or by a built-in call in the project's code (`int("x")`), are bugs or need the traceback.
+raised by a library, or by a built-in call in the project's code (`int("x")`), are bugs or need the traceback. A
+package that this Python lacks (a script run outside the project's environment) is refused too: the line says what to
+activate or install.
+
+Importing torch, lightning and litdata takes seconds, tens of seconds on a busy machine, so `check_command_line` checks
+the packages and the flags first, importing none of them: a misspelt flag is refused at once, with the flag it was
+probably meant to be. This module imports nothing but the standard library (jsonargparse when parsing).
 """
 
 import argparse
+import ast
+import difflib
+import importlib.util
+import inspect
 import linecache
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Literal, NoReturn, Optional, Sequence, Set, Tuple, Union
 
 ROOT = Path(__file__).resolve().parents[1]
 EXIT_USER_ERROR = 2  # argparse's code for a flag it cannot parse
@@ -23,6 +34,19 @@ REFUSALS = (ValueError, FileNotFoundError, FileExistsError)
 # flags that take no value, or an optional one
 NO_VALUE = {"-h", "--help", "--print_config"}
 TYPE_NAMES = {"<class 'int'>": "int", "<class 'float'>": "float", "<class 'NoneType'>": "null", "<class 'str'>": "str"}
+# flags that jsonargparse adds to every entry function's
+PARSER_FLAGS = ("--help", "--config", "--print_config")
+# what installs a package that the project's environment may lack on purpose (pyproject.toml's extras)
+OPTIONAL = {
+    "wandb": "pip install wandb",
+    "matplotlib": "pip install matplotlib",
+    "transformers": "pip install transformers",
+    "torchao": "pip install -e '.[hopper]'",
+    "flash_attn": "pip install -e '.[hopper]'",
+}
+# the names that an entry function's annotations and defaults may use in the first, light parse (no import needed)
+SIMPLE = dict(Any=Any, Dict=Dict, List=List, Literal=Literal, Optional=Optional, Tuple=Tuple, Union=Union, Path=Path)
+SIMPLE.update(bool=bool, float=float, int=int, str=str)
 
 
 class UserError(Exception):
@@ -39,17 +63,181 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
         return CLI(function, as_positional=False, allow_abbrev=False, exit_on_error=False, args=args)
     except Exception as e:
         if isinstance(e, argparse.ArgumentError):
-            message = parse_error_line(str(e))
+            message = parse_error_line(str(e), [f"--{name}" for name in inspect.signature(function).parameters])
         elif is_user_error(e):
             message = str(e)
+        elif isinstance(e, ModuleNotFoundError) and (package := missing_package(e)):
+            message = not_installed([package])
         else:
             raise
-        if rank() == 0:
-            print(f"error: {message}", file=sys.stderr)
-        else:  # every process refuses alike and rank 0 says it: leave it time to, before a launcher stops it
-            time.sleep(2)
-        _leave_process_group()
-        raise SystemExit(EXIT_USER_ERROR) from None
+    refuse(message)
+
+
+def refuse(message: str) -> NoReturn:
+    """Print `error: message` (once, on rank 0, however many processes run) and exit with code 2."""
+    if rank() == 0:
+        print(f"error: {message}", file=sys.stderr)
+    else:  # every process refuses alike and rank 0 says it: leave it time to, before a launcher stops it
+        time.sleep(2)
+    _leave_process_group()
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def check_command_line(module_name: str, script: str) -> None:
+    """The first, light pass of an entry point `script` run as a program (`module_name` is `"__main__"`), at the top
+    of the script before the imports of torch, lightning or litdata: refuse a Python that lacks a package the script
+    imports (`not_installed` says what to activate or install), then parse the command line into a stand-in for the
+    entry function (`cli(NAME)` in the `__main__` block), read from the script's source: an unknown flag, a missing
+    required one or a value of the wrong type is refused as `cli(NAME)` would refuse it, seconds sooner. A parameter
+    whose type or default needs an import (`TemplateName`, `BLOCK_SIZE * 8192`) takes any value here; `cli(NAME)`
+    parses everything again after the imports. `--help` and `--print_config` are left to it (they show the real
+    function's docstrings and defaults). Nothing happens when the script is imported rather than run."""
+    if module_name != "__main__":
+        return
+    tree = ast.parse(Path(script).read_text(encoding="utf-8"))
+    packages = imported_packages(tree) | {"jsonargparse"}
+    missing = sorted(name for name in packages if not is_installed(name))
+    if missing:
+        refuse(not_installed(missing))
+    args = sys.argv[1:]
+    if any(arg in NO_VALUE or arg.startswith("--print_config") for arg in args):
+        return
+    function = entry_stand_in(tree)
+    if function is not None:
+        cli(function, args)
+
+
+def imported_packages(tree: ast.Module, seen: Optional[Set[Path]] = None) -> Set[str]:
+    """The packages outside the standard library that a module imports at its top level, itself or through the
+    `lit_gpt` modules it imports (imports inside functions are of optional packages, and checked where they happen:
+    `missing_package`)."""
+    seen = set() if seen is None else seen
+    packages = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from lit_gpt import flops` imports the module lit_gpt.flops
+            modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for module in modules:
+            top = module.split(".")[0]
+            if top != "lit_gpt":
+                packages |= set() if top in sys.stdlib_module_names else {top}
+                continue
+            for path in _source_files(module):
+                if path not in seen:
+                    seen.add(path)
+                    packages |= imported_packages(ast.parse(path.read_text(encoding="utf-8")), seen)
+    return packages
+
+
+def _source_files(module: str) -> List[Path]:
+    """The files of this checkout that importing `module` runs: its packages' `__init__.py` and its own."""
+    parts = module.split(".")
+    files = []
+    for i in range(1, len(parts) + 1):
+        path = ROOT.joinpath(*parts[:i])
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def is_installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # in sys.modules without a spec: imported somehow
+        return True
+
+
+def not_installed(packages: List[str]) -> str:
+    """The line for `packages` that this Python lacks: the optional ones' install command, or the project's
+    environment to activate, or to create or complete."""
+    names = " and ".join([", ".join(packages[:-1]), packages[-1]] if len(packages) > 1 else packages)
+    lacks = f"{names} {'is' if len(packages) == 1 else 'are'} not installed in this Python ({sys.executable})"
+    if all(name in OPTIONAL for name in packages):
+        return f"{lacks}: {'; '.join(sorted({f'`{OPTIONAL[name]}`' for name in packages}))} installs it"
+    venv = ROOT / ".venv"
+    shown = os.path.relpath(venv) if not os.path.relpath(venv).startswith("..") else str(venv)
+    if venv.is_dir() and Path(sys.prefix).resolve() == venv.resolve():
+        return f"{lacks}, the project's environment {shown}: `make install` (or `bash scripts/install.sh`) installs it"
+    if (venv / "bin" / "activate").is_file():
+        return (
+            f"{lacks}; run the scripts in the project's environment: `source {shown}/bin/activate` first, or "
+            f"`{shown}/bin/python` instead of python"
+        )
+    return (
+        f"{lacks}; create the project's environment with `make install` (or `bash scripts/install.sh`), then "
+        f"`source {shown}/bin/activate`"
+    )
+
+
+def missing_package(e: ModuleNotFoundError) -> Optional[str]:
+    """The package that an import statement of the project's own code (a lazy import of an optional package) did not
+    find, or None: a module that a library misses is the library's problem, kept with its traceback."""
+    package = (e.name or "").split(".")[0]
+    if not package or is_installed(package):
+        return None
+    tb, importer = e.__traceback__, None
+    while tb is not None:  # the innermost frame outside importlib's: the import statement
+        if not tb.tb_frame.f_code.co_filename.startswith("<frozen importlib"):
+            importer = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return package if importer is not None and _is_project_file(Path(importer)) else None
+
+
+def entry_stand_in(tree: ast.Module) -> Optional[Callable]:
+    """A function with the parameters of the script's entry function (`cli(NAME)` in its `__main__` block), whose
+    annotations and defaults keep what the builtins, `typing` and `Path` can say (`Optional[int]`, `Path("data")`);
+    a parameter with another type or default takes any value. None if the script has no such call."""
+    calls = [
+        call
+        for node in tree.body
+        if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+        for call in ast.walk(node)
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "cli" and call.args
+    ]
+    name = getattr(calls[0].args[0], "id", None) if calls else None
+    function = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if function is None:
+        return None
+    arguments = function.args
+    positional = [*arguments.posonlyargs, *arguments.args]
+    defaults = [None] * (len(positional) - len(arguments.defaults)) + arguments.defaults
+    parameters = []
+    for arg, default in [*zip(positional, defaults), *zip(arguments.kwonlyargs, arguments.kw_defaults)]:
+        annotation = _simple_value(arg.annotation) if arg.annotation is not None else Any
+        annotation = Any if isinstance(annotation, str) else annotation  # a forward reference: "GPT"
+        value = inspect.Parameter.empty if default is None else _simple_value(default, unknown=_UNKNOWN)
+        if value is _UNKNOWN:
+            annotation, value = Any, None
+        parameters.append(
+            inspect.Parameter(arg.arg, inspect.Parameter.KEYWORD_ONLY, default=value, annotation=annotation)
+        )
+
+    def stand_in(**kwargs: Any) -> None:
+        pass
+
+    stand_in.__name__ = stand_in.__qualname__ = name
+    stand_in.__signature__ = inspect.Signature(parameters)
+    stand_in.__annotations__ = {p.name: p.annotation for p in parameters}
+    return stand_in
+
+
+_UNKNOWN = object()
+
+
+def _simple_value(node: ast.expr, unknown: Any = Any) -> Any:
+    """The value of an annotation or default written with the names of SIMPLE and literals only, else `unknown`."""
+    names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    if names - SIMPLE.keys() or any(isinstance(n, (ast.Attribute, ast.Lambda, ast.NamedExpr)) for n in ast.walk(node)):
+        return unknown
+    try:
+        return eval(compile(ast.Expression(node), "<signature>", "eval"), {"__builtins__": {}}, dict(SIMPLE))
+    except Exception:
+        return unknown
 
 
 def check_values_given(args: List[str]) -> None:
@@ -66,9 +254,10 @@ def check_values_given(args: List[str]) -> None:
                 )
 
 
-def parse_error_line(message: str) -> str:
+def parse_error_line(message: str, flags: Sequence[str] = ()) -> str:
     """jsonargparse's report of a flag it could not parse, in one line: `Parser key "max_steps": ... Given value:
-    abc` (several lines, with the Union's subtypes) becomes `--max_steps 'abc' is not int or null`."""
+    abc` (several lines, with the Union's subtypes) becomes `--max_steps 'abc' is not int or null`. An unknown flag
+    is given the one of `flags` it was probably meant to be."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     key = re.match(r'Parser key "([^"]+)":(.*)', lines[0]) if lines else None
     if key is None:
@@ -78,13 +267,39 @@ def parse_error_line(message: str) -> str:
             lines = [f"the following flags are required: {names}", *lines[1:]]
         stray = re.match(r"unrecognized arguments: (?!-)", lines[0]) if lines else None  # a value without its flag
         hint = " (each value follows its flag; several values of one flag are one list: --data '[a.json, b.json]')"
-        return f"{' '.join(lines)}{hint if stray else ''}; `--help` lists every flag"
+        unknown = re.match(r"unrecognized arguments: (.*)$", lines[0]) if lines else None
+        hint = (hint if stray else "") + did_you_mean(unknown[1].split() if unknown else [], flags)
+        return f"{' '.join(lines)}{hint}; `--help` lists every flag"
     given = re.search(r"(?:Given|Got) value: (.*)$", message)
     expected = re.findall(r"Expected a (.+?)(?:\. Got value: .*)?$", message, re.M)
     expected = [re.sub(r"^typing\.Literal\[(.*)\]$", r"one of \1", TYPE_NAMES.get(t, t)) for t in expected]
     value = f" {given[1]!r}" if given else ""
     what = f"is not {' or '.join(expected)}" if expected else f"is not valid: {' '.join(lines[1:])}"
     return f"--{key[1]}{value} {what} (`--help` describes the flag)"
+
+
+def did_you_mean(arguments: Sequence[str], flags: Sequence[str]) -> str:
+    """` (did you mean --model_name?)` for the unknown flags among `arguments` that are near misses of `flags`."""
+    guesses = {arg.split("=", 1)[0]: guess for arg in arguments if (guess := near_miss(arg, flags))}
+    if len(guesses) > 1:
+        return f" (did you mean {' and '.join(f'{guess} for {arg}' for arg, guess in guesses.items())}?)"
+    return f" (did you mean {guesses.popitem()[1]}?)" if guesses else ""
+
+
+def near_miss(flag: str, flags: Sequence[str]) -> Optional[str]:
+    """The flag of `flags` that an unknown `flag` probably meant (`--modle_name`, `--model-name`: `--model_name`;
+    `--prec`: `--precision`), or several separated by "or", or None."""
+    if not flag.startswith("--"):
+        return None
+    name = flag[2:].split("=", 1)[0].rstrip("+").replace("-", "_")
+    names = [f[2:] for f in [*flags, *PARSER_FLAGS]]
+    if name in names:
+        return f"--{name}"
+    scored = sorted(((difflib.SequenceMatcher(None, name, n).ratio(), n) for n in names), reverse=True)
+    # the closest, and the next only if about as close (--batch_size: --micro_batch_size or --global_batch_size)
+    guesses = [n for ratio, n in scored[:2] if ratio >= max(0.7, scored[0][0] - 0.05)]
+    guesses = guesses or [n for n in names if n.startswith(name)][:2]  # --prec: --precision
+    return " or ".join(f"--{guess}" for guess in guesses) or None
 
 
 def is_user_error(e: BaseException) -> bool:
@@ -95,9 +310,13 @@ def is_user_error(e: BaseException) -> bool:
     tb = e.__traceback__
     while tb.tb_next is not None:
         tb = tb.tb_next
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    ours = ROOT in path.parents and "site-packages" not in path.parts and ".venv" not in path.parts
-    return ours and linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise ")
+    path = Path(tb.tb_frame.f_code.co_filename)
+    return _is_project_file(path) and linecache.getline(str(path), tb.tb_lineno).lstrip().startswith("raise ")
+
+
+def _is_project_file(path: Path) -> bool:
+    path = path.resolve()
+    return ROOT in path.parents and "site-packages" not in path.parts and ".venv" not in path.parts
 
 
 def rank() -> int:

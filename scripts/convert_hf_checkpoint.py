@@ -17,10 +17,13 @@ import time
 from pathlib import Path
 from typing import Literal, Optional
 
-import torch
-
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+
+import torch  # noqa: E402
 
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import LIT_OUTPUTS, LIT_WEIGHT_OUTPUTS, hf_checkpoint_tensors  # noqa: E402

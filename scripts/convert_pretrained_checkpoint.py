@@ -21,6 +21,9 @@ from typing import Optional
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
 from lit_gpt.convert import LIT_OUTPUTS, save_tokenizer_files  # noqa: E402
 from lit_gpt.data.separators import write_separators  # noqa: E402

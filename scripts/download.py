@@ -20,10 +20,11 @@ from typing import List, Literal, Optional, Union
 
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import UserError, check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
 from jsonargparse.typing import SecretStr  # noqa: E402
-
-from lit_gpt.cli import UserError  # noqa: E402
 
 TOKENIZER_FILES = ["tokenizer.model", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 TOKEN_URL = "https://huggingface.co/settings/tokens"

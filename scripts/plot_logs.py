@@ -16,8 +16,9 @@ from typing import Dict, List, Optional
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import UserError, check_command_line  # noqa: E402
 
-from lit_gpt.cli import UserError  # noqa: E402
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
 Series = Dict[str, Dict[int, float]]  # metric name -> step -> value
 METRICS = ("loss", "val_loss", "tokens_per_sec")

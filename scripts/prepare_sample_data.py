@@ -25,14 +25,15 @@ import zlib
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-import zstandard as zstd
-
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import UserError, check_command_line  # noqa: E402
 
-from lit_gpt.cli import UserError  # noqa: E402
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import zstandard as zstd  # noqa: E402
 
 PROSE_SETS = [
     "RedPajamaCommonCrawl",

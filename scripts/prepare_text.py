@@ -17,6 +17,9 @@ from typing import List, Optional, Union
 
 # entry points import `lit_gpt` from the checkout
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lit_gpt.cli import check_command_line  # noqa: E402
+
+check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
 from lit_gpt.data.prepare import BLOCK_SIZE, prepare  # noqa: E402
 from lit_gpt.data.readers import PrepareError, TextOptions  # noqa: E402

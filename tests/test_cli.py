@@ -1,9 +1,13 @@
 """lit_gpt/cli.py: every entry point's refusals print one line and exit 2; bugs keep their traceback."""
 
+import ast
 import importlib.util
+import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, List
 
 import pytest
 from test_pretrain import COMMON, SCRIPT, _env
@@ -110,3 +114,169 @@ def test_refusal_after_two_processes_started_prints_once(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr and "[rank0]" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: No checkpoint at {missing}"), proc.stderr
+
+
+########################
+# The first, light pass (`check_command_line` at the top of every entry point): before torch is imported
+########################
+# every script whose command line is `cli(function)`
+ENTRY_POINTS = sorted(
+    str(path.relative_to(ROOT))
+    for folder in ("scripts", "pretrain", "finetune", "generate", "eval")
+    for path in (ROOT / folder).glob("*.py")
+    if re.search(r"^\s+cli\(\w+\)", path.read_text(encoding="utf-8"), re.M)
+)
+HEAVY = ("torch", "lightning", "litdata", "transformers")
+# runs `script args...` as `python script args...` would, with the modules named in argv[1] made uninstalled (as
+# `import` and importlib.util.find_spec see them), and prints on stdout which of HEAVY it imported
+RUN_SCRIPT = f"""
+import runpy, sys
+for name in filter(None, sys.argv[1].split(",")):
+    sys.modules[name] = None
+sys.argv = sys.argv[2:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print("imported:", ",".join(name for name in {HEAVY!r} if sys.modules.get(name) is not None))
+"""
+
+
+def run_script(script: str, *args: str, hide: str = "", python=(sys.executable,)) -> subprocess.CompletedProcess:
+    cmd = [*python, "-c", RUN_SCRIPT, hide, str(ROOT / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: "), proc.stderr[-3000:]
+    return proc.stderr
+
+
+def entry_function(script: str) -> str:
+    return re.search(r"^\s+cli\((\w+)\)", (ROOT / script).read_text(encoding="utf-8"), re.M)[1]
+
+
+def entry_parameters(script: str) -> List[str]:
+    tree = ast.parse((ROOT / script).read_text(encoding="utf-8"))
+    function = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == entry_function(script))
+    return [arg.arg for arg in function.args.args]
+
+
+def test_entry_points_are_found():
+    assert {"pretrain/tinyllama.py", "finetune/lora.py", "finetune/full.py", "generate/base.py"} <= set(ENTRY_POINTS)
+    assert {"eval/perplexity.py", "scripts/convert_lit_checkpoint.py", "scripts/prepare_text.py"} <= set(ENTRY_POINTS)
+    assert len(ENTRY_POINTS) >= 19
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_a_misspelt_flag_is_refused_before_torch_is_imported(script):
+    """Importing torch, lightning and litdata took 25-40 s on a busy 2-core machine before the flags were read."""
+    name = entry_parameters(script)[0]
+    misspelt = f"--{name[0]}{name[2]}{name[1]}{name[3:]}"  # two letters swapped: --mdoel_name
+    proc = run_script(script, misspelt, "x")
+    line = one_error_line(proc)
+    assert line.startswith(f"error: unrecognized arguments: {misspelt} x (did you mean --{name}?)"), line
+    assert proc.stdout.strip() == "imported:", proc.stdout
+
+
+def test_near_misses_name_the_flag_in_the_light_pass_and_in_the_full_parse(capsys):
+    proc = run_script("pretrain/tinyllama.py", "--modle_name", "micro-llama")
+    assert "--modle_name micro-llama (did you mean --model_name?); `--help` lists every flag" in one_error_line(proc)
+    line = one_error_line(run_script("pretrain/tinyllama.py", "--model-name", "micro-llama", "--max_steps", "3"))
+    assert "(did you mean --model_name?)" in line
+    line = one_error_line(run_script("finetune/lora.py", "--lora-r", "4", "--lora_alph", "8"))
+    assert "(did you mean --lora_r for --lora-r and --lora_alpha for --lora_alph?)" in line
+    # the full parse (after the imports) says the same of the real function
+    setup = entry_point("finetune/lora.py").setup
+    assert "--lora-r 4 (did you mean --lora_r?)" in refusal(capsys, setup, "--checkpoint_dir", "c", "--lora-r", "4")
+    setup = entry_point("pretrain/tinyllama.py").setup
+    assert "--modle_name x (did you mean --model_name?)" in refusal(capsys, setup, "--modle_name", "x")
+
+
+def test_bad_values_and_missing_flags_are_refused_before_torch_is_imported_as_the_full_parse_does(capsys):
+    setup = entry_point("pretrain/tinyllama.py").setup
+    for args in (["--max_steps", "abc"], ["--precision", "fp8"], ["--max_steps"]):
+        proc = run_script("pretrain/tinyllama.py", *args)
+        assert one_error_line(proc) == refusal(capsys, setup, *args)
+        assert proc.stdout.strip() == "imported:", proc.stdout
+    proc = run_script("finetune/lora.py", "--data", "a.json")
+    assert "the following flags are required: --checkpoint_dir" in one_error_line(proc)
+    assert proc.stdout.strip() == "imported:", proc.stdout
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_the_light_pass_takes_every_value_that_the_full_parse_takes(script):
+    """The light pass's stand-in for the entry function has the same flags, and each parameter's type and default is
+    the real one's or takes any value: it never refuses what `cli(main)` would accept."""
+    from jsonargparse import capture_parser
+
+    from lit_gpt.cli import cli, entry_stand_in
+
+    real = getattr(entry_point(script), entry_function(script))
+    stand_in = entry_stand_in(ast.parse((ROOT / script).read_text(encoding="utf-8")))
+
+    def flags(function):
+        parser = capture_parser(lambda: cli(function, args=[]))
+        return sorted(option for action in parser._actions for option in action.option_strings)
+
+    assert flags(stand_in) == flags(real)
+    for name, parameter in inspect.signature(stand_in).parameters.items():
+        expected = inspect.signature(real).parameters[name]
+        if parameter.annotation is not Any:
+            assert (parameter.annotation, parameter.default) == (expected.annotation, expected.default), name
+        assert (parameter.default is inspect.Parameter.empty) == (expected.default is inspect.Parameter.empty), name
+
+
+def test_the_light_pass_takes_every_documented_command(capsys):
+    """Every command of the README, the tutorials and the entry points' docstrings (which tests/test_tutorials.py
+    parses with the full parser) passes the light pass too."""
+    from test_tutorials import all_calls
+
+    from lit_gpt.cli import cli, entry_stand_in
+
+    calls = [call.values for call in all_calls() if call.values[0] in ENTRY_POINTS]
+    assert len(calls) >= 20
+    for script, args in calls:
+        stand_in = entry_stand_in(ast.parse((ROOT / script).read_text(encoding="utf-8")))
+        try:
+            cli(stand_in, args=args)
+        except SystemExit:
+            pytest.fail(f"`{script} {' '.join(args)}` is refused by the light pass: {capsys.readouterr().err}")
+
+
+def test_help_is_the_full_parsers():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Stop earlier, after this many optimizer steps" in proc.stdout  # --max_steps' docstring
+    for name in entry_parameters("pretrain/tinyllama.py"):
+        assert f"--{name} " in proc.stdout, name
+
+
+########################
+# A Python without the project's packages: what to activate or install, in one line
+########################
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_outside_the_environment_the_line_says_what_to_activate(script):
+    # -S: no site-packages, as a Python outside .venv; -I: nor the user's or PYTHONPATH's
+    proc = subprocess.run([sys.executable, "-I", "-S", str(ROOT / script)], capture_output=True, text=True, timeout=60)
+    line = one_error_line(proc)
+    assert "jsonargparse" in line and f"not installed in this Python ({sys.executable})" in line, line
+    assert "`source " in line or "`make install`" in line, line
+
+
+def test_a_missing_optional_package_is_named_with_its_install_command(tmp_path):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.csv").write_text("step,loss\n1,5.0\n2,4.0\n")
+    proc = run_script("scripts/plot_logs.py", "--log_dir", str(tmp_path / "logs"), hide="matplotlib")
+    line = one_error_line(proc)
+    assert "error: matplotlib is not installed in this Python" in line and "`pip install matplotlib`" in line, line
+
+
+def test_logger_wandb_without_wandb_is_refused_with_its_install_command(tmp_path):
+    from test_pretrain import _build, same_tokens
+
+    data = _build(tmp_path / "data", same_tokens, 8)
+    args = [*COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--max_steps", "4"]
+    proc = run_script("pretrain/tinyllama.py", *args, "--logger_name", "wandb", hide="wandb")
+    line = one_error_line(proc)
+    assert "error: --logger_name wandb needs wandb, which this Python lacks: `pip install wandb`" in line, line

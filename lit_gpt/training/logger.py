@@ -1,6 +1,7 @@
 """Experiment loggers for Fabric: TensorBoard, CSV, or Weights & Biases (offline when no API key is configured), and the
 console line of a log step."""
 
+import importlib.util
 import netrc
 import os
 from pathlib import Path
@@ -19,10 +20,13 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
 
         return CSVLogger(save_dir=out_dir / "logs", name="csv", flush_logs_every_n_steps=1)
     if name == "wandb":
-        try:
-            from lightning.pytorch.loggers import WandbLogger
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError("`--logger_name wandb` needs `pip install wandb`; or use tensorboard or csv") from e
+        if importlib.util.find_spec("wandb") is None:  # Lightning's WandbLogger would raise a ModuleNotFoundError
+            raise ValueError(
+                "--logger_name wandb needs wandb, which this Python lacks: `pip install wandb`; or pass "
+                "--logger_name tensorboard or csv"
+            )
+        from lightning.pytorch.loggers import WandbLogger
+
         offline = not wandb_key_configured()
         return WandbLogger(project="lit-gpt-pretrain", name=run_name, save_dir=out_dir / "logs", offline=offline)
     raise ValueError(f"Unknown logger {name!r}; choose one of tensorboard, csv, wandb")
