@@ -52,7 +52,7 @@ def test_one_refusal_of_each_kind_of_script_is_one_line(tmp_path, capsys):
     main = entry_point("generate/base.py").main
     assert "lit_model.pth' does not exist" in refusal(capsys, main, "--checkpoint_dir", missing)
     main = entry_point("eval/perplexity.py").main
-    assert "is not a prepared litdata split" in refusal(
+    assert "does not exist; prepare it with `python scripts/prepare_text.py" in refusal(
         capsys, main, "--checkpoint_dir", missing, "--data_dir", missing
     )
     convert = entry_point("scripts/convert_lit_checkpoint.py").convert
