@@ -1,6 +1,7 @@
 """lit_gpt/cli.py: every entry point's refusals print one line and exit 2; bugs keep their traceback."""
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,31 @@ def test_refusal_after_two_processes_started_prints_once(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr and "[rank0]" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: No checkpoint at {missing}"), proc.stderr
+
+
+def _docstring_cli_scripts():
+    from test_tutorials import ENTRY_POINTS
+
+    return [str(p.relative_to(ROOT)) for p in ENTRY_POINTS if "cli(" in p.read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("script", _docstring_cli_scripts())
+def test_help_cuts_no_sentence(script):
+    """`--help` opens with the entry function's docstring summary, which jsonargparse takes from docstring_parser: its
+    first line only. A summary over two lines was cut (train_tokenizer.py's ended "... under `input_dir`, or on the"):
+    the summary is the docstring's whole first paragraph, and it and every flag's help end a sentence."""
+    import ast
+
+    from test_tutorials import _parser
+
+    parser = _parser(script)
+    source = (ROOT / script).read_text(encoding="utf-8")
+    name = re.search(r"\bcli\((\w+)", source)[1]
+    function = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == name)
+    summary = " ".join(ast.get_docstring(function).split("\n\n")[0].split())
+    assert parser.description == summary
+    ends = (".", ")", "]")
+    assert summary.endswith(ends), summary
+    for action in parser._actions:
+        if action.help and action.dest not in ("help", "config", "print_config"):
+            assert action.help.rstrip().endswith(ends), f"{action.option_strings}: {action.help!r}"
