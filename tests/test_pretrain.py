@@ -65,6 +65,24 @@ def _env() -> dict:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
+# /proc/cpuinfo of the two kinds of x86 CPU the suite runs on: without bf16 instructions (AVX2 only, as an AMD EPYC
+# 7B13) and with them
+CPUINFO = {
+    "avx2-only": "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n"
+    "flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi2 avx2 sha_ni\n",
+    "bf16": "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C CPU\n"
+    "flags\t\t: fpu sse sse2 avx f16c fma avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n",
+}
+
+
+def simulate_cpu(monkeypatch, tmp_path: Path, kind: str) -> None:
+    """Run this test, and the scripts it starts, as on a CPU of `kind` (a key of CPUINFO): `lit_gpt.utils.cpu_has_bf16`
+    reads the file that LIT_GPT_CPUINFO names instead of /proc/cpuinfo."""
+    path = tmp_path / f"cpuinfo-{kind}"
+    path.write_text(CPUINFO[kind])
+    monkeypatch.setenv("LIT_GPT_CPUINFO", str(path))
+
+
 def metrics(out_dir: Path, key: str = "loss") -> dict:
     """step -> value of `key` over every run (version) that logged into out_dir, later runs overriding earlier."""
     values = {}
@@ -629,13 +647,20 @@ def test_optimizer_flags_are_refused_before_fabric_starts(tmp_path, flags, messa
         setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path), **flags)
 
 
-def test_cpu_bf16_flags():
+def test_cpu_bf16_flags(tmp_path, monkeypatch):
     from lit_gpt.utils import cpu_has_bf16
 
     line = "flags\t\t: fpu vme sse avx2 avx512f avx512bw"
     assert not cpu_has_bf16(f"processor\t: 0\n{line}\n")
     assert cpu_has_bf16(f"processor\t: 0\n{line} avx512_bf16 avx512vnni\n")
     assert cpu_has_bf16(f"{line} amx_bf16 amx_tile\n")
+    # LIT_GPT_CPUINFO names the file read instead of /proc/cpuinfo: a test or CI runs as on another CPU
+    for kind, has_bf16 in [("avx2-only", False), ("bf16", True)]:
+        simulate_cpu(monkeypatch, tmp_path, kind)
+        assert cpu_has_bf16() is has_bf16
+    monkeypatch.setenv("LIT_GPT_CPUINFO", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match=r"LIT_GPT_CPUINFO=\S+missing cannot be read .* unset it to read this"):
+        cpu_has_bf16()
 
 
 def test_document_positions_without_a_document_mask_is_refused_by_pretraining_and_the_benchmark(
