@@ -118,9 +118,7 @@ def test_help_explains_every_flag():
     assert "Stop earlier, after this many optimizer steps" in help_text(load_script().setup)
 
 
-def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys):
-    from lit_gpt.utils import cpu_has_bf16
-
+def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
     setup = load_script().setup
     common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(data_dir))
     with pytest.raises(ValueError, match="--micro_batch_size 3 does not divide the per-device batch 8.*such as 2 or 4"):
@@ -156,24 +154,31 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir, capsys
             micro_batch_size=2,
             resume=earlier / "step-00000020.pth",
         )
-    # the prepared validation split has 6 blocks of 257 tokens: too few for one micro-batch of 8. This check runs
-    # after Fabric has made this process a 1-process group: release its port, and drop the variables it set
-    # (MASTER_PORT, LOCAL_RANK, ...), which the later tests' subprocesses would inherit: they would then take
-    # themselves for already launched ranks and wait for peers that never start, or reuse the port (EADDRINUSE)
-    saved = dict(os.environ)
-    try:
-        # --accelerator auto on a machine without a GPU is the CPU: the note on a slow precision is printed there too
-        auto = "cpu" if torch.cuda.is_available() else "auto"
-        with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*micro_batch_size"):
-            setup(**{**common, "accelerator": auto}, global_batch_size=8, micro_batch_size=8, precision="bf16-mixed")
-        # (not on CPUs with bf16 instructions, where bf16-mixed is not slower)
-        note = "Note: --precision bf16-mixed on a CPU without bf16 instructions is slow"
-        assert (note in capsys.readouterr().err) == (not cpu_has_bf16())
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        os.environ.clear()
-        os.environ.update(saved)
+
+
+@pytest.mark.parametrize("cpu", ["avx2-only", "bf16"])
+def test_notes_come_after_every_check(tmp_path, data_dir, capsys, monkeypatch, cpu):
+    """A refused run prints its error alone (the note on bf16 without bf16 instructions used to come first, on such
+    CPUs only); a run that goes ahead notes a slow precision (on such CPUs only) and a warmup longer than the run."""
+    simulate_cpu(monkeypatch, tmp_path, cpu)
+    setup = load_script().setup
+    # --accelerator auto on a machine without a GPU is the CPU: the note on a slow precision is printed there too
+    accelerator = "cpu" if torch.cuda.is_available() else "auto"
+    run = dict(model_name="micro-llama", accelerator=accelerator, devices=1, out_dir=tmp_path / "out",
+               precision="bf16-mixed", data_dir=str(tmp_path / "unused"), global_batch_size=8, micro_batch_size=8,
+               max_tokens=81920, train_data={str(data_dir / "starcoder"): 1.0},
+               val_data=str(data_dir / "slimpajama" / "val"))  # fmt: skip
+    with pytest.raises(ValueError, match="--attention fa4: flash-attn-4 needs a CUDA GPU"):
+        setup(**run, attention="fa4")
+    assert capsys.readouterr().err == ""
+    # goes ahead until the validation split, checked once Fabric runs: its 6 blocks of 257 tokens are too few for one
+    # micro-batch of 8
+    with pytest.raises(ValueError, match="slimpajama/val has fewer than 8 blocks of 257 tokens.*micro_batch_size"):
+        setup(**run)
+    out, err = capsys.readouterr()
+    note = "Note: --precision bf16-mixed on a CPU without bf16 instructions is slow; pass 32-true"
+    assert (note in err) == (cpu == "avx2-only"), err
+    assert "--warmup_steps 2000 is longer than the 40 steps this run trains: the learning rate peaks at 8e-06" in err
 
 
 def test_world_size_of_devices_auto(monkeypatch):
@@ -614,17 +619,20 @@ def test_training_memory_estimate_of_tinyllama():
     assert sharded.state_bytes == e.state_bytes / 2 and sharded.activation_bytes < e.activation_bytes / 2
 
 
-def test_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
-    setup = load_script().setup
-    common = dict(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path))
+def test_warmup_longer_than_the_run_is_warned_about_when_the_run_goes_ahead(tmp_path, capsys):
+    from lit_gpt.lr import warmup_warning
+
     # 40 steps with the default --warmup_steps 2000: the learning rate used to peak at 8e-6, and the loss barely moved
-    with pytest.raises(FileNotFoundError):  # the missing data is refused after the flags are checked
-        setup(**common, global_batch_size=8, micro_batch_size=4, max_tokens=81920)
     message = "--warmup_steps 2000 is longer than the 40 steps this run trains: the learning rate peaks at 8e-06"
-    assert message in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError):
-        setup(**common, global_batch_size=8, micro_batch_size=4, max_tokens=81920, warmup_steps=4)
-    assert "--warmup_steps" not in capsys.readouterr().err
+    assert message in warmup_warning(2000, 40, 4e-4)
+    assert warmup_warning(4, 40, 4e-4) is None
+    # a run refused (here for its missing data) prints its error alone; the warning of one that goes ahead is checked
+    # by test_notes_come_after_every_check
+    setup = load_script().setup
+    with pytest.raises(FileNotFoundError, match="lacks prepared litdata chunks"):
+        setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path),
+              global_batch_size=8, micro_batch_size=4, max_tokens=81920)  # fmt: skip
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(
