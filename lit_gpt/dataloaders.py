@@ -208,20 +208,42 @@ def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) 
 
 def _recorded_eos_id(folder: str, vocab_size: int) -> Optional[int]:
     """The `eos_id` of a local folder's prepare.json; None for an object store, no prepare.json or none recorded."""
+    value = _prepare_record(folder).get("eos_id")
+    if value is not None and (type(value) is not int or not 0 <= value < vocab_size):
+        raise ValueError(
+            f"{Path(folder) / 'prepare.json'} records eos_id {value!r}, not a token id of the model "
+            f"(0..{vocab_size - 1}): prepare {folder} again (with the model's tokenizer)"
+        )
+    return value
+
+
+def _prepare_record(folder: str) -> dict:
+    """A local folder's prepare.json (`lit_gpt.prepare`); empty for an object store or a folder without one."""
     manifest = Path(folder) / "prepare.json"
     if "://" in folder or not manifest.is_file():
-        return None
+        return {}
     try:
         record = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{manifest} cannot be read ({e}): prepare {folder} again") from None
-    value = record.get("eos_id") if isinstance(record, dict) else None
-    if value is not None and (type(value) is not int or not 0 <= value < vocab_size):
-        raise ValueError(
-            f"{manifest} records eos_id {value!r}, not a token id of the model (0..{vocab_size - 1}): prepare "
-            f"{folder} again (with the model's tokenizer)"
-        )
-    return value
+    return record if isinstance(record, dict) else {}
+
+
+def vocab_note(folders: Sequence[str], vocab_size: int, model_name: str) -> Optional[str]:
+    """A note when the model has more token ids than the tokenizer that the local `folders` were prepared with (the
+    `vocab_size` their prepare.json records): the others never occur in training, which only generation would show."""
+    recorded = {folder: size for folder in folders if type(size := _prepare_record(folder).get("vocab_size")) is int}
+    if not recorded:  # an object store, or data prepared before the size was recorded
+        return None
+    folder, tokens = max(recorded.items(), key=lambda item: item[1])
+    if vocab_size <= tokens:
+        return None
+    return (
+        f"Note: --model_name {model_name} has {vocab_size:,} token ids, the tokenizer of the data {tokens:,} "
+        f"({folder}/prepare.json): the other {vocab_size - tokens:,} never occur in training and their embeddings "
+        f"only take memory (generation samples the tokenizer's ids alone). A model config with vocab_size={tokens} "
+        "(lit_gpt/config.py) has none of them"
+    )
 
 
 def join(data_dir: str, sub: str) -> str:

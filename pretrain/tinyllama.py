@@ -54,6 +54,7 @@ from lit_gpt.dataloaders import (  # noqa: E402
     data_sources,
     mixture_dataloader,
     val_dataloader,
+    vocab_note,
 )
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
@@ -275,6 +276,13 @@ def setup(
     check_token_ids(folders, config.padded_vocab_size, model_name)
     if document_mask:
         hparams["eos_id"] = data_eos_id(folders, eos_id, config.padded_vocab_size)  # validation is masked alike
+    # the settings printed and saved name the data the run reads: --train_data replaces --data_dir's training sources
+    # and --data_weights, --val_data its validation split
+    del hparams["data_weights" if train_data is not None else "train_data"]
+    if val_data is None:
+        del hparams["val_data"]
+    elif train_data is not None:
+        del hparams["data_dir"]
     hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/separators.py).
     # The last check, as it may print a note (a convention other than that of --initial_checkpoint_dir's weights)
@@ -306,6 +314,7 @@ def setup(
     with own_out_dir(fabric, out_dir):  # before anything is written there
         # notes on a run that goes ahead, after every check above: a refused run prints its error line alone
         notes = [warmup_warning(warmup_steps, run_steps, learning_rate)]
+        notes.append(vocab_note(folders, config.vocab_size, model_name))
         if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
             notes.append(f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true")
         for note in filter(None, notes):

@@ -157,9 +157,13 @@ def test_bad_flags_and_missing_data_give_clear_errors(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("cpu", ["avx2-only", "bf16"])
-def test_notes_come_after_every_check(tmp_path, data_dir, capsys, monkeypatch, cpu):
+def test_notes_come_after_every_check_and_the_settings_name_the_data_the_run_reads(
+    tmp_path, data_dir, capsys, monkeypatch, cpu
+):
     """A refused run prints its error alone (the note on bf16 without bf16 instructions used to come first, on such
-    CPUs only); a run that goes ahead notes a slow precision (on such CPUs only) and a warmup longer than the run."""
+    CPUs only); a run that goes ahead notes a slow precision (on such CPUs only), a warmup longer than the run and a
+    model of more token ids than the data's tokenizer (32,000 beside 1,024: seen only in generation before), and its
+    settings do not show --data_dir and --data_weights that --train_data and --val_data replace."""
     simulate_cpu(monkeypatch, tmp_path, cpu)
     setup = load_script().setup
     # --accelerator auto on a machine without a GPU is the CPU: the note on a slow precision is printed there too
@@ -179,6 +183,15 @@ def test_notes_come_after_every_check(tmp_path, data_dir, capsys, monkeypatch, c
     note = "Note: --precision bf16-mixed on a CPU without bf16 instructions is slow; pass 32-true"
     assert (note in err) == (cpu == "avx2-only"), err
     assert "--warmup_steps 2000 is longer than the 40 steps this run trains: the learning rate peaks at 8e-06" in err
+    vocab = "Note: --model_name micro-llama has 32,000 token ids, the tokenizer of the data 1,024 ("
+    assert err.count(vocab) == 1 and "the other 30,976 never occur in training" in err, err
+    assert "'data_dir'" not in out and "'data_weights'" not in out, out
+    assert f"'train_sources': [['{data_dir / 'starcoder'}', 1.0]]" in out and "'val_data': " in out
+
+    from lit_gpt.dataloaders import vocab_note
+
+    assert vocab_note([str(data_dir / "starcoder")], 1024, "test-llama") is None  # the tokenizer's size: no note
+    assert vocab_note([str(tmp_path)], 32000, "micro-llama") is None  # prepared before the size was recorded
 
 
 def test_world_size_of_devices_auto(monkeypatch):
@@ -627,7 +640,7 @@ def test_warmup_longer_than_the_run_is_warned_about_when_the_run_goes_ahead(tmp_
     assert message in warmup_warning(2000, 40, 4e-4)
     assert warmup_warning(4, 40, 4e-4) is None
     # a run refused (here for its missing data) prints its error alone; the warning of one that goes ahead is checked
-    # by test_notes_come_after_every_check
+    # by test_notes_come_after_every_check_and_the_settings_name_the_data_the_run_reads
     setup = load_script().setup
     with pytest.raises(FileNotFoundError, match="lacks prepared litdata chunks"):
         setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path, data_dir=str(tmp_path),
