@@ -99,14 +99,33 @@ def normalize(folder: str) -> str:
 
 
 def check_prepared(folders: Sequence[str], flag: str) -> None:
-    """Fail early, naming them, if local `folders` hold no prepared litdata chunks."""
+    """Fail early, naming them and the command that prepares them, if local `folders` hold no prepared litdata chunks:
+    `--train_data` and `--val_data` take your own text (`scripts/prepare_text.py`), `--data_dir` SlimPajama and
+    Starcoder."""
     missing = [f for f in folders if "://" not in f and not (Path(f) / "index.json").is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{flag}: {', '.join(missing)} hold{'s' * (len(missing) == 1)} no prepared litdata chunks (no index.json). "
-            "Prepare it with scripts/prepare_slimpajama.py or scripts/prepare_starcoder.py (see "
-            "tutorials/pretrain_tinyllama.md), or correct the path"
+    if not missing:
+        return
+
+    def problem(folder: str) -> str:
+        if not Path(folder).exists():
+            return f"{folder} does not exist"
+        if not Path(folder).is_dir():
+            return f"{folder} is a file, not a folder of prepared chunks"
+        prepared = sorted(sub.name for sub in Path(folder).iterdir() if (sub / "index.json").is_file())
+        inside = f"; its sub-folders {', '.join(prepared)} do: name them" if prepared else ""
+        return f"{folder} holds no prepared litdata chunks (no index.json){inside}"
+
+    if flag == "--data_dir":
+        how = (
+            "Prepare it with scripts/prepare_slimpajama.py or scripts/prepare_starcoder.py "
+            "(tutorials/pretrain_tinyllama.md)"
         )
+    else:
+        how = (
+            "Prepare it with scripts/prepare_text.py: `python scripts/prepare_text.py --input <your files> "
+            f"--output_dir {missing[0]} --tokenizer_path <tokenizer dir>` (tutorials/pretrain_custom_data.md)"
+        )
+    raise FileNotFoundError(f"{flag}: {'; '.join(map(problem, missing))}. {how}, or correct the path")
 
 
 def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Path] = None) -> Separators:
