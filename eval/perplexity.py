@@ -9,6 +9,7 @@ predicted token, in float64.
 
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,8 +41,8 @@ def main(
 
     Args:
         checkpoint_dir: A lit checkpoint directory (`lit_config.json`, `lit_model.pth`).
-        data_dir: A split prepared by `scripts/prepare_slimpajama.py` or `scripts/prepare_starcoder.py` (litdata
-            chunks and `index.json`).
+        data_dir: A split prepared by `scripts/prepare_slimpajama.py`, `scripts/prepare_starcoder.py` or
+            `scripts/prepare_text.py` (litdata chunks and `index.json`).
         num_blocks: How many blocks to evaluate, from the start of the split.
         block_size: Tokens per block; by default the model's block size.
         batch_size: Blocks per forward pass.
@@ -56,10 +57,9 @@ def main(
     if precision is None:
         precision = "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     if not (data_dir / "index.json").is_file():
+        what = "is not a prepared litdata split (no index.json)" if data_dir.exists() else "does not exist"
         raise FileNotFoundError(
-            f"--data_dir {str(data_dir)!r} is not a prepared litdata split (no index.json); prepare one with "
-            "`python scripts/prepare_slimpajama.py --input_dir data/slimpajama-raw/validation "
-            "--output_dir data/slimpajama/val --tokenizer_path <tokenizer dir>`"
+            f"--data_dir {str(data_dir)!r} {what}; prepare it with `{preparation(data_dir, checkpoint_dir)}`"
         )
     fabric = L.Fabric(devices=1, precision=precision)
     model = load_model(fabric, checkpoint_dir)
@@ -107,6 +107,24 @@ def main(
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def preparation(data_dir: Path, checkpoint_dir: Path) -> str:
+    """The command that prepares `data_dir` with the checkpoint's tokenizer: a split of SlimPajama from its raw layout
+    (`.../slimpajama-raw/validation` -> `.../slimpajama/val`, as `make demo` and the tutorials lay it out), or your own
+    files."""
+    has_tokenizer = any((checkpoint_dir / name).is_file() for name in ("tokenizer.model", "tokenizer.json"))
+    tokenizer = shlex.quote(str(checkpoint_dir)) if has_tokenizer else "<the tokenizer of the model>"
+    output = shlex.quote(str(data_dir))
+    if data_dir.parent.name == "slimpajama" and data_dir.name in ("train", "val", "test"):
+        raw = data_dir.parent.with_name("slimpajama-raw") / ("validation" if data_dir.name == "val" else data_dir.name)
+        return (
+            f"python scripts/prepare_slimpajama.py --input_dir {shlex.quote(str(raw))} --output_dir {output} "
+            f"--tokenizer_path {tokenizer}"
+        )
+    return (
+        f"python scripts/prepare_text.py --input <your text files> --output_dir {output} --tokenizer_path {tokenizer}"
+    )
 
 
 if __name__ == "__main__":

@@ -161,11 +161,13 @@ def setup(
     check_launcher(world_size, num_nodes)
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
     check_optimizer_flags(learning_rate, min_lr, warmup_steps, weight_decay, (beta1, beta2), grad_clip)
-    check_finetune_flags(hparams, out_dir)
+    check_finetune_flags(hparams, out_dir, config.block_size)
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
     device = torch.device("cuda" if cuda else "cpu")
     attention, attention_note = choose_attention(attention, config, device, precision)
+    data = instruction_data(hparams, config.block_size, world_size)
+    resume = checkpoint_to_resume(resume, out_dir, hparams["trust_pickle"])
     reshard_after_forward, reshard_after_backward = reshard_choices(
         None, None, num_parameters(config, True), world_size, device, precision
     )
@@ -193,14 +195,15 @@ def setup(
         fabric.print({k: v for k, v in hparams.items() if k not in ("model_config", "base")})
         fabric.print(attention_note)
         fabric.logger.log_hyperparams(hparams)
-        main(fabric, config, hparams, out_dir, accumulation, resume)
+        main(fabric, config, hparams, data, out_dir, accumulation, resume)
 
 
-def main(fabric: L.Fabric, config, hparams: dict, out_dir: Path, accumulation: int, resume) -> None:
+def main(fabric: L.Fabric, config, hparams: dict, data, out_dir: Path, accumulation: int, resume) -> None:
     h = hparams
     fabric.seed_everything(h["seed"])
-    train_batches, val_batches, steps_per_epoch = instruction_data(fabric, h, config.block_size)
-    max_steps = h["epochs"] * steps_per_epoch if h["max_steps"] is None else h["max_steps"]
+    fabric.print(data.summary)
+    train_batches, val_batches = data.batches(fabric.global_rank)
+    max_steps = h["epochs"] * data.steps_per_epoch if h["max_steps"] is None else h["max_steps"]
 
     t0 = time.perf_counter()
     with fabric.init_module(empty_init=True):
@@ -229,27 +232,38 @@ def main(fabric: L.Fabric, config, hparams: dict, out_dir: Path, accumulation: i
         "tokens_seen": 0,
         "skipped_steps": 0,
     }
-    if resume in (True, "auto"):
-        resume = latest_to_resume(out_dir, h["trust_pickle"])
-        fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if resume:
-        saved = load_metadata(Path(resume), h["trust_pickle"]).get("hparams", {})
-        if "lora" in saved:
-            raise ValueError(f"{resume} is a LoRA checkpoint (an adapter alone); resume it with finetune/lora.py")
-        if "template" not in saved:
-            raise ValueError(
-                f"{resume} is not a checkpoint of finetune/full.py (it records no instruction data; a pretraining "
-                "checkpoint?): to finetune its weights, convert it with scripts/convert_pretrained_checkpoint.py and "
-                "pass that directory as --checkpoint_dir; to continue pretraining it, resume it with "
-                "pretrain/tinyllama.py"
-            )
-        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"])
+        fabric.print(f"Resuming from {resume}")
+        load_checkpoint(fabric, resume, state, config.to_dict(), h["trust_pickle"])
         train_batches.load_state_dict(state["train_dataloader"])
         restore_rng(state["rng"])
         state["hparams"] = hparams
         fabric.print(f"Resumed at step {state['step_count']} ({state['tokens_seen']:,} tokens seen)")
+    elif h["resume"]:
+        fabric.print(f"No checkpoint in {out_dir}: starting fresh")
 
     fit(fabric, model, optimizer, train_batches, val_batches, state, accumulation, max_steps, out_dir)
+
+
+def checkpoint_to_resume(resume, out_dir: Path, trust_pickle: bool) -> Optional[Path]:
+    """The checkpoint that `--resume` names (None for a fresh start), checked to be one of this script: refused before
+    any work."""
+    if not resume:
+        return None
+    path = latest_to_resume(out_dir, trust_pickle) if resume in (True, "auto") else Path(resume)
+    if path is None:
+        return None
+    saved = load_metadata(path, trust_pickle).get("hparams", {})
+    if "lora" in saved:
+        raise ValueError(f"{path} is a LoRA checkpoint (an adapter alone); resume it with finetune/lora.py")
+    if "template" not in saved:
+        raise ValueError(
+            f"{path} is not a checkpoint of finetune/full.py (it records no instruction data; a pretraining "
+            "checkpoint?): to finetune its weights, convert it with scripts/convert_pretrained_checkpoint.py and "
+            "pass that directory as --checkpoint_dir; to continue pretraining it, resume it with "
+            "pretrain/tinyllama.py"
+        )
+    return path
 
 
 if __name__ == "__main__":

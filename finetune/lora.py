@@ -175,11 +175,12 @@ def setup(
     out_dir = out_dir or Path("out") / f"lora-{config.name}"
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, 1)
     check_optimizer_flags(learning_rate, min_lr, warmup_steps, weight_decay, (beta1, beta2), grad_clip)
-    check_finetune_flags(hparams, out_dir)
+    check_finetune_flags(hparams, out_dir, config.block_size)
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
     device = torch.device("cuda" if cuda else "cpu")
     attention, attention_note = choose_attention(attention, config, device, precision)
+    data = instruction_data(hparams, config.block_size, world_size=1)
     hparams.update(out_dir=str(out_dir), world_size=1, model_config=config.to_dict(), compile=compile)
     hparams.update(attention=attention, lora=lora.to_dict(), base=base_record(checkpoint_dir))
     resume = adapter_checkpoint_to_resume(resume, out_dir, hparams)
@@ -191,14 +192,17 @@ def setup(
         fabric.print({k: v for k, v in hparams.items() if k not in ("model_config", "base")})
         fabric.print(attention_note)
         fabric.logger.log_hyperparams(hparams)
-        main(fabric, config, lora, hparams, out_dir, accumulation, resume)
+        main(fabric, config, lora, hparams, data, out_dir, accumulation, resume)
 
 
-def main(fabric: L.Fabric, config, lora: LoRAConfig, hparams: dict, out_dir: Path, accumulation: int, resume) -> None:
+def main(
+    fabric: L.Fabric, config, lora: LoRAConfig, hparams: dict, data, out_dir: Path, accumulation: int, resume
+) -> None:
     h = hparams
     fabric.seed_everything(h["seed"])
-    train_batches, val_batches, steps_per_epoch = instruction_data(fabric, h, config.block_size)
-    max_steps = h["epochs"] * steps_per_epoch if h["max_steps"] is None else h["max_steps"]
+    fabric.print(data.summary)
+    train_batches, val_batches = data.batches(fabric.global_rank)
+    max_steps = h["epochs"] * data.steps_per_epoch if h["max_steps"] is None else h["max_steps"]
 
     t0 = time.perf_counter()
     with fabric.init_module(empty_init=True):

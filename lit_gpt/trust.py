@@ -58,6 +58,21 @@ def _unreadable(path: Path, e: Exception) -> ValueError:
     )
 
 
+def is_distributed_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
+def training_hparams(path: Path, trust_pickle: bool = False) -> dict:
+    """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
+    if is_distributed_checkpoint(path):
+        meta = path / "meta.pt"  # Fabric's file for everything besides the sharded tensors
+        state = torch.load(meta, weights_only=not trust_pickle, map_location="cpu") if meta.is_file() else {}
+    else:
+        state = load_single_file(path, trust_pickle)
+    hparams = state.get("hparams") if isinstance(state, dict) else None
+    return hparams if isinstance(hparams, dict) else {}
+
+
 ########################
 # Sharded checkpoints read without running code
 ########################

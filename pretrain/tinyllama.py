@@ -46,6 +46,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
     mixture_dataloader,
     recorded_sources,
     val_dataloader,
+    vocab_note,
 )
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
@@ -258,10 +259,12 @@ def setup(
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
     run_steps = max_tokens // tokens_per_step if max_steps is None else min(max_steps, max_tokens // tokens_per_step)
-    if warning := warmup_warning(warmup_steps, run_steps, learning_rate):
-        print(warning, file=sys.stderr)
     cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
     compile = cuda if compile is None else compile
+    device = torch.device("cuda" if cuda else "cpu")
+    check_float8(fp8, device)
+    attention, attention_note = choose_attention(attention, config, device, precision)
+    check_document_flags(document_mask, document_positions, eos_id)
     if not cuda:  # refuse what would not fit or would take hours per step, before the data or the model is touched
         check_cpu_run(config, precision, micro_batch_size, global_batch_size, world_size // num_nodes, num_nodes,
                       activation_checkpointing)  # fmt: skip
@@ -271,27 +274,26 @@ def setup(
     else:
         check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
         check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
-    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
-    # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py)
     folders = [*(folder for folder, _ in train_sources), val_dir]
-    hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     check_token_ids(folders, config.padded_vocab_size, model_name)
-    check_document_flags(document_mask, document_positions, eos_id)
     if document_mask:
         hparams["eos_id"] = data_eos_id(folders, eos_id, config.padded_vocab_size)  # validation is masked alike
-    if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
-        print(
-            f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true", file=sys.stderr
-        )
-    device = torch.device("cuda" if cuda else "cpu")
-    check_float8(fp8, device)
-    attention, attention_note = choose_attention(attention, config, device, precision)
+    # the settings printed and saved name the data the run reads: --train_data replaces --data_dir's training sources
+    # and --data_weights, --val_data its validation split
+    del hparams["data_weights" if train_data is not None else "train_data"]
+    if val_data is None:
+        del hparams["val_data"]
+    elif train_data is not None:
+        del hparams["data_dir"]
+    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py).
+    # The last check, as it may print a note (a convention other than that of --initial_checkpoint_dir's weights)
+    hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
 
     shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
     reshard_after_forward, reshard_after_backward = reshard_choices(
-        reshard_after_forward, reshard_after_backward, num_parameters(config, True), shard_size,
-        torch.device("cuda" if cuda else "cpu"), precision,
-    )  # fmt: skip
+        reshard_after_forward, reshard_after_backward, num_parameters(config, True), shard_size, device, precision
+    )
     parallelize_fn = make_parallelize_fn(
         precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
         devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward, attention=attention,
@@ -312,6 +314,13 @@ def setup(
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
     with own_out_dir(fabric, out_dir):  # before anything is written there
+        # notes on a run that goes ahead, after every check above: a refused run prints its error line alone
+        notes = [warmup_warning(warmup_steps, run_steps, learning_rate)]
+        notes.append(vocab_note(folders, config.vocab_size, model_name))
+        if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
+            notes.append(f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true")
+        for note in filter(None, notes):
+            fabric.print(note, file=sys.stderr)
         hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
         hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
         hparams.update(attention=attention)

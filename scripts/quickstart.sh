@@ -125,6 +125,10 @@ stage "test perplexity" "" "blocks of" \
 stage "plot" "" "." scripts/plot_logs.py --log_dir "$RUN/logs" --output "$RUN/loss.png"
 
 ELAPSED=$((SECONDS - START))
+TUTORIAL_PATHS=""  # finetune_lora.md's commands read out/demo, make demo's root
+if [ "$(cd "$ROOT" && pwd -P)" != "$(pwd -P)/out/demo" ]; then
+  TUTORIAL_PATHS=" (its commands read out/demo: write $ROOT in its place)"
+fi
 TENSORBOARD=$(dirname "$PY")/tensorboard
 [ -x "$TENSORBOARD" ] || TENSORBOARD=tensorboard
 cat <<EOF
@@ -142,5 +146,5 @@ cat <<EOF
     Hugging Face    $HF
     TensorBoard     $TENSORBOARD --logdir $RUN/logs/tensorboard   (then open http://localhost:6006)
 Next: tutorials/pretrain_tinyllama.md runs the same stages on SlimPajama and Starcoder;
-      tutorials/finetune_lora.md finetunes this lit checkpoint on instructions (LoRA or all weights).
+      tutorials/finetune_lora.md finetunes this lit checkpoint on instructions (LoRA or all weights)$TUTORIAL_PATHS.
 EOF

@@ -42,8 +42,7 @@ def train(
     column: str = "text",
     blocks: bool = False,
 ) -> None:
-    """Train on every `*.jsonl.zst` (SlimPajama) and `*.parquet` (Starcoder) file under `input_dir`, or on the
-    files of `--input`.
+    """Train on the `*.jsonl.zst` (SlimPajama) and `*.parquet` (Starcoder) files under `input_dir`, or on `--input`.
 
     Args:
         input_dir: A corpus folder in either layout, or a folder holding both (such as `data/`).

@@ -44,16 +44,22 @@ def test_sdpa_kernel_is_the_model_default_and_the_output_is_unchanged():
     torch.testing.assert_close(logits, before[:, :8], rtol=1e-4, atol=1e-4)
 
 
-def test_pretrain_refuses_fa4_and_fp8_on_cpu_before_any_work(tmp_path, data_dir, capsys):
+@pytest.mark.parametrize("cpu", ["avx2-only", "bf16"])
+def test_pretrain_refuses_fa4_and_fp8_on_cpu_before_any_work(tmp_path, data_dir, capsys, monkeypatch, cpu):
+    """With its error line alone, on a CPU with bf16 instructions and on one without, where a note on bf16-mixed being
+    slow there used to come first."""
     from test_cli import entry_point, refusal
+    from test_pretrain import simulate_cpu
 
+    simulate_cpu(monkeypatch, tmp_path, cpu)
     # in-process through the script's own `cli(setup)` (its __main__ block): a Python start with lightning costs ~10 s
     setup = entry_point("pretrain/tinyllama.py").setup
     for flags, message in [
         (["--attention", "fa4"], "--attention fa4: flash-attn-4 needs a CUDA GPU"),
         (["--fp8", "tensorwise"], "--fp8 tensorwise: float8 training needs a CUDA GPU"),
     ]:
-        args = ["--model_name", "micro-llama", "--accelerator", "cpu", "--data_dir", str(data_dir)]
+        args = ["--model_name", "micro-llama", "--accelerator", "cpu", "--precision", "bf16-mixed"]
+        args += ["--data_dir", str(data_dir)]
         assert message in refusal(capsys, setup, *args, "--out_dir", str(tmp_path / "out"), *flags)
         assert not (tmp_path / "out").exists()
 

@@ -56,7 +56,7 @@ def test_one_refusal_of_each_kind_of_script_is_one_line(tmp_path, capsys):
     main = entry_point("generate/base.py").main
     assert "lit_model.pth' does not exist" in refusal(capsys, main, "--checkpoint_dir", missing)
     main = entry_point("eval/perplexity.py").main
-    assert "is not a prepared litdata split" in refusal(
+    assert "does not exist; prepare it with `python scripts/prepare_text.py" in refusal(
         capsys, main, "--checkpoint_dir", missing, "--data_dir", missing
     )
     convert = entry_point("scripts/convert_lit_checkpoint.py").convert
@@ -280,3 +280,29 @@ def test_logger_wandb_without_wandb_is_refused_with_its_install_command(tmp_path
     proc = run_script("pretrain/tinyllama.py", *args, "--logger_name", "wandb", hide="wandb")
     line = one_error_line(proc)
     assert "error: --logger_name wandb needs wandb, which this Python lacks: `pip install wandb`" in line, line
+
+
+def _docstring_cli_scripts():
+    from test_tutorials import ENTRY_POINTS
+
+    return [str(p.relative_to(ROOT)) for p in ENTRY_POINTS if "cli(" in p.read_text(encoding="utf-8")]
+
+
+@pytest.mark.parametrize("script", _docstring_cli_scripts())
+def test_help_cuts_no_sentence(script):
+    """`--help` opens with the entry function's docstring summary, which jsonargparse takes from docstring_parser: its
+    first line only. A summary over two lines was cut (train_tokenizer.py's ended "... under `input_dir`, or on the"):
+    the summary is the docstring's whole first paragraph, and it and every flag's help end a sentence."""
+    from test_tutorials import _parser
+
+    parser = _parser(script)
+    source = (ROOT / script).read_text(encoding="utf-8")
+    name = re.search(r"\bcli\((\w+)", source)[1]
+    function = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == name)
+    summary = " ".join(ast.get_docstring(function).split("\n\n")[0].split())
+    assert parser.description == summary
+    ends = (".", ")", "]")
+    assert summary.endswith(ends), summary
+    for action in parser._actions:
+        if action.help and action.dest not in ("help", "config", "print_config"):
+            assert action.help.rstrip().endswith(ends), f"{action.option_strings}: {action.help!r}"

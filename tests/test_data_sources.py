@@ -96,17 +96,25 @@ def test_three_sources_resume_bit_identically_after_a_kill_and_refuse_another_mi
     assert not (killed / "step-00000008.pth").exists()
 
 
-def test_a_missing_source_is_named_before_any_work(tmp_path, data_dir, capsys):
+def test_a_missing_or_unprepared_source_is_refused_naming_the_command_that_prepares_it(tmp_path, data_dir, capsys):
     from test_cli import refusal
     from test_pretrain import load_script
 
-    flags = ["--train_data", f"{{{data_dir / 'starcoder'}: 1, {tmp_path / 'typo'}: 1}}", "--max_steps", "2"]
-    args = [*COMMON, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "out"), *flags]
-    # in-process, through the script's own `cli(setup)` (a Python start with lightning costs ~10 s here)
-    assert f"--train_data: {tmp_path / 'typo'} holds no prepared litdata chunks" in refusal(
-        capsys, load_script().setup, *args
-    )
-    assert not (tmp_path / "out").exists()
+    setup = load_script().setup  # in-process, through the script's own `cli(setup)`: a Python start costs ~10 s here
+    (tmp_path / "corpus").mkdir()  # a folder of text, not yet prepared
+    (tmp_path / "corpus" / "notes.txt").write_text("some text\n")
+    for folder, problem in [
+        (tmp_path / "typo", "does not exist"),
+        (tmp_path / "corpus", "holds no prepared litdata chunks (no index.json)"),
+        # prepare_text.py --val_fraction's output folder, given whole
+        (data_dir / "slimpajama", "holds no prepared litdata chunks (no index.json); its sub-folders train, val do"),
+    ]:
+        flags = ["--train_data", f"{{{data_dir / 'starcoder'}: 1, {folder}: 1}}", "--max_steps", "2"]
+        args = [*COMMON, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "out"), *flags]
+        line = refusal(capsys, setup, *args)
+        assert f"--train_data: {folder} {problem}" in line
+        assert f"`python scripts/prepare_text.py --input <your files> --output_dir {folder} --tokenizer_path" in line
+        assert not (tmp_path / "out").exists()
 
 
 def test_a_source_without_a_whole_block_is_refused_not_left_out_of_the_mix(tmp_path):

@@ -1,5 +1,5 @@
 """`make demo` in its short form (`scripts/quickstart.sh --smoke`): every stage with the real scripts, then the
-tutorials' runnable blocks on the data it prepared; and `scripts/plot_logs.py` on CSV logs.
+tutorials' runnable blocks on what it built; and `scripts/plot_logs.py` on CSV logs.
 
 Re-running the demo (every built stage skipped) is left to `make demo` itself: it would add ~45 s here."""
 
@@ -45,9 +45,23 @@ def test_demo_smoke(tmp_path):
     assert "Sample 1: 20 tokens" in out
     assert "train loss " in out and "val loss " in out and "Demo finished in" in out
 
-    # the tutorials' runnable blocks, on the sample data and tokenizer the demo built
-    from test_tutorials import run_marked_blocks
+    # where the demo sends the user next, with the paths that page's commands read
+    assert "tutorials/finetune_lora.md finetunes this lit checkpoint" in out
+    assert f"(its commands read out/demo: write {root} in its place)" in out
 
+    # the tutorials' runnable blocks. Those of finetune_lora.md start where `make demo` ends: in the repository root,
+    # which holds out/demo (here, the smoke demo's output) and nothing else of the demo's
+    from test_tutorials import AFTER_DEMO, DOCS, run_marked_blocks
+
+    after_demo = tmp_path / "after-demo"
+    (after_demo / "out").mkdir(parents=True)
+    (after_demo / "out" / "demo").symlink_to(root, target_is_directory=True)
+    assert run_marked_blocks(after_demo, [doc for doc in DOCS if doc.name in AFTER_DEMO]) == 8
+    assert (after_demo / "out" / "lora-merged" / "lit_model.pth").is_file()
+    assert (after_demo / "checkpoints" / "lit-micro-llama-full" / "lit_model.pth").is_file()
+
+    # the others, on the sample data and tokenizer the demo built, where the sample-data section of
+    # pretrain_tinyllama.md leaves them
     work = tmp_path / "tutorial"
     (work / "checkpoints").mkdir(parents=True)
     (work / "data").symlink_to(data, target_is_directory=True)
@@ -56,13 +70,8 @@ def test_demo_smoke(tmp_path):
     (work / "my-corpus").mkdir()
     for source in sorted(Path(os.__file__).parent.glob("*.py"))[:40]:
         (work / "my-corpus" / f"{source.stem}.txt").write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    # finetune_lora.md's instructions: a file of someone's own records, in Alpaca's layout
-    records = [{"instruction": f"Add {a} and {b}.", "output": str(a + b)} for a in range(5) for b in range(8)]
-    (work / "my-instructions.json").write_text(json.dumps(records, indent=1), encoding="utf-8")
-    assert run_marked_blocks(work) >= 3
+    assert run_marked_blocks(work, [doc for doc in DOCS if doc.name not in AFTER_DEMO]) >= 3
     assert (work / "checkpoints" / "lit-micro-llama" / "lit_model.pth").is_file()
-    assert (work / "out" / "lora-merged" / "lit_model.pth").is_file()
-    assert (work / "checkpoints" / "lit-micro-llama-full" / "lit_model.pth").is_file()
 
 
 def test_demo_root_is_taken_from_the_callers_folder(tmp_path):

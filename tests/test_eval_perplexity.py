@@ -2,9 +2,14 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _documents(path):
@@ -67,3 +72,33 @@ def test_perplexity_refuses_no_blocks(tmp_path):
 
     with pytest.raises(ValueError, match="--num_blocks \\(0\\) and --batch_size \\(4\\) must be at least 1"):
         main(tmp_path, tmp_path, num_blocks=0)
+
+
+def test_a_missing_data_dir_is_named_with_the_command_that_prepares_it(export_lit_dir, tmp_path):
+    """`--data_dir data/slimpajama/test` (a folder that does not exist) used to be called "not a prepared litdata split
+    (no index.json)", with the command that prepares the validation split."""
+    from eval.perplexity import main
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "eval" / "perplexity.py"), "--checkpoint_dir", str(export_lit_dir), "--data_dir",
+         "data/slimpajama/test"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr == (
+        "error: --data_dir 'data/slimpajama/test' does not exist; prepare it with `python "
+        "scripts/prepare_slimpajama.py --input_dir data/slimpajama-raw/test --output_dir data/slimpajama/test "
+        f"--tokenizer_path {export_lit_dir}`\n"
+    )
+    # the validation split is prepared from slimpajama-raw/validation; other folders from your own files
+    with pytest.raises(FileNotFoundError, match=r"slimpajama/val' does not exist; prepare it with `python scripts/"
+                       r"prepare_slimpajama.py --input_dir out/slimpajama-raw/validation --output_dir "):  # fmt: skip
+        main(export_lit_dir, Path("out/slimpajama/val"))
+    with pytest.raises(FileNotFoundError, match=rf"--data_dir 'mine' does not exist; prepare it with `python scripts/"
+                       rf"prepare_text.py --input <your text files> --output_dir mine --tokenizer_path "
+                       rf"{export_lit_dir}`"):  # fmt: skip
+        main(export_lit_dir, Path("mine"))
+    # a folder that is there
+    with pytest.raises(FileNotFoundError, match=rf"--data_dir '{tmp_path}' is not a prepared litdata split \(no "
+                       rf"index.json\); prepare it with `python scripts/prepare_text.py"):  # fmt: skip
+        main(export_lit_dir, tmp_path)

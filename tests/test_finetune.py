@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import string
 import subprocess
@@ -21,6 +22,7 @@ import torch
 from conftest import TEST_LLAMA
 
 from lit_gpt.config import Config
+from lit_gpt.data.separators import DEFAULT_SEPARATORS, write_separators
 from lit_gpt.hf import split_qkv
 from lit_gpt.lora import LoRAConfig, LoRALinear, apply_lora, lora_state_dict, merge_lora
 from lit_gpt.model import GPT, init_weights
@@ -525,19 +527,21 @@ def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_p
     pretraining.parent.mkdir()
     hparams = {"model_name": "test-llama", "model_config": Config(**TEST_LLAMA).to_dict(), "world_size": 1}
     torch.save({"model": {}, "hparams": hparams, "train_dataloader": {"current_epoch": 1}}, pretraining)
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "finetune/full.py"), "--checkpoint_dir", str(codes["base"]), "--data",
-         str(codes["data"]), "--out_dir", str(tmp_path / "out"), "--accelerator", "cpu", "--devices", "1",
-         "--precision", "32-true", "--global_batch_size", "2", "--micro_batch_size", "2", "--resume",
-         str(pretraining)],
-        capture_output=True, text=True, timeout=300, env=_env(),
+    # before any work: it used to be refused after the settings were printed and the model was built
+    base = tmp_path / "base"
+    shutil.copytree(codes["base"], base)
+    write_separators(base, DEFAULT_SEPARATORS)  # as the converters write it: no note that separators.json is missing
+    line = refusal(
+        "finetune/full.py", "--checkpoint_dir", str(base), "--data", str(codes["data"]), "--out_dir",
+        str(tmp_path / "out"), "--accelerator", "cpu", "--devices", "1", "--precision", "32-true",
+        "--global_batch_size", "2", "--micro_batch_size", "2", "--resume", str(pretraining),
     )  # fmt: skip
-    assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1] == (
+    assert line == (
         f"error: {pretraining} is not a checkpoint of finetune/full.py (it records no instruction data; a pretraining "
         "checkpoint?): to finetune its weights, convert it with scripts/convert_pretrained_checkpoint.py and pass "
         "that directory as --checkpoint_dir; to continue pretraining it, resume it with pretrain/tinyllama.py"
-    ), proc.stderr[-3000:]
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_out_dir_that_cannot_be_written_is_refused_in_one_line(codes, tmp_path, monkeypatch):
@@ -605,3 +609,43 @@ def test_resume_from_an_out_dir_points_to_its_checkpoints(codes, tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"run is a directory of checkpoints, not one: pass one of them \(the "
                        rf"newest is {adapter}\), or --resume auto with --out_dir \S+run"):  # fmt: skip
         load_metadata(tmp_path / "run")
+
+
+def refusal(script: str, *args: str) -> str:
+    """The refusal of running `script` with `args`: exit code 2, one stderr line and nothing on stdout."""
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=300,
+                          env=_env())  # fmt: skip
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stderr.strip()
+
+
+@pytest.mark.parametrize("script", ["finetune/lora.py", "finetune/full.py"])
+def test_finetuning_checks_its_data_before_it_prints_or_touches_the_out_dir(codes, tmp_path, script):
+    """A missing --data used to be reported only after the settings, the attention choice and "Seed set to 1337" had
+    been printed and the out dir made; with an out dir of an earlier run, the earlier run was reported instead."""
+    base = tmp_path / "base"
+    shutil.copytree(codes["base"], base)
+    write_separators(base, DEFAULT_SEPARATORS)  # as the converters write it: no note that separators.json is missing
+    flags = ["--checkpoint_dir", str(base), *COMMON, "--devices", "1"][: None if "full" in script else -2]
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "step-00000010.pth").write_bytes(b"an earlier run's checkpoint")
+    missing = tmp_path / "missing.json"
+    line = refusal(script, *flags, "--data", str(missing), "--out_dir", str(used))
+    assert line == f"error: --data {missing}: no such file or folder"
+    assert [p.name for p in used.iterdir()] == ["step-00000010.pth"]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in codes["records"][:20]) + '\n{"instruction": "x"}\n')
+    line = refusal(script, *flags, "--data", str(bad), "--out_dir", str(tmp_path / "fresh"))
+    assert line.startswith(f"error: 1 bad instruction records: {bad}:21: no 'output' string"), line
+    # a flag checked against the model's block size (256)
+    line = refusal(script, *flags, "--data", str(codes["data"]), "--out_dir", str(tmp_path / "fresh"),
+                   "--max_seq_length", "512")  # fmt: skip
+    assert line.startswith("error: --max_seq_length 512 is longer than the model's block size 256"), line
+    # more rows per micro-batch than the data holds
+    line = refusal(script, *flags, "--data", str(codes["data"]), "--out_dir", str(tmp_path / "fresh"),
+                   "--micro_batch_size", "128", "--global_batch_size", "128")  # fmt: skip
+    assert line.startswith("error: 65 examples make no whole micro-batch of 128 rows"), line
+    assert not (tmp_path / "fresh").exists()

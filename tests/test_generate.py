@@ -126,6 +126,79 @@ def test_generate_script_names_a_missing_checkpoint(tmp_path):
         script.main(tmp_path / "typo", prompt="x")
 
 
+def test_a_training_checkpoint_given_as_checkpoint_dir_is_refused_with_the_command_that_converts_it(
+    fabric_checkpoints, export_tokenizer_dir, tmp_path
+):
+    """`--checkpoint_dir out/demo/micro-llama/step-00000100.pth` used to say `.../step-00000100.pth/lit_model.pth does
+    not exist`. The command it gives, with the tokenizer filled in, makes the lit checkpoint directory it names."""
+    import re
+    import shlex
+
+    from conftest import TEST_LLAMA
+
+    from lit_gpt.config import Config
+    from lit_gpt.weights import lit_checkpoint_files
+
+    state = torch.load(fabric_checkpoints["single"], weights_only=True)
+    state["hparams"] = {"model_name": "test-llama", "model_config": Config(**TEST_LLAMA).to_dict()}  # as pretraining's
+    step = tmp_path / "out" / "run" / "step-00000002.pth"
+    step.parent.mkdir(parents=True)
+    torch.save(state, step)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "generate" / "base.py"), "--checkpoint_dir", "out/run/step-00000002.pth"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stderr
+    command = (
+        "python scripts/convert_pretrained_checkpoint.py --checkpoint_file out/run/step-00000002.pth --tokenizer_dir "
+        "<the tokenizer its data was prepared with> --output_dir checkpoints/lit-test-llama"
+    )
+    assert proc.stderr == (
+        "error: 'out/run/step-00000002.pth' is a training checkpoint, not a lit checkpoint directory: convert it into "
+        f"one with `{command}`, then pass checkpoints/lit-test-llama\n"
+    )
+    args = shlex.split(re.sub(r"<[^>]*>", str(export_tokenizer_dir), command))[2:]
+    converted = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_pretrained_checkpoint.py"), *args],
+                               cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert converted.returncode == 0, converted.stderr
+    assert lit_checkpoint_files(tmp_path / "checkpoints" / "lit-test-llama")[0].name == "test-llama"
+
+
+def test_other_files_given_as_checkpoint_dir_say_what_makes_a_lit_checkpoint_of_them(export_lit_dir, tmp_path):
+    """Every script's --checkpoint_dir goes through `lit_checkpoint_files`: a file of a lit checkpoint directory, an
+    adapter of finetune/lora.py, a checkpoint of finetune/full.py (the base it records holds the tokenizer) and the
+    --out_dir of such a run are each named with what to pass or run."""
+    from conftest import TEST_LLAMA
+
+    from lit_gpt.config import Config
+    from lit_gpt.weights import lit_checkpoint_files
+
+    with pytest.raises(FileNotFoundError, match=rf"lit_model.pth' is a file in the lit checkpoint directory "
+                       rf"'{export_lit_dir}': pass the directory$"):  # fmt: skip
+        lit_checkpoint_files(export_lit_dir / "lit_model.pth")
+    adapter = tmp_path / "lora" / "step-00000004.pth"
+    adapter.parent.mkdir()
+    torch.save({"model": {}, "hparams": {"lora": {"r": 8}, "base": {"checkpoint_dir": "checkpoints/lit-x"}}}, adapter)
+    with pytest.raises(FileNotFoundError, match=r"is a LoRA checkpoint of finetune/lora.py .* `python scripts/"
+                       rf"merge_lora.py --checkpoint_dir checkpoints/lit-x --lora_checkpoint {adapter} --output_dir "
+                       r"checkpoints/lit-x-lora`, then pass checkpoints/lit-x-lora$"):  # fmt: skip
+        lit_checkpoint_files(adapter)
+    full = tmp_path / "full" / "step-00000004.pth"
+    full.parent.mkdir()
+    config = Config(**TEST_LLAMA).to_dict()
+    hparams = {"template": "alpaca", "checkpoint_dir": str(export_lit_dir), "model_config": config}
+    torch.save({"model": {}, "hparams": hparams}, full)
+    command = (f"python scripts/convert_pretrained_checkpoint.py --checkpoint_file {full} --tokenizer_dir "
+               f"{export_lit_dir} --output_dir {export_lit_dir}-full")  # fmt: skip
+    with pytest.raises(FileNotFoundError) as refused:
+        lit_checkpoint_files(full.parent)
+    assert str(refused.value) == (
+        f"{str(full.parent)!r} is the output folder of a training run (step-*.pth checkpoints), not a lit checkpoint "
+        f"directory (lit_model.pth); for its newest checkpoint, convert it into one with `{command}`, then pass "
+        f"{export_lit_dir}-full"
+    )
+
+
 def test_generation_samples_only_the_tokenizers_ids():
     """A model's padded vocabulary (micro-llama: 32000) can be larger than its tokenizer's (a 2000-token one trained
     on one's own corpus): ids the tokenizer lacks are never sampled, which its decoding would fail on."""

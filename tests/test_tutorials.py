@@ -5,9 +5,11 @@
   that script's own command line parser: every flag exists and every value has the flag's type (`Literal` choices
   included).
 - Blocks marked `<!-- test: run -->` on the line before them are run, command after command, by
-  `tests/test_demo.py` in a folder that holds the sample data the smoke demo prepared with the real scripts
-  (`data/slimpajama/{train,val}`, `data/starcoder`, `checkpoints/sample-tokenizer`) and the users' own files the pages
-  start from (`my-corpus`, `my-instructions.json`): `run_marked_blocks` below.
+  `tests/test_demo.py` (`run_marked_blocks` below): the pages of `AFTER_DEMO` in a folder that holds only `out/demo`,
+  the smoke demo's output (the repository root after `make demo`), the others in a folder that holds the sample data
+  the smoke demo prepared with the real scripts (`data/slimpajama/{train,val,test}`, `data/starcoder`,
+  `checkpoints/sample-tokenizer`, as the sample-data section of `pretrain_tinyllama.md` leaves them) and the users'
+  own files the pages start from (`my-corpus`).
 """
 
 import ast
@@ -20,7 +22,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import pytest
 
@@ -31,8 +33,8 @@ RUN_MARKER = "<!-- test: run -->"
 ENTRY_POINTS = sorted(
     p for d in ("scripts", "pretrain", "finetune", "generate", "eval", "dev") for p in (ROOT / d).glob("*.py")
 )
-# pages whose runnable blocks read what another page's blocks wrote: run after the others
-RUN_LAST = ("finetune_lora.md",)  # finetunes checkpoints/lit-micro-llama of pretrain_tinyllama.md
+# pages whose runnable blocks start where `make demo` ends: from its outputs under out/demo
+AFTER_DEMO = ("finetune_lora.md",)
 LAUNCHERS = {"python", "python3", "torchrun", "srun", "fabric"}
 
 
@@ -158,19 +160,21 @@ def test_command_parses(script, args):
     assert_parses(script, args)
 
 
-def run_marked_blocks(work: Path) -> int:
-    """Run the commands of every block marked `<!-- test: run -->` in `work`; returns how many ran.
-    `tests/test_demo.py` calls this in a folder that holds the sample data the smoke demo built."""
+def run_marked_blocks(work: Path, docs: Sequence[Path]) -> int:
+    """Run the commands of every block of `docs` marked `<!-- test: run -->` in `work`, as a user copies them: a
+    script of the repository or `python -c`, with this Python; returns how many ran. `tests/test_demo.py` calls this
+    in folders that hold what the smoke demo built."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ran = 0
-    for doc in sorted(DOCS, key=lambda d: d.name in RUN_LAST):
+    for doc in docs:
         for line, marked, block in bash_blocks(doc):
             if not marked:
                 continue
             for tokens in commands(block):
                 call = script_call(tokens)
-                assert call is not None and tokens[0] == "python", f"{doc.name}:{line}: run only `python` commands"
-                cmd = [sys.executable, str(ROOT / call[0]), *call[1]]
+                runnable = tokens[0] == "python" and (call is not None or tokens[1:2] == ["-c"])
+                assert runnable, f"{doc.name}:{line}: run only `python` commands"
+                cmd = [sys.executable, *tokens[1:]] if call is None else [sys.executable, str(ROOT / call[0]), *call[1]]
                 proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
                 assert proc.returncode == 0, f"{doc.name}:{line}: {shlex.join(tokens)}\n{proc.stderr[-3000:]}"
                 ran += 1

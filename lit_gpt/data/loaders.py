@@ -109,14 +109,33 @@ def normalize(folder: str) -> str:
 
 
 def check_prepared(folders: Sequence[str], flag: str) -> None:
-    """Fail early, naming them, if local `folders` hold no prepared litdata chunks."""
+    """Fail early, naming them and the command that prepares them, if local `folders` hold no prepared litdata chunks:
+    `--train_data` and `--val_data` take your own text (`scripts/prepare_text.py`), `--data_dir` SlimPajama and
+    Starcoder."""
     missing = [f for f in folders if "://" not in f and not (Path(f) / "index.json").is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{flag}: {', '.join(missing)} hold{'s' * (len(missing) == 1)} no prepared litdata chunks (no index.json). "
-            "Prepare it with scripts/prepare_slimpajama.py or scripts/prepare_starcoder.py (see "
-            "tutorials/pretrain_tinyllama.md), or correct the path"
+    if not missing:
+        return
+
+    def problem(folder: str) -> str:
+        if not Path(folder).exists():
+            return f"{folder} does not exist"
+        if not Path(folder).is_dir():
+            return f"{folder} is a file, not a folder of prepared chunks"
+        prepared = sorted(sub.name for sub in Path(folder).iterdir() if (sub / "index.json").is_file())
+        inside = f"; its sub-folders {', '.join(prepared)} do: name them" if prepared else ""
+        return f"{folder} holds no prepared litdata chunks (no index.json){inside}"
+
+    if flag == "--data_dir":
+        how = (
+            "Prepare it with scripts/prepare_slimpajama.py or scripts/prepare_starcoder.py "
+            "(tutorials/pretrain_tinyllama.md)"
         )
+    else:
+        how = (
+            "Prepare it with scripts/prepare_text.py: `python scripts/prepare_text.py --input <your files> "
+            f"--output_dir {missing[0]} --tokenizer_path <tokenizer dir>` (tutorials/pretrain_custom_data.md)"
+        )
+    raise FileNotFoundError(f"{flag}: {'; '.join(map(problem, missing))}. {how}, or correct the path")
 
 
 def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Path] = None) -> Separators:
@@ -214,20 +233,42 @@ def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) 
 
 def _recorded_eos_id(folder: str, vocab_size: int) -> Optional[int]:
     """The `eos_id` of a local folder's prepare.json; None for an object store, no prepare.json or none recorded."""
+    value = _prepare_record(folder).get("eos_id")
+    if value is not None and (type(value) is not int or not 0 <= value < vocab_size):
+        raise ValueError(
+            f"{Path(folder) / 'prepare.json'} records eos_id {value!r}, not a token id of the model "
+            f"(0..{vocab_size - 1}): prepare {folder} again (with the model's tokenizer)"
+        )
+    return value
+
+
+def _prepare_record(folder: str) -> dict:
+    """A local folder's prepare.json (`lit_gpt.data.prepare`); empty for an object store or a folder without one."""
     manifest = Path(folder) / "prepare.json"
     if "://" in folder or not manifest.is_file():
-        return None
+        return {}
     try:
         record = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ValueError(f"{manifest} cannot be read ({e}): prepare {folder} again") from None
-    value = record.get("eos_id") if isinstance(record, dict) else None
-    if value is not None and (type(value) is not int or not 0 <= value < vocab_size):
-        raise ValueError(
-            f"{manifest} records eos_id {value!r}, not a token id of the model (0..{vocab_size - 1}): prepare "
-            f"{folder} again (with the model's tokenizer)"
-        )
-    return value
+    return record if isinstance(record, dict) else {}
+
+
+def vocab_note(folders: Sequence[str], vocab_size: int, model_name: str) -> Optional[str]:
+    """A note when the model has more token ids than the tokenizer that the local `folders` were prepared with (the
+    `vocab_size` their prepare.json records): the others never occur in training, which only generation would show."""
+    recorded = {folder: size for folder in folders if type(size := _prepare_record(folder).get("vocab_size")) is int}
+    if not recorded:  # an object store, or data prepared before the size was recorded
+        return None
+    folder, tokens = max(recorded.items(), key=lambda item: item[1])
+    if vocab_size <= tokens:
+        return None
+    return (
+        f"Note: --model_name {model_name} has {vocab_size:,} token ids, the tokenizer of the data {tokens:,} "
+        f"({folder}/prepare.json): the other {vocab_size - tokens:,} never occur in training and their embeddings "
+        f"only take memory (generation samples the tokenizer's ids alone). A model config with vocab_size={tokens} "
+        "(lit_gpt/config.py) has none of them"
+    )
 
 
 def join(data_dir: str, sub: str) -> str:

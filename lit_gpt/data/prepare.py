@@ -370,7 +370,7 @@ def prepare(
             ids = {
                 f"{name}_id": getattr(tokenizer, f"{name}_id") for name in ("bos", "eos") if getattr(separators, name)
             }
-            _finish(Path(write_dir), kind, input_dir, stats, separators, ids)
+            _finish(Path(write_dir), kind, input_dir, stats, separators, ids, tokenizer.vocab_size)
             publish(Path(write_dir), Path(output_dir), overwrite)
     finally:
         if local and Path(write_dir).exists():  # a failed run: nothing of it is kept
@@ -529,7 +529,13 @@ def prepared_separators(path: Path) -> Separators:
 
 
 def _finish(
-    write_dir: Path, kind: Kind, input_dir: Path, stats: Stats, separators: Separators, separator_ids: Dict[str, int]
+    write_dir: Path,
+    kind: Kind,
+    input_dir: Path,
+    stats: Stats,
+    separators: Separators,
+    separator_ids: Dict[str, int],
+    vocab_size: int,
 ) -> None:
     """Make `index.json` reproducible and list what was written in `prepare.json`."""
     index_path = write_dir / "index.json"
@@ -547,6 +553,7 @@ def _finish(
         "tokens": stats.tokens,
         "separators": separators.to_dict(),  # lit_gpt/data/separators.py
         **separator_ids,  # the ids written between documents: "eos_id" is what `pretrain --document_mask` splits at
+        "vocab_size": vocab_size,  # the tokenizer's: pretraining notes a model of more token ids than it has
         "files": sorted(p.name for p in write_dir.iterdir()),
     }
     (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

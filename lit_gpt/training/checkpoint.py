@@ -52,7 +52,7 @@ from torch.distributed.checkpoint.state_dict import (
 from lit_gpt.config import Config
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.files import remove
-from lit_gpt.trust import load_single_file, read_dcp_metadata
+from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import strip_wrapper_prefixes
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
@@ -487,10 +487,6 @@ def load_checkpoint(
 ########################
 
 
-def is_distributed_checkpoint(path: Path) -> bool:
-    return path.is_dir() and (path / ".metadata").is_file()
-
-
 def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[str, torch.Size]:
     """Names (wrapper prefixes stripped) and shapes of the model weights in a training checkpoint, read without
     loading any tensor."""
@@ -536,7 +532,7 @@ def training_checkpoint_config(path: Path, config_name: Optional[str] = None, tr
     single-file checkpoint, in `meta.pt` of a sharded one. `config_name`, when given, is checked against it. A
     checkpoint without it (an older one, or another tool's) needs `config_name`, which is looked up in the registry.
     """
-    hparams = _training_hparams(path, trust_pickle)
+    hparams = training_hparams(path, trust_pickle)
     saved = hparams.get("model_config")
     if saved is None:
         if config_name is None:
@@ -565,19 +561,8 @@ def training_checkpoint_separators(path: Path, trust_pickle: bool = False) -> Se
     """The document separators a training checkpoint was trained with (`hparams["separators"]`, which
     `pretrain/tinyllama.py` reads from the data's `prepare.json`); a checkpoint without them was trained before they
     were recorded, on data prepared with the default (eos after each document)."""
-    recorded = _training_hparams(path, trust_pickle).get("separators")
+    recorded = training_hparams(path, trust_pickle).get("separators")
     return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, f"{path}'s hparams")
-
-
-def _training_hparams(path: Path, trust_pickle: bool = False) -> dict:
-    """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
-    if is_distributed_checkpoint(path):
-        meta = path / "meta.pt"  # Fabric's file for everything besides the sharded tensors
-        state = torch.load(meta, weights_only=not trust_pickle, map_location="cpu") if meta.is_file() else {}
-    else:
-        state = load_single_file(path, trust_pickle)
-    hparams = state.get("hparams") if isinstance(state, dict) else None
-    return hparams if isinstance(hparams, dict) else {}
 
 
 def _single_file_model(path: Path, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:

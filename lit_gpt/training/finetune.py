@@ -1,7 +1,7 @@
-"""What `finetune/lora.py` and `finetune/full.py` share: the record of the base checkpoint a run starts from, and
-the training loop over instruction batches (the same step, schedule, validation, checkpoints and stop signals as
-pretraining: `lit_gpt/training/step.py`, `lit_gpt/training/lr.py`, `lit_gpt/training/checkpoint.py`,
-`lit_gpt/signals.py`).
+"""What `finetune/lora.py` and `finetune/full.py` share: the checks of their flags and inputs and the instruction data,
+both before any work; the record of the base checkpoint a run starts from; and the training loop over instruction
+batches (the same step, schedule, validation, checkpoints and stop signals as pretraining: `lit_gpt/training/step.py`,
+`lit_gpt/training/lr.py`, `lit_gpt/training/checkpoint.py`, `lit_gpt/signals.py`).
 
 A LoRA checkpoint holds the adapter only; its `base` entry (`base_record`) names the checkpoint directory it was
 trained on by the model config and the size and SHA-256 of `lit_model.pth`, so that resuming or merging it onto
@@ -12,8 +12,9 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -21,6 +22,7 @@ import torch
 from lit_gpt.data.instruct import (
     InstructionBatches,
     encode_examples,
+    find_instruction_files,
     load_instructions,
     split_instructions,
     validation_batches,
@@ -210,8 +212,9 @@ def restore_rng(rng: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"])
 
 
-def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
-    """Refuse flag values of the finetuning scripts that would fail later or lose work, before any work."""
+def check_finetune_flags(h: Dict[str, Any], out_dir: Path, block_size: int) -> None:
+    """Refuse flag values of the finetuning scripts that would fail later or lose work, a `--data` file or folder that
+    is not there, and an `out_dir` of another run: before the run prints its settings or touches `out_dir`."""
     only_last = "pass a value above --max_steps to {} only at the last step"
     for flag, hint in [
         ("log_interval", only_last.format("log")),
@@ -228,12 +231,19 @@ def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
         raise ValueError(
             f"--max_seq_length {h['max_seq_length']} must be at least 1; leave it out for the model's block size"
         )
+    if h["max_seq_length"] is not None and h["max_seq_length"] > block_size:
+        raise ValueError(
+            f"--max_seq_length {h['max_seq_length']} is longer than the model's block size {block_size} (its context "
+            f"and rotary cache); pass at most {block_size}"
+        )
     if h["seed"] < 0:
         raise ValueError(f"--seed {h['seed']} must not be negative (the generators take 0 to 2**32 - 1)")
     if h["keep_last"] is not None and h["keep_last"] < 1:
         raise ValueError(f"--keep_last {h['keep_last']} must be at least 1; leave it out to keep every checkpoint")
     if not 0 < h["val_fraction"] < 1:
         raise ValueError(f"--val_fraction {h['val_fraction']} must be between 0 and 1 (the held-out share)")
+    # the files are there (what they hold is read by `instruction_data`, also before any work)
+    find_instruction_files(h["data"], problems=[] if h["skip_bad_records"] else None)
     resume = h["resume"]
     if not resume and (latest := find_latest(out_dir)):
         raise FileExistsError(
@@ -248,16 +258,28 @@ def check_finetune_flags(h: Dict[str, Any], out_dir: Path) -> None:
         )
 
 
-def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
-    """(train batches of this process, its list of validation micro-batches, optimizer steps per epoch) of the
-    instruction files `h["data"]`, encoded as `lit_gpt/data/instruct.py` describes with the run's flags and the base
-    model's document separators (`h["separators"]`)."""
+@dataclass
+class InstructionData:
+    """The examples of a run (`instruction_data`), read and laid out in micro-batches before any work."""
+
+    train: InstructionBatches  # laid out alike for every process; `batches` gives it this process's rank
+    val: List[Tuple[torch.Tensor, torch.Tensor]]  # the encoded held-out examples
+    layout: Dict[str, Any]  # the arguments of `validation_batches` besides the examples and the rank
+    steps_per_epoch: int
+    summary: str  # what was read, for the run's output
+
+    def batches(self, rank: int) -> Tuple[InstructionBatches, list]:
+        """(this process's train batches, its list of validation micro-batches)."""
+        self.train.rank = rank
+        return self.train, validation_batches(self.val, **self.layout, rank=rank)
+
+
+def instruction_data(h: Dict[str, Any], block_size: int, world_size: int) -> InstructionData:
+    """The instruction files `h["data"]` read, split and encoded as `lit_gpt/data/instruct.py` describes, with the run's
+    flags and the base model's document separators (`h["separators"]`), and laid out in micro-batches for
+    `world_size` processes: before the run prints its settings or touches its out dir, so that a bad record, or data
+    too small for the batch sizes, is refused first."""
     max_seq_length = block_size if h["max_seq_length"] is None else h["max_seq_length"]
-    if max_seq_length > block_size:
-        raise ValueError(
-            f"--max_seq_length {max_seq_length} is longer than the model's block size {block_size} (its context and "
-            f"rotary cache); pass at most {block_size}"
-        )
     tokenizer = Tokenizer(h["checkpoint_dir"])
     separators = Separators.from_dict(h["separators"], f"{h['checkpoint_dir']}/separators.json")
     records = load_instructions(
@@ -268,21 +290,22 @@ def instruction_data(fabric: L.Fabric, h: Dict[str, Any], block_size: int):
     def encode(examples):
         return encode_examples(tokenizer, examples, h["template"], max_seq_length, h["mask_prompt"], separators)
 
-    common = dict(
-        max_seq_length=max_seq_length, padding=h["padding"], packing=h["packing"], seed=h["seed"],
-        rank=fabric.global_rank, world_size=fabric.world_size,
+    layout = dict(
+        micro_batch_size=h["micro_batch_size"], max_seq_length=max_seq_length, padding=h["padding"],
+        packing=h["packing"], seed=h["seed"], world_size=world_size,
     )  # fmt: skip
-    train_batches = InstructionBatches(encode(train), h["micro_batch_size"], **common)
-    val_batches = validation_batches(encode(val), h["micro_batch_size"], **common)
-    accumulation = h["global_batch_size"] // (fabric.world_size * h["micro_batch_size"])
+    train_batches = InstructionBatches(encode(train), **layout)
+    val_examples = encode(val)
+    validation_batches(val_examples, **layout)  # refuses fewer held-out rows than processes
+    accumulation = h["global_batch_size"] // (world_size * h["micro_batch_size"])
     steps_per_epoch = len(train_batches) // accumulation
     if steps_per_epoch == 0:
         raise ValueError(
             f"{len(train_batches.rows)} training rows make no optimizer step of --global_batch_size "
             f"{h['global_batch_size']}; lower it or use more data"
         )
-    fabric.print(
+    summary = (
         f"{len(records):,} instruction records ({len(train):,} for training, {len(val):,} held out) from {h['data']}; "
         f"template {h['template']!r}, {separators}; {steps_per_epoch} optimizer steps per epoch"
     )
-    return train_batches, val_batches, steps_per_epoch
+    return InstructionData(train_batches, val_examples, layout, steps_per_epoch, summary)

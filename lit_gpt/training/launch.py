@@ -25,14 +25,25 @@ def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) ->
     return devices * num_nodes
 
 
+# names a file read instead of /proc/cpuinfo: tests and CI run as on another CPU (`LIT_GPT_CPUINFO=avx2-only.txt`)
+CPUINFO_ENV = "LIT_GPT_CPUINFO"
+
+
 def cpu_has_bf16(cpuinfo: Optional[str] = None) -> bool:
-    """Whether the CPU computes in bf16 natively (x86's `avx512_bf16` or `amx_bf16` flags in /proc/cpuinfo); without
+    """Whether the CPU computes in bf16 natively (x86's `avx512_bf16` or `amx_bf16` flags in /proc/cpuinfo, or in the
+    file that the environment variable `LIT_GPT_CPUINFO` names: for tests and CI that simulate another CPU); without
     them, bf16-mixed on CPU converts every operand and is slower than 32-true."""
     if cpuinfo is None:
+        path = os.environ.get(CPUINFO_ENV)
         try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:  # not Linux: unknown, assume not
-            return False
+            cpuinfo = Path(path or "/proc/cpuinfo").read_text()
+        except OSError as e:
+            if path:
+                raise FileNotFoundError(
+                    f"{CPUINFO_ENV}={path} cannot be read ({e.strerror}): it names a file in the format of "
+                    "/proc/cpuinfo to read instead (to run as on another CPU); unset it to read this machine's"
+                ) from None
+            return False  # not Linux: unknown, assume not
     flags = {f for line in cpuinfo.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 

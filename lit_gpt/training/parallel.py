@@ -24,6 +24,7 @@ Hybrid is `fully_shard` over a 2-D ("replicate", "shard") mesh. Fabric's own mes
 either way.
 """
 
+import logging
 from functools import partial
 from typing import Literal, Optional, Tuple
 
@@ -38,6 +39,15 @@ from lit_gpt.model import GPT, Block, CausalSelfAttention
 from lit_gpt.training.float8 import convert_to_float8
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+# where Lightning announces the process group when it starts it: "Initializing distributed: GLOBAL_RANK: 0, MEMBER:
+# 1/1", then rank_zero_info's "distributed_backend=gloo / All distributed processes registered. Starting with 1
+# processes" (logged by fabric's, or once lightning.pytorch is imported, by its logger)
+LIGHTNING_BANNER_LOGGERS = (
+    "lightning.fabric.utilities.distributed",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
 # the whole model's gathered weights may stay allocated through a step when they take at most this share of a GPU
 GATHERED_WEIGHTS_BUDGET = 0.05
 
@@ -164,3 +174,16 @@ def hybrid_mesh(mesh: DeviceMesh, devices_per_node: int) -> DeviceMesh:
         )
     shape = (mesh.size() // devices_per_node, devices_per_node)
     return init_device_mesh(mesh.device_type, shape, mesh_dim_names=("replicate", "shard"))
+
+
+def not_one_process_banner(record: logging.LogRecord) -> bool:
+    """A logging filter that drops Lightning's announcement of a process group of one process (a CPU run on one
+    device), which a user reads as trouble; with several processes it says that each one joined, and stays."""
+    message = record.getMessage()
+    one = message.startswith("Initializing distributed: ") and message.endswith(", MEMBER: 1/1")
+    return not one and "All distributed processes registered. Starting with 1 processes" not in message
+
+
+# the training scripts build their strategy with this module: its import quiets the banner for all of them
+for _name in LIGHTNING_BANNER_LOGGERS:
+    logging.getLogger(_name).addFilter(not_one_process_banner)

@@ -7,6 +7,7 @@ memory runs out.
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -92,13 +93,15 @@ SMALL_CPU_RUN = (
 
 
 def check_cpu_run(config: Config, precision: str, micro_batch_size: int, global_batch_size: int, devices: int,
-                  num_nodes: int, activation_checkpointing: bool) -> Estimate:  # fmt: skip
+                  num_nodes: int, activation_checkpointing: bool, flops_per_second: Optional[float] = None,
+                  available: Optional[float] = None) -> Estimate:  # fmt: skip
     """Refuse a CPU run that would not fit in this machine's memory or would take over `MAX_CPU_STEP_HOURS` per
-    optimizer step, with the estimate and a run that fits; return the estimate otherwise."""
-    rate = cpu_flops_per_second()
+    optimizer step, with the estimate and a run that fits; return the estimate otherwise. The machine's matmul rate
+    and available bytes are measured, unless given (to judge a run as on another machine)."""
+    rate = flops_per_second or cpu_flops_per_second()
     e = estimate(config, precision, micro_batch_size, global_batch_size, devices, num_nodes, activation_checkpointing,
                  rate)  # fmt: skip
-    available = available_memory()
+    available = available_memory() if available is None else available
     problems = []
     if e.total_bytes > available:
         problems.append(
