@@ -29,13 +29,12 @@ from lit_gpt.convert import LIT_OUTPUTS, save_tokenizer_files  # noqa: E402
 from lit_gpt.data.separators import write_separators  # noqa: E402
 from lit_gpt.files import finish_output_dir, parse_size, prepare_output_dir  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
-    _training_hparams,
-    is_distributed_checkpoint,
     training_checkpoint_config,
     training_checkpoint_separators,
     training_checkpoint_shapes,
     training_checkpoint_tensors,
 )
+from lit_gpt.trust import is_distributed_checkpoint, training_hparams  # noqa: E402
 from lit_gpt.weights import check_weights, save_lit_checkpoint  # noqa: E402
 
 
@@ -86,7 +85,7 @@ def convert(
         )
     if not checkpoint_file.exists():
         raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
-    saved = _training_hparams(checkpoint_file, trust_pickle)
+    saved = training_hparams(checkpoint_file, trust_pickle)
     if "lora" in saved:  # an adapter alone: its weights are not a model's
         base = (saved.get("base") or {}).get("checkpoint_dir", "<its base checkpoint>")
         raise ValueError(
