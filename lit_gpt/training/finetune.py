@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import lightning as L
 import torch
 
+from lit_gpt.config import Config
 from lit_gpt.data.instruct import (
     InstructionBatches,
     encode_examples,
@@ -27,7 +28,7 @@ from lit_gpt.data.instruct import (
     split_instructions,
     validation_batches,
 )
-from lit_gpt.data.separators import Separators
+from lit_gpt.data.separators import Separators, read_separators
 from lit_gpt.files import file_sha256
 from lit_gpt.signals import StopSignal
 from lit_gpt.tokenizer import Tokenizer
@@ -41,6 +42,7 @@ from lit_gpt.training.checkpoint import (
 )
 from lit_gpt.training.logger import format_metrics
 from lit_gpt.training.lr import cosine_lr, warmup_warning
+from lit_gpt.training.optimizer import check_optimizer_flags
 from lit_gpt.training.step import training_step, validate
 from lit_gpt.weights import TOKENIZER_FILES, lit_checkpoint_files
 
@@ -212,9 +214,23 @@ def restore_rng(rng: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"])
 
 
+def finetune_base(h: Dict[str, Any], checkpoint_dir: Path) -> Config:
+    """The model config of the base checkpoint directory `checkpoint_dir`; records in `h` the `--data` files as text
+    and the document separators the base model was trained with: the prompts begin the same way
+    (lit_gpt/data/separators.py)."""
+    h["data"] = [str(p) for p in h["data"]] if isinstance(h["data"], list) else str(h["data"])
+    config, _ = lit_checkpoint_files(checkpoint_dir)
+    h["separators"] = read_separators(checkpoint_dir).to_dict()
+    return config
+
+
 def check_finetune_flags(h: Dict[str, Any], out_dir: Path, block_size: int) -> None:
-    """Refuse flag values of the finetuning scripts that would fail later or lose work, a `--data` file or folder that
-    is not there, and an `out_dir` of another run: before the run prints its settings or touches `out_dir`."""
+    """Refuse flag values of the finetuning scripts that would fail later or lose work (the optimizer's and the
+    schedule's first), a `--data` file or folder that is not there, and an `out_dir` of another run: before the run
+    prints its settings or touches `out_dir`."""
+    check_optimizer_flags(
+        h["learning_rate"], h["min_lr"], h["warmup_steps"], h["weight_decay"], (h["beta1"], h["beta2"]), h["grad_clip"]
+    )
     only_last = "pass a value above --max_steps to {} only at the last step"
     for flag, hint in [
         ("log_interval", only_last.format("log")),

@@ -1,11 +1,45 @@
-"""What a launch makes of the flags: the world size, the check against the processes torchrun started, the batch split
-into micro-batches per process, and whether the CPU computes in bf16."""
+"""What a launch makes of the flags, shared by the training scripts: the world size, the check against the processes
+torchrun started, the batch split into micro-batches per process (`check_processes`), the device, compilation and
+attention kernel (`choose_device`), and whether the CPU computes in bf16."""
 
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
+
+from lit_gpt.attention import choose_attention
+from lit_gpt.config import Config
+from lit_gpt.training.float8 import check_float8
+
+
+def check_processes(
+    devices: Union[int, str], num_nodes: int, accelerator: str, global_batch_size: int, micro_batch_size: int
+) -> Tuple[int, int]:
+    """(world size, micro-batches per optimizer step on each process) of `--devices`, `--num_nodes` and the batch
+    sizes, refused where torchrun started other processes or the batch does not divide evenly."""
+    world_size = num_processes(devices, num_nodes, accelerator)
+    check_launcher(world_size, num_nodes)
+    return world_size, gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
+
+
+def choose_device(
+    config: Config,
+    accelerator: str,
+    precision: str,
+    compile: Optional[bool],
+    attention: str,
+    fp8: Optional[str] = None,
+) -> Tuple[torch.device, bool, str, str]:
+    """(device, whether to compile, attention kernel, the line that says why) of `--accelerator`, `--compile`,
+    `--attention` and `--fp8`: CUDA when asked for or (`auto`) available, compiled there unless told otherwise; an
+    `--fp8` or `--attention` that cannot run there is refused."""
+    cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    compile = cuda if compile is None else compile
+    device = torch.device("cuda" if cuda else "cpu")
+    check_float8(fp8, device)
+    attention, attention_note = choose_attention(attention, config, device, precision)
+    return device, compile, attention, attention_note
 
 
 def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) -> int:

@@ -26,9 +26,12 @@ either way.
 
 import logging
 from functools import partial
-from typing import Literal, Optional, Tuple
+from pathlib import Path
+from typing import Literal, Optional, Tuple, Union
 
+import lightning as L
 import torch
+from lightning.fabric.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -37,6 +40,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from lit_gpt.attention import KERNELS
 from lit_gpt.model import GPT, Block, CausalSelfAttention
 from lit_gpt.training.float8 import convert_to_float8
+from lit_gpt.training.logger import choose_logger
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # where Lightning announces the process group when it starts it: "Initializing distributed: GLOBAL_RANK: 0, MEMBER:
@@ -154,6 +158,34 @@ def parallelize(
 def make_parallelize_fn(**kwargs) -> "partial[GPT]":
     """`parallelize` with its options bound, as `ModelParallelStrategy(parallelize_fn=...)` wants it."""
     return partial(parallelize, **kwargs)
+
+
+def model_parallel_fabric(
+    accelerator: str,
+    devices: Union[int, str],
+    num_nodes: int,
+    precision: str,
+    world_size: int,
+    logger_name: str,
+    out_dir: Path,
+    run_name: str,
+    **parallelize_kwargs,
+) -> L.Fabric:
+    """The Fabric of a training script: `ModelParallelStrategy` with `parallelize` (given `parallelize_kwargs`) over
+    all `world_size` processes, saving sharded checkpoints, or a single file with one process (the converter reads
+    it), and the logger `logger_name` (`choose_logger`)."""
+    parallelize_fn = make_parallelize_fn(**parallelize_kwargs)
+    # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
+    strategy = ModelParallelStrategy(
+        parallelize_fn, data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True
+    )
+    if world_size == 1:
+        strategy._save_distributed_checkpoint = False  # one process: a single file (the converter reads it)
+    logger = choose_logger(logger_name, out_dir, run_name)
+    return L.Fabric(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=precision, strategy=strategy,
+        loggers=logger,
+    )  # fmt: skip
 
 
 def checkpoint(block: Block) -> nn.Module:
