@@ -160,7 +160,7 @@ def setup(
     )
     fabric = model_parallel_fabric(
         accelerator, devices, num_nodes, precision, world_size, logger_name, out_dir,
-        f"full-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}", precision=precision, compile=compile,
+        f"full-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}", compile=compile,
         activation_checkpointing=activation_checkpointing, reshard_after_forward=reshard_after_forward,
         attention=attention,
     )  # fmt: skip

@@ -238,7 +238,7 @@ def setup(
     )
     fabric = model_parallel_fabric(
         accelerator, devices, num_nodes, precision, world_size, logger_name, out_dir,
-        f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}", precision=precision, compile=compile,
+        f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}", compile=compile,
         activation_checkpointing=activation_checkpointing, sharding=sharding, devices_per_node=world_size // num_nodes,
         reshard_after_forward=reshard_after_forward, attention=attention, fp8=fp8, fp8_fast_accum=fp8_fast_accum,
     )  # fmt: skip

@@ -19,7 +19,9 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+import yaml
 
 from lit_gpt.data.prepare import prepared_separators
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
@@ -64,8 +66,6 @@ def data_sources(
     elif isinstance(train_data, dict):
         mapping = train_data
     else:
-        import yaml
-
         path = Path(train_data)
         if not path.is_file():
             raise FileNotFoundError(
@@ -170,8 +170,7 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
     embedding for: data tokenized with a tokenizer of a larger vocabulary, which would fail at the first step (an
     IndexError on CPU, a device-side assert on a GPU). One chunk per folder is read (a few MB): a tokenizer that does
     not fit shows in every chunk."""
-    import numpy as np
-    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING  # lazy: litdata is heavy (~2 s)
 
     for folder in folders:
         if "://" in folder:
@@ -287,6 +286,7 @@ def mixture_dataloader(
 ):
     """The (folder, weight) `sources`, each shuffled, each batch row drawn from a source with probability its weight's
     share, in batches of (batch_size, block_size + 1)."""
+    # lazy: litdata is heavy (~2 s to import), and the checks above run before any loader is built
     from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
 
     datasets = [
@@ -314,7 +314,7 @@ def mixture_dataloader(
 
 def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: int):
     """The validation folder in order, in batches of (batch_size, block_size + 1); every process gets as many."""
-    from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader
+    from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader  # lazy: heavy, as above
 
     dataset = StreamingDataset(
         input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=False, drop_last=True

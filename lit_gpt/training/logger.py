@@ -16,7 +16,7 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
         return TensorBoardLogger(root_dir=out_dir / "logs", name="tensorboard")
     if name == "csv":
         # Lightning's (not Fabric's) CSV logger: it also writes the hyperparameters (hparams.yaml)
-        from lightning.pytorch.loggers import CSVLogger
+        from lightning.pytorch.loggers import CSVLogger  # lazy: lightning.pytorch is heavy, only for this logger
 
         return CSVLogger(save_dir=out_dir / "logs", name="csv", flush_logs_every_n_steps=1)
     if name == "wandb":
@@ -25,7 +25,7 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
                 "--logger_name wandb needs wandb, which this Python lacks: `pip install wandb`; or pass "
                 "--logger_name tensorboard or csv"
             )
-        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.loggers import WandbLogger  # lazy: heavy, and wandb is optional
 
         offline = not wandb_key_configured()
         return WandbLogger(project="lit-gpt-pretrain", name=run_name, save_dir=out_dir / "logs", offline=offline)

@@ -171,10 +171,10 @@ def model_parallel_fabric(
     run_name: str,
     **parallelize_kwargs,
 ) -> L.Fabric:
-    """The Fabric of a training script: `ModelParallelStrategy` with `parallelize` (given `parallelize_kwargs`) over
-    all `world_size` processes, saving sharded checkpoints, or a single file with one process (the converter reads
-    it), and the logger `logger_name` (`choose_logger`)."""
-    parallelize_fn = make_parallelize_fn(**parallelize_kwargs)
+    """The Fabric of a training script: `ModelParallelStrategy` with `parallelize` (in `precision`, given the other
+    `parallelize_kwargs`) over all `world_size` processes, saving sharded checkpoints, or a single file with one
+    process (the converter reads it), and the logger `logger_name` (`choose_logger`)."""
+    parallelize_fn = make_parallelize_fn(precision=precision, **parallelize_kwargs)
     # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
     strategy = ModelParallelStrategy(
         parallelize_fn, data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True
