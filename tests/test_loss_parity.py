@@ -23,12 +23,13 @@ def load_script():
 def test_bf16_cases_follow_the_float32_reference(tmp_path, data_dir):
     steps = 12
     # bf16 matrix products are slow on CPUs without bf16 units (micro-llama's 32000-token head dominates): short
-    # sequences and few steps keep this under 30 s on 2 cores; a high learning rate makes the weights move
+    # sequences and few steps keep this under 30 s on 2 cores (with bf16 instructions; several minutes without them
+    # under load, hence the generous limit); a high learning rate makes the weights move
     cmd = [sys.executable, str(SCRIPT), "--model_name", "micro-llama", "--block_size", "32", "--micro_batch_size", "2",
            "--steps", str(steps), "--warmup_steps", "2", "--learning_rate", "3e-3", "--min_lr", "3e-4",
            "--data_dir", str(data_dir), "--out_dir", str(tmp_path)]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "ours vs fp32 reference: max" in proc.stdout and "-> within 1%" in proc.stdout, proc.stdout[-2000:]
 
@@ -130,13 +131,14 @@ def test_variants_of_ours_are_judged_against_the_bf16_noise_floor():
 
 def test_a_bf16_nudge_moves_each_weight_by_one_bf16_step():
     script = load_script()
-    value = torch.randn(1000) * 3
+    value = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 3
     nudged = script.nudge({"w": value, "step": torch.tensor(3)}, seed=1, step_dtype=torch.bfloat16)
     rounded = value.to(torch.bfloat16)
     up = nudged["w"] > value
     target = torch.where(up, torch.inf, -torch.inf).to(torch.bfloat16)
     step = torch.nextafter(rounded, target).float() - rounded.float()  # one bf16 step in the direction taken
-    torch.testing.assert_close(nudged["w"] - value, step, rtol=1e-5, atol=0)  # float32 rounding of the sum
+    # exactly one bf16 step added in float32 (a difference `nudged - value` would round again near a power of two)
+    assert torch.equal(nudged["w"], value + step)
     assert (nudged["w"] > value).any() and (nudged["w"] < value).any()
     assert nudged["step"] == 3
     # in float32 it is the float32 neighbour, as before
