@@ -4,9 +4,9 @@
         --out_dir out/full-micro-llama --accelerator cpu --devices 1 --precision 32-true --max_seq_length 256 \
         --global_batch_size 8 --micro_batch_size 4 --max_steps 20 --warmup_steps 2 --save_interval 10
 
-Checkpoints are those of pretraining (`lit_gpt/checkpoint.py`: one file on one process, a directory of shards on
-several), and `scripts/convert_pretrained_checkpoint.py` turns one into a lit checkpoint directory (with
-`--tokenizer_dir` the base checkpoint directory). The data and its template are described in `lit_gpt/instruct.py`.
+Checkpoints are those of pretraining (`lit_gpt/training/checkpoint.py`: one file on one process, a directory of shards
+on several), and `scripts/convert_pretrained_checkpoint.py` turns one into a lit checkpoint directory (with
+`--tokenizer_dir` the base checkpoint directory). The data and its template are described in `lit_gpt/data/instruct.py`.
 """
 
 import os
@@ -23,25 +23,22 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from lightning.fabric.strategies import ModelParallelStrategy  # noqa: E402
 
-from lit_gpt.attention import choose_attention  # noqa: E402
-from lit_gpt.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
-from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
-from lit_gpt.finetune import base_record, check_finetune_flags, fit, instruction_data, restore_rng  # noqa: E402
+from lit_gpt.data.instruct import TemplateName  # noqa: E402
 from lit_gpt.flops import num_parameters  # noqa: E402
-from lit_gpt.instruct import TemplateName  # noqa: E402
-from lit_gpt.logger import choose_logger  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
-from lit_gpt.separators import read_separators  # noqa: E402
-from lit_gpt.utils import (  # noqa: E402
-    check_launcher,
-    check_optimizer_flags,
-    gradient_accumulation_steps,
-    num_processes,
-    optimizer_param_groups,
+from lit_gpt.training.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
+from lit_gpt.training.finetune import (  # noqa: E402
+    base_record,
+    check_finetune_flags,
+    finetune_base,
+    fit,
+    instruction_data,
+    restore_rng,
 )
+from lit_gpt.training.launch import check_processes, choose_device  # noqa: E402
+from lit_gpt.training.optimizer import optimizer_param_groups  # noqa: E402
+from lit_gpt.training.parallel import model_parallel_fabric, reshard_choices  # noqa: E402
 
 # above this many parameters the model is created on the meta device and materialized shard by shard (as in
 # pretraining); below, every process materializes the whole model before sharding
@@ -100,7 +97,7 @@ def setup(
             the keys `--instruction_key`, `--input_key` (optional in each record) and `--output_key` (Alpaca's
             layout). `--val_fraction` of the records are held out for validation: the default needs 11 or more.
         out_dir: Where checkpoints and logs go. Default: `out/full-<model name>`.
-        template: The prompt template the examples are written in (`lit_gpt.instruct.TEMPLATES`): `alpaca` or
+        template: The prompt template the examples are written in (`lit_gpt.data.instruct.TEMPLATES`): `alpaca` or
             `plain`. Generate with the same `--template` (generate/base.py).
         mask_prompt: Take the loss on the response tokens only; false trains on the prompt too.
         max_seq_length: Truncate (or pack) examples to this many tokens. Default: the model's block size.
@@ -151,38 +148,21 @@ def setup(
             Unpickling can run arbitrary code: only for checkpoints from a source you trust.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
-    hparams["data"] = [str(p) for p in data] if isinstance(data, list) else str(data)
-    config, _ = lit_checkpoint_files(checkpoint_dir)
-    # how the base model's documents began and ended: the prompts begin the same way (lit_gpt/separators.py)
-    hparams["separators"] = read_separators(checkpoint_dir).to_dict()
+    config = finetune_base(hparams, checkpoint_dir)
     out_dir = out_dir or Path("out") / f"full-{config.name}"
-    world_size = num_processes(devices, num_nodes, accelerator)
-    check_launcher(world_size, num_nodes)
-    accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
-    check_optimizer_flags(learning_rate, min_lr, warmup_steps, weight_decay, (beta1, beta2), grad_clip)
+    world_size, accumulation = check_processes(devices, num_nodes, accelerator, global_batch_size, micro_batch_size)
     check_finetune_flags(hparams, out_dir, config.block_size)
-    cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
-    compile = cuda if compile is None else compile
-    device = torch.device("cuda" if cuda else "cpu")
-    attention, attention_note = choose_attention(attention, config, device, precision)
+    device, compile, attention, attention_note = choose_device(config, accelerator, precision, compile, attention)
     data = instruction_data(hparams, config.block_size, world_size)
     resume = checkpoint_to_resume(resume, out_dir, hparams["trust_pickle"])
     reshard_after_forward, reshard_after_backward = reshard_choices(
         None, None, num_parameters(config, True), world_size, device, precision
     )
-    parallelize_fn = make_parallelize_fn(
-        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing,
-        reshard_after_forward=reshard_after_forward, attention=attention,
-    )  # fmt: skip
-    strategy = ModelParallelStrategy(
-        parallelize_fn, data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True
-    )
-    if world_size == 1:
-        strategy._save_distributed_checkpoint = False  # one process: a single file (the converter reads it)
-    logger = choose_logger(logger_name, out_dir, f"full-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    fabric = L.Fabric(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=precision, strategy=strategy,
-        loggers=logger,
+    fabric = model_parallel_fabric(
+        accelerator, devices, num_nodes, precision, world_size, logger_name, out_dir,
+        f"full-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}", compile=compile,
+        activation_checkpointing=activation_checkpointing, reshard_after_forward=reshard_after_forward,
+        attention=attention,
     )  # fmt: skip
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()

@@ -6,9 +6,9 @@ is saved.
         --global_batch_size 8 --micro_batch_size 4 --max_steps 20 --warmup_steps 2 --save_interval 10
 
 Each checkpoint `out_dir/step-*.pth` holds the adapter (`lit_gpt.lora.lora_state_dict`), the optimizer state of the
-adapter, the data position and the record of the base checkpoint (`lit_gpt.finetune.base_record`): megabytes, where a
-copy of the model would take gigabytes. `scripts/merge_lora.py` folds it into the base weights as an ordinary lit
-checkpoint directory. The data and its template are described in `lit_gpt/instruct.py`.
+adapter, the data position and the record of the base checkpoint (`lit_gpt.training.finetune.base_record`):
+megabytes, where a copy of the model would take gigabytes. `scripts/merge_lora.py` folds it into the base weights as an
+ordinary lit checkpoint directory. The data and its template are described in `lit_gpt/data/instruct.py`.
 """
 
 import os
@@ -26,29 +26,24 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from lit_gpt.attention import apply_attention, choose_attention  # noqa: E402
-from lit_gpt.checkpoint import (  # noqa: E402
-    check_compatible,
-    latest_to_resume,
-    load_metadata,
-    own_out_dir,
-)
-from lit_gpt.convert import lit_checkpoint_files, load_lit_state_dict  # noqa: E402
-from lit_gpt.finetune import (  # noqa: E402
+from lit_gpt.data.instruct import TemplateName  # noqa: E402
+from lit_gpt.lora import TARGETS, LoRAConfig, apply_lora, lora_state_dict  # noqa: E402
+from lit_gpt.model import GPT  # noqa: E402
+from lit_gpt.training.checkpoint import check_compatible, latest_to_resume, load_metadata, own_out_dir  # noqa: E402
+from lit_gpt.training.finetune import (  # noqa: E402
     base_record,
     check_base,
     check_finetune_flags,
+    finetune_base,
     fit,
     instruction_data,
     restore_rng,
 )
-from lit_gpt.instruct import TemplateName  # noqa: E402
-from lit_gpt.logger import choose_logger  # noqa: E402
-from lit_gpt.lora import TARGETS, LoRAConfig, apply_lora, lora_state_dict  # noqa: E402
-from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.parallel import checkpoint  # noqa: E402
-from lit_gpt.separators import read_separators  # noqa: E402
-from lit_gpt.utils import check_optimizer_flags, gradient_accumulation_steps, optimizer_param_groups  # noqa: E402
+from lit_gpt.training.launch import choose_device, gradient_accumulation_steps  # noqa: E402
+from lit_gpt.training.logger import choose_logger  # noqa: E402
+from lit_gpt.training.optimizer import optimizer_param_groups  # noqa: E402
+from lit_gpt.training.parallel import apply_attention, checkpoint  # noqa: E402
+from lit_gpt.weights import load_lit_state_dict  # noqa: E402
 
 
 def setup(
@@ -110,7 +105,7 @@ def setup(
             the keys `--instruction_key`, `--input_key` (optional in each record) and `--output_key` (Alpaca's
             layout). `--val_fraction` of the records are held out for validation: the default needs 11 or more.
         out_dir: Where checkpoints and logs go. Default: `out/lora-<model name>`.
-        template: The prompt template the examples are written in (`lit_gpt.instruct.TEMPLATES`): `alpaca` or
+        template: The prompt template the examples are written in (`lit_gpt.data.instruct.TEMPLATES`): `alpaca` or
             `plain`. Generate with the same `--template` (generate/base.py).
         mask_prompt: Take the loss on the response tokens only; false trains on the prompt too.
         max_seq_length: Truncate (or pack) examples to this many tokens. Default: the model's block size.
@@ -169,21 +164,14 @@ def setup(
             Unpickling can run arbitrary code: only for checkpoints from a source you trust.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
-    hparams["data"] = [str(p) for p in data] if isinstance(data, list) else str(data)
-    config, _ = lit_checkpoint_files(checkpoint_dir)
-    # how the base model's documents began and ended: the prompts begin the same way (lit_gpt/separators.py)
-    hparams["separators"] = read_separators(checkpoint_dir).to_dict()
+    config = finetune_base(hparams, checkpoint_dir)
     lora = LoRAConfig(
         lora_r, lora_alpha, lora_dropout, lora_query, lora_key, lora_value, lora_projection, lora_mlp, lora_head
     )
     out_dir = out_dir or Path("out") / f"lora-{config.name}"
     accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, 1)
-    check_optimizer_flags(learning_rate, min_lr, warmup_steps, weight_decay, (beta1, beta2), grad_clip)
     check_finetune_flags(hparams, out_dir, config.block_size)
-    cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
-    compile = cuda if compile is None else compile
-    device = torch.device("cuda" if cuda else "cpu")
-    attention, attention_note = choose_attention(attention, config, device, precision)
+    _, compile, attention, attention_note = choose_device(config, accelerator, precision, compile, attention)
     data = instruction_data(hparams, config.block_size, world_size=1)
     hparams.update(out_dir=str(out_dir), world_size=1, model_config=config.to_dict(), compile=compile)
     hparams.update(attention=attention, lora=lora.to_dict(), base=base_record(checkpoint_dir))

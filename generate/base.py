@@ -22,11 +22,11 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from lit_gpt.convert import lit_checkpoint_files  # noqa: E402
+from lit_gpt.data.instruct import TemplateName, apply_template  # noqa: E402
+from lit_gpt.data.separators import encode_prompt, read_separators, stop_ids  # noqa: E402
 from lit_gpt.generate import generate, load_model  # noqa: E402
-from lit_gpt.instruct import TemplateName, apply_template  # noqa: E402
-from lit_gpt.separators import encode_prompt, read_separators, stop_ids  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
+from lit_gpt.weights import lit_checkpoint_files  # noqa: E402
 
 
 def main(
@@ -48,7 +48,7 @@ def main(
             written by `scripts/convert_pretrained_checkpoint.py` or `scripts/convert_hf_checkpoint.py`.
         prompt: The text to continue. It is preceded by the token that preceded every document in training: bos,
             or eos for a model trained on documents with eos after each alone (the checkpoint's `separators.json`,
-            see `lit_gpt/separators.py`).
+            see `lit_gpt/data/separators.py`).
         num_samples: How many samples to draw, one after the other.
         max_new_tokens: The most tokens to generate per sample; a sample also stops at the eos token, and for a model
             pretrained with bos alone before each document (TinyLlama's convention) at bos: a next document began.
@@ -56,7 +56,7 @@ def main(
         top_k: Sample among the `top_k` most likely tokens only; `--top_k null` samples from every token.
         precision: Weights and compute dtype; by default bf16-true on a GPU that supports it, else 32-true.
         seed: Random seed of the sampling.
-        template: Put the prompt into this instruction template (`alpaca` or `plain`, as `lit_gpt/instruct.py`
+        template: Put the prompt into this instruction template (`alpaca` or `plain`, as `lit_gpt/data/instruct.py`
             writes them), as the finetuning scripts' `--template` did, and print only the response. Default: the
             prompt is plain text to continue.
         input: With `--template`: the instruction's input (context), as the records' `input` in finetuning.
@@ -82,9 +82,9 @@ def main(
     lit_checkpoint_files(checkpoint_dir)  # a missing or incomplete checkpoint says so before the tokenizer is read
     fabric = L.Fabric(devices=1, precision=precision)
     tokenizer = Tokenizer(checkpoint_dir)
-    # with --template, the prompt is the one finetuning put before each response (lit_gpt/instruct.py)
+    # with --template, the prompt is the one finetuning put before each response (lit_gpt/data/instruct.py)
     text = prompt if template is None else apply_template(template, prompt, input)
-    # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/separators.py); before the
+    # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/data/separators.py); before the
     # weights are read, so that a separators.json or tokenizer that cannot give it says so at once
     separators = read_separators(checkpoint_dir)
     prompt_ids = encode_prompt(tokenizer, text, separators)

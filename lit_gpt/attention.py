@@ -22,7 +22,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from lit_gpt.config import Config
 from lit_gpt.documents import Documents
@@ -47,8 +48,6 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, scale: float, documents: Any = None) -
     elif isinstance(documents, Tensor):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=documents, scale=scale, enable_gqa=True)
     else:
-        from torch.nn.attention.flex_attention import flex_attention
-
         y = flex_attention(q, k, v, block_mask=documents, scale=scale, enable_gqa=True)
     return y.transpose(1, 2)
 
@@ -58,8 +57,6 @@ def prepare_sdpa(documents: Documents) -> Any:
     score matrix that hold allowed pairs are computed), the explicit (B, 1, T, T) mask elsewhere."""
     if not documents.ids.is_cuda:
         return documents.mask()
-    from torch.nn.attention.flex_attention import create_block_mask
-
     ids = documents.ids
 
     def same_document(b, h, q_idx, kv_idx):
@@ -74,7 +71,7 @@ sdpa.prepare = prepare_sdpa
 
 @torch.library.custom_op("lit_gpt::fa4_forward", mutates_args=(), device_types="cuda")
 def _fa4_forward(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
-    from flash_attn.cute.interface import _flash_attn_fwd
+    from flash_attn.cute.interface import _flash_attn_fwd  # lazy: optional (the hopper extra)
 
     out, lse, *_ = _flash_attn_fwd(q, k, v, softmax_scale=scale, causal=True, return_lse=True)
     return out, lse
@@ -90,7 +87,7 @@ def _(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tuple[Tensor, Tensor]:
 def _fa4_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, scale: float
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    from flash_attn.cute.interface import _flash_attn_bwd
+    from flash_attn.cute.interface import _flash_attn_bwd  # lazy: optional (the hopper extra)
 
     dq, dk, dv = _flash_attn_bwd(q, k, v, out, grad_out, lse, scale, True)
     return dq, dk, dv
@@ -121,7 +118,7 @@ _fa4_forward.register_autograd(_fa4_grad, setup_context=_fa4_setup_context)
 def _fa4_varlen_forward(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor, max_seqlen: int, scale: float
 ) -> Tuple[Tensor, Tensor]:
-    from flash_attn.cute.interface import _flash_attn_fwd
+    from flash_attn.cute.interface import _flash_attn_fwd  # lazy: optional (the hopper extra)
 
     out, lse, *_ = _flash_attn_fwd(
         q, k, v, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
@@ -141,7 +138,7 @@ def _fa4_varlen_backward(
     grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, cu_seqlens: Tensor, max_seqlen: int,
     scale: float,
 ) -> Tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    from flash_attn.cute.interface import _flash_attn_bwd
+    from flash_attn.cute.interface import _flash_attn_bwd  # lazy: optional (the hopper extra)
 
     dq, dk, dv = _flash_attn_bwd(
         q, k, v, out, grad_out, lse, scale, True, cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens,
@@ -208,7 +205,7 @@ def fa4_unsuitable(config: Config, device: torch.device, precision: str) -> Opti
     if not (8 <= config.head_size <= 256 and config.head_size % 8 == 0):
         return f"flash-attn-4 needs a head size of 8..256 in steps of 8, {config.name} has {config.head_size}"
     try:
-        import flash_attn.cute  # noqa: F401
+        import flash_attn.cute  # noqa: F401 (lazy: optional, the hopper extra)
     except Exception as e:  # ImportError, or the CUTLASS DSL failing to load its libraries
         return f"flash-attn-4 does not import ({type(e).__name__}: {e}); `pip install -e '.[hopper]'` installs it"
     return None
@@ -229,14 +226,3 @@ def choose_attention(backend: str, config: Config, device: torch.device, precisi
     if reason:
         return "sdpa", f"attention: sdpa (--attention auto: {reason})"
     return "fa4", "attention: fa4 (flash-attn-4, --attention auto on this GPU)"
-
-
-def apply_attention(model: nn.Module, kernel: str) -> None:
-    """Set every attention layer of `model` to `kernel` (a name of `KERNELS`), in place; call before compiling."""
-    from lit_gpt.model import GPT, CausalSelfAttention
-
-    for module in model.modules():
-        if isinstance(module, CausalSelfAttention):
-            module.attention = KERNELS[kernel]
-        if isinstance(module, GPT):  # its forward pass prepares the document mask for this kernel
-            module.prepare_documents = KERNELS[kernel].prepare

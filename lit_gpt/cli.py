@@ -55,7 +55,7 @@ class UserError(Exception):
 
 def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
     """Parse the command line (`sys.argv[1:]` unless `args`) into `function`'s parameters and call it."""
-    from jsonargparse import CLI
+    from jsonargparse import CLI  # lazy: the modules that import this one for UserError stay light
 
     args = list(sys.argv[1:] if args is None else args)
     try:

@@ -1,7 +1,7 @@
 """Documents inside packed training rows, for attention that stays within each document (`--document_mask`).
 
 Training rows are windows cut from documents laid end to end, each followed by the end-of-document token (`eos`,
-see the separator convention in `lit_gpt/separators.py`). With a document mask a position attends only to the
+see the separator convention in `lit_gpt/data/separators.py`). With a document mask a position attends only to the
 earlier positions of its own document, where a document ends with, and includes, each `eos`: the row
 [a a eos b b eos c] holds three documents, and the `eos` after `a a` belongs to the first. A row that starts or ends
 in the middle of a document holds a piece of it, which is a document of that row.

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 
 from lit_gpt.config import Config
+from lit_gpt.model import GPT
 
 # dense bf16 tensor-core peaks (no sparsity), by a substring of `torch.cuda.get_device_name()`
 PEAK_BF16_FLOPS = {
@@ -26,8 +27,6 @@ PEAK_BF16_FLOPS = {
 
 def num_parameters(config: Config, include_embedding: bool = False) -> int:
     """The parameter count of `GPT(config)`, computed from the config alone."""
-    from lit_gpt.model import GPT
-
     with torch.device("meta"):
         model = GPT(config)
     total = sum(p.numel() for p in model.parameters())

@@ -6,8 +6,8 @@ from typing import Optional, Sequence, Union
 import lightning as L
 import torch
 
-from lit_gpt.convert import lit_checkpoint_files, load_lit_state_dict
 from lit_gpt.model import GPT
+from lit_gpt.weights import lit_checkpoint_files, load_lit_state_dict
 
 
 def load_model(fabric: L.Fabric, checkpoint_dir: Path) -> GPT:
@@ -44,7 +44,7 @@ def generate(
     vocab_size: Optional[int] = None,
 ) -> torch.Tensor:
     """The prompt (T,) followed by up to `max_new_tokens` generated tokens, stopping after `eos_id` (an id, or
-    several: `lit_gpt.separators.stop_ids`). With
+    several: `lit_gpt.data.separators.stop_ids`). With
     `vocab_size` (the tokenizer's), only ids below it are sampled: the model's (padded) vocabulary can be larger than
     the tokenizer's, whose decoding fails on an id it does not have.
 

@@ -1,4 +1,5 @@
-"""LoRA (https://arxiv.org/abs/2106.09685), applied to a plain `GPT` from outside, as `lit_gpt/float8.py` swaps layers.
+"""LoRA (https://arxiv.org/abs/2106.09685), applied to a plain `GPT` from outside, as `lit_gpt/training/float8.py` swaps
+layers.
 
 `apply_lora(model, config)` replaces the chosen linear layers with `LoRALinear`, which keeps the layer's `weight`
 and `bias` under their names (a base `lit_model.pth` loads into it unchanged) and adds a rank-`r` update
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_gpt.config import Config
+from lit_gpt.weights import strip_wrapper_prefixes
 
 # the config's fields that choose layers, and what they mean (the scripts' `--lora_*` help)
 TARGETS = {
@@ -175,8 +177,6 @@ def apply_lora(model: nn.Module, lora: LoRAConfig) -> int:
 def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The adapter tensors of `model` by their state-dict names (`transformer.h.0.attn.attn.lora_A`, ...), on the CPU:
     nothing of the base model."""
-    from lit_gpt.convert import strip_wrapper_prefixes
-
     return {
         strip_wrapper_prefixes(k): v.detach().cpu()
         for k, v in model.state_dict().items()

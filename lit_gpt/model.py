@@ -3,7 +3,7 @@
 Pre-norm blocks, rotary position embeddings, grouped-query attention (`scaled_dot_product_attention` unless
 `lit_gpt/attention.py` sets another kernel), SwiGLU MLP, RMSNorm, untied output head. State-dict names and layouts are
 lit-gpt's, so `lit_model.pth` files move between the two projects. Sharding, mixed precision and compilation are
-applied from outside (see `lit_gpt/parallel.py`); nothing here knows about them.
+applied from outside (see `lit_gpt/training/parallel.py`); nothing here knows about them.
 """
 
 import math
@@ -40,7 +40,7 @@ class GPT(nn.Module):
         # time, and plain elsewhere, where it is the faster of the two (~15x on CPU)
         self.fused_loss: Optional[bool] = None
         # builds what the attention kernel reads for a document mask (set with the kernel by
-        # `lit_gpt.attention.apply_attention`)
+        # `lit_gpt.training.parallel.apply_attention`)
         self.prepare_documents = sdpa.prepare
         self.reset_parameters()
 
@@ -166,7 +166,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
         self.kv_cache: Optional[KVCache] = None
         # causal attention over a whole sequence, (B, T, heads, head_size) in and out: SDPA unless
-        # `lit_gpt.attention.apply_attention` sets another kernel
+        # `lit_gpt.training.parallel.apply_attention` sets another kernel
         self.attention = sdpa
         self.config = config
 
@@ -200,7 +200,7 @@ class CausalSelfAttention(nn.Module):
         q = apply_rope(q, cos, sin, C.rope_n_elem)
         k = apply_rope(k, cos, sin, C.rope_n_elem).contiguous()
         scale = 1.0 / math.sqrt(C.head_size)
-        if input_pos is None and documents is None:  # the kernel set by `lit_gpt.attention.apply_attention`
+        if input_pos is None and documents is None:  # the kernel set by `lit_gpt.training.parallel.apply_attention`
             y = self.attention(q, k, v, scale)
         elif input_pos is None:  # attention within documents, from what the kernel's `prepare` built
             y = self.attention(q, k, v, scale, documents)
@@ -227,7 +227,7 @@ class LLaMAMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = self.fc_1(x), self.fc_2(x)
-        # a subclass of nn.Linear (float8 training swaps them in, lit_gpt/float8.py) computes its own product
+        # a subclass of nn.Linear (float8 training swaps them in, lit_gpt/training/float8.py) computes its own product
         if type(self.proj) is nn.Linear and self.proj.bias is None and torch.is_grad_enabled():
             return swiglu_linear(a, b, self.proj.weight)
         return self.proj(F.silu(a) * b)

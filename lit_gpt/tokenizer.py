@@ -27,7 +27,7 @@ class Tokenizer:
         config = _read_json(checkpoint_dir / "tokenizer_config.json")
 
         if (checkpoint_dir / "tokenizer.model").is_file():
-            from sentencepiece import SentencePieceProcessor
+            from sentencepiece import SentencePieceProcessor  # lazy: only the backend of the directory's files
 
             self.backend = "sentencepiece"
             try:
@@ -39,7 +39,7 @@ class Tokenizer:
             self.bos_id = self.processor.bos_id() if self.processor.bos_id() >= 0 else None
             self.eos_id = self.processor.eos_id() if self.processor.eos_id() >= 0 else None
         elif (checkpoint_dir / "tokenizer.json").is_file():
-            from tokenizers import Tokenizer as HFTokenizer
+            from tokenizers import Tokenizer as HFTokenizer  # lazy: only the backend of the directory's files
 
             self.backend = "huggingface"
             try:
@@ -123,6 +123,7 @@ def sentencepiece_to_tokenizers(model_file: Union[Path, str], add_bos_token: boo
     tokens (`<s>`) are special tokens: loaded with `split_special_tokens` (as `save_tokenizer_files` writes it), a
     literal "<s>" in a text is text, as for SentencePiece. User-defined symbols become added tokens.
     """
+    # lazy: protobuf and both backends, only for an export's tokenizer.json
     from sentencepiece import sentencepiece_model_pb2
     from tokenizers import AddedToken, Regex, decoders, models, normalizers, processors
     from tokenizers import Tokenizer as HFTokenizer

@@ -12,7 +12,7 @@ With no arguments this is TinyLlama's recipe on every local GPU. A small run on 
 (40 steps of 8 × 256 tokens in all: the first command stops after 20, the second resumes the same schedule.)
 
 The data directory holds litdata chunks from `scripts/prepare_slimpajama.py` and `scripts/prepare_starcoder.py`:
-`slimpajama/train`, `slimpajama/val` and `starcoder`. Checkpoints are described in `lit_gpt/checkpoint.py`.
+`slimpajama/train`, `slimpajama/val` and `starcoder`. Checkpoints are described in `lit_gpt/training/checkpoint.py`.
 """
 
 import math
@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,10 +31,26 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from lightning.fabric.strategies import ModelParallelStrategy  # noqa: E402
 
-from lit_gpt.attention import choose_attention  # noqa: E402
-from lit_gpt.checkpoint import (  # noqa: E402
+from lit_gpt.config import Config, check_same_architecture  # noqa: E402
+from lit_gpt.data.loaders import (  # noqa: E402
+    check_data_dir,
+    check_prepared,
+    check_token_ids,
+    cycle_full_batches,
+    data_eos_id,
+    data_separators,
+    data_sources,
+    mixture_dataloader,
+    recorded_sources,
+    val_dataloader,
+    vocab_note,
+)
+from lit_gpt.documents import check_document_flags  # noqa: E402
+from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
+from lit_gpt.model import GPT, init_weights  # noqa: E402
+from lit_gpt.signals import StopSignal  # noqa: E402
+from lit_gpt.training.checkpoint import (  # noqa: E402
     checkpoint_path,
     find_latest,
     later_checkpoints,
@@ -45,39 +61,15 @@ from lit_gpt.checkpoint import (  # noqa: E402
     save_checkpoint,
     save_pruned,
 )
-from lit_gpt.config import Config, check_same_architecture  # noqa: E402
-from lit_gpt.convert import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
-from lit_gpt.dataloaders import (  # noqa: E402
-    check_data_dir,
-    check_prepared,
-    check_token_ids,
-    cycle_full_batches,
-    data_eos_id,
-    data_separators,
-    data_sources,
-    mixture_dataloader,
-    val_dataloader,
-    vocab_note,
-)
-from lit_gpt.documents import check_document_flags  # noqa: E402
-from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
-from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
-from lit_gpt.logger import choose_logger  # noqa: E402
-from lit_gpt.lr import cosine_lr, warmup_warning  # noqa: E402
-from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.parallel import make_parallelize_fn, reshard_choices  # noqa: E402
-from lit_gpt.resources import check_cpu_run  # noqa: E402
-from lit_gpt.signals import StopSignal  # noqa: E402
-from lit_gpt.training import document_bounds, training_step, validate  # noqa: E402
-from lit_gpt.utils import (  # noqa: E402
-    check_launcher,
-    check_optimizer_flags,
-    cpu_has_bf16,
-    format_metrics,
-    gradient_accumulation_steps,
-    num_processes,
-    optimizer_param_groups,
-)
+from lit_gpt.training.float8 import precompute_scales_after_step  # noqa: E402
+from lit_gpt.training.launch import check_processes, choose_device, cpu_has_bf16  # noqa: E402
+from lit_gpt.training.logger import format_metrics  # noqa: E402
+from lit_gpt.training.lr import cosine_lr, warmup_warning  # noqa: E402
+from lit_gpt.training.optimizer import check_optimizer_flags, optimizer_param_groups  # noqa: E402
+from lit_gpt.training.parallel import model_parallel_fabric, reshard_choices  # noqa: E402
+from lit_gpt.training.resources import check_cpu_run  # noqa: E402
+from lit_gpt.training.step import document_bounds, training_step, validate  # noqa: E402
+from lit_gpt.weights import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 
 # above this many parameters the model is created on the meta device and initialized shard by shard after sharding;
 # below, every process initializes the whole model with the same seed (identical across world sizes)
@@ -157,7 +149,7 @@ def setup(
             (true) or only after the last micro-batch of an optimizer step (false: the weights gathered for one
             micro-batch serve the next). Default for both: off, so one all-gather per optimizer step, with one
             process per shard group or when the model's bf16 weights take at most 5% of a GPU's memory
-            (TinyLlama-1.1B: 2.2 GB); on otherwise (`lit_gpt.parallel.keep_weights_gathered`). Set both on a
+            (TinyLlama-1.1B: 2.2 GB); on otherwise (`lit_gpt.training.parallel.keep_weights_gathered`). Set both on a
             cluster of GPUs of different memory sizes, where processes could otherwise decide differently.
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
@@ -228,16 +220,109 @@ def setup(
     config = model_config(model_name, block_size, initial_checkpoint_dir)
     hparams["model_name"] = model_name = config.name
     out_dir = out_dir or Path("out") / model_name
-    world_size = num_processes(devices, num_nodes, accelerator)
-    check_launcher(world_size, num_nodes)
-    accumulation = gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
-    check_counts(log_interval, eval_interval, eval_iters, save_interval, max_nonfinite_steps)
-    check_optimizer_flags(learning_rate, min_lr, warmup_steps, weight_decay, (beta1, beta2), grad_clip)
-    if seed < 0:
-        raise ValueError(f"--seed {seed} must not be negative (the generators take 0 to 2**32 - 1)")
-    if keep_last is not None and keep_last < 1:
-        raise ValueError(f"--keep_last {keep_last} must be at least 1 (the checkpoint to resume from); leave it out "
-                         "to keep every checkpoint")  # fmt: skip
+    # every refusal before any note, output or work; the data's last, as they read the folders
+    world_size, accumulation = check_processes(devices, num_nodes, accelerator, global_batch_size, micro_batch_size)
+    check_loop_flags(hparams)
+    check_resume(resume, out_dir)
+    run_steps = planned_steps(config, global_batch_size, max_tokens, max_steps)
+    device, compile, attention, attention_note = choose_device(config, accelerator, precision, compile, attention, fp8)
+    check_document_flags(document_mask, document_positions, eos_id)
+    if device.type != "cuda":  # refuse what would not fit or would take hours per step, before the data or the model
+        check_cpu_run(config, precision, micro_batch_size, global_batch_size, world_size // num_nodes, num_nodes,
+                      activation_checkpointing)  # fmt: skip
+    folders = check_data(hparams, config, initial_checkpoint_dir)
+
+    shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
+    reshard_after_forward, reshard_after_backward = reshard_choices(
+        reshard_after_forward, reshard_after_backward, num_parameters(config, True), shard_size, device, precision
+    )
+    fabric = model_parallel_fabric(
+        accelerator, devices, num_nodes, precision, world_size, logger_name, out_dir,
+        f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}", compile=compile,
+        activation_checkpointing=activation_checkpointing, sharding=sharding, devices_per_node=world_size // num_nodes,
+        reshard_after_forward=reshard_after_forward, attention=attention, fp8=fp8, fp8_fast_accum=fp8_fast_accum,
+    )  # fmt: skip
+    if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
+        fabric.launch()
+    with own_out_dir(fabric, out_dir):  # before anything is written there
+        # notes on a run that goes ahead, after every check above: a refused run prints its error line alone
+        for note in run_notes(hparams, config, run_steps, folders, device):
+            fabric.print(note, file=sys.stderr)
+        hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
+        hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
+        hparams.update(attention=attention)
+        fabric.print(hparams)
+        mask = f"within documents (eos id {hparams['eos_id']})" if document_mask else "across documents"
+        fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
+        fabric.logger.log_hyperparams(hparams)
+        main(fabric, config, hparams, out_dir, accumulation, resume)
+
+
+# The checks of setup's flags by concern, in the order of --help (setup calls them cheapest first, the data last)
+
+
+def check_data(h: Dict[str, Any], config: Config, initial_checkpoint_dir: Optional[Path]) -> List[str]:
+    """Refuse training or validation data that is not prepared, holds token ids the model has no embedding for, or
+    (with --document_mask) no end-of-document id to split at; record in `h` what the run reads (its sources, the
+    validation folder, the eos id, the document separators) instead of the data flags it does not use. Returns the
+    data folders. The separators come last: a convention other than that of `initial_checkpoint_dir`'s weights is a
+    note."""
+    train_data, val_data = h["train_data"], h["val_data"]
+    train_sources, val_dir = data_sources(h["data_dir"], h["data_weights"], train_data, val_data)
+    if train_data is None and val_data is None:
+        check_data_dir(h["data_dir"])
+    else:
+        check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
+        check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
+    folders = [*(folder for folder, _ in train_sources), val_dir]
+    check_token_ids(folders, config.padded_vocab_size, config.name)
+    if h["document_mask"]:
+        h["eos_id"] = data_eos_id(folders, h["eos_id"], config.padded_vocab_size)  # validation is masked alike
+    # the settings printed and saved name the data the run reads: --train_data replaces --data_dir's training sources
+    # and --data_weights, --val_data its validation split
+    del h["data_weights" if train_data is not None else "train_data"]
+    if val_data is None:
+        del h["val_data"]
+    elif train_data is not None:
+        del h["data_dir"]
+    h.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py)
+    h["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
+    return folders
+
+
+def planned_steps(config: Config, global_batch_size: int, max_tokens: int, max_steps: Optional[int]) -> int:
+    """The optimizer steps this run takes: those of `--max_tokens` (the schedule's length), or fewer with
+    `--max_steps`; refused when there would be none."""
+    tokens_per_step = global_batch_size * config.block_size
+    if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
+        raise ValueError(
+            f"--max_tokens {max_tokens:,} is less than one optimizer step of {tokens_per_step:,} tokens "
+            f"(--global_batch_size {global_batch_size} × {config.block_size}-token sequences): there would be no step "
+            "to train. Raise --max_tokens, or limit the run with --max_steps instead"
+        )
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
+    return max_tokens // tokens_per_step if max_steps is None else min(max_steps, max_tokens // tokens_per_step)
+
+
+def check_loop_flags(h: Dict[str, Any]) -> None:
+    """Refuse the optimizer's and the schedule's flags, the loop's counts, the seed and --keep_last where they would
+    fail later or lose work."""
+    check_counts(h["log_interval"], h["eval_interval"], h["eval_iters"], h["save_interval"], h["max_nonfinite_steps"])
+    check_optimizer_flags(
+        h["learning_rate"], h["min_lr"], h["warmup_steps"], h["weight_decay"], (h["beta1"], h["beta2"]), h["grad_clip"]
+    )
+    if h["seed"] < 0:
+        raise ValueError(f"--seed {h['seed']} must not be negative (the generators take 0 to 2**32 - 1)")
+    if h["keep_last"] is not None and h["keep_last"] < 1:
+        raise ValueError(f"--keep_last {h['keep_last']} must be at least 1 (the checkpoint to resume from); leave it "
+                         "out to keep every checkpoint")  # fmt: skip
+
+
+def check_resume(resume: Union[bool, str, Path], out_dir: Path) -> None:
+    """Refuse a fresh run into an `out_dir` of an earlier one, and a resume from a checkpoint older than some in
+    `out_dir`: either would overwrite them one by one."""
     if not resume and (latest := find_latest(out_dir)):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
@@ -250,86 +335,17 @@ def setup(
             "run would overwrite them one by one, and `--resume auto` would meanwhile pick them up. Pass another "
             "--out_dir for the resumed run, or move them away."
         )
-    tokens_per_step = global_batch_size * config.block_size
-    if max_tokens < tokens_per_step:  # the run would end at once, after 0 steps
-        raise ValueError(
-            f"--max_tokens {max_tokens:,} is less than one optimizer step of {tokens_per_step:,} tokens "
-            f"(--global_batch_size {global_batch_size} × {config.block_size}-token sequences): there would be no step "
-            "to train. Raise --max_tokens, or limit the run with --max_steps instead"
-        )
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"--max_steps {max_steps} must be at least 1; leave it out to train for --max_tokens")
-    run_steps = max_tokens // tokens_per_step if max_steps is None else min(max_steps, max_tokens // tokens_per_step)
-    cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
-    compile = cuda if compile is None else compile
-    device = torch.device("cuda" if cuda else "cpu")
-    check_float8(fp8, device)
-    attention, attention_note = choose_attention(attention, config, device, precision)
-    check_document_flags(document_mask, document_positions, eos_id)
-    if not cuda:  # refuse what would not fit or would take hours per step, before the data or the model is touched
-        check_cpu_run(config, precision, micro_batch_size, global_batch_size, world_size // num_nodes, num_nodes,
-                      activation_checkpointing)  # fmt: skip
-    train_sources, val_dir = data_sources(data_dir, data_weights, train_data, val_data)
-    if train_data is None and val_data is None:
-        check_data_dir(data_dir)
-    else:
-        check_prepared([folder for folder, _ in train_sources], "--train_data" if train_data else "--data_dir")
-        check_prepared([val_dir], "--val_data" if val_data else "--data_dir")
-    folders = [*(folder for folder, _ in train_sources), val_dir]
-    check_token_ids(folders, config.padded_vocab_size, model_name)
-    if document_mask:
-        hparams["eos_id"] = data_eos_id(folders, eos_id, config.padded_vocab_size)  # validation is masked alike
-    # the settings printed and saved name the data the run reads: --train_data replaces --data_dir's training sources
-    # and --data_weights, --val_data its validation split
-    del hparams["data_weights" if train_data is not None else "train_data"]
-    if val_data is None:
-        del hparams["val_data"]
-    elif train_data is not None:
-        del hparams["data_dir"]
-    hparams.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
-    # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/separators.py).
-    # The last check, as it may print a note (a convention other than that of --initial_checkpoint_dir's weights)
-    hparams["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
 
-    shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
-    reshard_after_forward, reshard_after_backward = reshard_choices(
-        reshard_after_forward, reshard_after_backward, num_parameters(config, True), shard_size, device, precision
-    )
-    parallelize_fn = make_parallelize_fn(
-        precision=precision, compile=compile, activation_checkpointing=activation_checkpointing, sharding=sharding,
-        devices_per_node=world_size // num_nodes, reshard_after_forward=reshard_after_forward, attention=attention,
-        fp8=fp8, fp8_fast_accum=fp8_fast_accum,
-    )  # fmt: skip
-    # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
-    strategy = ModelParallelStrategy(
-        parallelize_fn, data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True
-    )
-    if world_size == 1:
-        strategy._save_distributed_checkpoint = False  # one process: a single file (the converter reads it)
-    run_name = f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    logger = choose_logger(logger_name, out_dir, run_name)
-    fabric = L.Fabric(
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=precision, strategy=strategy,
-        loggers=logger,
-    )  # fmt: skip
-    if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
-        fabric.launch()
-    with own_out_dir(fabric, out_dir):  # before anything is written there
-        # notes on a run that goes ahead, after every check above: a refused run prints its error line alone
-        notes = [warmup_warning(warmup_steps, run_steps, learning_rate)]
-        notes.append(vocab_note(folders, config.vocab_size, model_name))
-        if precision != "32-true" and not cuda and not cpu_has_bf16():  # --accelerator cpu, or auto without a GPU
-            notes.append(f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true")
-        for note in filter(None, notes):
-            fabric.print(note, file=sys.stderr)
-        hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
-        hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
-        hparams.update(attention=attention)
-        fabric.print(hparams)
-        mask = f"within documents (eos id {hparams['eos_id']})" if document_mask else "across documents"
-        fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
-        fabric.logger.log_hyperparams(hparams)
-        main(fabric, config, hparams, out_dir, accumulation, resume)
+
+def run_notes(h: Dict[str, Any], config: Config, run_steps: int, folders: List[str], device: torch.device) -> list:
+    """What a run that goes ahead says first, on stderr: a warmup that does not fit the run, a model of more token ids
+    than the data's tokenizer, bf16 on a CPU that computes it slowly: those that apply."""
+    precision = h["precision"]
+    notes = [warmup_warning(h["warmup_steps"], run_steps, h["learning_rate"])]
+    notes.append(vocab_note(folders, config.vocab_size, config.name))
+    if precision != "32-true" and device.type != "cuda" and not cpu_has_bf16():  # --accelerator cpu, or no GPU
+        notes.append(f"Note: --precision {precision} on a CPU without bf16 instructions is slow; pass 32-true")
+    return [note for note in notes if note]
 
 
 def model_config(
@@ -425,7 +441,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
-        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"])
+        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources)
         train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
@@ -518,7 +534,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
                 "step_time": step_time,
                 # the host's wait for the loader; it costs throughput only where it exceeds the GPU's queued work
                 "data_wait": data_wait_per_step,
-                # GiB, as scripts/benchmark.py and the peer harness count it
+                # GiB, as dev/benchmark.py and the peer harness count it
                 "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if fabric.device.type == "cuda" else None,
                 "remaining_hours": (max_steps - step) * step_time / 3600,
                 "skipped_steps": state["skipped_steps"],

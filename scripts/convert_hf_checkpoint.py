@@ -6,7 +6,7 @@
 Reads `config.json` and the weights (`model.safetensors` or `pytorch_model.bin`, sharded with an index or not) one
 file and one tensor at a time, maps them with `lit_gpt/hf.py` and writes `lit_config.json`, `lit_model.pth` and
 `separators.json` next to them (or into `--output_dir`, with the tokenizer files copied). `separators.json` records
-the document separators the model was trained with, as its tokenizer says (`lit_gpt/separators.py`; TinyLlama,
+the document separators the model was trained with, as its tokenizer says (`lit_gpt/data/separators.py`; TinyLlama,
 Llama-2: bos before each document). `pretrain/tinyllama.py --initial_checkpoint_dir`
 starts from the result.
 """
@@ -26,18 +26,11 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 import torch  # noqa: E402
 
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
-from lit_gpt.convert import (  # noqa: E402
-    LIT_OUTPUTS,
-    LIT_WEIGHT_OUTPUTS,
-    check_weights,
-    copy_tokenizer_files,
-    finish_output_dir,
-    hf_checkpoint_tensors,
-    prepare_output_dir,
-    save_lit_checkpoint,
-)
+from lit_gpt.convert import LIT_OUTPUTS, LIT_WEIGHT_OUTPUTS, hf_checkpoint_tensors  # noqa: E402
+from lit_gpt.data.separators import separators_of_tokenizer, write_separators  # noqa: E402
+from lit_gpt.files import finish_output_dir, prepare_output_dir  # noqa: E402
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
-from lit_gpt.separators import separators_of_tokenizer, write_separators  # noqa: E402
+from lit_gpt.weights import check_weights, copy_tokenizer_files, save_lit_checkpoint  # noqa: E402
 
 
 def convert(

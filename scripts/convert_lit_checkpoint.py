@@ -25,20 +25,10 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 
 import torch  # noqa: E402
 
-from lit_gpt.convert import (  # noqa: E402
-    HF_OUTPUTS,
-    atomic_file,
-    check_hf_tokenizer,
-    check_weights,
-    finish_output_dir,
-    lit_checkpoint_files,
-    load_lit_state_dict,
-    parse_size,
-    prepare_output_dir,
-    save_hf_tokenizer,
-    save_hf_weights,
-)
+from lit_gpt.convert import HF_OUTPUTS, check_hf_tokenizer, save_hf_tokenizer, save_hf_weights  # noqa: E402
+from lit_gpt.files import atomic_file, finish_output_dir, parse_size, prepare_output_dir  # noqa: E402
 from lit_gpt.hf import config_to_hf, lit_to_hf  # noqa: E402
+from lit_gpt.weights import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 
 # a probe for the tokenizer check: spaces, newlines, digits, code, non-ASCII
 _PROBE = "  two <s> Hello world!  Two  spaces\n\tdef f(x):\n        return x ** 2  # 3.14159\nÜber naïve café, 東京 🙂"

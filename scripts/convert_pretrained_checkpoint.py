@@ -5,7 +5,7 @@
 
 Writes `lit_config.json` (the model config saved in the checkpoint), `lit_model.pth` (the model's state dict, without
 optimizer state and without the `_orig_mod.`/`_forward_module.`/`module.` prefixes of torch.compile, Fabric and DDP),
-`separators.json` (the document separators of the training data, `lit_gpt/separators.py`) and the tokenizer files
+`separators.json` (the document separators of the training data, `lit_gpt/data/separators.py`) and the tokenizer files
 found in `--tokenizer_dir`, with a `tokenizer.json` built from its `tokenizer.model` (so that
 `transformers.AutoTokenizer` loads them without sentencepiece), whose `add_bos_token` says whether the model was
 trained with bos before each document. The checkpoint is either one file (`fabric.save` on
@@ -25,22 +25,17 @@ from lit_gpt.cli import check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
-from lit_gpt.convert import (  # noqa: E402
-    LIT_OUTPUTS,
-    _training_hparams,
-    check_weights,
-    finish_output_dir,
-    is_distributed_checkpoint,
-    parse_size,
-    prepare_output_dir,
-    save_lit_checkpoint,
-    save_tokenizer_files,
+from lit_gpt.convert import LIT_OUTPUTS, save_tokenizer_files  # noqa: E402
+from lit_gpt.data.separators import write_separators  # noqa: E402
+from lit_gpt.files import finish_output_dir, parse_size, prepare_output_dir  # noqa: E402
+from lit_gpt.training.checkpoint import (  # noqa: E402
     training_checkpoint_config,
     training_checkpoint_separators,
     training_checkpoint_shapes,
     training_checkpoint_tensors,
 )
-from lit_gpt.separators import write_separators  # noqa: E402
+from lit_gpt.trust import is_distributed_checkpoint, training_hparams  # noqa: E402
+from lit_gpt.weights import check_weights, save_lit_checkpoint  # noqa: E402
 
 
 def convert(
@@ -90,7 +85,7 @@ def convert(
         )
     if not checkpoint_file.exists():
         raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
-    saved = _training_hparams(checkpoint_file, trust_pickle)
+    saved = training_hparams(checkpoint_file, trust_pickle)
     if "lora" in saved:  # an adapter alone: its weights are not a model's
         base = (saved.get("base") or {}).get("checkpoint_dir", "<its base checkpoint>")
         raise ValueError(

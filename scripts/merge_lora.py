@@ -22,20 +22,19 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 
 import torch  # noqa: E402
 
-from lit_gpt.checkpoint import find_latest, load_metadata  # noqa: E402
-from lit_gpt.convert import (  # noqa: E402
-    LIT_OUTPUTS,
-    copy_tokenizer_files,
-    finish_output_dir,
-    lit_checkpoint_files,
-    load_lit_state_dict,
-    prepare_output_dir,
-    save_lit_checkpoint,
-)
-from lit_gpt.finetune import check_base  # noqa: E402
+from lit_gpt.convert import LIT_OUTPUTS  # noqa: E402
+from lit_gpt.data.separators import Separators, read_separators, write_separators  # noqa: E402
+from lit_gpt.files import finish_output_dir, prepare_output_dir  # noqa: E402
 from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.separators import Separators, read_separators, write_separators  # noqa: E402
+from lit_gpt.training.checkpoint import find_latest, load_metadata  # noqa: E402
+from lit_gpt.training.finetune import check_base  # noqa: E402
+from lit_gpt.weights import (  # noqa: E402
+    copy_tokenizer_files,
+    lit_checkpoint_files,
+    load_lit_state_dict,
+    save_lit_checkpoint,
+)
 
 
 def merge(

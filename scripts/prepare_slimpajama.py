@@ -1,8 +1,8 @@
 """Tokenize SlimPajama (`*.jsonl.zst` files) into litdata chunks for pretraining.
 
 Every line's `text` is a document, followed by the tokenizer's eos token (`--bos`/`--eos` choose the separators:
-`lit_gpt/separators.py`); rows of the `RedPajamaGithub` set are skipped (Starcoder covers code). The chunks are read
-with `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`.
+`lit_gpt/data/separators.py`); rows of the `RedPajamaGithub` set are skipped (Starcoder covers code). The chunks are
+read with `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`.
 
 Example:
 
@@ -20,7 +20,7 @@ from lit_gpt.cli import check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
-from lit_gpt.prepare import BLOCK_SIZE, prepare  # noqa: E402
+from lit_gpt.data.prepare import BLOCK_SIZE, prepare  # noqa: E402
 
 
 def main(
@@ -51,7 +51,7 @@ def main(
         overwrite: Replace an earlier preparation in `output_dir` (the files its `prepare.json` lists); a folder that
             holds anything else, or overlaps `input_dir` or `tokenizer_path`, is refused.
         bos: Put the tokenizer's bos token before each document (TinyLlama's and Llama-2's convention); see
-            `lit_gpt/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
+            `lit_gpt/data/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
         eos: Put the tokenizer's eos token after each document (lit-gpt's convention, the default). `--bos true
             --eos false` gives TinyLlama's data, both true gives `<s>doc</s>`; at least one must be true.
     """

@@ -2,7 +2,7 @@
 chunks for pretraining, optionally splitting off a validation set by document.
 
 Each document is followed by the tokenizer's eos token, as SlimPajama and Starcoder are (`--bos`/`--eos` choose the
-separators: `lit_gpt/separators.py`). The chunks are read with
+separators: `lit_gpt/data/separators.py`). The chunks are read with
 `litdata.StreamingDataset(output_dir, item_loader=TokensLoader(block_size=2049))`, and pretrained on with
 `pretrain/tinyllama.py --train_data "{data/mine/train: 1.0}" --val_data data/mine/val` (or in a mix with other
 sources). Example:
@@ -21,8 +21,8 @@ from lit_gpt.cli import check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
-from lit_gpt.prepare import BLOCK_SIZE, PrepareError, prepare  # noqa: E402
-from lit_gpt.text_data import TextOptions  # noqa: E402
+from lit_gpt.data.prepare import BLOCK_SIZE, prepare  # noqa: E402
+from lit_gpt.data.readers import PrepareError, TextOptions  # noqa: E402
 
 
 def main(
@@ -68,7 +68,7 @@ def main(
         overwrite: Replace an earlier preparation in `output_dir` (the files its `prepare.json` lists); a folder that
             holds anything else, or overlaps an input or `tokenizer_path`, is refused.
         bos: Put the tokenizer's bos token before each document (TinyLlama's and Llama-2's convention); see
-            `lit_gpt/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
+            `lit_gpt/data/separators.py`. Recorded in `prepare.json`; pretraining refuses a mix of conventions.
         eos: Put the tokenizer's eos token after each document (lit-gpt's convention, the default). `--bos true
             --eos false` gives TinyLlama's data, both true gives `<s>doc</s>`; at least one must be true.
     """

@@ -24,7 +24,7 @@ from lit_gpt.cli import check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
-from lit_gpt.prepare import PrepareError, Stats, iter_texts  # noqa: E402
+from lit_gpt.data.readers import PrepareError, Stats, iter_texts  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
 
 MAX_LINE_BYTES = 4192  # SentencePiece's max_sentence_length (as in Llama's tokenizer)
@@ -67,7 +67,7 @@ def train(
         raise PrepareError(f"--vocab_size {vocab_size} is too small: 256 byte tokens and 3 special tokens come first")
     stats = Stats()
     if input is not None:
-        from lit_gpt.text_data import TextOptions, find_inputs, read_documents
+        from lit_gpt.data.readers import TextOptions, find_inputs, read_documents
 
         options = TextOptions(text_key=text_key, column=column, blocks=blocks)
         files = find_inputs([input] if isinstance(input, str) else list(input))

@@ -79,7 +79,7 @@ from lightning.fabric.strategies import ModelParallelStrategy
 sys.path.insert(0, {root!r})
 from lit_gpt.config import Config
 from lit_gpt.model import GPT, init_weights
-from lit_gpt.parallel import make_parallelize_fn
+from lit_gpt.training.parallel import make_parallelize_fn
 
 out, devices, sharded = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "sharded"
 strategy = ModelParallelStrategy(

@@ -16,12 +16,12 @@ from typing import Dict, Iterator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_gpt.prepare import prepare  # noqa: E402
+from lit_gpt.data.prepare import prepare  # noqa: E402
 
 
-def load_script(name: str):
-    """A module of `scripts/` (they are entry points, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
+def load_script(name: str, folder: str = "scripts"):
+    """A module of `scripts/` (or of `folder`, such as `dev/`: entry points, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_gpt.attention import apply_attention, choose_attention, fa4, sdpa
+from lit_gpt.attention import choose_attention, fa4, sdpa
 from lit_gpt.config import Config
 from lit_gpt.model import GPT, Block
+from lit_gpt.training.parallel import apply_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 

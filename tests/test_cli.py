@@ -122,7 +122,7 @@ def test_refusal_after_two_processes_started_prints_once(tmp_path):
 # every script whose command line is `cli(function)`
 ENTRY_POINTS = sorted(
     str(path.relative_to(ROOT))
-    for folder in ("scripts", "pretrain", "finetune", "generate", "eval")
+    for folder in ("scripts", "pretrain", "finetune", "generate", "eval", "dev")
     for path in (ROOT / folder).glob("*.py")
     if re.search(r"^\s+cli\(\w+\)", path.read_text(encoding="utf-8"), re.M)
 )

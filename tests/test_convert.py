@@ -186,7 +186,7 @@ def test_refuses_a_checkpoint_with_more_layers_than_the_config(
     ],
 )
 def test_wrapper_prefixes_are_stripped(name):
-    from lit_gpt.convert import strip_wrapper_prefixes
+    from lit_gpt.weights import strip_wrapper_prefixes
 
     assert strip_wrapper_prefixes(name) == "transformer.h.0.attn.attn.weight"
 

@@ -11,7 +11,8 @@ import pytest
 import zstandard as zstd
 from prepared_data import ROOT, load_script
 
-from lit_gpt.prepare import PrepareError, Stats, chunk_tokens, iter_texts, prepare, read_slimpajama
+from lit_gpt.data.prepare import chunk_tokens, prepare
+from lit_gpt.data.readers import PrepareError, Stats, iter_texts, read_slimpajama
 from lit_gpt.tokenizer import Tokenizer
 
 
@@ -206,7 +207,7 @@ def test_seed_tutorial_tokenizer_path_finds_the_download(tmp_path, monkeypatch, 
 
 
 def test_tokenizer_path_without_a_single_match_is_an_error(tmp_path):
-    from lit_gpt.prepare import check_tokenizer_dir
+    from lit_gpt.data.prepare import check_tokenizer_dir
 
     checkpoints = tmp_path / "checkpoints"
     # none: what to download
@@ -241,7 +242,7 @@ def test_tokenizer_without_eos_is_refused_before_the_workers_start(tmp_path):
 
 def test_training_batches_are_all_full_across_epochs(prepared, tmp_path):
     """litdata's workers each end an epoch with a short batch despite drop_last; training sees only full ones."""
-    from lit_gpt.dataloaders import cycle_full_batches, train_dataloader
+    from lit_gpt.data.loaders import cycle_full_batches, train_dataloader
 
     data_dir = prepared["slimpajama_train"].parents[1]
     loader = train_dataloader(str(data_dir), (0.7, 0.3), block_size=256, batch_size=8, num_workers=2, seed=1)
@@ -429,7 +430,7 @@ def test_long_documents_are_tokenized_in_pieces_to_the_tokens_of_one_call(prepar
     call) whose tokens are exactly those of one call, with SentencePiece's handling of spaces, newlines and bytes."""
     import numpy as np
 
-    import lit_gpt.prepare as prepare_module
+    import lit_gpt.data.prepare as prepare_module
 
     tokenizer = Tokenizer(prepared["tokenizer"])
     text = "".join(p.read_text() for p in sorted((ROOT / "lit_gpt").glob("*.py"))) + " 漢字  two  spaces a b\u00a0c "
@@ -453,7 +454,8 @@ def test_preparation_progress_rates_leave_out_the_first_report(capsys):
     import threading
     import time
 
-    from lit_gpt.prepare import Stats, _monitor
+    from lit_gpt.data.prepare import _monitor
+    from lit_gpt.data.readers import Stats
 
     progress = multiprocessing.Queue()
 
@@ -475,7 +477,7 @@ def test_preparation_progress_rates_leave_out_the_first_report(capsys):
 def test_a_forged_prepare_json_deletes_no_file_that_no_preparation_wrote(prepared, tmp_path):
     """A prepare.json that lists a user file, or a path out of the folder, does not make it the preparation's: the
     folder is refused, and `--overwrite true` deletes only the index and chunks that it lists."""
-    from lit_gpt.prepare import publish
+    from lit_gpt.data.prepare import publish
 
     train = tmp_path / "raw" / "train"
     write_jsonl_zst(train / "a.jsonl.zst", [{"text": "hello world"}])
@@ -504,7 +506,7 @@ def test_the_output_folder_gets_the_mode_of_a_new_folder(tmp_path):
     0700: a shared data folder's other users can read the chunks."""
     import os
 
-    from lit_gpt.prepare import _staging_dir
+    from lit_gpt.data.prepare import _staging_dir
 
     umask = os.umask(0o022)
     try:

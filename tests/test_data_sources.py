@@ -1,4 +1,4 @@
-"""Pretraining on any number of prepared sources (`--train_data`, `--val_data`; `lit_gpt.dataloaders.data_sources`):
+"""Pretraining on any number of prepared sources (`--train_data`, `--val_data`; `lit_gpt.data.loaders.data_sources`):
 the flags' forms and refusals, the sampled share of each source, and a real run on three sources killed and resumed
 bit-identically, which refuses a resume on another mix."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_pretrain import BLOCK, COMMON, SCRIPT, _env, _write_chunks, metrics, model_weights, run, run_until_signal
 
-from lit_gpt.dataloaders import data_sources, mixture_dataloader
+from lit_gpt.data.loaders import data_sources, mixture_dataloader
 
 
 def test_sources_from_the_default_a_mapping_or_a_yaml_file(tmp_path):

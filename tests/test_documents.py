@@ -4,10 +4,11 @@ reference path on CPU, the flex-attention and flash-attn-4 variable-length paths
 import pytest
 import torch
 
-from lit_gpt.attention import apply_attention, fa4_unsuitable
+from lit_gpt.attention import fa4_unsuitable
 from lit_gpt.config import Config
 from lit_gpt.documents import count_documents, find_documents
 from lit_gpt.model import GPT
+from lit_gpt.training.parallel import apply_attention
 
 EOS = 3
 

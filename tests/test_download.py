@@ -223,10 +223,10 @@ def test_download_dataset_folders_are_where_preparation_looks():
 
 
 def test_download_commands_of_preparation_errors_parse():
-    """The download commands that lit_gpt/prepare.py's errors suggest parse with download.py's own parser."""
+    """The download commands that lit_gpt/data/prepare.py's errors suggest parse with download.py's own parser."""
     from test_tutorials import assert_parses, commands, script_call
 
-    from lit_gpt.prepare import DOWNLOAD_HINT
+    from lit_gpt.data.readers import DOWNLOAD_HINT
 
     for kind, hint in DOWNLOAD_HINT.items():
         calls = [script_call(tokens) for tokens in commands("\n".join(re.findall(r"`([^`]+)`", hint)))]

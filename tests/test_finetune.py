@@ -22,10 +22,10 @@ import torch
 from conftest import TEST_LLAMA
 
 from lit_gpt.config import Config
+from lit_gpt.data.separators import DEFAULT_SEPARATORS, write_separators
 from lit_gpt.hf import split_qkv
 from lit_gpt.lora import LoRAConfig, LoRALinear, apply_lora, lora_state_dict, merge_lora
 from lit_gpt.model import GPT, init_weights
-from lit_gpt.separators import DEFAULT_SEPARATORS, write_separators
 
 
 def tiny_model(seed: int = 0) -> GPT:
@@ -154,7 +154,7 @@ def run_until(script: str, line: str, sig: int, *args: str) -> Tuple[int, str]:
 
 def write_base(out: Path, tokenizer_dir: Path, seed: int) -> Path:
     """A lit checkpoint directory of test-llama initialized from scratch, with the test tokenizer."""
-    from lit_gpt.convert import copy_tokenizer_files, save_lit_checkpoint
+    from lit_gpt.weights import copy_tokenizer_files, save_lit_checkpoint
 
     out.mkdir(parents=True)
     model = tiny_model(seed)
@@ -182,7 +182,7 @@ def codes(tmp_path_factory, export_tokenizer_dir) -> dict:
 
 def trained_records(data: Path) -> list:
     """The records of `data` that the scripts train on (not held out), read as they read them."""
-    from lit_gpt.instruct import load_instructions, split_instructions
+    from lit_gpt.data.instruct import load_instructions, split_instructions
 
     return split_instructions(load_instructions(data), val_fraction=VAL_FRACTION, seed=1337)[0]  # default --seed
 
@@ -190,8 +190,8 @@ def trained_records(data: Path) -> list:
 def prompt_ids(lit_dir: Path, records: list) -> List[List[int]]:
     """The ids of each record's instruction as finetuning put them before its response (and generate/base.py
     --template puts them before the answer)."""
-    from lit_gpt.instruct import encode_prompt
-    from lit_gpt.separators import read_separators
+    from lit_gpt.data.instruct import encode_prompt
+    from lit_gpt.data.separators import read_separators
     from lit_gpt.tokenizer import Tokenizer
 
     tokenizer, separators = Tokenizer(lit_dir), read_separators(lit_dir)
@@ -432,7 +432,7 @@ def test_fit_warns_of_a_warmup_longer_than_the_run_and_says_when_nothing_is_left
     does; a resume from a checkpoint at or past --max_steps says why it trains nothing."""
     from types import SimpleNamespace
 
-    from lit_gpt.finetune import fit
+    from lit_gpt.training.finetune import fit
 
     fabric = SimpleNamespace(device=torch.device("cpu"), global_rank=0, print=print)
     state = {"hparams": {"warmup_steps": 100, "learning_rate": 3e-4}, "step_count": 6, "tokens_seen": 990}
@@ -445,7 +445,7 @@ def test_fit_warns_of_a_warmup_longer_than_the_run_and_says_when_nothing_is_left
 
 def fake_adapter_checkpoint(path: Path, base: Path, lora: LoRAConfig, separators: Optional[dict] = None) -> Path:
     """A checkpoint as finetune/lora.py saves it (adapter, settings, base record), of a random nonzero adapter."""
-    from lit_gpt.finetune import base_record
+    from lit_gpt.training.finetune import base_record
 
     model = tiny_model()
     apply_lora(model, lora)
@@ -463,7 +463,7 @@ def test_a_truncated_or_pickled_checkpoint_is_refused_in_one_line(codes, tmp_pat
     for a file cut short, torch's weights_only essay for pickled objects)."""
     import argparse
 
-    from lit_gpt.checkpoint import latest_to_resume, load_metadata
+    from lit_gpt.training.checkpoint import latest_to_resume, load_metadata
 
     good = fake_adapter_checkpoint(tmp_path / "run" / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
     cut = tmp_path / "run" / "step-00000002.pth"
@@ -603,7 +603,7 @@ def test_converting_an_adapter_checkpoint_points_to_merge_lora(codes, tmp_path):
 
 def test_resume_from_an_out_dir_points_to_its_checkpoints(codes, tmp_path):
     """`--resume out/run` (the run's folder, not a checkpoint) used to be called an incomplete sharded checkpoint."""
-    from lit_gpt.checkpoint import load_metadata
+    from lit_gpt.training.checkpoint import load_metadata
 
     adapter = fake_adapter_checkpoint(tmp_path / "run" / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
     with pytest.raises(FileNotFoundError, match=rf"run is a directory of checkpoints, not one: pass one of them \(the "

@@ -1,7 +1,7 @@
-"""Float8 training (`lit_gpt/float8.py`). On CPU, torchao's float8 linear layers in emulation (real float8 rounding
-of every operand, products in float32) through the real FSDP2 step: a float8 run saves ordinary weights, in a single
-file and in a sharded directory, that load without torchao into a plain model, and a run resumes from them with or
-without float8. On an sm89+ GPU (`-m gpu`): the real script with `--fp8 tensorwise`, its loss against bf16's, and
+"""Float8 training (`lit_gpt/training/float8.py`). On CPU, torchao's float8 linear layers in emulation (real float8
+rounding of every operand, products in float32) through the real FSDP2 step: a float8 run saves ordinary weights, in a
+single file and in a sharded directory, that load without torchao into a plain model, and a run resumes from them with
+or without float8. On an sm89+ GPU (`-m gpu`): the real script with `--fp8 tensorwise`, its loss against bf16's, and
 its resumption without `--fp8`."""
 
 import json
@@ -21,12 +21,12 @@ import json, sys
 from pathlib import Path
 import lightning as L, torch
 from lightning.fabric.strategies import ModelParallelStrategy
-from lit_gpt.checkpoint import load_checkpoint, save_checkpoint
+from lit_gpt.training.checkpoint import load_checkpoint, save_checkpoint
 from lit_gpt.config import Config
-from lit_gpt.float8 import precompute_scales_after_step
+from lit_gpt.training.float8 import precompute_scales_after_step
 from lit_gpt.model import GPT, init_weights
-from lit_gpt.parallel import make_parallelize_fn
-from lit_gpt.training import training_step
+from lit_gpt.training.parallel import make_parallelize_fn
+from lit_gpt.training.step import training_step
 
 out = Path(sys.argv[1])
 config = Config.from_name("micro-llama", n_layer=2, block_size=32)
@@ -79,7 +79,7 @@ import sys
 sys.modules["torchao"] = None  # any unpickling that needs torchao fails
 import torch
 from lit_gpt.config import Config
-from lit_gpt.convert import training_checkpoint_tensors
+from lit_gpt.training.checkpoint import training_checkpoint_tensors
 from lit_gpt.model import GPT
 from pathlib import Path
 for path in sys.argv[1:]:
@@ -123,8 +123,8 @@ def test_float8_run_saves_ordinary_weights_and_resumes_with_or_without_float8(tm
 def test_float8_layers_are_the_blocks_linears_only():
     pytest.importorskip("torchao", reason="torchao is in requirements/test.txt")
     from lit_gpt.config import Config
-    from lit_gpt.float8 import convert_to_float8
     from lit_gpt.model import GPT
+    from lit_gpt.training.float8 import convert_to_float8
 
     model = GPT(Config.from_name("micro-llama", n_layer=2))
     assert convert_to_float8(model, "tensorwise", emulate=True) == 10
@@ -133,7 +133,7 @@ def test_float8_layers_are_the_blocks_linears_only():
 
 
 def test_fp8_refusals_name_the_device_and_what_is_needed(monkeypatch):
-    from lit_gpt.float8 import check_float8
+    from lit_gpt.training.float8 import check_float8
 
     check_float8(None, torch.device("cpu"))  # off: nothing to check
     with pytest.raises(ValueError, match=r"needs a CUDA GPU with float8 matrix units .* Leave --fp8 out"):

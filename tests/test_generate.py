@@ -48,7 +48,7 @@ def test_generate_script_stops_at_bos_for_a_model_pretrained_with_bos_alone(expo
     and only the head's bos row reads it."""
     import shutil
 
-    from lit_gpt.separators import Separators, write_separators
+    from lit_gpt.data.separators import Separators, write_separators
 
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(export_lit_dir, checkpoint)
@@ -75,7 +75,7 @@ def test_generate_script_stops_at_bos_for_a_model_pretrained_with_bos_alone(expo
 
 
 def test_stop_ids_follow_the_separators(export_lit_dir):
-    from lit_gpt.separators import Separators, stop_ids
+    from lit_gpt.data.separators import Separators, stop_ids
 
     tokenizer = Tokenizer(export_lit_dir)
     bos, eos = tokenizer.bos_id, tokenizer.eos_id
@@ -137,7 +137,7 @@ def test_a_training_checkpoint_given_as_checkpoint_dir_is_refused_with_the_comma
     from conftest import TEST_LLAMA
 
     from lit_gpt.config import Config
-    from lit_gpt.convert import lit_checkpoint_files
+    from lit_gpt.weights import lit_checkpoint_files
 
     state = torch.load(fabric_checkpoints["single"], weights_only=True)
     state["hparams"] = {"model_name": "test-llama", "model_config": Config(**TEST_LLAMA).to_dict()}  # as pretraining's
@@ -171,7 +171,7 @@ def test_other_files_given_as_checkpoint_dir_say_what_makes_a_lit_checkpoint_of_
     from conftest import TEST_LLAMA
 
     from lit_gpt.config import Config
-    from lit_gpt.convert import lit_checkpoint_files
+    from lit_gpt.weights import lit_checkpoint_files
 
     with pytest.raises(FileNotFoundError, match=rf"lit_model.pth' is a file in the lit checkpoint directory "
                        rf"'{export_lit_dir}': pass the directory$"):  # fmt: skip

@@ -1,4 +1,4 @@
-"""Instruction data for finetuning (lit_gpt/instruct.py): reading records, templates, prompt masking, truncation,
+"""Instruction data for finetuning (lit_gpt/data/instruct.py): reading records, templates, prompt masking, truncation,
 padded and packed batches, exact continuation after a resume, the held-out split, and generate/base.py --template."""
 
 import collections
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lit_gpt.cli import UserError
-from lit_gpt.instruct import (
+from lit_gpt.data.instruct import (
     IGNORE_INDEX,
     TEMPLATES,
     InstructionBatches,
@@ -24,7 +24,7 @@ from lit_gpt.instruct import (
     split_instructions,
     validation_batches,
 )
-from lit_gpt.separators import Separators
+from lit_gpt.data.separators import Separators
 from lit_gpt.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,8 +275,8 @@ def tiny_checkpoint(export_tokenizer_dir, tmp_path_factory) -> Path:
     from conftest import TEST_LLAMA
 
     from lit_gpt.config import Config
-    from lit_gpt.convert import save_lit_checkpoint
     from lit_gpt.model import GPT
+    from lit_gpt.weights import save_lit_checkpoint
 
     out = tmp_path_factory.mktemp("tiny-lit")
     config = Config(**{**TEST_LLAMA, "n_layer": 1})

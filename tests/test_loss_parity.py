@@ -1,4 +1,4 @@
-"""scripts/loss_parity.py on CPU: real prepared litdata chunks, a real one-process Fabric run of the bf16 step, the
+"""dev/loss_parity.py on CPU: real prepared litdata chunks, a real one-process Fabric run of the bf16 step, the
 float32 reference and litgpt, compared step by step."""
 
 import json
@@ -11,13 +11,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "loss_parity.py"
+SCRIPT = ROOT / "dev" / "loss_parity.py"
 
 
 def load_script():
     from prepared_data import load_script
 
-    return load_script("loss_parity")
+    return load_script("loss_parity", "dev")
 
 
 def test_bf16_cases_follow_the_float32_reference(tmp_path, data_dir):

@@ -134,7 +134,7 @@ RANK_SCRIPT = """
 import json, sys
 import torch.distributed as dist
 sys.path.insert(0, {root!r})
-from lit_gpt.dataloaders import train_dataloader
+from lit_gpt.data.loaders import train_dataloader
 
 data_dir, out, block, batch_size, num_workers, seed = sys.argv[1:]
 dist.init_process_group("gloo")  # litdata reads the rank and world size from the process group

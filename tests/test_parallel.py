@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_weights_stay_gathered_only_where_they_fit(monkeypatch):
     from lit_gpt.config import Config
     from lit_gpt.flops import num_parameters
-    from lit_gpt.parallel import keep_weights_gathered
+    from lit_gpt.training.parallel import keep_weights_gathered
 
     tiny, big = (num_parameters(Config.from_name(n), True) for n in ("tiny-llama-1.1b", "Llama-2-7b-hf"))
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
@@ -53,7 +53,7 @@ def test_reshard_choices_set_the_all_gathers_per_step_and_keep_results_bit_ident
     results = {}
     for name, (forward, backward) in choices.items():
         out = tmp_path / name
-        cmd = [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--model_name", "micro-llama", "--devices", "2"]
+        cmd = [sys.executable, str(ROOT / "dev" / "benchmark.py"), "--model_name", "micro-llama", "--devices", "2"]
         cmd += ["--micro_batch_sizes", "[2]", "--block_size", "32", "--accumulation", str(accumulation)]
         cmd += ["--precision", "32-true", "--steps", "1", "--warmup", "1", "--trace", "true", "--out_dir", str(out)]
         cmd += ["--reshard_after_forward", forward, "--reshard_after_backward", backward]

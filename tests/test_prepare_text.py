@@ -16,8 +16,8 @@ import pytest
 import zstandard
 from prepared_data import ROOT, load_script
 
-from lit_gpt.prepare import PrepareError, Stats, chunk_tokens, prepare
-from lit_gpt.text_data import TextOptions, find_inputs, read_documents
+from lit_gpt.data.prepare import chunk_tokens, prepare
+from lit_gpt.data.readers import PrepareError, Stats, TextOptions, find_inputs, read_documents
 from lit_gpt.tokenizer import Tokenizer
 
 DOCS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog, " * (i % 5 + 1) for i in range(40)]

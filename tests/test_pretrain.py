@@ -76,8 +76,8 @@ CPUINFO = {
 
 
 def simulate_cpu(monkeypatch, tmp_path: Path, kind: str) -> None:
-    """Run this test, and the scripts it starts, as on a CPU of `kind` (a key of CPUINFO): `lit_gpt.utils.cpu_has_bf16`
-    reads the file that LIT_GPT_CPUINFO names instead of /proc/cpuinfo."""
+    """Run this test, and the scripts it starts, as on a CPU of `kind` (a key of CPUINFO):
+    `lit_gpt.training.launch.cpu_has_bf16` reads the file that LIT_GPT_CPUINFO names instead of /proc/cpuinfo."""
     path = tmp_path / f"cpuinfo-{kind}"
     path.write_text(CPUINFO[kind])
     monkeypatch.setenv("LIT_GPT_CPUINFO", str(path))
@@ -99,7 +99,7 @@ def checkpoints(out_dir: Path) -> list:
 
 
 def model_weights(path: Path) -> dict:
-    from lit_gpt.convert import training_checkpoint_tensors
+    from lit_gpt.training.checkpoint import training_checkpoint_tensors
 
     return dict(training_checkpoint_tensors(path))
 
@@ -188,14 +188,14 @@ def test_notes_come_after_every_check_and_the_settings_name_the_data_the_run_rea
     assert "'data_dir'" not in out and "'data_weights'" not in out, out
     assert f"'train_sources': [['{data_dir / 'starcoder'}', 1.0]]" in out and "'val_data': " in out
 
-    from lit_gpt.dataloaders import vocab_note
+    from lit_gpt.data.loaders import vocab_note
 
     assert vocab_note([str(data_dir / "starcoder")], 1024, "test-llama") is None  # the tokenizer's size: no note
     assert vocab_note([str(tmp_path)], 32000, "micro-llama") is None  # prepared before the size was recorded
 
 
 def test_world_size_of_devices_auto(monkeypatch):
-    from lit_gpt.utils import num_processes
+    from lit_gpt.training.launch import num_processes
 
     assert num_processes("auto", 2, "cpu") == 2
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # a machine where CUDA sees no GPU
@@ -428,8 +428,8 @@ def test_two_process_sharded_run_matches_one_process_and_resumes_after_sigint_an
 
 
 def test_resume_refuses_another_model_or_world_size(tmp_path):
-    from lit_gpt.checkpoint import check_compatible
     from lit_gpt.config import Config
+    from lit_gpt.training.checkpoint import check_compatible
 
     config = Config.from_name("micro-llama").to_dict()
     meta = {"hparams": {"model_config": config, "world_size": 2, "model_name": "micro-llama"}}
@@ -451,7 +451,7 @@ def test_resume_refuses_another_model_or_world_size(tmp_path):
 
 
 def test_find_latest_ignores_incomplete_saves(tmp_path):
-    from lit_gpt.checkpoint import checkpoint_path, find_latest
+    from lit_gpt.training.checkpoint import checkpoint_path, find_latest
 
     assert find_latest(tmp_path / "missing") is None
     assert find_latest(tmp_path) is None
@@ -465,7 +465,7 @@ def test_find_latest_ignores_incomplete_saves(tmp_path):
 def test_cosine_lr_and_flops():
     from lit_gpt.config import Config
     from lit_gpt.flops import flops_per_token, mfu, num_parameters
-    from lit_gpt.lr import cosine_lr
+    from lit_gpt.training.lr import cosine_lr
 
     lrs = [cosine_lr(s, 1.0, 0.1, warmup_steps=4, max_steps=12) for s in range(14)]
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
@@ -485,7 +485,7 @@ def test_training_step_skips_non_finite_gradients():
 
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
-    from lit_gpt.training import training_step
+    from lit_gpt.training.step import training_step
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     torch.manual_seed(0)
@@ -549,7 +549,7 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
 
     import lightning as L
 
-    from lit_gpt.checkpoint import own_out_dir
+    from lit_gpt.training.checkpoint import own_out_dir
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     (tmp_path / ".lock").mkdir()
@@ -580,7 +580,7 @@ def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path
 
 
 def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
-    from lit_gpt.checkpoint import checkpoint_path, prune_checkpoints
+    from lit_gpt.training.checkpoint import checkpoint_path, prune_checkpoints
 
     for step in (2, 4, 6):
         checkpoint_path(tmp_path, step).touch()
@@ -598,7 +598,7 @@ def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
 def test_keep_last_after_a_resume_from_an_older_checkpoint_keeps_the_one_just_saved(tmp_path):
     """A run resumed from step 10 of a run that reached step 20 saves step 15: with --keep_last 1 that save was deleted
     (step 20 was the newest), so that a kill then resumed from the other run's step 20."""
-    from lit_gpt.checkpoint import checkpoint_path, prune_checkpoints
+    from lit_gpt.training.checkpoint import checkpoint_path, prune_checkpoints
 
     for step in (10, 15, 20):
         checkpoint_path(tmp_path, step).touch()
@@ -609,7 +609,7 @@ def test_keep_last_after_a_resume_from_an_older_checkpoint_keeps_the_one_just_sa
 def test_default_model_on_cpu_is_refused_up_front(tmp_path):
     """TinyLlama-1.1B on CPU used to train until the memory ran out (23.3 of 24 GB, no step in 2 minutes)."""
     from lit_gpt.config import Config
-    from lit_gpt.resources import MAX_CPU_STEP_HOURS, available_memory, cpu_flops_per_second, estimate
+    from lit_gpt.training.resources import MAX_CPU_STEP_HOURS, available_memory, cpu_flops_per_second, estimate
 
     # refused on a machine whose memory or speed does not suffice: most, but not a large fast server (the refusal's
     # words are checked with given machine figures by test_a_cpu_run_is_judged_by_the_memory_and_speed_of_the_machine)
@@ -631,7 +631,7 @@ def test_default_model_on_cpu_is_refused_up_front(tmp_path):
 def test_a_cpu_run_is_judged_by_the_memory_and_speed_of_the_machine():
     from lit_gpt.cli import UserError
     from lit_gpt.config import Config
-    from lit_gpt.resources import check_cpu_run
+    from lit_gpt.training.resources import check_cpu_run
 
     run = (Config.from_name("tiny-llama-1.1b"), "32-true", 4, 512, 1, 1, False)
     # a laptop: 16 GB, 100 GFLOP/s
@@ -648,7 +648,7 @@ def test_a_cpu_run_is_judged_by_the_memory_and_speed_of_the_machine():
 
 def test_training_memory_estimate_of_tinyllama():
     from lit_gpt.config import Config
-    from lit_gpt.resources import estimate
+    from lit_gpt.training.resources import estimate
 
     config = Config.from_name("tiny-llama-1.1b")
     e = estimate(
@@ -662,7 +662,7 @@ def test_training_memory_estimate_of_tinyllama():
 
 
 def test_warmup_longer_than_the_run_is_warned_about_when_the_run_goes_ahead(tmp_path, capsys):
-    from lit_gpt.lr import warmup_warning
+    from lit_gpt.training.lr import warmup_warning
 
     # 40 steps with the default --warmup_steps 2000: the learning rate used to peak at 8e-6, and the loss barely moved
     message = "--warmup_steps 2000 is longer than the 40 steps this run trains: the learning rate peaks at 8e-06"
@@ -698,7 +698,7 @@ def test_optimizer_flags_are_refused_before_fabric_starts(tmp_path, flags, messa
 
 
 def test_cpu_bf16_flags(tmp_path, monkeypatch):
-    from lit_gpt.utils import cpu_has_bf16
+    from lit_gpt.training.launch import cpu_has_bf16
 
     line = "flags\t\t: fpu vme sse avx2 avx512f avx512bw"
     assert not cpu_has_bf16(f"processor\t: 0\n{line}\n")
@@ -721,7 +721,9 @@ def test_document_positions_without_a_document_mask_is_refused_by_pretraining_an
 
     message = "--document_positions true restarts positions at each document of --document_mask: pass --document_m"
     with pytest.raises(ValueError, match=message):
-        load_scripts_module("benchmark").main(model_name="micro-llama", document_positions=True, out_dir=str(tmp_path))
+        load_scripts_module("benchmark", "dev").main(
+            model_name="micro-llama", document_positions=True, out_dir=str(tmp_path)
+        )
     with pytest.raises(ValueError, match=message):
         load_script().setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path,
                             data_dir=str(same_data_dir), document_positions=True)  # fmt: skip
@@ -734,7 +736,7 @@ def test_eos_id_without_a_document_mask_is_refused_by_pretraining_and_the_benchm
 
     message = "--eos_id 7 is the token where --document_mask splits documents: pass --document_mask true as well"
     with pytest.raises(ValueError, match=message):
-        load_scripts_module("benchmark").main(model_name="micro-llama", eos_id=7, out_dir=str(tmp_path))
+        load_scripts_module("benchmark", "dev").main(model_name="micro-llama", eos_id=7, out_dir=str(tmp_path))
     with pytest.raises(ValueError, match=message):
         load_script().setup(model_name="micro-llama", accelerator="cpu", devices=1, out_dir=tmp_path,
                             data_dir=str(same_data_dir), eos_id=7)  # fmt: skip

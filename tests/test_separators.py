@@ -9,8 +9,9 @@ from prepared_data import help_text, load_script
 from test_data import write_jsonl_zst, write_tokenizer
 
 from lit_gpt.cli import UserError
-from lit_gpt.prepare import PrepareError, prepare
-from lit_gpt.separators import (
+from lit_gpt.data.prepare import prepare
+from lit_gpt.data.readers import PrepareError
+from lit_gpt.data.separators import (
     SEPARATORS_FILE,
     Separators,
     encode_document,
@@ -80,7 +81,7 @@ def test_a_separators_json_that_is_no_record_is_refused_not_gone_around(tmp_path
 def test_separators_json_is_written_in_its_directory_alone_and_two_writers_do_not_collide(tmp_path):
     """Links left in the output directory (under the final name or a temporary one) are replaced, never written
     through; two writes into one directory at once each finish."""
-    from lit_gpt.convert import atomic_file
+    from lit_gpt.files import atomic_file
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     out.mkdir()
@@ -126,7 +127,7 @@ DOCUMENTS = ["hello world", "def f(x):\n    return x", "one more document"]
 
 
 def test_preparation_writes_the_separators_asked_for_and_records_them(export_tokenizer_dir, tmp_path):
-    from lit_gpt.prepare import prepared_separators
+    from lit_gpt.data.prepare import prepared_separators
 
     tokenizer = Tokenizer(export_tokenizer_dir)
     raw = write_jsonl_zst(tmp_path / "raw" / "a.jsonl.zst", [{"text": t} for t in DOCUMENTS]).parent
@@ -175,7 +176,7 @@ def test_preparation_writes_the_separators_asked_for_and_records_them(export_tok
 
 def test_long_documents_get_the_same_separators(export_tokenizer_dir, tmp_path, monkeypatch):
     """A document longer than PIECE_CHARS (encoded in pieces) is wrapped like the others."""
-    import lit_gpt.prepare as prepare_module
+    import lit_gpt.data.prepare as prepare_module
 
     monkeypatch.setattr(prepare_module, "PIECE_CHARS", 100)
     tokenizer = Tokenizer(export_tokenizer_dir)
@@ -210,7 +211,7 @@ def _prepared_folder(path: Path, separators) -> str:
 def test_pretraining_records_the_separators_of_its_data_and_refuses_a_mix(tmp_path, monkeypatch):
     from test_pretrain import BLOCK, load_script
 
-    from lit_gpt.checkpoint import check_compatible
+    from lit_gpt.training.checkpoint import check_compatible
 
     bos = Separators(bos=True, eos=False)
     a, b = _prepared_folder(tmp_path / "a", bos), _prepared_folder(tmp_path / "b", bos)
@@ -237,7 +238,7 @@ def test_pretraining_records_the_separators_of_its_data_and_refuses_a_mix(tmp_pa
 
 
 def test_the_document_mask_splits_at_the_recorded_eos_and_refuses_data_without_one(tmp_path):
-    from lit_gpt.dataloaders import data_eos_id
+    from lit_gpt.data.loaders import data_eos_id
 
     both = _prepared_folder(tmp_path / "both", Separators(bos=True, eos=True))
     assert data_eos_id([both], None, 512) == 2  # recorded by preparation: no --eos_id needed
@@ -247,7 +248,7 @@ def test_the_document_mask_splits_at_the_recorded_eos_and_refuses_data_without_o
 
 
 def test_the_document_mask_refuses_a_bogus_recorded_eos_id_and_an_eos_id_flag_that_contradicts_it(tmp_path):
-    from lit_gpt.dataloaders import data_eos_id, data_separators
+    from lit_gpt.data.loaders import data_eos_id, data_separators
 
     folder = _prepared_folder(tmp_path / "data", Separators())
     with pytest.raises(ValueError, match=r"--eos_id 1: .*/data/prepare.json records 2 as the id written after each"):
@@ -284,7 +285,7 @@ def test_the_document_mask_refuses_a_validation_folder_of_another_eos_id(tmp_pat
 
 
 def test_continued_pretraining_on_data_of_another_convention_says_so(tmp_path, capsys):
-    from lit_gpt.dataloaders import data_separators
+    from lit_gpt.data.loaders import data_separators
 
     eos_data = _prepared_folder(tmp_path / "eos", Separators())
     (tmp_path / "tinyllama").mkdir()

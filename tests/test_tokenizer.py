@@ -122,7 +122,7 @@ def test_tokenizer_json_encodes_like_sentencepiece(prepared):
     normalization) gives SentencePiece's ids and texts on the documents of the sample corpus and on edge cases."""
     from sentencepiece import SentencePieceProcessor
 
-    from lit_gpt.prepare import iter_texts
+    from lit_gpt.data.readers import iter_texts
     from lit_gpt.tokenizer import sentencepiece_to_tokenizers
 
     sp = SentencePieceProcessor(model_file=str(prepared["tokenizer"] / "tokenizer.model"))
@@ -143,7 +143,7 @@ def test_tokenizer_files_load_with_transformers_alone(prepared, tmp_path, plain_
     be imported, encode and decode as lit's Tokenizer (bos from add_bos_token), and take the model's context length
     (train_tokenizer.py's tokenizer_config.json says 2048)."""
     from lit_gpt.convert import save_tokenizer_files
-    from lit_gpt.prepare import iter_texts
+    from lit_gpt.data.readers import iter_texts
 
     written = save_tokenizer_files(prepared["tokenizer"], tmp_path, block_size=256)
     assert {"tokenizer.model", "tokenizer.json", "tokenizer_config.json"} <= set(written)

@@ -75,7 +75,7 @@ def test_planted_sharded_checkpoint_runs_no_code_on_resume_or_conversion(tmp_pat
 
 
 def test_resume_auto_names_a_broken_newest_checkpoint_and_the_one_before(tmp_path):
-    from lit_gpt.checkpoint import latest_to_resume
+    from lit_gpt.training.checkpoint import latest_to_resume
 
     torch.save({"hparams": {}, "step_count": 2}, tmp_path / "step-00000002.pth")
     torch.save({"hparams": {}, "step_count": 4}, tmp_path / "step-00000004.pth")
@@ -101,7 +101,7 @@ def test_a_truncated_or_garbled_metadata_is_corrupt_not_unsafe(tmp_path):
     corrupt: it is not a pickle that would run code, and --trust_pickle true would not make it readable."""
     import torch.distributed.checkpoint as dcp
 
-    from lit_gpt.checkpoint import read_dcp_metadata
+    from lit_gpt.trust import read_dcp_metadata
 
     dcp.save({"model": {"w": torch.zeros(2, 2)}, "optimizer": {"lr": 0.1}}, checkpoint_id=tmp_path, no_dist=True)
     whole = (tmp_path / ".metadata").read_bytes()
@@ -120,7 +120,7 @@ def test_resume_auto_names_a_sharded_checkpoint_with_a_missing_or_truncated_shar
 
     import torch.distributed.checkpoint as dcp
 
-    from lit_gpt.checkpoint import latest_to_resume
+    from lit_gpt.training.checkpoint import latest_to_resume
 
     first = tmp_path / "step-00000002.pth"
     dcp.save({"model": {"w": torch.zeros(16, 16)}, "optimizer": {"lr": 0.1}}, checkpoint_id=first, no_dist=True)
@@ -139,7 +139,7 @@ def test_resume_auto_names_a_sharded_checkpoint_with_a_missing_or_truncated_shar
 
 
 def test_nonfinite_stop_names_a_checkpoint_from_before_the_streak(tmp_path):
-    from lit_gpt.checkpoint import nonfinite_stop_message
+    from lit_gpt.training.checkpoint import nonfinite_stop_message
 
     for step in (2, 4, 6):
         (tmp_path / f"step-{step:08d}.pth").touch()
@@ -156,8 +156,8 @@ def test_writes_are_whole_or_absent(tmp_path):
     final name nor its temporary file; a training save that runs out of space says so and removes its `.tmp`."""
     import errno
 
-    from lit_gpt.checkpoint import save_checkpoint
-    from lit_gpt.convert import atomic_file
+    from lit_gpt.files import atomic_file
+    from lit_gpt.training.checkpoint import save_checkpoint
 
     target = tmp_path / "lit_model.pth"
     with pytest.raises(RuntimeError), atomic_file(target) as tmp:
@@ -189,7 +189,7 @@ import lightning as L
 import torch
 
 sys.path.insert(0, {root!r})
-from lit_gpt.checkpoint import save_checkpoint
+from lit_gpt.training.checkpoint import save_checkpoint
 
 out = Path(sys.argv[1])
 fabric = L.Fabric(accelerator="cpu", devices=2, strategy="ddp")

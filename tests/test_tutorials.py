@@ -31,7 +31,7 @@ DOCS = sorted((ROOT / "tutorials").glob("*.md")) + [ROOT / "README.md"]
 SEED = Path(__file__).with_name("seed_tutorial_commands.md")  # the commands of the tutorial users know, verbatim
 RUN_MARKER = "<!-- test: run -->"
 ENTRY_POINTS = sorted(
-    p for d in ("scripts", "pretrain", "finetune", "generate", "eval") for p in (ROOT / d).glob("*.py")
+    p for d in ("scripts", "pretrain", "finetune", "generate", "eval", "dev") for p in (ROOT / d).glob("*.py")
 )
 # pages whose runnable blocks start where `make demo` ends: from its outputs under out/demo
 AFTER_DEMO = ("finetune_lora.md",)

@@ -11,11 +11,11 @@ later step has to repeat. Three conventions are in use:
 
 Where it is recorded:
 
-- preparation (`lit_gpt/prepare.py`, the `--bos`/`--eos` flags of every prepare script) writes it into the output
+- preparation (`lit_gpt/data/prepare.py`, the `--bos`/`--eos` flags of every prepare script) writes it into the output
   folder's `prepare.json` as `"separators": {"bos": ..., "eos": ...}`, with the ids written (`"bos_id"`, `"eos_id"`;
   `pretrain/tinyllama.py --document_mask` splits documents at that eos, so it needs `--eos true` data); a folder
   without that field was prepared before it existed, with the default;
-- `pretrain/tinyllama.py` reads it from its data folders (`lit_gpt.dataloaders.data_separators`: a mix of
+- `pretrain/tinyllama.py` reads it from its data folders (`lit_gpt.data.loaders.data_separators`: a mix of
   conventions is refused, and so is a resume on data prepared with another) and saves it in the checkpoint's
   `hparams["separators"]` (a checkpoint without it was trained on the default);
 - a lit checkpoint directory holds it in `separators.json`, next to `lit_config.json` (`write_separators`), written
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, List, Sequence, Tuple
 
 from lit_gpt.cli import UserError
+from lit_gpt.files import atomic_file
 
 if TYPE_CHECKING:
     from lit_gpt.tokenizer import Tokenizer
@@ -133,8 +134,6 @@ def separators_of_tokenizer(tokenizer_dir: Path) -> Separators:
 
 def write_separators(checkpoint_dir: Path, separators: Separators) -> Path:
     """Write `separators.json` into `checkpoint_dir` (whole or not at all); returns its path."""
-    from lit_gpt.convert import atomic_file
-
     path = Path(checkpoint_dir) / SEPARATORS_FILE
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(separators.to_dict()) + "\n", encoding="utf-8")
@@ -191,7 +190,7 @@ def prompt_prefix(tokenizer: "Tokenizer", separators: Separators) -> List[int]:
 def stop_ids(tokenizer: "Tokenizer", separators: Separators) -> List[int]:
     """The ids that end a generated sample: `eos`, and for a model trained with `bos` alone also `bos`: there a
     document ended only where the next one's `bos` began, and an `eos` never came in pretraining (finetuned responses
-    end with `eos` under every convention, `lit_gpt/instruct.py`)."""
+    end with `eos` under every convention, `lit_gpt/data/instruct.py`)."""
     ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
     if separators.bos and not separators.eos and tokenizer.bos_id is not None:
         ids.append(tokenizer.bos_id)

@@ -1,5 +1,8 @@
-"""Reading a corpus of one's own for `scripts/prepare_text.py`: the documents of plain-text, JSON-lines, parquet,
-arrow and CSV/TSV files, plain or compressed, with every record that cannot be read named by file and line.
+"""The readers of every input format: the documents of raw SlimPajama (`*.jsonl.zst`) and Starcoder (`*.parquet`)
+files for `scripts/prepare_slimpajama.py` and `scripts/prepare_starcoder.py`, and of a corpus of one's own for
+`scripts/prepare_text.py`: plain-text, JSON-lines, parquet, arrow and CSV/TSV files, plain or compressed. Every record
+that cannot be read is named by file and line (row, for parquet) in a `Stats`, and nothing is dropped silently.
+`lit_gpt/data/prepare.py` drives them; `lit_gpt/data/instruct.py` reads instruction files with `read_lines`.
 
     .txt .text .md          one document per file, or per block of lines between blank lines (`blocks=True`)
     .jsonl .ndjson .json    one JSON object per line (or one JSON array of objects), the text under `text_key`
@@ -14,6 +17,7 @@ found under folders (through symbolic links to folders too), by glob patterns, o
 
 import bz2
 import csv
+import fnmatch
 import glob
 import gzip
 import hashlib
@@ -21,11 +25,235 @@ import json
 import lzma
 import os
 import sys
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple
 
-from lit_gpt.prepare import BadRecord, PrepareError, Stats, TruncatedError, _short, _zstd_lines, walk_files
+import zstandard as zstd
+
+from lit_gpt.cli import UserError
+
+Kind = Literal["slimpajama", "starcoder", "text"]  # text: any corpus of scripts/prepare_text.py
+GITHUB_SET = "RedPajamaGithub"  # SlimPajama's code rows, skipped: Starcoder covers code
+PARQUET_BATCH_ROWS = 1024
+
+
+class PrepareError(UserError):
+    """A problem with the inputs or the options, with what to do about it."""
+
+
+class TruncatedError(zstd.ZstdError):
+    """A zstd file that ends inside a frame: the end of a complete file is missing."""
+
+
+@dataclass
+class BadRecord:
+    path: str
+    line: Optional[int]  # 1-based line (jsonl) or row (parquet); None: the whole file
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}" if self.line else f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    documents: int = 0
+    tokens: int = 0
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows
+    bad: List[BadRecord] = field(default_factory=list)
+    elapsed: float = 0.0  # seconds
+
+    def add(self, other: "Stats") -> None:
+        self.files += other.files
+        self.documents += other.documents
+        self.tokens += other.tokens
+        self.skipped.update(other.skipped)
+        self.bad.extend(other.bad)
+
+    def skip(self, record: BadRecord) -> None:
+        self.skipped[record.reason.split(":")[0]] += 1
+        self.bad.append(record)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# SlimPajama and Starcoder
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def find_files(input_dir: Path, kind: Kind, problems: Optional[List[BadRecord]] = None) -> List[Path]:
+    """Every input file of a dataset under `input_dir`, sorted (the order of the output is then reproducible).
+
+    Symbolic links to folders are followed. A folder that cannot be listed or a link to no file is an error, or, when
+    a `problems` list is given, appended to it and left out.
+    """
+    pattern = PATTERNS[kind]
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise PrepareError(f"--input_dir {input_dir} is not a directory: {DOWNLOAD_HINT[kind]}")
+    found = walk_files(input_dir, pattern)
+    files = [p for p, problem in found if problem is None]
+    bad = [BadRecord(str(p), None, problem) for p, problem in found if problem is not None]
+    if bad and problems is None:
+        listed = "; ".join(map(str, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise PrepareError(
+            f"{len(bad)} inputs under --input_dir {input_dir} cannot be read: {listed}. Fix them, or leave them out "
+            "with --skip_bad_records true"
+        )
+    if problems is not None:
+        problems.extend(bad)
+    if not files:
+        raise PrepareError(f"--input_dir {input_dir} holds no {pattern} files: {DOWNLOAD_HINT[kind]}")
+    return files
+
+
+PATTERNS = {"slimpajama": "*.jsonl.zst", "starcoder": "*.parquet"}
+
+
+def walk_files(folder: Path, pattern: str) -> List[Tuple[Path, Optional[str]]]:
+    """The files matching `pattern` under `folder`, through symbolic links to folders too (each folder once), sorted,
+    each with None or why it cannot be read (a folder that cannot be listed comes with its own path)."""
+    found: List[Tuple[Path, Optional[str]]] = []
+    seen = set()
+
+    def unreadable(e: OSError) -> None:
+        found.append((Path(e.filename), f"unreadable directory: {e.strerror}"))
+
+    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        for name in fnmatch.filter(names, pattern):
+            path = Path(root) / name
+            if path.is_file():
+                found.append((path, None))
+            else:
+                found.append((path, "a link to no file" if path.is_symlink() else "not a regular file"))
+    return sorted(found)
+
+
+DOWNLOAD_HINT = {
+    "slimpajama": "point it at SlimPajama's train/, validation/ or test/ folder (fetch a slice with `python "
+    "scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset --allow_patterns 'train/chunk1/*'`) "
+    "or build the sample corpus with `python scripts/prepare_sample_data.py`",
+    "starcoder": "point it at the folder holding Starcoder's <language>/ folders (fetch a slice with `python "
+    "scripts/download.py --repo_id bigcode/starcoderdata --repo_type dataset --allow_patterns 'python/*'`) "
+    "or build the sample corpus with `python scripts/prepare_sample_data.py`",
+}
+
+
+def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
+    """The `text` of every row of a `.jsonl.zst` file, RedPajamaGithub rows left out."""
+    line_no, documents = 0, 0
+    try:
+        for line_no, line in enumerate(zstd_lines(path), start=1):  # noqa: B007 (line_no is reported after the loop)
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:  # malformed JSON or invalid UTF-8
+                stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {short_reason(e)}"))
+                continue
+            text = row.get("text") if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                stats.skip(BadRecord(str(path), line_no, "row without a 'text' string"))
+                continue
+            meta = row.get("meta")
+            if isinstance(meta, dict) and meta.get("redpajama_set_name") == GITHUB_SET:
+                stats.skipped[GITHUB_SET] += 1
+                continue
+            documents += 1
+            yield text
+    except TruncatedError:
+        lost = f"truncated file: it ends inside a zstd frame after {documents:,} documents; the rest is lost"
+        stats.skip(BadRecord(str(path), line_no + 1, f"{lost} (download it again)"))
+    except zstd.ZstdError as e:
+        stats.skip(BadRecord(str(path), line_no + 1, f"corrupt zstd data: {short_reason(e)} (rest of file unread)"))
+    except OSError as e:
+        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {short_reason(e)} (rest of file unread)"))
+
+
+def zstd_lines(path: Path, read_size: int = 1 << 22) -> Iterator[bytes]:
+    """The lines of a zstd-compressed file (one frame or several); raises `ZstdError` on corrupt or truncated data,
+    which a plain stream reader would take for the end of the file."""
+    dctx = zstd.ZstdDecompressor()
+    frame, fed, pending = dctx.decompressobj(), False, b""
+    with open(path, "rb") as fh:
+        while data := fh.read(read_size):
+            while data:
+                out = frame.decompress(data)
+                fed, data = True, b""
+                if frame.eof:  # a frame ended: the rest of the input starts the next one
+                    data = frame.unused_data
+                    frame, fed = dctx.decompressobj(), False
+                lines = (pending + out).split(b"\n")
+                pending = lines.pop()
+                yield from lines
+    if fed:
+        raise TruncatedError("the file ends inside a zstd frame (truncated download?)")
+    if pending:
+        yield pending
+
+
+def read_starcoder(path: Path, stats: Stats) -> Iterator[str]:
+    """The `content` of every row of a `.parquet` file, read in batches of rows."""
+    import pyarrow as pa  # lazy: heavy (~0.4 s), only for parquet and arrow files
+    import pyarrow.parquet as pq
+
+    try:
+        parquet_file = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        stats.skip(BadRecord(str(path), None, f"unreadable parquet file: {short_reason(e)}"))
+        return
+    names = parquet_file.schema_arrow.names
+    if "content" not in names:
+        stats.skip(BadRecord(str(path), None, f"no 'content' column: the file has {names}"))
+        return
+    row = 0
+    try:
+        for batch in parquet_file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=["content"]):
+            for text in batch.column(0).to_pylist():
+                row += 1
+                if not isinstance(text, str):
+                    stats.skip(BadRecord(str(path), row, "row without a 'content' string"))
+                    continue
+                yield text
+    except (pa.ArrowException, OSError) as e:
+        stats.skip(BadRecord(str(path), row + 1, f"unreadable parquet file: {short_reason(e)} (rest of file unread)"))
+
+
+READERS: Dict[str, Callable[[Path, Stats], Iterator[str]]] = {
+    "slimpajama": read_slimpajama,
+    "starcoder": read_starcoder,
+}
+
+
+def iter_texts(input_dir: Path, stats: Optional[Stats] = None) -> Iterator[str]:
+    """The documents of every SlimPajama and Starcoder file under `input_dir` (either layout, or both)."""
+    stats = stats or Stats()
+    files = [(p, kind, problem) for kind in READERS for p, problem in walk_files(Path(input_dir), PATTERNS[kind])]
+    for path, kind, problem in files:
+        if problem is not None:
+            stats.skip(BadRecord(str(path), None, problem))
+            continue
+        stats.files += 1
+        for text in READERS[kind](path, stats):
+            stats.documents += 1
+            yield text
+
+
+def short_reason(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# A corpus of one's own: text, JSON, parquet, arrow and CSV files
+# ---------------------------------------------------------------------------------------------------------------------
+
 
 FORMATS = {
     ".txt": "text",
@@ -42,7 +270,6 @@ FORMATS = {
 COMPRESSIONS = (".zst", ".gz", ".bz2", ".xz")
 # the metadata files of a Hugging Face `datasets` folder, not data
 DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")
-PARQUET_BATCH_ROWS = 1024
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte order mark
 
 
@@ -150,7 +377,7 @@ def read_documents(path: Path, stats: Stats, options: TextOptions) -> Iterator[s
             yield text
 
 
-def _lines(path: Path, compression: Optional[str], stats: Stats) -> Iterator[Tuple[int, bytes]]:
+def read_lines(path: Path, compression: Optional[str], stats: Stats) -> Iterator[Tuple[int, bytes]]:
     """(1-based line number, line with its newline) of a plain or compressed file, without the byte order mark that
     Windows editors and Excel put first; a truncated or corrupt stream ends the file with a bad record."""
     line_no = 0
@@ -161,12 +388,12 @@ def _lines(path: Path, compression: Optional[str], stats: Stats) -> Iterator[Tup
         stats.skip(BadRecord(str(path), line_no + 1, "truncated file: the compressed stream ends early (download it "
                              "again); the documents before the cut are kept"))  # fmt: skip
     except (OSError, lzma.LZMAError, ValueError) as e:  # corrupt data (zstd's error is a ValueError too)
-        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
+        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {short_reason(e)} (rest of file unread)"))
 
 
 def _raw_lines(path: Path, compression: Optional[str]) -> Iterator[bytes]:
     if compression == ".zst":
-        for line in _zstd_lines(path):
+        for line in zstd_lines(path):
             yield line + b"\n"
         return
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(compression, open)
@@ -178,14 +405,14 @@ def _decode(line: bytes, path: Path, line_no: int, stats: Stats) -> Optional[str
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as e:
-        stats.skip(BadRecord(str(path), line_no, f"not UTF-8 text: {_short(e)}"))
+        stats.skip(BadRecord(str(path), line_no, f"not UTF-8 text: {short_reason(e)}"))
         return None
 
 
 def _read_text(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
     block: List[str] = []
     bad_file = False
-    for line_no, raw in _lines(path, compression, stats):
+    for line_no, raw in read_lines(path, compression, stats):
         line = _decode(raw, path, line_no, stats)
         if line is None:
             bad_file = True  # a document with a line left out would be a different document: leave it all out
@@ -200,14 +427,14 @@ def _read_text(path: Path, compression: Optional[str], stats: Stats, options: Te
         yield "".join(block)
 
 
-def _get(row: object, key: str) -> object:
+def nested_value(row: object, key: str) -> object:
     for part in key.split("."):
         row = row.get(part) if isinstance(row, dict) else None
     return row
 
 
 def _read_json(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
-    lines = _lines(path, compression, stats)
+    lines = read_lines(path, compression, stats)
     first = next(lines, None)
     while first is not None and not first[1].strip():  # blank lines before the first value
         first = next(lines, None)
@@ -216,10 +443,10 @@ def _read_json(path: Path, compression: Optional[str], stats: Stats, options: Te
         try:
             rows = json.loads(data)
         except ValueError as e:
-            stats.skip(BadRecord(str(path), None, f"malformed JSON array: {_short(e)}"))
+            stats.skip(BadRecord(str(path), None, f"malformed JSON array: {short_reason(e)}"))
             return
         for i, row in enumerate(rows if isinstance(rows, list) else [], start=1):
-            text = _get(row, options.text_key)
+            text = nested_value(row, options.text_key)
             if isinstance(text, str):
                 yield text
             else:
@@ -231,9 +458,9 @@ def _read_json(path: Path, compression: Optional[str], stats: Stats, options: Te
         try:
             row = json.loads(raw)
         except ValueError as e:  # malformed JSON or invalid UTF-8
-            stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {_short(e)}"))
+            stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {short_reason(e)}"))
             continue
-        text = _get(row, options.text_key)
+        text = nested_value(row, options.text_key)
         if not isinstance(text, str):
             stats.skip(BadRecord(str(path), line_no, f"row without a {options.text_key!r} string"))
             continue
@@ -247,7 +474,7 @@ def _chain(first, rest) -> Iterator[Tuple[int, bytes]]:
 
 
 def _read_table(path: Path, compression: Optional[str], stats: Stats, options: TextOptions) -> Iterator[str]:
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: heavy (~0.4 s), only for parquet and arrow files
     import pyarrow.parquet as pq
 
     try:
@@ -258,7 +485,7 @@ def _read_table(path: Path, compression: Optional[str], stats: Stats, options: T
         else:
             batches, names = _arrow_batches(path)
     except (pa.ArrowException, OSError) as e:
-        stats.skip(BadRecord(str(path), None, f"unreadable {path.suffix[1:]} file: {_short(e)}"))
+        stats.skip(BadRecord(str(path), None, f"unreadable {path.suffix[1:]} file: {short_reason(e)}"))
         return
     if options.column not in names:
         stats.skip(BadRecord(str(path), None, f"no {options.column!r} column (--column): the file has {names}"))
@@ -273,12 +500,12 @@ def _read_table(path: Path, compression: Optional[str], stats: Stats, options: T
                 else:
                     stats.skip(BadRecord(str(path), row, f"row without a {options.column!r} string"))
     except (pa.ArrowException, OSError) as e:
-        stats.skip(BadRecord(str(path), row + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
+        stats.skip(BadRecord(str(path), row + 1, f"unreadable file: {short_reason(e)} (rest of file unread)"))
 
 
 def _arrow_batches(path: Path):
     """The record batches and column names of an Arrow IPC stream (Hugging Face `datasets`' format) or file."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: heavy, as in _read_table
 
     try:
         stream = pa.ipc.open_stream(pa.memory_map(str(path)))
@@ -294,7 +521,7 @@ def _read_csv(path: Path, compression: Optional[str], stats: Stats, options: Tex
     numbered: List[int] = []
 
     def text_lines() -> Iterator[str]:
-        for line_no, raw in _lines(path, compression, stats):
+        for line_no, raw in read_lines(path, compression, stats):
             line = _decode(raw, path, line_no, stats)
             numbered.append(line_no)
             if line is not None:
@@ -317,4 +544,4 @@ def _read_csv(path: Path, compression: Optional[str], stats: Stats, options: Tex
                 continue
             yield fields[at]
     except csv.Error as e:
-        stats.skip(BadRecord(str(path), numbered[-1] if numbered else None, f"malformed CSV: {_short(e)}"))
+        stats.skip(BadRecord(str(path), numbered[-1] if numbered else None, f"malformed CSV: {short_reason(e)}"))

@@ -14,9 +14,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.convert import save_lit_checkpoint, save_tokenizer_files  # noqa: E402
+from lit_gpt.convert import save_tokenizer_files  # noqa: E402
+from lit_gpt.data.separators import Separators, write_separators  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.separators import Separators, write_separators  # noqa: E402
+from lit_gpt.weights import save_lit_checkpoint  # noqa: E402
 
 
 def main(

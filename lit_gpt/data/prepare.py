@@ -1,7 +1,7 @@
-"""Data preparation shared by `scripts/prepare_slimpajama.py`, `scripts/prepare_starcoder.py` and
-`scripts/train_tokenizer.py`: reading raw SlimPajama (`*.jsonl.zst`) and Starcoder (`*.parquet`) files, tokenizing
-them in batches and writing litdata chunks that `litdata.StreamingDataset(..., item_loader=TokensLoader(block_size))`
-reads.
+"""The data preparation engine of `scripts/prepare_slimpajama.py`, `scripts/prepare_starcoder.py` and
+`scripts/prepare_text.py`: the documents of the input files (read by `lit_gpt/data/readers.py`) tokenized in batches
+by worker processes into litdata chunks that `litdata.StreamingDataset(..., item_loader=TokensLoader(block_size))`
+reads, written into a folder of their own with the record of what was written (`prepare.json`).
 
 Nothing is dropped silently: every row that is not turned into tokens is counted by reason, and a row that could not
 be read is reported with its file and line (row, for parquet).
@@ -23,238 +23,34 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Literal, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
-import zstandard as zstd
+from tqdm import tqdm
 
 from lit_gpt.cli import UserError
-from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
+from lit_gpt.data.readers import (
+    PATTERNS,
+    READERS,
+    BadRecord,
+    Kind,
+    PrepareError,
+    Stats,
+    find_files,
+    find_inputs,
+    input_roots,
+    read_documents,
+)
+from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
 from lit_gpt.tokenizer import Tokenizer
 
-Kind = Literal["slimpajama", "starcoder", "text"]  # text: any corpus of scripts/prepare_text.py
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
-GITHUB_SET = "RedPajamaGithub"  # SlimPajama's code rows, skipped: Starcoder covers code
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
 PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters (see encode_long)
-PARQUET_BATCH_ROWS = 1024
 MAX_LISTED_BAD_RECORDS = 20
 MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
-
-
-class PrepareError(UserError):
-    """A problem with the inputs or the options, with what to do about it."""
-
-
-class TruncatedError(zstd.ZstdError):
-    """A zstd file that ends inside a frame: the end of a complete file is missing."""
-
-
-@dataclass
-class BadRecord:
-    path: str
-    line: Optional[int]  # 1-based line (jsonl) or row (parquet); None: the whole file
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}" if self.line else f"{self.path}: {self.reason}"
-
-
-@dataclass
-class Stats:
-    files: int = 0
-    documents: int = 0
-    tokens: int = 0
-    skipped: Counter = field(default_factory=Counter)  # reason -> rows
-    bad: List[BadRecord] = field(default_factory=list)
-    elapsed: float = 0.0  # seconds
-
-    def add(self, other: "Stats") -> None:
-        self.files += other.files
-        self.documents += other.documents
-        self.tokens += other.tokens
-        self.skipped.update(other.skipped)
-        self.bad.extend(other.bad)
-
-    def skip(self, record: BadRecord) -> None:
-        self.skipped[record.reason.split(":")[0]] += 1
-        self.bad.append(record)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Reading the raw datasets
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def find_files(input_dir: Path, kind: Kind, problems: Optional[List[BadRecord]] = None) -> List[Path]:
-    """Every input file of a dataset under `input_dir`, sorted (the order of the output is then reproducible).
-
-    Symbolic links to folders are followed. A folder that cannot be listed or a link to no file is an error, or, when
-    a `problems` list is given, appended to it and left out.
-    """
-    pattern = PATTERNS[kind]
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise PrepareError(f"--input_dir {input_dir} is not a directory: {DOWNLOAD_HINT[kind]}")
-    found = walk_files(input_dir, pattern)
-    files = [p for p, problem in found if problem is None]
-    bad = [BadRecord(str(p), None, problem) for p, problem in found if problem is not None]
-    if bad and problems is None:
-        listed = "; ".join(map(str, bad[:3])) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise PrepareError(
-            f"{len(bad)} inputs under --input_dir {input_dir} cannot be read: {listed}. Fix them, or leave them out "
-            "with --skip_bad_records true"
-        )
-    if problems is not None:
-        problems.extend(bad)
-    if not files:
-        raise PrepareError(f"--input_dir {input_dir} holds no {pattern} files: {DOWNLOAD_HINT[kind]}")
-    return files
-
-
-PATTERNS = {"slimpajama": "*.jsonl.zst", "starcoder": "*.parquet"}
-
-
-def walk_files(folder: Path, pattern: str) -> List[Tuple[Path, Optional[str]]]:
-    """The files matching `pattern` under `folder`, through symbolic links to folders too (each folder once), sorted,
-    each with None or why it cannot be read (a folder that cannot be listed comes with its own path)."""
-    found: List[Tuple[Path, Optional[str]]] = []
-    seen = set()
-
-    def unreadable(e: OSError) -> None:
-        found.append((Path(e.filename), f"unreadable directory: {e.strerror}"))
-
-    for root, dirs, names in os.walk(folder, onerror=unreadable, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a link back up the tree, or a second link to one folder
-            dirs[:] = []
-            continue
-        seen.add(real)
-        for name in fnmatch.filter(names, pattern):
-            path = Path(root) / name
-            if path.is_file():
-                found.append((path, None))
-            else:
-                found.append((path, "a link to no file" if path.is_symlink() else "not a regular file"))
-    return sorted(found)
-
-
-DOWNLOAD_HINT = {
-    "slimpajama": "point it at SlimPajama's train/, validation/ or test/ folder (fetch a slice with `python "
-    "scripts/download.py --repo_id cerebras/SlimPajama-627B --repo_type dataset --allow_patterns 'train/chunk1/*'`) "
-    "or build the sample corpus with `python scripts/prepare_sample_data.py`",
-    "starcoder": "point it at the folder holding Starcoder's <language>/ folders (fetch a slice with `python "
-    "scripts/download.py --repo_id bigcode/starcoderdata --repo_type dataset --allow_patterns 'python/*'`) "
-    "or build the sample corpus with `python scripts/prepare_sample_data.py`",
-}
-
-
-def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
-    """The `text` of every row of a `.jsonl.zst` file, RedPajamaGithub rows left out."""
-    line_no, documents = 0, 0
-    try:
-        for line_no, line in enumerate(_zstd_lines(path), start=1):  # noqa: B007 (line_no is reported after the loop)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:  # malformed JSON or invalid UTF-8
-                stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {_short(e)}"))
-                continue
-            text = row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                stats.skip(BadRecord(str(path), line_no, "row without a 'text' string"))
-                continue
-            meta = row.get("meta")
-            if isinstance(meta, dict) and meta.get("redpajama_set_name") == GITHUB_SET:
-                stats.skipped[GITHUB_SET] += 1
-                continue
-            documents += 1
-            yield text
-    except TruncatedError:
-        lost = f"truncated file: it ends inside a zstd frame after {documents:,} documents; the rest is lost"
-        stats.skip(BadRecord(str(path), line_no + 1, f"{lost} (download it again)"))
-    except zstd.ZstdError as e:
-        stats.skip(BadRecord(str(path), line_no + 1, f"corrupt zstd data: {_short(e)} (rest of file unread)"))
-    except OSError as e:
-        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {_short(e)} (rest of file unread)"))
-
-
-def _zstd_lines(path: Path, read_size: int = 1 << 22) -> Iterator[bytes]:
-    """The lines of a zstd-compressed file (one frame or several); raises `ZstdError` on corrupt or truncated data,
-    which a plain stream reader would take for the end of the file."""
-    dctx = zstd.ZstdDecompressor()
-    frame, fed, pending = dctx.decompressobj(), False, b""
-    with open(path, "rb") as fh:
-        while data := fh.read(read_size):
-            while data:
-                out = frame.decompress(data)
-                fed, data = True, b""
-                if frame.eof:  # a frame ended: the rest of the input starts the next one
-                    data = frame.unused_data
-                    frame, fed = dctx.decompressobj(), False
-                lines = (pending + out).split(b"\n")
-                pending = lines.pop()
-                yield from lines
-    if fed:
-        raise TruncatedError("the file ends inside a zstd frame (truncated download?)")
-    if pending:
-        yield pending
-
-
-def read_starcoder(path: Path, stats: Stats) -> Iterator[str]:
-    """The `content` of every row of a `.parquet` file, read in batches of rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet_file = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        stats.skip(BadRecord(str(path), None, f"unreadable parquet file: {_short(e)}"))
-        return
-    names = parquet_file.schema_arrow.names
-    if "content" not in names:
-        stats.skip(BadRecord(str(path), None, f"no 'content' column: the file has {names}"))
-        return
-    row = 0
-    try:
-        for batch in parquet_file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=["content"]):
-            for text in batch.column(0).to_pylist():
-                row += 1
-                if not isinstance(text, str):
-                    stats.skip(BadRecord(str(path), row, "row without a 'content' string"))
-                    continue
-                yield text
-    except (pa.ArrowException, OSError) as e:
-        stats.skip(BadRecord(str(path), row + 1, f"unreadable parquet file: {_short(e)} (rest of file unread)"))
-
-
-READERS: Dict[str, Callable[[Path, Stats], Iterator[str]]] = {
-    "slimpajama": read_slimpajama,
-    "starcoder": read_starcoder,
-}
-
-
-def iter_texts(input_dir: Path, stats: Optional[Stats] = None) -> Iterator[str]:
-    """The documents of every SlimPajama and Starcoder file under `input_dir` (either layout, or both)."""
-    stats = stats or Stats()
-    files = [(p, kind, problem) for kind in READERS for p, problem in walk_files(Path(input_dir), PATTERNS[kind])]
-    for path, kind, problem in files:
-        if problem is not None:
-            stats.skip(BadRecord(str(path), None, problem))
-            continue
-        stats.files += 1
-        for text in READERS[kind](path, stats):
-            stats.documents += 1
-            yield text
-
-
-def _short(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -281,7 +77,7 @@ def tokenize_files(
     """The litdata work function: one worker's input files -> int32 token items of `item_tokens` tokens (a file's
     last one shorter).
 
-    Documents are encoded with `bos` and/or `eos` as `separators` says (`lit_gpt/separators.py`; by default `eos`
+    Documents are encoded with `bos` and/or `eos` as `separators` says (`lit_gpt/data/separators.py`; by default `eos`
     after each, lit-gpt's convention), many per tokenizer call; the tokens of a file form one stream that is cut into
     equal items, so that chunks of a multiple of `item_tokens` fill up exactly.
     `parent_pid`: the preparing process, which this worker must not outlive. `reader` reads a file's documents
@@ -383,7 +179,7 @@ def _single_space(text: str, lo: int, hi: int, backwards: bool) -> Optional[int]
 def _continuation_processor(model_proto: bytes):
     """The SentencePiece model without its dummy prefix, for the pieces after the first of a long document; None for a
     model with which pieces would not encode as the whole (see `encode_long`)."""
-    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
+    from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2  # lazy: protobuf, for long documents
 
     model = sentencepiece_model_pb2.ModelProto()
     model.ParseFromString(model_proto)
@@ -462,9 +258,9 @@ def prepare(
 ) -> Stats:
     """Tokenize every file of a SlimPajama or Starcoder folder into litdata chunks; see the scripts for the options.
     `bos`, `eos`: put the tokenizer's bos token before each document, its eos token after it, or both
-    (`lit_gpt/separators.py`); recorded in `prepare.json`.
-    With `kind="text"`, the files of `inputs` (folders, glob patterns, files; `lit_gpt.text_data.find_inputs`) are read
-    as `text_options` (a `lit_gpt.text_data.TextOptions`) says, and `input_dir` is not used.
+    (`lit_gpt/data/separators.py`); recorded in `prepare.json`.
+    With `kind="text"`, the files of `inputs` (folders, glob patterns, files; `lit_gpt.data.readers.find_inputs`) are
+    read as `text_options` (a `lit_gpt.data.readers.TextOptions`) says, and `input_dir` is not used.
 
     A local `output_dir` is written as a hidden sibling folder that is renamed into place when the chunks are complete,
     so that neither a killed run nor a stale writer can change a finished output. The same files, options and worker
@@ -473,6 +269,7 @@ def prepare(
     Raises `PrepareError` with a message for the user when the options or the inputs are wrong, or, unless
     `skip_bad_records`, when some rows or files could not be read (after writing everything else).
     """
+    # lazy: litdata is heavy (~2 s to import), needed only once the inputs are checked
     from litdata import optimize
     from litdata.streaming.item_loader import TokensLoader
 
@@ -489,8 +286,6 @@ def prepare(
     problems: List[BadRecord] = []
     reader = None
     if kind == "text":
-        from lit_gpt.text_data import find_inputs, input_roots, read_documents
-
         files = find_inputs(inputs or [], problems if skip_bad_records else None)
         reader = functools.partial(read_documents, options=text_options)
         named_inputs = {f"--input {item}": root for item, root in input_roots(inputs or [])}
@@ -595,7 +390,7 @@ def write_chunks(fn: Callable, workers_files: List[List[str]], write_dir: str, c
     """`litdata.optimize` into a new local folder, worker i processing `workers_files[i]`, without the helper process
     that optimize starts in each worker to delete downloaded copies of the inputs (there are none here; starting one
     costs a Python interpreter with torch per worker, seconds on a small machine)."""
-    from litdata.processing.data_processor import DataProcessor
+    from litdata.processing.data_processor import DataProcessor  # lazy: heavy, as in prepare
     from litdata.processing.functions import LambdaDataChunkRecipe
     from litdata.streaming.item_loader import TokensLoader
     from litdata.streaming.resolver import _resolve_dir
@@ -756,7 +551,7 @@ def _finish(
         "input_dir": str(input_dir),
         "documents": stats.documents,
         "tokens": stats.tokens,
-        "separators": separators.to_dict(),  # lit_gpt/separators.py
+        "separators": separators.to_dict(),  # lit_gpt/data/separators.py
         **separator_ids,  # the ids written between documents: "eos_id" is what `pretrain --document_mask` splits at
         "vocab_size": vocab_size,  # the tokenizer's: pretraining notes a model of more token ids than it has
         "files": sorted(p.name for p in write_dir.iterdir()),
@@ -829,8 +624,6 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def _monitor(progress: multiprocessing.Queue, stats: Stats, num_files: int, verbose: bool, desc: str) -> None:
     """Collects the workers' counts into `stats` and shows them: files done, documents/s, tokens/s."""
-    from tqdm import tqdm
-
     bar = tqdm(total=num_files, desc=desc, unit="file", disable=not verbose, dynamic_ncols=True)
     # the rates count from the first report, not from the workers' start-up, and without that report's counts: they
     # took an unknown time (a whole file), which divided by the moments since it gave 61,765,960 tok/s

@@ -23,5 +23,5 @@ for split in train validation; do
 done
 "$PY" scripts/prepare_starcoder.py --input_dir $RAW/starcoderdata-raw --output_dir .device/data/starcoder \
   --tokenizer_path .device/tok --overwrite true
-"$PY" scripts/device/instruction_data.py --raw_dir $RAW/slimpajama-raw/train --output .device/inst.json.xz
+"$PY" dev/device/instruction_data.py --raw_dir $RAW/slimpajama-raw/train --output .device/inst.json.xz
 du -shc .whl .device

@@ -15,7 +15,7 @@ Templates. `TEMPLATES["alpaca"]` is Alpaca's layout (a preamble, `### Instructio
 an input, `### Response:`); `TEMPLATES["plain"]` is the instruction, a newline and the input, and a newline.
 
 Examples. An example is `prefix + ids(template(instruction, input)) + ids(output) + [eos]`, where the prefix is the
-token that preceded every document in pretraining (`lit_gpt.separators.prompt_prefix`: bos, or eos for a model
+token that preceded every document in pretraining (`lit_gpt.data.separators.prompt_prefix`: bos, or eos for a model
 trained with eos alone), the same prefix `generate/base.py --template` puts before the prompt, so that the finetuned
 model sees at generation exactly the ids it was trained on. Prompt and response are tokenized separately, as a
 prompt is at generation. Labels equal the ids, with -100 (the loss's ignore index) on the prompt (prefix included)
@@ -51,10 +51,18 @@ import torch
 
 from lit_gpt.cli import UserError
 from lit_gpt.cli import rank as process_rank
-from lit_gpt.prepare import BadRecord, Stats, _short, walk_files
-from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, prompt_prefix
-from lit_gpt.separators import encode_prompt as separators_encode_prompt
-from lit_gpt.text_data import COMPRESSIONS, _get, _lines, file_format
+from lit_gpt.data.readers import (
+    COMPRESSIONS,
+    BadRecord,
+    Stats,
+    file_format,
+    nested_value,
+    read_lines,
+    short_reason,
+    walk_files,
+)
+from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, prompt_prefix
+from lit_gpt.data.separators import encode_prompt as separators_encode_prompt
 from lit_gpt.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100  # targets the loss skips (lit_gpt/loss.py)
@@ -162,7 +170,7 @@ def _record(row: object, keys: Tuple[str, str, str]) -> Union[Dict[str, str], st
         return f"not a JSON object but {_json_type(row)}"
     record = {}
     for name, key in zip(("instruction", "input", "output"), keys):
-        value = _get(row, key)
+        value = nested_value(row, key)
         if name == "input" and value is None:
             value = ""
         if value is None:
@@ -186,7 +194,7 @@ def _json_type(value: object) -> str:
 
 def _json_rows(path: Path, stats: Stats) -> Iterator[Tuple[int, object]]:
     """(1-based line, value) of each JSON-lines row, or of each element of a JSON array (the line it starts on)."""
-    lines = _lines(path, (file_format(path) or ("", None))[1], stats)  # compressed files, BOM, truncation
+    lines = read_lines(path, (file_format(path) or ("", None))[1], stats)  # compressed files, BOM, truncation
     first = next(lines, None)
     while first is not None and not first[1].strip():
         first = next(lines, None)
@@ -207,7 +215,7 @@ def _json_rows(path: Path, stats: Stats) -> Iterator[Tuple[int, object]]:
             yield line_no, json.loads(raw)
         except ValueError as e:  # malformed JSON or invalid UTF-8
             hint = " (a JSON file holds one array of records, or one record per line)" if line_no == first[0] else ""
-            stats.skip(BadRecord(str(path), line_no, f"invalid JSON: {_short(e)}{hint}"))
+            stats.skip(BadRecord(str(path), line_no, f"invalid JSON: {short_reason(e)}{hint}"))
 
 
 def _array_elements(path: Path, data: bytes, first_line: int, stats: Stats) -> Iterator[Tuple[int, object]]:
@@ -237,8 +245,8 @@ def _array_elements(path: Path, data: bytes, first_line: int, stats: Stats) -> I
         try:
             value, end = decoder.raw_decode(text, at)
         except ValueError as e:
-            stats.skip(BadRecord(str(path), line_of(min(at, len(text))), f"invalid JSON array: {_short(e)} (rest of "
-                                 "file unread)"))  # fmt: skip
+            stats.skip(BadRecord(str(path), line_of(min(at, len(text))), f"invalid JSON array: {short_reason(e)} (rest "
+                                 "of file unread)"))  # fmt: skip
             return
         stray = _NOT_UTF8.search(text, at, end)
         if stray:
@@ -315,7 +323,7 @@ def encode_prompt(
     tokenizer: Tokenizer, instruction: str, template: str, input: str = "", separators: Optional[Separators] = None
 ) -> List[int]:
     """The ids of a templated prompt as finetuning puts it before each response and `generate/base.py --template`
-    generates from: `lit_gpt.separators.encode_prompt` of the template's text."""
+    generates from: `lit_gpt.data.separators.encode_prompt` of the template's text."""
     return separators_encode_prompt(
         tokenizer, apply_template(template, instruction, input), separators or DEFAULT_SEPARATORS
     )

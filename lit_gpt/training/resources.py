@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from lit_gpt.cli import UserError
 from lit_gpt.config import Config
 from lit_gpt.flops import flops_per_token, num_parameters
 
@@ -66,7 +67,7 @@ def estimate(
 def available_memory() -> float:
     """Bytes of RAM that can be allocated without swapping (Linux's MemAvailable)."""
     try:
-        import psutil
+        import psutil  # lazy: optional (not a requirement of the library)
 
         return float(psutil.virtual_memory().available)
     except ImportError:
@@ -97,8 +98,6 @@ def check_cpu_run(config: Config, precision: str, micro_batch_size: int, global_
     """Refuse a CPU run that would not fit in this machine's memory or would take over `MAX_CPU_STEP_HOURS` per
     optimizer step, with the estimate and a run that fits; return the estimate otherwise. The machine's matmul rate
     and available bytes are measured, unless given (to judge a run as on another machine)."""
-    from lit_gpt.cli import UserError
-
     rate = flops_per_second or cpu_flops_per_second()
     e = estimate(config, precision, micro_batch_size, global_batch_size, devices, num_nodes, activation_checkpointing,
                  rate)  # fmt: skip

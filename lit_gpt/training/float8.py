@@ -1,4 +1,4 @@
-"""Float8 training through torchao, applied to a plain `GPT` from outside (`lit_gpt.parallel.parallelize`).
+"""Float8 training through torchao, applied to a plain `GPT` from outside (`lit_gpt.training.parallel.parallelize`).
 
 Every linear layer of the transformer blocks (q/k/v, attention output, the three MLP projections) computes its
 three matrix products in float8 with dynamic scales; the output head, the embeddings and the norms stay in bf16.
@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 RECIPES = ("tensorwise", "rowwise")
 
@@ -41,7 +42,7 @@ def check_float8(recipe: Optional[str], device: torch.device) -> None:
             "float8 matrix units; they need compute capability 8.9 or newer (Ada, Hopper, Blackwell). Leave --fp8 out"
         )
     try:
-        import torchao.float8  # noqa: F401
+        import torchao.float8  # noqa: F401 (lazy: optional, the hopper extra)
     except ImportError as e:
         raise ValueError(
             f"--fp8 {recipe} needs torchao ({e}): `pip install -e '.[hopper]'` or `pip install torchao`"
@@ -66,7 +67,7 @@ def convert_to_float8(model: nn.Module, recipe: str, emulate: bool = False, fast
     less precise float8 mode too, as the forward product always does: 1.02x the step of TinyLlama-1.1B on an H200,
     and the 200-step loss stays as close to bf16's as a bf16 run from other rounding does (tutorials/performance.md);
     False keeps torchao's default (precise accumulation in backward)."""
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training  # lazy: optional (the hopper extra)
 
     if recipe == "tensorwise":
         config = Float8LinearConfig(enable_fsdp_float8_all_gather=True, emulate=emulate)
@@ -74,7 +75,7 @@ def convert_to_float8(model: nn.Module, recipe: str, emulate: bool = False, fast
         config = Float8LinearConfig.from_recipe_name(recipe)
         if emulate:
             config = dataclasses.replace(config, emulate=True)
-    from torchao.float8.config import Float8GemmConfig
+    from torchao.float8.config import Float8GemmConfig  # lazy: optional
 
     backward = Float8GemmConfig(use_fast_accum=fast_accum)
     config = dataclasses.replace(config, gemm_config_grad_input=backward, gemm_config_grad_weight=backward)
@@ -99,8 +100,6 @@ def _plain_weight(module: nn.Module, state_dict: dict, prefix: str, local_metada
     if local is value:
         state_dict[key] = inner
     else:
-        from torch.distributed.tensor import DTensor
-
         state_dict[key] = DTensor.from_local(
             inner, value.device_mesh, value.placements, run_check=False, shape=value.shape, stride=value.stride()
         )
@@ -110,6 +109,6 @@ def precompute_scales_after_step(optimizer: torch.optim.Optimizer, model: nn.Mod
     """After every optimizer step, compute the float8 scales of all weights that FSDP2 all-gathers in float8 at once
     (one all-reduce of their absolute maxima) instead of one reduction per layer in the next forward pass. Register
     on the torch optimizer, not Fabric's wrapper."""
-    from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp
+    from torchao.float8 import precompute_float8_dynamic_scale_for_fsdp  # lazy: optional (the hopper extra)
 
     optimizer.register_step_post_hook(lambda *_: precompute_float8_dynamic_scale_for_fsdp(model))

@@ -19,9 +19,12 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
+import yaml
 
-from lit_gpt.separators import DEFAULT_SEPARATORS, Separators, read_separators
+from lit_gpt.data.prepare import prepared_separators
+from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.signals import ignore_stop_signals
 
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
@@ -63,8 +66,6 @@ def data_sources(
     elif isinstance(train_data, dict):
         mapping = train_data
     else:
-        import yaml
-
         path = Path(train_data)
         if not path.is_file():
             raise FileNotFoundError(
@@ -91,6 +92,15 @@ def data_sources(
     if not sources or sum(sources.values()) <= 0:
         raise ValueError(f"--train_data needs at least one prepared folder with a positive weight, e.g. {example}")
     return list(sources.items()), normalize(val_data) if val_data else join(data_dir, VAL_DIR)
+
+
+def recorded_sources(hparams: Dict[str, object]) -> Optional[List[Tuple[str, float]]]:
+    """The training sources that a run's hparams record: its `train_sources`, or for a run from before --train_data
+    existed, its --data_dir's two sources with its --data_weights (None when neither is recorded)."""
+    then = hparams.get("train_sources")
+    if then is None and "data_dir" in hparams:  # written before --train_data existed: --data_dir's two sources
+        then = data_sources(hparams["data_dir"], hparams.get("data_weights") or (0.693584, 0.306416))[0]
+    return then
 
 
 def normalize(folder: str) -> str:
@@ -129,13 +139,11 @@ def check_prepared(folders: Sequence[str], flag: str) -> None:
 
 
 def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Path] = None) -> Separators:
-    """The document-separator convention (`lit_gpt/separators.py`) that the local prepared `folders` share, from their
-    `prepare.json` (a folder prepared before it was recorded counts as the default, eos after each document); a mix
-    is refused, naming the folders of each convention. Object-store folders are not read: the local ones decide, and
+    """The document-separator convention (`lit_gpt/data/separators.py`) that the local prepared `folders` share, from
+    their `prepare.json` (a folder prepared before it was recorded counts as the default, eos after each document); a
+    mix is refused, naming the folders of each convention. Object-store folders are not read: the local ones decide, and
     the default holds when there are none. A note says so when the weights of `initial_checkpoint_dir` were trained
     with another convention (TinyLlama's bos before each document, continued on eos-separated data)."""
-    from lit_gpt.prepare import prepared_separators
-
     found: Dict[Separators, List[str]] = {}
     for folder in folders:
         if "://" not in folder:
@@ -144,7 +152,7 @@ def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Pat
         groups = "; ".join(f"{', '.join(names)} with {separators}" for separators, names in found.items())
         raise ValueError(
             f"the data folders were prepared with different document separators: {groups}. The model would learn "
-            "both; prepare them alike (the prepare scripts' --bos/--eos, see lit_gpt/separators.py)"
+            "both; prepare them alike (the prepare scripts' --bos/--eos, see lit_gpt/data/separators.py)"
         )
     separators = next(iter(found), DEFAULT_SEPARATORS)
     if initial_checkpoint_dir is not None and (initial := read_separators(initial_checkpoint_dir)) != separators:
@@ -162,8 +170,7 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
     embedding for: data tokenized with a tokenizer of a larger vocabulary, which would fail at the first step (an
     IndexError on CPU, a device-side assert on a GPU). One chunk per folder is read (a few MB): a tokenizer that does
     not fit shows in every chunk."""
-    import numpy as np
-    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING  # lazy: litdata is heavy (~2 s)
 
     for folder in folders:
         if "://" in folder:
@@ -192,8 +199,6 @@ def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) 
     `eos_id` (`--eos_id`) for data that records none; refused if they disagree (folders among themselves, or with
     `eos_id`), if none is known, or it is not a token id of the model, and for folders prepared without an eos after
     each document (`--eos false`), which have none to split at."""
-    from lit_gpt.prepare import prepared_separators
-
     no_eos = [folder for folder in folders if "://" not in folder and not prepared_separators(Path(folder)).eos]
     if no_eos:
         raise ValueError(
@@ -237,7 +242,7 @@ def _recorded_eos_id(folder: str, vocab_size: int) -> Optional[int]:
 
 
 def _prepare_record(folder: str) -> dict:
-    """A local folder's prepare.json (`lit_gpt.prepare`); empty for an object store or a folder without one."""
+    """A local folder's prepare.json (`lit_gpt.data.prepare`); empty for an object store or a folder without one."""
     manifest = Path(folder) / "prepare.json"
     if "://" in folder or not manifest.is_file():
         return {}
@@ -281,6 +286,7 @@ def mixture_dataloader(
 ):
     """The (folder, weight) `sources`, each shuffled, each batch row drawn from a source with probability its weight's
     share, in batches of (batch_size, block_size + 1)."""
+    # lazy: litdata is heavy (~2 s to import), and the checks above run before any loader is built
     from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
 
     datasets = [
@@ -308,7 +314,7 @@ def mixture_dataloader(
 
 def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: int):
     """The validation folder in order, in batches of (batch_size, block_size + 1); every process gets as many."""
-    from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader
+    from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader  # lazy: heavy, as above
 
     dataset = StreamingDataset(
         input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=False, drop_last=True

@@ -26,15 +26,21 @@ either way.
 
 import logging
 from functools import partial
-from typing import Literal, Optional, Tuple
+from pathlib import Path
+from typing import Literal, Optional, Tuple, Union
 
+import lightning as L
 import torch
+from lightning.fabric.strategies import ModelParallelStrategy
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from lit_gpt.attention import apply_attention
-from lit_gpt.float8 import convert_to_float8
-from lit_gpt.model import GPT, Block
+from lit_gpt.attention import KERNELS
+from lit_gpt.model import GPT, Block, CausalSelfAttention
+from lit_gpt.training.float8 import convert_to_float8
+from lit_gpt.training.logger import choose_logger
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # where Lightning announces the process group when it starts it: "Initializing distributed: GLOBAL_RANK: 0, MEMBER:
@@ -88,6 +94,15 @@ def reshard_choices(
     return (not keep if forward is None else forward), (not keep if backward is None else backward)
 
 
+def apply_attention(model: nn.Module, kernel: str) -> None:
+    """Set every attention layer of `model` to `kernel` (a name of `KERNELS`), in place; call before compiling."""
+    for module in model.modules():
+        if isinstance(module, CausalSelfAttention):
+            module.attention = KERNELS[kernel]
+        if isinstance(module, GPT):  # its forward pass prepares the document mask for this kernel
+            module.prepare_documents = KERNELS[kernel].prepare
+
+
 def parallelize(
     model: GPT,
     device_mesh: DeviceMesh,
@@ -110,11 +125,9 @@ def parallelize(
     of torchrun, SLURM and Fabric) and replicates across groups. `reshard_after_forward=None` frees the gathered
     weights after the forward pass unless `keep_weights_gathered` says to keep them (one process per shard group,
     or a model small enough). `attention` is a kernel of `lit_gpt.attention.KERNELS` (`choose_attention` picks it);
-    `fp8` a recipe of `lit_gpt.float8.RECIPES` or None (bf16 products), `fp8_emulate` runs its products in high
+    `fp8` a recipe of `lit_gpt.training.float8.RECIPES` or None (bf16 products), `fp8_emulate` runs its products in high
     precision (tests on CPU), `fp8_fast_accum` accumulates the backward products in cuBLAS's fast mode too.
     """
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
     mesh = device_mesh["data_parallel"] if device_mesh.mesh_dim_names else device_mesh
     if sharding == "hybrid":
         mesh = hybrid_mesh(mesh, devices_per_node or mesh.size())
@@ -147,10 +160,36 @@ def make_parallelize_fn(**kwargs) -> "partial[GPT]":
     return partial(parallelize, **kwargs)
 
 
+def model_parallel_fabric(
+    accelerator: str,
+    devices: Union[int, str],
+    num_nodes: int,
+    precision: str,
+    world_size: int,
+    logger_name: str,
+    out_dir: Path,
+    run_name: str,
+    **parallelize_kwargs,
+) -> L.Fabric:
+    """The Fabric of a training script: `ModelParallelStrategy` with `parallelize` (in `precision`, given the other
+    `parallelize_kwargs`) over all `world_size` processes, saving sharded checkpoints, or a single file with one
+    process (the converter reads it), and the logger `logger_name` (`choose_logger`)."""
+    parallelize_fn = make_parallelize_fn(precision=precision, **parallelize_kwargs)
+    # data_parallel_size and tensor_parallel_size default to num_nodes and devices: FSDP over the whole world here
+    strategy = ModelParallelStrategy(
+        parallelize_fn, data_parallel_size=world_size, tensor_parallel_size=1, save_distributed_checkpoint=True
+    )
+    if world_size == 1:
+        strategy._save_distributed_checkpoint = False  # one process: a single file (the converter reads it)
+    logger = choose_logger(logger_name, out_dir, run_name)
+    return L.Fabric(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, precision=precision, strategy=strategy,
+        loggers=logger,
+    )  # fmt: skip
+
+
 def checkpoint(block: Block) -> nn.Module:
     """Recompute the block's activations in backward instead of keeping them (state-dict names unchanged)."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
     return checkpoint_wrapper(block, preserve_rng_state=False)
 
 
@@ -160,8 +199,6 @@ def hybrid_mesh(mesh: DeviceMesh, devices_per_node: int) -> DeviceMesh:
     Ranks are laid out row-major: with 2 nodes of 2 devices, the shard groups are {0, 1} and {2, 3} (one per node)
     and the replicate groups {0, 2} and {1, 3}.
     """
-    from torch.distributed.device_mesh import init_device_mesh
-
     if mesh.size() % devices_per_node:
         raise ValueError(
             f"Hybrid sharding needs the world size ({mesh.size()}) to be a multiple of the devices per node "

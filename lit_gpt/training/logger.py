@@ -1,10 +1,11 @@
-"""Experiment loggers for Fabric: TensorBoard, CSV, or Weights & Biases (offline when no API key is configured)."""
+"""Experiment loggers for Fabric: TensorBoard, CSV, or Weights & Biases (offline when no API key is configured), and the
+console line of a log step."""
 
 import importlib.util
 import netrc
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Dict, Literal
 
 from lightning.fabric.loggers import Logger, TensorBoardLogger
 
@@ -15,7 +16,7 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
         return TensorBoardLogger(root_dir=out_dir / "logs", name="tensorboard")
     if name == "csv":
         # Lightning's (not Fabric's) CSV logger: it also writes the hyperparameters (hparams.yaml)
-        from lightning.pytorch.loggers import CSVLogger
+        from lightning.pytorch.loggers import CSVLogger  # lazy: lightning.pytorch is heavy, only for this logger
 
         return CSVLogger(save_dir=out_dir / "logs", name="csv", flush_logs_every_n_steps=1)
     if name == "wandb":
@@ -24,7 +25,7 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
                 "--logger_name wandb needs wandb, which this Python lacks: `pip install wandb`; or pass "
                 "--logger_name tensorboard or csv"
             )
-        from lightning.pytorch.loggers import WandbLogger
+        from lightning.pytorch.loggers import WandbLogger  # lazy: heavy, and wandb is optional
 
         offline = not wandb_key_configured()
         return WandbLogger(project="lit-gpt-pretrain", name=run_name, save_dir=out_dir / "logs", offline=offline)
@@ -39,3 +40,33 @@ def wandb_key_configured() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
+
+
+def format_metrics(step: int, max_steps: int, m: Dict[str, Any]) -> str:
+    """One console line for a log step."""
+    parts = [
+        f"step {step}/{max_steps}",
+        f"loss {m['loss']:.4f}",
+        f"lr {m['learning_rate']:.2e}",
+        f"grad norm {m['grad_norm']:.3f}",
+        f"tokens {m['tokens']:,}",
+        f"{m['tokens_per_sec']:,.0f} tok/s ({m['tokens_per_sec_per_device']:,.0f}/device)",
+    ]
+    if m.get("mfu") is not None:
+        parts.append(f"MFU {m['mfu']:.1%}")
+    parts.append(f"{m['step_time'] * 1000:.0f} ms/step")
+    if m.get("data_wait") is not None:
+        parts.append(f"data wait {m['data_wait'] * 1000:.0f} ms")
+    if m.get("peak_memory_gb") is not None:
+        parts.append(f"peak mem {m['peak_memory_gb']:.1f} GiB")
+    parts.append(f"ETA {format_duration(m['remaining_hours'] * 3600)}")
+    if m.get("skipped_steps"):
+        parts.append(f"skipped {m['skipped_steps']}")
+    return " | ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    if hours >= 24:
+        return f"{hours // 24}d{hours % 24:02d}h"
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -14,8 +14,12 @@ checkpoint under a `step-*.pth` name. Everything in them is tensors and plain Py
 `torch.load(..., weights_only=True)`. A sharded checkpoint's `.metadata` is a pickle too, which torch's own reader
 unpickles in full: `DCPReader` reads it with an unpickler that builds nothing but torch.distributed.checkpoint's
 metadata classes (and its non-tensor values with `weights_only=True`), unless the user trusts the checkpoint
-(`--trust_pickle true`). To read the model weights of either layout without a process group, use
-`lit_gpt.convert.training_checkpoint_tensors` (what `scripts/convert_pretrained_checkpoint.py` does).
+(`--trust_pickle true`; `lit_gpt/trust.py`). The model weights of either layout are read without a process group by
+`training_checkpoint_tensors` (what `scripts/convert_pretrained_checkpoint.py` does), and the model config and
+document separators a run was trained with by `training_checkpoint_config` and `training_checkpoint_separators`.
+
+This is the one module that reads and writes training checkpoints; resuming checks a checkpoint against the run
+(`check_compatible`) with what the caller knows of its data (`recorded_sources`).
 """
 
 import contextlib
@@ -23,18 +27,33 @@ import errno
 import fcntl
 import io
 import os
-import pickle
 import re
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import lightning as L
 import torch
+import torch.distributed.checkpoint as dcp
+from lightning.fabric.wrappers import _unwrap_objects
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+
+from lit_gpt.config import Config
+from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
+from lit_gpt.files import remove
+from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
+from lit_gpt.weights import strip_wrapper_prefixes
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 OWN_NAME = re.compile(r"^step-(\d{8,})\.pth$")  # exactly what checkpoint_path writes
@@ -257,77 +276,9 @@ def save_pruned(fabric: L.Fabric, out_dir: Path, saved: Path, keep_last: Optiona
             fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {keep_last})")
 
 
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 ########################
-# Sharded checkpoints read without running code
+# Sharded checkpoints read through torch.distributed.checkpoint, without running code
 ########################
-# everything the `.metadata` pickle of a torch.distributed.checkpoint directory holds: its dataclasses, sizes,
-# dtypes, layouts, the memory-format enum and the checkpoint's path (pathlib is `pathlib._local` from Python 3.13)
-_DCP_METADATA_GLOBALS = {
-    *(
-        ("torch.distributed.checkpoint.metadata", name)
-        for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
-    ),
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    *((module, name) for module in ("pathlib", "pathlib._local") for name in ("PosixPath", "PurePosixPath")),
-    ("collections", "OrderedDict"),
-}  # fmt: skip
-TRUST_HINT = "If the checkpoint comes from a source you trust, pass --trust_pickle true."
-
-
-class _Refused(pickle.UnpicklingError):
-    """A global that `_MetadataUnpickler` does not build (other `UnpicklingError`s are of a corrupt file)."""
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """An unpickler that builds only the classes of `_DCP_METADATA_GLOBALS` and torch dtypes: a pickle that names
-    anything else (`os.system`, `builtins.eval`, ...) is refused before it is called."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if dtype or (module, name) in _DCP_METADATA_GLOBALS:
-            return super().find_class(module, name)
-        raise _Refused(f"{module}.{name}")
-
-
-def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
-    """The `torch.distributed.checkpoint.metadata.Metadata` in the `.metadata` file `file`, unpickled with
-    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory, whole."""
-    with open(file, "rb") as f:
-        try:
-            metadata = pickle.load(f) if trust_pickle else _MetadataUnpickler(f).load()
-        except _Refused as e:
-            raise ValueError(
-                f"{file} names {e}, which the metadata of a sharded checkpoint never holds: unpickling it could run "
-                f"arbitrary code, so it is not read. {TRUST_HINT}"
-            ) from None
-        except Exception as e:  # truncated, or not a pickle
-            raise ValueError(f"{file} cannot be read ({type(e).__name__}: {e}): it is truncated or corrupt") from None
-    infos = list((getattr(metadata, "storage_data", None) or {}).values())
-    fields = [tuple(getattr(i, k, None) for k in ("relative_path", "offset", "length")) for i in infos]
-    valid = all(isinstance(f, str) and "/" not in f and type(o) is type(n) is int for f, o, n in fields)
-    if not hasattr(metadata, "state_dict_metadata") or not valid:
-        raise ValueError(f"{file} is not the metadata of a sharded checkpoint whose shards lie beside it")
-    # a shard missing or cut short (a copy cut short, a full disk) would fail deep inside torch's reader
-    ends: Dict[str, int] = {}
-    for info in infos:
-        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
-    for name, end in sorted(ends.items()):
-        shard = file.parent / name
-        size = shard.stat().st_size if shard.is_file() else None
-        if size is None or size < end:
-            state = "is missing" if size is None else f"is truncated ({size:,} bytes, its .metadata says {end:,})"
-            raise ValueError(f"{file.parent} is incomplete: its shard {name} {state}")
-    return metadata
 
 
 class DCPReader(FileSystemReader):
@@ -339,8 +290,6 @@ class DCPReader(FileSystemReader):
         self.trust_pickle = trust_pickle
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-        from torch.distributed.checkpoint.metadata import StorageMeta
-
         metadata = read_dcp_metadata(Path(self._get_metadata_path(kwargs.get("rank"))), self.trust_pickle)
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
@@ -362,8 +311,6 @@ class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
 
 def dcp_load(state: Dict[str, Any], path: Path, trust_pickle: bool = False, **kwargs: Any) -> None:
     """`torch.distributed.checkpoint.load(state, ...)` from the directory `path` through `DCPReader`."""
-    import torch.distributed.checkpoint as dcp
-
     reader = DCPReader(path, trust_pickle)
     dcp.load(state, storage_reader=reader, planner=reader.planner(), **kwargs)
 
@@ -371,14 +318,6 @@ def dcp_load(state: Dict[str, Any], path: Path, trust_pickle: bool = False, **kw
 def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict[str, Any]:
     """What `fabric.load(path, state)` does for a sharded checkpoint (Lightning's
     `strategies.model_parallel._load_checkpoint`), with `dcp_load` instead of a plain `dcp.load`."""
-    from lightning.fabric.wrappers import _unwrap_objects
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-        set_optimizer_state_dict,
-    )
-
     model, optimizer = _unwrap_objects(state["model"]), _unwrap_objects(state["optimizer"])
     model_state = {"model": get_model_state_dict(model)}
     dcp_load(model_state, path, trust_pickle)
@@ -412,9 +351,7 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
         return torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}; pass `--resume auto` to pick the latest in --out_dir")
-    from lit_gpt.convert import _load_single_file
-
-    checkpoint = _load_single_file(path, trust_pickle)  # one-line errors for pickled objects and truncated files
+    checkpoint = load_single_file(path, trust_pickle)  # one-line errors for pickled objects and truncated files
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path} holds {type(checkpoint).__name__}, not a training checkpoint (a dict)")
     return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
@@ -424,15 +361,22 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
 LOADER_SETTINGS = ("micro_batch_size", "num_workers", "seed")
 
 
+def recorded_train_sources(hparams: Dict[str, Any]) -> Optional[list]:
+    """The training sources that a run's `hparams` record (None where they record none)."""
+    return hparams.get("train_sources")
+
+
 def check_compatible(
     path: Path,
     metadata: Dict[str, Any],
     model_config: Dict[str, Any],
     world_size: int,
     run_hparams: Optional[Dict[str, Any]] = None,
+    recorded_sources: Callable[[Dict[str, Any]], Optional[list]] = recorded_train_sources,
 ) -> None:
     """Refuse to resume from a checkpoint of another model, written by another number of processes, or (given this
-    run's `run_hparams`) with other data-loader settings."""
+    run's `run_hparams`) with other data-loader settings. `recorded_sources(hparams)` reads the training sources of
+    the checkpoint's hparams (`lit_gpt.data.loaders.recorded_sources` knows those of runs before --train_data)."""
     if "hparams" not in metadata:
         raise ValueError(
             f"{path} is not a training checkpoint of pretrain/tinyllama.py (it holds no run settings) and cannot be "
@@ -454,7 +398,7 @@ def check_compatible(
             "loader's position is tied to the number of processes: resume with the same --devices × --num_nodes."
         )
     if run_hparams and run_hparams.get("train_sources") is not None:
-        check_same_sources(path, hparams, run_hparams["train_sources"])
+        check_same_sources(path, recorded_sources(hparams), run_hparams["train_sources"])
     if run_hparams and run_hparams.get("separators") is not None:
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
@@ -471,8 +415,6 @@ def check_compatible(
 def check_same_separators(path: Path, hparams: Dict[str, Any], separators: dict) -> None:
     """Refuse to resume on data prepared with other document separators than the checkpoint's (a folder prepared
     again with other --bos/--eos); a checkpoint from before they were recorded was trained with the default."""
-    from lit_gpt.separators import DEFAULT_SEPARATORS, Separators
-
     then = Separators.from_dict(hparams.get("separators", DEFAULT_SEPARATORS.to_dict()), str(path))
     now = Separators.from_dict(separators, "this run's data")
     if then != now:
@@ -502,14 +444,10 @@ def check_same_attention_mask(path: Path, hparams: Dict[str, Any], run_hparams: 
         )
 
 
-def check_same_sources(path: Path, hparams: Dict[str, Any], sources: list) -> None:
-    """Refuse to resume on other training sources or weights than the checkpoint's: litdata restores each source's
-    position, not the mix, so the resumed run would not be the run that was interrupted."""
-    from lit_gpt.dataloaders import data_sources
-
-    then = hparams.get("train_sources")
-    if then is None and "data_dir" in hparams:  # written before --train_data existed: --data_dir's two sources
-        then = data_sources(hparams["data_dir"], hparams.get("data_weights") or (0.693584, 0.306416))[0]
+def check_same_sources(path: Path, then: Optional[list], sources: list) -> None:
+    """Refuse to resume on other training sources or weights than the checkpoint's (`then`; None: not recorded):
+    litdata restores each source's position, not the mix, so the resumed run would not be the run that was
+    interrupted."""
     if then is None or [tuple(s) for s in then] == [tuple(s) for s in sources]:
         return
 
@@ -524,10 +462,17 @@ def check_same_sources(path: Path, hparams: Dict[str, Any], sources: list) -> No
 
 
 def load_checkpoint(
-    fabric: L.Fabric, path: Path, state: Dict[str, Any], model_config: Dict[str, Any], trust_pickle: bool = False
+    fabric: L.Fabric,
+    path: Path,
+    state: Dict[str, Any],
+    model_config: Dict[str, Any],
+    trust_pickle: bool = False,
+    recorded_sources: Callable[[Dict[str, Any]], Optional[list]] = recorded_train_sources,
 ) -> None:
-    """Check `path` against this run, then load it into `state` in place (model, optimizer and the rest)."""
-    check_compatible(path, load_metadata(path, trust_pickle), model_config, fabric.world_size, state["hparams"])
+    """Check `path` against this run (`check_compatible`), then load it into `state` in place (model, optimizer and
+    the rest)."""
+    metadata = load_metadata(path, trust_pickle)
+    check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
     if path.is_dir():
         remainder = _load_sharded(path, state, trust_pickle)
         fabric.barrier()
@@ -535,3 +480,114 @@ def load_checkpoint(
         remainder = fabric.load(path, state, weights_only=not trust_pickle)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")
+
+
+########################
+# The model weights of a training checkpoint, read without a process group
+########################
+
+
+def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[str, torch.Size]:
+    """Names (wrapper prefixes stripped) and shapes of the model weights in a training checkpoint, read without
+    loading any tensor."""
+    if is_distributed_checkpoint(path):
+        return {name: meta.size for name, (_, meta) in _dcp_model_entries(path, trust_pickle).items()}
+    return {name: t.shape for name, t in _single_file_model(path, trust_pickle).items()}
+
+
+def training_checkpoint_tensors(
+    path: Path, group_bytes: int = 2**30, trust_pickle: bool = False
+) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(name, tensor) for every model weight of a training checkpoint, wrapper prefixes stripped.
+
+    A single file is memory-mapped. A distributed checkpoint is consolidated without a process group: the DCP
+    metadata lists every weight and its global shape, and the weights are read in groups of about `group_bytes`,
+    so that the optimizer state is never read and only one group is in flight at a time. Its `.metadata` pickle is
+    read without running code unless `trust_pickle` (`DCPReader`).
+    """
+    if not is_distributed_checkpoint(path):
+        yield from _single_file_model(path, trust_pickle).items()
+        return
+    entries = _dcp_model_entries(path, trust_pickle)
+    group: Dict[str, torch.Tensor] = {}
+    size = 0
+    names = list(entries)
+    for i, name in enumerate(names):
+        fqn, meta = entries[name]
+        group[fqn] = torch.empty(meta.size, dtype=meta.properties.dtype)
+        size += group[fqn].nbytes
+        if size >= group_bytes or i == len(names) - 1:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+                dcp_load(group, path, trust_pickle, no_dist=True)
+            for key, tensor in group.items():
+                yield strip_wrapper_prefixes(key[len("model.") :]), tensor
+            group, size = {}, 0
+
+
+def training_checkpoint_config(path: Path, config_name: Optional[str] = None, trust_pickle: bool = False) -> Config:
+    """The model config a training checkpoint was trained with.
+
+    `pretrain/tinyllama.py` saves it as `hparams["model_config"]` (with the run's `--block_size`): in the file of a
+    single-file checkpoint, in `meta.pt` of a sharded one. `config_name`, when given, is checked against it. A
+    checkpoint without it (an older one, or another tool's) needs `config_name`, which is looked up in the registry.
+    """
+    hparams = training_hparams(path, trust_pickle)
+    saved = hparams.get("model_config")
+    if saved is None:
+        if config_name is None:
+            raise ValueError(
+                f"{str(path)!r} does not record the model config it was trained with (no hparams['model_config']); "
+                "pass the registered name it was trained as, for example --config_name tiny-llama-1.1b"
+            )
+        return Config.from_name(config_name)
+    try:
+        config = Config(**saved)
+    except TypeError as e:  # written by a version of `Config` with other fields
+        known = set(Config.__dataclass_fields__)
+        raise ValueError(
+            f"{str(path)!r} records a model config this version of lit_gpt cannot read ({e}; unknown fields: "
+            f"{sorted(set(saved) - known)}). Convert it with the version that trained it."
+        ) from None
+    if config_name is not None and config_name not in (config.name, hparams.get("model_name")):
+        raise ValueError(
+            f"--config_name {config_name!r} does not match {str(path)!r}, which was trained as {config.name!r}; "
+            f"pass --config_name {config.name} or leave it out to use the config saved in the checkpoint"
+        )
+    return config
+
+
+def training_checkpoint_separators(path: Path, trust_pickle: bool = False) -> Separators:
+    """The document separators a training checkpoint was trained with (`hparams["separators"]`, which
+    `pretrain/tinyllama.py` reads from the data's `prepare.json`); a checkpoint without them was trained before they
+    were recorded, on data prepared with the default (eos after each document)."""
+    recorded = training_hparams(path, trust_pickle).get("separators")
+    return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, f"{path}'s hparams")
+
+
+def _single_file_model(path: Path, trust_pickle: bool = False) -> Dict[str, torch.Tensor]:
+    state = load_single_file(path, trust_pickle)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"{str(path)!r} is neither a state dict nor a training checkpoint with the state dict under 'model'"
+        )
+    return {strip_wrapper_prefixes(k): v for k, v in state.items()}
+
+
+def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tuple]:
+    """stripped name -> (name in the checkpoint, TensorStorageMetadata) of the weights under the "model" key."""
+    metadata = read_dcp_metadata(path / ".metadata", trust_pickle)
+    entries = {
+        strip_wrapper_prefixes(k[len("model.") :]): (k, meta)
+        for k, meta in metadata.state_dict_metadata.items()
+        if k.startswith("model.") and isinstance(meta, TensorStorageMetadata)
+    }
+    if not entries:
+        some = ", ".join(list(metadata.state_dict_metadata)[:5])
+        raise ValueError(
+            f"The distributed checkpoint {str(path)!r} has no weights under the 'model' key (it has {some}, ...); "
+            "save it with `fabric.save(path, {'model': model, ...})`"
+        )
+    return entries

@@ -9,6 +9,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 import lightning as L
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.optim import Optimizer
 
 from lit_gpt.documents import count_documents
@@ -73,8 +74,6 @@ def training_step(
 
 def set_reshard_after_backward(model: nn.Module, value: bool) -> None:
     """Set whether each FSDP2 module frees its gathered weights after its backward (no-op without FSDP2)."""
-    from torch.distributed.fsdp import FSDPModule
-
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_reshard_after_backward(value, recurse=False)
@@ -158,8 +157,6 @@ def reshard(model: nn.Module) -> None:
     """Return FSDP2 modules to their sharded state. Modules that keep their weights gathered after the forward pass
     (`reshard_after_forward=False`) stay gathered after a forward without backward, as in validation, and would then
     expose plain tensors instead of their sharded parameters to checkpointing."""
-    from torch.distributed.fsdp import FSDPModule
-
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()

@@ -1,14 +1,13 @@
 """What `finetune/lora.py` and `finetune/full.py` share: the checks of their flags and inputs and the instruction data,
 both before any work; the record of the base checkpoint a run starts from; and the training loop over instruction
-batches (the same step, schedule, validation, checkpoints and stop signals as pretraining: `lit_gpt/training.py`,
-`lit_gpt/lr.py`, `lit_gpt/checkpoint.py`, `lit_gpt/signals.py`).
+batches (the same step, schedule, validation, checkpoints and stop signals as pretraining: `lit_gpt/training/step.py`,
+`lit_gpt/training/lr.py`, `lit_gpt/training/checkpoint.py`, `lit_gpt/signals.py`).
 
 A LoRA checkpoint holds the adapter only; its `base` entry (`base_record`) names the checkpoint directory it was
 trained on by the model config and the size and SHA-256 of `lit_model.pth`, so that resuming or merging it onto
 other weights is refused (`check_base`).
 """
 
-import hashlib
 import math
 import random
 import sys
@@ -20,16 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import lightning as L
 import torch
 
-from lit_gpt.checkpoint import (
-    checkpoint_path,
-    find_latest,
-    later_checkpoints,
-    nonfinite_stop_message,
-    save_checkpoint,
-    save_pruned,
-)
-from lit_gpt.convert import TOKENIZER_FILES, lit_checkpoint_files
-from lit_gpt.instruct import (
+from lit_gpt.config import Config
+from lit_gpt.data.instruct import (
     InstructionBatches,
     encode_examples,
     find_instruction_files,
@@ -37,20 +28,23 @@ from lit_gpt.instruct import (
     split_instructions,
     validation_batches,
 )
-from lit_gpt.lr import cosine_lr, warmup_warning
-from lit_gpt.separators import Separators
+from lit_gpt.data.separators import Separators, read_separators
+from lit_gpt.files import file_sha256
 from lit_gpt.signals import StopSignal
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.training import training_step, validate
-from lit_gpt.utils import format_metrics
-
-
-def file_sha256(path: Path, chunk_bytes: int = 2**24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+from lit_gpt.training.checkpoint import (
+    checkpoint_path,
+    find_latest,
+    later_checkpoints,
+    nonfinite_stop_message,
+    save_checkpoint,
+    save_pruned,
+)
+from lit_gpt.training.logger import format_metrics
+from lit_gpt.training.lr import cosine_lr, warmup_warning
+from lit_gpt.training.optimizer import check_optimizer_flags
+from lit_gpt.training.step import training_step, validate
+from lit_gpt.weights import TOKENIZER_FILES, lit_checkpoint_files
 
 
 def base_record(checkpoint_dir: Path) -> Dict[str, Any]:
@@ -220,9 +214,23 @@ def restore_rng(rng: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state(rng["cuda"])
 
 
+def finetune_base(h: Dict[str, Any], checkpoint_dir: Path) -> Config:
+    """The model config of the base checkpoint directory `checkpoint_dir`; records in `h` the `--data` files as text
+    and the document separators the base model was trained with: the prompts begin the same way
+    (lit_gpt/data/separators.py)."""
+    h["data"] = [str(p) for p in h["data"]] if isinstance(h["data"], list) else str(h["data"])
+    config, _ = lit_checkpoint_files(checkpoint_dir)
+    h["separators"] = read_separators(checkpoint_dir).to_dict()
+    return config
+
+
 def check_finetune_flags(h: Dict[str, Any], out_dir: Path, block_size: int) -> None:
-    """Refuse flag values of the finetuning scripts that would fail later or lose work, a `--data` file or folder that
-    is not there, and an `out_dir` of another run: before the run prints its settings or touches `out_dir`."""
+    """Refuse flag values of the finetuning scripts that would fail later or lose work (the optimizer's and the
+    schedule's first), a `--data` file or folder that is not there, and an `out_dir` of another run: before the run
+    prints its settings or touches `out_dir`."""
+    check_optimizer_flags(
+        h["learning_rate"], h["min_lr"], h["warmup_steps"], h["weight_decay"], (h["beta1"], h["beta2"]), h["grad_clip"]
+    )
     only_last = "pass a value above --max_steps to {} only at the last step"
     for flag, hint in [
         ("log_interval", only_last.format("log")),
@@ -283,7 +291,7 @@ class InstructionData:
 
 
 def instruction_data(h: Dict[str, Any], block_size: int, world_size: int) -> InstructionData:
-    """The instruction files `h["data"]` read, split and encoded as `lit_gpt/instruct.py` describes, with the run's
+    """The instruction files `h["data"]` read, split and encoded as `lit_gpt/data/instruct.py` describes, with the run's
     flags and the base model's document separators (`h["separators"]`), and laid out in micro-batches for
     `world_size` processes: before the run prints its settings or touches its out dir, so that a bad record, or data
     too small for the batch sizes, is refused first."""

@@ -1,11 +1,11 @@
 """Training throughput of the real training step on synthetic tokens, optionally beside peers in the same process.
 
-The step is the one `pretrain/tinyllama.py` runs: the model parallelized by `lit_gpt.parallel` through Fabric's
+The step is the one `pretrain/tinyllama.py` runs: the model parallelized by `lit_gpt.training.parallel` through Fabric's
 `ModelParallelStrategy` (FSDP2, bf16 compute with float32 master weights), the fused chunked cross-entropy, fused
 AdamW, gradient clipping. Peers come from `bench/peer_throughput.py` (litgpt's GPT, transformers' Llama) and run in
 the same process, so that every figure of one call is measured on the same GPU at the same time.
 
-    python scripts/benchmark.py --model_name tiny-llama-1.1b --micro_batch_sizes "[8, 16]" \
+    python dev/benchmark.py --model_name tiny-llama-1.1b --micro_batch_sizes "[8, 16]" \
         --peers litgpt:1:16,hf:1:8 --peer_script .device/bench/peer_throughput.py
 """
 
@@ -27,11 +27,11 @@ import torch  # noqa: E402
 from lit_gpt import flops  # noqa: E402
 from lit_gpt.attention import KERNELS, choose_attention  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.dataloaders import data_eos_id  # noqa: E402
+from lit_gpt.data.loaders import data_eos_id  # noqa: E402
 from lit_gpt.documents import check_document_flags, count_documents  # noqa: E402
-from lit_gpt.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.training import document_bounds, training_step  # noqa: E402
+from lit_gpt.training.float8 import check_float8, precompute_scales_after_step  # noqa: E402
+from lit_gpt.training.step import document_bounds, training_step  # noqa: E402
 
 
 def main(
@@ -75,17 +75,18 @@ def main(
             process. Peers run only with one device.
         reshard_after_forward: as in `pretrain/tinyllama.py`: free each block's gathered weights after its forward.
         reshard_after_backward: as in `pretrain/tinyllama.py`: false keeps the gathered weights between the
-            micro-batches of a step. Default for both, as there: `lit_gpt.parallel.reshard_choices`.
+            micro-batches of a step. Default for both, as there: `lit_gpt.training.parallel.reshard_choices`.
         block_size: sequence length; the model's block size by default.
         precision: `bf16-mixed` (bf16 compute, float32 master weights), `bf16-true` or `32-true`.
         attention: the attention kernel, as in `pretrain/tinyllama.py`: `auto` (flash-attn-4 on Hopper when it
             imports, else SDPA), `sdpa` or `fa4` (`lit_gpt/attention.py`); also `fa4_func`, flash-attn-4's public
             `flash_attn_func` called directly (a graph break in each compiled block), to measure against the
             custom ops of `fa4`.
-        fp8: float8 training of the block linear layers, `tensorwise` or `rowwise` (`lit_gpt/float8.py`); bf16 if
-            left out.
+        fp8: float8 training of the block linear layers, `tensorwise` or `rowwise` (`lit_gpt/training/float8.py`);
+            bf16 if left out.
         fp8_fast_accum: with `--fp8`, accumulate the two backward products in cuBLAS's fast float8 mode too, as
-            `pretrain/tinyllama.py` does by default (`lit_gpt.float8.convert_to_float8`); false: torchao's default.
+            `pretrain/tinyllama.py` does by default (`lit_gpt.training.float8.convert_to_float8`); false: torchao's
+            default.
         document_mask: attention within documents, as `pretrain/tinyllama.py --document_mask true`; needs
             `--data_dir` (or `--eos_id`), so that the rows hold real documents.
         document_positions: with `--document_mask`, rotary positions restarting at each document.
@@ -110,7 +111,7 @@ def main(
     import lightning as L
     from lightning.fabric.strategies import ModelParallelStrategy
 
-    from lit_gpt.parallel import make_parallelize_fn, reshard_choices
+    from lit_gpt.training.parallel import make_parallelize_fn, reshard_choices
 
     cuda = torch.cuda.is_available()
     compile = cuda if compile is None else compile
@@ -261,7 +262,7 @@ def documents_per_row(batches: List[torch.Tensor], eos_id: Optional[int]) -> Opt
 def read_batches(data_dir: Path, block_size: int, micro_batch_size: int, n: int) -> List[torch.Tensor]:
     """The first `n` micro-batches of (micro_batch_size, block_size + 1) tokens of a prepared folder, in order
     (repeated when it holds fewer)."""
-    from lit_gpt.dataloaders import val_dataloader
+    from lit_gpt.data.loaders import val_dataloader
 
     batches = []
     for batch in val_dataloader(str(data_dir), block_size, micro_batch_size, num_workers=0):

@@ -4,9 +4,9 @@ eager float32 reference and against litgpt.
 Cases, each trained for `--steps` optimizer steps of one micro-batch, with the same AdamW, clipping and cosine
 learning-rate schedule:
 
-    ours       the production step: `lit_gpt.parallel` through Fabric's `ModelParallelStrategy` (FSDP2, bf16 compute
-               with float32 master weights), compiled blocks on CUDA, the model's default loss (fused on CUDA),
-               fused AdamW, `lit_gpt.training.training_step`
+    ours       the production step: `lit_gpt.training.parallel` through Fabric's `ModelParallelStrategy` (FSDP2, bf16
+               compute with float32 master weights), compiled blocks on CUDA, the model's default loss (fused on CUDA),
+               fused AdamW, `lit_gpt.training.step.training_step`
     reference  our `GPT` in float32, eager, plain cross-entropy, TF32 off: the numerics the others should follow
     autocast   our `GPT` with float32 (master) weights, eager, plain cross-entropy, under bf16 autocast: textbook
                mixed precision without any of ours' optimizations (no FSDP2 bf16 parameters, compile or fused loss)
@@ -16,7 +16,7 @@ learning-rate schedule:
                rounding, a floor for how close a run that is not bit-identical to the reference can be expected to stay
     ours_nudged  ours from initial weights each moved by one bf16 step in a random direction: the chaotic noise floor
                of comparisons between bf16 runs
-    fp8        ours with float8 training (`--fp8 tensorwise`, `lit_gpt/float8.py`), SDPA attention
+    fp8        ours with float8 training (`--fp8 tensorwise`, `lit_gpt/training/float8.py`), SDPA attention
     fa4        ours with flash-attn-4 attention (`--attention fa4`, `lit_gpt/attention.py`), bf16
     fp8_fa4    ours with both
     fp8_precise_fa4  fp8_fa4 with the backward float8 products in torchao's default precise accumulation
@@ -30,7 +30,7 @@ The summary gives, per step, |loss - reference| / reference: its maximum (and wh
 `autocast`, and between ours and litgpt; and each case's wall time (compilation included). It writes every loss to
 `loss_parity.json`. A measurement: the exit code is 0 either way.
 
-    python scripts/loss_parity.py --model_name tiny-llama-1.1b --data_dir data --steps 200 --micro_batch_size 2
+    python dev/loss_parity.py --model_name tiny-llama-1.1b --data_dir data --steps 200 --micro_batch_size 2
 """
 
 import gc
@@ -53,10 +53,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lit_gpt.config import Config  # noqa: E402
-from lit_gpt.lr import cosine_lr  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.training import training_step  # noqa: E402
-from lit_gpt.utils import optimizer_param_groups  # noqa: E402
+from lit_gpt.training.lr import cosine_lr  # noqa: E402
+from lit_gpt.training.optimizer import optimizer_param_groups  # noqa: E402
+from lit_gpt.training.step import training_step  # noqa: E402
 
 CASES = ("ours", "reference", "autocast", "litgpt", "nudged", "ours_nudged", "fp8", "fa4", "fp8_fa4", "fp8_precise_fa4")
 # the variants of ours: the kernels they take (--fp8, --attention) and whether they start from bf16-nudged weights
@@ -102,7 +102,7 @@ def main(
         micro_batch_size: sequences per optimizer step (one micro-batch per step, no accumulation).
         block_size: sequence length; the model's block size by default.
         steps: optimizer steps per case.
-        learning_rate: peak learning rate of the cosine schedule (`lit_gpt.lr.cosine_lr`).
+        learning_rate: peak learning rate of the cosine schedule (`lit_gpt.training.lr.cosine_lr`).
         min_lr: the learning rate at the last step.
         warmup_steps: steps of linear warmup.
         weight_decay: AdamW's decoupled weight decay, on the weight matrices and embeddings.
@@ -128,7 +128,7 @@ def main(
     import lightning as L
     from lightning.fabric.strategies import ModelParallelStrategy
 
-    from lit_gpt.parallel import make_parallelize_fn
+    from lit_gpt.training.parallel import make_parallelize_fn
 
     names = [c.strip() for c in cases.split(",") if c.strip()]
     if not names or set(names) - set(CASES):
@@ -256,8 +256,8 @@ def run_ours(
     fabric, fp8, attention, nudged, config, initial_state, batches, lr_at, make_optimizer, grad_clip, compile, seed
 ) -> Optional[List[float]]:
     from lit_gpt.attention import choose_attention
-    from lit_gpt.float8 import check_float8, precompute_scales_after_step
-    from lit_gpt.parallel import make_parallelize_fn
+    from lit_gpt.training.float8 import check_float8, precompute_scales_after_step
+    from lit_gpt.training.parallel import make_parallelize_fn
 
     name = {v: k for k, v in VARIANTS.items()}[(fp8, attention, nudged)]
     fp8, fast_accum = (fp8.partition("+")[0], "+precise_accum" not in fp8) if fp8 else (None, True)

@@ -1,11 +1,45 @@
-"""Small helpers of the training script: world size, batch arithmetic, optimizer groups, the console line."""
+"""What a launch makes of the flags, shared by the training scripts: the world size, the check against the processes
+torchrun started, the batch split into micro-batches per process (`check_processes`), the device, compilation and
+attention kernel (`choose_device`), and whether the CPU computes in bf16."""
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
-from torch import nn
+
+from lit_gpt.attention import choose_attention
+from lit_gpt.config import Config
+from lit_gpt.training.float8 import check_float8
+
+
+def check_processes(
+    devices: Union[int, str], num_nodes: int, accelerator: str, global_batch_size: int, micro_batch_size: int
+) -> Tuple[int, int]:
+    """(world size, micro-batches per optimizer step on each process) of `--devices`, `--num_nodes` and the batch
+    sizes, refused where torchrun started other processes or the batch does not divide evenly."""
+    world_size = num_processes(devices, num_nodes, accelerator)
+    check_launcher(world_size, num_nodes)
+    return world_size, gradient_accumulation_steps(global_batch_size, micro_batch_size, world_size)
+
+
+def choose_device(
+    config: Config,
+    accelerator: str,
+    precision: str,
+    compile: Optional[bool],
+    attention: str,
+    fp8: Optional[str] = None,
+) -> Tuple[torch.device, bool, str, str]:
+    """(device, whether to compile, attention kernel, the line that says why) of `--accelerator`, `--compile`,
+    `--attention` and `--fp8`: CUDA when asked for or (`auto`) available, compiled there unless told otherwise; an
+    `--fp8` or `--attention` that cannot run there is refused."""
+    cuda = accelerator in ("cuda", "gpu") or (accelerator == "auto" and torch.cuda.is_available())
+    compile = cuda if compile is None else compile
+    device = torch.device("cuda" if cuda else "cpu")
+    check_float8(fp8, device)
+    attention, attention_note = choose_attention(attention, config, device, precision)
+    return device, compile, attention, attention_note
 
 
 def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) -> int:
@@ -64,29 +98,6 @@ def check_launcher(world_size: int, num_nodes: int) -> None:
         )
 
 
-def check_optimizer_flags(
-    learning_rate: float, min_lr: float, warmup_steps: int, weight_decay: float, betas: tuple, grad_clip: float
-) -> None:
-    """Refuse values of the schedule and AdamW that are accepted silently or fail only inside the optimizer."""
-    if not learning_rate >= 0:
-        raise ValueError(f"--learning_rate {learning_rate} must not be negative (the peak learning rate)")
-    if not 0 <= min_lr <= learning_rate:
-        raise ValueError(
-            f"--min_lr {min_lr} must be between 0 and --learning_rate {learning_rate}: the cosine decays from the peak "
-            "down to it"
-        )
-    for flag, value, meaning in [
-        ("warmup_steps", warmup_steps, "optimizer steps of linear warmup; 0 starts at the peak"),
-        ("weight_decay", weight_decay, "AdamW's decoupled weight decay; 0 disables it"),
-        ("grad_clip", grad_clip, "the largest gradient norm; 0 disables clipping"),
-    ]:
-        if value < 0:
-            raise ValueError(f"--{flag} {value} must not be negative ({meaning})")
-    for flag, beta in zip(("beta1", "beta2"), betas):
-        if not 0 <= beta < 1:
-            raise ValueError(f"--{flag} {beta} must be in [0, 1) (AdamW's moment decay; TinyLlama's are 0.9 and 0.95)")
-
-
 def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
     """Micro-batches per optimizer step on each process; refuses combinations that do not divide evenly."""
     if global_batch_size < 1 or micro_batch_size < 1:
@@ -110,44 +121,3 @@ def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, w
             f"pick a divisor such as {suggestion}"
         )
     return per_device // micro_batch_size
-
-
-def optimizer_param_groups(model: nn.Module, weight_decay: float, decay_norms_and_biases: bool) -> List[Dict[str, Any]]:
-    """AdamW parameter groups: weight decay on matrices and embeddings, and on 1-D parameters (norm weights,
-    biases) only if `decay_norms_and_biases`."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if decay_norms_and_biases:
-        return [{"params": params, "weight_decay": weight_decay}]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def format_metrics(step: int, max_steps: int, m: Dict[str, Any]) -> str:
-    """One console line for a log step."""
-    parts = [
-        f"step {step}/{max_steps}",
-        f"loss {m['loss']:.4f}",
-        f"lr {m['learning_rate']:.2e}",
-        f"grad norm {m['grad_norm']:.3f}",
-        f"tokens {m['tokens']:,}",
-        f"{m['tokens_per_sec']:,.0f} tok/s ({m['tokens_per_sec_per_device']:,.0f}/device)",
-    ]
-    if m.get("mfu") is not None:
-        parts.append(f"MFU {m['mfu']:.1%}")
-    parts.append(f"{m['step_time'] * 1000:.0f} ms/step")
-    if m.get("data_wait") is not None:
-        parts.append(f"data wait {m['data_wait'] * 1000:.0f} ms")
-    if m.get("peak_memory_gb") is not None:
-        parts.append(f"peak mem {m['peak_memory_gb']:.1f} GiB")
-    parts.append(f"ETA {format_duration(m['remaining_hours'] * 3600)}")
-    if m.get("skipped_steps"):
-        parts.append(f"skipped {m['skipped_steps']}")
-    return " | ".join(parts)
-
-
-def format_duration(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    if hours >= 24:
-        return f"{hours // 24}d{hours % 24:02d}h"
-    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

@@ -1,7 +1,7 @@
 """Measure the data preparation against lit-gpt's approach, on the same input in one run, and print the ratios.
 
 lit-gpt's preparation (early 2024) encodes one document per `Tokenizer.encode` call, turns each into a torch tensor,
-parses every SlimPajama line twice and hands litdata one item per document; `lit_gpt.prepare` reads bigger batches,
+parses every SlimPajama line twice and hands litdata one item per document; `lit_gpt.data.prepare` reads bigger batches,
 encodes many documents per SentencePiece call and hands litdata block-sized items. Two measurements:
 
 - per core: one process tokenizing the files (no litdata), documents/s and tokens/s;
@@ -11,7 +11,7 @@ encodes many documents per SentencePiece call and hands litdata block-sized item
 Example:
 
     python scripts/prepare_sample_data.py && python scripts/train_tokenizer.py
-    python scripts/prepare_speed.py --data_dir data --tokenizer_path checkpoints/sample-tokenizer
+    python dev/prepare_speed.py --data_dir data --tokenizer_path checkpoints/sample-tokenizer
 """
 
 import functools
@@ -31,7 +31,8 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 
 import torch  # noqa: E402
 
-from lit_gpt.prepare import BLOCK_SIZE, _tokenizer, find_files, item_tokens_for, prepare, tokenize_files  # noqa: E402
+from lit_gpt.data.prepare import BLOCK_SIZE, _tokenizer, item_tokens_for, prepare, tokenize_files  # noqa: E402
+from lit_gpt.data.readers import find_files  # noqa: E402
 
 INPUTS = {"slimpajama": "slimpajama-raw/train", "starcoder": "starcoderdata-raw"}
 
@@ -93,9 +94,9 @@ def main(
 
 
 def text_corpus_speed(data_dir: Path, tokenizer_path: Path, repeats: int) -> None:
-    """`scripts/prepare_text.py`'s generic readers (`lit_gpt.text_data`) on both raw datasets as one mixed corpus
+    """`scripts/prepare_text.py`'s generic readers (`lit_gpt.data.readers`) on both raw datasets as one mixed corpus
     (JSON lines under `text`, parquet under `content`), per core: files/s and tokens/s."""
-    from lit_gpt.text_data import TextOptions, find_inputs, read_documents
+    from lit_gpt.data.readers import TextOptions, find_inputs, read_documents
 
     files = [str(f) for f in find_inputs([str(data_dir / sub) for sub in INPUTS.values()])]
     reader = functools.partial(read_documents, options=TextOptions(text_key="text", column="content"))

@@ -1,0 +1,141 @@
+"""Reading pickles without running code: the `.pth` files of training and lit checkpoints, and the `.metadata` file of
+a sharded (torch.distributed.checkpoint) checkpoint directory.
+
+A single file is loaded with `torch.load(..., weights_only=True)` (tensors and plain values); one that holds other
+pickled objects is refused with `TRUST_HINT`'s advice, and one cut short or overwritten is called truncated or
+corrupt, in one line each (`load_single_file`). A sharded checkpoint's `.metadata` is unpickled by an unpickler that
+builds only torch.distributed.checkpoint's metadata classes, and its shards are checked to lie whole beside it
+(`read_dcp_metadata`). `--trust_pickle true` (a checkpoint from a source the user trusts) loads either in full.
+"""
+
+import pickle
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+
+def _torch_load(path: Path, weights_only: bool = True) -> dict:
+    try:
+        return torch.load(path, mmap=True, weights_only=weights_only, map_location="cpu")
+    except RuntimeError as e:
+        if "mmap" not in str(e):
+            raise
+        # a legacy (non-zip) file cannot be mapped
+        return torch.load(path, weights_only=weights_only, map_location="cpu")
+
+
+def load_single_file(path: Path, trust_pickle: bool = False) -> object:
+    """The whole object of a single-file checkpoint, memory-mapped."""
+    if not path.is_file():
+        what = "a directory without a .metadata file" if path.is_dir() else "missing"
+        raise FileNotFoundError(
+            f"The checkpoint {str(path)!r} is {what}: pass a `step-*.pth` file or a sharded checkpoint directory "
+            "written by `fabric.save` (it holds *.distcp files and .metadata)"
+        )
+    try:
+        return _torch_load(path)
+    except Exception as e:
+        if "weights_only" not in str(e):  # a file cut short or overwritten: EOFError, "invalid header", OSError 22
+            raise _unreadable(path, e) from None
+        if not trust_pickle:  # pickled objects (hyperparameters of other tools, ...) that weights_only refuses
+            raise ValueError(
+                f"{str(path)!r} holds pickled Python objects besides tensors, which loading it safely "
+                "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. If the file "
+                "comes from a source you trust, pass --trust_pickle true."
+            ) from e
+    try:
+        return _torch_load(path, weights_only=False)
+    except Exception as e:
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: Path, e: Exception) -> ValueError:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return ValueError(
+        f"{path} cannot be read ({type(e).__name__}: {reason}): it is truncated or corrupt, not a whole torch.save "
+        "file (a copy or a save cut short)"
+    )
+
+
+def is_distributed_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
+def training_hparams(path: Path, trust_pickle: bool = False) -> dict:
+    """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
+    if is_distributed_checkpoint(path):
+        meta = path / "meta.pt"  # Fabric's file for everything besides the sharded tensors
+        state = torch.load(meta, weights_only=not trust_pickle, map_location="cpu") if meta.is_file() else {}
+    else:
+        state = load_single_file(path, trust_pickle)
+    hparams = state.get("hparams") if isinstance(state, dict) else None
+    return hparams if isinstance(hparams, dict) else {}
+
+
+########################
+# Sharded checkpoints read without running code
+########################
+# everything the `.metadata` pickle of a torch.distributed.checkpoint directory holds: its dataclasses, sizes,
+# dtypes, layouts, the memory-format enum and the checkpoint's path (pathlib is `pathlib._local` from Python 3.13)
+_DCP_METADATA_GLOBALS = {
+    *(
+        ("torch.distributed.checkpoint.metadata", name)
+        for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+                     "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
+    ),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    *((module, name) for module in ("pathlib", "pathlib._local") for name in ("PosixPath", "PurePosixPath")),
+    ("collections", "OrderedDict"),
+}  # fmt: skip
+
+
+TRUST_HINT = "If the checkpoint comes from a source you trust, pass --trust_pickle true."
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global that `_MetadataUnpickler` does not build (other `UnpicklingError`s are of a corrupt file)."""
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """An unpickler that builds only the classes of `_DCP_METADATA_GLOBALS` and torch dtypes: a pickle that names
+    anything else (`os.system`, `builtins.eval`, ...) is refused before it is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if dtype or (module, name) in _DCP_METADATA_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
+def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
+    """The `torch.distributed.checkpoint.metadata.Metadata` in the `.metadata` file `file`, unpickled with
+    `_MetadataUnpickler` unless `trust_pickle`; its shard files must lie in the checkpoint directory, whole."""
+    with open(file, "rb") as f:
+        try:
+            metadata = pickle.load(f) if trust_pickle else _MetadataUnpickler(f).load()
+        except _Refused as e:
+            raise ValueError(
+                f"{file} names {e}, which the metadata of a sharded checkpoint never holds: unpickling it could run "
+                f"arbitrary code, so it is not read. {TRUST_HINT}"
+            ) from None
+        except Exception as e:  # truncated, or not a pickle
+            raise ValueError(f"{file} cannot be read ({type(e).__name__}: {e}): it is truncated or corrupt") from None
+    infos = list((getattr(metadata, "storage_data", None) or {}).values())
+    fields = [tuple(getattr(i, k, None) for k in ("relative_path", "offset", "length")) for i in infos]
+    valid = all(isinstance(f, str) and "/" not in f and type(o) is type(n) is int for f, o, n in fields)
+    if not hasattr(metadata, "state_dict_metadata") or not valid:
+        raise ValueError(f"{file} is not the metadata of a sharded checkpoint whose shards lie beside it")
+    # a shard missing or cut short (a copy cut short, a full disk) would fail deep inside torch's reader
+    ends: Dict[str, int] = {}
+    for info in infos:
+        ends[info.relative_path] = max(ends.get(info.relative_path, 0), info.offset + info.length)
+    for name, end in sorted(ends.items()):
+        shard = file.parent / name
+        size = shard.stat().st_size if shard.is_file() else None
+        if size is None or size < end:
+            state = "is missing" if size is None else f"is truncated ({size:,} bytes, its .metadata says {end:,})"
+            raise ValueError(f"{file.parent} is incomplete: its shard {name} {state}")
+    return metadata
