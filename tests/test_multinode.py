@@ -110,8 +110,14 @@ def test_hybrid_sharding_on_two_nodes_matches_full_and_resumes_under_slurm(tmp_p
     weights_full = model_weights(full / "step-00000002.pth")
     weights_hybrid = model_weights(hybrid / "step-00000002.pth")
     assert weights_full.keys() == weights_hybrid.keys()
-    for name in weights_full:  # Adam turns summation-order noise in near-zero gradients into ~1e-4 differences
-        torch.testing.assert_close(weights_hybrid[name], weights_full[name], rtol=1e-4, atol=2e-4)
+    # Adam's step is about lr * sign(gradient) whatever the gradient's size: where another summation order (another
+    # sharding, or the AVX2 kernels of a CPU without AVX-512) flips the sign of a near-zero gradient, that weight
+    # moves by up to 2 lr a step the other way. Such weights are rare; every other one agrees to float32 noise.
+    bound = 2 * (3e-3 + 3e-3)  # two steps at no more than --learning_rate
+    for name in weights_full:
+        diff = (weights_hybrid[name] - weights_full[name]).abs()
+        loose = diff > 2e-4 + 1e-4 * weights_full[name].abs()
+        assert loose.sum() <= max(1, diff.numel() // 100_000) and diff.max() <= bound, (name, loose.sum(), diff.max())
 
     # resume the hybrid run from its step-1 checkpoint as srun would start it: 4 tasks, 2 per node
     port = free_port()
