@@ -433,15 +433,16 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         "tokens_seen": 0,
         "skipped_steps": 0,
     }
+    verify = resume not in (True, "auto")  # latest_to_resume checks the digests of what it picks
     if resume in (True, "auto"):
-        resume = latest_to_resume(out_dir, h["trust_pickle"])
+        resume = latest_to_resume(out_dir, h["trust_pickle"], fabric.print)
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if not resume and h["initial_checkpoint_dir"]:  # checked against the model in setup()
         model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
-        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources)
+        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources, verify)
         train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
