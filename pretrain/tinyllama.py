@@ -39,6 +39,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
     check_token_ids,
     cycle_full_batches,
     data_eos_id,
+    data_fingerprints,
     data_separators,
     data_sources,
     mixture_dataloader,
@@ -286,6 +287,8 @@ def check_data(h: Dict[str, Any], config: Config, initial_checkpoint_dir: Option
     elif train_data is not None:
         del h["data_dir"]
     h.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    # what the sources held (index.json's digests): a resume on a folder prepared again since is refused
+    h["train_fingerprints"] = data_fingerprints([folder for folder, _ in train_sources])
     # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py)
     h["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     return folders

@@ -822,3 +822,17 @@ def test_a_flipped_byte_in_the_initial_checkpoint_is_refused(tmp_path, same_data
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
     line = refusal([*cmd, "--max_steps", "1", "--initial_checkpoint_dir", str(lit_dir)])
     assert f"{lit_dir / 'lit_model.pth'} is corrupt" in line, line
+
+
+def test_a_resume_on_training_data_prepared_again_is_refused_naming_the_folder(tmp_path):
+    data = _build(tmp_path / "data", same_tokens, 40)
+    out_dir = tmp_path / "out"
+    run(out_dir, data, "--max_steps", "1", "--save_interval", "1", "--eval_interval", "100")
+    assert torch.load(out_dir / "step-00000001.pth", weights_only=True)["hparams"]["train_fingerprints"]
+    # starcoder prepared again from other documents (as `--overwrite true` does: a new folder in its place)
+    starcoder = data / "starcoder"
+    shutil.rmtree(starcoder)
+    _write_chunks(lambda i: same_tokens(i)[: BLOCK * 3 + i], 41, starcoder)
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir)]
+    line = refusal([*cmd, "--max_steps", "2", "--eval_interval", "100", "--resume", "auto"])
+    assert f"{starcoder} has changed since {out_dir / 'step-00000001.pth'} was saved" in line, line

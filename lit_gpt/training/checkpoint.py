@@ -425,6 +425,8 @@ def check_compatible(
         )
     if run_hparams and run_hparams.get("train_sources") is not None:
         check_same_sources(path, recorded_sources(hparams), run_hparams["train_sources"])
+    if run_hparams and run_hparams.get("train_fingerprints") is not None:
+        check_same_data(path, hparams.get("train_fingerprints"), run_hparams["train_fingerprints"])
     if run_hparams and run_hparams.get("separators") is not None:
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
@@ -436,6 +438,19 @@ def check_compatible(
             f"{path} was written with {then}, this run has {now}. The data loader's saved position is only valid "
             f"with the same micro-batch size, loader workers and data seed: resume with {then}."
         )
+
+
+def check_same_data(path: Path, then: Optional[Dict[str, str]], now: Dict[str, str]) -> None:
+    """Refuse to resume on a training folder whose contents changed since the checkpoint was saved: `then` and `now`
+    map each folder to a digest of what it holds (`lit_gpt.data.loaders.data_fingerprints`; None: a checkpoint from
+    before they were recorded, resumed as it is)."""
+    for folder, digest in (then or {}).items():
+        if folder in now and now[folder] != digest:
+            raise ValueError(
+                f"{folder} has changed since {path} was saved (its index.json differs: prepared again?): the data "
+                "loader's saved position would point into other data. Restore that folder as the run trained on it, "
+                "or start a new run from the checkpoint's weights with another --out_dir."
+            )
 
 
 def check_same_separators(path: Path, hparams: Dict[str, Any], separators: dict) -> None:
