@@ -18,7 +18,7 @@ import torch
 from lit_gpt.config import Config
 from lit_gpt.files import atomic_file, check_seal, seal_zip
 from lit_gpt.model import GPT
-from lit_gpt.trust import is_distributed_checkpoint, training_hparams
+from lit_gpt.trust import is_distributed_checkpoint, load_single_file, training_hparams
 
 # copied along with the weights; `generation_config.json` carries bos/eos ids
 TOKENIZER_FILES = (
@@ -132,7 +132,11 @@ def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
     """A lit state dict, memory-mapped: tensors are read from disk when used. Checked against the SHA-256 that
     `save_lit_checkpoint` writes with it (one written before, or by another tool, has none and is read as it is)."""
     check_seal(model_file)
-    return torch.load(model_file, mmap=True, weights_only=True, map_location="cpu")
+    hint = "A lit checkpoint holds only tensors: make it again with scripts/convert_*_checkpoint.py."
+    state = load_single_file(model_file, pickle_hint=hint)  # one-line refusals of planted, cut or foreign files
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{model_file} is not a lit state dict (weight names -> tensors): {hint}")
+    return state
 
 
 def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, output_dir: Path) -> None:

@@ -352,7 +352,7 @@ def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict
     dcp_load(optimizer_state, path, trust_pickle)
     options = StateDictOptions(cpu_offload=True)
     set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state["optimizer"], options=options)
-    metadata = torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
+    metadata = load_single_file(path / "meta.pt", trust_pickle)
     missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
     if missing:
         raise KeyError(f"{path}/meta.pt lacks {missing}: it is not a checkpoint of pretrain/tinyllama.py")
@@ -374,7 +374,7 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
                 )
             raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt or .metadata")
         read_dcp_metadata(path / ".metadata", trust_pickle)
-        return torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
+        return load_single_file(path / "meta.pt", trust_pickle)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}; pass `--resume auto` to pick the latest in --out_dir")
     checkpoint = load_single_file(path, trust_pickle)  # one-line errors for pickled objects and truncated files
