@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from lit_gpt.data.separators import read_separators
 from lit_gpt.files import atomic_file
 from lit_gpt.tokenizer import Tokenizer, sentencepiece_to_tokenizers
+from lit_gpt.trust import load_single_file
 from lit_gpt.weights import TOKENIZER_FILES, copy_tokenizer_files
 
 # the files a conversion writes (globs): what an earlier run of the same converter left in an output directory, that
@@ -68,11 +69,36 @@ def hf_checkpoint_tensors(checkpoint_dir: Path) -> Iterator[Tuple[str, torch.Ten
         )
     for file in files:
         if file.endswith(".safetensors"):
-            with safe_open(str(checkpoint_dir / file), framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
-        else:
-            yield from torch.load(checkpoint_dir / file, mmap=True, weights_only=True, map_location="cpu").items()
+            yield from _safetensors_tensors(checkpoint_dir / file)
+            continue
+        hint = "A Hugging Face pytorch_model*.bin holds only tensors: download it again, or its safetensors."
+        state = load_single_file(checkpoint_dir / file, pickle_hint=hint)  # refusals of planted and cut files
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{checkpoint_dir / file} is not a state dict (weight names -> tensors): {hint}")
+        yield from state.items()
+
+
+def _safetensors_tensors(path: Path) -> Iterator[Tuple[str, torch.Tensor]]:
+    """(name, tensor) of a safetensors file; one cut short, empty or not safetensors is refused in one line."""
+    try:
+        f = safe_open(str(path), framework="pt")
+        names = list(f.keys())
+    except Exception as e:  # SafetensorError: "header too large", "incomplete metadata", ...
+        raise ValueError(_unreadable_safetensors(path, e)) from None
+    for name in names:
+        try:
+            tensor = f.get_tensor(name)
+        except Exception as e:
+            raise ValueError(_unreadable_safetensors(path, e)) from None
+        yield name, tensor
+
+
+def _unreadable_safetensors(path: Path, e: Exception) -> str:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return (
+        f"{path} cannot be read ({type(e).__name__}: {reason}): it is truncated or corrupt, not a whole safetensors "
+        "file; download it again"
+    )
 
 
 def save_hf_weights(

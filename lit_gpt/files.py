@@ -1,6 +1,12 @@
 """Files and formats at the bottom of the library: writing a file whole or not at all, the record that lets a
 converter replace only its own earlier output, sizes written like `5GB`, file digests and removal.
 
+A file or folder that must be read back exactly (a training checkpoint, `lit_model.pth`) carries the SHA-256 of what
+was written: a `torch.save` file (a zip) in its zip comment (`seal_zip`, checked by `check_seal`), a folder in
+`CHECKSUMS`, the digest of every other file in it (`write_checksums`, checked by `check_checksums`). Both are written
+before the file or folder is renamed into place. A flipped bit on disk or in a copy is then refused when it is read
+(`CorruptFile`); a file written before the digests were recorded has none and is read as it is.
+
 `atomic_file` is what every writer of a final file goes through (lit checkpoints, `separators.json`, Hugging Face
 shard indexes, the output record itself). A converter (`scripts/convert_*.py`, `scripts/merge_lora.py`) calls
 `prepare_output_dir` before it writes and `finish_output_dir` after: the record `OUTPUT_RECORD` in the output folder
@@ -14,8 +20,9 @@ import os
 import re
 import secrets
 import shutil
+import struct
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 
 @contextlib.contextmanager
@@ -147,12 +154,89 @@ def parse_size(size: Union[str, int]) -> int:
     return int(float(m.group(1)) * base**power)
 
 
-def file_sha256(path: Path, chunk_bytes: int = 2**24) -> str:
+def file_sha256(path: Path, chunk_bytes: int = 2**24, end: Optional[int] = None) -> str:
+    """The SHA-256 of the file `path` (of its first `end` bytes, if given), read 16 MiB at a time: about 700 MB/s on
+    a CPU with SHA instructions, faster than BLAKE2b there (tutorials/pretrain_tinyllama.md, "Checkpoints")."""
     digest = hashlib.sha256()
+    left = end if end is not None else float("inf")
     with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
+        while left > 0 and (chunk := f.read(int(min(chunk_bytes, left)))):
             digest.update(chunk)
+            left -= len(chunk)
     return digest.hexdigest()
+
+
+class CorruptFile(ValueError):
+    """A file whose bytes differ from the digest recorded when it was written."""
+
+
+CHECKSUMS = "checksums.json"
+_EOCD = b"PK\x05\x06"  # a zip's end-of-central-directory record: 22 bytes and then the comment
+_SEAL = b"lit-gpt sha256 "
+_SEAL_BYTES = len(_SEAL) + 64
+
+
+def seal_zip(path: Path) -> None:
+    """Append the SHA-256 of the zip file `path` (a `torch.save` file, which has no comment), of every byte before its
+    end record, to it as its zip comment: `torch.load` and `zipfile` read it as before."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(max(size - 22, 0))
+        record = bytearray(f.read(22))
+        if len(record) < 22 or record[:4] != _EOCD or record[20:22] != b"\0\0":
+            raise ValueError(f"{path} is not a torch.save file (a zip without a comment): it cannot be sealed")
+        record[20:22] = struct.pack("<H", _SEAL_BYTES)
+        f.seek(size - 22)
+        f.write(bytes(record) + _SEAL + file_sha256(path, end=size - 22).encode())
+
+
+def check_seal(path: Path) -> bool:
+    """Whether `path` carries the digest of `seal_zip` (False: a file written before digests were recorded, or by
+    another tool, which is read as it is); `CorruptFile` where its bytes differ from it."""
+    size = path.stat().st_size
+    end = size - 22 - _SEAL_BYTES
+    if end < 0:
+        return False
+    with open(path, "rb") as f:
+        f.seek(end)
+        tail = f.read()
+    if tail[:4] != _EOCD or tail[20:22] != struct.pack("<H", _SEAL_BYTES) or not tail[22:].startswith(_SEAL):
+        return False
+    if file_sha256(path, end=end) != tail[22 + len(_SEAL) :].decode("ascii", "replace"):
+        raise CorruptFile(
+            f"{path} is corrupt: its bytes differ from the SHA-256 written with it (a flipped bit on disk or in a copy)"
+        )
+    return True
+
+
+def write_checksums(directory: Path) -> None:
+    """`directory/CHECKSUMS`: the SHA-256 of every other file in `directory` (not of sub-folders)."""
+    digests = {p.name: file_sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    with atomic_file(directory / CHECKSUMS) as tmp, open(tmp, "w", encoding="utf-8") as fp:
+        json.dump(digests, fp, indent=1)
+
+
+def check_checksums(directory: Path) -> bool:
+    """Whether `directory` has `CHECKSUMS` (False: written before they were recorded, read as it is); `CorruptFile`
+    where a file it names is missing or differs."""
+    try:
+        digests = json.loads((directory / CHECKSUMS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as e:
+        raise CorruptFile(f"{directory}/{CHECKSUMS} cannot be read ({e}): the folder is corrupt") from None
+    if not isinstance(digests, dict):
+        raise CorruptFile(f"{directory}/{CHECKSUMS} is not a mapping of file names to digests: the folder is corrupt")
+    for name, digest in digests.items():
+        file = directory / str(name)
+        if "/" in str(name) or not file.is_file():
+            raise CorruptFile(f"{directory} is incomplete: {name}, which {CHECKSUMS} names, is missing")
+        if file_sha256(file) != digest:
+            raise CorruptFile(
+                f"{file} is corrupt: its bytes differ from the SHA-256 in {CHECKSUMS} (a flipped bit on disk or in a "
+                "copy)"
+            )
+    return True
 
 
 def remove(path: Path) -> None:

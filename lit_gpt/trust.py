@@ -10,7 +10,7 @@ builds only torch.distributed.checkpoint's metadata classes, and its shards are 
 
 import pickle
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -25,8 +25,11 @@ def _torch_load(path: Path, weights_only: bool = True) -> dict:
         return torch.load(path, weights_only=weights_only, map_location="cpu")
 
 
-def load_single_file(path: Path, trust_pickle: bool = False) -> object:
-    """The whole object of a single-file checkpoint, memory-mapped."""
+def load_single_file(path: Path, trust_pickle: bool = False, pickle_hint: Optional[str] = None) -> object:
+    """The whole object of a single-file checkpoint, memory-mapped (a legacy, non-zip file is read whole). Refused in
+    one line each: a file cut short, empty or not a torch file (truncated or corrupt), and one with pickled objects
+    besides tensors unless `trust_pickle`; `pickle_hint` replaces the advice to pass --trust_pickle where the caller
+    has no such flag."""
     if not path.is_file():
         what = "a directory without a .metadata file" if path.is_dir() else "missing"
         raise FileNotFoundError(
@@ -41,9 +44,9 @@ def load_single_file(path: Path, trust_pickle: bool = False) -> object:
         if not trust_pickle:  # pickled objects (hyperparameters of other tools, ...) that weights_only refuses
             raise ValueError(
                 f"{str(path)!r} holds pickled Python objects besides tensors, which loading it safely "
-                "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. If the file "
-                "comes from a source you trust, pass --trust_pickle true."
-            ) from e
+                "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. "
+                + (pickle_hint or "If the file comes from a source you trust, pass --trust_pickle true.")
+            ) from None
     try:
         return _torch_load(path, weights_only=False)
     except Exception as e:
@@ -66,7 +69,7 @@ def training_hparams(path: Path, trust_pickle: bool = False) -> dict:
     """The `hparams` entry of a training checkpoint, or {} when it has none; no weight is read."""
     if is_distributed_checkpoint(path):
         meta = path / "meta.pt"  # Fabric's file for everything besides the sharded tensors
-        state = torch.load(meta, weights_only=not trust_pickle, map_location="cpu") if meta.is_file() else {}
+        state = load_single_file(meta, trust_pickle) if meta.is_file() else {}
     else:
         state = load_single_file(path, trust_pickle)
     hparams = state.get("hparams") if isinstance(state, dict) else None

@@ -2,9 +2,9 @@
 of `GPT(config).state_dict()`), the tokenizer files, and `separators.json` (`lit_gpt/data/separators.py`).
 
 Read by generation, evaluation, finetuning and `--initial_checkpoint_dir`; written by the conversions and by
-`scripts/merge_lora.py`. `check_weights` compares a checkpoint's names and shapes with a model's before any tensor is
-loaded; `strip_wrapper_prefixes` takes off the module names that compilation, Fabric, DDP and activation
-checkpointing put around a model's own.
+`scripts/merge_lora.py`; `lit_model.pth` carries its SHA-256 (`lit_gpt/files.py:seal_zip`). `check_weights` compares a
+checkpoint's names and shapes with a model's before any tensor is loaded; `strip_wrapper_prefixes` takes off the module
+names that compilation, Fabric, DDP and activation checkpointing put around a model's own.
 """
 
 import re
@@ -16,9 +16,9 @@ from typing import Dict, List, Tuple
 import torch
 
 from lit_gpt.config import Config
-from lit_gpt.files import atomic_file
+from lit_gpt.files import atomic_file, check_seal, seal_zip
 from lit_gpt.model import GPT
-from lit_gpt.trust import is_distributed_checkpoint, training_hparams
+from lit_gpt.trust import is_distributed_checkpoint, load_single_file, training_hparams
 
 # copied along with the weights; `generation_config.json` carries bos/eos ids
 TOKENIZER_FILES = (
@@ -129,8 +129,14 @@ def _made_into_lit_checkpoint(path: Path) -> Tuple[str, str]:
 
 
 def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
-    """A lit state dict, memory-mapped: tensors are read from disk when used."""
-    return torch.load(model_file, mmap=True, weights_only=True, map_location="cpu")
+    """A lit state dict, memory-mapped: tensors are read from disk when used. Checked against the SHA-256 that
+    `save_lit_checkpoint` writes with it (one written before, or by another tool, has none and is read as it is)."""
+    check_seal(model_file)
+    hint = "A lit checkpoint holds only tensors: make it again with scripts/convert_*_checkpoint.py."
+    state = load_single_file(model_file, pickle_hint=hint)  # one-line refusals of planted, cut or foreign files
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{model_file} is not a lit state dict (weight names -> tensors): {hint}")
+    return state
 
 
 def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, output_dir: Path) -> None:
@@ -142,6 +148,7 @@ def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, out
         config.to_file(tmp)
     with atomic_file(output_dir / "lit_model.pth") as tmp:
         torch.save({k: state_dict[k] for k in order}, tmp)
+        seal_zip(tmp)  # its SHA-256, which load_lit_state_dict checks
 
 
 def copy_tokenizer_files(source_dir: Path, output_dir: Path, skip: Tuple[str, ...] = ()) -> List[str]:

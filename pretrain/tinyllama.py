@@ -39,6 +39,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
     check_token_ids,
     cycle_full_batches,
     data_eos_id,
+    data_fingerprints,
     data_separators,
     data_sources,
     mixture_dataloader,
@@ -286,6 +287,8 @@ def check_data(h: Dict[str, Any], config: Config, initial_checkpoint_dir: Option
     elif train_data is not None:
         del h["data_dir"]
     h.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
+    # what the sources held (index.json's digests): a resume on a folder prepared again since is refused
+    h["train_fingerprints"] = data_fingerprints([folder for folder, _ in train_sources])
     # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py)
     h["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     return folders
@@ -433,15 +436,16 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         "tokens_seen": 0,
         "skipped_steps": 0,
     }
+    verify = resume not in (True, "auto")  # latest_to_resume checks the digests of what it picks
     if resume in (True, "auto"):
-        resume = latest_to_resume(out_dir, h["trust_pickle"])
+        resume = latest_to_resume(out_dir, h["trust_pickle"], fabric.print)
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if not resume and h["initial_checkpoint_dir"]:  # checked against the model in setup()
         model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
-        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources)
+        load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources, verify)
         train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])

@@ -33,6 +33,7 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
     training_checkpoint_separators,
     training_checkpoint_shapes,
     training_checkpoint_tensors,
+    verify_checkpoint,
 )
 from lit_gpt.trust import is_distributed_checkpoint, training_hparams  # noqa: E402
 from lit_gpt.weights import check_weights, save_lit_checkpoint  # noqa: E402
@@ -85,6 +86,7 @@ def convert(
         )
     if not checkpoint_file.exists():
         raise FileNotFoundError(f"--checkpoint_file {str(checkpoint_file)!r} does not exist")
+    verify_checkpoint(checkpoint_file)  # a flipped bit is refused before anything is written
     saved = training_hparams(checkpoint_file, trust_pickle)
     if "lora" in saved:  # an adapter alone: its weights are not a model's
         base = (saved.get("base") or {}).get("checkpoint_dir", "<its base checkpoint>")

@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -759,3 +760,79 @@ def test_document_mask_run_records_it_and_a_resume_that_changes_it_is_refused(tm
         "this run has --document_mask false. Resume with --document_mask true --document_positions false --eos_id "
         "7, or start a new run (another --out_dir, --initial_checkpoint_dir for its weights)"
     ], proc.stderr[-2000:]
+
+
+def flip_byte(path: Path) -> None:
+    """Flip every bit of the byte in the middle of `path` (in a tensor's bytes: the file is almost all weights)."""
+    with open(path, "r+b") as f:
+        f.seek(path.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def refusal(cmd: list) -> str:
+    """The one `error:` line of a command refused with exit code 2."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_flipped_byte_in_a_checkpoint_is_refused_and_resume_auto_takes_the_one_before(
+    tmp_path, pretrain_runs, export_tokenizer_dir, devices
+):
+    out_dir = tmp_path / "run"
+    shutil.copytree(pretrain_runs["one" if devices == 1 else "two"], out_dir)
+    newest = out_dir / "step-00000003.pth"
+    corrupt = newest if devices == 1 else max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size)
+    flip_byte(corrupt)
+    data, cmd = pretrain_runs["data"], [sys.executable, str(SCRIPT), *COMMON, *SHARDED_FLAGS]
+    cmd += ["--data_dir", str(data), "--out_dir", str(out_dir), "--devices", str(devices)]
+    # a resume from it, and its conversion, are refused in one line that names the file
+    line = refusal([*cmd, "--resume", str(newest)])
+    assert f"{corrupt} is corrupt" in line, line
+    convert = [sys.executable, str(ROOT / "scripts" / "convert_pretrained_checkpoint.py"), "--checkpoint_file"]
+    convert += [str(newest), "--tokenizer_dir", str(export_tokenizer_dir), "--output_dir", str(tmp_path / "lit")]
+    assert f"{corrupt} is corrupt" in refusal(convert)
+    assert not (tmp_path / "lit").exists()
+    # --resume auto passes over it, says so, and replays step 3 from step 2: the weights of the run that was whole
+    proc = run(out_dir, data, *SHARDED_FLAGS, "--resume", "auto", devices=devices)
+    warning = f"Warning: {corrupt} is corrupt"
+    assert warning in proc.stdout and "step-00000003.pth passed over, resuming from step-00000002.pth" in proc.stdout
+    assert "Resumed at step 2" in proc.stdout
+    expected = model_weights(pretrain_runs["one" if devices == 1 else "two"] / "step-00000003.pth")
+    resumed = model_weights(newest)
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name
+
+
+def test_a_flipped_byte_in_the_initial_checkpoint_is_refused(tmp_path, same_data_dir):
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+    from lit_gpt.weights import save_lit_checkpoint
+
+    config = Config.from_name("micro-llama", block_size=BLOCK)
+    lit_dir = tmp_path / "lit"
+    lit_dir.mkdir()
+    save_lit_checkpoint(GPT(config).state_dict(), config, lit_dir)
+    flip_byte(lit_dir / "lit_model.pth")
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path / "out")]
+    line = refusal([*cmd, "--max_steps", "1", "--initial_checkpoint_dir", str(lit_dir)])
+    assert f"{lit_dir / 'lit_model.pth'} is corrupt" in line, line
+
+
+def test_a_resume_on_training_data_prepared_again_is_refused_naming_the_folder(tmp_path):
+    data = _build(tmp_path / "data", same_tokens, 40)
+    out_dir = tmp_path / "out"
+    run(out_dir, data, "--max_steps", "1", "--save_interval", "1", "--eval_interval", "100")
+    assert torch.load(out_dir / "step-00000001.pth", weights_only=True)["hparams"]["train_fingerprints"]
+    # starcoder prepared again from other documents (as `--overwrite true` does: a new folder in its place)
+    starcoder = data / "starcoder"
+    shutil.rmtree(starcoder)
+    _write_chunks(lambda i: same_tokens(i)[: BLOCK * 3 + i], 41, starcoder)
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir)]
+    line = refusal([*cmd, "--max_steps", "2", "--eval_interval", "100", "--resume", "auto"])
+    assert f"{starcoder} has changed since {out_dir / 'step-00000001.pth'} was saved" in line, line

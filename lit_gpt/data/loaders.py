@@ -10,6 +10,7 @@ Each source folder holds chunks written with `TokensLoader()` (`scripts/prepare_
 items: inputs are the first `block_size`, targets the last `block_size`. The train loader's `state_dict()` holds the
 position in the data, so a resumed run continues with exactly the next batch (with one loader worker per process; with
 more, litdata's restored position can repeat or skip a few sequences of the interrupted epoch).
+`data_fingerprints` is what a run records of its sources, so that a resume on a folder prepared again is refused.
 """
 
 import json
@@ -25,6 +26,7 @@ import yaml
 
 from lit_gpt.data.prepare import prepared_separators
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
+from lit_gpt.files import file_sha256
 from lit_gpt.signals import ignore_stop_signals
 
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
@@ -101,6 +103,13 @@ def recorded_sources(hparams: Dict[str, object]) -> Optional[List[Tuple[str, flo
     if then is None and "data_dir" in hparams:  # written before --train_data existed: --data_dir's two sources
         then = data_sources(hparams["data_dir"], hparams.get("data_weights") or (0.693584, 0.306416))[0]
     return then
+
+
+def data_fingerprints(folders: Sequence[str]) -> Dict[str, str]:
+    """folder -> the SHA-256 of its `index.json`, which lists every chunk with its size and item count: what a run
+    records of the data it trains on, so that a resume on a folder prepared again since is refused (the data loader's
+    saved position would point into other data). An object-store folder is not read here and not recorded."""
+    return {folder: file_sha256(Path(folder) / "index.json") for folder in folders if "://" not in folder}
 
 
 def normalize(folder: str) -> str:

@@ -10,13 +10,18 @@ checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoi
         meta.pt
 
 Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
-checkpoint under a `step-*.pth` name. Everything in them is tensors and plain Python values: they load with
-`torch.load(..., weights_only=True)`. A sharded checkpoint's `.metadata` is a pickle too, which torch's own reader
-unpickles in full: `DCPReader` reads it with an unpickler that builds nothing but torch.distributed.checkpoint's
-metadata classes (and its non-tensor values with `weights_only=True`), unless the user trusts the checkpoint
-(`--trust_pickle true`; `lit_gpt/trust.py`). The model weights of either layout are read without a process group by
-`training_checkpoint_tensors` (what `scripts/convert_pretrained_checkpoint.py` does), and the model config and
-document separators a run was trained with by `training_checkpoint_config` and `training_checkpoint_separators`.
+checkpoint under a `step-*.pth` name. Before the rename the SHA-256 of what was written is added (`lit_gpt/files.py`):
+as the zip comment of a single file, as `checksums.json` in a sharded one. `verify_checkpoint` checks it; a resume,
+`--resume auto` (which then takes the newest earlier checkpoint that is whole, saying so) and the conversion do. A
+checkpoint written before the digests were recorded has none and is read as it is.
+
+Everything in them is tensors and plain Python values: they load with `torch.load(..., weights_only=True)`. A sharded
+checkpoint's `.metadata` is a pickle too, which torch's own reader unpickles in full: `DCPReader` reads it with an
+unpickler that builds nothing but torch.distributed.checkpoint's metadata classes (and its non-tensor values with
+`weights_only=True`), unless the user trusts the checkpoint (`--trust_pickle true`; `lit_gpt/trust.py`). The model
+weights of either layout are read without a process group by `training_checkpoint_tensors` (what
+`scripts/convert_pretrained_checkpoint.py` does), and the model config and document separators a run was trained with by
+`training_checkpoint_config` and `training_checkpoint_separators`.
 
 This is the one module that reads and writes training checkpoints; resuming checks a checkpoint against the run
 (`check_compatible`) with what the caller knows of its data (`recorded_sources`).
@@ -51,7 +56,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lit_gpt.config import Config
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
-from lit_gpt.files import remove
+from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import strip_wrapper_prefixes
 
@@ -132,11 +137,22 @@ def find_latest(out_dir: Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def latest_to_resume(out_dir: Path, trust_pickle: bool = False) -> Optional[Path]:
-    """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose metadata cannot
-    be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the newest
-    earlier one that can be read."""
+def latest_to_resume(out_dir: Path, trust_pickle: bool = False, say: Callable[[str], Any] = print) -> Optional[Path]:
+    """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose bytes differ from
+    its digest (a flipped bit) is passed over for the newest earlier one that is whole, which `say` names; one whose
+    metadata cannot be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the
+    newest earlier one that can be read."""
     found = [p for _, p in reversed(checkpoints_by_step(out_dir))]
+    corrupt = []
+    while found:
+        try:
+            verify_checkpoint(found[0])
+            break
+        except CorruptFile as e:
+            corrupt.append((found.pop(0), str(e)))
+    if corrupt:
+        taken = f"resuming from {found[0].name}, the newest one that is whole" if found else "starting fresh"
+        say(f"Warning: {corrupt[0][1]}; {', '.join(p.name for p, _ in corrupt)} passed over, {taken}")
     if not found:
         return None
     try:
@@ -152,6 +168,14 @@ def latest_to_resume(out_dir: Path, trust_pickle: bool = False) -> Optional[Path
         else "no checkpoint before it can be read: move it away to start afresh, or pass another --out_dir"
     )
     raise ValueError(f"--resume auto: the newest checkpoint {found[0]} cannot be used ({reason}); {instead}")
+
+
+def verify_checkpoint(path: Path) -> bool:
+    """Check the training checkpoint at `path` against the SHA-256 written with it (`CorruptFile` where it differs);
+    False where it has none (written before digests were recorded: read as it is)."""
+    if path.is_dir():
+        return check_checksums(path)
+    return path.is_file() and check_seal(path)
 
 
 def _readable(path: Path, trust_pickle: bool) -> bool:
@@ -222,6 +246,8 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
             ) from error
         raise error
     if fabric.global_rank == 0:
+        # the digest of what every process wrote, inside the rename: a checkpoint under its name always has one
+        write_checksums(tmp) if tmp.is_dir() else seal_zip(tmp)
         remove(path)
         tmp.rename(path)
     fabric.barrier()
@@ -326,7 +352,7 @@ def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict
     dcp_load(optimizer_state, path, trust_pickle)
     options = StateDictOptions(cpu_offload=True)
     set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state["optimizer"], options=options)
-    metadata = torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
+    metadata = load_single_file(path / "meta.pt", trust_pickle)
     missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
     if missing:
         raise KeyError(f"{path}/meta.pt lacks {missing}: it is not a checkpoint of pretrain/tinyllama.py")
@@ -348,7 +374,7 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
                 )
             raise FileNotFoundError(f"{path} is not a complete sharded checkpoint: it has no meta.pt or .metadata")
         read_dcp_metadata(path / ".metadata", trust_pickle)
-        return torch.load(path / "meta.pt", map_location="cpu", weights_only=not trust_pickle)
+        return load_single_file(path / "meta.pt", trust_pickle)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}; pass `--resume auto` to pick the latest in --out_dir")
     checkpoint = load_single_file(path, trust_pickle)  # one-line errors for pickled objects and truncated files
@@ -399,6 +425,8 @@ def check_compatible(
         )
     if run_hparams and run_hparams.get("train_sources") is not None:
         check_same_sources(path, recorded_sources(hparams), run_hparams["train_sources"])
+    if run_hparams and run_hparams.get("train_fingerprints") is not None:
+        check_same_data(path, hparams.get("train_fingerprints"), run_hparams["train_fingerprints"])
     if run_hparams and run_hparams.get("separators") is not None:
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
@@ -410,6 +438,19 @@ def check_compatible(
             f"{path} was written with {then}, this run has {now}. The data loader's saved position is only valid "
             f"with the same micro-batch size, loader workers and data seed: resume with {then}."
         )
+
+
+def check_same_data(path: Path, then: Optional[Dict[str, str]], now: Dict[str, str]) -> None:
+    """Refuse to resume on a training folder whose contents changed since the checkpoint was saved: `then` and `now`
+    map each folder to a digest of what it holds (`lit_gpt.data.loaders.data_fingerprints`; None: a checkpoint from
+    before they were recorded, resumed as it is)."""
+    for folder, digest in (then or {}).items():
+        if folder in now and now[folder] != digest:
+            raise ValueError(
+                f"{folder} has changed since {path} was saved (its index.json differs: prepared again?): the data "
+                "loader's saved position would point into other data. Restore that folder as the run trained on it, "
+                "or start a new run from the checkpoint's weights with another --out_dir."
+            )
 
 
 def check_same_separators(path: Path, hparams: Dict[str, Any], separators: dict) -> None:
@@ -468,9 +509,12 @@ def load_checkpoint(
     model_config: Dict[str, Any],
     trust_pickle: bool = False,
     recorded_sources: Callable[[Dict[str, Any]], Optional[list]] = recorded_train_sources,
+    verify: bool = True,
 ) -> None:
-    """Check `path` against this run (`check_compatible`), then load it into `state` in place (model, optimizer and
-    the rest)."""
+    """Check `path` against its digest (unless `verify` is False: `latest_to_resume` did) and this run
+    (`check_compatible`), then load it into `state` in place (model, optimizer and the rest)."""
+    if verify:
+        verify_checkpoint(path)
     metadata = load_metadata(path, trust_pickle)
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
     if path.is_dir():
