@@ -258,10 +258,10 @@ def adapter_checkpoint_to_resume(resume, out_dir: Path, h: dict) -> Optional[Pat
     if path is None:
         return None
     metadata = load_metadata(path, h["trust_pickle"])
-    check_compatible(path, metadata, h["model_config"], 1, h)
     saved = metadata["hparams"]
-    if "lora" not in saved or "base" not in saved:
+    if "lora" not in saved or "base" not in saved:  # what it is comes before how it differs
         raise ValueError(f"{path} is not a checkpoint of finetune/lora.py (it has no adapter); pass another --resume")
+    check_compatible(path, metadata, h["model_config"], 1, h)
     check_base(saved["base"], Path(h["checkpoint_dir"]), str(path), h["base"])
     if saved["lora"] != h["lora"]:
         diff = {k: (saved["lora"].get(k), v) for k, v in h["lora"].items() if saved["lora"].get(k) != v}

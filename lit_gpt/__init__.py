@@ -5,6 +5,7 @@ module such as `lit_gpt.cli` (every entry point's command line, checked before t
 """
 
 import importlib
+import importlib.util
 
 __all__ = ["GPT", "Config", "Tokenizer"]
 _HOMES = {"GPT": "lit_gpt.model", "Config": "lit_gpt.config", "Tokenizer": "lit_gpt.tokenizer"}
@@ -13,4 +14,10 @@ _HOMES = {"GPT": "lit_gpt.model", "Config": "lit_gpt.config", "Tokenizer": "lit_
 def __getattr__(name: str):
     if name in _HOMES:
         return getattr(importlib.import_module(_HOMES[name]), name)
+    if importlib.util.find_spec(f"lit_gpt.{name}") is not None:  # `import lit_gpt; lit_gpt.model`, as before
+        return importlib.import_module(f"lit_gpt.{name}")
     raise AttributeError(f"module 'lit_gpt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *__all__])

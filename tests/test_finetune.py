@@ -544,6 +544,30 @@ def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_lora_refuses_to_resume_a_pretraining_checkpoint_as_what_it_is(codes, tmp_path):
+    """A pretraining checkpoint (with the loader settings pretraining records) given to lora.py's --resume ended in a
+    KeyError ('num_workers', which lora.py's settings lack); with that fixed, it was refused for its micro-batch size
+    before being called what it is."""
+    pretraining = tmp_path / "pretrain" / "step-00000004.pth"
+    pretraining.parent.mkdir()
+    hparams = {"model_name": "test-llama", "model_config": Config(**TEST_LLAMA).to_dict(), "world_size": 1}
+    hparams.update(micro_batch_size=4, num_workers=1, seed=3407)
+    torch.save({"model": {}, "hparams": hparams, "train_dataloader": {"current_epoch": 1}}, pretraining)
+    base = tmp_path / "base"
+    shutil.copytree(codes["base"], base)
+    write_separators(base, DEFAULT_SEPARATORS)  # as the converters write it: no note that separators.json is missing
+    line = refusal(
+        "finetune/lora.py", "--checkpoint_dir", str(base), "--data", str(codes["data"]), "--out_dir",
+        str(tmp_path / "out"), "--accelerator", "cpu", "--precision", "32-true", "--global_batch_size", "2",
+        "--micro_batch_size", "2", "--resume", str(pretraining),
+    )  # fmt: skip
+    assert (
+        line
+        == f"error: {pretraining} is not a checkpoint of finetune/lora.py (it has no adapter); pass another --resume"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_out_dir_that_cannot_be_written_is_refused_in_one_line(codes, tmp_path, monkeypatch):
     """A read-only disk or a path through a file used to stop the scripts with mkdir's traceback."""
     import errno

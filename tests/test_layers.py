@@ -8,6 +8,8 @@ flash-attn, ...), never for a module of the library itself; entry points (`pretr
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
@@ -201,3 +203,18 @@ def test_the_checker_sees_circles_layers_and_nested_imports(tmp_path):
     edges = {m: {t for t, _, _ in deps} for m, deps in found.items()}
     assert cycles(edges) == [["lit_gpt.data.loaders", "lit_gpt.data.readers", "lit_gpt.model"]]
     assert layer_of("lit_gpt.data.loaders") > layer_of("lit_gpt.model")
+
+
+def test_public_names_stay_where_users_import_them():
+    """`from lit_gpt import GPT, Config, Tokenizer` and the modules `lit_gpt.model`, `lit_gpt.config`,
+    `lit_gpt.tokenizer` (also as attributes after `import lit_gpt`, as before the package turned lazy), with no torch
+    imported by `import lit_gpt` itself."""
+    code = (
+        "import sys, lit_gpt; assert 'torch' not in sys.modules; "
+        "model, config, tokenizer = lit_gpt.model, lit_gpt.config, lit_gpt.tokenizer; "
+        "from lit_gpt import GPT, Config, Tokenizer; "
+        "assert (model.GPT, config.Config, tokenizer.Tokenizer) == (GPT, Config, Tokenizer); "
+        "assert {'GPT', 'Config', 'Tokenizer'} <= set(dir(lit_gpt))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

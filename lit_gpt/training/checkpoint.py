@@ -431,7 +431,7 @@ def check_compatible(
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
         check_same_attention_mask(path, hparams, run_hparams)
-    changed = [k for k in LOADER_SETTINGS if run_hparams and k in hparams and hparams[k] != run_hparams[k]]
+    changed = [k for k in LOADER_SETTINGS if k in hparams and k in run_hparams and hparams[k] != run_hparams[k]]
     if changed:
         then, now = (" ".join(f"--{k} {h[k]}" for k in changed) for h in (hparams, run_hparams))
         raise ValueError(
