@@ -3,6 +3,7 @@ grouped by kind (GEMMs, float8 casts/amax, attention, elementwise, optimizer, ..
 
     cd .device/ours && python ../titan/ours_prof.py <benchmark.py arguments> --profile true
 """
+
 import collections
 import importlib.util
 import os
@@ -44,7 +45,10 @@ def summarize(rows, step_ms=None):
     for n, t, c in rows:
         by[categorize(n)][0] += t
         by[categorize(n)][1] += c
-    print(f"PROFILE one optimizer step: kernels total {total / 1e3:.1f} ms" + (f" (wall {step_ms:.1f} ms)" if step_ms else ""))
+    print(
+        f"PROFILE one optimizer step: kernels total {total / 1e3:.1f} ms"
+        + (f" (wall {step_ms:.1f} ms)" if step_ms else "")
+    )
     print(f"{'category':42} {'ms':>9} {'share':>6} {'launches':>8}")
     for cat, (t, c) in sorted(by.items(), key=lambda kv: -kv[1][0]):
         print(f"{cat:42} {t / 1e3:9.1f} {t / total * 100:5.1f}% {c:8d}")
@@ -81,9 +85,16 @@ bm.print_profile = print_profile
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--selftest":
-        summarize([("nvjet_qqtst_128x256", 5000.0, 10), ("triton_red_fused_abs_amax_0", 800.0, 40),
-                   ("triton_poi_fused__to_copy_clamp_1", 600.0, 40), ("flash_attn_fwd_sm90", 900.0, 22),
-                   ("multi_tensor_apply_kernel<FusedAdam>", 300.0, 3), ("nvjet_hsh_64x8", 400.0, 4)])
+        summarize(
+            [
+                ("nvjet_qqtst_128x256", 5000.0, 10),
+                ("triton_red_fused_abs_amax_0", 800.0, 40),
+                ("triton_poi_fused__to_copy_clamp_1", 600.0, 40),
+                ("flash_attn_fwd_sm90", 900.0, 22),
+                ("multi_tensor_apply_kernel<FusedAdam>", 300.0, 3),
+                ("nvjet_hsh_64x8", 400.0, 4),
+            ]
+        )
         sys.exit(0)
     from lit_gpt.cli import cli
 

@@ -1,17 +1,20 @@
 """One line per measurement of run_all.sh's results.jsonl (ours, litgpt, torchtitan)."""
+
 import json
 import sys
 
 PEAK, FPT = 989e12, 7.314e9  # MFU convention of peer_throughput.py / lit_gpt.flops (PaLM, 6N + 12LdT)
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()] if len(sys.argv) > 1 else []
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()] if len(sys.argv) > 1 else []
 print(f"{'case':22} {'impl':10} {'mbs':>3} {'acc':>3} {'tok/s':>9} {'MFU':>6} {'GiB':>6}  config")
 for r in rows:
     tps = r.get("tokens_per_s")
     mem = r.get("peak_mem_gib", r.get("peak_mem_gb"))
     acc = r.get("accum", r.get("accumulation", 1))
     if r.get("impl") == "torchtitan":
-        cfg = (f"fp8={r.get('fp8_recipe') if r.get('fp8') else 'bf16'} graphs={r.get('cuda_graphs')} ac={r.get('ac')} "
-               f"attn={r.get('attn')} spmd={r.get('spmd_backend')} loss={r.get('loss')}")
+        cfg = (
+            f"fp8={r.get('fp8_recipe') if r.get('fp8') else 'bf16'} graphs={r.get('cuda_graphs')} ac={r.get('ac')} "
+            f"attn={r.get('attn')} spmd={r.get('spmd_backend')} loss={r.get('loss')}"
+        )
         fails = r.get("attempts_failed") or []
         if fails:
             cfg += " FAILED-FIRST: " + " | ".join(f"[{f.get('args')}] {str(f.get('error'))[-160:]}" for f in fails)
