@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from lit_gpt.data.instruct import TemplateName  # noqa: E402
 from lit_gpt.flops import num_parameters  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
+from lit_gpt.signals import die_with_launcher  # noqa: E402
 from lit_gpt.training.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
 from lit_gpt.training.finetune import (  # noqa: E402
     base_record,
@@ -164,6 +165,7 @@ def setup(
         activation_checkpointing=activation_checkpointing, reshard_after_forward=reshard_after_forward,
         attention=attention,
     )  # fmt: skip
+    die_with_launcher()  # the processes fabric.launch() starts end with this one, however it ends
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
     with own_out_dir(fabric, out_dir):

@@ -49,7 +49,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.signals import StopSignal  # noqa: E402
+from lit_gpt.signals import StopSignal, die_with_launcher  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     checkpoint_path,
     find_latest,
@@ -242,6 +242,7 @@ def setup(
         activation_checkpointing=activation_checkpointing, sharding=sharding, devices_per_node=world_size // num_nodes,
         reshard_after_forward=reshard_after_forward, attention=attention, fp8=fp8, fp8_fast_accum=fp8_fast_accum,
     )  # fmt: skip
+    die_with_launcher()  # the processes fabric.launch() starts end with this one, however it ends
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
     with own_out_dir(fabric, out_dir):  # before anything is written there

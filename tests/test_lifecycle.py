@@ -1,0 +1,98 @@
+"""How runs end: a failure ends every process (loader workers and other ranks included) and releases the out dir;
+what the run refuses before it starts (empty paths, a `.lock` it did not write); what a stop before the loop says."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from test_pretrain import COMMON, SCRIPT, _build, _env, same_tokens
+
+# seconds within which a failed run must have ended, every process of it
+ENDS_WITHIN = 60
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("data"), same_tokens, 40)
+
+
+def command(data: Path, out_dir: Path, *args: str, devices: int = 1) -> list:
+    return [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir),
+            "--devices", str(devices), *args]  # fmt: skip
+
+
+def left_behind(session: int) -> dict:
+    """The processes still alive in the session (`start_new_session=True`) that a run started: process -> its name
+    and arguments."""
+    alive = {}
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getsid(p.pid) == session and p.info["status"] != psutil.STATUS_ZOMBIE:
+                alive[p] = f"{p.pid} {p.name()} {' '.join(p.cmdline()[:2])}"
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            pass
+    return alive
+
+
+def run_in_session(cmd: list, timeout: float) -> tuple:
+    """Run `cmd` in a session of its own; (exit code or None if it did not end within `timeout`, output, the
+    processes of its session still alive once it ended). Whatever is left is killed afterwards."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, code = proc.communicate()[0], None
+    time.sleep(1)  # a worker killed as its parent exits needs a moment to be reaped
+    alive = left_behind(proc.pid)
+    for p in alive:
+        p.kill()
+    return code, output, alive
+
+
+def test_a_run_that_fails_in_training_exits_at_once_ends_its_loader_worker_and_releases_the_out_dir(tmp_path, data):
+    """The non-finite stop (a learning rate that makes the weights overflow after the first step) with the default
+    loader worker: the run used to print its traceback and wait for the worker forever, holding the out dir's lock."""
+    flags = ["--learning_rate", "1e30", "--min_lr", "0", "--max_nonfinite_steps", "1", "--max_steps", "6"]
+    started = time.monotonic()
+    code, output, alive = run_in_session(command(data, tmp_path, *flags), ENDS_WITHIN)
+    assert code is not None, f"still running after {ENDS_WITHIN}s: {output[-3000:]}"
+    assert code != 0 and "non-finite gradient norm" in output, output[-3000:]
+    assert not alive, list(alive.values())
+    assert time.monotonic() - started < ENDS_WITHIN
+    # the out dir is free: a resume right after goes ahead (it finds no checkpoint and starts fresh)
+    resumed = subprocess.run(command(data, tmp_path, "--max_steps", "1", "--resume", "auto"), capture_output=True,
+                             text=True, timeout=300, env=_env())  # fmt: skip
+    assert "in use" not in resumed.stderr, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_a_two_process_run_whose_launcher_is_killed_leaves_no_process_behind(tmp_path, data):
+    """SIGKILL to the launching process (rank 0) used to leave rank 1 and its loader worker running on, orphaned."""
+    cmd = command(data, tmp_path, "--max_steps", "200", devices=2)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step 1/"):
+                break
+        assert len(psutil.Process(proc.pid).children(recursive=True)) >= 3, "".join(lines)[-3000:]  # rank 1, workers
+        proc.kill()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + ENDS_WITHIN / 2
+        while left_behind(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        alive = left_behind(proc.pid)
+    finally:
+        for p in left_behind(proc.pid):
+            p.kill()
+    assert not alive, list(alive.values())
