@@ -60,6 +60,7 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
     args = list(sys.argv[1:] if args is None else args)
     try:
         check_values_given(args)
+        check_no_empty_paths(args, function)
         return CLI(function, as_positional=False, allow_abbrev=False, exit_on_error=False, args=args)
     except Exception as e:
         if isinstance(e, argparse.ArgumentError):
@@ -252,6 +253,32 @@ def check_values_given(args: List[str]) -> None:
                     f"{arg} was given no value{' (it is the last argument)' if following is None else ''}; if the "
                     f"value was a shell variable such as $HF_TOKEN, it is unset or empty: set it, or leave {arg} out"
                 )
+
+
+def is_path_flag(name: str, annotation: Any) -> bool:
+    """Whether the parameter `name` of an entry function takes a path: typed `Path` (alone, optional or among others),
+    or named as one (`*_dir`, `*_path`, `*_file`, `*_data`, `output`, `data`), such as `--data_dir` typed `str` for its
+    object-store URLs."""
+    named = name.endswith(("_dir", "_path", "_file", "_data")) or name in ("output", "data")
+    return named or "Path" in str(annotation)
+
+
+def check_no_empty_paths(args: List[str], function: Callable) -> None:
+    """Refuse an empty value of a path flag (`--out_dir ''`, `--output=`): an empty path is the working directory, so a
+    run would write its checkpoints and lock there, a script scan it or write `.png` in it."""
+    parameters = inspect.signature(function).parameters
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        flag, given, value = arg.partition("=")
+        value = value if given else (args[i + 1] if i + 1 < len(args) else None)
+        parameter = parameters.get(flag[2:])
+        if value is not None and not value.strip() and parameter and is_path_flag(parameter.name, parameter.annotation):
+            default = f", or leave {flag} out for its default" if parameter.default is not parameter.empty else ""
+            raise UserError(
+                f"{flag} {value!r} is an empty path, which would mean the current folder; pass a path ('.' for the "
+                f"current folder){default}"
+            )
 
 
 def parse_error_line(message: str, flags: Sequence[str] = ()) -> str:

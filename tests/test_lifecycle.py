@@ -1,6 +1,8 @@
 """How runs end: a failure ends every process (loader workers and other ranks included) and releases the out dir;
 what the run refuses before it starts (empty paths, a `.lock` it did not write); what a stop before the loop says."""
 
+import ast
+import inspect
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ import psutil
 import pytest
 from test_pretrain import COMMON, SCRIPT, _build, _env, same_tokens
 
+ROOT = Path(__file__).resolve().parents[1]
 # seconds within which a failed run must have ended, every process of it
 ENDS_WITHIN = 60
 
@@ -96,3 +99,42 @@ def test_a_two_process_run_whose_launcher_is_killed_leaves_no_process_behind(tmp
         for p in left_behind(proc.pid):
             p.kill()
     assert not alive, list(alive.values())
+
+
+def entry_points() -> list:
+    """Every script with a command line (`cli(NAME)` in its `__main__` block)."""
+    folders = ("pretrain", "finetune", "scripts", "generate", "eval", "dev")
+    return sorted(p for folder in folders for p in (ROOT / folder).glob("*.py") if "cli(" in p.read_text())
+
+
+def test_an_empty_path_is_refused_for_every_path_flag_of_every_entry_point():
+    """`--out_dir ''` used to write checkpoints and the lock into the working directory, `finetune/lora.py --data ''`
+    to scan it, `scripts/plot_logs.py --output ''` to write `.png`: every flag that takes a path refuses an empty one,
+    naming the flag, before any work."""
+    from lit_gpt.cli import entry_stand_in, is_path_flag
+
+    cases = []
+    for script in entry_points():
+        function = entry_stand_in(ast.parse(script.read_text(encoding="utf-8")))
+        flags = [name for name, p in inspect.signature(function).parameters.items() if is_path_flag(name, p.annotation)]
+        cases += [(script, flag, form) for flag in flags for form in ("separate", "joined")]
+    assert len({script for script, _, _ in cases}) >= 15, cases  # the test walks every entry point
+    running = []
+    try:
+        for script, flag, form in cases:
+            args = [f"--{flag}", ""] if form == "separate" else [f"--{flag}="]
+            cmd = [sys.executable, str(script), *args]
+            running.append((script, flag, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                           text=True, cwd=ROOT, env=_env())))  # fmt: skip
+            if len(running) >= 4 or (script, flag, form) == cases[-1]:
+                for done_script, done_flag, proc in running:
+                    _, stderr = proc.communicate(timeout=120)
+                    where = f"{done_script.relative_to(ROOT)} --{done_flag}: {stderr[-1500:]}"
+                    assert proc.returncode == 2, where
+                    refusal = f"error: --{done_flag} '' is an empty path"
+                    assert stderr.strip().splitlines()[-1].startswith(refusal), where
+                running = []
+    finally:
+        for _, _, proc in running:
+            proc.kill()
+            proc.wait()
