@@ -138,3 +138,31 @@ def test_an_empty_path_is_refused_for_every_path_flag_of_every_entry_point():
         for _, _, proc in running:
             proc.kill()
             proc.wait()
+
+
+def test_a_lock_file_the_project_did_not_write_is_refused_not_overwritten_or_followed(tmp_path, data):
+    """`echo notes > OUT/.lock` used to be overwritten by the run's lock record, and a `.lock` symbolic link made the
+    run overwrite the file it points to, outside the out dir. Both are refused in one line, left as they were; the
+    record of an earlier run is taken over."""
+    notes, linked, outside = tmp_path / "notes", tmp_path / "linked", tmp_path / "outside.txt"
+    notes.mkdir()
+    (notes / ".lock").write_text("notes\n")
+    linked.mkdir()
+    outside.write_text("precious\n")
+    (linked / ".lock").symlink_to(outside)
+    for out_dir, what in ((notes, "holds something other than this project's lock record"), (linked, "symbolic link")):
+        proc = subprocess.run(command(data, out_dir, "--max_steps", "1"), capture_output=True, text=True, timeout=300,
+                              env=_env())  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        refusal = proc.stderr.strip().splitlines()[-1]
+        assert refusal.startswith(f"error: {out_dir}/.lock ") and what in refusal, proc.stderr[-2000:]
+        assert "Move it away, or pass another --out_dir" in refusal or "Remove it, or pass another" in refusal
+        assert not list(out_dir.glob("step-*"))
+    assert (notes / ".lock").read_text() == "notes\n"
+    assert outside.read_text() == "precious\n" and (linked / ".lock").is_symlink()
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / ".lock").write_text("pid 12 on host-a, started 2026-01-01 00:00:00 UTC\n")
+    run = subprocess.run(command(data, earlier, "--max_steps", "1"), capture_output=True, text=True, timeout=300,
+                         env=_env())  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
