@@ -23,6 +23,7 @@ import inspect
 import linecache
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,30 @@ def check_command_line(module_name: str, script: str) -> None:
     function = entry_stand_in(tree)
     if function is not None:
         cli(function, args)
+
+
+def stop_quietly_before_training(module_name: str) -> None:
+    """For a training script run as a program (`module_name` is `"__main__"`), right after `check_command_line`: a
+    stop signal before the training loop takes them over (`lit_gpt.signals.StopSignal`), Ctrl-C's SIGINT, a
+    scheduler's SIGTERM or SLURM's SIGUSR1, ends the run with one line that says so and that nothing was saved, and
+    with the code a shell expects of it (128 + the signal's number: 130, 143), not a KeyboardInterrupt traceback or no
+    word. Said once, by rank 0; processes forked from this one (data-loader workers) keep the default action."""
+    if module_name != "__main__":
+        return
+    pid = os.getpid()
+
+    def stop(signum: int, frame) -> None:
+        if os.getpid() != pid:  # a forked child that did not set its own handlers: as without this one
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        if rank() == 0:
+            name = signal.Signals(signum).name
+            print(f"Stopped by {name} before the first training step: nothing was saved", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, stop)
 
 
 def imported_packages(tree: ast.Module, seen: Optional[Set[Path]] = None) -> Set[str]:

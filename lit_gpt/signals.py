@@ -40,7 +40,9 @@ class StopSignal:
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None and signum == self.received:
-            signal.signal(signum, self._previous[signum])  # a second one: stop now, as without this handler
+            # a second one: stop now, with the default action (not a handler from before the loop, which would say that
+            # training had not begun)
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         self.received = signal.Signals(signum)

@@ -166,3 +166,36 @@ def test_a_lock_file_the_project_did_not_write_is_refused_not_overwritten_or_fol
     run = subprocess.run(command(data, earlier, "--max_steps", "1"), capture_output=True, text=True, timeout=300,
                          env=_env())  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "sig, after, code",
+    [(signal.SIGINT, "micro-llama: ", 130), (signal.SIGTERM, "{'model_name'", 143)],
+    ids=["ctrl-c-before-the-loop", "sigterm-at-the-settings"],
+)
+def test_a_stop_signal_before_the_first_step_says_nothing_was_saved(tmp_path, data, sig, after, code):
+    """Ctrl-C during start-up used to end in a KeyboardInterrupt traceback, a SIGTERM before the training loop in
+    exit code 143 with no word: both say in one line what happened and that nothing was saved, and exit with the
+    code a shell expects."""
+    cmd = command(data, tmp_path, "--max_steps", "2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith(after):
+                os.killpg(proc.pid, sig)  # every process of the run, as Ctrl-C in a terminal
+                break
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=ENDS_WITHIN)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = "".join(lines)
+    assert proc.returncode == code, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last == f"Stopped by {signal.Signals(sig).name} before the first training step: nothing was saved", output
+    assert not list(tmp_path.glob("step-*"))
