@@ -187,8 +187,7 @@ def test_a_stop_signal_before_the_first_step_says_nothing_was_saved(tmp_path, da
             if line.startswith(after):
                 os.killpg(proc.pid, sig)  # every process of the run, as Ctrl-C in a terminal
                 break
-        lines += proc.stdout.readlines()
-        proc.wait(timeout=ENDS_WITHIN)
+        lines.append(proc.communicate(timeout=ENDS_WITHIN)[0])  # a process left hanging keeps the output open
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -199,3 +198,32 @@ def test_a_stop_signal_before_the_first_step_says_nothing_was_saved(tmp_path, da
     last = output.strip().splitlines()[-1]
     assert last == f"Stopped by {signal.Signals(sig).name} before the first training step: nothing was saved", output
     assert not list(tmp_path.glob("step-*"))
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_no_process_behind(tmp_path, data):
+    """The stop message offers a second Ctrl-C to "stop at once": with the default loader worker the run used to
+    print its KeyboardInterrupt and then wait forever for the worker."""
+    cmd = command(data, tmp_path, "--max_steps", "200", "--global_batch_size", "32")  # a few seconds a step
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
+                            start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step 1/"):
+                os.killpg(proc.pid, signal.SIGINT)
+                time.sleep(0.5)  # the first is recorded: stop after this step, with a checkpoint
+                os.killpg(proc.pid, signal.SIGINT)
+                break
+        lines.append(proc.communicate(timeout=ENDS_WITHIN)[0])  # a process left hanging keeps the output open
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(1)
+    alive = left_behind(proc.pid)
+    for p in alive:
+        p.kill()
+    output = "".join(lines)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in output, output[-3000:]
+    assert not alive, list(alive.values())
