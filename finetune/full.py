@@ -17,9 +17,10 @@ from typing import List, Literal, Optional, Union
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_gpt.cli import check_command_line  # noqa: E402
+from lit_gpt.cli import check_command_line, stop_quietly_before_training  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not a traceback
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 from lit_gpt.data.instruct import TemplateName  # noqa: E402
 from lit_gpt.flops import num_parameters  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
+from lit_gpt.signals import die_with_launcher  # noqa: E402
 from lit_gpt.training.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
 from lit_gpt.training.finetune import (  # noqa: E402
     base_record,
@@ -165,6 +167,7 @@ def setup(
         activation_checkpointing=activation_checkpointing, reshard_after_forward=reshard_after_forward,
         attention=attention,
     )  # fmt: skip
+    die_with_launcher()  # the processes fabric.launch() starts end with this one, however it ends
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
     with own_out_dir(fabric, out_dir):

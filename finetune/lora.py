@@ -19,9 +19,10 @@ from typing import List, Literal, Optional, Union
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_gpt.cli import check_command_line  # noqa: E402
+from lit_gpt.cli import check_command_line, stop_quietly_before_training  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not a traceback
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402

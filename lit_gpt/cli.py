@@ -23,6 +23,7 @@ import inspect
 import linecache
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
     args = list(sys.argv[1:] if args is None else args)
     try:
         check_values_given(args)
+        check_no_empty_paths(args, function)
         return CLI(function, as_positional=False, allow_abbrev=False, exit_on_error=False, args=args)
     except Exception as e:
         if isinstance(e, argparse.ArgumentError):
@@ -105,6 +107,30 @@ def check_command_line(module_name: str, script: str) -> None:
     function = entry_stand_in(tree)
     if function is not None:
         cli(function, args)
+
+
+def stop_quietly_before_training(module_name: str) -> None:
+    """For a training script run as a program (`module_name` is `"__main__"`), right after `check_command_line`: a
+    stop signal before the training loop takes them over (`lit_gpt.signals.StopSignal`), Ctrl-C's SIGINT, a
+    scheduler's SIGTERM or SLURM's SIGUSR1, ends the run with one line that says so and that nothing was saved, and
+    with the code a shell expects of it (128 + the signal's number: 130, 143), not a KeyboardInterrupt traceback or no
+    word. Said once, by rank 0; processes forked from this one (data-loader workers) keep the default action."""
+    if module_name != "__main__":
+        return
+    pid = os.getpid()
+
+    def stop(signum: int, frame) -> None:
+        if os.getpid() != pid:  # a forked child that did not set its own handlers: as without this one
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        if rank() == 0:
+            name = signal.Signals(signum).name
+            print(f"Stopped by {name} before the first training step: nothing was saved", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, stop)
 
 
 def imported_packages(tree: ast.Module, seen: Optional[Set[Path]] = None) -> Set[str]:
@@ -252,6 +278,32 @@ def check_values_given(args: List[str]) -> None:
                     f"{arg} was given no value{' (it is the last argument)' if following is None else ''}; if the "
                     f"value was a shell variable such as $HF_TOKEN, it is unset or empty: set it, or leave {arg} out"
                 )
+
+
+def is_path_flag(name: str, annotation: Any) -> bool:
+    """Whether the parameter `name` of an entry function takes a path: typed `Path` (alone, optional or among others),
+    or named as one (`*_dir`, `*_path`, `*_file`, `*_data`, `output`, `data`), such as `--data_dir` typed `str` for its
+    object-store URLs."""
+    named = name.endswith(("_dir", "_path", "_file", "_data")) or name in ("output", "data")
+    return named or "Path" in str(annotation)
+
+
+def check_no_empty_paths(args: List[str], function: Callable) -> None:
+    """Refuse an empty value of a path flag (`--out_dir ''`, `--output=`): an empty path is the working directory, so a
+    run would write its checkpoints and lock there, a script scan it or write `.png` in it."""
+    parameters = inspect.signature(function).parameters
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        flag, given, value = arg.partition("=")
+        value = value if given else (args[i + 1] if i + 1 < len(args) else None)
+        parameter = parameters.get(flag[2:])
+        if value is not None and not value.strip() and parameter and is_path_flag(parameter.name, parameter.annotation):
+            default = f", or leave {flag} out for its default" if parameter.default is not parameter.empty else ""
+            raise UserError(
+                f"{flag} {value!r} is an empty path, which would mean the current folder; pass a path ('.' for the "
+                f"current folder){default}"
+            )
 
 
 def parse_error_line(message: str, flags: Sequence[str] = ()) -> str:

@@ -5,11 +5,20 @@ The handler only records the signal. At each optimizer-step boundary the trainin
 which all-reduces (max) the record of every process, so that every process stops after the same step, saves the same
 checkpoint and exits. A signal may reach only some processes: a `kill` of the launching process, or a launcher
 that forwards it to some ranks. A second signal of the same kind stops at once (the default action).
+
+Child processes (data-loader and preparation workers) die with the process that started them, however it ends
+(`die_with_parent`, `end_children_at_exit`): a worker left behind would keep a crashed run from exiting, or write on.
 """
 
+import atexit
+import ctypes
+import multiprocessing
+import os
 import shlex
 import signal
 import sys
+import threading
+import time
 from typing import List, Optional, Sequence
 
 import torch
@@ -31,7 +40,9 @@ class StopSignal:
 
     def _handle(self, signum: int, frame) -> None:
         if self.received is not None and signum == self.received:
-            signal.signal(signum, self._previous[signum])  # a second one: stop now, as without this handler
+            # a second one: stop now, with the default action (not a handler from before the loop, which would say that
+            # training had not begun)
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         self.received = signal.Signals(signum)
@@ -91,9 +102,75 @@ class StopSignal:
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """For data-loader worker processes (`worker_init_fn`): a Ctrl-C in a terminal, or SLURM's signal to every
     process of a job step, would otherwise end them, and the training process with "DataLoader worker exited
-    unexpectedly" before it could save. Workers still end with their parent."""
+    unexpectedly" before it could save. A worker still ends with its parent: killed when the parent dies
+    (`die_with_parent`), killed by the parent when it exits (`end_children_at_exit`)."""
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    die_with_parent(os.getppid(), kill=True)
+
+
+def die_with_parent(parent_pid: int, kill: bool = False) -> None:
+    """End this process when `parent_pid` ends, even by SIGKILL: an orphan would go on writing chunks, or training
+    alone, or hold a run's out dir. On Linux the kernel sends a signal when the parent dies (`PR_SET_PDEATHSIG`): a
+    SIGKILL with `kill` (a process that handles stop signals its own way, or ignores them), else a SIGTERM, on which
+    the process also ends the processes multiprocessing started in it. Elsewhere a thread watches the parent id, which
+    changes when the parent is gone."""
+    if sys.platform.startswith("linux") and (kill or threading.current_thread() is threading.main_thread()):
+        PR_SET_PDEATHSIG = 1
+        if not kill:
+            signal.signal(signal.SIGTERM, _end_worker)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL if kill else signal.SIGTERM)
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(1)
+            _end_worker()
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the signal was set up
+        _end_worker()
+
+
+LAUNCHER_PID = "LIT_GPT_LAUNCHER_PID"
+
+
+def die_with_launcher() -> None:
+    """Call before `fabric.launch()`: the processes it starts (the other ranks of this node, which run the script
+    again) die with the process that started them, even by SIGKILL, instead of training on alone, orphaned."""
+    launcher = os.environ.get(LAUNCHER_PID)
+    if launcher is not None and int(launcher) == os.getppid() and os.environ.get("LOCAL_RANK", "0") != "0":
+        die_with_parent(int(launcher), kill=True)
+    else:
+        os.environ[LAUNCHER_PID] = str(os.getpid())  # inherited by the processes it starts
+
+
+def _end_worker(*_) -> None:
+    for child in multiprocessing.active_children():  # litdata's remover process waits for work forever
+        child.kill()
+    os._exit(1)
+
+
+def end_children_at_exit() -> None:
+    """Kill this process's multiprocessing children (data-loader workers) when it exits, before multiprocessing's own
+    exit handler would wait for them: a worker ignores the SIGTERM that handler sends (`ignore_stop_signals`), so a
+    run that ends with an exception, the loader's iterator still alive in the traceback, would wait forever. Call it
+    once the workers' module is imported; registered once."""
+    global _ending_children
+    if not _ending_children:
+        atexit.register(_kill_children)  # atexit runs last-registered first: before multiprocessing's handler
+        _ending_children = True
+
+
+_ending_children = False
+
+
+def _kill_children() -> None:
+    children = multiprocessing.active_children()
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=5)
 
 
 def resume_command(argv: Sequence[str] = ()) -> str:

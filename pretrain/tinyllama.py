@@ -25,9 +25,10 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_gpt.cli import check_command_line  # noqa: E402
+from lit_gpt.cli import check_command_line, stop_quietly_before_training  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
+stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not a traceback
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
@@ -50,7 +51,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.signals import StopSignal  # noqa: E402
+from lit_gpt.signals import StopSignal, die_with_launcher  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     checkpoint_path,
     find_latest,
@@ -243,6 +244,7 @@ def setup(
         activation_checkpointing=activation_checkpointing, sharding=sharding, devices_per_node=world_size // num_nodes,
         reshard_after_forward=reshard_after_forward, attention=attention, fp8=fp8, fp8_fast_accum=fp8_fast_accum,
     )  # fmt: skip
+    die_with_launcher()  # the processes fabric.launch() starts end with this one, however it ends
     if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
         fabric.launch()
     with own_out_dir(fabric, out_dir):  # before anything is written there

@@ -27,7 +27,7 @@ import yaml
 from lit_gpt.data.prepare import prepared_separators
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.files import file_sha256
-from lit_gpt.signals import ignore_stop_signals
+from lit_gpt.signals import end_children_at_exit, ignore_stop_signals
 
 TRAIN_DIRS = ("slimpajama/train", "starcoder")
 VAL_DIR = "slimpajama/val"
@@ -310,6 +310,7 @@ def mixture_dataloader(
                 "it, or leave it out of the mix"
             )
     weights = [w for _, w in sources]
+    end_children_at_exit()  # a run that ends with an exception must not wait for the workers (lit_gpt.signals)
     combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=weights, iterate_over_all=False)
     return StreamingDataLoader(
         combined,
@@ -328,6 +329,7 @@ def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: i
     dataset = StreamingDataset(
         input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=False, drop_last=True
     )
+    end_children_at_exit()
     return StreamingDataLoader(
         dataset,
         batch_size=batch_size,

@@ -7,7 +7,6 @@ Nothing is dropped silently: every row that is not turned into tokens is counted
 be read is reported with its file and line (row, for parquet).
 """
 
-import ctypes
 import fnmatch
 import functools
 import hashlib
@@ -18,8 +17,6 @@ import os
 import queue as queue_module
 import re
 import shutil
-import signal
-import sys
 import tempfile
 import threading
 import time
@@ -44,6 +41,7 @@ from lit_gpt.data.readers import (
     read_documents,
 )
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
+from lit_gpt.signals import die_with_parent
 from lit_gpt.tokenizer import Tokenizer
 
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
@@ -84,7 +82,7 @@ def tokenize_files(
     (default: the reader of `kind`).
     """
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)
     tokenizer = _tokenizer(tokenizer_dir)
     pending = np.empty(0, dtype=np.int32)
     before, after = (np.asarray(ids, dtype=np.int32) for ids in document_ends(tokenizer, separators))
@@ -191,31 +189,6 @@ def _continuation_processor(model_proto: bytes):
         return None
     model.normalizer_spec.add_dummy_prefix = False
     return SentencePieceProcessor(model_proto=model.SerializeToString())
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """End this worker, and the helper processes litdata started in it, when the preparing process ends, even by
-    SIGKILL: an orphan would go on writing chunks."""
-    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
-        PR_SET_PDEATHSIG = 1
-        signal.signal(signal.SIGTERM, _end_worker)
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    else:  # no parent-death signal: watch the parent id, which changes when the parent is gone
-
-        def watch() -> None:
-            while os.getppid() == parent_pid:
-                time.sleep(1)
-            _end_worker()
-
-        threading.Thread(target=watch, daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before the signal was set up
-        _end_worker()
-
-
-def _end_worker(*_) -> None:
-    for child in multiprocessing.active_children():  # litdata's remover process waits for work forever
-        child.kill()
-    os._exit(1)
 
 
 def assign_files(files: List[Path], num_workers: int) -> List[List[str]]:

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -76,13 +77,18 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
     is refused instead of overwriting this one's checkpoints. Rank 0 takes it before anything is written and every
     process raises if it cannot. It is an `flock`, which the kernel releases when the process ends, however it ends:
     a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder). On a filesystem without
-    locks (Lustre mounted without `flock`) the run warns and goes on unlocked rather than not at all."""
+    locks (Lustre mounted without `flock`) the run warns and goes on unlocked rather than not at all. A `.lock` that
+    this project did not write (a file of other content, a symbolic link, not a regular file) is refused, never
+    overwritten or followed."""
     lock, error = None, None
     if fabric.global_rank == 0:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(out_dir / ".lock", "a+", encoding="utf-8")
+            lock = _open_lock_file(out_dir / ".lock")
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            error = _not_a_lock_record(out_dir / ".lock", lock)
+        except _NotALockFile as e:
+            error = str(e)
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "a process that has not yet written its name"
@@ -108,7 +114,10 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
                 )
             else:
                 error = f"--out_dir {out_dir}: cannot take {out_dir}/.lock ({e}); remove it, or pass another --out_dir"
-        else:
+        if error and lock is not None:
+            lock.close()
+            lock = None
+        elif lock is not None:
             lock.seek(0)
             lock.truncate()
             started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -122,6 +131,50 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.close()
+
+
+LOCK_RECORD = re.compile(r"pid \d+ on \S+, started [^\n]*\n?")  # what `own_out_dir` writes in the lock file
+
+
+class _NotALockFile(Exception):
+    pass
+
+
+def _open_lock_file(path: Path):
+    """`path` opened for reading and writing, created if missing, never through a symbolic link (O_NOFOLLOW), never
+    a file that is not a regular one (a FIFO, a device)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _NotALockFile(
+                f"{path} is a symbolic link (to {os.readlink(path)}), not a lock file of this project: a run would "
+                "write through it. Remove it, or pass another --out_dir"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _NotALockFile(f"{path} is not a regular file, not a lock file of this project: remove it, or pass "
+                            "another --out_dir")  # fmt: skip
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "r+", encoding="utf-8")
+
+
+def _not_a_lock_record(path: Path, lock) -> Optional[str]:
+    """The refusal of a lock file that holds something else than the record of an earlier run (empty, or one line:
+    `pid 123 on host, started ...`): the run would overwrite it. None if it holds a record, or nothing."""
+    lock.seek(0)
+    try:
+        text = lock.read(4096)
+    except UnicodeDecodeError:
+        text = "\ufffd"
+    if not text or LOCK_RECORD.fullmatch(text):
+        return None
+    first = text.strip().splitlines()[0][:80] if text.strip() else repr(text[:40])
+    return (
+        f"{path} holds something other than this project's lock record ({first!r}...): a run would overwrite it. "
+        "Move it away, or pass another --out_dir"
+    )
 
 
 def checkpoints_by_step(out_dir: Path) -> List[Tuple[int, Path]]:
