@@ -34,7 +34,12 @@ EXIT_USER_ERROR = 2  # argparse's code for a flag it cannot parse
 REFUSALS = (ValueError, FileNotFoundError, FileExistsError)
 # flags that take no value, or an optional one
 NO_VALUE = {"-h", "--help", "--print_config"}
-TYPE_NAMES = {"<class 'int'>": "int", "<class 'float'>": "float", "<class 'NoneType'>": "null", "<class 'str'>": "str"}
+TYPE_NAMES = {
+    f"<class '{name}'>": {"NoneType": "null", "bool": "true or false", "tuple": "a list", "list": "a list"}.get(
+        name, name
+    )
+    for name in ("int", "float", "NoneType", "str", "bool", "tuple", "list", "dict")
+}
 # flags that jsonargparse adds to every entry function's
 PARSER_FLAGS = ("--help", "--config", "--print_config")
 # what installs a package that the project's environment may lack on purpose (pyproject.toml's extras)
@@ -270,14 +275,23 @@ def check_values_given(args: List[str]) -> None:
     """Refuse a flag directly followed by another flag or by nothing: every flag of these scripts takes a value, so
     this is `--access_token $HF_TOKEN` with the variable unset (the shell passes nothing), which argparse reports as
     "expected one argument"."""
-    for i, arg in enumerate(args):
-        if arg.startswith("--") and "=" not in arg and arg not in NO_VALUE:
+
+    def is_flag(arg: str) -> bool:  # as argparse: an argument with a space is a value even if it starts with --
+        return arg.startswith("--") and len(arg) > 2 and " " not in arg
+
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if is_flag(arg) and "=" not in arg and arg not in NO_VALUE:
             following = args[i + 1] if i + 1 < len(args) else None
-            if following is None or (following.startswith("--") and len(following) > 2):
+            if following is None or is_flag(following):
                 raise UserError(
                     f"{arg} was given no value{' (it is the last argument)' if following is None else ''}; if the "
                     f"value was a shell variable such as $HF_TOKEN, it is unset or empty: set it, or leave {arg} out"
+                    + ("" if following is None else f" (a value that starts with -- is written {arg}={following})")
                 )
+            i += 1  # its value
+        i += 1
 
 
 def is_path_flag(name: str, annotation: Any) -> bool:

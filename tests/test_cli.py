@@ -12,6 +12,8 @@ from typing import Any, List
 import pytest
 from test_pretrain import COMMON, SCRIPT, _env
 
+from lit_gpt.cli import UserError, check_values_given
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -306,3 +308,26 @@ def test_help_cuts_no_sentence(script):
     for action in parser._actions:
         if action.help and action.dest not in ("help", "config", "print_config"):
             assert action.help.rstrip().endswith(ends), f"{action.option_strings}: {action.help!r}"
+
+
+def test_a_value_with_a_space_may_start_with_dashes_and_one_without_is_told_how():
+    """`--prompt "-- Chapter one --"` was refused as a flag given no value (argparse itself takes an argument with a
+    space as a value); a value that starts with -- and has no space is written --flag=value, and the error says so."""
+    check_values_given(["--prompt", "-- Chapter one --", "--max_new_tokens", "3"])
+    with pytest.raises(UserError, match=r"\(a value that starts with -- is written --out_dir=--verbose\)$"):
+        check_values_given(["--out_dir", "--verbose"])
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [("--trust_pickle", "1", "true or false"), ("--compile", "maybe", "true or false or null"),
+     ("--data_weights", "0.5", "a list")],
+)  # fmt: skip
+def test_type_refusals_name_the_type_in_words(flag, value, expected):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "pretrain" / "tinyllama.py"), flag, value], capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: {flag} {value!r} is not {expected} (`--help` describes the flag)"
+    ], proc.stderr
