@@ -327,7 +327,10 @@ def check_loop_flags(h: Dict[str, Any]) -> None:
 
 def check_resume(resume: Union[bool, str, Path], out_dir: Path) -> None:
     """Refuse a fresh run into an `out_dir` of an earlier one, and a resume from a checkpoint older than some in
-    `out_dir`: either would overwrite them one by one."""
+    `out_dir`: either would overwrite them one by one. A checkpoint path that does not exist is refused here, before
+    anything is printed or written (what it holds is checked once Fabric has started: `load_checkpoint`)."""
+    if resume not in (False, True, "auto") and not Path(resume).exists():
+        raise FileNotFoundError(f"No checkpoint at {resume}; pass `--resume auto` to pick the latest in --out_dir")
     if not resume and (latest := find_latest(out_dir)):
         raise FileExistsError(
             f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "

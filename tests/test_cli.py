@@ -109,13 +109,32 @@ def test_refusal_after_two_processes_started_prints_once(tmp_path):
     from test_pretrain import _build, same_tokens
 
     data = _build(tmp_path / "data", same_tokens, 8)
-    missing = tmp_path / "elsewhere" / "step-00000004.pth"  # checked by both processes, once Fabric has started
+    cut_short = tmp_path / "elsewhere" / "step-00000004.pth"  # read by both processes, once Fabric has started
+    cut_short.parent.mkdir()
+    cut_short.write_bytes(b"PK\x03\x04")
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out")]
-    cmd += ["--devices", "2", "--max_steps", "1", "--resume", str(missing)]
+    cmd += ["--devices", "2", "--max_steps", "1", "--resume", str(cut_short)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.count("error: ") == 1 and "Traceback" not in proc.stderr and "[rank0]" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: No checkpoint at {missing}"), proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {cut_short} cannot be read"), proc.stderr
+
+
+def test_a_resume_path_that_does_not_exist_is_refused_before_anything_is_printed_or_written(tmp_path):
+    """It was refused once Fabric had started: after the settings, the notes and the model's size were printed and
+    the out dir (its lock and logs) was made."""
+    from test_pretrain import _build, same_tokens
+
+    data = _build(tmp_path / "data", same_tokens, 8)
+    missing = tmp_path / "elsewhere" / "step-00000004.pth"
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out")]
+    cmd += ["--max_steps", "1", "--resume", str(missing)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stderr.splitlines() == [
+        f"error: No checkpoint at {missing}; pass `--resume auto` to pick the latest in --out_dir"
+    ], proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 ########################
