@@ -1,9 +1,14 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# compiled kernels go to a cache of this run (the tests and the scripts they start), not /tmp/torchinductor_<user>:
+# a kernel that another run wrote there (concurrently, or under another CPU capability) aborted the suite inside it
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lit-gpt-tests-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # entry points import `lit_gpt` from the checkout, tests do the same
