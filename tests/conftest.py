@@ -1,11 +1,15 @@
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 # compiled kernels go to a cache of this run (the tests and the scripts they start), not /tmp/torchinductor_<user>:
 # a kernel that another run wrote there (concurrently, or under another CPU capability) aborted the suite inside it
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="lit-gpt-tests-inductor-"))
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    INDUCTOR_CACHE = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="lit-gpt-tests-inductor-")
+else:
+    INDUCTOR_CACHE = None  # the caller's own
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -246,3 +250,8 @@ def pretrain_runs(tmp_path_factory) -> dict:
     run(runs["one"], runs["data"], *SHARDED_FLAGS)
     run(runs["two"], runs["data"], *SHARDED_FLAGS, devices=2)
     return runs
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if INDUCTOR_CACHE is not None:
+        shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)
