@@ -20,7 +20,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from lit_gpt.data.readers import (
     read_documents,
 )
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
+from lit_gpt.files import recover_replaced, replace_dir, staging_dir
 from lit_gpt.tokenizer import Tokenizer
 
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
@@ -298,6 +298,7 @@ def prepare(
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
     local = "://" not in str(output_dir)
     if local:
+        recover_replaced(Path(output_dir), _remove_old)  # a replacement that a killed run left half done
         check_output_dir(Path(output_dir), overwrite, {**named_inputs, "--tokenizer_path": tokenizer_path}, separators)
         check_inputs_outside(Path(output_dir), files)
         write_dir = str(_staging_dir(Path(output_dir)))
@@ -491,28 +492,8 @@ OUTPUT_FILE = re.compile(r"index\.json|chunk-\d+-\d+\.bin")  # the files a prepa
 
 
 def _staging_dir(path: Path) -> Path:
-    """A fresh hidden sibling of `path` for the workers to write into; such folders of killed runs are removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.partial-*"):
-        pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    # mkdtemp makes it 0700; it becomes the output folder, which others (a shared data folder) read like any other
-    staging.chmod(0o777 & ~umask)
-    return staging
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+    """A fresh hidden sibling of `path` for the workers to write into (`lit_gpt/files.py: staging_dir`)."""
+    return staging_dir(path)
 
 
 def prepared_separators(path: Path) -> Separators:
@@ -560,23 +541,21 @@ def _finish(
 
 
 def publish(write_dir: Path, path: Path, overwrite: bool) -> None:
-    """Rename the finished `write_dir` to `path`, replacing an earlier preparation there if `overwrite`."""
-    old = None
+    """Rename the finished `write_dir` to `path`, replacing an earlier preparation there if `overwrite`: the earlier
+    one stays whole until the new one is in place (`lit_gpt/files.py: replace_dir`)."""
     if path.is_dir() and any(path.iterdir()):
         check_output_dir(path, overwrite, {})  # again: another run may have written there meanwhile
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.rename(path, old)
-    elif path.is_dir():
-        path.rmdir()
-    os.rename(write_dir, path)
-    if old is not None:
-        # only the files that prepare.json lists (checked above)
-        for name in owned_files(old) + [MANIFEST]:
-            (old / name).unlink(missing_ok=True)
-        try:
-            old.rmdir()
-        except OSError:
-            print(f"note: left {old}: files appeared in it that no preparation wrote")
+    replace_dir(write_dir, path, _remove_old)
+
+
+def _remove_old(old: Path) -> None:
+    """Delete an earlier preparation renamed aside: only the files that its prepare.json lists (checked before)."""
+    for name in owned_files(old) + [MANIFEST]:
+        (old / name).unlink(missing_ok=True)
+    try:
+        old.rmdir()
+    except OSError:
+        print(f"note: left {old}: files appeared in it that no preparation wrote")
 
 
 def check_tokenizer_dir(tokenizer_path: Path, separators: Separators = DEFAULT_SEPARATORS) -> Path:
