@@ -67,16 +67,13 @@ def staged_output_dir(
     prepare_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty)
     staging = None
     try:
-        staging = staging_dir(output_dir)
-        yield staging
-        if output_dir.is_dir():
-            link_tree(output_dir, staging, skip=lambda p: p.name == OUTPUT_RECORD or _matches(p.name, outputs))
-        finish_output_dir(staging, outputs, script, _output_record(output_dir))
-        replace_dir(staging, output_dir)
-    except Exception as e:
-        if (refusal := write_failure(e, output_dir)) is not None:
-            raise refusal from None
-        raise
+        with refused_writes(output_dir):
+            staging = staging_dir(output_dir)
+            yield staging
+            if output_dir.is_dir():
+                link_tree(output_dir, staging, skip=lambda p: p.name == OUTPUT_RECORD or _matches(p.name, outputs))
+            finish_output_dir(staging, outputs, script, _output_record(output_dir))
+            replace_dir(staging, output_dir)
     finally:
         if staging is not None and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -243,10 +240,27 @@ _WRITE_ERRNOS = {
 NEARLY_FULL = 2**24
 
 
-def write_failure(e: BaseException, path: Path, needed_bytes: Optional[int] = None) -> Optional[UserError]:
+@contextlib.contextmanager
+def refused_writes(path: Path, needed_bytes: Optional[int] = None) -> Iterator[None]:
+    """Writes under `path` whose refusal by the disk or the location (`write_failure`) ends in one line."""
+    try:
+        yield
+    except Exception as e:
+        if (refusal := write_failure(e, path, needed_bytes)) is not None:
+            raise refusal from None
+        raise
+
+
+def write_failure(
+    e: BaseException,
+    path: Path,
+    needed_bytes: Optional[int] = None,
+    kept: str = "Nothing written there before was changed",
+) -> Optional[UserError]:
     """The one-line refusal for `e`, raised while writing `path` (a file or a folder), when the disk or the location
     refused the write: a full disk or quota (with the free space, and the space needed when `needed_bytes` is
-    known), no permission, a read-only file system. None for any other error, which keeps its traceback."""
+    known), no permission, a read-only file system; `kept` ends it (what is left as it was, what to do then). None
+    for any other error, which keeps its traceback."""
     code = next((c.errno for c in _causes(e) if isinstance(c, OSError) and c.errno in _WRITE_ERRNOS), None)
     free = _free_bytes(path)
     if code is None:
@@ -256,13 +270,11 @@ def write_failure(e: BaseException, path: Path, needed_bytes: Optional[int] = No
         code = errno.ENOSPC
     if code in (errno.ENOSPC, errno.EDQUOT):
         room = f"{_megabytes(free)} free" if free is not None else "the free space is unknown"
-        needs = f"it needs about {_megabytes(needed_bytes)} more; " if needed_bytes else ""
+        needs = f"it needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
         todo = f"{needs}{room}: free space there or choose a location on a disk with room"
     else:
         todo = "choose a location you can write to"
-    return UserError(
-        f"cannot write {str(path)!r}: {_WRITE_ERRNOS[code]}; {todo}. Nothing written there before was changed"
-    )
+    return UserError(f"cannot write {str(path)!r}: {_WRITE_ERRNOS[code]}; {todo}. {kept}")
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:

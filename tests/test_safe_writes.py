@@ -110,3 +110,28 @@ def test_conversions_to_a_full_or_read_only_disk_are_one_line(
         proc = _run("convert_lit_checkpoint.py", "--checkpoint_dir", export_lit_dir, "--output_dir", root / "hf")
         _one_line_refusal(proc, str(root / "hf"), *words)
         assert not any(root.iterdir())
+
+
+def test_preparation_onto_a_full_or_read_only_disk(export_tokenizer_dir, tmp_path, disk):
+    """prepare_text.py: a read-only location (mkdtemp's OSError before) and a disk full mid-way (litdata's OSError
+    before) end in one line, exit 2; --overwrite true on a disk with room for one output but not two keeps the
+    earlier output byte-identical, and nothing else is left there."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text(" ".join(f"word{i % 97} and more text" for i in range(20000)))
+    flags = ["--input", corpus, "--tokenizer_path", export_tokenizer_dir]
+    sizing = _run("prepare_text.py", *flags, "--output_dir", tmp_path / "size")
+    assert sizing.returncode == 0, sizing.stderr[-3000:]
+    size = sum(len(b) for b in _tree(tmp_path / "size").values())
+
+    read_only = disk(1024 * 1024, read_only=True)
+    proc = _run("prepare_text.py", *flags, "--output_dir", read_only / "out")
+    _one_line_refusal(proc, str(read_only / "out"), "read-only file system")
+
+    root = disk(int(size * 1.5))
+    assert _run("prepare_text.py", *flags, "--output_dir", root / "out").returncode == 0
+    before = _tree(root / "out")
+    proc = _run("prepare_text.py", *flags, "--output_dir", root / "out", "--overwrite", "true")
+    _one_line_refusal(proc, str(root / "out"), "no space left on device", "MB free")
+    assert _tree(root / "out") == before
+    assert sorted(p.name for p in root.iterdir()) == ["out"]

@@ -43,7 +43,7 @@ from lit_gpt.data.readers import (
     read_documents,
 )
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
-from lit_gpt.files import recover_replaced, replace_dir, staging_dir
+from lit_gpt.files import recover_replaced, refused_writes, replace_dir, staging_dir, write_failure
 from lit_gpt.tokenizer import Tokenizer
 
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
@@ -301,7 +301,8 @@ def prepare(
         recover_replaced(Path(output_dir), _remove_old)  # a replacement that a killed run left half done
         check_output_dir(Path(output_dir), overwrite, {**named_inputs, "--tokenizer_path": tokenizer_path}, separators)
         check_inputs_outside(Path(output_dir), files)
-        write_dir = str(_staging_dir(Path(output_dir)))
+        with refused_writes(Path(output_dir)):  # a read-only disk or a parent folder of another user
+            write_dir = str(_staging_dir(Path(output_dir)))
     else:  # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
         write_dir = str(output_dir)
 
@@ -373,6 +374,10 @@ def prepare(
             }
             _finish(Path(write_dir), kind, input_dir, stats, separators, ids, tokenizer.vocab_size)
             publish(Path(write_dir), Path(output_dir), overwrite)
+    except Exception as e:
+        if local and (refusal := write_failure(e, Path(output_dir))) is not None:  # a full disk, in this process
+            raise refusal from None
+        raise
     finally:
         if local and Path(write_dir).exists():  # a failed run: nothing of it is kept
             shutil.rmtree(write_dir, ignore_errors=True)
