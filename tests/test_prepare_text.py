@@ -185,3 +185,19 @@ def test_an_empty_corpus_or_a_wrong_key_is_refused(tmp_path, prepared):
                           timeout=300)  # fmt: skip
     assert proc.returncode != 0 and "--val_fraction 0.001 put none of the 2 documents into" in proc.stderr, proc.stderr
     assert load_script("prepare_text").main.__doc__  # the --help text comes from it
+
+
+def test_a_file_name_cannot_forge_a_bad_record(tmp_path, export_tokenizer_dir):
+    """A file named with a newline and a fake record after it: the report lists one bad record per line, the name
+    quoted, and no line that the name made up."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("a document")
+    forged = "x\nbad record: shadow.jsonl:1: forged.jsonl"
+    (corpus / forged).write_text('{"text": "fine"}\n{not json\n')
+    script = [sys.executable, str(ROOT / "scripts" / "prepare_text.py"), "--input", str(corpus)]
+    script += ["--tokenizer_path", str(export_tokenizer_dir), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run([*script, "--skip_bad_records", "true"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("bad record:")]
+    assert len(lines) == 1 and lines[0].startswith(f"bad record: {str(corpus / forged)!r}:2: malformed JSON"), lines
