@@ -96,10 +96,12 @@ def tokenize_files(
 
     def emit(stream: np.ndarray, documents: int, stats: Stats) -> Iterator[torch.Tensor]:
         nonlocal pending
+        top = int(stream.max()) if len(stream) else -1
         stats.documents += documents
         stats.tokens += len(stream)
+        stats.max_id = max(stats.max_id, top)
         if progress is not None:
-            progress.put(("progress", Stats(documents=documents, tokens=len(stream))))
+            progress.put(("progress", Stats(documents=documents, tokens=len(stream), max_id=top)))
         pending = np.concatenate([pending, stream]) if len(pending) else stream
         full = len(pending) // item_tokens * item_tokens
         for start in range(0, full, item_tokens):
@@ -281,6 +283,16 @@ def prepare(
         )
     separators = Separators(bos=bos, eos=eos)
     tokenizer_path = check_tokenizer_dir(tokenizer_path, separators)
+    tokenizer = _tokenizer(str(tokenizer_path))
+    id_limit = token_id_limit(tokenizer)
+    for name in ("bos", "eos"):
+        value = getattr(tokenizer, f"{name}_id")
+        if getattr(separators, name) and not (isinstance(value, int) and 0 <= value < id_limit):
+            raise PrepareError(
+                f"the tokenizer in {tokenizer_path} says {name}_token_id {value!r} (its "
+                f"generation_config.json or tokenizer_config.json), not a token id of its vocabulary (0 to "
+                f"{id_limit - 1}): correct it there"
+            )
     if chunk_size < 1:
         raise PrepareError(f"--chunk_size {chunk_size} must be a positive number of tokens, e.g. {BLOCK_SIZE * 1024}")
     problems: List[BadRecord] = []
@@ -367,8 +379,12 @@ def prepare(
                 f"{PATTERNS.get(kind, 'input')} files hold no documents to tokenize "
                 f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
             )
+        if not stats.max_id < id_limit:  # the separators were checked above; the tokenizer's own ids are its own
+            raise PrepareError(
+                f"token id {stats.max_id} was written, outside the vocabulary of the tokenizer in {tokenizer_path} (0 "
+                f"to {id_limit - 1}); nothing was written to {output_dir}"
+            )
         if local:
-            tokenizer = _tokenizer(str(tokenizer_path))
             ids = {
                 f"{name}_id": getattr(tokenizer, f"{name}_id") for name in ("bos", "eos") if getattr(separators, name)
             }
@@ -501,6 +517,23 @@ def _staging_dir(path: Path) -> Path:
     return staging_dir(path)
 
 
+def token_id_limit(tokenizer: Tokenizer) -> int:
+    """One more than the largest token id `tokenizer` has, added special tokens of a tokenizer.json included."""
+    if tokenizer.backend == "huggingface":
+        return tokenizer.processor.get_vocab_size(with_added_tokens=True)
+    return tokenizer.vocab_size
+
+
+def recorded_max_token_id(path: Path) -> Optional[int]:
+    """The largest token id a prepared folder holds, as its `prepare.json` records it; None for a folder prepared
+    before it was recorded (or without a readable record)."""
+    try:
+        value = json.loads((Path(path) / MANIFEST).read_text()).get("max_token_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def prepared_separators(path: Path) -> Separators:
     """The separator convention recorded in a prepared folder's `prepare.json`; the default (eos after each document)
     for a folder prepared before it was recorded, or without a `prepare.json`. One that cannot be read is refused: the
@@ -540,6 +573,7 @@ def _finish(
         "separators": separators.to_dict(),  # lit_gpt/data/separators.py
         **separator_ids,  # the ids written between documents: "eos_id" is what `pretrain --document_mask` splits at
         "vocab_size": vocab_size,  # the tokenizer's: pretraining notes a model of more token ids than it has
+        "max_token_id": stats.max_id,  # the largest id in the chunks: a model must have an embedding for it
         "files": sorted(p.name for p in write_dir.iterdir()),
     }
     (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -73,11 +73,13 @@ class Stats:
     skipped: Counter = field(default_factory=Counter)  # reason -> rows
     bad: List[BadRecord] = field(default_factory=list)
     elapsed: float = 0.0  # seconds
+    max_id: int = -1  # the largest token id written (-1: none)
 
     def add(self, other: "Stats") -> None:
         self.files += other.files
         self.documents += other.documents
         self.tokens += other.tokens
+        self.max_id = max(self.max_id, other.max_id)
         self.skipped.update(other.skipped)
         self.bad.extend(other.bad)
 
