@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import LIT_OUTPUTS, LIT_WEIGHT_OUTPUTS, hf_checkpoint_tensors  # noqa: E402
 from lit_gpt.data.separators import separators_of_tokenizer, write_separators  # noqa: E402
-from lit_gpt.files import staged_output_dir  # noqa: E402
+from lit_gpt.files import recover_replaced, staged_output_dir  # noqa: E402
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
 from lit_gpt.weights import check_weights, copy_tokenizer_files, save_lit_checkpoint  # noqa: E402
 
@@ -52,6 +52,9 @@ def convert(
             files) that an earlier run of this script wrote there. Files of those names that it did not write are
             refused, never deleted, and so is an `output_dir` that lies in or holds `checkpoint_dir`.
     """
+    # the lit files are swapped in beside the Hugging Face files by renaming the whole folder: one killed between the
+    # two renames left it as `.<name>.old-<pid>`, put back here before it is looked for
+    recover_replaced(checkpoint_dir)
     if not (checkpoint_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"{str(checkpoint_dir)!r} has no config.json; pass a Hugging Face model directory, for example one "

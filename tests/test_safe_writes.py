@@ -135,3 +135,22 @@ def test_preparation_onto_a_full_or_read_only_disk(export_tokenizer_dir, tmp_pat
     _one_line_refusal(proc, str(root / "out"), "no space left on device", "MB free")
     assert _tree(root / "out") == before
     assert sorted(p.name for p in root.iterdir()) == ["out"]
+
+
+def test_a_hugging_face_folder_converted_in_place_is_put_back_after_a_kill(export_hf_dir, tmp_path):
+    """convert_hf_checkpoint writes its lit files beside the Hugging Face files by swapping the whole folder in (the
+    Hugging Face files hard-linked, not copied): one killed between the renames left the folder as `.<name>.old-<pid>`,
+    which the next run puts back before it looks for config.json, and converts."""
+    import shutil
+
+    hf = tmp_path / "hf"
+    shutil.copytree(export_hf_dir, hf)
+    inputs = {k: v for k, v in _tree(hf).items() if k != ".lit_gpt_conversion.json"}  # which gains an entry
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    hf.rename(tmp_path / f".hf.old-{int(dead.stdout)}")
+    proc = _run("convert_hf_checkpoint.py", "--checkpoint_dir", hf)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = _tree(hf)
+    assert {k: v for k, v in after.items() if k in inputs} == inputs
+    assert {"lit_model.pth", "lit_config.json", "separators.json"} <= set(after)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
