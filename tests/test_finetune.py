@@ -669,3 +669,35 @@ def test_a_tokenizer_beyond_the_model_vocabulary_is_refused_before_any_step(tmp_
     line = proc.stderr.strip().splitlines()[-1]
     assert "encodes to token id" in line and "embeddings for 512 ids" in line and str(base) in line, line
     assert "step 1" not in proc.stdout
+
+
+def test_merge_onto_a_full_disk_is_one_line_and_keeps_the_earlier_merge(codes, lora_run, tmp_path, capsys):
+    """merge_lora.py --overwrite true onto a disk with room for one merge but not two: it used to delete the earlier
+    merge first; now the new one is written beside it, and the full disk is one line naming the folder and the free
+    space, exit 2, with the earlier merge byte-identical."""
+    from lit_gpt.cli import cli
+
+    merge = load_script_at("scripts/merge_lora.py").merge
+    size = (codes["base"] / "lit_model.pth").stat().st_size
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5)}", "tmpfs", str(disk)],
+                           capture_output=True, text=True)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        args = ["--checkpoint_dir", str(codes["base"]), "--lora_checkpoint", str(lora_run)]
+        args += ["--output_dir", str(disk / "merged")]
+        cli(merge, args)
+        before = {p.name: p.read_bytes() for p in (disk / "merged").iterdir()}
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit:
+            cli(merge, [*args, "--overwrite", "true"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the note on the base's separators
+        assert exit.value.code == 2, err
+        assert err.startswith(f"error: cannot write {str(disk / 'merged')!r}: no space left on device"), err
+        assert "MB free" in err, err
+        assert {p.name: p.read_bytes() for p in (disk / "merged").iterdir()} == before
+        assert [p.name for p in disk.iterdir()] == ["merged"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
