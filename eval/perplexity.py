@@ -25,7 +25,9 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from lit_gpt.data.loaders import check_token_ids  # noqa: E402
 from lit_gpt.generate import load_model  # noqa: E402
+from lit_gpt.weights import lit_checkpoint_files  # noqa: E402
 
 
 def main(
@@ -61,6 +63,8 @@ def main(
         raise FileNotFoundError(
             f"--data_dir {str(data_dir)!r} {what}; prepare it with `{preparation(data_dir, checkpoint_dir)}`"
         )
+    config, _ = lit_checkpoint_files(checkpoint_dir)
+    check_token_ids([str(data_dir)], config.padded_vocab_size, f"the model in {checkpoint_dir}")
     fabric = L.Fabric(devices=1, precision=precision)
     model = load_model(fabric, checkpoint_dir)
     block_size = block_size or model.config.block_size

@@ -15,7 +15,7 @@ from typing import Literal, Optional
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_gpt.cli import check_command_line  # noqa: E402
+from lit_gpt.cli import UserError, check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
@@ -79,7 +79,7 @@ def main(
         raise ValueError("--input is the input of an instruction in --template; give --template too")
     if precision is None:
         precision = "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-    lit_checkpoint_files(checkpoint_dir)  # a missing or incomplete checkpoint says so before the tokenizer is read
+    config, _ = lit_checkpoint_files(checkpoint_dir)  # a missing or incomplete checkpoint says so before the tokenizer
     fabric = L.Fabric(devices=1, precision=precision)
     tokenizer = Tokenizer(checkpoint_dir)
     # with --template, the prompt is the one finetuning put before each response (lit_gpt/data/instruct.py)
@@ -88,6 +88,12 @@ def main(
     # weights are read, so that a separators.json or tokenizer that cannot give it says so at once
     separators = read_separators(checkpoint_dir)
     prompt_ids = encode_prompt(tokenizer, text, separators)
+    if max(prompt_ids, default=-1) >= config.padded_vocab_size:  # the model would fail on it (IndexError)
+        raise UserError(
+            f"the prompt encodes to token id {max(prompt_ids)} with the tokenizer in {checkpoint_dir}, but its model "
+            f"has embeddings for {config.padded_vocab_size:,} ids (its padded_vocab_size): the tokenizer files there "
+            "are not the model's. Put back the tokenizer the model was trained with"
+        )
     t0 = time.perf_counter()
     model = load_model(fabric, checkpoint_dir)
     fabric.print(f"Loaded {model.config.name} in {time.perf_counter() - t0:.2f}s ({precision})", file=sys.stderr)

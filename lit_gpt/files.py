@@ -8,12 +8,17 @@ before the file or folder is renamed into place. A flipped bit on disk or in a c
 (`CorruptFile`); a file written before the digests were recorded has none and is read as it is.
 
 `atomic_file` is what every writer of a final file goes through (lit checkpoints, `separators.json`, Hugging Face
-shard indexes, the output record itself). A converter (`scripts/convert_*.py`, `scripts/merge_lora.py`) calls
-`prepare_output_dir` before it writes and `finish_output_dir` after: the record `OUTPUT_RECORD` in the output folder
-names the files it wrote, so that `--overwrite true` deletes those and nothing else.
+shard indexes, the output record itself). A converter (`scripts/convert_*.py`, `scripts/merge_lora.py`) writes
+its output folder through `staged_output_dir`: into a hidden sibling that replaces the folder only once complete
+(`replace_dir`, which preparation uses too), with the record `OUTPUT_RECORD` of the files it wrote, so that
+`--overwrite true` replaces those and nothing else. A write that the disk or the location refuses (full, quota,
+permissions, read-only) is said in one line by `write_failure`.
 """
 
 import contextlib
+import errno
+import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -21,8 +26,11 @@ import re
 import secrets
 import shutil
 import struct
+import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+from lit_gpt.cli import UserError
 
 
 @contextlib.contextmanager
@@ -42,8 +50,40 @@ def atomic_file(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-# written into an output directory before any other file: which converter owns the files of its outputs there
+# written into an output directory with the other files: which converter owns the files of its outputs there
 OUTPUT_RECORD = ".lit_gpt_conversion.json"
+
+
+@contextlib.contextmanager
+def staged_output_dir(
+    output_dir: Path,
+    overwrite: bool,
+    outputs: Tuple[str, ...],
+    script: str,
+    inputs: Dict[str, Path],
+    require_empty: bool = True,
+) -> Iterator[Path]:
+    """A new folder to write `script`'s output into, which replaces `output_dir` only once written whole.
+
+    `prepare_output_dir` checks `output_dir` first. The folder is a hidden sibling of `output_dir`; when the block
+    ends, the files of `output_dir` that are not `script`'s earlier output (a README, the Hugging Face files beside
+    which `convert_hf_checkpoint.py` writes) are hard-linked into it, and `replace_dir` swaps it in. A failure or a
+    kill while writing leaves the earlier output as it was (a full disk needs room for the old output and the new one
+    at once); a write refused by the disk or the location (`write_failure`) ends in one line.
+    """
+    prepare_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty)
+    staging = None
+    try:
+        with refused_writes(output_dir):
+            staging = staging_dir(output_dir)
+            yield staging
+            if output_dir.is_dir():
+                link_tree(output_dir, staging, skip=lambda p: p.name == OUTPUT_RECORD or _matches(p.name, outputs))
+            finish_output_dir(staging, outputs, script, _output_record(output_dir))
+            replace_dir(staging, output_dir)
+    finally:
+        if staging is not None and staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def prepare_output_dir(
@@ -54,18 +94,18 @@ def prepare_output_dir(
     inputs: Dict[str, Path],
     require_empty: bool = True,
 ) -> None:
-    """Make `output_dir` ready for `script`, a converter that writes files matching the globs `outputs` and then
-    calls `finish_output_dir`.
+    """Check that `script`, a converter that writes files matching the globs `outputs` (through
+    `staged_output_dir`), may replace its output in `output_dir`; nothing is written or deleted.
 
     Refused: an `output_dir` that is, lies inside or holds one of `inputs` (flag -> path); without `overwrite`, a
     non-empty one (with `require_empty`) or one that holds a file of `outputs`; with `overwrite`, one that holds a
     file of `outputs` that `script` did not write there: `OUTPUT_RECORD` does not name `script`, or names the files
     of its finished conversion and this one is not among them or was changed since (size, modification time), as
-    another tool's `save_pretrained` into the export changes it. Otherwise the files of `outputs` are deleted, so that
-    nothing of the earlier conversion is loaded with the new one, other files are kept, and the record is written:
-    nothing but the converter's own earlier output is ever deleted.
+    another tool's `save_pretrained` into the export changes it. Nothing but the converter's own earlier output is
+    ever replaced; the other files are kept.
     """
     check_apart_from_inputs(output_dir, inputs)
+    recover_replaced(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"--output_dir {str(output_dir)!r} exists and is a file; pass a directory")
     stale = sorted({p for pattern in outputs for p in output_dir.glob(pattern) if p.is_file() or p.is_symlink()})
@@ -77,7 +117,7 @@ def prepare_output_dir(
         )
     record = _output_record(output_dir)
     mine = record.get(script)
-    # the files of a finished conversion; None while one runs (a killed one: its partial files are all its own)
+    # the files of a finished conversion; None in a record of an older version, written before the conversion
     written = mine.get("files") if isinstance(mine, dict) else None
     foreign = [p for p in stale if mine is None or (written is not None and written.get(p.name) != _fingerprint(p))]
     if foreign:
@@ -87,23 +127,182 @@ def prepare_output_dir(
             f"--output_dir {str(output_dir)!r} holds {names}, which {script} did not write ({why}): --overwrite true "
             "replaces only its own earlier output. Move them away or choose another directory"
         )
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for path in stale:
-            path.unlink()
-        _write_output_record(output_dir, {**record, script: {"outputs": list(outputs), "files": None}})
-    except OSError as e:  # a read-only disk, a folder of another user, a full disk: before any work
-        raise ValueError(
-            f"--output_dir {str(output_dir)!r} cannot be written ({e.strerror or e}); pass a directory on a "
-            "writable disk with room for the output"
-        ) from None
 
 
-def finish_output_dir(output_dir: Path, outputs: Tuple[str, ...], script: str) -> None:
-    """Record in `OUTPUT_RECORD` the files of `outputs` that `script` has now written in `output_dir` (after
-    `prepare_output_dir`), so that a later `--overwrite` deletes them only as they are."""
+def finish_output_dir(
+    output_dir: Path, outputs: Tuple[str, ...], script: str, record: Optional[Dict[str, object]] = None
+) -> None:
+    """Record in `OUTPUT_RECORD` the files of `outputs` that `script` has now written in `output_dir`, so that a later
+    `--overwrite` replaces them only as they are; `record`: the other converters' entries to keep."""
     files = {p.name: _fingerprint(p) for pattern in outputs for p in output_dir.glob(pattern) if p.is_file()}
-    _write_output_record(output_dir, {**_output_record(output_dir), script: {"outputs": list(outputs), "files": files}})
+    record = _output_record(output_dir) if record is None else record
+    _write_output_record(output_dir, {**record, script: {"outputs": list(outputs), "files": files}})
+
+
+def _matches(name: str, patterns: Tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+########################
+# Replacing a folder whole: written beside it, swapped in by renames
+########################
+
+
+def staging_dir(path: Path) -> Path:
+    """A fresh hidden sibling of `path` (`.<name>.partial-<pid>-<random>`) to write its new content into, with the
+    permissions of a folder made by `mkdir`; such folders of processes that are gone are removed first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
+        pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    # mkdtemp makes it 0700; it becomes the output folder, which others (a shared folder) read like any other
+    staging.chmod(0o777 & ~umask)
+    return staging
+
+
+def replace_dir(new: Path, path: Path, remove_old: Optional[Callable[[Path], None]] = None) -> None:
+    """Rename the finished folder `new` to `path`: an earlier `path` is renamed to `.<name>.old-<pid>` first and
+    removed after (by `remove_old` if given, else whole). A kill between the renames leaves the old folder under that
+    name, which `recover_replaced` (called before every replacement) renames back; one after them, the new folder in
+    place and the old one, which it removes."""
+    old = None
+    if path.is_dir() and any(path.iterdir()):
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.rename(path, old)
+    elif path.is_dir():
+        path.rmdir()
+    try:
+        os.rename(new, path)
+    except BaseException:
+        if old is not None:
+            os.rename(old, path)
+        raise
+    if old is not None:
+        (remove_old or shutil.rmtree)(old)
+
+
+def recover_replaced(path: Path, remove_old: Optional[Callable[[Path], None]] = None) -> None:
+    """Finish what a `replace_dir` of `path` killed by a process that is gone left: its old folder is renamed back
+    when `path` is missing (killed between the renames), or removed when the new one is in place."""
+    for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.old-*")):
+        pid = old.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        if not path.exists():
+            os.rename(old, path)
+            print(f"note: restored {path} from {old.name}, left by an interrupted replacement")
+        else:
+            (remove_old or shutil.rmtree)(old)
+
+
+def link_tree(source: Path, target: Path, skip: Callable[[Path], bool]) -> None:
+    """Hard-link the entries of the folder `source` that `skip` does not pick into `target` (links kept as links;
+    copied where the file system cannot link)."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for entry in source.iterdir():
+        if skip(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, target / entry.name, symlinks=True, copy_function=link)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), target / entry.name)
+        else:
+            link(str(entry), str(target / entry.name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+########################
+# Writes that the disk or the location refuses
+########################
+
+# the errors of a write that the user fixes, not the code
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+# less free space than this after a write error that lost its errno (torch's "unexpected pos 3584 vs 3478",
+# safetensors' SafetensorError) means the disk is full
+NEARLY_FULL = 2**24
+
+
+@contextlib.contextmanager
+def refused_writes(path: Path, needed_bytes: Optional[int] = None) -> Iterator[None]:
+    """Writes under `path` whose refusal by the disk or the location (`write_failure`) ends in one line."""
+    try:
+        yield
+    except Exception as e:
+        if (refusal := write_failure(e, path, needed_bytes)) is not None:
+            raise refusal from None
+        raise
+
+
+def write_failure(
+    e: BaseException,
+    path: Path,
+    needed_bytes: Optional[int] = None,
+    kept: str = "Nothing written there before was changed",
+) -> Optional[UserError]:
+    """The one-line refusal for `e`, raised while writing `path` (a file or a folder), when the disk or the location
+    refused the write: a full disk or quota (with the free space, and the space needed when `needed_bytes` is
+    known), no permission, a read-only file system; `kept` ends it (what is left as it was, what to do then). None
+    for any other error, which keeps its traceback."""
+    code = next((c.errno for c in _causes(e) if isinstance(c, OSError) and c.errno in _WRITE_ERRNOS), None)
+    free = _free_bytes(path)
+    if code is None:
+        lost_errno = isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == "SafetensorError"
+        if not lost_errno or free is None or free >= NEARLY_FULL:
+            return None
+        code = errno.ENOSPC
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        room = f"{_megabytes(free)} free" if free is not None else "the free space is unknown"
+        needs = f"it needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
+        todo = f"{needs}{room}: free space there or choose a location on a disk with room"
+    else:
+        todo = "choose a location you can write to"
+    return UserError(f"cannot write {str(path)!r}: {_WRITE_ERRNOS[code]}; {todo}. {kept}")
+
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _free_bytes(path: Path) -> Optional[int]:
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _fingerprint(path: Path) -> List[int]:

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.convert import LIT_OUTPUTS, LIT_WEIGHT_OUTPUTS, hf_checkpoint_tensors  # noqa: E402
 from lit_gpt.data.separators import separators_of_tokenizer, write_separators  # noqa: E402
-from lit_gpt.files import finish_output_dir, prepare_output_dir  # noqa: E402
+from lit_gpt.files import recover_replaced, staged_output_dir  # noqa: E402
 from lit_gpt.hf import config_from_hf, hf_to_lit  # noqa: E402
 from lit_gpt.weights import check_weights, copy_tokenizer_files, save_lit_checkpoint  # noqa: E402
 
@@ -52,6 +52,9 @@ def convert(
             files) that an earlier run of this script wrote there. Files of those names that it did not write are
             refused, never deleted, and so is an `output_dir` that lies in or holds `checkpoint_dir`.
     """
+    # the lit files are swapped in beside the Hugging Face files by renaming the whole folder: one killed between the
+    # two renames left it as `.<name>.old-<pid>`, put back here before it is looked for
+    recover_replaced(checkpoint_dir)
     if not (checkpoint_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"{str(checkpoint_dir)!r} has no config.json; pass a Hugging Face model directory, for example one "
@@ -72,8 +75,6 @@ def convert(
     beside = output_dir.resolve() == checkpoint_dir.resolve()
     outputs = LIT_WEIGHT_OUTPUTS if beside else LIT_OUTPUTS
     inputs = {} if beside else {"--checkpoint_dir": checkpoint_dir}
-    prepare_output_dir(output_dir, overwrite, outputs, "convert_hf_checkpoint.py", inputs, require_empty=False)
-
     t0 = time.perf_counter()
     target = getattr(torch, dtype) if dtype else None
     tied = bool(hf_config.get("tie_word_embeddings", False))
@@ -82,11 +83,13 @@ def convert(
     # the architecture was checked against config.json above: a mismatch here is in the weight files
     hint = "Its weight files do not match its config.json: download it again (an interrupted or mixed download)."
     check_weights({k: v.shape for k, v in state_dict.items()}, config, str(checkpoint_dir), hint)
-    copied = copy_tokenizer_files(checkpoint_dir, output_dir)
     separators = separators_of_tokenizer(checkpoint_dir)
-    write_separators(output_dir, separators)
-    save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
-    finish_output_dir(output_dir, outputs, "convert_hf_checkpoint.py")
+    # beside the Hugging Face files, the new folder holds hard links to them: the swap never copies or loses them
+    script = "convert_hf_checkpoint.py"
+    with staged_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty=False) as staging:
+        copied = copy_tokenizer_files(checkpoint_dir, staging) if not beside else []
+        write_separators(staging, separators)
+        save_lit_checkpoint(state_dict, config, staging)
     n_bytes = sum(t.nbytes for t in state_dict.values())
     also = f" (and copied {', '.join(copied)})" if copied else ""
     if tied:

@@ -26,7 +26,7 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 import torch  # noqa: E402
 
 from lit_gpt.convert import HF_OUTPUTS, check_hf_tokenizer, save_hf_tokenizer, save_hf_weights  # noqa: E402
-from lit_gpt.files import atomic_file, finish_output_dir, parse_size, prepare_output_dir  # noqa: E402
+from lit_gpt.files import atomic_file, parse_size, staged_output_dir  # noqa: E402
 from lit_gpt.hf import config_to_hf, lit_to_hf  # noqa: E402
 from lit_gpt.weights import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 
@@ -51,32 +51,29 @@ def convert(
         dtype: Cast the weights to this dtype; by default they keep the dtype they were saved in.
         overwrite: Write into `output_dir` even when it is not empty. The weight, config and tokenizer files that an
             earlier export or `save_pretrained` left there (`*.safetensors`, `*.index.json`, `pytorch_model*.bin`,
-            `config.json`, `generation_config.json`, `tokenizer*`, ...) are deleted first, so that transformers
-            loads only the new ones; other files (a README, for example) are kept. Files of those names that this
-            script did not write there (another tool's `save_pretrained`, for example) are refused, never deleted,
-            and so is an `output_dir` that is, lies in or holds `checkpoint_dir`.
+            `config.json`, `generation_config.json`, `tokenizer*`, ...) are replaced, once the new export is written
+            whole beside it, so that transformers loads only the new ones (a failed export leaves the earlier one as
+            it was; the disk needs room for both); other files (a README, for example) are kept. Files of those
+            names that this script did not write there (another tool's `save_pretrained`, for example) are refused,
+            never deleted, and so is an `output_dir` that is, lies in or holds `checkpoint_dir`.
     """
     config, model_file = lit_checkpoint_files(checkpoint_dir)
     state_dict = load_lit_state_dict(model_file)
     # transformers would refuse the export only when loading it
     hint = "Its lit_config.json does not describe the weights in lit_model.pth: convert the checkpoint again."
     check_weights({k: v.shape for k, v in state_dict.items()}, config, str(model_file), hint)
-    prepare_output_dir(
-        output_dir, overwrite, HF_OUTPUTS, "convert_lit_checkpoint.py", {"--checkpoint_dir": checkpoint_dir}
-    )
     t0 = time.perf_counter()
-    target = getattr(torch, dtype) if dtype else None
-    items = ((k, v.to(target) if target else v) for k, v in lit_to_hf(state_dict.items(), config))
-    shards, n_bytes, saved_dtype = save_hf_weights(items, output_dir, parse_size(max_shard_size))
-
-    bos, eos = save_hf_tokenizer(checkpoint_dir, output_dir, config.block_size)
-    hf_config = config_to_hf(config)
-    dtype_name = str(saved_dtype).removeprefix("torch.")
-    hf_config.update(bos_token_id=bos, eos_token_id=eos, torch_dtype=dtype_name, dtype=dtype_name)
-    # written last and whole (a kill leaves none): a config.json there is a complete export
-    with atomic_file(output_dir / "config.json") as tmp, open(tmp, "w", encoding="utf-8") as fp:
-        json.dump(hf_config, fp, indent=2)
-    finish_output_dir(output_dir, HF_OUTPUTS, "convert_lit_checkpoint.py")
+    inputs = {"--checkpoint_dir": checkpoint_dir}
+    with staged_output_dir(output_dir, overwrite, HF_OUTPUTS, "convert_lit_checkpoint.py", inputs) as staging:
+        target = getattr(torch, dtype) if dtype else None
+        items = ((k, v.to(target) if target else v) for k, v in lit_to_hf(state_dict.items(), config))
+        shards, n_bytes, saved_dtype = save_hf_weights(items, staging, parse_size(max_shard_size))
+        bos, eos = save_hf_tokenizer(checkpoint_dir, staging, config.block_size)
+        hf_config = config_to_hf(config)
+        dtype_name = str(saved_dtype).removeprefix("torch.")
+        hf_config.update(bos_token_id=bos, eos_token_id=eos, torch_dtype=dtype_name, dtype=dtype_name)
+        with atomic_file(staging / "config.json") as tmp, open(tmp, "w", encoding="utf-8") as fp:
+            json.dump(hf_config, fp, indent=2)
     print(
         f"Wrote {output_dir}: config.json, {shards} safetensors file(s) ({n_bytes / 1e6:.1f} MB, {dtype_name}), "
         f"generation_config.json and the tokenizer in {time.perf_counter() - t0:.1f}s"

@@ -27,7 +27,7 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 
 from lit_gpt.convert import LIT_OUTPUTS, save_tokenizer_files  # noqa: E402
 from lit_gpt.data.separators import write_separators  # noqa: E402
-from lit_gpt.files import finish_output_dir, parse_size, prepare_output_dir  # noqa: E402
+from lit_gpt.files import parse_size, staged_output_dir  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     training_checkpoint_config,
     training_checkpoint_separators,
@@ -63,8 +63,9 @@ def convert(
         output_dir: Where to write `lit_config.json`, `lit_model.pth` and the tokenizer files; by default
             `checkpoints/lit-<config name>`.
         overwrite: Write into `output_dir` even when it is not empty. The files that an earlier run of this script
-            left there (`lit_config.json`, `lit_model.pth`, the tokenizer files) are deleted first, so that none of
-            them is read with the new ones; other files are kept. Files of those names that this script did not
+            left there (`lit_config.json`, `lit_model.pth`, the tokenizer files) are replaced once the new ones are
+            written whole beside them (a failed conversion leaves them as they were), so that none of them is read
+            with the new ones; other files are kept. Files of those names that this script did not
             write there are refused, never deleted, and so is an `output_dir` that is, lies in or holds
             `checkpoint_file` or `tokenizer_dir`.
         group_size: Read a sharded checkpoint in groups of tensors of about this size ('1GB', '500MB'); peak
@@ -106,17 +107,15 @@ def convert(
     )
     check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, str(checkpoint_file), hint)
     inputs = {"--checkpoint_file": checkpoint_file, "--tokenizer_dir": tokenizer_dir}
-    prepare_output_dir(output_dir, overwrite, LIT_OUTPUTS, "convert_pretrained_checkpoint.py", inputs)
-
     t0 = time.perf_counter()
-    kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
-    print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
-    state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))
-    separators = training_checkpoint_separators(checkpoint_file, trust_pickle)
-    copied = save_tokenizer_files(tokenizer_dir, output_dir, config.block_size, add_bos_token=separators.bos)
-    write_separators(output_dir, separators)
-    save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
-    finish_output_dir(output_dir, LIT_OUTPUTS, "convert_pretrained_checkpoint.py")
+    with staged_output_dir(output_dir, overwrite, LIT_OUTPUTS, "convert_pretrained_checkpoint.py", inputs) as staging:
+        kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
+        print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
+        state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))
+        separators = training_checkpoint_separators(checkpoint_file, trust_pickle)
+        copied = save_tokenizer_files(tokenizer_dir, staging, config.block_size, add_bos_token=separators.bos)
+        write_separators(staging, separators)
+        save_lit_checkpoint(state_dict, config, staging)
     n_bytes = sum(t.nbytes for t in state_dict.values())
     print(
         f"Wrote lit_config.json, lit_model.pth ({n_bytes / 1e6:.1f} MB), separators.json ({separators}) and "

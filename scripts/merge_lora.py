@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from lit_gpt.convert import LIT_OUTPUTS  # noqa: E402
 from lit_gpt.data.separators import Separators, read_separators, write_separators  # noqa: E402
-from lit_gpt.files import finish_output_dir, prepare_output_dir  # noqa: E402
+from lit_gpt.files import staged_output_dir  # noqa: E402
 from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.training.checkpoint import find_latest, load_metadata  # noqa: E402
@@ -114,18 +114,16 @@ def merge(
         )
     output_dir = output_dir or checkpoint_dir.with_name(checkpoint_dir.name + "-lora")
     inputs = {"--checkpoint_dir": checkpoint_dir, "--lora_checkpoint": lora_checkpoint}
-    prepare_output_dir(output_dir, overwrite, LIT_OUTPUTS, "merge_lora.py", inputs)
-
-    with torch.device("meta"):
-        model = GPT(config)
-    model.load_state_dict(load_lit_state_dict(model_file), strict=True, assign=True)  # memory-mapped
-    apply_lora(model, lora)
-    model.load_state_dict(adapter, strict=False)
-    state_dict = merge_lora(model).state_dict()
-    copied = copy_tokenizer_files(checkpoint_dir, output_dir)
-    write_separators(output_dir, separators)
-    save_lit_checkpoint(state_dict, config, output_dir)  # lit_model.pth last: once it is there, all is
-    finish_output_dir(output_dir, LIT_OUTPUTS, "merge_lora.py")
+    with staged_output_dir(output_dir, overwrite, LIT_OUTPUTS, "merge_lora.py", inputs) as staging:
+        with torch.device("meta"):
+            model = GPT(config)
+        model.load_state_dict(load_lit_state_dict(model_file), strict=True, assign=True)  # memory-mapped
+        apply_lora(model, lora)
+        model.load_state_dict(adapter, strict=False)
+        state_dict = merge_lora(model).state_dict()
+        copied = copy_tokenizer_files(checkpoint_dir, staging)
+        write_separators(staging, separators)
+        save_lit_checkpoint(state_dict, config, staging)
     adapter_bytes = sum(t.nbytes for t in adapter.values())
     print(
         f"Merged the adapter of {lora_checkpoint} ({adapter_bytes / 1e6:.2f} MB, rank {lora.r}) into {model_file}: "

@@ -102,3 +102,22 @@ def test_a_missing_data_dir_is_named_with_the_command_that_prepares_it(export_li
     with pytest.raises(FileNotFoundError, match=rf"--data_dir '{tmp_path}' is not a prepared litdata split \(no "
                        rf"index.json\); prepare it with `python scripts/prepare_text.py"):  # fmt: skip
         main(export_lit_dir, tmp_path)
+
+
+def test_data_with_ids_beyond_the_model_vocabulary_is_refused_before_evaluating(export_lit_dir, prepared, tmp_path):
+    """Data prepared with a tokenizer of 1,024 ids, evaluated with a model of 512: an IndexError traceback in the
+    forward pass before; now one line naming the folder, the id and the model's vocabulary."""
+    data_dir = prepared["slimpajama_val"]
+    top = json.loads((data_dir / "prepare.json").read_text())["max_token_id"]
+    assert top >= 512
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "eval" / "perplexity.py"), "--checkpoint_dir", str(export_lit_dir), "--data_dir",
+         str(data_dir), "--num_blocks", "1", "--block_size", "16"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr == (
+        f"error: {data_dir} holds token id {top} (prepare.json), but the model in {export_lit_dir} has embeddings for "
+        "512 ids (its padded_vocab_size): the data was tokenized with a tokenizer of a larger vocabulary. Prepare it "
+        "with the model's tokenizer, or use a model whose vocabulary holds the tokenizer's\n"
+    )

@@ -673,3 +673,55 @@ def test_finetuning_checks_its_data_before_it_prints_or_touches_the_out_dir(code
                    "--micro_batch_size", "128", "--global_batch_size", "128")  # fmt: skip
     assert line.startswith("error: 65 examples make no whole micro-batch of 128 rows"), line
     assert not (tmp_path / "fresh").exists()
+
+
+def test_a_tokenizer_beyond_the_model_vocabulary_is_refused_before_any_step(tmp_path, prepared):
+    """A checkpoint directory whose tokenizer (1,024 ids) is not its model's (512): the examples encode to ids the
+    model has no embedding for. An IndexError at the first step before; now one line, exit 2, before any step."""
+    from lit_gpt.tokenizer import Tokenizer
+
+    base = write_base(tmp_path / "base", prepared["tokenizer"], seed=0)
+    text = "".join(p.read_text() for p in sorted((ROOT / "lit_gpt").glob("*.py")))
+    records = [{"instruction": text[i : i + 300], "output": text[i + 300 : i + 400]} for i in range(0, 40000, 400)]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    top = max(max(Tokenizer(base).encode(r["instruction"] + r["output"]).tolist()) for r in records)
+    assert top >= 512
+    args = ["--checkpoint_dir", str(base), "--data", str(tmp_path / "data.json"), "--out_dir", str(tmp_path / "out")]
+    cmd = [sys.executable, str(ROOT / "finetune" / "lora.py"), *args, *COMMON, "--max_steps", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "encodes to token id" in line and "embeddings for 512 ids" in line and str(base) in line, line
+    assert "step 1" not in proc.stdout
+
+
+def test_merge_onto_a_full_disk_is_one_line_and_keeps_the_earlier_merge(codes, lora_run, tmp_path, capsys):
+    """merge_lora.py --overwrite true onto a disk with room for one merge but not two: it used to delete the earlier
+    merge first; now the new one is written beside it, and the full disk is one line naming the folder and the free
+    space, exit 2, with the earlier merge byte-identical."""
+    from lit_gpt.cli import cli
+
+    merge = load_script_at("scripts/merge_lora.py").merge
+    size = (codes["base"] / "lit_model.pth").stat().st_size
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 1.5)}", "tmpfs", str(disk)],
+                           capture_output=True, text=True)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        args = ["--checkpoint_dir", str(codes["base"]), "--lora_checkpoint", str(lora_run)]
+        args += ["--output_dir", str(disk / "merged")]
+        cli(merge, args)
+        before = {p.name: p.read_bytes() for p in (disk / "merged").iterdir()}
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit:
+            cli(merge, [*args, "--overwrite", "true"])
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the note on the base's separators
+        assert exit.value.code == 2, err
+        assert err.startswith(f"error: cannot write {str(disk / 'merged')!r}: no space left on device"), err
+        assert "MB free" in err, err
+        assert {p.name: p.read_bytes() for p in (disk / "merged").iterdir()} == before
+        assert [p.name for p in disk.iterdir()] == ["merged"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -229,3 +229,25 @@ def test_bad_sampling_flags_are_refused(tmp_path, flags, message):
     spec.loader.exec_module(module)
     with pytest.raises(ValueError, match=message):
         module.main(checkpoint_dir=tmp_path, **flags)
+
+
+def test_a_prompt_beyond_the_model_vocabulary_is_refused(export_lit_dir, prepared, tmp_path):
+    """A checkpoint directory whose tokenizer (1,024 ids) is not its model's (512): a prompt with ids the model has no
+    embedding for ended in an IndexError; now one line, exit 2, before the weights are read."""
+    import shutil
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(export_lit_dir, checkpoint)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (checkpoint / name).unlink(missing_ok=True)
+    shutil.copy(prepared["tokenizer"] / "tokenizer.model", checkpoint / "tokenizer.model")
+    prompt = (ROOT / "lit_gpt" / "model.py").read_text()[:400]  # under the block size of 256 tokens
+    assert max(Tokenizer(checkpoint).encode(prompt).tolist()) >= 512
+    proc = subprocess.run(
+        [sys.executable, "generate/base.py", "--checkpoint_dir", str(checkpoint), "--prompt", prompt]
+        + ["--max_new_tokens", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "the prompt encodes to token id" in line and "embeddings for 512 ids" in line, line

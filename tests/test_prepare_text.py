@@ -185,3 +185,63 @@ def test_an_empty_corpus_or_a_wrong_key_is_refused(tmp_path, prepared):
                           timeout=300)  # fmt: skip
     assert proc.returncode != 0 and "--val_fraction 0.001 put none of the 2 documents into" in proc.stderr, proc.stderr
     assert load_script("prepare_text").main.__doc__  # the --help text comes from it
+
+
+def test_a_file_name_cannot_forge_a_bad_record(tmp_path, export_tokenizer_dir):
+    """A file named with a newline and a fake record after it: the report lists one bad record per line, the name
+    quoted, and no line that the name made up."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("a document")
+    forged = "x\nbad record: shadow.jsonl:1: forged.jsonl"
+    (corpus / forged).write_text('{"text": "fine"}\n{not json\n')
+    script = [sys.executable, str(ROOT / "scripts" / "prepare_text.py"), "--input", str(corpus)]
+    script += ["--tokenizer_path", str(export_tokenizer_dir), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run([*script, "--skip_bad_records", "true"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("bad record:")]
+    assert len(lines) == 1 and lines[0].startswith(f"bad record: {str(corpus / forged)!r}:2: malformed JSON"), lines
+
+
+def test_preparation_records_its_largest_id_and_refuses_ids_outside_the_tokenizer(tmp_path, export_tokenizer_dir):
+    """A tokenizer whose generation_config.json says eos_token_id -7 used to write -7 after every document: refused in
+    one line. A preparation records the largest id it wrote; training's check reads that, so an id that only a later
+    file holds is refused before any step (the first chunk alone was read); a folder prepared before the record keeps
+    the first-chunk check."""
+    import shutil
+
+    import numpy as np
+
+    from lit_gpt.data.loaders import check_token_ids
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("aaaa " * 2000)  # a few low ids
+    (corpus / "b.txt").write_text((ROOT / "lit_gpt" / "model.py").read_text())  # the tokenizer's whole range
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(export_tokenizer_dir, tokenizer)
+    (tokenizer / "generation_config.json").write_text('{"eos_token_id": -7}')
+    script = [sys.executable, str(ROOT / "scripts" / "prepare_text.py"), "--input", str(corpus)]
+    script += ["--output_dir", str(tmp_path / "out"), "--chunk_size", "8196", "--num_workers", "1"]
+    proc = subprocess.run([*script, "--tokenizer_path", str(tokenizer)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "eos_token_id -7" in proc.stderr.splitlines()[-1], proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+    (tokenizer / "generation_config.json").unlink()
+    proc = subprocess.run([*script, "--tokenizer_path", str(tokenizer)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    index = json.loads((out / "index.json").read_text())
+    chunks = [np.fromfile(out / c["filename"], dtype=np.int32)[c["chunk_size"] + 2 :] for c in index["chunks"]]
+    manifest = json.loads((out / "prepare.json").read_text())
+    top, first = max(int(c.max()) for c in chunks), int(chunks[0].max())
+    assert manifest["max_token_id"] == top and first < top, (first, top, len(chunks))
+
+    with pytest.raises(ValueError, match=f"{out} holds token id {top} .*has embeddings for {first + 1:,} ids"):
+        check_token_ids([str(out)], first + 1, "test-model")
+    check_token_ids([str(out)], top + 1, "test-model")
+    del manifest["max_token_id"]  # prepared before the record: the first chunk is read, as before
+    (out / "prepare.json").write_text(json.dumps(manifest))
+    check_token_ids([str(out)], first + 1, "test-model")
+    with pytest.raises(ValueError, match=f"holds token id {first}, "):
+        check_token_ids([str(out)], first, "test-model")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import yaml
 
-from lit_gpt.data.prepare import prepared_separators
+from lit_gpt.data.prepare import MANIFEST, prepared_separators, recorded_max_token_id
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.files import file_sha256
 from lit_gpt.signals import end_children_at_exit, ignore_stop_signals
@@ -175,15 +175,26 @@ def data_separators(folders: Sequence[str], initial_checkpoint_dir: Optional[Pat
 
 
 def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) -> None:
-    """Refuse, before any work, local data whose first chunk in a source folder holds a token id that the model has no
-    embedding for: data tokenized with a tokenizer of a larger vocabulary, which would fail at the first step (an
-    IndexError on CPU, a device-side assert on a GPU). One chunk per folder is read (a few MB): a tokenizer that does
-    not fit shows in every chunk."""
+    """Refuse, before any work, local data that holds a token id that the model has no embedding for (`vocab_size`,
+    its padded_vocab_size): data tokenized with a tokenizer of a larger vocabulary, which would fail at the step that
+    reads it (an IndexError on CPU, a device-side assert on a GPU). The largest id is the one `prepare.json` records;
+    for a folder prepared before it was recorded, the first chunk is read instead (a few MB: a tokenizer that does not
+    fit shows in most chunks, but an id of a later file alone is missed; prepare such a folder again to check all)."""
     from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING  # lazy: litdata is heavy (~2 s)
 
     for folder in folders:
         if "://" in folder:
             continue
+        top = recorded_max_token_id(Path(folder))
+        if top is not None:
+            if top >= vocab_size:
+                raise ValueError(
+                    f"{folder} holds token id {top} ({MANIFEST}), but {model_name} has embeddings for {vocab_size:,} "
+                    "ids (its padded_vocab_size): the data was tokenized with a tokenizer of a larger vocabulary. "
+                    "Prepare it with the model's tokenizer, or use a model whose vocabulary holds the tokenizer's"
+                )
+            continue
+        # prepared before prepare.json recorded its largest id: the first chunk, as before
         index = json.loads((Path(folder) / "index.json").read_text())
         serializer, code = index["config"]["data_format"][0].split(":")
         if not index["chunks"] or index["config"].get("compression") or not serializer.startswith("no_header_"):

@@ -17,7 +17,6 @@ import os
 import queue as queue_module
 import re
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from lit_gpt.data.readers import (
     read_documents,
 )
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
+from lit_gpt.files import recover_replaced, refused_writes, replace_dir, staging_dir, write_failure
 from lit_gpt.signals import die_with_parent
 from lit_gpt.tokenizer import Tokenizer
 
@@ -94,10 +94,12 @@ def tokenize_files(
 
     def emit(stream: np.ndarray, documents: int, stats: Stats) -> Iterator[torch.Tensor]:
         nonlocal pending
+        top = int(stream.max()) if len(stream) else -1
         stats.documents += documents
         stats.tokens += len(stream)
+        stats.max_id = max(stats.max_id, top)
         if progress is not None:
-            progress.put(("progress", Stats(documents=documents, tokens=len(stream))))
+            progress.put(("progress", Stats(documents=documents, tokens=len(stream), max_id=top)))
         pending = np.concatenate([pending, stream]) if len(pending) else stream
         full = len(pending) // item_tokens * item_tokens
         for start in range(0, full, item_tokens):
@@ -254,6 +256,16 @@ def prepare(
         )
     separators = Separators(bos=bos, eos=eos)
     tokenizer_path = check_tokenizer_dir(tokenizer_path, separators)
+    tokenizer = _tokenizer(str(tokenizer_path))
+    id_limit = token_id_limit(tokenizer)
+    for name in ("bos", "eos"):
+        value = getattr(tokenizer, f"{name}_id")
+        if getattr(separators, name) and not (isinstance(value, int) and 0 <= value < id_limit):
+            raise PrepareError(
+                f"the tokenizer in {tokenizer_path} says {name}_token_id {value!r} (its "
+                f"generation_config.json or tokenizer_config.json), not a token id of its vocabulary (0 to "
+                f"{id_limit - 1}): correct it there"
+            )
     if chunk_size < 1:
         raise PrepareError(f"--chunk_size {chunk_size} must be a positive number of tokens, e.g. {BLOCK_SIZE * 1024}")
     problems: List[BadRecord] = []
@@ -271,9 +283,11 @@ def prepare(
     num_workers = max(1, min(num_workers or os.cpu_count() or 1, len(files)))
     local = "://" not in str(output_dir)
     if local:
+        recover_replaced(Path(output_dir), _remove_old)  # a replacement that a killed run left half done
         check_output_dir(Path(output_dir), overwrite, {**named_inputs, "--tokenizer_path": tokenizer_path}, separators)
         check_inputs_outside(Path(output_dir), files)
-        write_dir = str(_staging_dir(Path(output_dir)))
+        with refused_writes(Path(output_dir)):  # a read-only disk or a parent folder of another user
+            write_dir = str(_staging_dir(Path(output_dir)))
     else:  # object stores: litdata itself refuses a non-empty prefix unless told to overwrite
         write_dir = str(output_dir)
 
@@ -338,13 +352,21 @@ def prepare(
                 f"{PATTERNS.get(kind, 'input')} files hold no documents to tokenize "
                 f"(left out: {_left_out(stats)}); nothing was written to {output_dir}"
             )
+        if not stats.max_id < id_limit:  # the separators were checked above; the tokenizer's own ids are its own
+            raise PrepareError(
+                f"token id {stats.max_id} was written, outside the vocabulary of the tokenizer in {tokenizer_path} (0 "
+                f"to {id_limit - 1}); nothing was written to {output_dir}"
+            )
         if local:
-            tokenizer = _tokenizer(str(tokenizer_path))
             ids = {
                 f"{name}_id": getattr(tokenizer, f"{name}_id") for name in ("bos", "eos") if getattr(separators, name)
             }
             _finish(Path(write_dir), kind, input_dir, stats, separators, ids, tokenizer.vocab_size)
             publish(Path(write_dir), Path(output_dir), overwrite)
+    except Exception as e:
+        if local and (refusal := write_failure(e, Path(output_dir))) is not None:  # a full disk, in this process
+            raise refusal from None
+        raise
     finally:
         if local and Path(write_dir).exists():  # a failed run: nothing of it is kept
             shutil.rmtree(write_dir, ignore_errors=True)
@@ -464,28 +486,25 @@ OUTPUT_FILE = re.compile(r"index\.json|chunk-\d+-\d+\.bin")  # the files a prepa
 
 
 def _staging_dir(path: Path) -> Path:
-    """A fresh hidden sibling of `path` for the workers to write into; such folders of killed runs are removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.partial-*"):
-        pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    # mkdtemp makes it 0700; it becomes the output folder, which others (a shared data folder) read like any other
-    staging.chmod(0o777 & ~umask)
-    return staging
+    """A fresh hidden sibling of `path` for the workers to write into (`lit_gpt/files.py: staging_dir`)."""
+    return staging_dir(path)
 
 
-def _alive(pid: int) -> bool:
+def token_id_limit(tokenizer: Tokenizer) -> int:
+    """One more than the largest token id `tokenizer` has, added special tokens of a tokenizer.json included."""
+    if tokenizer.backend == "huggingface":
+        return tokenizer.processor.get_vocab_size(with_added_tokens=True)
+    return tokenizer.vocab_size
+
+
+def recorded_max_token_id(path: Path) -> Optional[int]:
+    """The largest token id a prepared folder holds, as its `prepare.json` records it; None for a folder prepared
+    before it was recorded (or without a readable record)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        value = json.loads((Path(path) / MANIFEST).read_text()).get("max_token_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def prepared_separators(path: Path) -> Separators:
@@ -527,29 +546,28 @@ def _finish(
         "separators": separators.to_dict(),  # lit_gpt/data/separators.py
         **separator_ids,  # the ids written between documents: "eos_id" is what `pretrain --document_mask` splits at
         "vocab_size": vocab_size,  # the tokenizer's: pretraining notes a model of more token ids than it has
+        "max_token_id": stats.max_id,  # the largest id in the chunks: a model must have an embedding for it
         "files": sorted(p.name for p in write_dir.iterdir()),
     }
     (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def publish(write_dir: Path, path: Path, overwrite: bool) -> None:
-    """Rename the finished `write_dir` to `path`, replacing an earlier preparation there if `overwrite`."""
-    old = None
+    """Rename the finished `write_dir` to `path`, replacing an earlier preparation there if `overwrite`: the earlier
+    one stays whole until the new one is in place (`lit_gpt/files.py: replace_dir`)."""
     if path.is_dir() and any(path.iterdir()):
         check_output_dir(path, overwrite, {})  # again: another run may have written there meanwhile
-        old = path.parent / f".{path.name}.old-{os.getpid()}"
-        os.rename(path, old)
-    elif path.is_dir():
-        path.rmdir()
-    os.rename(write_dir, path)
-    if old is not None:
-        # only the files that prepare.json lists (checked above)
-        for name in owned_files(old) + [MANIFEST]:
-            (old / name).unlink(missing_ok=True)
-        try:
-            old.rmdir()
-        except OSError:
-            print(f"note: left {old}: files appeared in it that no preparation wrote")
+    replace_dir(write_dir, path, _remove_old)
+
+
+def _remove_old(old: Path) -> None:
+    """Delete an earlier preparation renamed aside: only the files that its prepare.json lists (checked before)."""
+    for name in owned_files(old) + [MANIFEST]:
+        (old / name).unlink(missing_ok=True)
+    try:
+        old.rmdir()
+    except OSError:
+        print(f"note: left {old}: files appeared in it that no preparation wrote")
 
 
 def check_tokenizer_dir(tokenizer_path: Path, separators: Separators = DEFAULT_SEPARATORS) -> Path:

@@ -54,7 +54,15 @@ class BadRecord:
     reason: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.reason}" if self.line else f"{self.path}: {self.reason}"
+        path = quoted_path(self.path)
+        return f"{path}:{self.line}: {self.reason}" if self.line else f"{path}: {self.reason}"
+
+
+def quoted_path(path: str) -> str:
+    """`path` as printed in a list of bad records: as it is, or quoted as Python writes strings when it holds what
+    could pass for another record or cannot be printed (a newline, `: `, `; `, a quote, bytes that are not UTF-8)."""
+    plain = path.isprintable() and not any(s in path for s in (": ", "; ", "'", '"', "\\"))
+    return path if plain else repr(path)
 
 
 @dataclass
@@ -65,11 +73,13 @@ class Stats:
     skipped: Counter = field(default_factory=Counter)  # reason -> rows
     bad: List[BadRecord] = field(default_factory=list)
     elapsed: float = 0.0  # seconds
+    max_id: int = -1  # the largest token id written (-1: none)
 
     def add(self, other: "Stats") -> None:
         self.files += other.files
         self.documents += other.documents
         self.tokens += other.tokens
+        self.max_id = max(self.max_id, other.max_id)
         self.skipped.update(other.skipped)
         self.bad.extend(other.bad)
 

@@ -33,7 +33,6 @@ import fcntl
 import io
 import os
 import re
-import shutil
 import socket
 import stat
 import time
@@ -57,7 +56,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lit_gpt.config import Config
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
-from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums
+from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums, write_failure
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import strip_wrapper_prefixes
 
@@ -291,12 +290,10 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
                 f"Saving {tmp} failed on another process (its error is in that process' output); fix that and "
                 "resume with --resume auto (the checkpoints saved before are intact; the partial save is removed)"
             )
-        if _disk_full(error, path.parent):
-            raise OSError(
-                errno.ENOSPC,
-                f"No space left on device writing {tmp}: free space on that disk and resume with --resume auto (the "
-                f"checkpoints saved before are intact; the partial {tmp.name} is removed)",
-            ) from error
+        previous = find_latest(path.parent)  # about the size of this one
+        kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with --resume auto"
+        if (refusal := write_failure(error, tmp, previous and _disk_bytes(previous), kept)) is not None:
+            raise refusal from error
         raise error
     if fabric.global_rank == 0:
         # the digest of what every process wrote, inside the rename: a checkpoint under its name always has one
@@ -318,11 +315,8 @@ def _failed_elsewhere(fabric: L.Fabric, failed_here: bool) -> bool:
     return bool(failures.item() - float(failed_here) > 0)
 
 
-def _disk_full(e: BaseException, directory: Path) -> bool:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    # torch's file writer loses the errno ("unexpected pos ...", "basic_ios::clear: iostream error")
-    return shutil.disk_usage(directory).free < 2**24
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def prune_checkpoints(out_dir: Path, keep_last: Optional[int], saved: Optional[Path] = None) -> List[Path]:

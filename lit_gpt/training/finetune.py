@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import lightning as L
 import torch
 
+from lit_gpt.cli import UserError
 from lit_gpt.config import Config
 from lit_gpt.data.instruct import (
     InstructionBatches,
@@ -290,6 +291,19 @@ class InstructionData:
         return self.train, validation_batches(self.val, **self.layout, rank=rank)
 
 
+def check_example_ids(examples: List[Tuple[torch.Tensor, torch.Tensor]], h: Dict[str, Any]) -> None:
+    """Refuse, before any step, examples holding a token id that the model of `h["checkpoint_dir"]` has no embedding
+    for (a tokenizer of a larger vocabulary put beside its weights): the step that reads it would fail."""
+    top = max((int(ids.max()) for ids, _ in examples if ids.numel()), default=-1)
+    vocab_size = lit_checkpoint_files(Path(h["checkpoint_dir"]))[0].padded_vocab_size
+    if top >= vocab_size:
+        raise UserError(
+            f"--data {h['data']} encodes to token id {top} with the tokenizer in {h['checkpoint_dir']}, but its model "
+            f"has embeddings for {vocab_size:,} ids (its padded_vocab_size): the tokenizer files there are not the "
+            "model's. Put back the tokenizer the model was trained with"
+        )
+
+
 def instruction_data(h: Dict[str, Any], block_size: int, world_size: int) -> InstructionData:
     """The instruction files `h["data"]` read, split and encoded as `lit_gpt/data/instruct.py` describes, with the run's
     flags and the base model's document separators (`h["separators"]`), and laid out in micro-batches for
@@ -310,8 +324,9 @@ def instruction_data(h: Dict[str, Any], block_size: int, world_size: int) -> Ins
         micro_batch_size=h["micro_batch_size"], max_seq_length=max_seq_length, padding=h["padding"],
         packing=h["packing"], seed=h["seed"], world_size=world_size,
     )  # fmt: skip
-    train_batches = InstructionBatches(encode(train), **layout)
-    val_examples = encode(val)
+    train_examples, val_examples = encode(train), encode(val)
+    check_example_ids(train_examples + val_examples, h)
+    train_batches = InstructionBatches(train_examples, **layout)
     validation_batches(val_examples, **layout)  # refuses fewer held-out rows than processes
     accumulation = h["global_batch_size"] // (world_size * h["micro_batch_size"])
     steps_per_epoch = len(train_batches) // accumulation
