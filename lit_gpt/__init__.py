@@ -5,16 +5,18 @@ module such as `lit_gpt.cli` (every entry point's command line, checked before t
 """
 
 import importlib
-import importlib.util
 
 __all__ = ["GPT", "Config", "Tokenizer"]
 _HOMES = {"GPT": "lit_gpt.model", "Config": "lit_gpt.config", "Tokenizer": "lit_gpt.tokenizer"}
+# only these: other names are looked up on the package by tools (jsonargparse asks it for an entry function's name,
+# `convert`), and a heavy module imported for such a look-up would undo the light command-line check
+_PUBLIC_MODULES = ("model", "config", "tokenizer")
 
 
 def __getattr__(name: str):
     if name in _HOMES:
         return getattr(importlib.import_module(_HOMES[name]), name)
-    if importlib.util.find_spec(f"lit_gpt.{name}") is not None:  # `import lit_gpt; lit_gpt.model`, as before
+    if name in _PUBLIC_MODULES:  # `import lit_gpt; lit_gpt.model`, as before the package turned lazy
         return importlib.import_module(f"lit_gpt.{name}")
     raise AttributeError(f"module 'lit_gpt' has no attribute {name!r}")
 
