@@ -72,10 +72,9 @@ def staged_output_dir(
     at once); a write refused by the disk or the location (`write_failure`) ends in one line.
     """
     prepare_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty)
-    staging = None
+    staging = staging_dir(output_dir)
     try:
         with refused_writes(output_dir):
-            staging = staging_dir(output_dir)
             yield staging
             if output_dir.is_dir():
                 link_tree(output_dir, staging, skip=lambda p: p.name == OUTPUT_RECORD or _matches(p.name, outputs))
@@ -150,13 +149,25 @@ def _matches(name: str, patterns: Tuple[str, ...]) -> bool:
 
 def staging_dir(path: Path) -> Path:
     """A fresh hidden sibling of `path` (`.<name>.partial-<pid>-<random>`) to write its new content into, with the
-    permissions of a folder made by `mkdir`; such folders of processes that are gone are removed first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
-        pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    permissions of a folder made by `mkdir`; such folders of processes that are gone are removed first. A location
+    that cannot be written (a read-only disk, a folder of another user, a path through a file) is refused here,
+    before any work, naming `path` as the `--output_dir` it is."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.partial-*"):
+            pid = stale.name.split("-")[-2] if stale.name.count("-") >= 2 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
+    except OSError as e:
+        if (refusal := write_failure(e, path, kept="Nothing was written")) is not None:
+            raise refusal from None  # a full or read-only disk, no permission
+        # mkdir's "File exists" for a path through a file (`a-file/out`)
+        reason = "Not a directory" if e.errno in (errno.EEXIST, errno.ENOTDIR) else (e.strerror or str(e))
+        raise ValueError(
+            f"--output_dir {str(path)!r} cannot be written ({reason}); pass a directory on a writable disk with room "
+            "for the output"
+        ) from None
     umask = os.umask(0)
     os.umask(umask)
     # mkdtemp makes it 0700; it becomes the output folder, which others (a shared folder) read like any other

@@ -21,6 +21,7 @@ import pytest
 import torch
 from conftest import TEST_LLAMA
 
+from lit_gpt.cli import UserError
 from lit_gpt.config import Config
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, write_separators
 from lit_gpt.hf import split_qkv
@@ -590,7 +591,7 @@ def test_an_out_dir_that_cannot_be_written_is_refused_in_one_line(codes, tmp_pat
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(FileExistsError, match=r"--out_dir \S+ro cannot be written \(Read-only file system\); pass"):
         setup(**common, out_dir=tmp_path / "ro")
-    with pytest.raises(ValueError, match=r"--output_dir '\S+ro' cannot be written \(Read-only file system\)"):
+    with pytest.raises(UserError, match=r"cannot write '\S+': read-only file system; choose a location you can"):
         merge(codes["base"], adapter, tmp_path / "ro")
 
 
