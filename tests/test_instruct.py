@@ -169,7 +169,9 @@ def test_padded_batches(tokenizer):
 def test_packed_batches_take_no_loss_across_examples(tokenizer):
     encoded = encode_examples(tokenizer, records(40), "plain", 96, mask_prompt=False)
     packed = InstructionBatches(encoded, micro_batch_size=1, max_seq_length=96, packing=True, shuffle=False)
-    assert len(packed) == len(packed.rows) < len(encoded) / 2 and all(len(x) <= 97 for x, _ in packed.rows)
+    # packing at least halves the rows (the exact count follows the test tokenizer, which conftest trains on the
+    # library's own source: 20 of 40 after one edit of lit_gpt/, 19 before)
+    assert len(packed) == len(packed.rows) <= len(encoded) / 2 and all(len(x) <= 97 for x, _ in packed.rows)
     assert sum(len(x) for x, _ in packed.rows) == sum(len(x) for x, _ in encoded)  # each example whole, once
     # the (input, target) pairs that carry a loss are exactly those of the examples on their own: none from an
     # example's eos to the next one's first token
