@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_gpt.cli import check_command_line, stop_quietly_before_training  # noqa: E402
+from lit_gpt.cli import UserError, check_command_line, stop_quietly_before_training  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not a traceback
@@ -51,8 +51,9 @@ from lit_gpt.data.loaders import (  # noqa: E402
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
-from lit_gpt.signals import StopSignal, die_with_launcher  # noqa: E402
+from lit_gpt.signals import StopSignal, die_with_launcher, resume_command  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
+    CheckpointSaver,
     checkpoint_path,
     find_latest,
     later_checkpoints,
@@ -60,8 +61,6 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
     load_checkpoint,
     nonfinite_stop_message,
     own_out_dir,
-    save_checkpoint,
-    save_pruned,
 )
 from lit_gpt.training.float8 import precompute_scales_after_step  # noqa: E402
 from lit_gpt.training.launch import check_processes, choose_device, cpu_has_bf16  # noqa: E402
@@ -70,7 +69,9 @@ from lit_gpt.training.lr import cosine_lr, warmup_warning  # noqa: E402
 from lit_gpt.training.optimizer import check_optimizer_flags, optimizer_param_groups  # noqa: E402
 from lit_gpt.training.parallel import model_parallel_fabric, reshard_choices  # noqa: E402
 from lit_gpt.training.resources import check_cpu_run  # noqa: E402
+from lit_gpt.training.spikes import SpikeGuard, sequence_ids, spike_stop_message  # noqa: E402
 from lit_gpt.training.step import document_bounds, training_step, validate  # noqa: E402
+from lit_gpt.training.watchdog import Watchdog, hang_for_test  # noqa: E402
 from lit_gpt.weights import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 
 # above this many parameters the model is created on the meta device and initialized shard by shard after sharding;
@@ -116,11 +117,17 @@ def setup(
     eval_iters: int = 100,
     save_interval: int = 1000,
     keep_last: Optional[int] = None,
+    async_save: Union[bool, Literal["auto"]] = "auto",
     logger_name: Literal["tensorboard", "csv", "wandb"] = "tensorboard",
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
     num_workers: int = 1,
     max_nonfinite_steps: int = 10,
+    spike_factor: Optional[float] = None,
+    spike_window: int = 100,
+    spike_warmup: int = 100,
+    max_spike_steps: int = 10,
+    watchdog_timeout: Optional[float] = None,
     seed: int = 3407,
     resume: Union[bool, Literal["auto"], Path] = False,
     initial_checkpoint_dir: Optional[Path] = None,
@@ -198,6 +205,10 @@ def setup(
             resumes it and exits with code 0).
         keep_last: Keep only this many of the newest checkpoints in `out_dir`, deleting older ones after each
             save (the newest complete one, which `--resume auto` takes, is never deleted). Default: keep all.
+        async_save: Write checkpoints in the background: training stops only while the state is copied to (pinned)
+            CPU memory, and goes on while the copy is written; a checkpoint appears under its name only once every
+            process has written it. A stop signal and the end of training wait for the write in flight. `auto`: on
+            for CUDA, off on CPU (tutorials/multi_node.md).
         logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
         compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
         activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
@@ -207,6 +218,18 @@ def setup(
             reads a micro-batch of tokenized chunks in milliseconds: the log's `data wait`.
         max_nonfinite_steps: Stop when this many optimizer steps in a row had a non-finite gradient norm (each
             one is skipped: no update). Checked at log steps.
+        spike_factor: The spike guard: skip (no update, as a non-finite step; it still counts as a step of the
+            schedule) an optimizer step whose loss or gradient norm exceeds this many times the median of the last
+            --spike_window applied steps, e.g. 3. Each is logged with its step and the identity of its sequences.
+            Off by default (tutorials/multi_node.md says when to turn it on).
+        spike_window: Applied optimizer steps whose median the spike guard compares with.
+        spike_warmup: Applied optimizer steps recorded before the spike guard acts (the loss falls fast at first).
+        max_spike_steps: Stop when this many optimizer steps in a row were skipped by the spike guard, with the
+            command that resumes. Checked at log steps.
+        watchdog_timeout: Seconds without a completed optimizer step after which every process writes its Python
+            stacks and last collective to `out_dir/logs/hang-rank<R>.txt` and exits with code 124, for the scheduler
+            to restart the job with `--resume auto`. Default: 20 × the median step time, at least 10 minutes (30
+            before the first steps are timed); 0 turns the watchdog off (lit_gpt/training/watchdog.py).
         seed: Seed of the weight initialization and the data order.
         resume: `false` starts fresh; `true` or `auto` resumes from the latest complete checkpoint in `out_dir`
             (starting fresh if there is none); a path resumes from that checkpoint.
@@ -253,7 +276,7 @@ def setup(
             fabric.print(note, file=sys.stderr)
         hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
         hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
-        hparams.update(attention=attention)
+        hparams.update(attention=attention, async_save=async_save if async_save != "auto" else device.type == "cuda")
         fabric.print(hparams)
         mask = f"within documents (eos id {hparams['eos_id']})" if document_mask else "across documents"
         fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
@@ -314,7 +337,15 @@ def planned_steps(config: Config, global_batch_size: int, max_tokens: int, max_s
 def check_loop_flags(h: Dict[str, Any]) -> None:
     """Refuse the optimizer's and the schedule's flags, the loop's counts, the seed and --keep_last where they would
     fail later or lose work."""
-    check_counts(h["log_interval"], h["eval_interval"], h["eval_iters"], h["save_interval"], h["max_nonfinite_steps"])
+    spike = (h["spike_window"], h["spike_warmup"], h["max_spike_steps"])
+    check_counts(h["log_interval"], h["eval_interval"], h["eval_iters"], h["save_interval"], h["max_nonfinite_steps"],
+                 spike)  # fmt: skip
+    if h["watchdog_timeout"] is not None and not h["watchdog_timeout"] >= 0:
+        raise ValueError(f"--watchdog_timeout {h['watchdog_timeout']} must be a number of seconds (0 turns the "
+                         "watchdog off); leave it out for the default, 20 step times, at least 10 minutes")  # fmt: skip
+    if h["spike_factor"] is not None and not h["spike_factor"] > 1:
+        raise ValueError(f"--spike_factor {h['spike_factor']} must be above 1 (a multiple of the recent median, e.g. "
+                         "3); leave it out to turn the spike guard off")  # fmt: skip
     check_optimizer_flags(
         h["learning_rate"], h["min_lr"], h["warmup_steps"], h["weight_decay"], (h["beta1"], h["beta2"]), h["grad_clip"]
     )
@@ -381,9 +412,12 @@ def model_config(
 
 
 def check_counts(
-    log_interval: int, eval_interval: int, eval_iters: int, save_interval: int, max_nonfinite: int
+    log_interval: int, eval_interval: int, eval_iters: int, save_interval: int, max_nonfinite: int, spike=(100, 1, 1)
 ) -> None:
     """Refuse a count of steps that is not positive before any work (the loop takes `step % interval`)."""
+    spike_counts = zip(("spike_window", "spike_warmup", "max_spike_steps"), spike,
+                       ("applied steps the spike guard compares with", "steps recorded before the spike guard acts",
+                        "guarded optimizer steps in a row that stop the run"))  # fmt: skip
     only_last = "pass a value above --max_steps to {} only at the last step"
     for flag, value, hint in [
         ("log_interval", log_interval, only_last.format("log")),
@@ -391,6 +425,7 @@ def check_counts(
         ("eval_iters", eval_iters, "micro-batches per process in each validation run"),
         ("save_interval", save_interval, only_last.format("save")),
         ("max_nonfinite_steps", max_nonfinite, "non-finite optimizer steps in a row that stop the run"),
+        *spike_counts,
     ]:
         if value < 1:
             raise ValueError(f"--{flag} {value} must be at least 1 ({hint})")
@@ -440,6 +475,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         "step_count": 0,
         "tokens_seen": 0,
         "skipped_steps": 0,
+        "spike_guard": None,  # the spike guard's statistic (lit_gpt.training.spikes)
     }
     verify = resume not in (True, "auto")  # latest_to_resume checks the digests of what it picks
     if resume in (True, "auto"):
@@ -470,6 +506,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     schedule_steps = state["step_count"] + (h["max_tokens"] - state["tokens_seen"]) // tokens_per_step
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
+    saver = CheckpointSaver(fabric, out_dir, h["keep_last"], h["async_save"])
     stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
@@ -478,6 +515,11 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         "(6N + 12·L·d·T)"
     )
 
+    guard = None
+    if h["spike_factor"] is not None:
+        guard = SpikeGuard(fabric, h["spike_factor"], h["spike_window"], h["spike_warmup"])
+        if state["step_count"] and (note := guard.load_state_dict(state["spike_guard"])):
+            fabric.print(note)
     train_iterator = cycle_full_batches(train_loader, h["micro_batch_size"])
     nonfinite_streak = torch.zeros((), device=fabric.device)
     skipped = torch.zeros((), device=fabric.device)
@@ -492,24 +534,32 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         t_data = time.perf_counter()
         micro_batches = [next(train_iterator) for _ in range(accumulation)]
         bounds = document_bounds(micro_batches, eos_id)  # on the host, before the copy
+        ids = sequence_ids(micro_batches) if guard else None  # logged with a guarded step
         micro_batches = [fabric.to_device(batch) for batch in micro_batches]
         data_wait += time.perf_counter() - t_data
-        return micro_batches, bounds
+        return micro_batches, bounds, ids
 
     prefetched = None
+    # from here on, a step that does not complete in time ends every process with its stacks (a daemon thread: an
+    # exception ends the run as before)
+    watchdog = Watchdog(out_dir, fabric.global_rank, fabric.world_size, h["watchdog_timeout"]).start()
     while state["step_count"] < max_steps:
         lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], schedule_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        micro_batches, bounds = prefetched or next_micro_batches()
+        micro_batches, bounds, ids = prefetched or next_micro_batches()
+        hang_for_test(fabric.global_rank, state["step_count"] + 1)
         loss, grad_norm = training_step(
             fabric, model, optimizer, micro_batches, h["grad_clip"], h["reshard_after_backward"],
-            max_documents=bounds, **doc_kwargs,
+            max_documents=bounds, guard=guard, **doc_kwargs,
         )  # fmt: skip
         state["iter_num"] += accumulation
         state["step_count"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step_count"]
+        watchdog.beat(step)
+        if guard:
+            guard.record(step, ids)
         stopping = stop.agreed() and step < max_steps  # the same answer on every process
         saving = step % h["save_interval"] == 0 or step == max_steps or stopping
         # read the next step's batches while the device still computes this one (the log step's sync below would
@@ -548,14 +598,20 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
                 "remaining_hours": (max_steps - step) * step_time / 3600,
                 "skipped_steps": state["skipped_steps"],
             }
+            if guard:
+                guard.report()
+                metrics["guarded_steps"] = guard.skipped
             fabric.print(format_metrics(step, max_steps, metrics))
             fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
                 raise RuntimeError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))
+            if guard and guard.streak >= h["max_spike_steps"]:
+                raise UserError(spike_stop_message(guard.streak, step, h["spike_factor"], resume_command()))
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
-            val_loss = validate(fabric, model, val_loader, h["eval_iters"], **doc_kwargs).item()
+            val_loss = validate(fabric, model, watchdog.beating(val_loader), h["eval_iters"], **doc_kwargs).item()
+            watchdog.beat()
             metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
             fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
                          f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
@@ -564,15 +620,20 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         if saving:
             state["train_dataloader"] = train_loader.state_dict()
             state["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+            state["spike_guard"] = guard.state_dict() if guard else None
             path = checkpoint_path(out_dir, step)
-            save_checkpoint(fabric, path, state)
-            fabric.print(f"Saved {path}")
-            save_pruned(fabric, out_dir, path, h["keep_last"], nonfinite_streak)
+            # not pruned during a non-finite streak, whose earlier checkpoints are the ones to resume from
+            saver.save(path, state, prune=not nonfinite_streak.item())
+            watchdog.beat()
         if stopping:
+            saver.wait()  # the checkpoint just staged, written whole
+            watchdog.stop()
             fabric.print(stop.stopped_message(step, max_steps, path))
             stop.restore()
             return
 
+    saver.wait()
+    watchdog.stop()
     stop.restore()
     fabric.print(f"Done: {state['step_count']} steps, {state['tokens_seen']:,} tokens")
 

@@ -28,6 +28,7 @@ This is the one module that reads and writes training checkpoints; resuming chec
 """
 
 import contextlib
+import copy
 import errno
 import fcntl
 import io
@@ -35,6 +36,8 @@ import os
 import re
 import socket
 import stat
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -42,9 +45,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import lightning as L
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from lightning.fabric.wrappers import _unwrap_objects
-from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
@@ -53,7 +57,9 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
+from lit_gpt.cli import UserError
 from lit_gpt.config import Config
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums, write_failure
@@ -285,22 +291,34 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
         if fabric.global_rank == 0 or error is not None:
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
                 remove(tmp)
-        if error is None:
-            raise RuntimeError(
-                f"Saving {tmp} failed on another process (its error is in that process' output); fix that and "
-                "resume with --resume auto (the checkpoints saved before are intact; the partial save is removed)"
-            )
-        previous = find_latest(path.parent)  # about the size of this one
-        kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with --resume auto"
-        if (refusal := write_failure(error, tmp, previous and _disk_bytes(previous), kept)) is not None:
-            raise refusal from error
-        raise error
+        raise _save_failure(tmp, error, "another process")
     if fabric.global_rank == 0:
-        # the digest of what every process wrote, inside the rename: a checkpoint under its name always has one
-        write_checksums(tmp) if tmp.is_dir() else seal_zip(tmp)
-        remove(path)
-        tmp.rename(path)
+        _publish(tmp, path)
     fabric.barrier()
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Rank 0, once every process has written `tmp`: the digest of what they wrote, then the rename. A checkpoint
+    under its name always has its digest."""
+    write_checksums(tmp) if tmp.is_dir() else seal_zip(tmp)
+    remove(path)
+    tmp.rename(path)
+
+
+def _save_failure(tmp: Path, error: Optional[BaseException], elsewhere: str) -> BaseException:
+    """The error a failed save raises: one line for a full disk or a location that cannot be written (`error`, raised
+    here), or that it failed on `elsewhere` (`error` None)."""
+    kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with --resume auto"
+    if error is None:
+        return RuntimeError(
+            f"Saving {tmp} failed on {elsewhere} (its error is in that process' output); fix that and resume with "
+            f"--resume auto. {kept.split('; ')[0]}"
+        )
+    previous = find_latest(tmp.parent)  # about the size of this one
+    if (refusal := write_failure(error, tmp, previous and _disk_bytes(previous), kept)) is not None:
+        refusal.__cause__ = error
+        return refusal
+    return error
 
 
 def _failed_elsewhere(fabric: L.Fabric, failed_here: bool) -> bool:
@@ -347,6 +365,208 @@ def save_pruned(fabric: L.Fabric, out_dir: Path, saved: Path, keep_last: Optiona
     if fabric.global_rank == 0 and not nonfinite_streak.item():
         if pruned := prune_checkpoints(out_dir, keep_last, saved):
             fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {keep_last})")
+
+
+########################
+# Saving in the background
+########################
+
+# test hooks: the background save stops at a phase (to be killed there), or one process's write fails as on a full disk
+SAVE_PAUSE_ENV = "LIT_GPT_TEST_SAVE_PAUSE"
+SAVE_FAIL_ENV = "LIT_GPT_TEST_SAVE_FAIL_RANK"
+SAVE_PHASES = ("staging", "writing", "publishing")
+
+
+def _test_hook(phase: str, rank: int, path: Path) -> None:
+    """`LIT_GPT_TEST_SAVE_PAUSE=PHASE` or `PHASE:STEP` (the save of that step only); `LIT_GPT_TEST_SAVE_FAIL_RANK=RANK`
+    or `RANK:STEP`."""
+    step = STEP_PATTERN.match(path.name.removesuffix(".tmp"))
+    here = (phase, f"{phase}:{int(step[1])}" if step else phase)
+    if os.environ.get(SAVE_PAUSE_ENV) in here:
+        print(f"Checkpoint save paused at {phase} on rank {rank} ({SAVE_PAUSE_ENV})", file=sys.stderr, flush=True)
+        time.sleep(3600)
+    if phase == "writing" and os.environ.get(SAVE_FAIL_ENV) in (str(rank), f"{rank}:{int(step[1]) if step else ''}"):
+        raise OSError(errno.ENOSPC, f"No space left on device ({SAVE_FAIL_ENV}={rank})")
+
+
+class CheckpointSaver:
+    """Writes the training checkpoints of a run: synchronously (`save_checkpoint`) or, with `background`, while
+    training goes on.
+
+    A background save waits for the one before to be published, copies the model and optimizer tensors to CPU memory
+    (pinned on CUDA, and kept for the next save) behind the step on the device's stream, and returns. A thread then
+    writes the copy under the `.tmp` name, in either layout and file format of a synchronous save; the processes agree
+    on the outcome over a gloo group of their own (the training's collectives go on meanwhile over theirs); rank 0 adds
+    the digests, renames the checkpoint into place and applies `--keep_last`. A crash or a kill at any moment leaves
+    at most a `.tmp`, which `--resume auto` ignores. `wait()` returns once the save in flight is published and raises
+    its error (one line for a full disk, naming the process that failed) on every process: call it at the same points
+    on every process (`save` does, before the next save; the training loop before it stops on a signal and at the end
+    of training).
+    """
+
+    def __init__(self, fabric: L.Fabric, out_dir: Path, keep_last: Optional[int], background: bool) -> None:
+        self.fabric, self.out_dir, self.keep_last, self.background = fabric, out_dir, keep_last, background
+        self._buffers: Dict[str, torch.Tensor] = {}  # the staging copies, kept from one save to the next
+        self._thread: Optional[threading.Thread] = None
+        self._outcome: Tuple[Dict[int, Tuple[str, str]], Path] = ({}, out_dir)
+        self._group = None
+        if background and fabric.world_size > 1:
+            # the writer thread's collectives must not interleave with the training's on the same communicator
+            self._group = dist.new_group(backend="gloo")
+
+    def save(self, path: Path, state: Dict[str, Any], prune: bool = True) -> None:
+        """Save `state` (the training loop's: "model", "optimizer" and plain values) as the checkpoint `path`; prune
+        older ones after it is complete, unless not `prune` (during a non-finite streak)."""
+        fabric = self.fabric
+        if not self.background:
+            t0 = time.perf_counter()
+            save_checkpoint(fabric, path, state)
+            fabric.print(f"Saved {path} ({time.perf_counter() - t0:.2f}s)")
+            if prune:
+                self._prune(path)
+            return
+        self.wait()
+        t0 = time.perf_counter()
+        tmp = path.with_name(path.name + ".tmp")
+        _test_hook("staging", fabric.global_rank, tmp)
+        tensors, metadata = self._stage(state)
+        copied = None
+        if fabric.device.type == "cuda":
+            copied = torch.cuda.Event()
+            copied.record()
+        fabric.print(f"Saving {path} in the background (training stopped {time.perf_counter() - t0:.2f}s)")
+        self._thread = threading.Thread(
+            target=self._write, args=(tmp, path, tensors, metadata, copied, prune, time.perf_counter()), daemon=True
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the background save in flight (if any) is published; raise its error on every process."""
+        if self._thread is None:
+            return
+        self._thread.join()
+        self._thread = None
+        failures, tmp = self._outcome
+        if failures:  # the same on every process: one line, naming the process that failed
+            rank, (kind, line) = next(iter(failures.items()))
+            where = f" on process {rank}" if self.fabric.world_size > 1 else ""
+            message = f"Saving {tmp.name[: -len('.tmp')]} failed{where}: {line}"
+            raise UserError(message) if kind == "refusal" else RuntimeError(message)
+
+    def _prune(self, path: Path) -> None:
+        if self.fabric.global_rank == 0 and (pruned := prune_checkpoints(self.out_dir, self.keep_last, path)):
+            self.fabric.print(f"Deleted {', '.join(p.name for p in pruned)} (--keep_last {self.keep_last})")
+
+    def _stage(self, state: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        """The model and optimizer state dicts as copies in CPU memory (DTensors stay DTensors, of copied shards; one
+        process: plain tensors, as `fabric.save` writes them), and a deep copy of the other entries."""
+        model, optimizer = _unwrap_objects(state["model"]), _unwrap_objects(state["optimizer"])
+        tensors = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        whole = self.fabric.world_size == 1
+        pin = self.fabric.device.type == "cuda"
+        metadata = copy.deepcopy({k: v for k, v in state.items() if k not in ("model", "optimizer")})
+        return self._copy(tensors, "", whole, pin), metadata
+
+    def _copy(self, obj: Any, key: str, whole: bool, pin: bool) -> Any:
+        if isinstance(obj, dict):
+            return {k: self._copy(v, f"{key}/{k}", whole, pin) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self._copy(v, f"{key}/{i}", whole, pin) for i, v in enumerate(obj))
+        if isinstance(obj, DTensor):
+            local = self._copy(obj.to_local(), key, whole, pin)
+            if whole:  # one process: its shard is the whole tensor
+                return local
+            return DTensor.from_local(
+                local, obj.device_mesh, obj.placements, run_check=False, shape=obj.shape, stride=obj.stride()
+            )
+        if isinstance(obj, torch.Tensor):
+            buffer = self._buffers.get(key)
+            if (
+                buffer is None
+                or buffer.shape != obj.shape
+                or buffer.dtype != obj.dtype
+                or buffer.stride() != obj.stride()
+            ):
+                buffer = self._buffers[key] = torch.empty_like(obj, device="cpu", pin_memory=pin)
+            return buffer.copy_(obj.detach(), non_blocking=pin)
+        return copy.deepcopy(obj)
+
+    def _write(self, tmp, path, tensors, metadata, copied, prune, started) -> None:
+        rank, error = self.fabric.global_rank, None
+        try:
+            if rank == 0:
+                remove(tmp)  # left by a crash during an earlier save
+            if copied is not None:
+                copied.synchronize()  # the copies queued behind the step
+        except Exception as e:
+            error = e
+        failed = self._agree(error, tmp)  # also: no process writes there before the removal
+        try:
+            if failed:
+                pass
+            elif self.fabric.world_size == 1:
+                torch.save({**tensors, **metadata}, tmp)
+                _test_hook("writing", rank, tmp)  # written, not yet agreed on
+            else:
+                writer = _HookedWriter(tmp, rank)
+                try:
+                    dcp.save(tensors, storage_writer=writer, process_group=self._group)
+                except CheckpointException as e:  # raised on every process when one failed: this one's own error
+                    error = writer.error or (e if rank in e.failures else None)
+                if error is None and rank == 0:
+                    torch.save(metadata, tmp / "meta.pt")
+        except Exception as e:
+            error = error or e
+        failed = failed or self._agree(error, tmp)
+        if not failed and rank == 0:
+            try:
+                _test_hook("publishing", rank, tmp)
+                _publish(tmp, path)
+                self.fabric.print(f"Saved {path} (written in {time.perf_counter() - started:.2f}s in the background)")
+                if prune:
+                    self._prune(path)
+            except Exception as e:
+                error = e
+        failed = failed or self._agree(error, tmp)
+        if failed and (rank == 0 or error is not None) and not path.exists():
+            with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
+                remove(tmp)
+        self._outcome = (failed, tmp)
+
+    def _agree(self, error: Optional[BaseException], tmp: Path) -> Dict[int, Tuple[str, str]]:
+        """rank -> ("refusal" or "error", one line) of the processes whose save failed, the same on every process
+        (gathered over the saver's own gloo group): a full disk or a location that cannot be written is a refusal."""
+        line = None
+        if error is not None:
+            kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with "
+            kept += "--resume auto"
+            previous = find_latest(tmp.parent)  # about the size of this one
+            refusal = write_failure(error, tmp, previous and _disk_bytes(previous), kept)
+            line = (
+                ("refusal", str(refusal)) if refusal else ("error", f"{type(error).__name__}: {error}".splitlines()[0])
+            )
+        if self._group is None:
+            return {self.fabric.global_rank: line} if line else {}
+        lines: List[Any] = [None] * self.fabric.world_size
+        dist.all_gather_object(lines, line, group=self._group)
+        return {rank: line for rank, line in enumerate(lines) if line is not None}
+
+
+class _HookedWriter(FileSystemWriter):
+    """torch.distributed.checkpoint's file writer, with the test hooks of a background save (`_test_hook`); it keeps
+    the error of this process's write, which DCP raises on every process wrapped with the others'."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        super().__init__(path)
+        self.rank, self.error = rank, None
+
+    def write_data(self, plan: Any, planner: Any) -> Any:
+        try:
+            _test_hook("writing", self.rank, Path(self.path))
+            return super().write_data(plan, planner)
+        except Exception as e:
+            self.error = e
+            raise
 
 
 ########################
@@ -549,6 +769,9 @@ def check_same_sources(path: Path, then: Optional[list], sources: list) -> None:
     )
 
 
+OPTIONAL_ENTRIES = ("spike_guard",)
+
+
 def load_checkpoint(
     fabric: L.Fabric,
     path: Path,
@@ -564,11 +787,14 @@ def load_checkpoint(
         verify_checkpoint(path)
     metadata = load_metadata(path, trust_pickle)
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
+    # entries added since checkpoints were first written: one written before keeps the run's initial value
+    absent = {key: state.pop(key) for key in OPTIONAL_ENTRIES if key in state and key not in metadata}
     if path.is_dir():
         remainder = _load_sharded(path, state, trust_pickle)
         fabric.barrier()
     else:
         remainder = fabric.load(path, state, weights_only=not trust_pickle)
+    state.update(absent)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")
 

@@ -4,7 +4,7 @@ script and the benchmark so that both time exactly the same code.
 Nothing here copies a value to the host (`.item()`, `if tensor:`): the GPU queue never drains inside a step.
 """
 
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -25,6 +25,7 @@ def training_step(
     eos_id: Optional[int] = None,
     document_positions: bool = False,
     max_documents: Optional[Sequence[int]] = None,
+    guard: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Accumulate gradients over `micro_batches`, clip them, and take one optimizer step unless they are non-finite.
 
@@ -44,6 +45,9 @@ def training_step(
     With `eos_id`, attention stays within documents (`GPT.forward`), `document_positions` restarts the rotary
     positions at each; `max_documents`, one bound per micro-batch counted on the host before the copy to the device
     (`document_bounds`), keeps the variable-length kernels from reading the count back.
+
+    `guard(loss, grad_norm)`, given, decides on the device whether the step is skipped as well (1.0) or not (0.0):
+    the spike guard (`lit_gpt.training.spikes`); a skipped step changes nothing, as a non-finite one.
     """
     n = len(micro_batches)
     loss_sum = torch.zeros((), device=fabric.device)
@@ -67,6 +71,8 @@ def training_step(
     grad_norm = clip_grad_norm(model, grad_clip)
     # the norm is global, so every process makes the same decision
     found_inf = (~torch.isfinite(grad_norm)).float()
+    if guard is not None:
+        found_inf = torch.maximum(found_inf, guard(loss_sum / n, grad_norm))
     optimizer_step(optimizer, found_inf)
     optimizer.zero_grad(set_to_none=True)
     return loss_sum / n, grad_norm

@@ -1,0 +1,63 @@
+"""The hang watchdog (`lit_gpt/training/watchdog.py`) on a real two-process run over gloo: one rank stuck inside a step
+ends both processes with their stacks, the last collective and the rank that did not arrive."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_pretrain import COMMON, SCRIPT, _build, _env, same_tokens
+
+from lit_gpt.training.watchdog import EXIT_CODE, HANG_ENV
+
+LIMIT = 30  # seconds: the CPU steps of a loaded test machine take a few
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("data"), same_tokens, 40)
+
+
+def test_a_rank_stuck_in_a_step_ends_every_process_with_its_stacks(tmp_path, data):
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path), "--devices", "2",
+           "--max_steps", "6", "--save_interval", "100", "--watchdog_timeout", str(LIMIT)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**_env(), HANG_ENV: "1:2"}, start_new_session=True)  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step 1/"):
+                break
+        stuck_since = time.monotonic()
+        lines += proc.stdout.readlines()
+        proc.wait(timeout=LIMIT + 90)
+        ended_after = time.monotonic() - stuck_since
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    out = "".join(lines)
+    assert proc.returncode == EXIT_CODE, out[-3000:]
+    assert ended_after < LIMIT + 60, ended_after  # the limit, the notes compared, the exit
+    assert "step 2/" not in out, out[-3000:]
+    waiting, stuck = (tmp_path / "logs" / f"hang-rank{rank}.txt" for rank in (0, 1))
+    assert waiting.is_file() and stuck.is_file(), out[-3000:]
+    report = waiting.read_text()
+    assert report.startswith("rank 0 of 2") and "after step 1; last collective: " in report, report[:2000]
+    assert "waiting in it for" in report or "returned" in report, report[:2000]
+    assert "did not arrive at collective" in report and "rank(s) 1 " in report, report[-2000:]
+    assert "Thread 0x" in report and "training_step" in report, report  # the stacks of the waiting main thread
+    assert "hang_for_test" in stuck.read_text()  # where the stuck rank is
+    assert f"Exiting with code {EXIT_CODE}" in out and "hang-rank0.txt" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_watchdog_timeout_that_is_not_a_number_of_seconds_is_refused(tmp_path, value, data):
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path),
+           "--watchdog_timeout", value]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"--watchdog_timeout {value} must be a number of seconds" in proc.stderr, proc.stderr
