@@ -436,7 +436,10 @@ class CheckpointSaver:
             copied.record()
         fabric.print(f"Saving {path} in the background (training stopped {time.perf_counter() - t0:.2f}s)")
         self._thread = threading.Thread(
-            target=self._write, args=(tmp, path, tensors, metadata, copied, prune, time.perf_counter()), daemon=True
+            target=self._write,
+            args=(tmp, path, tensors, metadata, copied, prune, time.perf_counter()),
+            daemon=True,
+            name="lit_gpt background save",  # its collectives are not the training's (lit_gpt.training.watchdog)
         )
         self._thread.start()
 

@@ -3,7 +3,7 @@ filesystem) ends every process with a report instead of waiting for the collecti
 
 `Watchdog` is a thread of each process. The training loop calls `beat()` whenever it completes an optimizer step (and
 around validation and saves, whose pauses are not hangs). When no beat came within the limit, the process writes
-`<out_dir>/logs/hang-rank<R>.txt`: which rank, the step it last completed, the last collective its main thread entered
+`<out_dir>/logs/hang-rank<R>.txt`: which rank, the step it last completed, the last collective the training entered
 (name, sequence number, and whether it returned), the Python stack of every thread (`faulthandler`), and the ranks that
 did not arrive; it prints one line naming the file, and exits with code 124 so that the scheduler restarts the job
 (`--resume auto` takes the last complete checkpoint). The processes compare notes through the rendezvous store (a TCP
@@ -14,11 +14,12 @@ The limit is `--watchdog_timeout` seconds, or by default `MULTIPLE` times the me
 least `FLOOR` seconds (three times that before the first `SETTLE` steps, which include compilation).
 
 The last collective is recorded by wrapping torch.distributed's collective functions (`record_collectives`), which
-FSDP2, Fabric and DCP call through the module: the name and a counter per call of the main thread, nothing else.
+FSDP2, Fabric and DCP call through the module: the name and a counter per call, nothing else.
 """
 
 import faulthandler
 import functools
+import inspect
 import os
 import socket
 import statistics
@@ -36,28 +37,33 @@ FLOOR = 600.0  # seconds: the default limit's least value
 MULTIPLE = 20  # the default limit in step times
 SETTLE = 3  # steps (compilation, warm-up) before the step time is measured
 HANG_ENV = "LIT_GPT_TEST_HANG"  # test hook: `RANK:STEP` sleeps in that rank's step STEP (`hang_for_test`)
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "reduce_scatter",
-               "broadcast", "barrier", "all_gather_object", "broadcast_object_list", "gather", "scatter",
-               "all_to_all_single", "send", "recv")  # fmt: skip
+# torch.distributed's collective functions are those whose names hold one of these (FSDP2 calls all_gather_single)
+COLLECTIVE_WORDS = ("gather", "scatter", "reduce", "broadcast", "barrier", "all_to_all", "send", "recv")
 
-# the main thread's last collective: name, how many it entered, when, whether it returned
+BACKGROUND = "lit_gpt background"  # the name of a thread whose collectives are not the training's
+
+# the training's last collective: name, how many it entered, when, whether it returned
 _last: Dict[str, object] = {"name": None, "count": 0, "since": 0.0, "returned": True}
 
 
 def record_collectives() -> None:
     """Wrap torch.distributed's collective functions once, so that the watchdog can say which one a hung process is
-    in. Calls from other threads (a background checkpoint write) and inside compiled code are not recorded."""
-    for name in COLLECTIVES:
-        fn = getattr(dist, name, None)
-        if fn is None or getattr(fn, "_watchdog_recorded", False):
+    in. Calls of background threads (`BACKGROUND`: a checkpoint write, over a group of its own) and inside compiled
+    code are not recorded; those of the autograd engine's threads (FSDP2's backward hooks on CUDA) are."""
+    for name in list(vars(dist)):
+        if name.startswith("_") or name == "reduce_op" or not any(word in name for word in COLLECTIVE_WORDS):
             continue
-        setattr(dist, name, _recorded(fn, name))
+        fn = getattr(dist, name)
+        if not inspect.isfunction(fn):
+            continue
+        if not getattr(fn, "_watchdog_recorded", False):
+            setattr(dist, name, _recorded(fn, name))
 
 
 def _recorded(fn, name: str):
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        if threading.current_thread() is not threading.main_thread() or torch.compiler.is_compiling():
+        if threading.current_thread().name.startswith(BACKGROUND) or torch.compiler.is_compiling():
             return fn(*args, **kwargs)
         _last.update(name=name, count=int(_last["count"]) + 1, since=time.monotonic(), returned=False)
         result = fn(*args, **kwargs)
