@@ -4,6 +4,7 @@ ends bit-identical to a run that saved synchronously and never stopped; a write 
 save on every one, in one line."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,30 @@ def test_a_kill_at_every_phase_of_a_background_save_leaves_the_previous_checkpoi
     assert_same_run(reference, run, 4)
 
 
+def test_a_stop_signal_waits_for_the_write_in_flight(tmp_path, data):
+    """SIGTERM while the step-2 checkpoint is written in the background (slowly: 15 s): the run finishes its step,
+    waits for that write, saves the step it stopped at and exits 0 with both checkpoints complete."""
+    proc = start(data, tmp_path, "--max_steps", "8", "--save_interval", "2", "--async_save", "true",
+                 env={SAVE_PAUSE_ENV: "writing:2:15"})  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Checkpoint save paused at writing"):
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+        lines += proc.stdout.readlines()
+    finally:
+        finish(proc)
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-3000:]
+    stopped = int(re.search(r"Stopped by SIGTERM after step (\d)", out)[1])
+    assert out.index("Saved ") < out.index("Stopped by SIGTERM"), out[-3000:]
+    assert checkpoints(tmp_path) == ["step-00000002.pth", f"step-0000000{stopped}.pth"], out[-3000:]
+    for name in checkpoints(tmp_path):
+        assert verify_checkpoint(tmp_path / name), name
+
+
 @pytest.mark.slow
 def test_two_processes_a_failed_write_fails_the_save_on_both_and_a_killed_write_resumes_exactly(tmp_path, data):
     flags = ["--max_steps", "3"]
@@ -105,7 +130,7 @@ def test_two_processes_a_failed_write_fails_the_save_on_both_and_a_killed_write_
     assert proc.returncode == 2, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Saving step-00000002.pth failed on process 1: cannot write" in errors[0], out[-3000:]
-    assert "disk full" in errors[0] and "resume with --resume auto" in errors[0], errors
+    assert "no space left on device" in errors[0] and "resume with --resume auto" in errors[0], errors
     assert "Traceback" not in out, out[-3000:]
     assert checkpoints(run) == ["step-00000001.pth"]
     # killed in both processes while they write step 3 in the background

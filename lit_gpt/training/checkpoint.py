@@ -10,10 +10,12 @@ checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoi
         meta.pt
 
 Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
-checkpoint under a `step-*.pth` name. Before the rename the SHA-256 of what was written is added (`lit_gpt/files.py`):
-as the zip comment of a single file, as `checksums.json` in a sharded one. `verify_checkpoint` checks it; a resume,
-`--resume auto` (which then takes the newest earlier checkpoint that is whole, saying so) and the conversion do. A
-checkpoint written before the digests were recorded has none and is read as it is.
+checkpoint under a `step-*.pth` name; `CheckpointSaver` writes them either synchronously or in the background (a copy
+in CPU memory written by a thread while training goes on), in the same layouts and with the same promises. Before the
+rename the SHA-256 of what was written is added (`lit_gpt/files.py`): as the zip comment of a single file, as
+`checksums.json` in a sharded one. `verify_checkpoint` checks it; a resume, `--resume auto` (which then takes the
+newest earlier checkpoint that is whole, saying so) and the conversion do. A checkpoint written before the digests were
+recorded has none and is read as it is.
 
 Everything in them is tensors and plain Python values: they load with `torch.load(..., weights_only=True)`. A sharded
 checkpoint's `.metadata` is a pickle too, which torch's own reader unpickles in full: `DCPReader` reads it with an
@@ -378,13 +380,13 @@ SAVE_PHASES = ("staging", "writing", "publishing")
 
 
 def _test_hook(phase: str, rank: int, path: Path) -> None:
-    """`LIT_GPT_TEST_SAVE_PAUSE=PHASE` or `PHASE:STEP` (the save of that step only); `LIT_GPT_TEST_SAVE_FAIL_RANK=RANK`
-    or `RANK:STEP`."""
+    """`LIT_GPT_TEST_SAVE_PAUSE=PHASE`, `PHASE:STEP` (the save of that step only) or `PHASE:STEP:SECONDS` (a pause of
+    that many seconds instead of an hour); `LIT_GPT_TEST_SAVE_FAIL_RANK=RANK` or `RANK:STEP`."""
     step = STEP_PATTERN.match(path.name.removesuffix(".tmp"))
-    here = (phase, f"{phase}:{int(step[1])}" if step else phase)
-    if os.environ.get(SAVE_PAUSE_ENV) in here:
+    pause = os.environ.get(SAVE_PAUSE_ENV, "").split(":")
+    if pause[0] == phase and (len(pause) == 1 or (step and pause[1] == str(int(step[1])))):
         print(f"Checkpoint save paused at {phase} on rank {rank} ({SAVE_PAUSE_ENV})", file=sys.stderr, flush=True)
-        time.sleep(3600)
+        time.sleep(float(pause[2]) if len(pause) > 2 else 3600)
     if phase == "writing" and os.environ.get(SAVE_FAIL_ENV) in (str(rank), f"{rank}:{int(step[1]) if step else ''}"):
         raise OSError(errno.ENOSPC, f"No space left on device ({SAVE_FAIL_ENV}={rank})")
 
@@ -479,9 +481,8 @@ class CheckpointSaver:
             local = self._copy(obj.to_local(), key, whole, pin)
             if whole:  # one process: its shard is the whole tensor
                 return local
-            return DTensor.from_local(
-                local, obj.device_mesh, obj.placements, run_check=False, shape=obj.shape, stride=obj.stride()
-            )
+            # not `DTensor.from_local`, which would move the copy back to the mesh's device (as torch's own staging)
+            return DTensor(local, obj._spec, requires_grad=False)
         if isinstance(obj, torch.Tensor):
             buffer = self._buffers.get(key)
             if (
