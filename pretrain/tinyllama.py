@@ -343,6 +343,9 @@ def check_loop_flags(h: Dict[str, Any]) -> None:
     if h["watchdog_timeout"] is not None and not h["watchdog_timeout"] >= 0:
         raise ValueError(f"--watchdog_timeout {h['watchdog_timeout']} must be a number of seconds (0 turns the "
                          "watchdog off); leave it out for the default, 20 step times, at least 10 minutes")  # fmt: skip
+    if h["spike_window"] > 100_000:
+        raise ValueError(f"--spike_window {h['spike_window']} is more than the 100,000 steps the spike guard keeps on "
+                         "the device; a few hundred steps make a steady median")  # fmt: skip
     if h["spike_factor"] is not None and not h["spike_factor"] > 1:
         raise ValueError(f"--spike_factor {h['spike_factor']} must be above 1 (a multiple of the recent median, e.g. "
                          "3); leave it out to turn the spike guard off")  # fmt: skip

@@ -79,3 +79,19 @@ def test_a_planted_batch_is_not_applied_is_logged_and_the_guard_resumes_exactly(
     final, final_resumed = (model_weights(d / "step-00000008.pth") for d in (tmp_path / "full", resumed))
     for name in final:
         assert torch.equal(final[name], final_resumed[name]), name
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--spike_factor", "1"], "--spike_factor 1.0 must be above 1"),
+        (["--spike_window", "0"], "--spike_window 0 must be at least 1"),
+        (["--spike_window", "1000000000"], "--spike_window 1000000000 is more than the 100,000 steps"),
+        (["--max_spike_steps", "0"], "--max_spike_steps 0 must be at least 1"),
+    ],
+)
+def test_spike_guard_flags_are_refused_up_front(tmp_path, data, flags, message):
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--train_data", f"{{{data / 'train'}: 1.0}}", "--val_data",
+           str(data / "val"), "--out_dir", str(tmp_path), *flags]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {message}"), proc.stderr[-3000:]
