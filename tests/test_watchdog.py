@@ -62,3 +62,27 @@ def test_a_watchdog_timeout_that_is_not_a_number_of_seconds_is_refused(tmp_path,
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env())
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert re.fullmatch(r"error: --watchdog_timeout \S+ (must be a number of seconds|is not float).*\n", proc.stderr)
+
+
+def test_the_default_limit_is_a_multiple_of_the_step_time_with_a_floor(monkeypatch, tmp_path):
+    """Before the first steps are timed: three times the floor (compilation); then 20 median step times, at least the
+    floor; a pause that is not a step (a save) does not count as a step time."""
+    from lit_gpt.training import watchdog
+
+    clock = [0.0]
+    monkeypatch.setattr(watchdog.time, "monotonic", lambda: clock[0])
+    dog = watchdog.Watchdog(tmp_path, 0, 1)
+    assert dog.limit() == 3 * watchdog.FLOOR
+    for step in range(1, 10):
+        clock[0] += 100.0  # 100 s steps
+        dog.beat(step)
+        if step == 5:
+            clock[0] += 5000.0  # a long save after step 5
+            dog.beat()
+    assert dog.limit() == watchdog.MULTIPLE * 100.0
+    clock[0] += 1.0
+    for step in range(10, 70):  # fast steps: the floor
+        clock[0] += 1.0
+        dog.beat(step)
+    assert dog.limit() == watchdog.FLOOR
+    assert watchdog.Watchdog(tmp_path, 0, 1, timeout=7).limit() == 7
