@@ -21,7 +21,7 @@ import json, sys
 from pathlib import Path
 import lightning as L, torch
 from lightning.fabric.strategies import ModelParallelStrategy
-from lit_gpt.training.checkpoint import load_checkpoint, save_checkpoint
+from lit_gpt.training.checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
 from lit_gpt.config import Config
 from lit_gpt.training.float8 import precompute_scales_after_step
 from lit_gpt.model import GPT, init_weights
@@ -49,7 +49,7 @@ def build(fp8):
     hparams = {"model_config": config.to_dict(), "world_size": 1}
     return model, optimizer, {"model": model, "optimizer": optimizer, "hparams": hparams, "step_count": 0}
 
-def train(name, fp8, steps, resume=None, save=None, sharded=False):
+def train(name, fp8, steps, resume=None, save=None, sharded=False, background=False):
     model, optimizer, state = build(fp8)
     report[name + "_float8_layers"] = sum(type(m).__name__ == "Float8Linear" for m in model.modules())
     if resume:
@@ -61,10 +61,16 @@ def train(name, fp8, steps, resume=None, save=None, sharded=False):
     report[name] = losses
     if save:
         fabric.strategy._save_distributed_checkpoint = sharded
-        save_checkpoint(fabric, out / save, state)
+        if background:  # copied to CPU memory and written by a thread (--async_save)
+            saver = CheckpointSaver(fabric, out, None, background=True)
+            saver.save(out / save, state)
+            saver.wait()
+        else:
+            save_checkpoint(fabric, out / save, state)
 
 train("fp8", "tensorwise", 3, save="fp8.pth")
 train("fp8_sharded", "tensorwise", 3, save="fp8-sharded.pth", sharded=True)
+train("fp8_background", "tensorwise", 3, save="fp8-background.pth", background=True)
 train("plain", None, 5)
 train("resumed_plain", None, 2, resume="fp8.pth")
 train("resumed_fp8", "tensorwise", 2, resume="fp8.pth")
@@ -84,6 +90,8 @@ from lit_gpt.model import GPT
 from pathlib import Path
 for path in sys.argv[1:]:
     weights = dict(training_checkpoint_tensors(Path(path)))
+    if Path(path).is_file():  # all of it, the optimizer's moments too
+        torch.load(path, weights_only=True)
     assert {type(v) for v in weights.values()} == {torch.Tensor}, (path, {type(v) for v in weights.values()})
     GPT(Config.from_name("micro-llama", n_layer=2, block_size=32)).load_state_dict(weights, strict=True)
     print("loaded", Path(path).name, len(weights))
@@ -106,13 +114,13 @@ def test_float8_run_saves_ordinary_weights_and_resumes_with_or_without_float8(tm
     for name in ("fp8", "rowwise"):
         rel = [abs(a - b) / b for a, b in zip(r[name], r["plain"])]
         assert 0 < max(rel) < 0.03, (name, rel)
-    assert r["fp8_sharded"] == r["fp8"]
+    assert r["fp8_sharded"] == r["fp8"] == r["fp8_background"]
     # resumed at step 3, with or without float8, from the single file or the sharded directory
     for name in ("resumed_plain", "resumed_fp8", "resumed_from_sharded"):
         assert len(r[name]) == 2 and abs(r[name][0] - r["plain"][3]) / r["plain"][3] < 0.03, (name, r[name])
     assert r["resumed_from_sharded"] == r["resumed_plain"]
 
-    checkpoints = ("fp8.pth", "fp8-sharded.pth")  # both in one Python start (torch costs seconds here)
+    checkpoints = ("fp8.pth", "fp8-sharded.pth", "fp8-background.pth")  # in one Python start (torch takes seconds)
     proc = subprocess.run([sys.executable, "-c", READER, *(str(tmp_path / c) for c in checkpoints)],
                           capture_output=True, text=True, timeout=120, env=_env())  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
