@@ -85,9 +85,7 @@ def test_a_planted_batch_is_not_applied_is_logged_and_the_guard_resumes_exactly(
     "flags, message",
     [
         (["--spike_factor", "1"], "--spike_factor 1.0 must be above 1"),
-        (["--spike_window", "0"], "--spike_window 0 must be at least 1"),
         (["--spike_window", "1000000000"], "--spike_window 1000000000 is more than the 100,000 steps"),
-        (["--max_spike_steps", "0"], "--max_spike_steps 0 must be at least 1"),
     ],
 )
 def test_spike_guard_flags_are_refused_up_front(tmp_path, data, flags, message):
