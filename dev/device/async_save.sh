@@ -8,8 +8,8 @@ run() {  # NAME FLAGS...
   local name=$1
   shift
   rm -rf /tmp/as-$name
-  timeout 280 python pretrain/tinyllama.py --model_name tiny-llama-1.1b --data_dir .device/data \
-    --val_data .device/data/slimpajama/train --devices 1 --max_steps 110 --log_interval 1 --eval_interval 1000 \
+  timeout 290 python pretrain/tinyllama.py --model_name tiny-llama-1.1b --data_dir .device/data \
+    --val_data .device/data/slimpajama/train --devices 1 --max_steps 110 --log_interval 1 --eval_interval 1000 --eval_iters 2 \
     --save_interval 40 --keep_last 1 --warmup_steps 10 --logger_name csv --global_batch_size 32 \
     --micro_batch_size 8 --out_dir /tmp/as-$name "$@" > $OUT/async-save-$name.log 2>&1
   echo "$name: exit $?"
