@@ -115,12 +115,12 @@ def test_a_stop_signal_waits_for_the_write_in_flight(tmp_path, data):
 
 
 @pytest.mark.slow
-def test_two_processes_a_failed_write_fails_the_save_on_both_and_a_killed_write_resumes_exactly(tmp_path, data):
-    flags = ["--max_steps", "3"]
+def test_two_processes_a_failed_write_fails_the_save_on_both_and_a_kill_at_every_phase_resumes_exactly(tmp_path, data):
+    flags = ["--max_steps", "4"]
     reference = tmp_path / "sync"
     out = finish(start(data, reference, *flags, "--async_save", "false", devices=2))
-    assert checkpoints(reference) == [f"step-0000000{i}.pth" for i in range(1, 4)], out[-3000:]
-    assert (reference / "step-00000003.pth").is_dir()
+    assert checkpoints(reference) == [f"step-0000000{i}.pth" for i in range(1, 5)], out[-3000:]
+    assert (reference / "step-00000004.pth").is_dir()
 
     run = tmp_path / "async"
     resume = ["--resume", "auto", "--async_save", "true"]
@@ -133,12 +133,15 @@ def test_two_processes_a_failed_write_fails_the_save_on_both_and_a_killed_write_
     assert "no space left on device" in errors[0] and "resume with --resume auto" in errors[0], errors
     assert "Traceback" not in out, out[-3000:]
     assert checkpoints(run) == ["step-00000001.pth"]
-    # killed in both processes while they write step 3 in the background
-    out = kill_when_paused(start(data, run, *flags, *resume, devices=2, env={SAVE_PAUSE_ENV: "writing:3"}),
-                           "writing", processes=2)  # fmt: skip
-    assert checkpoints(run) == ["step-00000001.pth", "step-00000002.pth", "step-00000003.pth.tmp"], out[-3000:]
-    assert verify_checkpoint(run / "step-00000002.pth")
+    # killed in both processes while they copy step 2, while they write step 3, and (rank 0 alone renames) before
+    # step 4 is renamed into place
+    for phase, step, processes in (("staging", 2, 2), ("writing", 3, 2), ("publishing", 4, 1)):
+        env = {SAVE_PAUSE_ENV: f"{phase}:{step}"}
+        out = kill_when_paused(start(data, run, *flags, *resume, devices=2, env=env), phase, processes)
+        assert checkpoints(run)[-1] == (f"step-0000000{step}.pth.tmp" if phase != "staging" else "step-00000001.pth")
+        assert all(verify_checkpoint(run / name) for name in checkpoints(run) if not name.endswith(".tmp")), phase
+    assert checkpoints(run) == ["step-00000001.pth", "step-00000002.pth", "step-00000003.pth", "step-00000004.pth.tmp"]
     out = finish(start(data, run, *flags, *resume, devices=2))
-    assert "Resumed at step 2" in out and "Done: 3 steps" in out, out[-3000:]
+    assert "Resumed at step 3" in out and "Done: 4 steps" in out, out[-3000:]
     assert checkpoints(run) == checkpoints(reference)
-    assert_same_run(reference, run, 3)
+    assert_same_run(reference, run, 4)
