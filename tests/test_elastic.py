@@ -3,6 +3,7 @@ processes, micro-batch size and loader worker count, and a run resumed on other 
 run that was not interrupted, with its losses."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from test_pretrain import SCRIPT, _env, metrics, model_weights
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = 16
 # three sources of few sequences, so that the one of weight 0.5 ends an epoch within the first steps
-SOURCES = {"a": (12, 0.5), "b": (30, 0.3), "c": (20, 0.2)}
+SOURCES = {"a": (16, 0.5), "b": (30, 0.3), "c": (20, 0.2)}
 GLOBAL = 6  # sequences per optimizer step: 6 on 1 process, 3 on each of 2, 2 on each of 3
 
 
@@ -117,7 +118,7 @@ FLAGS = [
     "--model_name", "micro-llama", "--block_size", str(BLOCK), "--accelerator", "cpu", "--precision", "32-true",
     "--global_batch_size", str(GLOBAL), "--learning_rate", "3e-3", "--min_lr", "3e-4", "--warmup_steps", "1",
     "--logger_name", "csv", "--eval_iters", "1", "--eval_interval", "100", "--save_interval", "2",
-    "--max_tokens", str(6 * GLOBAL * BLOCK), "--log_sequences", "true", "--seed", "5",
+    "--max_tokens", str(8 * GLOBAL * BLOCK), "--log_sequences", "true", "--seed", "5",
 ]  # fmt: skip
 
 
@@ -149,10 +150,14 @@ def run_until(cmd: list, line: str, sig: int) -> tuple:
     return proc.returncode, "".join(lines)
 
 
-@pytest.mark.slow  # ~2 min on 2 cores: four launches of 1, 2, 3 and 1 processes
+@pytest.mark.slow  # ~3 min on 2 busy cores: four launches of 1, 2, 3 and 1 processes
 def test_a_run_killed_on_two_processes_resumed_on_three_then_on_one_trains_on_the_sequences_of_one_process(
     tmp_path, mix
 ):
+    """8 steps on 1 process; the same run on 2 processes from its single-file step-2 checkpoint, killed with SIGKILL
+    during step 6 (its sharded step-4 checkpoint the newest), resumed on 3 processes with other micro-batches and
+    loader workers up to step 6 (in which source a ends its first epoch), and on 1 process to the end: every step
+    trains on the sequences of the run on 1 process, with its losses."""
     from lit_gpt.data.order import read_sequence_log
 
     def finish(cmd: list) -> str:
@@ -162,30 +167,35 @@ def test_a_run_killed_on_two_processes_resumed_on_three_then_on_one_trains_on_th
 
     whole, elastic = tmp_path / "whole", tmp_path / "elastic"
     finish(pretrain(mix, whole, 1, 6, 1))
-    # 2 processes, killed with SIGKILL during step 4 (after the step-2 checkpoint, mid-epoch)
-    cmd = pretrain(mix, elastic, 2, 3, 1)
-    code, out = run_until(cmd, "step 3/6", signal.SIGKILL)
-    assert code == -signal.SIGKILL, out[-3000:]
-    assert sorted(p.name for p in elastic.glob("step-*")) == ["step-00000002.pth"]
-    # resumed on 3 processes of one micro-batch each, two loader workers, up to step 4; then on 1 process
-    out = finish(pretrain(mix, elastic, 3, 1, 2, "--resume", "auto", "--max_steps", "4"))
-    assert "Resumed at step 2" in out
+    elastic.mkdir()
+    shutil.copy(whole / "step-00000002.pth", elastic)
+    shutil.copytree(whole / "sequences", elastic / "sequences")  # the sequences of steps 1 and 2
+    code, out = run_until(pretrain(mix, elastic, 2, 3, 1, "--resume", "auto"), "step 5/8", signal.SIGKILL)
+    assert code == -signal.SIGKILL and "Resumed at step 2" in out, out[-3000:]
+    assert sorted(p.name for p in elastic.glob("step-*")) == ["step-00000002.pth", "step-00000004.pth"]
+    assert (elastic / "step-00000004.pth").is_dir()  # sharded
+    out = finish(pretrain(mix, elastic, 3, 1, 2, "--resume", "auto", "--max_steps", "6"))
+    assert "Resumed at step 4" in out
     out = finish(pretrain(mix, elastic, 1, 2, 0, "--resume", "auto"))
-    assert "Resumed at step 4" in out and "Done: 6 steps" in out
+    assert "Resumed at step 6" in out and "Done: 8 steps" in out
 
     expected, actual = read_sequence_log(whole), read_sequence_log(elastic)
-    assert sorted(expected) == list(range(1, 7))
+    assert sorted(expected) == list(range(1, 9))
     assert actual == expected  # sources, indices and token digests of every step
     taken = [k for step in expected.values() for k, _, _ in step]
-    assert taken.count(0) > SOURCES["a"][0]  # through the epoch end of source a
+    # source a's first epoch ends in step 6, which the run on 3 processes trains
+    assert taken[: 5 * GLOBAL].count(0) < SOURCES["a"][0] < taken[: 6 * GLOBAL].count(0)
     assert len(set(taken)) == 3
     losses, resumed = metrics(whole), metrics(elastic)
-    assert sorted(resumed) == list(range(1, 7))
-    for step in losses:
+    assert sorted(resumed) == list(range(3, 9))
+    for step in resumed:
         assert resumed[step] == pytest.approx(losses[step], rel=1e-4), (step, resumed[step], losses[step])
-    final, final_elastic = model_weights(whole / "step-00000006.pth"), model_weights(elastic / "step-00000006.pth")
+    final, final_elastic = model_weights(whole / "step-00000008.pth"), model_weights(elastic / "step-00000008.pth")
+    # the same up to reduction order, which AdamW amplifies in an embedding row of a token seen rarely (its small
+    # gradient is divided by the root of its smaller second moment): below one step of the peak learning rate there
     for name in final:
-        torch.testing.assert_close(final_elastic[name], final[name], rtol=1e-3, atol=1e-5)
+        difference = (final_elastic[name] - final[name]).abs()
+        assert difference.max() < 1e-3 and difference.mean() < 1e-6, (name, difference.max(), difference.mean())
 
 
 def test_a_checkpoint_of_the_global_order_resumes_on_other_processes_but_not_with_another_seed(tmp_path):

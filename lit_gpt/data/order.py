@@ -137,9 +137,12 @@ class _Sequences(torch.utils.data.Dataset):
         return self._datasets
 
     def chunk_sizes(self, source: int) -> List[int]:
+        """The sequences in each chunk of a source, as litdata's `TokensLoader` counts them (the chunk's tokens //
+        (block_size + 1)), from its `index.json`."""
         dataset = self.datasets()[source]
-        dataset[0] if len(dataset) else None  # opens the chunk index (downloaded first from an object store)
-        return [iv.roi_end_idx - iv.roi_start_idx for iv in dataset.cache._reader.config.intervals]
+        len(dataset)  # reads the chunk index (from an object store, into litdata's cache folder)
+        index = json.loads((Path(dataset.input_dir.path) / "index.json").read_text(encoding="utf-8"))
+        return [chunk["dim"] // (self.block_size + 1) for chunk in index["chunks"]]
 
     def __getitem__(self, sequence: SequenceId) -> torch.Tensor:
         source, index = sequence
