@@ -2,33 +2,38 @@
 the loss up, after the model has learned the rest, is not applied and is logged with its sequences; the guard's
 statistic resumes exactly; guarded steps in a row stop the run with the command that resumes it."""
 
-import hashlib
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from test_pretrain import BLOCK, COMMON, SCRIPT, _env, _write_chunks, metrics, model_weights, same_tokens
 
 PLANTED_TOKEN = 499
-DOCS = 12  # 2 documents (8 sequences: one step) per chunk, 6 chunks
+SEQUENCES = 80  # 10 chunks of 8 sequences: one epoch is 10 steps of 8
+PLANTED_STEP = 6  # after the guard's warm-up of 3 steps
+SEED = 3407  # the script's default --seed
 
 
-def planted(index: int):
-    """Documents 4 and 5 (one chunk, so one step of the shuffled order) hold a single token repeated; the others are
-    the sequence the model learns within a few steps."""
-    if index in (4, 5):
-        return torch.full((4 * (BLOCK + 1),), PLANTED_TOKEN, dtype=torch.int32)
-    return same_tokens(index)
+def planted_sequences() -> set:
+    """The indices of the sequences that step PLANTED_STEP trains on, in the loader's global order of the source."""
+    from lit_gpt.data.order import Cursor, GlobalOrder, SourceOrder
+
+    order = GlobalOrder([SourceOrder([8] * (SEQUENCES // 8), SEED, 0)], [1.0], SEED)
+    ids, _ = order.take(Cursor(0, [0]), 8 * PLANTED_STEP)
+    return {index for _, index in ids[-8:]}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
+    """One sequence per document: those of step PLANTED_STEP hold a single token repeated, the others the sequence
+    that the model learns within a few steps."""
     root = tmp_path_factory.mktemp("data")
-    _write_chunks(planted, DOCS, root / "train")
+    planted = planted_sequences()
+    constant = torch.full((BLOCK + 1,), PLANTED_TOKEN, dtype=torch.int32)
+    _write_chunks(lambda i: constant if i in planted else same_tokens(i)[: BLOCK + 1], SEQUENCES, root / "train")
     _write_chunks(same_tokens, 8, root / "val")
     return root
 
@@ -43,17 +48,21 @@ def run(data: Path, out_dir: Path, *args: str, code: int = 0) -> str:
 
 
 def guarded(output: str) -> dict:
-    """step -> the sequence ids of each step the guard did not apply."""
-    return {int(m[1]): m[2].split() for m in re.finditer(r"Spike guard: step (\d+) not applied .*rank 0: (.*)", output)}
+    """step -> the names of the sequences of each step the guard did not apply: `folder index index ...` in the
+    global order of the training data."""
+    return {
+        int(m[1]): m[2].split() for m in re.finditer(r"Spike guard: step (\d+) not applied .*sequences: (.*)", output)
+    }
 
 
 def test_a_planted_batch_is_not_applied_is_logged_and_the_guard_resumes_exactly(tmp_path, data):
     full = run(data, tmp_path / "full", "--max_steps", "8")
     steps = guarded(full)
-    planted_id = hashlib.sha1(np.full(BLOCK + 1, PLANTED_TOKEN, dtype=np.int32).tobytes()).hexdigest()[:12]
-    assert list(steps.values()) == [[planted_id] * 8], full[-3000:]  # the planted step alone, all its sequences
-    (step,) = steps
-    assert step > 3, "the planted chunk must come after the guard's warm-up in this seed's order"
+    # the planted step alone, named by its sequences (source folder, indices in the global order)
+    assert list(steps) == [PLANTED_STEP], full[-3000:]
+    names = steps[PLANTED_STEP]
+    assert names[0] == str(data / "train") and set(map(int, names[1:])) == planted_sequences(), full[-3000:]
+    step = PLANTED_STEP
     # nothing of the guarded step reached the weights or AdamW's moments and step counts
     before, after = (tmp_path / "full" / f"step-{s:08d}.pth" for s in (step - 1, step))
     for name, tensor in model_weights(before).items():

@@ -15,7 +15,7 @@ stop.
 """
 
 import hashlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
 import torch
@@ -23,8 +23,18 @@ import torch.distributed as dist
 
 
 class SpikeGuard:
-    def __init__(self, fabric: L.Fabric, factor: float, window: int, warmup: int) -> None:
+    def __init__(
+        self,
+        fabric: L.Fabric,
+        factor: float,
+        window: int,
+        warmup: int,
+        named_by: Optional[Callable[[int], List[Tuple[str, int]]]] = None,
+    ) -> None:
+        """`named_by(step)`, given, names the sequences of a step across all processes (the elastic loader's
+        `step_sequences`: source folder and index in the global order); else each process's `sequence_ids`, gathered."""
         self.fabric, self.factor, self.window, self.warmup = fabric, factor, window, warmup
+        self.named_by = named_by
         device = fabric.device
         self.losses = torch.full((window,), float("nan"), device=device)  # NaN: not yet recorded
         self.norms = torch.full((window,), float("nan"), device=device)
@@ -52,8 +62,9 @@ class SpikeGuard:
         self.last = torch.stack([loss, grad_norm, median_loss, median_norm, skip])
         return skip
 
-    def record(self, step: int, sequences: List[str]) -> None:
-        """Keep the decision of `step` (just taken, on the device) and this process's `sequence_ids` of it."""
+    def record(self, step: int, sequences: Optional[List[str]]) -> None:
+        """Keep the decision of `step` (just taken, on the device) and this process's `sequence_ids` of it (None with
+        `named_by`)."""
         self.pending.append((step, self.last, sequences))
 
     def report(self) -> None:
@@ -68,12 +79,25 @@ class SpikeGuard:
                 continue
             self.streak += 1
             self.skipped += 1
-            everyone = [sequences]
-            if self.fabric.world_size > 1:
-                everyone = [None] * self.fabric.world_size
-                dist.all_gather_object(everyone, sequences)
-            self.fabric.print(self.describe(step, row, everyone))
+            self.fabric.print(self.describe(step, row, self._names(step, sequences)))
         self.pending = []
+
+    def _names(self, step: int, sequences: Optional[List[str]]) -> str:
+        if self.named_by is not None:
+            try:
+                named = self.named_by(step)
+            except KeyError as e:  # not among the steps the loader remembers
+                return f"not named ({e.args[0]})"
+            by_source: Dict[str, List[int]] = {}
+            for folder, index in named:
+                by_source.setdefault(folder, []).append(index)
+            return "; ".join(f"{folder} {' '.join(map(str, indices))}" for folder, indices in by_source.items())
+        everyone = [sequences]
+        if self.fabric.world_size > 1:
+            everyone = [None] * self.fabric.world_size
+            dist.all_gather_object(everyone, sequences)
+        ids = "; ".join(f"rank {rank}: {' '.join(ids)}" for rank, ids in enumerate(everyone))
+        return f"(sha1 of the tokens) {ids}"
 
     def state_dict(self) -> Dict[str, Any]:
         self.report()  # every decision so far is counted in `skipped` and `streak`
@@ -96,16 +120,15 @@ class SpikeGuard:
         self.skipped, self.streak = state["skipped"], state["streak"]
         return None
 
-    def describe(self, step: int, values: Sequence[float], sequences: Sequence[Sequence[str]]) -> str:
-        """The log line of a guarded `step`: its `values` (a `last` read on the host) and, per process, the identities
-        of its sequences."""
+    def describe(self, step: int, values: Sequence[float], names: str) -> str:
+        """The log line of a guarded `step`: its `values` (a `last` read on the host) and the names of its
+        sequences."""
         loss, norm, median_loss, median_norm, _ = values
-        ids = "; ".join(f"rank {rank}: {' '.join(ids)}" for rank, ids in enumerate(sequences))
         limit_loss, limit_norm = self.factor * median_loss, self.factor * median_norm
         return (
             f"Spike guard: step {step} not applied (loss {loss:.4f}, grad norm {norm:.4f}; the limits, {self.factor:g} "
             f"× the median of the applied steps before: loss {limit_loss:.4f}, grad norm {limit_norm:.4f}). Its "
-            f"sequences (sha1 of the tokens): {ids}"
+            f"sequences: {names}"
         )
 
 
