@@ -52,7 +52,7 @@ def test_a_rank_stuck_in_a_step_ends_every_process_with_its_stacks(tmp_path, dat
     assert "did not arrive at collective" in report and "rank(s) 1 " in report, report[-2000:]
     assert "Thread 0x" in report and "training_step" in report, report  # the stacks of the waiting main thread
     assert "hang_for_test" in stuck.read_text()  # where the stuck rank is
-    assert f"Exiting with code {EXIT_CODE}" in out and "hang-rank0.txt" in out, out[-3000:]
+    assert "hang-rank0.txt" in out and "did not arrive" in out and f"Exiting with code {EXIT_CODE}" in out, out[-3000:]
 
 
 @pytest.mark.parametrize("value", ["-1"])

@@ -135,11 +135,13 @@ class Watchdog:
             f.write(header + "\n\n")
             f.flush()
             faulthandler.dump_traceback(file=f, all_threads=True)
-            stragglers = self._compare_notes()
+        print(f"Watchdog: {header}. Python stacks in {path}", file=sys.stderr, flush=True)
+        stragglers = self._compare_notes()
+        with open(path, "a") as f:
             f.write(f"\n{stragglers}\n")
         print(
-            f"Watchdog: {header}; {stragglers}. Python stacks in {path}. Exiting with code {EXIT_CODE} for the "
-            "scheduler to restart the job with --resume auto",
+            f"Watchdog: rank {self.rank}: {stragglers}. Exiting with code {EXIT_CODE} for the scheduler to restart the "
+            "job with --resume auto",
             file=sys.stderr,
             flush=True,
         )
