@@ -61,7 +61,14 @@ class Tokenizer:
         generation = _read_json(checkpoint_dir / "generation_config.json")
         self.bos_id = generation.get("bos_token_id", self.bos_id)
         eos = generation.get("eos_token_id", self.eos_id)
-        self.eos_id = eos[0] if isinstance(eos, list) else eos
+        self.eos_id = eos[0] if isinstance(eos, list) and eos else eos
+        for name in ("bos", "eos"):  # a worker that put "x" after each document failed with a TypeError
+            value = getattr(self, f"{name}_id")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(
+                    f"{checkpoint_dir / 'generation_config.json'} says {name}_token_id {value!r}, which is not a token "
+                    "id (a whole number); correct it there, or delete the line to use the tokenizer's own"
+                )
         self.add_bos_token = bool(config.get("add_bos_token", False))
 
     @property

@@ -361,7 +361,7 @@ def model_config(
 ) -> Config:
     """The registry's `model_name` (TinyLlama by default), or the config of `initial_checkpoint_dir` when no name is
     given; a name whose architecture or weights differ from the checkpoint's is refused (before any model is built)."""
-    overrides = {"block_size": block_size} if block_size else {}
+    overrides = {"block_size": block_size} if block_size is not None else {}
     if initial_checkpoint_dir is None:
         return Config.from_name(model_name or "tiny-llama-1.1b", **overrides)
     saved_config, model_file = lit_checkpoint_files(initial_checkpoint_dir)

@@ -209,3 +209,14 @@ def test_tokenizer_json_decodes_unknown_pieces_like_sentencepiece(tmp_path):
         ids = sp.encode(text)
         assert 0 in ids and fast.encode(text, add_special_tokens=False).ids == ids, text
         assert fast.decode(ids, skip_special_tokens=False) == sp.decode(ids), text  # transformers' default
+
+
+@pytest.mark.parametrize("config", [{"eos_token_id": "x"}, {"bos_token_id": 1.5}, {"eos_token_id": [True]}])
+def test_an_id_that_is_not_a_whole_number_is_refused_at_load(tmp_path, config):
+    """`"eos_token_id": "x"` loaded, and a preparation's worker failed with a TypeError when it appended it."""
+    train_sentencepiece(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps(config))
+    name = next(iter(config))
+    with pytest.raises(ValueError, match=f"generation_config.json says {name} .*, which is not a token id") as e:
+        Tokenizer(tmp_path)
+    assert "\n" not in str(e.value)

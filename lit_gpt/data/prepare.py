@@ -249,6 +249,8 @@ def prepare(
     from litdata.streaming.item_loader import TokensLoader
 
     t0 = time.perf_counter()
+    if num_workers is not None and num_workers < 1:  # `or os.cpu_count()` below would take 0 for the default
+        raise PrepareError(f"--num_workers {num_workers} must be at least 1; leave it out for one per CPU core")
     if not bos and not eos:
         raise PrepareError(
             "--bos false --eos false would lay the documents end to end with nothing between them; keep --eos true "
