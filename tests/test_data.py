@@ -1,6 +1,7 @@
 """The data pipeline on the real components: sample corpus, SentencePiece trainer, litdata chunks, StreamingDataset."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -513,3 +514,16 @@ def test_the_output_folder_gets_the_mode_of_a_new_folder(tmp_path):
         assert _staging_dir(tmp_path / "out").stat().st_mode & 0o777 == 0o755
     finally:
         os.umask(umask)
+
+
+def test_tokenizer_trainer_says_which_vocab_size_fits_without_sentencepiece_flags(tmp_path):
+    """SentencePiece's own text was passed on: "decrease character_coverage with --character_coverage option", a flag
+    that train_tokenizer.py does not have. The line now names the --vocab_size that fits, which then trains."""
+    (tmp_path / "a.txt").write_text("".join(chr(0x4E00 + i) for i in range(600)) + "\n" + "hello world\n" * 10)
+    train = load_script("train_tokenizer").train
+    with pytest.raises(PrepareError, match="more distinct characters than --vocab_size 300 has room for") as e:
+        train(input=str(tmp_path / "a.txt"), output_dir=tmp_path / "tok", vocab_size=300, num_threads=1)
+    assert "character_coverage" not in str(e.value)
+    fits = int(re.search(r"pass --vocab_size (\d+) or more", str(e.value))[1])
+    train(input=str(tmp_path / "a.txt"), output_dir=tmp_path / "tok", vocab_size=fits, num_threads=1)
+    assert Tokenizer(tmp_path / "tok").vocab_size == fits

@@ -69,6 +69,13 @@ def data_sources(
         mapping = train_data
     else:
         path = Path(train_data)
+        if not path.is_file() and ("," in str(train_data) or path.is_dir()):  # not a file name, but meant as data
+            what = "a prepared folder" if path.is_dir() else "several folders, not a file"
+            raise FileNotFoundError(
+                f"--train_data {train_data!r} reads as {what}; it takes a mapping of prepared folders to weights in "
+                f"braces, e.g. {example} (one folder: '{{{str(train_data).split(',')[0].strip()}: 1.0}}'), or a YAML "
+                "file that holds one"
+            )
         if not path.is_file():
             raise FileNotFoundError(
                 f"--train_data {train_data}: no such file. Pass a mapping of prepared folders to weights, e.g. "
