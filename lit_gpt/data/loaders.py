@@ -337,6 +337,11 @@ def mixture_dataloader(
         num_workers=num_workers,
         drop_last=True,
         worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
+        # a generator of its own: each iterator draws its workers' base seed from it, not from torch's global one,
+        # whose state a checkpoint saves; a resumed run starts an iterator that the uninterrupted run did not, and the
+        # state saved after it differed from that run's by this draw (the data is the same: litdata's order comes
+        # from `seed`)
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -355,6 +360,8 @@ def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: i
         num_workers=num_workers,
         drop_last=True,
         worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
+        # as the training loader's: no draw from torch's global generator for each validation's iterator
+        generator=torch.Generator().manual_seed(0),
     )
 
 
