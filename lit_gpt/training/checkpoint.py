@@ -35,6 +35,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -564,6 +565,9 @@ def load_checkpoint(
         verify_checkpoint(path)
     metadata = load_metadata(path, trust_pickle)
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
+    note = precision_note(path, metadata["hparams"].get("precision"), (state["hparams"] or {}).get("precision"))
+    if note:
+        fabric.print(note, file=sys.stderr)  # once, on rank 0
     if path.is_dir():
         remainder = _load_sharded(path, state, trust_pickle)
         fabric.barrier()
@@ -571,6 +575,23 @@ def load_checkpoint(
         remainder = fabric.load(path, state, weights_only=not trust_pickle)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")
+
+
+def precision_note(path: Path, then: Optional[str], now: Optional[str]) -> Optional[str]:
+    """The line that says a resume changes the --precision that `path` was written with (the weights were cast
+    without a word), or None. bf16-true keeps the weights and optimizer states in bfloat16, the others in float32."""
+    if then is None or now is None or then == now:
+        return None
+    dtypes = ["bfloat16" if p == "bf16-true" else "float32" for p in (then, now)]
+    cast = (
+        f"its weights and optimizer states are cast from {dtypes[0]} to {dtypes[1]}"
+        if dtypes[0] != dtypes[1]
+        else f"the weights stay {dtypes[0]}, the computation changes"
+    )
+    return (
+        f"Note: {path.name} was written with --precision {then}, this run has --precision {now}: {cast}. Resume "
+        f"with --precision {then} to continue as before"
+    )
 
 
 ########################
