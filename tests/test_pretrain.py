@@ -355,8 +355,6 @@ def test_a_resume_with_another_precision_says_that_the_weights_are_cast(tmp_path
     """A checkpoint of a 32-true run resumed with --precision bf16-true was cast to bfloat16 without a word."""
     import shutil
 
-    from lit_gpt.training.checkpoint import precision_note
-
     staged = tmp_path / "staged"
     shutil.copytree(pretrain_runs["one"], staged)  # 3 steps of SIX_STEP_PLAN at 32-true
     proc = run(staged, pretrain_runs["data"], *SIX_STEP_PLAN, "--max_steps", "4", "--resume", "auto",
@@ -368,6 +366,8 @@ def test_a_resume_with_another_precision_says_that_the_weights_are_cast(tmp_path
         "as before"
     ], proc.stderr[-3000:]
     assert {w.dtype for w in model_weights(staged / "step-00000004.pth").values()} == {torch.bfloat16}
+    from lit_gpt.training.checkpoint import precision_note
+
     assert precision_note(staged, "32-true", "32-true") is None
     assert "the weights stay float32, the computation changes" in precision_note(staged, "32-true", "bf16-mixed")
 
