@@ -12,7 +12,9 @@ activate or install.
 
 Importing torch, lightning and litdata takes seconds, tens of seconds on a busy machine, so `check_command_line` checks
 the packages and the flags first, importing none of them: a misspelt flag is refused at once, with the flag it was
-probably meant to be. This module imports nothing but the standard library (jsonargparse when parsing).
+probably meant to be, and so is a number outside its flag's range (`FLAG_RANGES`: a negative count, a seed beyond what
+the generators take, NaN) or an output file named like a checkpoint, which both passes check (`check_flag_values`).
+This module imports nothing but the standard library (jsonargparse when parsing).
 """
 
 import argparse
@@ -395,13 +397,7 @@ def check_flag_values(values: Dict[str, Any]) -> None:
 
 def _numbers(value: Any) -> List[Union[int, float]]:
     """The numbers of a flag's value: itself, a list's or tuple's items, a mapping's values (weights)."""
-    items = (
-        list(value.values())
-        if isinstance(value, dict)
-        else list(value)
-        if isinstance(value, (list, tuple))
-        else [value]
-    )
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
     return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
