@@ -72,7 +72,7 @@ FLAG_RANGES: Dict[str, Tuple[float, Optional[float], bool]] = {
     ),
     **dict.fromkeys(
         "eos_id warmup_steps num_workers max_new_tokens learning_rate min_lr weight_decay grad_clip temperature "
-        "data_weights train_data warmup memory_budget checkpoint_gb tolerance noise_ratio".split(),
+        "data_weights train_data warmup memory_budget checkpoint_gb tolerance noise_ratio seconds".split(),
         AT_LEAST_0,
     ),
     **dict.fromkeys(["beta1", "beta2", "val_fraction", "lora_dropout"], FRACTION),
