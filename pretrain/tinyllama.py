@@ -92,7 +92,7 @@ def setup(
     reshard_after_backward: Optional[bool] = None,
     accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
     precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
-    fp8: Optional[Literal["tensorwise", "rowwise"]] = None,
+    fp8: Optional[Literal["tensorwise", "rowwise", "tokenwise"]] = None,
     fp8_fast_accum: bool = True,
     attention: Literal["auto", "sdpa", "fa4"] = "auto",
     document_mask: bool = False,
@@ -156,9 +156,11 @@ def setup(
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
             `32-true`.
-        fp8: Float8 training (torchao) of the transformer blocks' linear layers: `tensorwise` (fastest; weights
-            all-gathered in float8) or `rowwise` (finer scales, slower). Needs a GPU of compute capability 8.9+
-            (Ada, Hopper, Blackwell) and `pip install -e ".[hopper]"`. Off by default; checkpoints hold ordinary
+        fp8: Float8 training of the transformer blocks' linear layers: torchao's `tensorwise` (weights all-gathered
+            in float8) or `rowwise` (finer scales, slower), or `tokenwise` (this project's own: a scale per token,
+            found in the same pass as the norm or SwiGLU before it; `lit_gpt/training/float8.py`). Needs a GPU of
+            compute capability 8.9+ (Ada, Hopper, Blackwell); torchao's (`pip install -e ".[hopper]"`) for the first
+            two. Off by default; checkpoints hold ordinary
             weights either way, so a run may resume with or without it (tutorials/pretrain_tinyllama.md).
         fp8_fast_accum: With --fp8, accumulate the backward float8 products (input and weight gradients) in cuBLAS's
             fast mode, as the forward product always is: 2% faster, the loss as close to bf16's as bf16 runs are to
