@@ -48,6 +48,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
     val_dataloader,
     vocab_note,
 )
+from lit_gpt.data.order import ORDER, GlobalBatchLoader, SequenceLog, trim_sequence_log  # noqa: E402
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
@@ -120,6 +121,7 @@ def setup(
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
     num_workers: int = 1,
+    log_sequences: bool = False,
     max_nonfinite_steps: int = 10,
     seed: int = 3407,
     resume: Union[bool, Literal["auto"], Path] = False,
@@ -203,10 +205,13 @@ def setup(
         logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
         compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
         activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
-        num_workers: Data-loader worker processes per device (a resumed run must use the same number). With one, a
-            resumed run continues with exactly the next sequence; with more, litdata's restored position can
-            repeat or skip a few sequences of the interrupted epoch (2 workers, mid-epoch: 4 of 244). One worker
-            reads a micro-batch of tokenized chunks in milliseconds: the log's `data wait`.
+        num_workers: Data-loader worker processes per device. One reads a micro-batch of tokenized chunks in
+            milliseconds (the log's `data wait`). A resumed run may use another number, as it may another
+            --devices, --num_nodes or --micro_batch_size: every step trains on the sequences it would have
+            (lit_gpt/data/order.py; tutorials/pretrain_tinyllama.md, "Resuming on another number of GPUs").
+        log_sequences: Write the identity of every sequence each process trains on, one JSON line per optimizer
+            step, to `out_dir/sequences/rank-<rank>.jsonl`: the number of its folder in the run's train_sources,
+            its index in that folder, and a digest of its tokens (`lit_gpt.data.order.SequenceLog`).
         max_nonfinite_steps: Stop when this many optimizer steps in a row had a non-finite gradient norm (each
             one is skipped: no update). Checked at log steps.
         seed: Seed of the weight initialization and the data order.
@@ -255,7 +260,7 @@ def setup(
             fabric.print(note, file=sys.stderr)
         hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
         hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
-        hparams.update(attention=attention)
+        hparams.update(attention=attention, data_order=ORDER)  # the data position is a global cursor
         fabric.print(hparams)
         mask = f"within documents (eos id {hparams['eos_id']})" if document_mask else "across documents"
         fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
@@ -423,7 +428,6 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     optimizer = fabric.setup_optimizers(optimizer)
 
     batch_size, n_workers, block = h["micro_batch_size"], h["num_workers"], config.block_size
-    train_loader = mixture_dataloader(h["train_sources"], block, batch_size, n_workers, h["seed"])
     val_loader = val_dataloader(h["val_dir"], block, batch_size, n_workers)
     if len(val_loader) == 0:  # fail now, not at the first validation after hours of training
         raise ValueError(
@@ -453,16 +457,37 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
         load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources, verify)
-        train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         state["hparams"] = hparams
         fabric.print(f"Resumed at step {state['step_count']} ({state['tokens_seen']:,} tokens seen)")
+    saved_position = state["train_dataloader"]
+    if saved_position is not None and saved_position.get("order") != ORDER:
+        # written before the global order, at this number of processes (`check_compatible`): litdata's position
+        if h["log_sequences"]:
+            raise ValueError(f"--log_sequences: {resume} holds litdata's data position, of no sequence identities; "
+                             "leave --log_sequences out to resume it")  # fmt: skip
+        del hparams["data_order"]
+        train_loader = mixture_dataloader(h["train_sources"], block, batch_size, n_workers, h["seed"])
+        train_loader.load_state_dict(saved_position)
+    else:
+        train_loader = GlobalBatchLoader(
+            h["train_sources"], block, batch_size, h["global_batch_size"], fabric.global_rank, fabric.world_size,
+            n_workers, h["seed"],
+        )  # fmt: skip
+        if saved_position is not None:
+            train_loader.load_state_dict(saved_position)
+    sequence_log = None
+    if h["log_sequences"]:
+        if fabric.global_rank == 0:
+            trim_sequence_log(out_dir, state["step_count"])  # the steps after it are trained again
+        fabric.barrier()
+        sequence_log = SequenceLog(out_dir, fabric.global_rank)
 
-    fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir)
+    fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir, sequence_log)
 
 
-def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir) -> None:
+def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir, sequence_log=None) -> None:
     h = state["hparams"]
     block_size = model.config.block_size
     tokens_per_step = h["global_batch_size"] * block_size
@@ -480,7 +505,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         "(6N + 12·L·d·T)"
     )
 
-    train_iterator = cycle_full_batches(train_loader, h["micro_batch_size"])
+    elastic = "data_order" in h  # else a checkpoint's litdata loader, whose epochs end in short batches
+    train_iterator = iter(train_loader) if elastic else cycle_full_batches(train_loader, h["micro_batch_size"])
     nonfinite_streak = torch.zeros((), device=fabric.device)
     skipped = torch.zeros((), device=fabric.device)
     last_log_time, last_log_step = time.perf_counter(), state["step_count"]
@@ -492,7 +518,13 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     def next_micro_batches() -> tuple:
         nonlocal data_wait
         t_data = time.perf_counter()
-        micro_batches = [next(train_iterator) for _ in range(accumulation)]
+        micro_batches, ids = [], []
+        for _ in range(accumulation):
+            micro_batches.append(next(train_iterator))
+            ids += train_loader.last_sequences() if sequence_log else []
+        if sequence_log:  # the rows as read, with the identities of their sequences
+            rows = [row for batch in micro_batches for row in batch]
+            sequence_log.read(ids, rows)
         bounds = document_bounds(micro_batches, eos_id)  # on the host, before the copy
         micro_batches = [fabric.to_device(batch) for batch in micro_batches]
         data_wait += time.perf_counter() - t_data
@@ -512,6 +544,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         state["step_count"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step_count"]
+        if sequence_log:
+            sequence_log.trained(step)
         stopping = stop.agreed() and step < max_steps  # the same answer on every process
         saving = step % h["save_interval"] == 0 or step == max_steps or stopping
         # read the next step's batches while the device still computes this one (the log step's sync below would
