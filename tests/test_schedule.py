@@ -116,8 +116,8 @@ def test_anneal_from_a_stable_checkpoint_is_the_run_that_decayed_there(tmp_path,
     """A constant run saved at step 3 and annealed from there over 3 steps (into another out dir) is, bit for bit,
     the WSD run of 6 steps that decays over its last 3 without stopping: the same losses, learning rates, weights,
     optimizer moments, data position and step counts. Its learning rates follow WSD's formula, and the checkpoints
-    record the schedule."""
-    flags = ["--save_interval", "3", "--eval_interval", "100", "--decay_shape", "linear"]
+    record the schedule. All three train with a z-loss, which the checkpoints record too."""
+    flags = ["--save_interval", "3", "--eval_interval", "100", "--decay_shape", "linear", "--z_loss", "1e-4"]
     stable, annealed, through = tmp_path / "stable", tmp_path / "annealed", tmp_path / "through"
     run(stable, data_dir, *flags, "--lr_schedule", "constant", "--max_steps", "3")
     branch = stable / "step-00000003.pth"
@@ -130,17 +130,21 @@ def test_anneal_from_a_stable_checkpoint_is_the_run_that_decayed_there(tmp_path,
     formula = [wsd_formula(s, 2, 3, 6, "linear") * 3 for s in range(6)]  # COMMON's peak 3e-3 and floor 3e-4
     assert [lrs[s + 1] for s in range(6)] == pytest.approx(formula, rel=1e-12), lrs
     assert metrics(stable, "loss") == {s: metrics(through, "loss")[s] for s in (1, 2, 3)}
+    at_branch = [torch.load(d / "step-00000003.pth", weights_only=True) for d in (stable, through)]
+    for key in ("step_count", "iter_num", "tokens_seen", "train_dataloader"):
+        assert at_branch[0][key] == at_branch[1][key], key
     for key in ("loss", "learning_rate"):
         assert metrics(annealed, key) == {s: metrics(through, key)[s] for s in (4, 5, 6)}, key
     assert checkpoints(annealed) == ["step-00000006.pth"]
     ends = [torch.load(d / "step-00000006.pth", weights_only=True) for d in (annealed, through)]
     for key in ("step_count", "iter_num", "tokens_seen", "train_dataloader"):
         assert ends[0][key] == ends[1][key], key
-    moments = [[s["exp_avg_sq"] for s in end["optimizer"]["state"].values()] for end in ends]
-    assert all(torch.equal(a, b) for a, b in zip(*moments, strict=True))
+    for pair in (at_branch, ends):
+        moments = [[s["exp_avg_sq"] for s in end["optimizer"]["state"].values()] for end in pair]
+        assert all(torch.equal(a, b) for a, b in zip(*moments, strict=True))
     weights = [model_weights(d / "step-00000006.pth") for d in (annealed, through)]
     assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[1])
     hparams = ends[0]["hparams"]
     assert (hparams["lr_schedule"], hparams["anneal_steps"], hparams["anneal_from"], hparams["z_loss"]) == (
-        "wsd", 3, 3, 0.0)  # fmt: skip
+        "wsd", 3, 3, 1e-4)  # fmt: skip
     assert hparams["lr_schedule_resolved"] == {**ends[1]["hparams"]["lr_schedule_resolved"]}
