@@ -17,7 +17,7 @@ import lightning as L
 import pytest
 import torch
 
-from lit_gpt.config import Config, from_their_keys
+from lit_gpt.config import Config
 from lit_gpt.generate import generate, load_model
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
@@ -75,6 +75,8 @@ def test_an_incremental_save_file_loads_as_tensors_and_a_planted_one_runs_nothin
 
 
 def test_config_files_of_lit_gpt_and_litgpt_are_read_and_what_we_cannot_run_is_refused_by_name(tmp_path):
+    from lit_gpt.config import from_their_keys
+
     ours = Config.from_checkpoint(LIT_GPT)
     assert Config.from_checkpoint(LITGPT) == ours == Config.from_json(LIT_GPT / "lit_config.json")
     lit_gpt_keys = json.loads((LIT_GPT / "lit_config.json").read_text())
