@@ -144,8 +144,13 @@ class _TensorsOnlyUnpickler(pickle.Unpickler):
         raise _Refused(f"{module}.{name}")
 
 
-# torch.load reads the zip, maps the storages and calls our Unpickler (storage types are resolved before find_class)
-_TENSORS_ONLY = SimpleNamespace(Unpickler=_TensorsOnlyUnpickler, __name__="lit_gpt.trust._TENSORS_ONLY")
+# torch.load reads the zip, maps the storages and calls our Unpickler (storage types are resolved before find_class);
+# a legacy (non-zip) file's header is read with `load`
+_TENSORS_ONLY = SimpleNamespace(
+    Unpickler=_TensorsOnlyUnpickler,
+    load=lambda file, **kwargs: _TensorsOnlyUnpickler(file, **kwargs).load(),
+    __name__="lit_gpt.trust._TENSORS_ONLY",
+)
 
 
 def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:
