@@ -44,6 +44,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import lightning as L
 import torch
 import torch.distributed.checkpoint as dcp
+from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.fabric.wrappers import _unwrap_objects
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -60,7 +61,7 @@ from lit_gpt.data.order import ORDER
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums, write_failure
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
-from lit_gpt.weights import strip_wrapper_prefixes
+from lit_gpt.weights import load_lit_state_dict, strip_wrapper_prefixes
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 OWN_NAME = re.compile(r"^step-(\d{8,})\.pth$")  # exactly what checkpoint_path writes
@@ -720,3 +721,11 @@ def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tupl
             "save it with `fabric.save(path, {'model': model, ...})`"
         )
     return entries
+
+
+def load_lit_weights(fabric: L.Fabric, model: torch.nn.Module, model_file: Path) -> None:
+    """The weights of a lit checkpoint's `model_file` into `model` set up by `fabric` (sharded or not), strictly:
+    read as `load_lit_state_dict` reads them (tensors only, without running code, memory-mapped: lit-gpt's
+    `incremental_save` files and litgpt's names too), each tensor then written into its shards."""
+    state_dict = load_lit_state_dict(model_file)
+    _load_raw_module_state(state_dict, _unwrap_objects(model), world_size=fabric.world_size, strict=True)
