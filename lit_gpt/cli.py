@@ -66,20 +66,22 @@ FLAG_RANGES: Dict[str, Tuple[float, Optional[float], bool]] = {
         "devices num_nodes global_batch_size micro_batch_size max_tokens max_steps block_size log_interval "
         "eval_interval eval_iters save_interval keep_last max_nonfinite_steps max_seq_length lora_r epochs num_samples "
         "top_k num_blocks batch_size max_source_files chunk_size vocab_size max_lines num_threads decay_steps "
-        "anneal_steps "
+        "anneal_steps spike_window spike_warmup max_spike_steps "
         # dev/'s instruments
         "micro_batch_sizes accumulation steps size_mb records instruction_words output_words window repeats".split(),
         AT_LEAST_1,
     ),
     **dict.fromkeys(
         "eos_id warmup_steps num_workers max_new_tokens learning_rate min_lr weight_decay grad_clip temperature "
-        "data_weights train_data z_loss warmup memory_budget checkpoint_gb tolerance noise_ratio seconds".split(),
+        "data_weights train_data z_loss warmup memory_budget checkpoint_gb tolerance noise_ratio seconds "
+        "watchdog_timeout".split(),
         AT_LEAST_0,
     ),
     **dict.fromkeys(["beta1", "beta2", "val_fraction", "lora_dropout"], FRACTION),
     "lora_alpha": (0, None, False),
     "decay_fraction": (0, 1, False),  # 0 too: the schedule's check says it must be above
     "seed": (0, 2**32 - 1, False),  # numpy's and Lightning's seed_everything's range
+    "spike_factor": (1, None, False),  # the script says it must be above 1
 }
 # what a refused value's line adds: what the flag means, or what to pass instead
 FLAG_HINTS = {
