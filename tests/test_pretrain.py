@@ -570,6 +570,23 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
     assert "cannot lock" in capsys.readouterr().out
 
 
+def test_a_hard_linked_lock_file_is_refused_not_written_through(tmp_path):
+    """An empty `.lock` hard-linked to a file elsewhere used to receive the run's lock record, written into that other
+    file too: refused in one line, both names left as they were."""
+    import lightning as L
+
+    from lit_gpt.training.checkpoint import own_out_dir
+
+    outside, out_dir = tmp_path / "outside.txt", tmp_path / "out"
+    outside.write_text("")
+    out_dir.mkdir()
+    os.link(outside, out_dir / ".lock")
+    with pytest.raises(FileExistsError, match=r"out/\.lock is a hard link \(2 names of one file\).*Remove it, or pass"):
+        with own_out_dir(L.Fabric(accelerator="cpu", devices=1), out_dir):
+            pass
+    assert outside.read_text() == "" and (out_dir / ".lock").stat().st_nlink == 2
+
+
 def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path):
     """Token ids the model has no embedding for used to fail at the first step, with an IndexError."""
     data = _build(tmp_path / "data", lambda i: same_tokens(i) + 40_000, 8)  # micro-llama: 32,000 ids

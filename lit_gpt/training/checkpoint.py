@@ -77,7 +77,7 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
     process raises if it cannot. It is an `flock`, which the kernel releases when the process ends, however it ends:
     a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder). On a filesystem without
     locks (Lustre mounted without `flock`) the run warns and goes on unlocked rather than not at all. A `.lock` that
-    this project did not write (a file of other content, a symbolic link, not a regular file) is refused, never
+    this project did not write (a file of other content, a symbolic or hard link, not a regular file) is refused, never
     overwritten or followed."""
     lock, error = None, None
     if fabric.global_rank == 0:
@@ -141,7 +141,7 @@ class _NotALockFile(Exception):
 
 def _open_lock_file(path: Path):
     """`path` opened for reading and writing, created if missing, never through a symbolic link (O_NOFOLLOW), never
-    a file that is not a regular one (a FIFO, a device)."""
+    a file that is not a regular one (a FIFO, a device), never a file of several names (a hard link)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
@@ -151,10 +151,15 @@ def _open_lock_file(path: Path):
                 "write through it. Remove it, or pass another --out_dir"
             ) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise _NotALockFile(f"{path} is not a regular file, not a lock file of this project: remove it, or pass "
                             "another --out_dir")  # fmt: skip
+    if info.st_nlink > 1:  # a hard link: the run would write its record into the other name's file too
+        os.close(fd)
+        raise _NotALockFile(f"{path} is a hard link ({info.st_nlink} names of one file), not a lock file of this "
+                            "project: a run would write through it. Remove it, or pass another --out_dir")  # fmt: skip
     os.set_blocking(fd, True)
     return os.fdopen(fd, "r+", encoding="utf-8")
 
