@@ -140,6 +140,24 @@ def test_an_empty_path_is_refused_for_every_path_flag_of_every_entry_point():
             proc.wait()
 
 
+def test_an_empty_input_or_training_folder_is_refused_not_read_as_the_working_directory(tmp_path):
+    """`train_tokenizer.py --input=` and `prepare_text.py --input "['']"` used to scan the working directory, and
+    `--train_data "{'': 1.0}"` to train on it: refused in the one line of every other empty path."""
+    from lit_gpt.cli import UserError
+    from lit_gpt.data.loaders import data_sources
+    from lit_gpt.data.readers import find_inputs
+
+    cmd = [sys.executable, str(ROOT / "scripts/train_tokenizer.py"), "--input=", "--output_dir", str(tmp_path / "t")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --input '' is an empty path"), proc.stderr[-2000:]
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(UserError, match=r"^--input '' is an empty path, which would mean the current folder"):
+        find_inputs([str(tmp_path), ""])
+    with pytest.raises(UserError, match=r"^--train_data: a folder ' ' is an empty path, which would mean the current"):
+        data_sources("data", (0.5, 0.5), {str(tmp_path): 1.0, " ": 1.0})
+
+
 def test_a_lock_file_the_project_did_not_write_is_refused_not_overwritten_or_followed(tmp_path, data):
     """`echo notes > OUT/.lock` used to be overwritten by the run's lock record, and a `.lock` symbolic link made the
     run overwrite the file it points to, outside the out dir. Both are refused in one line, left as they were; the

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import yaml
 
+from lit_gpt.cli import check_not_empty_path
 from lit_gpt.data.prepare import MANIFEST, prepared_separators, recorded_max_token_id
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.files import file_sha256
@@ -82,6 +83,7 @@ def data_sources(
     sources: Dict[str, float] = {}
     seen: Dict[str, str] = {}  # the folder itself (through `..` and symbolic links) -> how --train_data names it
     for folder, weight in mapping.items():
+        check_not_empty_path("--train_data: a folder", folder)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
             raise ValueError(f"--train_data: the weight of {folder} is {weight!r}; weights are non-negative numbers")
         key = normalize(str(folder))
