@@ -35,10 +35,12 @@ import torch  # noqa: E402
 
 from lit_gpt.config import Config, check_same_architecture  # noqa: E402
 from lit_gpt.data.loaders import (  # noqa: E402
+    DataWatch,
     check_data_dir,
     check_prepared,
     check_token_ids,
     cycle_full_batches,
+    data_contents,
     data_eos_id,
     data_fingerprints,
     data_separators,
@@ -291,6 +293,7 @@ def check_data(h: Dict[str, Any], config: Config, initial_checkpoint_dir: Option
     h.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     # what the sources held (index.json's digests): a resume on a folder prepared again since is refused
     h["train_fingerprints"] = data_fingerprints([folder for folder, _ in train_sources])
+    h["train_contents"] = data_contents([folder for folder, _ in train_sources])  # and of the tokens in the chunks
     # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py)
     h["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     return folders
@@ -479,6 +482,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     )
 
     train_iterator = cycle_full_batches(train_loader, h["micro_batch_size"])
+    data_watch = DataWatch([*(folder for folder, _ in h["train_sources"]), h["val_dir"]])  # replaced while read?
     nonfinite_streak = torch.zeros((), device=fabric.device)
     skipped = torch.zeros((), device=fabric.device)
     last_log_time, last_log_step = time.perf_counter(), state["step_count"]
@@ -519,7 +523,10 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
         nonfinite_streak = (nonfinite_streak + bad) * bad
         skipped += bad
 
-        if step % h["log_interval"] == 0 or step == max_steps:
+        logging = step % h["log_interval"] == 0 or step == max_steps
+        if logging or saving:  # a folder replaced under the run stops it, before its position there is logged or saved
+            data_watch.check(fabric)
+        if logging:
             loss = fabric.all_reduce(loss, reduce_op="mean").item()  # the only host sync of a log step
             if fabric.device.type == "cuda":
                 # `.item()` waits for the compute stream only; the step time must also include the other streams'

@@ -853,3 +853,38 @@ def test_a_resume_on_training_data_prepared_again_is_refused_naming_the_folder(t
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir)]
     line = refusal([*cmd, "--max_steps", "2", "--eval_interval", "100", "--resume", "auto"])
     assert f"{starcoder} has changed since {out_dir / 'step-00000001.pth'} was saved" in line, line
+
+
+def test_training_data_replaced_while_read_stops_the_run_and_other_tokens_of_the_same_counts_refuse_its_resume(
+    tmp_path,
+):
+    """Starcoder prepared again, while the run reads it, from text of the same token counts (words swapped): the run
+    used to go on with the new data, and a resume to accept it (its index.json is byte-identical). The run stops in
+    one line at the next log step; the resume is refused on the tokens of the chunks."""
+    data = _build(tmp_path / "data", same_tokens, 40)
+    starcoder, out_dir = data / "starcoder", tmp_path / "out"
+    index = (starcoder / "index.json").read_bytes()
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir)]
+    run = subprocess.Popen([*cmd, "--max_steps", "5000", "--save_interval", "1", "--eval_interval", "10000"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+    try:
+        for line in run.stdout:
+            if line.startswith("Saved") and "step-00000002.pth" in line:
+                break
+        # as `prepare_text.py --overwrite true` does: the new folder written beside, renamed into place
+        _write_chunks(lambda i: (same_tokens(i) + 1) % 500, 40, tmp_path / "new")
+        (tmp_path / "new" / "index.json").write_bytes(index)  # a preparation writes it byte-reproducibly
+        os.rename(starcoder, tmp_path / "old")
+        os.rename(tmp_path / "new", starcoder)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {starcoder} changed while this run read it (prepared again"), stderr[-3000:]
+    assert (starcoder / "index.json").read_bytes() == index  # the same counts: only the tokens differ
+    line = refusal([*cmd, "--max_steps", "5000", "--eval_interval", "10000", "--resume", "auto"])
+    assert f"{starcoder} has changed since {out_dir}/step-" in line, line
+    assert "the tokens in its chunks differ, its index.json does not" in line, line

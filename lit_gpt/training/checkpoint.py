@@ -479,6 +479,9 @@ def check_compatible(
         check_same_sources(path, recorded_sources(hparams), run_hparams["train_sources"])
     if run_hparams and run_hparams.get("train_fingerprints") is not None:
         check_same_data(path, hparams.get("train_fingerprints"), run_hparams["train_fingerprints"])
+    if run_hparams and run_hparams.get("train_contents") is not None:
+        what = "the tokens in its chunks differ, its index.json does not: prepared again from other text?"
+        check_same_data(path, hparams.get("train_contents"), run_hparams["train_contents"], what)
     if run_hparams and run_hparams.get("separators") is not None:
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
@@ -492,14 +495,19 @@ def check_compatible(
         )
 
 
-def check_same_data(path: Path, then: Optional[Dict[str, str]], now: Dict[str, str]) -> None:
+def check_same_data(
+    path: Path,
+    then: Optional[Dict[str, str]],
+    now: Dict[str, str],
+    what: str = "its index.json differs: prepared again?",
+) -> None:
     """Refuse to resume on a training folder whose contents changed since the checkpoint was saved: `then` and `now`
-    map each folder to a digest of what it holds (`lit_gpt.data.loaders.data_fingerprints`; None: a checkpoint from
-    before they were recorded, resumed as it is)."""
+    map each folder to a digest of what it holds (`lit_gpt.data.loaders.data_fingerprints`, `data_contents`; None: a
+    checkpoint from before they were recorded, resumed on what it records); `what` says which differs."""
     for folder, digest in (then or {}).items():
         if folder in now and now[folder] != digest:
             raise ValueError(
-                f"{folder} has changed since {path} was saved (its index.json differs: prepared again?): the data "
+                f"{folder} has changed since {path} was saved ({what}): the data "
                 "loader's saved position would point into other data. Restore that folder as the run trained on it, "
                 "or start a new run from the checkpoint's weights with another --out_dir."
             )
