@@ -37,8 +37,7 @@ def main(
     threads: int = 16,
     folder: Optional[Path] = None,
 ) -> None:
-    """Write `chunks` chunk files, time their digest cold and warm, and print the cost per 1,000 chunks and for the
-    data set.
+    """Write `chunks` chunk files, time their digest cold and warm, print its cost per 1,000 chunks and for the data.
 
     Args:
         chunks: Chunk files to write and digest.
