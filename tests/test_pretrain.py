@@ -788,6 +788,18 @@ def flip_byte(path: Path) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def strip_digest(path: Path) -> None:
+    """Take away the SHA-256 written with a checkpoint: a single file's zip comment (its length set to 0, its bytes cut
+    off, as a zip tool that rewrites the comment does), a sharded one's checksums.json."""
+    if path.is_dir():
+        (path / "checksums.json").unlink()
+        return
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")  # the end-of-central-directory record: 22 bytes, then the comment
+    data[end + 20 : end + 22] = b"\0\0"
+    path.write_bytes(bytes(data[: end + 22]))
+
+
 def refusal(cmd: list) -> str:
     """The one `error:` line of a command refused with exit code 2."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
@@ -824,6 +836,41 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_and_resume_auto_takes_the_one
     resumed = model_weights(newest)
     for name in expected:
         assert torch.equal(resumed[name], expected[name]), name
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_checkpoint_whose_digest_was_stripped_is_refused_and_resume_auto_takes_the_one_before(
+    tmp_path, pretrain_runs, devices
+):
+    """A flipped byte in a checkpoint whose digest was then taken away (a zip comment stripped, a checksums.json
+    deleted) used to be read as a checkpoint written before digests: resumed and converted. Its hparams say that it
+    had one: a resume from it and its conversion refuse it, `--resume auto` passes over it, saying so."""
+    from lit_gpt.files import CorruptFile
+    from lit_gpt.training.checkpoint import latest_to_resume, verify_checkpoint
+
+    out_dir = tmp_path / "out"
+    shutil.copytree(pretrain_runs["one" if devices == 1 else "two"], out_dir)
+    newest = out_dir / "step-00000003.pth"
+    flip_byte(newest if devices == 1 else max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size))
+    strip_digest(newest)
+    what = "its zip comment" if devices == 1 else "checksums.json"
+    with pytest.raises(CorruptFile, match=f"{newest} has lost the SHA-256 written with it \\({what} is missing"):
+        verify_checkpoint(newest)  # what a resume from it and the conversion call first
+    said = []
+    assert latest_to_resume(out_dir, say=said.append) == out_dir / "step-00000002.pth"
+    assert "has lost the SHA-256" in said[0] and "resuming from step-00000002.pth" in said[0], said
+    assert verify_checkpoint(out_dir / "step-00000002.pth")
+    # one written before digests were recorded (none, and no record of one in its hparams) is read as it is
+    old = tmp_path / "old.pth"
+    if devices == 1:
+        state = torch.load(out_dir / "step-00000002.pth", weights_only=True)
+    else:
+        shutil.copytree(out_dir / "step-00000002.pth", old)
+        (old / "checksums.json").unlink()
+        state = torch.load(old / "meta.pt", weights_only=True)
+    del state["hparams"]["checkpoint_digests"]
+    torch.save(state, old if devices == 1 else old / "meta.pt")
+    assert verify_checkpoint(old) is False
 
 
 def test_a_flipped_byte_in_the_initial_checkpoint_is_refused(tmp_path, same_data_dir):

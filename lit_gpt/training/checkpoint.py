@@ -13,7 +13,8 @@ Both are written under a `.tmp` name and renamed when complete, so a crash while
 checkpoint under a `step-*.pth` name. Before the rename the SHA-256 of what was written is added (`lit_gpt/files.py`):
 as the zip comment of a single file, as `checksums.json` in a sharded one. `verify_checkpoint` checks it; a resume,
 `--resume auto` (which then takes the newest earlier checkpoint that is whole, saying so) and the conversion do. A
-checkpoint written before the digests were recorded has none and is read as it is.
+checkpoint written before the digests were recorded has none and is read as it is; one whose hparams record
+`checkpoint_digests` (all since) and that has none (a zip comment stripped, a `checksums.json` deleted) is refused.
 
 Everything in them is tensors and plain Python values: they load with `torch.load(..., weights_only=True)`. A sharded
 checkpoint's `.metadata` is a pickle too, which torch's own reader unpickles in full: `DCPReader` reads it with an
@@ -56,7 +57,17 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lit_gpt.config import Config
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
-from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums, write_failure
+from lit_gpt.files import (
+    CHECKSUMS,
+    CorruptFile,
+    check_checksums,
+    check_seal,
+    missing_digest,
+    remove,
+    seal_zip,
+    write_checksums,
+    write_failure,
+)
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import strip_wrapper_prefixes
 
@@ -227,12 +238,30 @@ def latest_to_resume(out_dir: Path, trust_pickle: bool = False, say: Callable[[s
     raise ValueError(f"--resume auto: the newest checkpoint {found[0]} cannot be used ({reason}); {instead}")
 
 
+# the key of a checkpoint's hparams that says that its SHA-256 was written with it
+DIGESTS = "checkpoint_digests"
+
+
 def verify_checkpoint(path: Path) -> bool:
-    """Check the training checkpoint at `path` against the SHA-256 written with it (`CorruptFile` where it differs);
-    False where it has none (written before digests were recorded: read as it is)."""
-    if path.is_dir():
-        return check_checksums(path)
-    return path.is_file() and check_seal(path)
+    """Check the training checkpoint at `path` against the SHA-256 written with it (`CorruptFile` where it differs, or
+    where it is gone, stripped or deleted, although the checkpoint's hparams record that it was written); False where
+    it has none (written before digests were recorded: read as it is)."""
+    if not path.is_dir() and not path.is_file():
+        return False
+    if check_checksums(path) if path.is_dir() else check_seal(path):
+        return True
+    if _records_digests(path):  # read only where the digest is missing
+        raise missing_digest(path, CHECKSUMS if path.is_dir() else "its zip comment", f"its hparams record {DIGESTS}")
+    return False
+
+
+def _records_digests(path: Path) -> bool:
+    """Whether the hparams of the checkpoint at `path` say that its SHA-256 was written with it; False where they
+    cannot be read (that refusal is `load_metadata`'s, when the checkpoint is read)."""
+    try:
+        return training_hparams(path).get(DIGESTS) == "sha256"
+    except Exception:
+        return False
 
 
 def _readable(path: Path, trust_pickle: bool) -> bool:
@@ -281,6 +310,8 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
         remove(tmp)  # left by a crash during an earlier save
     fabric.barrier()
     error = None
+    if isinstance(state.get("hparams"), dict):  # what says, apart from the digest, that it has one
+        state = {**state, "hparams": {**state["hparams"], DIGESTS: "sha256"}}
     try:
         fabric.save(tmp, state)
     except (OSError, RuntimeError) as e:
