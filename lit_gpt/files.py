@@ -65,6 +65,7 @@ def staged_output_dir(
     script: str,
     inputs: Dict[str, Path],
     require_empty: bool = True,
+    needed_bytes: Optional[int] = None,
 ) -> Iterator[Path]:
     """A new folder to write `script`'s output into, which replaces `output_dir` only once written whole.
 
@@ -72,12 +73,13 @@ def staged_output_dir(
     ends, the files of `output_dir` that are not `script`'s earlier output (a README, the Hugging Face files beside
     which `convert_hf_checkpoint.py` writes) are hard-linked into it, and `replace_dir` swaps it in. A failure or a
     kill while writing leaves the earlier output as it was (a full disk needs room for the old output and the new one
-    at once); a write refused by the disk or the location (`write_failure`) ends in one line.
+    at once); a write refused by the disk or the location (`write_failure`) ends in one line, which gives the free
+    space and `needed_bytes`, the size of the output (estimated from the tensors to be written).
     """
     prepare_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty)
     staging = staging_dir(output_dir)
     try:
-        with refused_writes(output_dir):
+        with refused_writes(output_dir, needed_bytes):
             yield staging
             if output_dir.is_dir():
                 link_tree(output_dir, staging, skip=lambda p: p.name == OUTPUT_RECORD or _matches(p.name, outputs))

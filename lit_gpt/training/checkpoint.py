@@ -630,6 +630,14 @@ def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[s
     return {name: t.shape for name, t in _single_file_model(path, trust_pickle).items()}
 
 
+def training_checkpoint_nbytes(path: Path, trust_pickle: bool = False) -> int:
+    """Bytes of the model weights of a training checkpoint, in the dtype saved, read without loading any tensor."""
+    if is_distributed_checkpoint(path):
+        entries = _dcp_model_entries(path, trust_pickle).values()
+        return sum(meta.size.numel() * meta.properties.dtype.itemsize for _, meta in entries)
+    return sum(t.nbytes for t in _single_file_model(path, trust_pickle).values())
+
+
 def training_checkpoint_tensors(
     path: Path, group_bytes: int = 2**30, trust_pickle: bool = False
 ) -> Iterator[Tuple[str, torch.Tensor]]:
