@@ -61,6 +61,7 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
     latest_to_resume,
     load_checkpoint,
     nonfinite_stop_message,
+    on_rank_zero,
     own_out_dir,
     save_checkpoint,
     save_pruned,
@@ -445,8 +446,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         "skipped_steps": 0,
     }
     verify = resume not in (True, "auto")  # latest_to_resume checks the digests of what it picks
-    if resume in (True, "auto"):
-        resume = latest_to_resume(out_dir, h["trust_pickle"], fabric.print)
+    if resume in (True, "auto"):  # on rank 0, which reads every byte of the checkpoints it checks
+        resume = on_rank_zero(fabric, lambda: latest_to_resume(out_dir, h["trust_pickle"], fabric.print))
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
     if not resume and h["initial_checkpoint_dir"]:  # checked against the model in setup()
         model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"

@@ -55,6 +55,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from lit_gpt.cli import rank
 from lit_gpt.config import Config
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.files import (
@@ -205,7 +206,15 @@ def find_latest(out_dir: Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def latest_to_resume(out_dir: Path, trust_pickle: bool = False, say: Callable[[str], Any] = print) -> Optional[Path]:
+def print_once(message: str) -> None:
+    """`print` on rank 0 alone: a note of a step that every process takes, said once."""
+    if rank() == 0:
+        print(message)
+
+
+def latest_to_resume(
+    out_dir: Path, trust_pickle: bool = False, say: Callable[[str], Any] = print_once
+) -> Optional[Path]:
     """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose bytes differ from
     its digest (a flipped bit) is passed over for the newest earlier one that is whole, which `say` names; one whose
     metadata cannot be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the
@@ -253,6 +262,22 @@ def verify_checkpoint(path: Path) -> bool:
     if _records_digests(path):  # read only where the digest is missing
         raise missing_digest(path, CHECKSUMS if path.is_dir() else "its zip comment", f"its hparams record {DIGESTS}")
     return False
+
+
+def on_rank_zero(fabric: L.Fabric, compute: Callable[[], Any]) -> Any:
+    """`compute()` on rank 0 alone, its result, or the exception it raised, given to every process: a check that
+    reads every byte of a checkpoint (its digest) is read once, not by every process of a node from the same disk."""
+    result, error = None, None
+    if fabric.global_rank == 0:
+        try:
+            result = compute()
+        except Exception as e:
+            error = e
+    if fabric.world_size > 1:
+        result, error = fabric.broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def _records_digests(path: Path) -> bool:
@@ -602,10 +627,10 @@ def load_checkpoint(
     recorded_sources: Callable[[Dict[str, Any]], Optional[list]] = recorded_train_sources,
     verify: bool = True,
 ) -> None:
-    """Check `path` against its digest (unless `verify` is False: `latest_to_resume` did) and this run
+    """Check `path` against its digest on rank 0 (unless `verify` is False: `latest_to_resume` did) and this run
     (`check_compatible`), then load it into `state` in place (model, optimizer and the rest)."""
     if verify:
-        verify_checkpoint(path)
+        on_rank_zero(fabric, lambda: verify_checkpoint(path))
     metadata = load_metadata(path, trust_pickle)
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
     if path.is_dir():
