@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_gpt.cli import check_command_line, stop_quietly_before_training  # noqa: E402
+from lit_gpt.cli import UserError, check_command_line, stop_quietly_before_training  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not a traceback
@@ -559,7 +559,7 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             fabric.print(format_metrics(step, max_steps, metrics))
             fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
-                raise RuntimeError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))
+                raise UserError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))  # one line
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
@@ -573,7 +573,8 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
             state["train_dataloader"] = train_loader.state_dict()
             state["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
             path = checkpoint_path(out_dir, step)
-            save_checkpoint(fabric, path, state)
+            with stop.saving(path):
+                save_checkpoint(fabric, path, state)
             fabric.print(f"Saved {path}")
             save_pruned(fabric, out_dir, path, h["keep_last"], nonfinite_streak)
         if stopping:
