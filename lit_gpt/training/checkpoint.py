@@ -36,6 +36,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import lightning as L
 import torch
 import torch.distributed.checkpoint as dcp
+from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.fabric.wrappers import _unwrap_objects
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -57,6 +59,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from lit_gpt.cli import rank
 from lit_gpt.config import Config
+from lit_gpt.data.order import ORDER
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.files import (
     CHECKSUMS,
@@ -70,7 +73,7 @@ from lit_gpt.files import (
     write_failure,
 )
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
-from lit_gpt.weights import strip_wrapper_prefixes
+from lit_gpt.weights import load_lit_state_dict, strip_wrapper_prefixes
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 OWN_NAME = re.compile(r"^step-(\d{8,})\.pth$")  # exactly what checkpoint_path writes
@@ -491,7 +494,7 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
     return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
 
 
-# the settings that litdata's saved loader position holds only under (it refuses to restore with others)
+# the settings that litdata's saved loader position (of a checkpoint from before the global order) holds only under
 LOADER_SETTINGS = ("micro_batch_size", "num_workers", "seed")
 
 
@@ -508,9 +511,12 @@ def check_compatible(
     run_hparams: Optional[Dict[str, Any]] = None,
     recorded_sources: Callable[[Dict[str, Any]], Optional[list]] = recorded_train_sources,
 ) -> None:
-    """Refuse to resume from a checkpoint of another model, written by another number of processes, or (given this
-    run's `run_hparams`) with other data-loader settings. `recorded_sources(hparams)` reads the training sources of
-    the checkpoint's hparams (`lit_gpt.data.loaders.recorded_sources` knows those of runs before --train_data)."""
+    """Refuse to resume from a checkpoint of another model, or (given this run's `run_hparams`) of other data or
+    another data order (`--seed`). A checkpoint whose data position is a cursor into the global order
+    (`lit_gpt.data.order`) resumes on any number of processes, micro-batch size and loader workers; one written
+    before (litdata's position) only on its own number, micro-batch size and workers. `recorded_sources(hparams)`
+    reads the training sources of the checkpoint's hparams (`lit_gpt.data.loaders.recorded_sources` knows those of
+    runs before --train_data)."""
     if "hparams" not in metadata:
         raise ValueError(
             f"{path} is not a training checkpoint of pretrain/tinyllama.py (it holds no run settings) and cannot be "
@@ -526,10 +532,17 @@ def check_compatible(
             f"Resume with the checkpoint's --model_name {hparams.get('model_name')!r} (and --block_size), "
             "or start a new run with another --out_dir."
         )
-    if hparams.get("world_size") != world_size:
+    elastic = hparams.get("data_order") == ORDER
+    if "data_order" in hparams and not elastic:
         raise ValueError(
-            f"{path} was written by {hparams.get('world_size')} processes, this run has {world_size}. The data "
-            "loader's position is tied to the number of processes: resume with the same --devices × --num_nodes."
+            f"{path} keeps its data position in order {hparams['data_order']!r}, which this version of lit_gpt does "
+            f"not know (it knows {ORDER!r}): resume it with the version that wrote it"
+        )
+    if not elastic and hparams.get("world_size") != world_size:
+        raise ValueError(
+            f"{path} was written by {hparams.get('world_size')} processes, this run has {world_size}. It was saved "
+            "before elastic resume, so its data position (litdata's) is tied to the number of processes: resume it "
+            "with the same --devices × --num_nodes; its next checkpoint does not resume elsewhere either."
         )
     if run_hparams and run_hparams.get("train_sources") is not None:
         check_same_sources(path, recorded_sources(hparams), run_hparams["train_sources"])
@@ -542,7 +555,13 @@ def check_compatible(
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
         check_same_attention_mask(path, hparams, run_hparams)
-    changed = [k for k in LOADER_SETTINGS if k in hparams and k in run_hparams and hparams[k] != run_hparams[k]]
+    if elastic and run_hparams and "seed" in hparams and hparams["seed"] != run_hparams.get("seed"):
+        raise ValueError(
+            f"{path} was written with --seed {hparams['seed']}, this run has --seed {run_hparams.get('seed')}: the "
+            f"seed orders the data, so the resumed run would see other sequences. Resume with --seed {hparams['seed']}"
+        )
+    settings = () if elastic else LOADER_SETTINGS
+    changed = [k for k in settings if k in hparams and k in run_hparams and hparams[k] != run_hparams[k]]
     if changed:
         then, now = (" ".join(f"--{k} {h[k]}" for k in changed) for h in (hparams, run_hparams))
         raise ValueError(
@@ -633,6 +652,9 @@ def load_checkpoint(
         on_rank_zero(fabric, lambda: verify_checkpoint(path))
     metadata = load_metadata(path, trust_pickle)
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
+    note = precision_note(path, metadata["hparams"].get("precision"), (state["hparams"] or {}).get("precision"))
+    if note:
+        fabric.print(note, file=sys.stderr)  # once, on rank 0
     if path.is_dir():
         remainder = _load_sharded(path, state, trust_pickle)
         fabric.barrier()
@@ -640,6 +662,23 @@ def load_checkpoint(
         remainder = fabric.load(path, state, weights_only=not trust_pickle)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")
+
+
+def precision_note(path: Path, then: Optional[str], now: Optional[str]) -> Optional[str]:
+    """The line that says a resume changes the --precision that `path` was written with (the weights were cast
+    without a word), or None. bf16-true keeps the weights and optimizer states in bfloat16, the others in float32."""
+    if then is None or now is None or then == now:
+        return None
+    dtypes = ["bfloat16" if p == "bf16-true" else "float32" for p in (then, now)]
+    cast = (
+        f"its weights and optimizer states are cast from {dtypes[0]} to {dtypes[1]}"
+        if dtypes[0] != dtypes[1]
+        else f"the weights stay {dtypes[0]}, the computation changes"
+    )
+    return (
+        f"Note: {path.name} was written with --precision {then}, this run has --precision {now}: {cast}. Resume "
+        f"with --precision {then} to continue as before"
+    )
 
 
 ########################
@@ -759,3 +798,11 @@ def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tupl
             "save it with `fabric.save(path, {'model': model, ...})`"
         )
     return entries
+
+
+def load_lit_weights(fabric: L.Fabric, model: torch.nn.Module, model_file: Path) -> None:
+    """The weights of a lit checkpoint's `model_file` into `model` set up by `fabric` (sharded or not), strictly:
+    read as `load_lit_state_dict` reads them (tensors only, without running code, memory-mapped: lit-gpt's
+    `incremental_save` files and litgpt's names too), each tensor then written into its shards."""
+    state_dict = load_lit_state_dict(model_file)
+    _load_raw_module_state(state_dict, _unwrap_objects(model), world_size=fabric.world_size, strict=True)
