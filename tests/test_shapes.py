@@ -72,3 +72,28 @@ def test_new_shape_matches_transformers(name):
     # the fused loss (one weight for the tied head) gives the same loss
     model.fused_loss = True
     torch.testing.assert_close(model(idx, targets=targets), loss, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["Llama-3.2-1B", "Qwen3-0.6B", "OLMo-2-0425-1B"])
+def test_new_shape_round_trips_through_transformers(name, tmp_path):
+    """lit -> HF files (saved by transformers, the tied head stored once) -> lit: the same bytes, the same logits."""
+    from lit_gpt.hf import hf_to_lit_state_dict
+
+    config = reduced(name)
+    torch.manual_seed(0)
+    model = GPT(config)
+    init_weights(model, config.n_layer, config.n_embd)
+    hf = hf_model(config)
+    hf.load_state_dict(lit_to_hf_state_dict(model.state_dict(), config), strict=False)
+    hf.save_pretrained(tmp_path)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    idx = torch.randint(0, config.vocab_size, (1, 24))
+    torch.testing.assert_close(loaded(idx).logits, model(idx), atol=1e-5, rtol=1e-5)
+    back = hf_to_lit_state_dict(loaded.state_dict(), config)
+    ours = model.state_dict()
+    if config.tie_embeddings:
+        assert "lm_head.weight" not in back
+        back["lm_head.weight"] = back["transformer.wte.weight"]
+    assert back.keys() == ours.keys()
+    for key, tensor in ours.items():
+        assert torch.equal(back[key], tensor), key
