@@ -54,6 +54,8 @@ class Config:
     rope_adjustments: Optional[dict] = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.norm_qk, bool):  # litgpt's flag: per head unless its norm_qk_type says otherwise
+            self.norm_qk = "head" if self.norm_qk else None
         if not self.name:
             self.name = self.hf_config.get("name", self.name)
         if self.padded_vocab_size is None:
