@@ -9,7 +9,8 @@ from typing import Any, Literal, Optional, Union
 
 # the fields that decide the computation: weights of a config that differs in one of them are refused
 ARCHITECTURE = (
-    "n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "rope_base", "norm_eps"
+    "n_layer", "n_head", "n_embd", "head_size", "n_query_groups", "intermediate_size", "rope_base", "norm_eps",
+    "tie_embeddings", "attn_bias", "norm_qk", "norm_placement", "rope_adjustments",
 )  # fmt: skip
 
 
@@ -40,8 +41,21 @@ class Config:
     norm_eps: float = 1e-5
     norm_class_name: Literal["RMSNorm", "LayerNorm"] = "LayerNorm"
     mlp_class_name: Literal["LLaMAMLP", "GptNeoxMLP"] = "GptNeoxMLP"
+    # the output head is the input embedding, one weight (Llama 3.2, SmolLM2, Qwen3)
+    tie_embeddings: bool = False
+    # biases on the q, k, v projection only (Qwen2.5); `bias` puts them on every linear layer
+    attn_bias: bool = False
+    # RMSNorm on queries and keys before RoPE: "head" normalizes each head (Qwen3), "full" the whole projection
+    # (OLMo 2); None: none
+    norm_qk: Optional[Literal["head", "full"]] = None
+    # "pre": x + f(norm(x)); "post": x + norm(f(x)) (OLMo 2)
+    norm_placement: Literal["pre", "post"] = "pre"
+    # Llama 3's RoPE frequency scaling: {"factor", "low_freq_factor", "high_freq_factor", "original_max_seq_len"}
+    rope_adjustments: Optional[dict] = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.norm_qk, bool):  # litgpt's flag: per head unless its norm_qk_type says otherwise
+            self.norm_qk = "head" if self.norm_qk else None
         if not self.name:
             self.name = self.hf_config.get("name", self.name)
         if self.padded_vocab_size is None:
@@ -227,6 +241,112 @@ for c in llama_2:
             mlp_class_name="LLaMAMLP",
         )
         configs.append(copy)
+
+########################
+# Meta Llama 3.2 (https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json, .../Llama-3.2-3B/...)
+########################
+_llama_like = dict(
+    rotary_percentage=1.0,
+    parallel_residual=False,
+    bias=False,
+    norm_class_name="RMSNorm",
+    mlp_class_name="LLaMAMLP",
+)
+for name, n_layer, n_embd, n_head in (("Llama-3.2-1B", 16, 2048, 32), ("Llama-3.2-3B", 28, 3072, 24)):
+    configs.append(
+        dict(
+            name=name,
+            hf_config=dict(org="meta-llama", name=name),
+            block_size=131072,
+            vocab_size=128256,
+            padded_vocab_size=128256,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_query_groups=8,
+            intermediate_size=8192,
+            rope_base=500000,
+            rope_adjustments=dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=8192),
+            norm_eps=1e-5,
+            tie_embeddings=True,
+            **_llama_like,
+        )
+    )
+
+########################
+# SmolLM2 (https://huggingface.co/HuggingFaceTB/SmolLM2-135M/blob/main/config.json and the 360M, 1.7B ones)
+########################
+for name, n_layer, n_embd, n_head, n_query_groups, intermediate_size, rope_base in (
+    ("SmolLM2-135M", 30, 576, 9, 3, 1536, 100000),
+    ("SmolLM2-360M", 32, 960, 15, 5, 2560, 100000),
+    ("SmolLM2-1.7B", 24, 2048, 32, 32, 8192, 130000),
+):
+    configs.append(
+        dict(
+            name=name,
+            hf_config=dict(org="HuggingFaceTB", name=name),
+            block_size=8192,
+            vocab_size=49152,
+            padded_vocab_size=49152,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            n_query_groups=n_query_groups,
+            intermediate_size=intermediate_size,
+            rope_base=rope_base,
+            norm_eps=1e-5,
+            tie_embeddings=True,
+            **_llama_like,
+        )
+    )
+
+########################
+# Qwen3 (https://huggingface.co/Qwen/Qwen3-0.6B/blob/main/config.json, .../Qwen3-1.7B/...): head_dim 128
+########################
+for name, n_embd, intermediate_size in (("Qwen3-0.6B", 1024, 3072), ("Qwen3-1.7B", 2048, 6144)):
+    configs.append(
+        dict(
+            name=name,
+            hf_config=dict(org="Qwen", name=name),
+            block_size=40960,
+            vocab_size=151936,
+            padded_vocab_size=151936,
+            n_layer=28,
+            n_embd=n_embd,
+            n_head=16,
+            n_query_groups=8,
+            head_size=128,
+            intermediate_size=intermediate_size,
+            rope_base=1000000,
+            norm_eps=1e-6,
+            norm_qk="head",
+            tie_embeddings=True,
+            **_llama_like,
+        )
+    )
+
+########################
+# OLMo 2 (https://huggingface.co/allenai/OLMo-2-0425-1B/blob/main/config.json)
+########################
+configs.append(
+    dict(
+        name="OLMo-2-0425-1B",
+        hf_config=dict(org="allenai", name="OLMo-2-0425-1B"),
+        block_size=4096,
+        vocab_size=100352,
+        padded_vocab_size=100352,
+        n_layer=16,
+        n_embd=2048,
+        n_head=16,
+        n_query_groups=16,
+        intermediate_size=8192,
+        rope_base=500000,
+        norm_eps=1e-6,
+        norm_qk="full",
+        norm_placement="post",
+        **_llama_like,
+    )
+)
 
 name_to_config = {c["name"]: c for c in configs}
 hf_name_to_config = {c["hf_config"]["name"]: c for c in configs if c.get("hf_config")}

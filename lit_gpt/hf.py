@@ -25,6 +25,26 @@ _GLOBAL_MAP = {
     "transformer.ln_f.weight": "model.norm.weight",
     "lm_head.weight": "lm_head.weight",
 }
+_QK_NORM_MAP = {
+    "transformer.h.{}.attn.norm_q.weight": "model.layers.{}.self_attn.q_norm.weight",
+    "transformer.h.{}.attn.norm_k.weight": "model.layers.{}.self_attn.k_norm.weight",
+}
+# OLMo 2: the norms after attention and MLP
+_POST_NORM_MAP = {
+    "transformer.h.{}.norm_1.weight": "model.layers.{}.post_attention_layernorm.weight",
+    "transformer.h.{}.norm_2.weight": "model.layers.{}.post_feedforward_layernorm.weight",
+}
+
+
+def _layer_map(config: Config) -> Dict[str, str]:
+    names = dict(_LAYER_MAP)
+    if config.norm_placement == "post":
+        names.update(_POST_NORM_MAP)
+    if config.norm_qk:
+        names.update(_QK_NORM_MAP)
+    return names
+
+
 _LAYER_RE = re.compile(r"(.*\.)(\d+)(\..*)")
 
 
@@ -69,18 +89,22 @@ def fuse_litgpt_qkv(qkv: torch.Tensor, config: Config) -> torch.Tensor:
 def lit_to_hf(items: Iterable[Tuple[str, torch.Tensor]], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
     """Map (name, tensor) pairs of a lit state dict to HF Llama's, one tensor at a time."""
     _check_llama(config)
+    layer_map = _layer_map(config)
     for name, tensor in items:
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue  # the embedding: stored once, as HF's tied checkpoints do
         if name in _GLOBAL_MAP:
             yield _GLOBAL_MAP[name], tensor
             continue
         template, layer = _split_layer(name)
-        if template == "transformer.h.{}.attn.attn.weight":
+        if template in ("transformer.h.{}.attn.attn.weight", "transformer.h.{}.attn.attn.bias"):
+            attr = template.rsplit(".", 1)[1]
             q, k, v = split_qkv(tensor, config)
-            yield f"model.layers.{layer}.self_attn.q_proj.weight", q
-            yield f"model.layers.{layer}.self_attn.k_proj.weight", k
-            yield f"model.layers.{layer}.self_attn.v_proj.weight", v
-        elif template in _LAYER_MAP:
-            yield _LAYER_MAP[template].format(layer), tensor
+            yield f"model.layers.{layer}.self_attn.q_proj.{attr}", q.reshape(-1, *tensor.shape[1:])
+            yield f"model.layers.{layer}.self_attn.k_proj.{attr}", k.reshape(-1, *tensor.shape[1:])
+            yield f"model.layers.{layer}.self_attn.v_proj.{attr}", v.reshape(-1, *tensor.shape[1:])
+        elif template in layer_map:
+            yield layer_map[template].format(layer), tensor
         else:
             raise KeyError(f"No Hugging Face Llama name for the lit weight {name!r}")
 
@@ -99,7 +123,9 @@ def hf_to_lit(
     `lm_head.weight`). lit's head is a separate weight, which gets a copy of the embedding: the same logits, but
     continued training updates the two apart."""
     _check_llama(config)
-    pending: Dict[int, Dict[str, torch.Tensor]] = {}
+    tie_word_embeddings = tie_word_embeddings or config.tie_embeddings
+    hf_layer = {v: k for k, v in _layer_map(config).items()}
+    pending: Dict[Tuple[int, str], Dict[str, torch.Tensor]] = {}
     for name, tensor in items:
         if name.endswith("rotary_emb.inv_freq"):
             continue  # a buffer that older transformers versions saved; lit rebuilds it
@@ -107,21 +133,22 @@ def hf_to_lit(
             continue  # the embedding, saved twice; the copy below stands for it
         if name in _HF_GLOBAL:
             yield _HF_GLOBAL[name], tensor
-            if name == "model.embed_tokens.weight" and tie_word_embeddings:
+            if name == "model.embed_tokens.weight" and tie_word_embeddings and not config.tie_embeddings:
                 yield "lm_head.weight", tensor.clone()
             continue
         template, layer = _split_layer(name)
-        if template in _HF_LAYER:
-            yield _HF_LAYER[template].format(layer), tensor
+        if template in hf_layer:
+            yield hf_layer[template].format(layer), tensor
             continue
-        m = re.fullmatch(r"model\.layers\.\{\}\.self_attn\.([qkv])_proj\.weight", template)
+        m = re.fullmatch(r"model\.layers\.\{\}\.self_attn\.([qkv])_proj\.(weight|bias)", template)
         if m is None:
             raise KeyError(f"No lit name for the Hugging Face weight {name!r}")
-        parts = pending.setdefault(layer, {})
+        parts = pending.setdefault((layer, m.group(2)), {})
         parts[m.group(1)] = tensor
         if len(parts) == 3:
-            del pending[layer]
-            yield f"transformer.h.{layer}.attn.attn.weight", fuse_qkv(parts["q"], parts["k"], parts["v"], config)
+            del pending[(layer, m.group(2))]
+            fused = fuse_qkv(parts["q"], parts["k"], parts["v"], config)
+            yield f"transformer.h.{layer}.attn.attn.{m.group(2)}", fused
     if pending:
         raise KeyError(f"Incomplete q/k/v projections for layers {sorted(pending)}")
 
@@ -134,14 +161,41 @@ def hf_to_lit_state_dict(state_dict: Dict[str, torch.Tensor], config: Config) ->
     return dict(hf_to_lit(state_dict.items(), config))
 
 
+def hf_model_type(config: Config) -> str:
+    """The transformers family that computes what `config` does: llama, qwen3 (per-head QK norm) or olmo2 (QK norm
+    over the projections, norms after attention and MLP)."""
+    if config.norm_qk == "head" and config.norm_placement == "pre":
+        return "qwen3"
+    if config.norm_qk == "full" and config.norm_placement == "post" and not config.attn_bias:
+        return "olmo2"
+    if config.norm_qk is None and config.norm_placement == "pre":
+        return "llama"
+    raise ValueError(
+        f"{config.name!r} combines norm_qk={config.norm_qk!r} with norm_placement={config.norm_placement!r}, which no "
+        "transformers family computes (Llama: neither; Qwen3: 'head' with 'pre'; OLMo 2: 'full' with 'post')"
+    )
+
+
 def config_to_hf(config: Config) -> dict:
-    """The `config.json` of a transformers `LlamaForCausalLM` equal to `config`."""
+    """The `config.json` of the transformers model (`hf_model_type`) equal to `config`."""
     _check_llama(config)
     if config.rope_n_elem != config.head_size:
         raise ValueError("HF Llama rotates every channel of a head; this config has rotary_percentage < 1")
+    model_type = hf_model_type(config)
+    rope = {"rope_type": "default", "rope_theta": float(config.rope_base)}
+    if config.rope_adjustments:
+        adj = config.rope_adjustments
+        rope.update(
+            rope_type="llama3",
+            factor=float(adj["factor"]),
+            low_freq_factor=float(adj["low_freq_factor"]),
+            high_freq_factor=float(adj["high_freq_factor"]),
+            original_max_position_embeddings=int(adj["original_max_seq_len"]),
+        )
+    architecture = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM"}
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture[model_type]],
+        "model_type": model_type,
         "vocab_size": config.padded_vocab_size,
         "hidden_size": config.n_embd,
         "intermediate_size": config.intermediate_size,
@@ -153,10 +207,11 @@ def config_to_hf(config: Config) -> dict:
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": float(config.rope_base),  # transformers < 5
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(config.rope_base)},  # transformers 5
-        "attention_bias": False,
+        "rope_parameters": rope,  # transformers 5
+        **({"rope_scaling": rope} if config.rope_adjustments else {}),  # transformers < 5
+        "attention_bias": config.attn_bias,
         "mlp_bias": False,
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": config.tie_embeddings,
         "bos_token_id": 1,
         "eos_token_id": 2,
         "torch_dtype": "float32",

@@ -34,6 +34,8 @@ class GPT(nn.Module):
         )
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
+        if config.tie_embeddings:  # one parameter: the head reads the embedding's weight
+            self.lm_head.weight = self.transformer.wte.weight
         self.mask_cache: Optional[torch.Tensor] = None
         self._max_seq_length = config.block_size
         # with targets: True computes the loss chunk by chunk without materializing the logits (lit_gpt/loss.py),
@@ -66,7 +68,11 @@ class GPT(nn.Module):
         """(Re)build the rotary cache; call after materializing a model created on the meta device."""
         device = self.lm_head.weight.device
         cos, sin = build_rope_cache(
-            self.config.block_size, self.config.rope_n_elem, base=self.config.rope_base, device=device
+            self.config.block_size,
+            self.config.rope_n_elem,
+            base=self.config.rope_base,
+            device=device,
+            adjustments=self.config.rope_adjustments,
         )
         self.cos, self.sin = cos, sin
 
@@ -175,8 +181,12 @@ class Block(nn.Module):
         self.norm_2 = build_norm(config)
         self.mlp = LLaMAMLP(config) if config.mlp_class_name == "LLaMAMLP" else GptNeoxMLP(config)
         self.parallel_residual = config.parallel_residual
+        self.post_norm = config.norm_placement == "post"
 
     def forward(self, x, cos, sin, mask=None, input_pos=None, documents=None) -> torch.Tensor:
+        if self.post_norm:  # OLMo 2: the norms on the outputs of attention and MLP, inside the residual
+            x = x + self.norm_1(self.attn(x, cos, sin, mask, input_pos, documents))
+            return x + self.norm_2(self.mlp(x))
         h = self.attn(self.norm_1(x), cos, sin, mask, input_pos, documents)
         if self.parallel_residual:
             return x + h + self.mlp(self.norm_2(x))
@@ -189,7 +199,13 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         # q, k and v of all heads in one matmul, laid out per query group: [q x q_per_kv, k, v] x n_query_groups
         shape = (config.n_head + 2 * config.n_query_groups) * config.head_size
-        self.attn = nn.Linear(config.n_embd, shape, bias=config.bias)
+        self.attn = nn.Linear(config.n_embd, shape, bias=config.bias or config.attn_bias)
+        if config.norm_qk == "head":  # one weight of head_size shared by the heads (Qwen3)
+            self.norm_q = RMSNorm(config.head_size, eps=config.norm_eps)
+            self.norm_k = RMSNorm(config.head_size, eps=config.norm_eps)
+        elif config.norm_qk == "full":  # over all heads' queries, all groups' keys (OLMo 2)
+            self.norm_q = RMSNorm(config.n_head * config.head_size, eps=config.norm_eps)
+            self.norm_k = RMSNorm(config.n_query_groups * config.head_size, eps=config.norm_eps)
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.bias)
         self.kv_cache: Optional[KVCache] = None
         # causal attention over a whole sequence, (B, T, heads, head_size) in and out: SDPA unless
@@ -217,6 +233,11 @@ class CausalSelfAttention(nn.Module):
         k = k.reshape(B, T, C.n_query_groups, C.head_size)
         # a compact copy: as a view, v (or k), saved by attention for backward, would keep all of `qkv` alive
         v = v.reshape(B, T, C.n_query_groups, C.head_size).contiguous()
+        if C.norm_qk == "head":
+            q, k = self.norm_q(q), self.norm_k(k)
+        elif C.norm_qk == "full":
+            q = self.norm_q(q.reshape(B, T, -1)).view(B, T, C.n_head, C.head_size)
+            k = self.norm_k(k.reshape(B, T, -1)).view(B, T, C.n_query_groups, C.head_size)
 
         # (T, 1, n_elem), or (B, T, 1, n_elem) with positions per document: broadcast over the heads
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
@@ -353,9 +374,22 @@ class KVCache(nn.Module):
         return self.k, self.v
 
 
-def build_rope_cache(seq_len: int, n_elem: int, base: int = 10000, device=None):
-    """cos and sin (seq_len, n_elem) in float32, in the "rotate half" layout that lit-gpt and HF Llama share."""
-    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.float32) / n_elem))
+def build_rope_cache(seq_len: int, n_elem: int, base: int = 10000, device=None, adjustments: Optional[dict] = None):
+    """cos and sin (seq_len, n_elem) in float32, in the "rotate half" layout that lit-gpt and HF Llama share.
+
+    `adjustments`: Llama 3's frequency scaling (`Config.rope_adjustments`): wavelengths longer than
+    original_max_seq_len / low_freq_factor are divided by `factor`, those shorter than
+    original_max_seq_len / high_freq_factor kept, those between interpolated."""
+    theta = 1.0 / (base ** (torch.arange(0, n_elem, 2, device=device, dtype=torch.int64).float() / n_elem))
+    if adjustments is not None:
+        factor, low, high = adjustments["factor"], adjustments["low_freq_factor"], adjustments["high_freq_factor"]
+        original = adjustments["original_max_seq_len"]
+        wavelen = 2 * math.pi / theta
+        scaled = torch.where(wavelen > original / low, theta / factor, theta)
+        smooth = (original / wavelen - low) / (high - low)
+        between = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= original / high) & (wavelen <= original / low)
+        theta = torch.where(medium, between, scaled)
     seq_idx = torch.arange(seq_len, device=device, dtype=torch.float32)
     idx_theta = torch.outer(seq_idx, theta).repeat(1, 2)
     return torch.cos(idx_theta), torch.sin(idx_theta)

@@ -58,7 +58,7 @@ def test_unknown_name_lists_close_matches():
     # Llama 2's lit names are the hub's: each was suggested twice
     with pytest.raises(
         ValueError,
-        match="Did you mean: Llama-2-7b-hf, Llama-2-70b-hf, Llama-2-13b-hf, Llama-2-7b-chat-hf, Llama-2-70b-chat-hf[?]",
+        match="Did you mean: Llama-2-7b-hf, Llama-2-70b-hf, Llama-2-13b-hf, Llama-3.2-3B, Llama-3.2-1B[?]",
     ):
         Config.from_name("Llama-2-7b")
 
