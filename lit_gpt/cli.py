@@ -49,6 +49,7 @@ OPTIONAL = {
     "transformers": "pip install transformers",
     "torchao": "pip install -e '.[hopper]'",
     "flash_attn": "pip install -e '.[hopper]'",
+    "lm_eval": "pip install -e '.[eval]'",
 }
 # the names that an entry function's annotations and defaults may use in the first, light parse (no import needed)
 SIMPLE = dict(Any=Any, Dict=Dict, List=List, Literal=Literal, Optional=Optional, Tuple=Tuple, Union=Union, Path=Path)
