@@ -20,6 +20,7 @@ only by those who evaluate (`eval/harness.py`, `pretrain/tinyllama.py --eval_tas
 
 import contextlib
 import copy
+import functools
 import random
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -293,6 +294,15 @@ def _resolve(files: Any, folder: Path) -> Any:
     return [_resolve(f, folder) for f in files]
 
 
+@functools.lru_cache(maxsize=2)
+def task_manager(local_only: bool):
+    """lm-evaluation-harness' index of tasks, made once per process (its own thousands of task files take seconds to
+    index); not indexed at all when every task is a local YAML file."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=not local_only)
+
+
 @contextlib.contextmanager
 def rng_untouched() -> Iterator[None]:
     """Put back every random number generator that training draws from (Python's, NumPy's, torch's on the CPU and
@@ -329,7 +339,6 @@ def evaluate_tasks(
     whole result on rank 0 (with each request's answers with `log_samples`), None elsewhere. The model is put in eval
     mode and back, and the random generators are left untouched (`rng_untouched`)."""
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     lm = LitLM(model, tokenizer, separators, batch_size=batch_size, max_gen_toks=max_gen_toks)
     specs = task_specs(tasks)
@@ -342,7 +351,7 @@ def evaluate_tasks(
                 tasks=copy.deepcopy(specs),
                 num_fewshot=num_fewshot,
                 limit=limit,
-                task_manager=TaskManager(),
+                task_manager=task_manager(all(isinstance(spec, dict) for spec in specs)),
                 log_samples=log_samples,
                 bootstrap_iters=0,
                 verbosity="WARNING",
