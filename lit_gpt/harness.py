@@ -34,6 +34,7 @@ from lit_gpt.cli import UserError
 from lit_gpt.data.separators import Separators, prompt_prefix, stop_ids
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.training.step import reshard
 
 LOCAL_TASK_SUFFIXES = (".yaml", ".yml")
 
@@ -402,8 +403,6 @@ class TaskEvaluator:
         self.batch_size = batch_size
 
     def __call__(self, fabric, model: GPT, step: int, tokens: int) -> Dict[str, float]:
-        from lit_gpt.training.step import reshard
-
         scores, _ = evaluate_tasks(model, self.tokenizer, self.separators, self.tasks, self.limit,
                                    batch_size=self.batch_size)  # fmt: skip
         reshard(model)  # FSDP2 modules that keep their weights gathered after a forward: sharded again, as validate
