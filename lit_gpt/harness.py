@@ -145,10 +145,11 @@ class LitLM(TemplateLM):
             idx = torch.zeros(len(batch), length, dtype=torch.long)
             for j, i in enumerate(batch):
                 idx[j, : len(rows[i][0])] = torch.tensor(rows[i][0])
-            logprobs = F.log_softmax(self._forward(idx).float(), dim=-1)
+            logits = self._forward(idx)
             for j, i in enumerate(batch):
                 inp, continuation = rows[i]
-                scored = logprobs[j, len(inp) - len(continuation) : len(inp)]  # the positions that predict it
+                # the positions that predict the continuation, in float32: the softmax of those alone
+                scored = F.log_softmax(logits[j, len(inp) - len(continuation) : len(inp)].float(), dim=-1)
                 target = torch.tensor(continuation, device=scored.device)
                 greedy = bool((scored.argmax(dim=-1) == target).all())
                 results[i] = (float(scored.gather(-1, target[:, None]).sum()), greedy)

@@ -198,3 +198,31 @@ def test_eval_tasks_without_a_tokenizer_or_with_a_missing_task_file_is_refused_u
         proc = subprocess.run(base + flags, capture_output=True, text=True, timeout=120, env=_env())
         assert proc.returncode != 0 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert not list(tmp_path.glob("step-*"))
+
+
+def test_rolling_loglikelihood_is_the_text_after_the_prefix_token(bos_checkpoints):
+    """A whole text's log-likelihood (perplexity tasks): each token after the prefix token and the tokens before it;
+    a text longer than the model's window is scored in windows that together cover it once."""
+    import lightning as L
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from lit_gpt.data.separators import read_separators
+    from lit_gpt.generate import load_model
+    from lit_gpt.harness import LitLM
+    from lit_gpt.tokenizer import Tokenizer
+
+    lit = bos_checkpoints[0]
+    tokenizer = Tokenizer(lit)
+    model = load_model(L.Fabric(devices=1, accelerator="cpu", precision="32-true"), lit)
+    lm = LitLM(model, tokenizer, read_separators(lit), batch_size=2, max_length=64)
+    short = "def forward(self, x):\n    return self.proj(x)\n"
+    long = (Path(__file__).read_text()[:3000]).strip()
+    ids = [tokenizer.bos_id] + tokenizer.encode_ids(short)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(torch.tensor([ids]))[0, :-1].float(), dim=-1)
+    expected = float(logprobs.gather(-1, torch.tensor(ids[1:])[:, None]).sum())
+    requests = [Instance("loglikelihood_rolling", {}, (text,), 0) for text in (short, long)]
+    got_short, got_long = lm.loglikelihood_rolling(requests)
+    assert got_short == pytest.approx(expected, abs=1e-4)
+    assert len(tokenizer.encode_ids(long)) > 3 * 64 and got_long < got_short < 0
