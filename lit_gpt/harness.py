@@ -175,22 +175,39 @@ class LitLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
         """Greedy continuations, until a stop string, a stop id of the convention or `max_gen_toks` tokens; requests
-        with the same generation arguments are batched, left-padded."""
+        with the same generation arguments are batched, left-padded. Under several processes, every process runs as
+        many batches of each kind of request as the process with the most (a stand-in batch where it has fewer)."""
         from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
         results: List[Optional[str]] = [None] * len(requests)
         groups: Dict[str, List[int]] = {}
         for n, req in enumerate(requests):
             groups.setdefault(repr(sorted(req.args[1].items())), []).append(n)
-        for members in groups.values():
-            kwargs = normalize_gen_kwargs(requests[members[0]].args[1], self.max_gen_toks)
+        plan = {
+            key: (requests[members[0]].args[1], -(-len(members) // self.batch_size)) for key, members in groups.items()
+        }
+        if self.world_size > 1:  # the kinds of request of every process, and the most batches of each
+            every = [None] * self.world_size
+            dist.all_gather_object(every, plan)
+            plan = {}
+            for other in every:
+                for key, (gen_kwargs, count) in other.items():
+                    plan[key] = (gen_kwargs, max(count, plan.get(key, (None, 0))[1]))
+        for key in sorted(plan):
+            gen_kwargs, count = plan[key]
+            kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
             if kwargs.get("do_sample") or kwargs.get("temperature", 0.0) > 0:
                 raise UserError(f"generation with sampling ({kwargs}) is not supported: greedy decoding only")
             until = handle_stop_sequences(kwargs.get("until"), eos=None)
             max_new = kwargs["max_gen_toks"]
+            members = groups.get(key, [])
             contexts = {n: self.tok_encode(requests[n].args[0])[-(self.max_length - max_new) :] for n in members}
             order = sorted(members, key=lambda n: (-len(contexts[n]), n))
-            for batch in _batches(order, self.batch_size):
+            batches = list(_batches(order, self.batch_size))
+            for batch in batches + [[]] * (count - len(batches)):
+                if not batch:  # a stand-in, for the forward passes of the processes that have one more batch
+                    self._generate([self.prefix], until, max_new)
+                    continue
                 generated = self._generate([contexts[n] for n in batch], until, max_new)
                 for n, ids in zip(batch, generated):
                     results[n] = postprocess_generated_text(self.tok_decode(ids), until, None)
