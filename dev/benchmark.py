@@ -82,7 +82,8 @@ def main(
             imports, else SDPA), `sdpa` or `fa4` (`lit_gpt/attention.py`); also `fa4_func`, flash-attn-4's public
             `flash_attn_func` called directly (a graph break in each compiled block), to measure against the
             custom ops of `fa4`.
-        fp8: float8 training of the block linear layers, `tensorwise` or `rowwise` (`lit_gpt/training/float8.py`);
+        fp8: float8 training of the block linear layers, `tensorwise`, `rowwise` or `tokenwise`
+            (`lit_gpt/training/float8.py`);
             bf16 if left out.
         fp8_fast_accum: with `--fp8`, accumulate the two backward products in cuBLAS's fast float8 mode too, as
             `pretrain/tinyllama.py` does by default (`lit_gpt.training.float8.convert_to_float8`); false: torchao's

@@ -21,9 +21,11 @@ learning-rate schedule:
     fp8_fa4    ours with both
     fp8_precise_fa4  fp8_fa4 with the backward float8 products in torchao's default precise accumulation
                   (`--fp8_fast_accum false`; fp8 and fp8_fa4 accumulate them fast, as pretraining does)
+    fp8t, fp8t_fa4  fp8 and fp8_fa4 with the `tokenwise` recipe (`--fp8 tokenwise`: a scale per token) instead of
+               tensorwise
 
-The variants of ours (ours_nudged, fp8, fa4, fp8_fa4, fp8_precise_fa4) are also compared with ours by the mean
-|loss - ours| / ours over the steps of `--window`, against the same figure for ours_nudged: a ratio <=
+The variants of ours (ours_nudged, fp8, fa4, fp8_fa4, fp8_precise_fa4, fp8t, fp8t_fa4) are also compared with ours by
+the mean |loss - ours| / ours over the steps of `--window`, against the same figure for ours_nudged: a ratio <=
 `--noise_ratio` (1.5) passes.
 
 The summary gives, per step, |loss - reference| / reference: its maximum (and where) and mean; the same against
@@ -59,6 +61,7 @@ from lit_gpt.training.optimizer import optimizer_param_groups  # noqa: E402
 from lit_gpt.training.step import training_step  # noqa: E402
 
 CASES = ("ours", "reference", "autocast", "litgpt", "nudged", "ours_nudged", "fp8", "fa4", "fp8_fa4", "fp8_precise_fa4")
+CASES += ("fp8t", "fp8t_fa4")
 # the variants of ours: the kernels they take (--fp8, --attention) and whether they start from bf16-nudged weights
 VARIANTS = {
     "ours": (None, "sdpa", False),
@@ -67,6 +70,8 @@ VARIANTS = {
     "fa4": (None, "fa4", False),
     "fp8_fa4": ("tensorwise", "fa4", False),
     "fp8_precise_fa4": ("tensorwise+precise_accum", "fa4", False),
+    "fp8t": ("tokenwise", "sdpa", False),
+    "fp8t_fa4": ("tokenwise", "fa4", False),
 }
 TRAIN_DIR = "slimpajama/train"
 
@@ -111,9 +116,9 @@ def main(
         beta2: AdamW's beta2.
         grad_clip: clip the gradient norm to this value; 0 disables clipping.
         cases: comma-separated cases to run, of `ours`, `reference`, `autocast`, `litgpt`, `nudged`, `ours_nudged`,
-            `fp8`, `fa4`, `fp8_fa4`, `fp8_precise_fa4`; the differences are taken against `reference`, `autocast` and
-            `ours`, so keep one of them in the list. fp8 and fa4 need a GPU that runs them (they are skipped, saying
-            why, elsewhere).
+            `fp8`, `fa4`, `fp8_fa4`, `fp8_precise_fa4`, `fp8t`, `fp8t_fa4`; the differences are taken against
+            `reference`, `autocast` and `ours`, so keep one of them in the list. fp8 and fa4 need a GPU that runs
+            them (they are skipped, saying why, elsewhere).
         tolerance: the largest per-step relative difference from `reference` (or `autocast`) that passes (0.01 is
             1%).
         window: first and last 1-based step over which the variants of ours are compared with ours (the early

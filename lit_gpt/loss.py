@@ -10,11 +10,20 @@ import torch
 import torch.nn.functional as F
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """The plain reference: mean cross-entropy over the non-ignored targets, computed in float32."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1).long(), ignore_index=ignore_index
-    )
+def cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, z_loss: float = 0.0
+) -> torch.Tensor:
+    """The plain reference: mean cross-entropy over the non-ignored targets, computed in float32, plus `z_loss` ×
+    the mean log²Z of those rows."""
+    logits, targets = logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1).long()
+    if not z_loss:
+        return F.cross_entropy(logits, targets, ignore_index=ignore_index)
+    # one pass over the logits: log Z = logit - log p for any column, here the first
+    log_probs = logits.log_softmax(dim=-1)
+    lse = logits[:, 0] - log_probs[:, 0]
+    valid = targets != ignore_index
+    nll = -log_probs.gather(1, torch.where(valid, targets, 0).unsqueeze(1)).squeeze(1)
+    return ((nll + z_loss * lse.square()) * valid).sum() / valid.sum().clamp(min=1)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -23,19 +32,29 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _chunk_loss_and_grad(logits, targets, row_scale, acc: torch.dtype, need_grad: bool):
+def _chunk_loss_and_grad(logits, targets, row_scale, acc: torch.dtype, need_grad: bool, z_loss: float = 0.0):
     """The summed loss of one chunk's rows, and d loss / d logits = (softmax - onehot) * row_scale in the logits'
     dtype; row_scale is 1 / n_valid for counted rows and 0 for ignored ones. Written as elementwise ops and row
-    reductions so that `torch.compile` makes one pass or two over the logits instead of seven."""
+    reductions so that `torch.compile` makes one pass or two over the logits instead of seven.
+
+    With `z_loss`, each counted row adds z_loss * lse², whose gradient z_loss * 2 * lse * softmax folds into the
+    softmax term: (softmax * (1 + 2 * z_loss * lse) - onehot) * row_scale."""
     in_dtype = logits.dtype
     logits = logits.to(acc)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     target_logit = logits.gather(1, targets.long().unsqueeze(1))
-    loss = ((lse - target_logit).squeeze(1) * (row_scale != 0)).sum()
+    counted = row_scale != 0
+    if z_loss:
+        loss = ((lse - target_logit + z_loss * lse.square()).squeeze(1) * counted).sum()
+    else:
+        loss = ((lse - target_logit).squeeze(1) * counted).sum()
     if not need_grad:
         return loss, None
     onehot = torch.arange(logits.size(1), device=logits.device) == targets.unsqueeze(1)
-    grad = (torch.exp(logits - lse) - onehot.to(acc)) * row_scale.unsqueeze(1)
+    probs = torch.exp(logits - lse)
+    if z_loss:
+        probs = probs * (1.0 + 2.0 * z_loss * lse)
+    grad = (probs - onehot.to(acc)) * row_scale.unsqueeze(1)
     return loss, grad.to(in_dtype)
 
 
@@ -79,7 +98,7 @@ def _mixed_dtype_addmm_works(in_dtype: torch.dtype, out_dtype: torch.dtype) -> b
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, targets, chunk_size, ignore_index, grad_enabled):
+    def forward(ctx, x, weight, targets, chunk_size, ignore_index, grad_enabled, z_loss):
         # x: (N, d), weight: (V, d), targets: (N,)
         dtype = _compute_dtype(x)
         w = weight.to(dtype)
@@ -97,7 +116,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             vc = valid[start : start + chunk_size]
             tc = torch.where(vc, targets[start : start + chunk_size], 0)
             logits = xc @ w.t()  # (chunk, V): the only logits alive at any time
-            loss_c, grad = chunk_fn(logits, tc, vc.to(acc) / n_valid, acc, need_grad)
+            loss_c, grad = chunk_fn(logits, tc, vc.to(acc) / n_valid, acc, need_grad, z_loss)
             loss += loss_c
             if grad_x is not None:
                 grad_x[start : start + chunk_size] = grad @ w
@@ -112,17 +131,25 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_w = ctx.saved_tensors
         gx = grad_x * grad_output.to(grad_x.dtype) if grad_x is not None else None
         gw = (grad_w * grad_output).to(ctx.weight_dtype) if grad_w is not None else None
-        return gx, gw, None, None, None, None
+        return gx, gw, None, None, None, None, None
 
 
 def fused_linear_cross_entropy(
-    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int = 4096, ignore_index: int = -100
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 4096,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
 ) -> torch.Tensor:
-    """Mean cross-entropy of `x @ weight.T` against `targets`, without materializing all logits.
+    """Mean cross-entropy of `x @ weight.T` against `targets` (plus `z_loss` × the mean log²Z), without
+    materializing all logits.
 
-    x: (..., d), weight: (V, d), targets: (...). Equal to `cross_entropy(F.linear(x, weight), targets)` up to
-    floating-point rounding (tested against it).
+    x: (..., d), weight: (V, d), targets: (...). Equal to `cross_entropy(F.linear(x, weight), targets, z_loss=...)`
+    up to floating-point rounding (tested against it).
     """
     x2 = x.reshape(-1, x.size(-1))
     grad_enabled = torch.is_grad_enabled()
-    return _FusedLinearCrossEntropy.apply(x2, weight, targets.reshape(-1), chunk_size, ignore_index, grad_enabled)
+    return _FusedLinearCrossEntropy.apply(
+        x2, weight, targets.reshape(-1), chunk_size, ignore_index, grad_enabled, z_loss
+    )

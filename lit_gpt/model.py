@@ -68,9 +68,11 @@ class GPT(nn.Module):
         eos_id: Optional[int] = None,
         document_positions: bool = False,
         max_documents: Optional[int] = None,
+        z_loss: float = 0.0,
     ) -> torch.Tensor:
         """Logits (B, T, padded_vocab_size) for token ids `idx` (B, T), or with `targets` (B, T) the mean
-        next-token cross-entropy (targets equal to -100 are ignored).
+        next-token cross-entropy (targets equal to -100 are ignored), plus `z_loss` × the mean log²Z of the output
+        softmax (`lit_gpt.loss`).
 
         With `input_pos` (T,), the positions of `idx` in the sequence, attention reads and updates the KV cache
         set by `set_kv_cache`; without it, `idx` is a whole sequence from position 0.
@@ -116,8 +118,8 @@ class GPT(nn.Module):
             return self.lm_head(x)
         fused = x.is_cuda if self.fused_loss is None else self.fused_loss
         if fused and self.lm_head.bias is None:
-            return fused_linear_cross_entropy(x, self.lm_head.weight, targets)
-        return cross_entropy(self.lm_head(x), targets)
+            return fused_linear_cross_entropy(x, self.lm_head.weight, targets, z_loss=z_loss)
+        return cross_entropy(self.lm_head(x), targets, z_loss=z_loss)
 
     def set_kv_cache(
         self,

@@ -49,6 +49,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
     val_dataloader,
     vocab_note,
 )
+from lit_gpt.data.order import ORDER, GlobalBatchLoader, SequenceLog, trim_sequence_log  # noqa: E402
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
@@ -67,7 +68,14 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
 from lit_gpt.training.float8 import precompute_scales_after_step  # noqa: E402
 from lit_gpt.training.launch import check_processes, choose_device, cpu_has_bf16  # noqa: E402
 from lit_gpt.training.logger import format_metrics  # noqa: E402
-from lit_gpt.training.lr import cosine_lr, warmup_warning  # noqa: E402
+from lit_gpt.training.lr import (  # noqa: E402
+    Schedule,
+    anneal_start,
+    check_schedule_flags,
+    make_schedule,
+    schedule_change_note,
+    warmup_warning,
+)
 from lit_gpt.training.optimizer import check_optimizer_flags, optimizer_param_groups  # noqa: E402
 from lit_gpt.training.parallel import model_parallel_fabric, reshard_choices  # noqa: E402
 from lit_gpt.training.resources import check_cpu_run  # noqa: E402
@@ -93,7 +101,7 @@ def setup(
     reshard_after_backward: Optional[bool] = None,
     accelerator: Literal["auto", "cuda", "gpu", "cpu"] = "auto",
     precision: Literal["bf16-mixed", "bf16-true", "32-true"] = "bf16-mixed",
-    fp8: Optional[Literal["tensorwise", "rowwise"]] = None,
+    fp8: Optional[Literal["tensorwise", "rowwise", "tokenwise"]] = None,
     fp8_fast_accum: bool = True,
     attention: Literal["auto", "sdpa", "fa4"] = "auto",
     document_mask: bool = False,
@@ -107,6 +115,12 @@ def setup(
     learning_rate: float = 4e-4,
     min_lr: float = 4e-5,
     warmup_steps: int = 2000,
+    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine",
+    decay_fraction: Optional[float] = None,
+    decay_steps: Optional[int] = None,
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "1-sqrt",
+    anneal_steps: Optional[int] = None,
+    z_loss: float = 0.0,
     weight_decay: float = 0.1,
     decay_norms_and_biases: bool = False,
     beta1: float = 0.9,
@@ -125,6 +139,7 @@ def setup(
     compile: Optional[bool] = None,
     activation_checkpointing: bool = False,
     num_workers: int = 1,
+    log_sequences: bool = False,
     max_nonfinite_steps: int = 10,
     seed: int = 3407,
     resume: Union[bool, Literal["auto"], Path] = False,
@@ -161,9 +176,11 @@ def setup(
         accelerator: `auto` picks CUDA when available, else CPU.
         precision: `bf16-mixed` (bf16 compute, float32 master weights and gradient reduction), `bf16-true` or
             `32-true`.
-        fp8: Float8 training (torchao) of the transformer blocks' linear layers: `tensorwise` (fastest; weights
-            all-gathered in float8) or `rowwise` (finer scales, slower). Needs a GPU of compute capability 8.9+
-            (Ada, Hopper, Blackwell) and `pip install -e ".[hopper]"`. Off by default; checkpoints hold ordinary
+        fp8: Float8 training of the transformer blocks' linear layers: torchao's `tensorwise` (weights all-gathered
+            in float8) or `rowwise` (finer scales, slower), or `tokenwise` (this project's own: a scale per token,
+            found in the same pass as the norm or SwiGLU before it; `lit_gpt/training/float8.py`). Needs a GPU of
+            compute capability 8.9+ (Ada, Hopper, Blackwell); torchao's (`pip install -e ".[hopper]"`) for the first
+            two. Off by default; checkpoints hold ordinary
             weights either way, so a run may resume with or without it (tutorials/pretrain_tinyllama.md).
         fp8_fast_accum: With --fp8, accumulate the backward float8 products (input and weight gradients) in cuBLAS's
             fast mode, as the forward product always is: 2% faster, the loss as close to bf16's as bf16 runs are to
@@ -182,14 +199,30 @@ def setup(
         global_batch_size: Sequences per optimizer step across all devices and nodes (not per node). Gradient
             accumulation steps = global_batch_size / (world size × micro_batch_size), which must be a whole number.
         micro_batch_size: Sequences per forward/backward pass on one device.
-        max_tokens: Train on this many tokens (3 trillion by default): the cosine schedule's length, and when to stop.
+        max_tokens: Train on this many tokens (3 trillion by default): the schedule's length, and when to stop.
         max_steps: Stop earlier, after this many optimizer steps. The schedule still spans `max_tokens`, so a run
             stopped here and resumed with a larger `max_steps` (or none) is the same run as one that did not stop.
         block_size: Train on sequences of this many tokens instead of the model's `block_size` (also the model's
             context length, stored in the checkpoint's config). Default: the model's.
         learning_rate: Peak learning rate, reached after the warmup.
-        min_lr: Learning rate at the end of the cosine decay.
+        min_lr: Learning rate at the end of the cosine decay (or of WSD's, or an anneal's).
         warmup_steps: Optimizer steps of linear warmup.
+        lr_schedule: After the warmup: `cosine` decays over the whole run (TinyLlama's); `wsd` (warmup-stable-decay)
+            holds the peak and decays only over the run's last steps, so that any checkpoint of its stable phase can
+            be annealed (--anneal_steps) instead of fixing the run's length in advance; `constant` holds the peak.
+            A resumed run whose schedule gives another learning rate than the checkpoint's is noted.
+        decay_fraction: With `wsd`: the share of the schedule's steps (--max_tokens) that decay. Default: 0.2.
+        decay_steps: With `wsd`: the optimizer steps that decay, instead of --decay_fraction.
+        decay_shape: The shape of WSD's decay and of an anneal, from the peak to --min_lr: `linear`, `cosine` or
+            `1-sqrt` (1 - sqrt(progress), Hägele et al. 2024).
+        anneal_steps: Branch the end of a run off a checkpoint of its stable phase (`wsd` or `constant`): resume it
+            with `--resume out/<run>/step-XXXXXXXX.pth --out_dir <new dir> --anneal_steps N`, which continues its
+            model, optimizer and data position and decays the learning rate from the peak to --min_lr over N steps
+            (--decay_shape), then stops; --max_tokens and WSD's length flags do not apply. An interrupted anneal
+            resumes with the same --anneal_steps (tutorials/pretrain_tinyllama.md).
+        z_loss: Add this multiple of the mean log²Z of the output softmax to the training loss (PaLM's z-loss, to
+            keep the logits from drifting; 1e-4 is usual), computed in the fused cross-entropy. The logged training
+            loss includes it, the validation loss does not. 0 (off) by default.
         weight_decay: AdamW's decoupled weight decay, applied to the weight matrices and embeddings.
         decay_norms_and_biases: Also decay the norm weights and biases (1-D parameters); off by default.
         beta1: AdamW's beta1.
@@ -212,10 +245,13 @@ def setup(
         logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
         compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
         activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
-        num_workers: Data-loader worker processes per device (a resumed run must use the same number). With one, a
-            resumed run continues with exactly the next sequence; with more, litdata's restored position can
-            repeat or skip a few sequences of the interrupted epoch (2 workers, mid-epoch: 4 of 244). One worker
-            reads a micro-batch of tokenized chunks in milliseconds: the log's `data wait`.
+        num_workers: Data-loader worker processes per device. One reads a micro-batch of tokenized chunks in
+            milliseconds (the log's `data wait`). A resumed run may use another number, as it may another
+            --devices, --num_nodes or --micro_batch_size: every step trains on the sequences it would have
+            (lit_gpt/data/order.py; tutorials/pretrain_tinyllama.md, "Resuming on another number of GPUs").
+        log_sequences: Write the identity of every sequence each process trains on, one JSON line per optimizer
+            step, to `out_dir/sequences/rank-<rank>.jsonl`: the number of its folder in the run's train_sources,
+            its index in that folder, and a digest of its tokens (`lit_gpt.data.order.SequenceLog`).
         max_nonfinite_steps: Stop when this many optimizer steps in a row had a non-finite gradient norm (each
             one is skipped: no update). Checked at log steps.
         seed: Seed of the weight initialization and the data order.
@@ -238,6 +274,11 @@ def setup(
     check_loop_flags(hparams)
     check_resume(resume, out_dir)
     run_steps = planned_steps(config, global_batch_size, max_tokens, max_steps)
+    if anneal_steps is None:  # a WSD decay that would overlap the warmup, refused now rather than after the start
+        make_schedule(lr_schedule, learning_rate, min_lr, warmup_steps, max_tokens // (global_batch_size *
+                      config.block_size), decay_fraction, decay_steps, decay_shape)  # fmt: skip
+    else:
+        hparams["lr_schedule"] = lr_schedule = "wsd"  # an anneal is a WSD decay from the checkpoint's step
     device, compile, attention, attention_note = choose_device(config, accelerator, precision, compile, attention, fp8)
     check_document_flags(document_mask, document_positions, eos_id)
     if device.type != "cuda":  # refuse what would not fit or would take hours per step, before the data or the model
@@ -266,7 +307,7 @@ def setup(
             fabric.print(note, file=sys.stderr)
         hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
         hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
-        hparams.update(attention=attention)
+        hparams.update(attention=attention, data_order=ORDER)  # the data position is a global cursor
         fabric.print(hparams)
         mask = f"within documents (eos id {hparams['eos_id']})" if document_mask else "across documents"
         fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
@@ -331,6 +372,9 @@ def check_loop_flags(h: Dict[str, Any]) -> None:
     check_optimizer_flags(
         h["learning_rate"], h["min_lr"], h["warmup_steps"], h["weight_decay"], (h["beta1"], h["beta2"]), h["grad_clip"]
     )
+    check_schedule_flags(h["lr_schedule"], h["decay_fraction"], h["decay_steps"], h["anneal_steps"], h["resume"])
+    if not h["z_loss"] >= 0:
+        raise ValueError(f"--z_loss {h['z_loss']} must not be negative (the weight of log²Z in the loss; 0 is off)")
     if h["seed"] < 0:
         raise ValueError(f"--seed {h['seed']} must not be negative (the generators take 0 to 2**32 - 1)")
     if h["keep_last"] is not None and h["keep_last"] < 1:
@@ -450,7 +494,6 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     optimizer = fabric.setup_optimizers(optimizer)
 
     batch_size, n_workers, block = h["micro_batch_size"], h["num_workers"], config.block_size
-    train_loader = mixture_dataloader(h["train_sources"], block, batch_size, n_workers, h["seed"])
     val_loader = val_dataloader(h["val_dir"], block, batch_size, n_workers)
     if len(val_loader) == 0:  # fail now, not at the first validation after hours of training
         raise ValueError(
@@ -459,6 +502,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
             "to run on. Prepare a larger validation split, or lower --micro_batch_size."
         )
 
+    saved_schedule = None  # the schedule recorded in the checkpoint resumed from
     state = {
         "model": model,
         "optimizer": optimizer,
@@ -474,22 +518,76 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
     if resume in (True, "auto"):
         resume = latest_to_resume(out_dir, h["trust_pickle"], fabric.print)
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
+        if not resume and h["anneal_steps"] is not None:
+            raise ValueError(f"--anneal_steps: {out_dir} holds no checkpoint to continue an anneal from; pass --resume "
+                             "with a checkpoint of the stable run to branch one off it")  # fmt: skip
     if not resume and h["initial_checkpoint_dir"]:  # checked against the model in setup()
         model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
         fabric.load_raw(model_file, model, strict=True)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
         load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources, verify)
-        train_loader.load_state_dict(state["train_dataloader"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-        state["hparams"] = hparams
+        saved, state["hparams"] = state["hparams"], hparams
+        same_out_dir = Path(resume).resolve().parent == out_dir.resolve()
+        hparams["anneal_from"] = anneal_start(resume, saved, state["step_count"], h["anneal_steps"], same_out_dir)
+        saved_schedule = saved.get("lr_schedule_resolved")
+        if saved.get("z_loss", 0.0) != h["z_loss"]:
+            fabric.print(f"Note: {resume} was trained with --z_loss {saved.get('z_loss', 0.0)}, this run has "
+                         f"{h['z_loss']}: the training loss changes at this step", file=sys.stderr)  # fmt: skip
         fabric.print(f"Resumed at step {state['step_count']} ({state['tokens_seen']:,} tokens seen)")
+    saved_position = state["train_dataloader"]
+    if saved_position is not None and saved_position.get("order") != ORDER:
+        # written before the global order, at this number of processes (`check_compatible`): litdata's position
+        if h["log_sequences"]:
+            raise ValueError(f"--log_sequences: {resume} holds litdata's data position, of no sequence identities; "
+                             "leave --log_sequences out to resume it")  # fmt: skip
+        del hparams["data_order"]
+        train_loader = mixture_dataloader(h["train_sources"], block, batch_size, n_workers, h["seed"])
+        train_loader.load_state_dict(saved_position)
+    else:
+        train_loader = GlobalBatchLoader(
+            h["train_sources"], block, batch_size, h["global_batch_size"], fabric.global_rank, fabric.world_size,
+            n_workers, h["seed"],
+        )  # fmt: skip
+        if saved_position is not None:
+            train_loader.load_state_dict(saved_position)
+    sequence_log = None
+    if h["log_sequences"]:
+        if fabric.global_rank == 0:
+            trim_sequence_log(out_dir, state["step_count"])  # the steps after it are trained again
+        fabric.barrier()
+        sequence_log = SequenceLog(out_dir, fabric.global_rank)
 
-    fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir)
+    fit(
+        fabric,
+        model,
+        optimizer,
+        train_loader,
+        val_loader,
+        state,
+        accumulation,
+        out_dir,
+        resume,
+        saved_schedule,
+        sequence_log,
+    )
 
 
-def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir) -> None:
+def fit(
+    fabric,
+    model,
+    optimizer,
+    train_loader,
+    val_loader,
+    state,
+    accumulation,
+    out_dir,
+    resume=None,
+    saved_schedule=None,
+    sequence_log=None,
+) -> None:
     h = state["hparams"]
     block_size = model.config.block_size
     tokens_per_step = h["global_batch_size"] * block_size
@@ -497,17 +595,28 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     # --global_batch_size than the checkpoint's); --max_steps only stops earlier, so that a run stopped there and
     # resumed follows the same schedule as one that ran through
     schedule_steps = state["step_count"] + (h["max_tokens"] - state["tokens_seen"]) // tokens_per_step
+    if h.get("anneal_from") is not None:  # a WSD decay from the step the anneal branched off, ending the run
+        start, schedule_steps = h["anneal_from"], h["anneal_from"] + h["anneal_steps"]
+        schedule = Schedule("wsd", h["learning_rate"], h["min_lr"], h["warmup_steps"], schedule_steps, start,
+                            h["decay_shape"])  # fmt: skip
+    else:
+        schedule = make_schedule(h["lr_schedule"], h["learning_rate"], h["min_lr"], h["warmup_steps"], schedule_steps,
+                                 h["decay_fraction"], h["decay_steps"], h["decay_shape"])  # fmt: skip
+    h["lr_schedule_resolved"] = schedule.to_dict()  # in every checkpoint: what a resumed run compares its own with
+    if resume and (note := schedule_change_note(resume, saved_schedule, schedule, state["step_count"])):
+        fabric.print(note, file=sys.stderr)
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
     stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
-        f"{h['micro_batch_size']} per device; learning-rate schedule over {schedule_steps:,} steps); "
+        f"{h['micro_batch_size']} per device; {schedule.kind} learning-rate schedule over {schedule_steps:,} steps); "
         f"{num_parameters(model.config):,} non-embedding parameters, {flops_per_tok / 1e9:.2f} GFLOPs/token "
         "(6N + 12·L·d·T)"
     )
 
-    train_iterator = cycle_full_batches(train_loader, h["micro_batch_size"])
+    elastic = "data_order" in h  # else a checkpoint's litdata loader, whose epochs end in short batches
+    train_iterator = iter(train_loader) if elastic else cycle_full_batches(train_loader, h["micro_batch_size"])
     nonfinite_streak = torch.zeros((), device=fabric.device)
     skipped = torch.zeros((), device=fabric.device)
     last_log_time, last_log_step = time.perf_counter(), state["step_count"]
@@ -520,7 +629,13 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
     def next_micro_batches() -> tuple:
         nonlocal data_wait
         t_data = time.perf_counter()
-        micro_batches = [next(train_iterator) for _ in range(accumulation)]
+        micro_batches, ids = [], []
+        for _ in range(accumulation):
+            micro_batches.append(next(train_iterator))
+            ids += train_loader.last_sequences() if sequence_log else []
+        if sequence_log:  # the rows as read, with the identities of their sequences
+            rows = [row for batch in micro_batches for row in batch]
+            sequence_log.read(ids, rows)
         bounds = document_bounds(micro_batches, eos_id)  # on the host, before the copy
         micro_batches = [fabric.to_device(batch) for batch in micro_batches]
         data_wait += time.perf_counter() - t_data
@@ -528,18 +643,20 @@ def fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation,
 
     prefetched = None
     while state["step_count"] < max_steps:
-        lr = cosine_lr(state["step_count"], h["learning_rate"], h["min_lr"], h["warmup_steps"], schedule_steps)
+        lr = schedule.lr(state["step_count"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         micro_batches, bounds = prefetched or next_micro_batches()
         loss, grad_norm = training_step(
             fabric, model, optimizer, micro_batches, h["grad_clip"], h["reshard_after_backward"],
-            max_documents=bounds, **doc_kwargs,
+            max_documents=bounds, z_loss=h["z_loss"], **doc_kwargs,
         )  # fmt: skip
         state["iter_num"] += accumulation
         state["step_count"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step_count"]
+        if sequence_log:
+            sequence_log.trained(step)
         stopping = stop.agreed() and step < max_steps  # the same answer on every process
         saving = step % h["save_interval"] == 0 or step == max_steps or stopping
         # read the next step's batches while the device still computes this one (the log step's sync below would

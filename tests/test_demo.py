@@ -118,6 +118,30 @@ def test_plot_logs_csv(tmp_path, capsys):
     assert "train loss 9.600 at step 1 -> 4.010 at step 15" in capsys.readouterr().out
 
 
+def test_plot_logs_compares_runs_with_their_learning_rates(tmp_path, capsys):
+    """--compare: a run and an anneal branched off it at step 6, in one PNG, a summary line per run by its out dir."""
+    from lightning.pytorch.loggers import CSVLogger
+    from prepared_data import load_script
+
+    from lit_gpt.cli import UserError
+
+    for run, steps in (("wsd", range(1, 11)), ("wsd-anneal", range(7, 10))):
+        logger = CSVLogger(save_dir=tmp_path / run / "logs", name="csv", version=0)
+        for step in steps:
+            logger.log_metrics({"loss": 10 - step * 0.4, "learning_rate": 1e-3 / step, "val_loss": 9.0}, step=step)
+        logger.save()
+    logs = [tmp_path / run / "logs" for run in ("wsd", "wsd-anneal")]
+    summaries = load_script("plot_logs").main(log_dir=logs[0], compare=logs[1:], output=tmp_path / "runs.png")
+
+    assert (tmp_path / "runs.png").stat().st_size > 10_000
+    assert [s["first_step"] for s in summaries.values()] == [1, 7]
+    out = capsys.readouterr().out
+    assert "wsd: train loss 9.600 at step 1 -> 6.000 at step 10" in out
+    assert "wsd-anneal: train loss 7.200 at step 7 -> 6.400 at step 9" in out
+    with pytest.raises(UserError, match=f"--compare's {tmp_path / 'nowhere'} does not exist"):
+        load_script("plot_logs").main(log_dir=logs[0], compare=[tmp_path / "nowhere"])
+
+
 def test_plot_logs_on_a_missing_folder_says_it_does_not_exist(tmp_path):
     from prepared_data import load_script
 

@@ -113,3 +113,58 @@ def test_fused_loss_bf16_on_cuda_matches_fp32_reference():
     torch.testing.assert_close(actual, expected, rtol=1e-2, atol=0)
     for a, e in ((ax, gx), (aw, gw)):
         assert ((a - e).norm() / e.norm()).item() < 2e-2
+
+
+def z_loss_reference(logits: torch.Tensor, targets: torch.Tensor, z_loss: float) -> torch.Tensor:
+    """The unfused definition: mean over the counted rows of -log p(target) + z_loss * logsumexp(logits)²."""
+    logits, targets = logits.reshape(-1, logits.size(-1)), targets.reshape(-1)
+    valid = targets != -100
+    lse = torch.logsumexp(logits, dim=-1)
+    nll = lse - logits.gather(1, torch.where(valid, targets, 0).unsqueeze(1)).squeeze(1)
+    return ((nll + z_loss * lse**2) * valid).sum() / valid.sum()
+
+
+@pytest.mark.parametrize("chunk_size", [7, 4096])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_z_loss_value_and_gradient_match_the_unfused_reference(chunk_size, dtype):
+    """z-loss in the fused, chunked cross-entropy (7 rows a chunk: several chunks) and in the plain one: the value and
+    both gradients of an unfused logsumexp over the full logits, with ignored targets; 0 leaves the loss as it was."""
+    torch.manual_seed(0)
+    x = (torch.randn(3, 20, 16, dtype=dtype) * 2).requires_grad_()  # logits far from 0: log Z matters
+    w = torch.randn(50, 16, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 20))
+    targets[0, :5] = -100
+    fp32 = dict(rtol=2e-6, atol=1e-6)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else fp32
+    for z_loss in (1e-4, 0.1):
+        expected = z_loss_reference(x @ w.t(), targets, z_loss)
+        gx, gw = torch.autograd.grad(expected * 3.0, (x, w))
+        for actual, path_tol in (
+            (fused_linear_cross_entropy(x, w, targets, chunk_size=chunk_size, z_loss=z_loss), tol),
+            (cross_entropy(x @ w.t(), targets, z_loss=z_loss), fp32),  # float32 logits whatever the input's dtype
+        ):
+            ax, aw = torch.autograd.grad(actual * 3.0, (x, w))
+            torch.testing.assert_close(actual, expected.to(actual.dtype), **path_tol)
+            torch.testing.assert_close(ax, gx, **path_tol)
+            torch.testing.assert_close(aw, gw, **path_tol)
+    # a z-loss of 0.1 is well above the cross-entropy's own gradient: the comparison above is not of the CE alone
+    without = fused_linear_cross_entropy(x, w, targets, chunk_size=chunk_size)
+    assert (expected - without).abs() > 0.1
+    plain = torch.nn.functional.cross_entropy((x @ w.t()).reshape(-1, 50).float(), targets.reshape(-1))
+    assert torch.equal(cross_entropy(x @ w.t(), targets, z_loss=0.0), plain)
+    with torch.no_grad():  # the path without gradients: the same value
+        no_grad = fused_linear_cross_entropy(x, w, targets, chunk_size=chunk_size, z_loss=0.1)
+    torch.testing.assert_close(no_grad, expected.detach().to(no_grad.dtype), **tol)
+
+
+def test_model_z_loss_is_the_same_on_the_fused_and_the_plain_path():
+    torch.manual_seed(0)
+    model = GPT(Config.from_name("micro-llama", block_size=16, n_layer=1))
+    idx = torch.randint(0, 1000, (2, 16))
+    targets = torch.randint(0, 1000, (2, 16))
+    losses = []
+    for fused in (True, False):
+        model.fused_loss = fused
+        losses.append(model(idx, targets=targets, z_loss=1e-2))
+    torch.testing.assert_close(losses[0], losses[1])
+    assert losses[0] > model(idx, targets=targets)  # log Z of a fresh model's 32000-way softmax is about 10

@@ -7,9 +7,10 @@ weights, as a mapping or a YAML file of one, and `--val_data` the validation fol
 
 Each source folder holds chunks written with `TokensLoader()` (`scripts/prepare_slimpajama.py`,
 `scripts/prepare_starcoder.py`); reading them with `TokensLoader(block_size + 1)` yields (block_size + 1)-token
-items: inputs are the first `block_size`, targets the last `block_size`. The train loader's `state_dict()` holds the
-position in the data, so a resumed run continues with exactly the next batch (with one loader worker per process; with
-more, litdata's restored position can repeat or skip a few sequences of the interrupted epoch).
+items: inputs are the first `block_size`, targets the last `block_size`. Pretraining reads them in one global order,
+the same for every number of processes (`lit_gpt/data/order.py`); `mixture_dataloader`, litdata's own mix, is what
+checkpoints written before that order resume with (its `state_dict()` is tied to the number of processes, the
+micro-batch size and the loader workers, and is exact with one worker per process).
 `data_fingerprints` is what a run records of its sources, so that a resume on a folder prepared again is refused.
 """
 

@@ -55,6 +55,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from lit_gpt.config import Config
+from lit_gpt.data.order import ORDER
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums, write_failure
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
@@ -430,7 +431,7 @@ def load_metadata(path: Path, trust_pickle: bool = False) -> Dict[str, Any]:
     return {k: v for k, v in checkpoint.items() if k not in ("model", "optimizer")}
 
 
-# the settings that litdata's saved loader position holds only under (it refuses to restore with others)
+# the settings that litdata's saved loader position (of a checkpoint from before the global order) holds only under
 LOADER_SETTINGS = ("micro_batch_size", "num_workers", "seed")
 
 
@@ -447,9 +448,12 @@ def check_compatible(
     run_hparams: Optional[Dict[str, Any]] = None,
     recorded_sources: Callable[[Dict[str, Any]], Optional[list]] = recorded_train_sources,
 ) -> None:
-    """Refuse to resume from a checkpoint of another model, written by another number of processes, or (given this
-    run's `run_hparams`) with other data-loader settings. `recorded_sources(hparams)` reads the training sources of
-    the checkpoint's hparams (`lit_gpt.data.loaders.recorded_sources` knows those of runs before --train_data)."""
+    """Refuse to resume from a checkpoint of another model, or (given this run's `run_hparams`) of other data or
+    another data order (`--seed`). A checkpoint whose data position is a cursor into the global order
+    (`lit_gpt.data.order`) resumes on any number of processes, micro-batch size and loader workers; one written
+    before (litdata's position) only on its own number, micro-batch size and workers. `recorded_sources(hparams)`
+    reads the training sources of the checkpoint's hparams (`lit_gpt.data.loaders.recorded_sources` knows those of
+    runs before --train_data)."""
     if "hparams" not in metadata:
         raise ValueError(
             f"{path} is not a training checkpoint of pretrain/tinyllama.py (it holds no run settings) and cannot be "
@@ -465,10 +469,17 @@ def check_compatible(
             f"Resume with the checkpoint's --model_name {hparams.get('model_name')!r} (and --block_size), "
             "or start a new run with another --out_dir."
         )
-    if hparams.get("world_size") != world_size:
+    elastic = hparams.get("data_order") == ORDER
+    if "data_order" in hparams and not elastic:
         raise ValueError(
-            f"{path} was written by {hparams.get('world_size')} processes, this run has {world_size}. The data "
-            "loader's position is tied to the number of processes: resume with the same --devices × --num_nodes."
+            f"{path} keeps its data position in order {hparams['data_order']!r}, which this version of lit_gpt does "
+            f"not know (it knows {ORDER!r}): resume it with the version that wrote it"
+        )
+    if not elastic and hparams.get("world_size") != world_size:
+        raise ValueError(
+            f"{path} was written by {hparams.get('world_size')} processes, this run has {world_size}. It was saved "
+            "before elastic resume, so its data position (litdata's) is tied to the number of processes: resume it "
+            "with the same --devices × --num_nodes; its next checkpoint does not resume elsewhere either."
         )
     if run_hparams and run_hparams.get("train_sources") is not None:
         check_same_sources(path, recorded_sources(hparams), run_hparams["train_sources"])
@@ -478,7 +489,13 @@ def check_compatible(
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
         check_same_attention_mask(path, hparams, run_hparams)
-    changed = [k for k in LOADER_SETTINGS if k in hparams and k in run_hparams and hparams[k] != run_hparams[k]]
+    if elastic and run_hparams and "seed" in hparams and hparams["seed"] != run_hparams.get("seed"):
+        raise ValueError(
+            f"{path} was written with --seed {hparams['seed']}, this run has --seed {run_hparams.get('seed')}: the "
+            f"seed orders the data, so the resumed run would see other sequences. Resume with --seed {hparams['seed']}"
+        )
+    settings = () if elastic else LOADER_SETTINGS
+    changed = [k for k in settings if k in hparams and k in run_hparams and hparams[k] != run_hparams[k]]
     if changed:
         then, now = (" ".join(f"--{k} {h[k]}" for k in changed) for h in (hparams, run_hparams))
         raise ValueError(

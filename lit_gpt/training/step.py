@@ -25,6 +25,7 @@ def training_step(
     eos_id: Optional[int] = None,
     document_positions: bool = False,
     max_documents: Optional[Sequence[int]] = None,
+    z_loss: float = 0.0,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Accumulate gradients over `micro_batches`, clip them, and take one optimizer step unless they are non-finite.
 
@@ -44,6 +45,9 @@ def training_step(
     With `eos_id`, attention stays within documents (`GPT.forward`), `document_positions` restarts the rotary
     positions at each; `max_documents`, one bound per micro-batch counted on the host before the copy to the device
     (`document_bounds`), keeps the variable-length kernels from reading the count back.
+
+    `z_loss` adds that multiple of the mean log²Z of the output softmax to each micro-batch's loss (`lit_gpt.loss`);
+    the returned loss includes it (validation's does not).
     """
     n = len(micro_batches)
     loss_sum = torch.zeros((), device=fabric.device)
@@ -53,12 +57,14 @@ def training_step(
             if not reshard_after_backward:
                 set_reshard_after_backward(model, i == n - 1)
             with fabric.no_backward_sync(model, enabled=i < n - 1):
+                # the keyword only when set: a model without it (a test's, or an older one) still trains
+                z_kwargs = {"z_loss": z_loss} if z_loss else {}
                 if eos_id is None:
-                    loss = model(input_ids, targets=targets)
+                    loss = model(input_ids, targets=targets, **z_kwargs)
                 else:
                     bound = max_documents[i] if max_documents else None
                     loss = model(input_ids, targets=targets, eos_id=eos_id, document_positions=document_positions,
-                                 max_documents=bound)  # fmt: skip
+                                 max_documents=bound, **z_kwargs)  # fmt: skip
                 fabric.backward(loss / n)
             loss_sum += loss.detach()
     finally:  # a micro-batch that raised must not leave the modules holding on to their gathered weights

@@ -69,6 +69,10 @@ for c in ${1:-titan_fp8_16 ours_fp8 titan_bf16_16 ours_bf16 titan_fp8_8 titan_fp
                      --peer_script ../bench/peer_throughput.py --profile true --out_dir /tmp/o1 ;;
     ours_fp8_plain) ours $c 60 $B --accumulation 4 --fp8 tensorwise --out_dir /tmp/o2 ;;
     ours_bf16)     ours $c 60 $B --accumulation 4 --out_dir /tmp/o3 ;;
+    ours_fp8t)     ours $c 120 $B --accumulation 4 --fp8 tokenwise --peers litgpt:1:$LG_MBS \
+                     --peer_script ../bench/peer_throughput.py --profile true --out_dir /tmp/o4 ;;
+    ours_fp8t_plain) ours $c 60 $B --accumulation 4 --fp8 tokenwise --out_dir /tmp/o5 ;;
+    ours_fp8t_prof) ours $c 75 $B --accumulation 4 --fp8 tokenwise --profile true --out_dir /tmp/o6 ;;
     *) echo "unknown case $c" ;;
   esac
 done
