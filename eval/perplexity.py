@@ -67,7 +67,7 @@ def main(
     fabric = L.Fabric(devices=1, precision=precision)
     model = load_model(fabric, checkpoint_dir)  # a bad weight file is refused before the data is read
     check_token_ids([str(data_dir)], model.config.padded_vocab_size, f"the model in {checkpoint_dir}")
-    block_size = block_size or model.config.block_size
+    block_size = model.config.block_size if block_size is None else block_size
     if block_size > model.config.block_size:
         raise ValueError(f"--block_size {block_size} exceeds the model's block size {model.config.block_size}")
 

@@ -29,7 +29,13 @@ from lit_gpt.data.instruct import TemplateName  # noqa: E402
 from lit_gpt.flops import num_parameters  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.signals import die_with_launcher  # noqa: E402
-from lit_gpt.training.checkpoint import latest_to_resume, load_checkpoint, load_metadata, own_out_dir  # noqa: E402
+from lit_gpt.training.checkpoint import (  # noqa: E402
+    latest_to_resume,
+    load_checkpoint,
+    load_lit_weights,
+    load_metadata,
+    own_out_dir,
+)
 from lit_gpt.training.finetune import (  # noqa: E402
     base_record,
     check_finetune_flags,
@@ -41,7 +47,6 @@ from lit_gpt.training.finetune import (  # noqa: E402
 from lit_gpt.training.launch import check_processes, choose_device  # noqa: E402
 from lit_gpt.training.optimizer import optimizer_param_groups  # noqa: E402
 from lit_gpt.training.parallel import model_parallel_fabric, reshard_choices  # noqa: E402
-from lit_gpt.weights import load_lit_state_dict  # noqa: E402
 
 # above this many parameters the model is created on the meta device and materialized shard by shard (as in
 # pretraining); below, every process materializes the whole model before sharding
@@ -196,8 +201,7 @@ def main(fabric: L.Fabric, config, hparams: dict, data, out_dir: Path, accumulat
         model.to_empty(device=fabric.device)  # the weights are loaded below, after sharding
     model = fabric.setup(model)
     model_file = Path(h["checkpoint_dir"]) / "lit_model.pth"
-    load_lit_state_dict(model_file)  # a corrupt or planted file is refused in one line, before load_raw reads it
-    fabric.load_raw(model_file, model, strict=True)
+    load_lit_weights(fabric, model, model_file)  # a corrupt or planted file is refused in one line
     fabric.print(f"{config.name}: {n_params:,} parameters from {model_file} in {time.perf_counter() - t0:.1f}s")
 
     fused = fabric.device.type in ("cuda", "cpu")

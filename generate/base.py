@@ -65,9 +65,10 @@ def main(
         raise ValueError(f"--temperature {temperature} must not be negative (0 decodes greedily)")
     if top_k is not None and top_k < 1:
         raise ValueError(f"--top_k {top_k} must be at least 1; pass --top_k null to sample from every token")
-    if max_new_tokens < 0 or num_samples < 1:
-        raise ValueError(f"--max_new_tokens {max_new_tokens} must not be negative, --num_samples {num_samples} "
-                         "must be at least 1")  # fmt: skip
+    if max_new_tokens < 0:
+        raise ValueError(f"--max_new_tokens {max_new_tokens} must not be negative")
+    if num_samples < 1:  # it was said with --max_new_tokens, which was not wrong
+        raise ValueError(f"--num_samples {num_samples} must be at least 1 (the texts generated from the prompt)")
     for flag, text in (("--prompt", prompt), ("--input", input)):
         try:
             text.encode("utf-8")

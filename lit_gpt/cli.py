@@ -12,15 +12,19 @@ activate or install.
 
 Importing torch, lightning and litdata takes seconds, tens of seconds on a busy machine, so `check_command_line` checks
 the packages and the flags first, importing none of them: a misspelt flag is refused at once, with the flag it was
-probably meant to be. This module imports nothing but the standard library (jsonargparse when parsing).
+probably meant to be, and so is a number outside its flag's range (`FLAG_RANGES`: a negative count, a seed beyond what
+the generators take, NaN) or an output file named like a checkpoint, which both passes check (`check_flag_values`).
+This module imports nothing but the standard library (jsonargparse when parsing).
 """
 
 import argparse
 import ast
 import difflib
+import functools
 import importlib.util
 import inspect
 import linecache
+import math
 import os
 import re
 import signal
@@ -51,6 +55,51 @@ OPTIONAL = {
     "flash_attn": "pip install -e '.[hopper]'",
     "lm_eval": "pip install -e '.[eval]'",
 }
+# The values each numeric flag of the entry points may take, by name (a name means the same in every script): the
+# least, the greatest (None: what a 64-bit integer holds, the most torch and numpy take), and whether the greatest is
+# excluded; every float must be finite. A flag missing here is refused at its first run (test_cli walks them all).
+INT64_MAX = 2**63 - 1
+AT_LEAST_1 = (1, None, False)
+AT_LEAST_0 = (0, None, False)
+FRACTION = (0, 1, True)  # at least 0 and below 1
+FLAG_RANGES: Dict[str, Tuple[float, Optional[float], bool]] = {
+    **dict.fromkeys(
+        "devices num_nodes global_batch_size micro_batch_size max_tokens max_steps block_size log_interval "
+        "eval_interval eval_iters save_interval keep_last max_nonfinite_steps max_seq_length lora_r epochs num_samples "
+        "top_k num_blocks batch_size max_source_files chunk_size vocab_size max_lines num_threads decay_steps "
+        "anneal_steps "
+        # dev/'s instruments
+        "micro_batch_sizes accumulation steps size_mb records instruction_words output_words window repeats".split(),
+        AT_LEAST_1,
+    ),
+    **dict.fromkeys(
+        "eos_id warmup_steps num_workers max_new_tokens learning_rate min_lr weight_decay grad_clip temperature "
+        "data_weights train_data z_loss warmup memory_budget checkpoint_gb tolerance noise_ratio seconds".split(),
+        AT_LEAST_0,
+    ),
+    **dict.fromkeys(["beta1", "beta2", "val_fraction", "lora_dropout"], FRACTION),
+    "lora_alpha": (0, None, False),
+    "decay_fraction": (0, 1, False),  # 0 too: the schedule's check says it must be above
+    "seed": (0, 2**32 - 1, False),  # numpy's and Lightning's seed_everything's range
+}
+# what a refused value's line adds: what the flag means, or what to pass instead
+FLAG_HINTS = {
+    "seed": "the generators take 0 to 2**32 - 1",
+    "block_size": "leave it out for the model's",
+    "max_seq_length": "leave it out for the model's block size",
+    "max_steps": "leave it out to train for the whole schedule",
+    "keep_last": "leave it out to keep every checkpoint",
+    "top_k": "pass --top_k null to sample from every token",
+    "temperature": "0 decodes greedily",
+    "grad_clip": "0 disables clipping",
+    "max_new_tokens": "the tokens generated after the prompt",
+    "num_samples": "the texts generated from the prompt",
+}
+# output files that a script writes, by flag name, and the suffixes it can write; a checkpoint's or weights' suffix is
+# never one (`--output run/step-8.pth` would replace a checkpoint)
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp", "")
+OUTPUT_FILES: Dict[str, Optional[Tuple[str, ...]]] = {"output": IMAGE_SUFFIXES, "out_file": None}
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".distcp")
 # the names that an entry function's annotations and defaults may use in the first, light parse (no import needed)
 SIMPLE = dict(Any=Any, Dict=Dict, List=List, Literal=Literal, Optional=Optional, Tuple=Tuple, Union=Union, Path=Path)
 SIMPLE.update(bool=bool, float=float, int=int, str=str)
@@ -68,7 +117,7 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
     try:
         check_values_given(args)
         check_no_empty_paths(args, function)
-        return CLI(function, as_positional=False, allow_abbrev=False, exit_on_error=False, args=args)
+        return CLI(checked(function), as_positional=False, allow_abbrev=False, exit_on_error=False, args=args)
     except Exception as e:
         if isinstance(e, argparse.ArgumentError):
             message = parse_error_line(str(e), [f"--{name}" for name in inspect.signature(function).parameters])
@@ -79,6 +128,18 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
         else:
             raise
     refuse(message)
+
+
+def checked(function: Callable) -> Callable:
+    """`function` (an entry function), refusing first the values that `check_flag_values` refuses: the light pass's
+    check again, on the values that the full parse gives (of every type)."""
+
+    @functools.wraps(function)
+    def call(**kwargs: Any) -> Any:
+        check_flag_values(kwargs)
+        return function(**kwargs)
+
+    return call
 
 
 def refuse(message: str) -> NoReturn:
@@ -319,6 +380,60 @@ def check_no_empty_paths(args: List[str], function: Callable) -> None:
                 f"{flag} {value!r} is an empty path, which would mean the current folder; pass a path ('.' for the "
                 f"current folder){default}"
             )
+
+
+def check_flag_values(values: Dict[str, Any]) -> None:
+    """Refuse, naming the flag, a numeric value outside `FLAG_RANGES` (a negative count, a zero where it means nothing,
+    a seed beyond what the generators take, NaN or infinity) and an output file of `OUTPUT_FILES` that would replace
+    a folder or a checkpoint. `values` are an entry function's parsed flags; a value of another type (a flag typed in
+    a way the light pass cannot read, `None` for a default) is left to the entry function."""
+    for name, value in values.items():
+        numbers = _numbers(value)
+        if numbers:
+            if name not in FLAG_RANGES:
+                raise UserError(f"--{name} has no range in lit_gpt/cli.py's FLAG_RANGES: add one (a bug, not yours)")
+            for number in numbers:
+                _check_range(name, number, value)
+        if name in OUTPUT_FILES and isinstance(value, (str, Path)) and str(value).strip():
+            _check_output_file(name, Path(value), OUTPUT_FILES[name])
+
+
+def _numbers(value: Any) -> List[Union[int, float]]:
+    """The numbers of a flag's value: itself, a list's or tuple's items, a mapping's values (weights)."""
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _check_range(name: str, number: Union[int, float], value: Any) -> None:
+    least, greatest, below = FLAG_RANGES[name]
+    greatest = INT64_MAX if greatest is None and isinstance(number, int) else greatest
+    finite = not isinstance(number, float) or math.isfinite(number)
+    too_large = finite and greatest is not None and (number >= greatest if below else number > greatest)
+    if finite and number >= least and not too_large:
+        return
+    if not finite:
+        problem = "must be a finite number"
+    elif below:
+        problem = f"must be at least {least} and below {greatest}"
+    elif number < least:
+        problem = "must not be negative" if least == 0 else f"must be at least {least}"
+    else:
+        problem = f"must be at most {greatest:_}"
+    shown = (
+        value if isinstance(value, (int, float)) else f"{list(value) if isinstance(value, tuple) else value}: {number}"
+    )
+    hint = f" ({FLAG_HINTS[name]})" if name in FLAG_HINTS else ""
+    raise UserError(f"--{name} {shown} {problem}{hint}")
+
+
+def _check_output_file(name: str, path: Path, suffixes: Optional[Tuple[str, ...]]) -> None:
+    if path.is_dir():
+        raise UserError(f"--{name} {str(path)!r} is a folder; pass the file to write (a new name, or one to replace)")
+    if path.suffix.lower() in WEIGHT_SUFFIXES or (suffixes is not None and path.suffix.lower() not in suffixes):
+        what = "a checkpoint's or weights' name" if path.suffix.lower() in WEIGHT_SUFFIXES else "not a format it writes"
+        kinds = f" ({', '.join(s for s in suffixes if s)})" if suffixes else ""
+        exists = ", and the file exists" if path.exists() else ""
+        raise UserError(f"--{name} {str(path)!r} is {what}{exists}; pass a file name that ends as the output is{kinds}")
 
 
 def parse_error_line(message: str, flags: Sequence[str] = ()) -> str:

@@ -3,7 +3,7 @@
 import difflib
 import json
 from copy import deepcopy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -80,24 +80,46 @@ class Config:
 
     @classmethod
     def from_file(cls, path: Union[str, Path], **overrides: Any) -> "Config":
+        """A config file: ours or lit-gpt's `lit_config.json`, or litgpt's `model_config.yaml` (`from_their_keys`)."""
+        path = Path(path)
         with open(path, encoding="utf-8") as fp:
-            conf = json.load(fp)
+            if path.suffix in (".yaml", ".yml"):
+                import yaml  # lazy: only litgpt's files are YAML
+
+                conf = yaml.safe_load(fp)
+            else:
+                conf = json.load(fp)
+        if not isinstance(conf, dict):
+            raise ValueError(f"{path} does not hold a model config (a mapping of field names to values)")
         conf.update(overrides)
-        return cls(**conf)
+        return cls(**from_their_keys(conf, str(path)))
+
+    # lit-gpt's name for reading a config file
+    from_json = from_file
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: Path, **overrides: Any) -> "Config":
-        """The `lit_config.json` of a checkpoint directory, or the registry entry named like the directory."""
-        if (checkpoint_dir / "lit_config.json").is_file():
-            return cls.from_file(checkpoint_dir / "lit_config.json", **overrides)
+        """The config file of a checkpoint directory (`checkpoint_config_file`), or the registry entry named like the
+        directory; FileNotFoundError when there is neither."""
+        checkpoint_dir = Path(checkpoint_dir)
+        file = checkpoint_config_file(checkpoint_dir)
+        if file is not None:
+            return cls.from_file(file, **overrides)
+        if checkpoint_dir.name not in name_to_config and checkpoint_dir.name not in hf_name_to_config:
+            raise FileNotFoundError(
+                f"{str(checkpoint_dir)!r} has no {' or '.join(CONFIG_FILES)} and is not named like a known model: "
+                "pass a lit checkpoint directory (`python scripts/convert_hf_checkpoint.py` makes one)"
+            )
         return cls.from_name(checkpoint_dir.name, **overrides)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def to_file(self, path: Union[str, Path]) -> None:
+        """`lit_config.json` that lit-gpt (February 2024) reads as well: its key names, and of our fields only those
+        it cannot derive itself (a `head_size` other than n_embd // n_head, which it would rightly refuse)."""
         with open(path, "w", encoding="utf-8") as fp:
-            json.dump(self.to_dict(), fp, indent=2)
+            json.dump(to_their_keys(self), fp, indent=2)
 
     @property
     def hf_repo_id(self) -> str:
@@ -227,3 +249,128 @@ def check_same_architecture(config: Config, saved: Config, source: str, hint: st
                 f"--model_name {config.name!r} has {name}={getattr(config, name)} but {source} says "
                 f"{getattr(saved, name)}; {hint}"
             )
+
+
+########################
+# Config files of lit-gpt (February 2024) and litgpt (0.5.x)
+########################
+# in the order a checkpoint directory is searched: ours and lit-gpt's, then litgpt's
+CONFIG_FILES = ("lit_config.json", "model_config.yaml")
+# their names of our fields
+_RENAMED = {"_norm_class": "norm_class_name", "_mlp_class": "mlp_class_name"}
+# the fields of lit-gpt's Config (8a101b6) that ours does not have, with the value that this model computes; a file
+# that asks for another value asks for a model this one is not, and is refused by name
+_LIT_GPT_ONLY = {
+    "lm_head_bias": lambda conf: conf.get("bias", True),  # our output layer has a bias exactly when the others do
+    "shared_attention_norm": False,
+    "gelu_approximate": "none",
+    "rope_condense_ratio": 1,
+    "n_expert": 0,
+    "n_expert_per_token": 0,
+}
+# litgpt's (0.5.x) further fields, likewise
+_LITGPT_ONLY = {
+    "attn_bias": lambda conf: conf.get("bias", True),  # the qkv projection's bias is `bias`'s
+    "norm_qk": False,
+    "norm_qk_type": "default",
+    "post_attention_norm": False,
+    "post_mlp_norm": False,
+    "norm_1": True,
+    "norm_2": True,
+    "attention_scores_scalar": None,
+    "sliding_window_size": None,
+    "sliding_window_indices": None,
+    "attention_logit_softcapping": None,
+    "final_logit_softcapping": None,
+    "rope_adjustments": None,
+    "rope_interleave": False,
+    "rope_local_base_freq": None,
+    "rope_indices": None,
+    "moe_intermediate_size": None,
+    "n_shared_expert": None,
+    "n_expert_groups": None,
+    "n_topk_groups": None,
+    "n_topk_scores_per_group": None,
+    "first_k_dense_replace": None,
+    "routed_scaling_factor": 1.0,
+    "norm_topk_prob": False,
+    "scale_embeddings": False,
+    "latent_attention": None,
+}
+_MLP_CLASSES = ("LLaMAMLP", "GptNeoxMLP")
+_NORM_CLASSES = ("RMSNorm", "LayerNorm")
+
+
+def _ours(value: Any, conf: dict) -> Any:
+    return value(conf) if callable(value) else value
+
+
+def from_their_keys(conf: dict, source: str) -> dict:
+    """The keyword arguments of our `Config` for a config dict in our names, lit-gpt's or litgpt's: their names of our
+    fields renamed, their fields that we do not have dropped where they hold the value this model computes, and a
+    one-line refusal naming the first that asks for another (a mixture of experts, QK-norm, GemmaMLP, ...) or any key
+    that neither project has."""
+    ours = {f.name for f in fields(Config)}
+    conf = dict(conf)
+    if "org" in conf and "org" not in ours:  # lit-gpt's oldest files: the hub organization beside the name
+        conf["hf_config"] = {"org": conf.pop("org"), "name": conf.get("name", "")}
+    if "condense_ratio" in conf:  # lit-gpt's older name, which wins as in lit-gpt's `from_json`
+        conf["rope_condense_ratio"] = conf.pop("condense_ratio")
+    spelled = {}  # our field -> the key the file has for it
+    for theirs, name in _RENAMED.items():
+        if theirs in conf and name in ours:
+            value = conf.pop(theirs)
+            if name in conf and conf[name] != value:
+                raise ValueError(f"{source} says both {theirs}={value!r} and {name}={conf[name]!r}; keep one")
+            conf[name], spelled[name] = value, theirs
+    for name, allowed in (("mlp_class_name", _MLP_CLASSES), ("norm_class_name", _NORM_CLASSES)):
+        if name in conf and name in ours and conf[name] not in allowed:
+            raise ValueError(
+                f"{source} asks for {spelled.get(name, name)}={conf[name]!r}, which this project does not implement "
+                f"(it has {' and '.join(allowed)}): the checkpoint is of a model it cannot run"
+            )
+    known = {**_LITGPT_ONLY, **_LIT_GPT_ONLY}
+    for key in [k for k in conf if k not in ours]:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(ours), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{source} has a key {key!r}{hint} that neither this project nor lit-gpt/litgpt knows")
+        value, expected = conf.pop(key), _ours(known[key], conf)
+        if value != expected:
+            raise ValueError(
+                f"{source} asks for {key}={value!r}, which this project does not implement (it runs the model with "
+                f"{key}={expected!r}): the checkpoint is of a model it cannot run"
+            )
+    return conf
+
+
+def to_their_keys(config: Config) -> dict:
+    """`config` as a dict that lit-gpt's `Config(**d)` (8a101b6) and ours both read: lit-gpt's names, its fields that
+    we do not have at the values this model computes, and our fields that it lacks only where they differ from what
+    it derives."""
+    ours = config.to_dict()
+    theirs = {lit: ours.pop(name) for lit, name in _RENAMED.items() if name in ours}
+    theirs.update(ours)
+    for key, value in _LIT_GPT_ONLY.items():
+        if key not in theirs:
+            theirs[key] = _ours(value, ours)
+    extra = [name for name in ours if name not in _LIT_GPT_FIELDS]
+    derived = Config(**from_their_keys({k: theirs[k] for k in _LIT_GPT_FIELDS}, "lit_config.json"))
+    return {
+        **{k: theirs[k] for k in _LIT_GPT_FIELDS},
+        **{k: theirs[k] for k in extra if getattr(derived, k) != getattr(config, k)},
+    }
+
+
+# the fields of lit-gpt's Config at 8a101b6, whose `Config(**json)` refuses any other key
+_LIT_GPT_FIELDS = (
+    "name", "hf_config", "block_size", "vocab_size", "padding_multiple", "padded_vocab_size", "n_layer", "n_head",
+    "n_embd", "rotary_percentage", "parallel_residual", "bias", "lm_head_bias", "n_query_groups",
+    "shared_attention_norm", "_norm_class", "norm_eps", "_mlp_class", "gelu_approximate", "intermediate_size",
+    "rope_condense_ratio", "rope_base", "n_expert", "n_expert_per_token",
+)  # fmt: skip
+
+
+def checkpoint_config_file(checkpoint_dir: Path) -> Optional[Path]:
+    """The model config file of a checkpoint directory (`CONFIG_FILES`), or None."""
+    return next((checkpoint_dir / n for n in CONFIG_FILES if (checkpoint_dir / n).is_file()), None)

@@ -59,6 +59,13 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config) 
     return torch.cat((q, k, v), dim=1).reshape(-1, *trailing)
 
 
+def fuse_litgpt_qkv(qkv: torch.Tensor, config: Config) -> torch.Tensor:
+    """litgpt's (>= 0.5) `attn.qkv.weight` (or `.bias`), laid out [all q, all k, all v] -> lit's `attn.attn` one."""
+    C = config
+    q, k, v = qkv.split((C.n_head * C.head_size, C.n_query_groups * C.head_size, C.n_query_groups * C.head_size))
+    return fuse_qkv(q, k, v, C)
+
+
 def lit_to_hf(items: Iterable[Tuple[str, torch.Tensor]], config: Config) -> Iterator[Tuple[str, torch.Tensor]]:
     """Map (name, tensor) pairs of a lit state dict to HF Llama's, one tensor at a time."""
     _check_llama(config)

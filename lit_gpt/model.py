@@ -7,7 +7,7 @@ applied from outside (see `lit_gpt/training/parallel.py`); nothing here knows ab
 """
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from lit_gpt.attention import sdpa
 from lit_gpt.config import Config
 from lit_gpt.documents import find_documents
-from lit_gpt.hf import fuse_qkv
+from lit_gpt.hf import fuse_litgpt_qkv
 from lit_gpt.loss import cross_entropy, fused_linear_cross_entropy
 
 
@@ -35,6 +35,7 @@ class GPT(nn.Module):
         self.register_buffer("cos", torch.empty(0), persistent=False)
         self.register_buffer("sin", torch.empty(0), persistent=False)
         self.mask_cache: Optional[torch.Tensor] = None
+        self._max_seq_length = config.block_size
         # with targets: True computes the loss chunk by chunk without materializing the logits (lit_gpt/loss.py),
         # False uses the plain `lm_head` + `F.cross_entropy`; None picks fused on CUDA, where it saves memory and
         # time, and plain elsewhere, where it is the faster of the two (~15x on CPU)
@@ -43,6 +44,23 @@ class GPT(nn.Module):
         # `lit_gpt.training.parallel.apply_attention`)
         self.prepare_documents = sdpa.prepare
         self.reset_parameters()
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "GPT":
+        """lit-gpt's shorthand for `GPT(Config.from_name(name, **overrides))`."""
+        return cls(Config.from_name(name, **overrides))
+
+    @property
+    def max_seq_length(self) -> int:
+        """The longest sequence `forward` takes and the length of the KV cache `set_kv_cache` makes (lit-gpt's name):
+        the block size unless set shorter, for inference on short sequences with a smaller cache."""
+        return self._max_seq_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        if not 0 < value <= self.config.block_size:
+            raise ValueError(f"max_seq_length {value} must be between 1 and the block size {self.config.block_size}")
+        self._max_seq_length = value
 
     def reset_parameters(self) -> None:
         """(Re)build the rotary cache; call after materializing a model created on the meta device."""
@@ -84,8 +102,9 @@ class GPT(nn.Module):
         below the count stops them with an error, on the device).
         """
         T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"Cannot forward a sequence of length {T}: the block size is {self.config.block_size}")
+        if T > self.max_seq_length:
+            what = "the block size" if self.max_seq_length == self.config.block_size else "max_seq_length"
+            raise ValueError(f"Cannot forward a sequence of length {T}: {what} is {self.max_seq_length}")
         documents = None
         if eos_id is not None and not 0 <= eos_id < self.config.padded_vocab_size:  # no token would end a document
             raise ValueError(f"eos_id {eos_id} is not a token id of the model (0..{self.config.padded_vocab_size - 1})")
@@ -124,15 +143,21 @@ class GPT(nn.Module):
     def set_kv_cache(
         self,
         batch_size: int,
-        max_seq_length: Optional[int] = None,
+        rope_cache_length: Optional[int] = None,
         device: Optional[torch.device] = None,
         dtype: Optional[torch.dtype] = None,
+        *,
+        max_seq_length: Optional[int] = None,
     ) -> None:
-        max_seq_length = max_seq_length or self.config.block_size
+        """A KV cache of `max_seq_length` positions (by default `self.max_seq_length`) in every block, for `forward`
+        with `input_pos`. The positional arguments are lit-gpt's: `rope_cache_length`, the width of the rotated part
+        of a key as the rotary cache makes it (by default its width, which is `rope_n_elem` rounded up to even)."""
+        max_seq_length = max_seq_length or self.max_seq_length
+        rope_cache_length = rope_cache_length or self.cos.size(-1)
         device = device or self.lm_head.weight.device
         dtype = dtype or self.lm_head.weight.dtype
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(self.config, batch_size, max_seq_length, device, dtype)
+            block.attn.kv_cache = KVCache(self.config, batch_size, max_seq_length, device, dtype, rope_cache_length)
         ones = torch.ones((max_seq_length, max_seq_length), device=device, dtype=torch.bool)
         self.mask_cache = torch.tril(ones).unsqueeze(0).unsqueeze(0)  # 1, 1, T_max, T_max
 
@@ -174,13 +199,9 @@ class CausalSelfAttention(nn.Module):
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # litgpt >= 0.5 names the fused projection `qkv` and lays it out as [all q, all k, all v]
-        C = self.config
         for attr in ("weight", "bias"):
             if (key := f"{prefix}qkv.{attr}") in state_dict:
-                q, k, v = state_dict.pop(key).split(
-                    (C.n_head * C.head_size, C.n_query_groups * C.head_size, C.n_query_groups * C.head_size)
-                )
-                state_dict[f"{prefix}attn.{attr}"] = fuse_qkv(q, k, v, C)
+                state_dict[f"{prefix}attn.{attr}"] = fuse_litgpt_qkv(state_dict.pop(key), self.config)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x, cos, sin, mask=None, input_pos=None, documents=None) -> torch.Tensor:
@@ -306,10 +327,21 @@ def build_norm(config: Config) -> nn.Module:
 
 
 class KVCache(nn.Module):
-    def __init__(self, config: Config, batch_size: int, max_seq_length: int, device, dtype) -> None:
+    def __init__(
+        self,
+        config: Config,
+        batch_size: int,
+        max_seq_length: int,
+        device,
+        dtype,
+        rope_cache_length: Optional[int] = None,
+    ) -> None:
         super().__init__()
         shape = (batch_size, config.n_query_groups, max_seq_length, config.head_size)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        # a key is as wide as its rotated part comes out of `apply_rope` (an odd `rope_n_elem` comes out one wider)
+        rotated = config.rope_n_elem if rope_cache_length is None else rope_cache_length
+        k_shape = (*shape[:3], config.head_size - config.rope_n_elem + rotated)
+        self.register_buffer("k", torch.zeros(k_shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
     def forward(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -334,7 +366,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_elem: in
     (T, n_elem) for x (B, H, T, head_size), (T, 1, n_elem) for x (B, T, H, head_size)."""
     if n_elem < x.size(-1):
         return torch.cat((apply_rope(x[..., :n_elem], cos, sin, n_elem), x[..., n_elem:]), dim=-1)
-    x1, x2 = x.chunk(2, dim=-1)
+    half = x.size(-1) // 2  # an odd n_elem: cos and sin are one wider and so is the result, as in lit-gpt
+    x1, x2 = x[..., :half], x[..., half:]
     rotated = torch.cat((-x2, x1), dim=-1)
     return (x * cos + rotated * sin).to(x.dtype)
 

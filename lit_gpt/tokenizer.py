@@ -24,6 +24,7 @@ class Tokenizer:
         self.bos_id: Optional[int] = None
         self.eos_id: Optional[int] = None
         self.add_bos_token = False
+        self.use_bos = False
         config = _read_json(checkpoint_dir / "tokenizer_config.json")
 
         if (checkpoint_dir / "tokenizer.model").is_file():
@@ -61,8 +62,19 @@ class Tokenizer:
         generation = _read_json(checkpoint_dir / "generation_config.json")
         self.bos_id = generation.get("bos_token_id", self.bos_id)
         eos = generation.get("eos_token_id", self.eos_id)
-        self.eos_id = eos[0] if isinstance(eos, list) else eos
+        self.eos_id = eos[0] if isinstance(eos, list) and eos else eos
+        for name in ("bos", "eos"):  # a worker that put "x" after each document failed with a TypeError
+            value = getattr(self, f"{name}_id")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(
+                    f"{checkpoint_dir / 'generation_config.json'} says {name}_token_id {value!r}, which is not a token "
+                    "id (a whole number); correct it there, or delete the line to use the tokenizer's own"
+                )
         self.add_bos_token = bool(config.get("add_bos_token", False))
+        # lit-gpt's default for `encode(bos=None)`: the config asks for bos (or for a prefix space), or a Llama
+        # tokenizer does not say (StableBeluga2's config)
+        llama_silent = config.get("add_bos_token") is None and config.get("tokenizer_class") == "LlamaTokenizer"
+        self.use_bos = bool(config.get("add_bos_token") or config.get("add_prefix_space") or llama_silent)
 
     @property
     def vocab_size(self) -> int:
@@ -100,9 +112,20 @@ class Tokenizer:
         return ids
 
     def encode(
-        self, text: str, bos: Optional[bool] = False, eos: bool = False, device: Optional[torch.device] = None
+        self,
+        string: str,
+        device: Optional[torch.device] = None,
+        bos: Optional[bool] = None,
+        eos: bool = False,
+        max_length: int = -1,
     ) -> torch.Tensor:
-        return torch.tensor(self.encode_ids(text, bos=bos, eos=eos), dtype=torch.int32, device=device)
+        """lit-gpt's `encode`: the token ids of `string` as an int32 tensor on `device`, cut to `max_length` ids when
+        it is positive. `bos=None` prepends bos where lit-gpt does (`use_bos`); the library's own encoding of training
+        text (`encode_ids`, `encode_batch`, `lit_gpt/data/separators.py`) never guesses: it says `bos` itself."""
+        ids = self.encode_ids(string, bos=self.use_bos if bos is None else bos, eos=eos)
+        if max_length > 0:
+            ids = ids[:max_length]
+        return torch.tensor(ids, dtype=torch.int32, device=device)
 
     def decode(self, tensor: Union[torch.Tensor, List[int]]) -> str:
         ids = tensor.tolist() if isinstance(tensor, torch.Tensor) else list(tensor)

@@ -1,7 +1,9 @@
 """Reading pickles without running code: the `.pth` files of training and lit checkpoints, and the `.metadata` file of
 a sharded (torch.distributed.checkpoint) checkpoint directory.
 
-A single file is loaded with `torch.load(..., weights_only=True)` (tensors and plain values); one that holds other
+A single file is loaded with `torch.load(..., weights_only=True)` (tensors and plain values), or, where that refuses
+it, with an unpickler that builds only tensors and dicts of them (`_TensorsOnlyUnpickler`: lit-gpt's `incremental_save`
+files, pickled with protocol 5 and integer storage keys, which `weights_only` does not read); one that holds other
 pickled objects is refused with `TRUST_HINT`'s advice, and one cut short or overwritten is called truncated or
 corrupt, in one line each (`load_single_file`). A sharded checkpoint's `.metadata` is unpickled by an unpickler that
 builds only torch.distributed.checkpoint's metadata classes, and its shards are checked to lie whole beside it
@@ -9,20 +11,23 @@ builds only torch.distributed.checkpoint's metadata classes, and its shards are 
 """
 
 import pickle
+import warnings
+from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, Optional
 
 import torch
 
 
-def _torch_load(path: Path, weights_only: bool = True) -> dict:
+def _torch_load(path: Path, weights_only: bool = True, **kwargs: Any) -> dict:
     try:
-        return torch.load(path, mmap=True, weights_only=weights_only, map_location="cpu")
+        return torch.load(path, mmap=True, weights_only=weights_only, map_location="cpu", **kwargs)
     except RuntimeError as e:
         if "mmap" not in str(e):
             raise
         # a legacy (non-zip) file cannot be mapped
-        return torch.load(path, weights_only=weights_only, map_location="cpu")
+        return torch.load(path, weights_only=weights_only, map_location="cpu", **kwargs)
 
 
 def load_single_file(path: Path, trust_pickle: bool = False, pickle_hint: Optional[str] = None) -> object:
@@ -37,11 +42,19 @@ def load_single_file(path: Path, trust_pickle: bool = False, pickle_hint: Option
             "written by `fabric.save` (it holds *.distcp files and .metadata)"
         )
     try:
-        return _torch_load(path)
+        with warnings.catch_warnings():  # protocol 5 (lit-gpt's incremental_save), read below if weights_only cannot
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return _torch_load(path)
     except Exception as e:
         if "weights_only" not in str(e):  # a file cut short or overwritten: EOFError, "invalid header", OSError 22
             raise _unreadable(path, e) from None
         if not trust_pickle:  # pickled objects (hyperparameters of other tools, ...) that weights_only refuses
+            try:  # or only tensors, pickled as weights_only does not read (lit-gpt's incremental_save)
+                return _torch_load(path, weights_only=False, pickle_module=_TENSORS_ONLY)
+            except _Refused:
+                pass
+            except Exception as e:
+                raise _unreadable(path, e) from None
             raise ValueError(
                 f"{str(path)!r} holds pickled Python objects besides tensors, which loading it safely "
                 "(`torch.load(weights_only=True)`) refuses: unpickling them can run arbitrary code. "
@@ -111,6 +124,33 @@ class _MetadataUnpickler(pickle.Unpickler):
         if dtype or (module, name) in _DCP_METADATA_GLOBALS:
             return super().find_class(module, name)
         raise _Refused(f"{module}.{name}")
+
+
+class _TensorsOnlyUnpickler(pickle.Unpickler):
+    """An unpickler for `torch.load(pickle_module=_TENSORS_ONLY)` that builds tensors (from the storages torch's
+    loader reads out of the zip by their keys), parameters and ordered dicts, and nothing else: a pickle that names
+    any other global is refused before it is called (the globals `weights_only` allows for these). Pickle's own
+    containers and constants need no global."""
+
+    _ALLOWED = {
+        ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+        ("collections", "OrderedDict"): OrderedDict,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        raise _Refused(f"{module}.{name}")
+
+
+# torch.load reads the zip, maps the storages and calls our Unpickler (storage types are resolved before find_class);
+# a legacy (non-zip) file's header is read with `load`
+_TENSORS_ONLY = SimpleNamespace(
+    Unpickler=_TensorsOnlyUnpickler,
+    load=lambda file, **kwargs: _TensorsOnlyUnpickler(file, **kwargs).load(),
+    __name__="lit_gpt.trust._TENSORS_ONLY",
+)
 
 
 def read_dcp_metadata(file: Path, trust_pickle: bool = False) -> Any:

@@ -1,4 +1,5 @@
-"""A lit checkpoint directory: `lit_config.json` (the model's `Config`), `lit_model.pth` (a plain state dict, the names
+"""A lit checkpoint directory: `lit_config.json` (the model's `Config`; lit-gpt's keys, or litgpt's `model_config.yaml`,
+are read too), `lit_model.pth` (a plain state dict, the names
 of `GPT(config).state_dict()`), the tokenizer files, and `separators.json` (`lit_gpt/data/separators.py`).
 
 Read by generation, evaluation, finetuning and `--initial_checkpoint_dir`; written by the conversions and by
@@ -15,8 +16,9 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from lit_gpt.config import Config
+from lit_gpt.config import Config, checkpoint_config_file
 from lit_gpt.files import atomic_file, check_seal, seal_zip
+from lit_gpt.hf import fuse_litgpt_qkv
 from lit_gpt.model import GPT
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, training_hparams
 
@@ -80,15 +82,19 @@ def lit_checkpoint_files(checkpoint_dir: Path) -> Tuple[Config, Path]:
             "`python scripts/convert_pretrained_checkpoint.py` or from a Hugging Face one with "
             "`python scripts/convert_hf_checkpoint.py`."
         )
-    if not (checkpoint_dir / "lit_config.json").is_file():
-        raise FileNotFoundError(f"{str(checkpoint_dir)!r} has lit_model.pth but no lit_config.json next to it")
-    return Config.from_file(checkpoint_dir / "lit_config.json"), model_file
+    config_file = checkpoint_config_file(checkpoint_dir)
+    if config_file is None:
+        raise FileNotFoundError(
+            f"{str(checkpoint_dir)!r} has lit_model.pth but no lit_config.json (or litgpt's model_config.yaml) "
+            "next to it"
+        )
+    return Config.from_file(config_file), model_file
 
 
 def _made_into_lit_checkpoint(path: Path) -> Tuple[str, str]:
     """(what the file or sharded checkpoint `path` is, the command that makes a lit checkpoint directory of it): for a
     training checkpoint, with the model and the tokenizer it records."""
-    if path.name == "lit_model.pth" or (path.parent / "lit_config.json").is_file():
+    if path.name == "lit_model.pth" or checkpoint_config_file(path.parent) is not None:
         return f"a file in the lit checkpoint directory {str(path.parent)!r}", "pass the directory"
     try:
         hparams = training_hparams(path)
@@ -130,12 +136,20 @@ def _made_into_lit_checkpoint(path: Path) -> Tuple[str, str]:
 
 def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
     """A lit state dict, memory-mapped: tensors are read from disk when used. Checked against the SHA-256 that
-    `save_lit_checkpoint` writes with it (one written before, or by another tool, has none and is read as it is)."""
+    `save_lit_checkpoint` writes with it (one written before, or by another tool, has none and is read as it is).
+    litgpt's (>= 0.5) fused `attn.qkv` projections come out in lit-gpt's names and layout (`attn.attn`), laid out
+    as the config file beside `model_file` says."""
     check_seal(model_file)
     hint = "A lit checkpoint holds only tensors: make it again with scripts/convert_*_checkpoint.py."
     state = load_single_file(model_file, pickle_hint=hint)  # one-line refusals of planted, cut or foreign files
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{model_file} is not a lit state dict (weight names -> tensors): {hint}")
+    litgpt_names = [k for k in state if k.endswith((".attn.qkv.weight", ".attn.qkv.bias"))]
+    config_file = checkpoint_config_file(Path(model_file).parent)
+    if litgpt_names and config_file is not None:
+        config = Config.from_file(config_file)
+        state = {k.replace(".attn.qkv.", ".attn.attn."): fuse_litgpt_qkv(v, config) if k in litgpt_names else v
+                 for k, v in state.items()}  # fmt: skip
     return state
 
 

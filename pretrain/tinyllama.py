@@ -34,7 +34,7 @@ stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
-from lit_gpt.config import Config, check_same_architecture  # noqa: E402
+from lit_gpt.config import Config, check_same_architecture, checkpoint_config_file  # noqa: E402
 from lit_gpt.data.loaders import (  # noqa: E402
     check_data_dir,
     check_prepared,
@@ -60,6 +60,7 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
     later_checkpoints,
     latest_to_resume,
     load_checkpoint,
+    load_lit_weights,
     nonfinite_stop_message,
     own_out_dir,
     save_checkpoint,
@@ -434,21 +435,19 @@ def model_config(
 ) -> Config:
     """The registry's `model_name` (TinyLlama by default), or the config of `initial_checkpoint_dir` when no name is
     given; a name whose architecture or weights differ from the checkpoint's is refused (before any model is built)."""
-    overrides = {"block_size": block_size} if block_size else {}
+    overrides = {"block_size": block_size} if block_size is not None else {}
     if initial_checkpoint_dir is None:
         return Config.from_name(model_name or "tiny-llama-1.1b", **overrides)
     saved_config, model_file = lit_checkpoint_files(initial_checkpoint_dir)
     config = (
         Config.from_name(model_name, **overrides) if model_name else Config(**{**saved_config.to_dict(), **overrides})
     )
-    source = f"{model_file.parent}/lit_config.json"
+    source = str(checkpoint_config_file(model_file.parent))
     check_same_architecture(
         config, saved_config, source, "pass the --model_name of the model in --initial_checkpoint_dir, or leave it out"
     )
     shapes = {k: v.shape for k, v in load_lit_state_dict(model_file).items()}
-    hint = (
-        f"Pass the --model_name of the model there (its lit_config.json says {saved_config.name!r}), or leave it out."
-    )
+    hint = f"Pass the --model_name of the model there (its config file says {saved_config.name!r}), or leave it out."
     check_weights(shapes, config, str(model_file), hint)
     return config
 
@@ -523,7 +522,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
                              "with a checkpoint of the stable run to branch one off it")  # fmt: skip
     if not resume and h["initial_checkpoint_dir"]:  # checked against the model in setup()
         model_file = Path(h["initial_checkpoint_dir"]) / "lit_model.pth"
-        fabric.load_raw(model_file, model, strict=True)
+        load_lit_weights(fabric, model, model_file)
         fabric.print(f"Initialized the weights from {model_file}")
     if resume:
         load_checkpoint(fabric, Path(resume), state, config.to_dict(), h["trust_pickle"], recorded_sources, verify)

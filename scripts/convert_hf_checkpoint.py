@@ -12,10 +12,11 @@ starts from the result.
 """
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Dict, List, Literal, Optional
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -99,6 +100,39 @@ def convert(
         f"({n_bytes / 1e6:.1f} MB){also} "
         f"in {time.perf_counter() - t0:.1f}s"
     )
+
+
+# lit-gpt's name; its keyword arguments (checkpoint_dir, model_name, dtype) are these
+convert_hf_checkpoint = convert
+
+
+def copy_weights_hf_llama(
+    config: Config,
+    qkv_weights: Dict[int, List[Optional[torch.Tensor]]],
+    state_dict: Dict[str, torch.Tensor],
+    hf_weights: Dict[str, torch.Tensor],
+    saver: Optional[Any] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> None:
+    """lit-gpt's step of its conversion, called once per weight file: the lit weights of `hf_weights` (Hugging Face
+    Llama names) go into `state_dict`, cast to `dtype` and stored early by `saver` (`lit_gpt.utils.incremental_save`)
+    when given. A layer's q, k and v wait in `qkv_weights` (layer -> [q, k, v]) until all three were seen, which can
+    be in different files."""
+    items = []
+    for name, tensor in hf_weights.items():
+        m = re.fullmatch(r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.weight", name)
+        if m is None:
+            items.append((name, tensor))
+            continue
+        parts = qkv_weights.setdefault(int(m.group(1)), [None, None, None])
+        parts["qkv".index(m.group(2))] = tensor
+    for layer, parts in list(qkv_weights.items()):
+        if all(p is not None for p in parts):
+            items += [(f"model.layers.{layer}.self_attn.{n}_proj.weight", p) for n, p in zip("qkv", parts)]
+            del qkv_weights[layer]
+    for name, tensor in hf_to_lit(items, config):
+        tensor = tensor.to(dtype) if dtype is not None else tensor
+        state_dict[name] = saver.store_early(tensor) if saver is not None else tensor
 
 
 if __name__ == "__main__":

@@ -123,6 +123,10 @@ def convert(
     )
 
 
+# lit-gpt's name, with the same first four parameters
+convert_checkpoint = convert
+
+
 if __name__ == "__main__":
     from lit_gpt.cli import cli
 

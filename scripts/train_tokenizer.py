@@ -13,6 +13,7 @@ Example:
 
 import io
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -108,9 +109,10 @@ def train(
             minloglevel=2,
         )
     except RuntimeError as e:
-        if "Vocabulary size" in str(e):
-            raise PrepareError(f"the corpus in {input_dir} is too small for --vocab_size {vocab_size}: {e}") from e
-        raise
+        refusal = vocab_size_refusal(str(e), input_dir, vocab_size)
+        if refusal is None:
+            raise
+        raise refusal from e
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "tokenizer.model").write_bytes(model.getvalue())
     config = {
@@ -134,6 +136,25 @@ def train(
     )
     if stats.bad:
         print(f"left out {len(stats.bad):,} records that could not be read; the first: {stats.bad[0]}")
+
+
+def vocab_size_refusal(message: str, input_dir: Path, vocab_size: int) -> Optional[PrepareError]:
+    """SentencePiece's refusal of `--vocab_size` in the project's words, or None for another error. Its own text names
+    its `--character_coverage` option, which this script does not have (it keeps 99.995% of the characters)."""
+    too_few = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+    if too_few:
+        return PrepareError(
+            f"the corpus in {input_dir} has more distinct characters than --vocab_size {vocab_size} has room for: "
+            f"those of 99.995% of its text need {int(too_few[2]):,} tokens of their own, the 256 bytes and the special "
+            f"tokens more; pass --vocab_size {int(too_few[2]) + 259} or more"
+        )
+    too_many = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+    if too_many:
+        return PrepareError(
+            f"the corpus in {input_dir} is too small for --vocab_size {vocab_size}: it yields at most {too_many[2]} "
+            f"tokens; pass --vocab_size {too_many[2]} or less, or more text"
+        )
+    return None
 
 
 def _documents(files, stats: Stats, options, read_documents) -> Iterator[str]:

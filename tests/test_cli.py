@@ -350,3 +350,74 @@ def test_type_refusals_name_the_type_in_words(flag, value, expected):
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f"error: {flag} {value!r} is not {expected} (`--help` describes the flag)"
     ], proc.stderr
+
+
+def hostile_values(name: str, annotation: Any) -> List[str]:
+    """Values that `--name` (typed `annotation`) must refuse: negative, zero where the flag's least is 1, beyond what
+    torch and numpy take, NaN and infinity for floats, above 1 for fractions; in a list or mapping for those types."""
+    from lit_gpt.cli import FLAG_RANGES, INT64_MAX
+
+    text = str(annotation)
+    least, greatest, below = FLAG_RANGES[name]
+    if "float" in text:
+        values = ["-1.5", ".nan", ".inf", "-.inf"] + (["1.0"] if below else [])
+    else:
+        values = ["-1", str(INT64_MAX + 1)] + (["0"] if least == 1 else []) + ([str(greatest + 1)] if greatest else [])
+    if "Dict" in text:
+        return [f"{{a: {v}}}" for v in values]
+    if "List" in text or "Tuple" in text:
+        return [f"[{v}, {v}]" for v in values]
+    return values
+
+
+def test_every_numeric_and_path_flag_of_every_entry_point_refuses_hostile_values(tmp_path, capsys):
+    """Issue 28: `--block_size -5`, `--seed 99999999999`, eval's `--block_size -1` (ZeroDivisionError), plot_logs'
+    `--output run/step-8.pth` ended in tracebacks, `--block_size 0` became 256 silently. Each int, float and path flag
+    of each entry point's signature is given hostile values; each is refused in one line that names the flag, before
+    the entry function runs (the full parse, in this process) and before torch is imported (a few runs of the scripts
+    themselves: the light pass)."""
+    from lit_gpt.cli import check_flag_values, is_path_flag
+
+    checkpoint = tmp_path / "run" / "step-00000008.pth"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"PK")
+    output_files = {"output": [str(checkpoint), str(tmp_path)], "out_file": [str(checkpoint), str(tmp_path)]}
+    refused = 0
+    for script in ENTRY_POINTS:
+        function = getattr(entry_point(script), entry_function(script))
+        parameters = inspect.signature(function).parameters
+        # every default passes (and every numeric flag has its range: a flag without one is refused)
+        check_flag_values({n: p.default for n, p in parameters.items() if p.default is not inspect.Parameter.empty})
+        required = {n: str(tmp_path / "missing") for n, p in parameters.items() if p.default is inspect.Parameter.empty}
+        for name, parameter in parameters.items():
+            text = str(parameter.annotation)
+            values = []
+            if re.search(r"\b(int|float)\b", text):
+                values += hostile_values(name, parameter.annotation)
+            if is_path_flag(name, parameter.annotation):
+                values += ["", " "] + output_files.get(name, [])
+            for value in values:
+                args = [f"--{n}={v}" for n, v in {**required, name: value}.items()]
+                line = refusal(capsys, function, *args)
+                assert line.startswith(f"error: --{name} "), (script, name, value, line)
+                refused += 1
+    assert refused > 300
+    # what the full parse passes and the entry function replaced silently: refused there too
+    from lit_gpt.data.prepare import prepare
+    from lit_gpt.data.readers import PrepareError
+
+    with pytest.raises(PrepareError, match="--num_workers 0 must be at least 1; leave it out for one per CPU core"):
+        prepare("text", tmp_path, str(tmp_path / "out"), tmp_path / "missing", 8192, num_workers=0)
+    # the scripts themselves: refused by the light pass, before torch is imported
+    for script, args, expected in [
+        ("pretrain/tinyllama.py", ["--seed", "99999999999"], "--seed 99999999999 must be at most 4_294_967_295"),
+        ("pretrain/tinyllama.py", ["--block_size", "0"], "--block_size 0 must be at least 1"),
+        ("eval/perplexity.py", ["--checkpoint_dir", "c", "--block_size", "-1"], "--block_size -1 must be at least 1"),
+        ("generate/base.py", ["--checkpoint_dir", "c", "--seed", "-1"], "--seed -1 must not be negative"),
+        ("scripts/train_tokenizer.py", ["--max_lines", "-1"], "--max_lines -1 must be at least 1"),
+        ("scripts/prepare_text.py", ["--input", "i", "--output_dir", "o", "--num_workers", "-1"], "--num_workers -1"),
+        ("scripts/plot_logs.py", ["--output", str(checkpoint)], f"--output '{checkpoint}' is a checkpoint's"),
+    ]:
+        proc = run_script(script, *args)
+        assert one_error_line(proc).startswith(f"error: {expected}"), proc.stderr
+        assert proc.stdout.strip() == "imported:", proc.stdout

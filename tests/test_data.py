@@ -1,6 +1,7 @@
 """The data pipeline on the real components: sample corpus, SentencePiece trainer, litdata chunks, StreamingDataset."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -448,6 +449,41 @@ def test_long_documents_are_tokenized_in_pieces_to_the_tokens_of_one_call(prepar
     assert np.concatenate(list(items)).tolist() == [i for ids in expected for i in ids]
 
 
+def test_a_long_document_without_spaces_is_encoded_in_bounded_pieces(prepared, tmp_path, monkeypatch):
+    """A 20 MB line without spaces was one piece, encoded in one call that took 1.4 GB. A document with no single space
+    within MAX_PIECE_CHARS is cut every PIECE_CHARS characters: every piece bounded, the tokens decoding to the text,
+    and those of the document's parts that have spaces near enough are still the tokens of one call."""
+    import random
+
+    import numpy as np
+
+    import lit_gpt.data.prepare as prepare_module
+
+    tokenizer = Tokenizer(prepared["tokenizer"])
+    rng = random.Random(0)
+    solid = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(20_000))
+    pieces = prepare_module.split_at_spaces(solid, 1000, max_chars=3000)
+    assert "".join(pieces) == solid and len(pieces) == 20 and {len(p) for p in pieces} == {1000}
+
+    spaced = " ".join(solid[i : i + 500] for i in range(0, 10_000, 500))  # a single space every 500 characters
+    assert all(p.startswith(" ") for p in prepare_module.split_at_spaces(spaced, 1000, max_chars=3000)[1:])
+
+    # through the work function, with the bounds made small: what the tokenizer is given, and what it returns
+    monkeypatch.setattr(prepare_module, "PIECE_CHARS", 1000)
+    monkeypatch.setattr(prepare_module, "MAX_PIECE_CHARS", 3000)
+    calls = []
+    split = prepare_module.split_at_spaces
+    monkeypatch.setattr(prepare_module, "split_at_spaces", lambda *a: calls.extend(map(len, split(*a))) or split(*a))
+    path = tmp_path / "a.jsonl.zst"
+    write_jsonl_zst(path, [{"text": solid + spaced}])
+    items = prepare_module.tokenize_files([str(path)], "slimpajama", str(prepared["tokenizer"]), 4096)
+    ids = np.concatenate(list(items)).tolist()
+    assert tokenizer.decode(ids[:-1]) == solid + spaced and ids[-1] == tokenizer.eos_id
+    assert len(calls) > 20 and max(calls) <= 3000  # MAX_PIECE_CHARS
+    spaced_ids = tokenizer.encode_ids(spaced)
+    assert tokenizer.decode(ids[-1 - len(spaced_ids) : -1]).endswith(spaced[len(spaced) // 2 :])
+
+
 def test_preparation_progress_rates_leave_out_the_first_report(capsys):
     import multiprocessing
     import re
@@ -513,3 +549,16 @@ def test_the_output_folder_gets_the_mode_of_a_new_folder(tmp_path):
         assert _staging_dir(tmp_path / "out").stat().st_mode & 0o777 == 0o755
     finally:
         os.umask(umask)
+
+
+def test_tokenizer_trainer_says_which_vocab_size_fits_without_sentencepiece_flags(tmp_path):
+    """SentencePiece's own text was passed on: "decrease character_coverage with --character_coverage option", a flag
+    that train_tokenizer.py does not have. The line now names the --vocab_size that fits, which then trains."""
+    (tmp_path / "a.txt").write_text("".join(chr(0x4E00 + i) for i in range(600)) + "\n" + "hello world\n" * 10)
+    train = load_script("train_tokenizer").train
+    with pytest.raises(PrepareError, match="more distinct characters than --vocab_size 300 has room for") as e:
+        train(input=str(tmp_path / "a.txt"), output_dir=tmp_path / "tok", vocab_size=300, num_threads=1)
+    assert "character_coverage" not in str(e.value)
+    fits = int(re.search(r"pass --vocab_size (\d+) or more", str(e.value))[1])
+    train(input=str(tmp_path / "a.txt"), output_dir=tmp_path / "tok", vocab_size=fits, num_threads=1)
+    assert Tokenizer(tmp_path / "tok").vocab_size == fits

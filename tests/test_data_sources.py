@@ -25,6 +25,12 @@ def test_sources_from_the_default_a_mapping_or_a_yaml_file(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"--train_data .*nope.yaml: no such file"):
         data_sources("data", (0.7, 0.3), str(tmp_path / "nope.yaml"))
+    # folders meant as the data: not named a missing file
+    (tmp_path / "a").mkdir()
+    for given, what in [("data/a,data/b", "several folders, not a file"), (str(tmp_path / "a"), "a prepared folder")]:
+        with pytest.raises(FileNotFoundError, match=f"--train_data '{given}' reads as {what}; it takes a mapping") as e:
+            data_sources("data", (0.7, 0.3), given)
+        assert "no such file" not in str(e.value) and "in braces" in str(e.value)
     (tmp_path / "list.yaml").write_text("- data/a\n- data/b\n")
     with pytest.raises(ValueError, match="must hold a mapping of prepared folders to weights"):
         data_sources("data", (0.7, 0.3), str(tmp_path / "list.yaml"))

@@ -219,6 +219,7 @@ def test_generation_samples_only_the_tokenizers_ids():
         ({"temperature": -0.5}, "--temperature -0.5 must not be negative"),  # sampled the inverted distribution
         ({"top_k": 0}, "--top_k 0 must be at least 1"),
         ({"max_new_tokens": -3}, "--max_new_tokens -3 must not be negative"),
+        ({"num_samples": 0}, "^--num_samples 0 must be at least 1"),  # the line blamed --max_new_tokens first
     ],
 )
 def test_bad_sampling_flags_are_refused(tmp_path, flags, message):

@@ -32,6 +32,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
             "lit_gpt.flops",
             "lit_gpt.hf",
             "lit_gpt.weights",
+            "lit_gpt.utils",
         ),
     ),
     ("data", ("lit_gpt.data",)),

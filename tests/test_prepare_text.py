@@ -245,3 +245,76 @@ def test_preparation_records_its_largest_id_and_refuses_ids_outside_the_tokenize
     check_token_ids([str(out)], first + 1, "test-model")
     with pytest.raises(ValueError, match=f"holds token id {first}, "):
         check_token_ids([str(out)], first, "test-model")
+
+
+def test_hostile_records_are_bad_records_of_their_file_and_the_preparation_goes_on(tmp_path, export_tokenizer_dir):
+    """Each of these stopped prepare_text.py with a traceback and no file: JSON nested 100,000 deep (RecursionError),
+    a lone surrogate escape (a TypeError in the tokenizer), a zstd frame that claims 1 GB (ZstdError, which
+    prepare_slimpajama.py reported as a bad record), a file name of bytes that are not UTF-8 with --val_fraction
+    (UnicodeEncodeError). The first three are bad records naming their file, worded alike by both scripts' readers;
+    the file name is read like any other; the other documents are prepared."""
+    import os
+    import struct
+
+    from lit_gpt.data.readers import read_slimpajama
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "deep.jsonl").write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + '}\n{"text": "kept 1"}\n')
+    (corpus / "surrogate.jsonl").write_text('{"text": "a\\ud800b"}\n{"text": "kept 2 \\u00e9"}\n')
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(b'{"text": "hidden"}\n')
+    assert frame[4] == 0x20  # single segment, a 1-byte content size: rewritten as a 4-byte one of 1 GB
+    (corpus / "claims.jsonl.zst").write_bytes(frame[:4] + bytes([0xA0]) + struct.pack("<I", 1 << 30) + frame[6:])
+    (corpus / os.fsdecode(b"name\xff.jsonl")).write_text('{"text": "kept 3"}\n')
+    expected = {
+        "deep.jsonl:1: malformed JSON line: nested too deeply to parse",
+        "surrogate.jsonl:1: lone surrogate: '\\ud800' (half of a pair) in the text",
+        "claims.jsonl.zst:1: corrupt zstd data: zstd decompressor error: Frame requires too much memory for decoding "
+        "(rest of file unread)",
+    }
+    docs = []
+    stats = Stats()
+    for path in sorted(corpus.iterdir()):
+        docs += list(read_documents(path, stats, TextOptions(val_fraction=0.5, split="train")))
+        docs += list(read_documents(path, stats, TextOptions(val_fraction=0.5, split="val")))
+    assert sorted(docs) == ["kept 1", "kept 2 é", "kept 3"]
+    assert {str(b).replace(f"{corpus}/", "") for b in stats.bad} == expected
+    stats = Stats()
+    assert list(read_slimpajama(corpus / "claims.jsonl.zst", stats)) == []
+    assert str(stats.bad[0]) == f"{corpus}/{sorted(expected)[0]}"  # the same words from SlimPajama's reader
+
+    script = [sys.executable, str(ROOT / "scripts" / "prepare_text.py"), "--input", str(corpus), "--val_fraction"]
+    script += ["0.5", "--tokenizer_path", str(export_tokenizer_dir), "--output_dir", str(tmp_path / "out")]
+    proc = subprocess.run([*script, "--skip_bad_records", "true"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    reported = {line for line in proc.stdout.splitlines() if line.startswith("bad record: ")}
+    assert {line.replace(f"bad record: {corpus}/", "") for line in reported} == expected, reported
+    split = [json.loads((tmp_path / "out" / s / "prepare.json").read_text())["documents"] for s in ("train", "val")]
+    assert sum(split) == 3
+
+
+def test_a_line_is_read_in_bounded_memory_whatever_its_frame_claims(tmp_path):
+    """A small zstd file whose frame holds one line of 64 MiB of zeros: the decoder is fed a little at a time and the
+    line is refused once longer than the limit (1 MiB here), never held whole; a long line within the limit is read
+    in pieces joined once (not copied again for each piece), and lines across frames are whole."""
+    import time
+    import tracemalloc
+
+    from lit_gpt.data.readers import LineTooLongError, zstd_lines
+
+    path = tmp_path / "bomb.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor(level=3).compress(b"\0" * (64 << 20)))
+    assert path.stat().st_size < 64 << 10
+    tracemalloc.start()
+    try:
+        with pytest.raises(LineTooLongError, match="line too long: more than 1 MiB"):
+            list(zstd_lines(path, max_line=1 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, peak  # the whole line, and its copies, took several times 64 MiB
+    line = bytes(range(33, 127)) * (200_000 // 94)  # 200 kB that compress poorly enough to come in many pieces
+    path.write_bytes(zstandard.ZstdCompressor().compress(b"a\n" + line) + zstandard.ZstdCompressor().compress(b"\nz"))
+    t0 = time.perf_counter()
+    assert list(zstd_lines(path)) == [b"a", line, b"z"]
+    assert time.perf_counter() - t0 < 5

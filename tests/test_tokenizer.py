@@ -52,7 +52,28 @@ def test_add_bos_token_and_generation_config_are_read(tmp_path):
     tok = Tokenizer(tmp_path)
     assert tok.add_bos_token and (tok.bos_id, tok.eos_id) == (3, 2)
     assert tok.encode("fox", bos=None)[0].item() == 3
-    assert tok.encode("fox")[0].item() != 3
+    # the library's own encoding says bos itself; `encode` is lit-gpt's, whose default follows the config
+    assert tok.encode_ids("fox")[0] != 3 and tok.encode("fox")[0].item() == 3
+
+
+def test_encode_is_lit_gpts(tmp_path):
+    """`encode(string, device, bos, eos, max_length)` as lit-gpt (February 2024) has it: positional device, bos by
+    default where the tokenizer config asks for it (or is a Llama tokenizer's that does not say), max_length cuts."""
+    train_sentencepiece(tmp_path)
+    plain = Tokenizer(tmp_path).encode_ids("The lazy fox")
+    for config, use_bos in (
+        ({}, False),
+        ({"add_bos_token": False, "tokenizer_class": "LlamaTokenizer"}, False),
+        ({"add_bos_token": True}, True),
+        ({"tokenizer_class": "LlamaTokenizer"}, True),
+        ({"add_prefix_space": True}, True),
+    ):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+        tok = Tokenizer(tmp_path)
+        assert tok.encode("The lazy fox", None).tolist() == [1] * use_bos + plain, config
+        assert tok.encode("The lazy fox", torch.device("cpu"), False, True).tolist() == plain + [2]
+        assert tok.encode("The lazy fox", bos=True, max_length=2).tolist() == [1, plain[0]]
+        assert tok.encode_ids("The lazy fox") == plain  # the library's encoding is not changed by the config
 
 
 def test_huggingface_tokenizer_json(tmp_path):
@@ -209,3 +230,14 @@ def test_tokenizer_json_decodes_unknown_pieces_like_sentencepiece(tmp_path):
         ids = sp.encode(text)
         assert 0 in ids and fast.encode(text, add_special_tokens=False).ids == ids, text
         assert fast.decode(ids, skip_special_tokens=False) == sp.decode(ids), text  # transformers' default
+
+
+@pytest.mark.parametrize("config", [{"eos_token_id": "x"}, {"bos_token_id": 1.5}, {"eos_token_id": [True]}])
+def test_an_id_that_is_not_a_whole_number_is_refused_at_load(tmp_path, config):
+    """`"eos_token_id": "x"` loaded, and a preparation's worker failed with a TypeError when it appended it."""
+    train_sentencepiece(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps(config))
+    name = next(iter(config))
+    with pytest.raises(ValueError, match=f"generation_config.json says {name} .*, which is not a token id") as e:
+        Tokenizer(tmp_path)
+    assert "\n" not in str(e.value)

@@ -70,6 +70,13 @@ def data_sources(
         mapping = train_data
     else:
         path = Path(train_data)
+        if not path.is_file() and ("," in str(train_data) or path.is_dir()):  # not a file name, but meant as data
+            what = "a prepared folder" if path.is_dir() else "several folders, not a file"
+            raise FileNotFoundError(
+                f"--train_data {train_data!r} reads as {what}; it takes a mapping of prepared folders to weights in "
+                f"braces, e.g. {example} (one folder: '{{{str(train_data).split(',')[0].strip()}: 1.0}}'), or a YAML "
+                "file that holds one"
+            )
         if not path.is_file():
             raise FileNotFoundError(
                 f"--train_data {train_data}: no such file. Pass a mapping of prepared folders to weights, e.g. "
@@ -331,6 +338,11 @@ def mixture_dataloader(
         num_workers=num_workers,
         drop_last=True,
         worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
+        # a generator of its own: each iterator draws its workers' base seed from it, not from torch's global one,
+        # whose state a checkpoint saves; a resumed run starts an iterator that the uninterrupted run did not, and the
+        # state saved after it differed from that run's by this draw (the data is the same: litdata's order comes
+        # from `seed`)
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -349,6 +361,8 @@ def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: i
         num_workers=num_workers,
         drop_last=True,
         worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
+        # as the training loader's: no draw from torch's global generator for each validation's iterator
+        generator=torch.Generator().manual_seed(0),
     )
 
 

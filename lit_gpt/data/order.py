@@ -204,6 +204,7 @@ class GlobalBatchLoader:
                 )
             orders.append(SourceOrder(sizes or [0], seed, k))
         self.order = GlobalOrder(orders, [w for _, w in sources], seed)
+        self.seed = seed
         self.micro_batch_size, self.global_batch_size = micro_batch_size, global_batch_size
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.cursor, self.step = Cursor(0, [0] * len(orders)), 0
@@ -226,6 +227,10 @@ class GlobalBatchLoader:
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle
             prefetch_factor=PREFETCH if self.num_workers else None,
+            # the workers' base seed from a generator of its own, as lit_gpt.data.loaders' loaders: an iterator that a
+            # resumed run starts (the uninterrupted run did not) leaves torch's global state, which checkpoints save,
+            # as it was
+            generator=torch.Generator().manual_seed(self.seed),
         )
         per_step = self.global_batch_size // self.world_size // self.micro_batch_size
         part = rank_slice(self.global_batch_size, self.rank, self.world_size)

@@ -47,6 +47,7 @@ from lit_gpt.tokenizer import Tokenizer
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
 PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters (see encode_long)
+MAX_PIECE_CHARS = 1 << 21  # and none longer than this (split_at_spaces)
 MAX_LISTED_BAD_RECORDS = 20
 MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
 
@@ -131,7 +132,7 @@ def tokenize_files(
             pending = pending[:0]
 
 
-def encode_long(tokenizer: Tokenizer, text: str, piece_chars: int = PIECE_CHARS) -> np.ndarray:
+def encode_long(tokenizer: Tokenizer, text: str, piece_chars: Optional[int] = None) -> np.ndarray:
     """The tokens of one long document (no eos), encoded in pieces of about `piece_chars` characters, each cut before a
     single space between two non-space characters.
 
@@ -141,7 +142,7 @@ def encode_long(tokenizer: Tokenizer, text: str, piece_chars: int = PIECE_CHARS)
     the document in one call. A `tokenizer.json` tokenizer encodes each piece as a text of its own, which differs from
     one call only where it treats the start of a text specially (a Metaspace pre-tokenizer that prepends "▁").
     """
-    pieces = split_at_spaces(text, piece_chars)
+    pieces = split_at_spaces(text, piece_chars or PIECE_CHARS)
     if tokenizer.backend != "sentencepiece":
         return np.concatenate([np.asarray(tokenizer.encode_ids(p), dtype=np.int32) for p in pieces])
     continuation = _continuation_processor(tokenizer.processor.serialized_model_proto())
@@ -151,15 +152,18 @@ def encode_long(tokenizer: Tokenizer, text: str, piece_chars: int = PIECE_CHARS)
     return np.concatenate(first + [np.asarray(continuation.encode(p), dtype=np.int32) for p in pieces[1:]])
 
 
-def split_at_spaces(text: str, piece_chars: int) -> List[str]:
-    """`text` cut into pieces of at most `piece_chars` characters (more where no cut is found), each cut before a
-    single space between two non-space characters."""
+def split_at_spaces(text: str, piece_chars: int, max_chars: Optional[int] = None) -> List[str]:
+    """`text` cut into pieces of about `piece_chars` characters, each cut before a single space between two non-space
+    characters, the first after `piece_chars` where there is none before. Where a piece would pass `max_chars`
+    (default `MAX_PIECE_CHARS`) without such a space (a line of 20 MB without spaces: one piece took 1.4 GB to
+    encode), it is cut at `piece_chars` characters instead, so that the memory of a piece stays bounded; its tokens may
+    then differ from one call's around the cut, as a token can span it (the text they decode to is the same)."""
+    max_chars = MAX_PIECE_CHARS if max_chars is None else max_chars
     pieces, start = [], 0
     while len(text) - start > piece_chars:
         cut = _single_space(text, start + 1, start + piece_chars, backwards=True)
-        cut = cut or _single_space(text, start + piece_chars, len(text), backwards=False)
-        if cut is None:
-            break
+        cut = cut or _single_space(text, start + piece_chars, start + max(max_chars, piece_chars), backwards=False)
+        cut = cut or start + piece_chars
         pieces.append(text[start:cut])
         start = cut
     pieces.append(text[start:])
@@ -249,6 +253,8 @@ def prepare(
     from litdata.streaming.item_loader import TokensLoader
 
     t0 = time.perf_counter()
+    if num_workers is not None and num_workers < 1:  # `or os.cpu_count()` below would take 0 for the default
+        raise PrepareError(f"--num_workers {num_workers} must be at least 1; leave it out for one per CPU core")
     if not bos and not eos:
         raise PrepareError(
             "--bos false --eos false would lay the documents end to end with nothing between them; keep --eos true "

@@ -47,6 +47,18 @@ class TruncatedError(zstd.ZstdError):
     """A zstd file that ends inside a frame: the end of a complete file is missing."""
 
 
+class LineTooLongError(ValueError):
+    """A line longer than `MAX_LINE_BYTES`: read whole, it would take as much memory (a small zstd frame can claim
+    gigabytes of one line)."""
+
+
+# the longest line that a reader takes (JSON lines are documents); a longer one ends its file with a bad record
+MAX_LINE_BYTES = 1 << 27
+# compressed bytes given to the zstd decoder at a time: what it returns at once is at most ~32,768 times this (its
+# largest ratio, a run of one byte: 8 MiB), so a small file of a large frame is read in bounded pieces
+ZSTD_FEED_BYTES = 256
+
+
 @dataclass
 class BadRecord:
     path: str
@@ -163,14 +175,14 @@ def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
         for line_no, line in enumerate(zstd_lines(path), start=1):  # noqa: B007 (line_no is reported after the loop)
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:  # malformed JSON or invalid UTF-8
-                stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {short_reason(e)}"))
+            row = json_value(line, path, line_no, stats)
+            if row is NOT_JSON:
                 continue
             text = row.get("text") if isinstance(row, dict) else None
             if not isinstance(text, str):
                 stats.skip(BadRecord(str(path), line_no, "row without a 'text' string"))
+                continue
+            if not is_unicode(text, line, path, line_no, stats):
                 continue
             meta = row.get("meta")
             if isinstance(meta, dict) and meta.get("redpajama_set_name") == GITHUB_SET:
@@ -181,32 +193,79 @@ def read_slimpajama(path: Path, stats: Stats) -> Iterator[str]:
     except TruncatedError:
         lost = f"truncated file: it ends inside a zstd frame after {documents:,} documents; the rest is lost"
         stats.skip(BadRecord(str(path), line_no + 1, f"{lost} (download it again)"))
-    except zstd.ZstdError as e:
-        stats.skip(BadRecord(str(path), line_no + 1, f"corrupt zstd data: {short_reason(e)} (rest of file unread)"))
-    except OSError as e:
-        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {short_reason(e)} (rest of file unread)"))
+    except (zstd.ZstdError, LineTooLongError, OSError) as e:
+        stats.skip(BadRecord(str(path), line_no + 1, stream_problem(e)))
 
 
-def zstd_lines(path: Path, read_size: int = 1 << 22) -> Iterator[bytes]:
+def stream_problem(e: BaseException) -> str:
+    """Why the rest of a file cannot be read, the same for every reader: corrupt or truncated compressed data (a zstd
+    frame that needs more memory than the decoder allows included), a line too long to hold, a read error."""
+    if isinstance(e, zstd.ZstdError):
+        return f"corrupt zstd data: {short_reason(e)} (rest of file unread)"
+    if isinstance(e, LineTooLongError):
+        return f"{e} (rest of file unread)"
+    return f"unreadable file: {short_reason(e)} (rest of file unread)"
+
+
+def json_value(line: bytes, path: Path, line_no: Optional[int], stats: Stats, what: str = "line") -> object:
+    """The JSON value of a line (or a whole file), or `NOT_JSON` with a bad record: malformed JSON, bytes that are
+    not UTF-8, or nesting deeper than Python's JSON parser goes (a RecursionError)."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as e:
+        reason = "nested too deeply to parse" if isinstance(e, RecursionError) else short_reason(e)
+        stats.skip(BadRecord(str(path), line_no, f"malformed JSON {what}: {reason}"))
+        return NOT_JSON
+
+
+NOT_JSON = object()
+
+
+def is_unicode(text: str, raw: bytes, path: Path, line_no: Optional[int], stats: Stats) -> bool:
+    """Whether a JSON string is Unicode text, else a bad record: an escape of half a surrogate pair (`"\\ud800"`)
+    decodes to a string that no tokenizer encodes and UTF-8 cannot hold. Only a line with a `\\u` escape can."""
+    if b"\\u" not in raw:
+        return True
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError as e:
+        stats.skip(BadRecord(str(path), line_no, f"lone surrogate: {text[e.start]!r} (half of a pair) in the text"))
+        return False
+
+
+def zstd_lines(path: Path, read_size: int = 1 << 22, max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
     """The lines of a zstd-compressed file (one frame or several); raises `ZstdError` on corrupt or truncated data,
-    which a plain stream reader would take for the end of the file."""
+    which a plain stream reader would take for the end of the file, and `LineTooLongError` for a line of more than
+    `max_line` bytes. The memory it takes is bounded by these and the decoder's window limit (128 MiB), whatever size
+    a frame claims."""
     dctx = zstd.ZstdDecompressor()
-    frame, fed, pending = dctx.decompressobj(), False, b""
+    frame, fed = dctx.decompressobj(), False
+    pending: List[bytes] = []  # the pieces of the line read so far, joined once it ends
+    size = 0
     with open(path, "rb") as fh:
-        while data := fh.read(read_size):
-            while data:
-                out = frame.decompress(data)
-                fed, data = True, b""
-                if frame.eof:  # a frame ended: the rest of the input starts the next one
-                    data = frame.unused_data
-                    frame, fed = dctx.decompressobj(), False
-                lines = (pending + out).split(b"\n")
-                pending = lines.pop()
-                yield from lines
+        while block := fh.read(read_size):
+            for start in range(0, len(block), ZSTD_FEED_BYTES):
+                data = block[start : start + ZSTD_FEED_BYTES]
+                while data:
+                    out = frame.decompress(data)
+                    fed, data = True, b""
+                    if frame.eof:  # a frame ended: the rest of the input starts the next one
+                        data = frame.unused_data
+                        frame, fed = dctx.decompressobj(), False
+                    lines = out.split(b"\n")
+                    if len(lines) > 1:
+                        lines[0] = b"".join([*pending, lines[0]])
+                        pending, size = [], 0
+                    pending.append(lines.pop())
+                    size += len(pending[-1])
+                    if size > max_line:
+                        raise LineTooLongError(f"line too long: more than {max_line >> 20} MiB")
+                    yield from lines
     if fed:
         raise TruncatedError("the file ends inside a zstd frame (truncated download?)")
-    if pending:
-        yield pending
+    if size:
+        yield b"".join(pending)
 
 
 def read_starcoder(path: Path, stats: Stats) -> Iterator[str]:
@@ -369,7 +428,8 @@ def input_roots(inputs: Sequence[str]) -> List[Tuple[str, Path]]:
 def in_validation(path: Path, index: int, fraction: float) -> bool:
     """Whether document `index` of the file `path` belongs to the validation share: a hash of the file's name and the
     index, so the split is the same on every run and machine and for every worker count."""
-    digest = hashlib.blake2b(f"{path.name}\0{index}".encode(), digest_size=8).digest()
+    # os.fsencode: a name of bytes that are not UTF-8 (Python holds them as surrogates) hashes as its bytes
+    digest = hashlib.blake2b(os.fsencode(path.name) + f"\0{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64 < fraction
 
 
@@ -397,8 +457,8 @@ def read_lines(path: Path, compression: Optional[str], stats: Stats) -> Iterator
     except (TruncatedError, EOFError):
         stats.skip(BadRecord(str(path), line_no + 1, "truncated file: the compressed stream ends early (download it "
                              "again); the documents before the cut are kept"))  # fmt: skip
-    except (OSError, lzma.LZMAError, ValueError) as e:  # corrupt data (zstd's error is a ValueError too)
-        stats.skip(BadRecord(str(path), line_no + 1, f"unreadable file: {short_reason(e)} (rest of file unread)"))
+    except (OSError, lzma.LZMAError, ValueError, zstd.ZstdError) as e:  # corrupt data, a line too long
+        stats.skip(BadRecord(str(path), line_no + 1, stream_problem(e)))
 
 
 def _raw_lines(path: Path, compression: Optional[str]) -> Iterator[bytes]:
@@ -408,7 +468,10 @@ def _raw_lines(path: Path, compression: Optional[str]) -> Iterator[bytes]:
         return
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(compression, open)
     with opener(path, "rb") as f:
-        yield from f
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise LineTooLongError(f"line too long: more than {MAX_LINE_BYTES >> 20} MiB")
+            yield line
 
 
 def _decode(line: bytes, path: Path, line_no: int, stats: Stats) -> Optional[str]:
@@ -450,31 +513,26 @@ def _read_json(path: Path, compression: Optional[str], stats: Stats, options: Te
         first = next(lines, None)
     if first is not None and first[1].lstrip().startswith(b"["):  # one JSON array, not JSON lines
         data = first[1] + b"".join(line for _, line in lines)
-        try:
-            rows = json.loads(data)
-        except ValueError as e:
-            stats.skip(BadRecord(str(path), None, f"malformed JSON array: {short_reason(e)}"))
-            return
+        rows = json_value(data, path, None, stats, what="array")
         for i, row in enumerate(rows if isinstance(rows, list) else [], start=1):
             text = nested_value(row, options.text_key)
-            if isinstance(text, str):
-                yield text
-            else:
+            if not isinstance(text, str):
                 stats.skip(BadRecord(str(path), i, f"element without a {options.text_key!r} string"))
+            elif is_unicode(text, data, path, i, stats):
+                yield text
         return
     for line_no, raw in _chain(first, lines):
         if not raw.strip():
             continue
-        try:
-            row = json.loads(raw)
-        except ValueError as e:  # malformed JSON or invalid UTF-8
-            stats.skip(BadRecord(str(path), line_no, f"malformed JSON line: {short_reason(e)}"))
+        row = json_value(raw, path, line_no, stats)
+        if row is NOT_JSON:
             continue
         text = nested_value(row, options.text_key)
         if not isinstance(text, str):
             stats.skip(BadRecord(str(path), line_no, f"row without a {options.text_key!r} string"))
             continue
-        yield text
+        if is_unicode(text, raw, path, line_no, stats):
+            yield text
 
 
 def _chain(first, rest) -> Iterator[Tuple[int, bytes]]:

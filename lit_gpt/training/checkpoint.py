@@ -35,6 +35,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import lightning as L
 import torch
 import torch.distributed.checkpoint as dcp
+from lightning.fabric.strategies.model_parallel import _load_raw_module_state
 from lightning.fabric.wrappers import _unwrap_objects
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
@@ -59,7 +61,7 @@ from lit_gpt.data.order import ORDER
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
 from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums, write_failure
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
-from lit_gpt.weights import strip_wrapper_prefixes
+from lit_gpt.weights import load_lit_state_dict, strip_wrapper_prefixes
 
 STEP_PATTERN = re.compile(r"^step-(\d+)\.pth$")
 OWN_NAME = re.compile(r"^step-(\d{8,})\.pth$")  # exactly what checkpoint_path writes
@@ -581,6 +583,9 @@ def load_checkpoint(
         verify_checkpoint(path)
     metadata = load_metadata(path, trust_pickle)
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
+    note = precision_note(path, metadata["hparams"].get("precision"), (state["hparams"] or {}).get("precision"))
+    if note:
+        fabric.print(note, file=sys.stderr)  # once, on rank 0
     if path.is_dir():
         remainder = _load_sharded(path, state, trust_pickle)
         fabric.barrier()
@@ -588,6 +593,23 @@ def load_checkpoint(
         remainder = fabric.load(path, state, weights_only=not trust_pickle)
     if remainder:
         fabric.print(f"Ignored entries of {path.name}: {sorted(remainder)}")
+
+
+def precision_note(path: Path, then: Optional[str], now: Optional[str]) -> Optional[str]:
+    """The line that says a resume changes the --precision that `path` was written with (the weights were cast
+    without a word), or None. bf16-true keeps the weights and optimizer states in bfloat16, the others in float32."""
+    if then is None or now is None or then == now:
+        return None
+    dtypes = ["bfloat16" if p == "bf16-true" else "float32" for p in (then, now)]
+    cast = (
+        f"its weights and optimizer states are cast from {dtypes[0]} to {dtypes[1]}"
+        if dtypes[0] != dtypes[1]
+        else f"the weights stay {dtypes[0]}, the computation changes"
+    )
+    return (
+        f"Note: {path.name} was written with --precision {then}, this run has --precision {now}: {cast}. Resume "
+        f"with --precision {then} to continue as before"
+    )
 
 
 ########################
@@ -699,3 +721,11 @@ def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tupl
             "save it with `fabric.save(path, {'model': model, ...})`"
         )
     return entries
+
+
+def load_lit_weights(fabric: L.Fabric, model: torch.nn.Module, model_file: Path) -> None:
+    """The weights of a lit checkpoint's `model_file` into `model` set up by `fabric` (sharded or not), strictly:
+    read as `load_lit_state_dict` reads them (tensors only, without running code, memory-mapped: lit-gpt's
+    `incremental_save` files and litgpt's names too), each tensor then written into its shards."""
+    state_dict = load_lit_state_dict(model_file)
+    _load_raw_module_state(state_dict, _unwrap_objects(model), world_size=fabric.world_size, strict=True)
