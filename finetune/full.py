@@ -222,7 +222,8 @@ def main(fabric: L.Fabric, config, hparams: dict, data, out_dir: Path, accumulat
     }
     if resume:
         fabric.print(f"Resuming from {resume}")
-        load_checkpoint(fabric, resume, state, config.to_dict(), h["trust_pickle"])
+        verify = h["resume"] not in (True, "auto")  # latest_to_resume checked the digest of what it picked
+        load_checkpoint(fabric, resume, state, config.to_dict(), h["trust_pickle"], verify=verify)
         train_batches.load_state_dict(state["train_dataloader"])
         restore_rng(state["rng"])
         state["hparams"] = hparams

@@ -30,7 +30,13 @@ import torch  # noqa: E402
 from lit_gpt.data.instruct import TemplateName  # noqa: E402
 from lit_gpt.lora import TARGETS, LoRAConfig, apply_lora, lora_state_dict  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.training.checkpoint import check_compatible, latest_to_resume, load_metadata, own_out_dir  # noqa: E402
+from lit_gpt.training.checkpoint import (  # noqa: E402
+    check_compatible,
+    latest_to_resume,
+    load_metadata,
+    own_out_dir,
+    verify_checkpoint,
+)
 from lit_gpt.training.finetune import (  # noqa: E402
     base_record,
     check_base,
@@ -258,6 +264,8 @@ def adapter_checkpoint_to_resume(resume, out_dir: Path, h: dict) -> Optional[Pat
     path = latest_to_resume(out_dir, h["trust_pickle"]) if resume in (True, "auto") else Path(resume)
     if path is None:
         return None
+    if resume not in (True, "auto"):  # latest_to_resume checked the digest of what it picked
+        verify_checkpoint(path)
     metadata = load_metadata(path, h["trust_pickle"])
     saved = metadata["hparams"]
     if "lora" not in saved or "base" not in saved:  # what it is comes before how it differs

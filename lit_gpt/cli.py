@@ -361,9 +361,9 @@ def check_values_given(args: List[str]) -> None:
 
 def is_path_flag(name: str, annotation: Any) -> bool:
     """Whether the parameter `name` of an entry function takes a path: typed `Path` (alone, optional or among others),
-    or named as one (`*_dir`, `*_path`, `*_file`, `*_data`, `output`, `data`), such as `--data_dir` typed `str` for its
-    object-store URLs."""
-    named = name.endswith(("_dir", "_path", "_file", "_data")) or name in ("output", "data")
+    or named as one (`*_dir`, `*_path`, `*_file`, `*_data`, `output`, `data`, `input`), such as `--data_dir` typed
+    `str` for its object-store URLs."""
+    named = name.endswith(("_dir", "_path", "_file", "_data")) or name in ("output", "data", "input")
     return named or "Path" in str(annotation)
 
 
@@ -377,12 +377,19 @@ def check_no_empty_paths(args: List[str], function: Callable) -> None:
         flag, given, value = arg.partition("=")
         value = value if given else (args[i + 1] if i + 1 < len(args) else None)
         parameter = parameters.get(flag[2:])
-        if value is not None and not value.strip() and parameter and is_path_flag(parameter.name, parameter.annotation):
-            default = f", or leave {flag} out for its default" if parameter.default is not parameter.empty else ""
-            raise UserError(
-                f"{flag} {value!r} is an empty path, which would mean the current folder; pass a path ('.' for the "
-                f"current folder){default}"
-            )
+        if value is not None and parameter and is_path_flag(parameter.name, parameter.annotation):
+            check_not_empty_path(flag, value, has_default=parameter.default is not parameter.empty)
+
+
+def check_not_empty_path(flag: str, value: Any, has_default: bool = False) -> None:
+    """Refuse an empty (or blank) path given to `flag`, which would mean the working directory: the one line of
+    `check_no_empty_paths`, also for a path inside a flag's value (a folder of `--train_data`, an item of a list)."""
+    if not str(value).strip():
+        default = f", or leave {flag} out for its default" if has_default else ""
+        raise UserError(
+            f"{flag} {str(value)!r} is an empty path, which would mean the current folder; pass a path ('.' for the "
+            f"current folder){default}"
+        )
 
 
 def check_flag_values(values: Dict[str, Any]) -> None:

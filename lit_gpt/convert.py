@@ -28,7 +28,14 @@ from lit_gpt.weights import TOKENIZER_FILES, copy_tokenizer_files
 # the loaders would pick up next to, or instead of, the new ones (transformers reads a stale `model.safetensors` rather
 # than new shards, and a stale `tokenizer.json` rather than a new `tokenizer.model`)
 _TOKENIZER_OUTPUTS = (*TOKENIZER_FILES, "added_tokens.json", "chat_template.jinja", "chat_template.json")
-LIT_WEIGHT_OUTPUTS = ("lit_config.json", "lit_model.pth", "lit_*.tmp", "separators.json", "separators.json*.tmp")
+LIT_WEIGHT_OUTPUTS = (
+    "lit_config.json",
+    "lit_model.pth",
+    "lit_model.pth.sealed",
+    "lit_*.tmp",
+    "separators.json",
+    "separators.json*.tmp",
+)
 LIT_OUTPUTS = (*LIT_WEIGHT_OUTPUTS, *_TOKENIZER_OUTPUTS)
 HF_OUTPUTS = (
     "config.json",

@@ -5,7 +5,10 @@ A file or folder that must be read back exactly (a training checkpoint, `lit_mod
 was written: a `torch.save` file (a zip) in its zip comment (`seal_zip`, checked by `check_seal`), a folder in
 `CHECKSUMS`, the digest of every other file in it (`write_checksums`, checked by `check_checksums`). Both are written
 before the file or folder is renamed into place. A flipped bit on disk or in a copy is then refused when it is read
-(`CorruptFile`); a file written before the digests were recorded has none and is read as it is.
+(`CorruptFile`); a file written before the digests were recorded has none and is read as it is. So that a digest
+stripped or deleted is not taken for that, what was written with one says so where the reader sees it apart from the
+digest (a training checkpoint in its hparams, `lit_model.pth` by `sealed_mark` beside it), and the reader passes that
+as `expected`.
 
 `atomic_file` is what every writer of a final file goes through (lit checkpoints, `separators.json`, Hugging Face
 shard indexes, the output record itself). A converter (`scripts/convert_*.py`, `scripts/merge_lora.py`) writes
@@ -62,6 +65,7 @@ def staged_output_dir(
     script: str,
     inputs: Dict[str, Path],
     require_empty: bool = True,
+    needed_bytes: Optional[int] = None,
 ) -> Iterator[Path]:
     """A new folder to write `script`'s output into, which replaces `output_dir` only once written whole.
 
@@ -69,12 +73,13 @@ def staged_output_dir(
     ends, the files of `output_dir` that are not `script`'s earlier output (a README, the Hugging Face files beside
     which `convert_hf_checkpoint.py` writes) are hard-linked into it, and `replace_dir` swaps it in. A failure or a
     kill while writing leaves the earlier output as it was (a full disk needs room for the old output and the new one
-    at once); a write refused by the disk or the location (`write_failure`) ends in one line.
+    at once); a write refused by the disk or the location (`write_failure`) ends in one line, which gives the free
+    space and `needed_bytes`, the size of the output (estimated from the tensors to be written).
     """
     prepare_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty)
     staging = staging_dir(output_dir)
     try:
-        with refused_writes(output_dir):
+        with refused_writes(output_dir, needed_bytes):
             yield staging
             if output_dir.is_dir():
                 link_tree(output_dir, staging, skip=lambda p: p.name == OUTPUT_RECORD or _matches(p.name, outputs))
@@ -400,23 +405,47 @@ def seal_zip(path: Path) -> None:
         f.write(bytes(record) + _SEAL + file_sha256(path, end=size - 22).encode())
 
 
-def check_seal(path: Path) -> bool:
+def check_seal(path: Path, expected: Optional[str] = None) -> bool:
     """Whether `path` carries the digest of `seal_zip` (False: a file written before digests were recorded, or by
-    another tool, which is read as it is); `CorruptFile` where its bytes differ from it."""
+    another tool, which is read as it is); `CorruptFile` where its bytes differ from it, or where it has none but
+    `expected` says why it should (`missing_digest`)."""
     size = path.stat().st_size
     end = size - 22 - _SEAL_BYTES
-    if end < 0:
-        return False
-    with open(path, "rb") as f:
-        f.seek(end)
-        tail = f.read()
+    tail = b""
+    if end >= 0:
+        with open(path, "rb") as f:
+            f.seek(end)
+            tail = f.read()
     if tail[:4] != _EOCD or tail[20:22] != struct.pack("<H", _SEAL_BYTES) or not tail[22:].startswith(_SEAL):
+        if expected:
+            raise missing_digest(path, "its zip comment", expected)
         return False
     if file_sha256(path, end=end) != tail[22 + len(_SEAL) :].decode("ascii", "replace"):
         raise CorruptFile(
             f"{path} is corrupt: its bytes differ from the SHA-256 written with it (a flipped bit on disk or in a copy)"
         )
     return True
+
+
+def missing_digest(path: Path, where: str, expected: str) -> CorruptFile:
+    """The refusal of `path`, whose SHA-256 (`where`) is gone although `expected` says that one was written with it:
+    stripped or deleted, it would let a flipped bit through as in a file written before digests were recorded."""
+    return CorruptFile(
+        f"{path} has lost the SHA-256 written with it ({where} is missing or empty, though {expected}): a flipped bit "
+        "would go unnoticed. Use a copy that has it, or make the file again"
+    )
+
+
+def sealed_mark(path: Path) -> Path:
+    """The file beside a sealed `path` that says it was written with a seal (`lit_model.pth.sealed`), for a file that
+    holds nothing else to say it: a reader that finds the mark but no seal refuses the file (`check_seal`'s
+    `expected`)."""
+    return path.with_name(path.name + ".sealed")
+
+
+def write_sealed_mark(path: Path) -> None:
+    with atomic_file(sealed_mark(path)) as tmp:
+        tmp.write_text(f"{path.name} carries the SHA-256 of its bytes in its zip comment (lit_gpt/files.py)\n")
 
 
 def write_checksums(directory: Path) -> None:
@@ -427,8 +456,8 @@ def write_checksums(directory: Path) -> None:
 
 
 def check_checksums(directory: Path) -> bool:
-    """Whether `directory` has `CHECKSUMS` (False: written before they were recorded, read as it is); `CorruptFile`
-    where a file it names is missing or differs."""
+    """Whether `directory` has `CHECKSUMS` (False: written before they were recorded, read as it is, unless the
+    caller knows that it had one: `missing_digest`); `CorruptFile` where a file it names is missing or differs."""
     try:
         digests = json.loads((directory / CHECKSUMS).read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -4,13 +4,16 @@
 The handler only records the signal. At each optimizer-step boundary the training loop asks `StopSignal.agreed()`,
 which all-reduces (max) the record of every process, so that every process stops after the same step, saves the same
 checkpoint and exits. A signal may reach only some processes: a `kill` of the launching process, or a launcher
-that forwards it to some ranks. A second signal of the same kind stops at once (the default action).
+that forwards it to some ranks. A second signal of the same kind stops at once, with one line that says what was not
+saved (`StopSignal.saving` tells it a save is under way) and the exit code a shell expects (130, 143); a third one
+has the default action.
 
 Child processes (data-loader and preparation workers) die with the process that started them, however it ends
 (`die_with_parent`, `end_children_at_exit`): a worker left behind would keep a crashed run from exiting, or write on.
 """
 
 import atexit
+import contextlib
 import ctypes
 import multiprocessing
 import os
@@ -19,7 +22,8 @@ import signal
 import sys
 import threading
 import time
-from typing import List, Optional, Sequence
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -36,25 +40,43 @@ class StopSignal:
         self._pending = None  # the CUDA event after which `_host` holds the last all-reduced flag, not yet read
         self._host = torch.zeros(1).pin_memory() if device.type == "cuda" else None
         self._agreed = False
+        self._saving: Optional[Path] = None
         self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
+    @contextlib.contextmanager
+    def saving(self, path: Path) -> Iterator[None]:
+        """Around the save of the checkpoint `path`: a second signal during it says that `path` was not saved."""
+        self._saving = path
+        try:
+            yield
+        finally:
+            self._saving = None
+
     def _handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
         if self.received is not None and signum == self.received:
-            # a second one: stop now, with the default action (not a handler from before the loop, which would say that
-            # training had not begun)
+            # a second one: stop now, in one line (the default action was a KeyboardInterrupt traceback from wherever
+            # the run was, inside a save as well); a third one has the default action
             signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-            signal.raise_signal(signum)
-            return
+            if (saved := self._saving) is not None:
+                what = (f"while saving {saved.name}: stopped at once, and {saved.name} was not saved (its partial "
+                        f"{saved.name}.tmp is never resumed from; the next save removes it)")  # fmt: skip
+            else:
+                what = "again: stopped at once, without a checkpoint of the steps since the last one"
+            self._say(f"Received {name} {what}. The checkpoints saved before are intact: resume with --resume auto")
+            raise SystemExit(128 + signum)
         self.received = signal.Signals(signum)
+        self._say(
+            f"Received {name}: stopping after the current optimizer step, with a checkpoint (send {name} again to "
+            "stop at once, without one)"
+        )
+
+    @staticmethod
+    def _say(message: str) -> None:
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return  # a Ctrl-C in a terminal reaches every process: say it once
         try:
-            print(
-                f"Received {self.received.name}: stopping after the current optimizer step, with a checkpoint "
-                f"(send {self.received.name} again to stop at once, without one)",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(message, file=sys.stderr, flush=True)
         except RuntimeError:  # the signal came while this process wrote to stderr (a reentrant write)
             pass
 
@@ -166,6 +188,10 @@ _ending_children = False
 
 
 def _kill_children() -> None:
+    # torch's SIGCHLD handler raises "DataLoader worker ... is killed by signal: Killed" for a worker that ends:
+    # here that is what is asked, and its traceback would follow the run's own last word
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     children = multiprocessing.active_children()
     for child in children:
         child.kill()

@@ -3,9 +3,10 @@ are read too), `lit_model.pth` (a plain state dict, the names
 of `GPT(config).state_dict()`), the tokenizer files, and `separators.json` (`lit_gpt/data/separators.py`).
 
 Read by generation, evaluation, finetuning and `--initial_checkpoint_dir`; written by the conversions and by
-`scripts/merge_lora.py`; `lit_model.pth` carries its SHA-256 (`lit_gpt/files.py:seal_zip`). `check_weights` compares a
-checkpoint's names and shapes with a model's before any tensor is loaded; `strip_wrapper_prefixes` takes off the module
-names that compilation, Fabric, DDP and activation checkpointing put around a model's own.
+`scripts/merge_lora.py`; `lit_model.pth` carries its SHA-256 (`lit_gpt/files.py:seal_zip`), and `lit_model.pth.sealed`
+beside it says so. `check_weights` compares a checkpoint's names and shapes with a model's before any tensor is
+loaded; `strip_wrapper_prefixes` takes off the module names that compilation, Fabric, DDP and activation
+checkpointing put around a model's own.
 """
 
 import re
@@ -17,7 +18,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from lit_gpt.config import Config, checkpoint_config_file
-from lit_gpt.files import atomic_file, check_seal, seal_zip
+from lit_gpt.files import atomic_file, check_seal, seal_zip, sealed_mark, write_sealed_mark
 from lit_gpt.hf import fuse_litgpt_qkv
 from lit_gpt.model import GPT
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, training_hparams
@@ -136,10 +137,12 @@ def _made_into_lit_checkpoint(path: Path) -> Tuple[str, str]:
 
 def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
     """A lit state dict, memory-mapped: tensors are read from disk when used. Checked against the SHA-256 that
-    `save_lit_checkpoint` writes with it (one written before, or by another tool, has none and is read as it is).
-    litgpt's (>= 0.5) fused `attn.qkv` projections come out in lit-gpt's names and layout (`attn.attn`), laid out
-    as the config file beside `model_file` says."""
-    check_seal(model_file)
+    `save_lit_checkpoint` writes with it (one written before, or by another tool, has none and is read as it is; one
+    whose mark `lit_model.pth.sealed` says it had one and has none is refused). litgpt's (>= 0.5) fused `attn.qkv`
+    projections come out in lit-gpt's names and layout (`attn.attn`), laid out as the config file beside
+    `model_file` says."""
+    mark = sealed_mark(model_file)
+    check_seal(model_file, f"{mark.name} beside it says it was written with one" if mark.is_file() else None)
     hint = "A lit checkpoint holds only tensors: make it again with scripts/convert_*_checkpoint.py."
     state = load_single_file(model_file, pickle_hint=hint)  # one-line refusals of planted, cut or foreign files
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -160,6 +163,7 @@ def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, out
         order = list(GPT(config).state_dict())
     with atomic_file(output_dir / "lit_config.json") as tmp:
         config.to_file(tmp)
+    write_sealed_mark(output_dir / "lit_model.pth")  # first: a lit_model.pth there always has it
     with atomic_file(output_dir / "lit_model.pth") as tmp:
         torch.save({k: state_dict[k] for k in order}, tmp)
         seal_zip(tmp)  # its SHA-256, which load_lit_state_dict checks

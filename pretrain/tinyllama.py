@@ -36,10 +36,12 @@ import torch  # noqa: E402
 
 from lit_gpt.config import Config, check_same_architecture, checkpoint_config_file  # noqa: E402
 from lit_gpt.data.loaders import (  # noqa: E402
+    DataWatch,
     check_data_dir,
     check_prepared,
     check_token_ids,
     cycle_full_batches,
+    data_contents,
     data_eos_id,
     data_fingerprints,
     data_separators,
@@ -62,6 +64,7 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
     load_checkpoint,
     load_lit_weights,
     nonfinite_stop_message,
+    on_rank_zero,
     own_out_dir,
     save_checkpoint,
     save_pruned,
@@ -346,6 +349,7 @@ def check_data(h: Dict[str, Any], config: Config, initial_checkpoint_dir: Option
     h.update(train_sources=[list(source) for source in train_sources], val_dir=val_dir)
     # what the sources held (index.json's digests): a resume on a folder prepared again since is refused
     h["train_fingerprints"] = data_fingerprints([folder for folder, _ in train_sources])
+    h["train_contents"] = data_contents([folder for folder, _ in train_sources])  # and of the tokens in the chunks
     # the convert script writes it next to lit_config.json, for generation and finetuning (lit_gpt/data/separators.py)
     h["separators"] = data_separators(folders, initial_checkpoint_dir).to_dict()
     return folders
@@ -514,8 +518,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         "skipped_steps": 0,
     }
     verify = resume not in (True, "auto")  # latest_to_resume checks the digests of what it picks
-    if resume in (True, "auto"):
-        resume = latest_to_resume(out_dir, h["trust_pickle"], fabric.print)
+    if resume in (True, "auto"):  # on rank 0, which reads every byte of the checkpoints it checks
+        resume = on_rank_zero(fabric, lambda: latest_to_resume(out_dir, h["trust_pickle"], fabric.print))
         fabric.print(f"Resuming from {resume}" if resume else f"No checkpoint in {out_dir}: starting fresh")
         if not resume and h["anneal_steps"] is not None:
             raise ValueError(f"--anneal_steps: {out_dir} holds no checkpoint to continue an anneal from; pass --resume "
@@ -616,6 +620,7 @@ def fit(
 
     elastic = "data_order" in h  # else a checkpoint's litdata loader, whose epochs end in short batches
     train_iterator = iter(train_loader) if elastic else cycle_full_batches(train_loader, h["micro_batch_size"])
+    data_watch = DataWatch([*(folder for folder, _ in h["train_sources"]), h["val_dir"]])  # replaced while read?
     nonfinite_streak = torch.zeros((), device=fabric.device)
     skipped = torch.zeros((), device=fabric.device)
     last_log_time, last_log_step = time.perf_counter(), state["step_count"]
@@ -665,7 +670,10 @@ def fit(
         nonfinite_streak = (nonfinite_streak + bad) * bad
         skipped += bad
 
-        if step % h["log_interval"] == 0 or step == max_steps:
+        logging = step % h["log_interval"] == 0 or step == max_steps
+        if logging or saving:  # a folder replaced under the run stops it, before its position there is logged or saved
+            data_watch.check(fabric)
+        if logging:
             loss = fabric.all_reduce(loss, reduce_op="mean").item()  # the only host sync of a log step
             if fabric.device.type == "cuda":
                 # `.item()` waits for the compute stream only; the step time must also include the other streams'
@@ -697,7 +705,7 @@ def fit(
             fabric.print(format_metrics(step, max_steps, metrics))
             fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
-                raise RuntimeError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))
+                raise UserError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))  # one line
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
@@ -717,7 +725,8 @@ def fit(
             state["train_dataloader"] = train_loader.state_dict()
             state["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
             path = checkpoint_path(out_dir, step)
-            save_checkpoint(fabric, path, state)
+            with stop.saving(path):
+                save_checkpoint(fabric, path, state)
             fabric.print(f"Saved {path}")
             save_pruned(fabric, out_dir, path, h["keep_last"], nonfinite_streak)
         if stopping:

@@ -87,11 +87,12 @@ def convert(
     separators = separators_of_tokenizer(checkpoint_dir)
     # beside the Hugging Face files, the new folder holds hard links to them: the swap never copies or loses them
     script = "convert_hf_checkpoint.py"
-    with staged_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty=False) as staging:
+    needed = sum(t.nbytes for t in state_dict.values())  # what a full disk's message says is needed
+    with staged_output_dir(output_dir, overwrite, outputs, script, inputs, False, needed) as staging:
         copied = copy_tokenizer_files(checkpoint_dir, staging) if not beside else []
         write_separators(staging, separators)
         save_lit_checkpoint(state_dict, config, staging)
-    n_bytes = sum(t.nbytes for t in state_dict.values())
+    n_bytes = needed
     also = f" (and copied {', '.join(copied)})" if copied else ""
     if tied:
         also += "; the tied embedding is copied into lm_head.weight, which continued training updates on its own"

@@ -89,8 +89,11 @@ def convert(
     check_weights({k: v.shape for k, v in state_dict.items()}, config, str(model_file), hint)
     t0 = time.perf_counter()
     inputs = {"--checkpoint_dir": checkpoint_dir}
-    with staged_output_dir(output_dir, overwrite, HF_OUTPUTS, "convert_lit_checkpoint.py", inputs) as staging:
-        target = getattr(torch, dtype) if dtype else None
+    target = getattr(torch, dtype) if dtype else None
+    # what a full disk's message says is needed: the weights in the dtype written (the tokenizer files are small)
+    needed = sum(v.numel() * (target or v.dtype).itemsize for v in state_dict.values())
+    script = "convert_lit_checkpoint.py"
+    with staged_output_dir(output_dir, overwrite, HF_OUTPUTS, script, inputs, needed_bytes=needed) as staging:
         items = ((k, v.to(target) if target else v) for k, v in lit_to_hf(state_dict.items(), config))
         shards, n_bytes, saved_dtype = save_hf_weights(items, staging, parse_size(max_shard_size))
         bos, eos = save_hf_tokenizer(checkpoint_dir, staging, config.block_size)

@@ -30,6 +30,7 @@ from lit_gpt.data.separators import write_separators  # noqa: E402
 from lit_gpt.files import parse_size, staged_output_dir  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     training_checkpoint_config,
+    training_checkpoint_nbytes,
     training_checkpoint_separators,
     training_checkpoint_shapes,
     training_checkpoint_tensors,
@@ -108,7 +109,9 @@ def convert(
     check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, str(checkpoint_file), hint)
     inputs = {"--checkpoint_file": checkpoint_file, "--tokenizer_dir": tokenizer_dir}
     t0 = time.perf_counter()
-    with staged_output_dir(output_dir, overwrite, LIT_OUTPUTS, "convert_pretrained_checkpoint.py", inputs) as staging:
+    needed = training_checkpoint_nbytes(checkpoint_file, trust_pickle)  # what a full disk's message says is needed
+    script = "convert_pretrained_checkpoint.py"
+    with staged_output_dir(output_dir, overwrite, LIT_OUTPUTS, script, inputs, needed_bytes=needed) as staging:
         kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"
         print(f"Converting the {kind} checkpoint {checkpoint_file} ({config.name}) to {output_dir}")
         state_dict = dict(training_checkpoint_tensors(checkpoint_file, parse_size(group_size), trust_pickle))

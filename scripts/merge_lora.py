@@ -27,7 +27,12 @@ from lit_gpt.data.separators import Separators, read_separators, write_separator
 from lit_gpt.files import staged_output_dir  # noqa: E402
 from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.training.checkpoint import find_latest, load_metadata  # noqa: E402
+from lit_gpt.training.checkpoint import (  # noqa: E402
+    find_latest,
+    load_metadata,
+    training_checkpoint_tensors,
+    verify_checkpoint,
+)
 from lit_gpt.training.finetune import check_base  # noqa: E402
 from lit_gpt.weights import (  # noqa: E402
     copy_tokenizer_files,
@@ -69,6 +74,7 @@ def merge(
         )
     if not lora_checkpoint.is_file():
         raise FileNotFoundError(f"--lora_checkpoint {lora_checkpoint} is not a checkpoint file of finetune/lora.py")
+    verify_checkpoint(lora_checkpoint)  # a flipped bit, or a digest taken away, is refused before anything is read
     hparams = load_metadata(lora_checkpoint, trust_pickle).get("hparams", {})
     if "lora" not in hparams or "base" not in hparams:
         raise ValueError(
@@ -95,10 +101,8 @@ def merge(
         lora = LoRAConfig(**hparams["lora"])
     except TypeError as e:
         raise ValueError(f"--lora_checkpoint {lora_checkpoint} records LoRA settings of another version: {e}") from None
-    checkpoint = torch.load(lora_checkpoint, map_location="cpu", weights_only=not trust_pickle)
-    adapter = checkpoint.get("model")
-    if not isinstance(adapter, dict) or not all(isinstance(v, torch.Tensor) for v in adapter.values()):
-        raise ValueError(f"--lora_checkpoint {lora_checkpoint} holds no adapter tensors under 'model'")
+    # the one reader of training checkpoints: memory-mapped, one-line refusals of a file that is not one
+    adapter = dict(training_checkpoint_tensors(lora_checkpoint, trust_pickle=trust_pickle))
     with torch.device("meta"):
         model = GPT(config)
     apply_lora(model, lora)
@@ -114,7 +118,8 @@ def merge(
         )
     output_dir = output_dir or checkpoint_dir.with_name(checkpoint_dir.name + "-lora")
     inputs = {"--checkpoint_dir": checkpoint_dir, "--lora_checkpoint": lora_checkpoint}
-    with staged_output_dir(output_dir, overwrite, LIT_OUTPUTS, "merge_lora.py", inputs) as staging:
+    needed = model_file.stat().st_size  # the merged weights, in the base's dtype: what a full disk's message says
+    with staged_output_dir(output_dir, overwrite, LIT_OUTPUTS, "merge_lora.py", inputs, needed_bytes=needed) as staging:
         with torch.device("meta"):
             model = GPT(config)
         model.load_state_dict(load_lit_state_dict(model_file), strict=True, assign=True)  # memory-mapped

@@ -33,7 +33,8 @@ def _registered(register_test_llama):
 def test_pretrained_checkpoint_files(fabric_checkpoints, export_lit_dir, export_tokenizer_dir):
     assert fabric_checkpoints["single"].is_file()
     names = sorted(p.name for p in export_lit_dir.iterdir())
-    assert names == [".lit_gpt_conversion.json", "lit_config.json", "lit_model.pth", "separators.json"] + [
+    assert names == [".lit_gpt_conversion.json", "lit_config.json", "lit_model.pth", "lit_model.pth.sealed"] + [
+        "separators.json",
         "tokenizer.json",
         "tokenizer.model",
         "tokenizer_config.json",
@@ -96,7 +97,9 @@ def test_refuses_mismatching_config_and_nonempty_output(fabric_checkpoints, expo
     assert (b / "tokenizer.json").read_text().startswith("\n")
     convert(fabric_checkpoints["single"], export_tokenizer_dir, "test-llama", b, overwrite=True)
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
-    assert names == [".lit_gpt_conversion.json", "keep.txt", "lit_config.json", "lit_model.pth", "separators.json"] + [
+    assert names == [".lit_gpt_conversion.json", "keep.txt", "lit_config.json", "lit_model.pth"] + [
+        "lit_model.pth.sealed",
+        "separators.json",
         "tokenizer.json",
         "tokenizer.model",
         "tokenizer_config.json",
@@ -567,8 +570,8 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     convert(written[1], tokenizer_dir, "micro-llama", single)  # --config_name checked against the saved config
     convert(written[2], tokenizer_dir, output_dir=sharded, group_size="2MB")  # the config from meta.pt
     # the five files of the tutorial, and the converter's record of them
-    files = ["lit_config.json", "lit_model.pth", "separators.json", "tokenizer.json", "tokenizer.model"]
-    files.append("tokenizer_config.json")
+    files = ["lit_config.json", "lit_model.pth", "lit_model.pth.sealed", "separators.json", "tokenizer.json"]
+    files += ["tokenizer.model", "tokenizer_config.json"]
     assert sorted(p.name for p in single.iterdir()) == [".lit_gpt_conversion.json", *files]
     # the run's data has no prepare.json (chunks written directly): the default separators, recorded by the run
     assert torch.load(written[1], weights_only=True)["hparams"]["separators"] == {"bos": False, "eos": True}

@@ -484,6 +484,31 @@ def test_a_truncated_or_pickled_checkpoint_is_refused_in_one_line(codes, tmp_pat
     assert not (tmp_path / "merged").exists()
 
 
+def test_merge_refuses_an_adapter_with_a_flipped_byte_or_its_digest_taken_away(codes, tmp_path):
+    """merge_lora.py read the adapter with a torch.load of its own, without its digest: a flipped byte was merged
+    into the weights. It reads it as every training checkpoint is read, its digest checked first."""
+    from test_pretrain import flip_byte, strip_digest
+
+    from lit_gpt.files import CorruptFile, seal_zip
+
+    merge = load_script_at("scripts/merge_lora.py").merge
+    adapters = []
+    for name in ("flipped", "stripped"):
+        path = fake_adapter_checkpoint(tmp_path / name / "step-00000001.pth", codes["base"], LoRAConfig(r=2))
+        state = torch.load(path, weights_only=True)
+        state["hparams"]["checkpoint_digests"] = "sha256"  # as save_checkpoint writes it
+        torch.save(state, path)
+        seal_zip(path)
+        flip_byte(path)
+        adapters.append(path)
+    strip_digest(adapters[1])
+    with pytest.raises(CorruptFile, match=r"flipped/step-00000001.pth is corrupt: its bytes differ from the SHA-256"):
+        merge(codes["base"], adapters[0], tmp_path / "merged")
+    with pytest.raises(CorruptFile, match=r"stripped/step-00000001.pth has lost the SHA-256 written with it"):
+        merge(codes["base"], adapters[1], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
 def test_merge_checks_the_adapter_before_writing_and_keeps_the_finetunings_separators(codes, tmp_path):
     """An adapter whose tensors do not fit its recorded settings is refused before the output directory is made
     (it used to be refused after, with torch's size-mismatch traceback, leaving a directory that a second merge
@@ -721,7 +746,7 @@ def test_merge_onto_a_full_disk_is_one_line_and_keeps_the_earlier_merge(codes, l
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after the note on the base's separators
         assert exit.value.code == 2, err
         assert err.startswith(f"error: cannot write {str(disk / 'merged')!r}: no space left on device"), err
-        assert "MB free" in err, err
+        assert "MB free" in err and f"it needs about {size / 1e6:.1f} MB" in err, err
         assert {p.name: p.read_bytes() for p in (disk / "merged").iterdir()} == before
         assert [p.name for p in disk.iterdir()] == ["merged"]
     finally:

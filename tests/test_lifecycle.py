@@ -77,6 +77,43 @@ def test_a_run_that_fails_in_training_exits_at_once_ends_its_loader_worker_and_r
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
 
+def test_the_nonfinite_stop_with_two_loader_workers_ends_in_its_one_line(tmp_path, data):
+    """With --num_workers 2 the exit after the non-finite stop used to print its traceback and then "Exception ignored
+    in atexit callback ... DataLoader worker (pid X) is killed by signal: Killed" (torch's SIGCHLD handler, as the
+    workers were ended): the stop is one line, the last, and every process ends."""
+    flags = ["--learning_rate", "1e30", "--min_lr", "0", "--max_nonfinite_steps", "1", "--max_steps", "6"]
+    cmd = command(data, tmp_path, *flags, "--num_workers", "2")  # the last --num_workers counts
+    code, output, alive = run_in_session(cmd, ENDS_WITHIN)
+    assert code == 2 and not alive, (code, list(alive.values()), output[-3000:])
+    assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("error: 1 optimizer steps in a row had a non-finite gradient norm"), output[-3000:]
+
+
+def test_a_second_signal_during_a_save_says_in_one_line_that_it_was_not_saved(tmp_path, capsys):
+    """A second Ctrl-C during a save used to raise KeyboardInterrupt from inside torch's writer, a traceback: it ends
+    in one line that names the checkpoint that was not saved, with exit code 130."""
+    import torch
+
+    from lit_gpt.signals import StopSignal
+
+    stop = StopSignal(torch.device("cpu"))
+    try:
+        with pytest.raises(SystemExit) as exit:
+            with stop.saving(tmp_path / "step-00000004.pth"):
+                signal.raise_signal(signal.SIGINT)  # recorded: stop after this step
+                signal.raise_signal(signal.SIGINT)  # at once
+    finally:
+        stop.restore()
+    assert exit.value.code == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        "Received SIGINT while saving step-00000004.pth: stopped at once, and step-00000004.pth was not saved (its "
+        "partial step-00000004.pth.tmp is never resumed from; the next save removes it). The checkpoints saved before "
+        "are intact: resume with --resume auto"
+    )
+
+
 def test_a_two_process_run_whose_launcher_is_killed_leaves_no_process_behind(tmp_path, data):
     """SIGKILL to the launching process (rank 0) used to leave rank 1 and its loader worker running on, orphaned."""
     cmd = command(data, tmp_path, "--max_steps", "200", devices=2)
@@ -138,6 +175,24 @@ def test_an_empty_path_is_refused_for_every_path_flag_of_every_entry_point():
         for _, _, proc in running:
             proc.kill()
             proc.wait()
+
+
+def test_an_empty_input_or_training_folder_is_refused_not_read_as_the_working_directory(tmp_path):
+    """`train_tokenizer.py --input=` and `prepare_text.py --input "['']"` used to scan the working directory, and
+    `--train_data "{'': 1.0}"` to train on it: refused in the one line of every other empty path."""
+    from lit_gpt.cli import UserError
+    from lit_gpt.data.loaders import data_sources
+    from lit_gpt.data.readers import find_inputs
+
+    cmd = [sys.executable, str(ROOT / "scripts/train_tokenizer.py"), "--input=", "--output_dir", str(tmp_path / "t")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --input '' is an empty path"), proc.stderr[-2000:]
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(UserError, match=r"^--input '' is an empty path, which would mean the current folder"):
+        find_inputs([str(tmp_path), ""])
+    with pytest.raises(UserError, match=r"^--train_data: a folder ' ' is an empty path, which would mean the current"):
+        data_sources("data", (0.5, 0.5), {str(tmp_path): 1.0, " ": 1.0})
 
 
 def test_a_lock_file_the_project_did_not_write_is_refused_not_overwritten_or_followed(tmp_path, data):
@@ -202,7 +257,8 @@ def test_a_stop_signal_before_the_first_step_says_nothing_was_saved(tmp_path, da
 
 def test_a_second_ctrl_c_stops_at_once_and_leaves_no_process_behind(tmp_path, data):
     """The stop message offers a second Ctrl-C to "stop at once": with the default loader worker the run used to
-    print its KeyboardInterrupt and then wait forever for the worker."""
+    print its KeyboardInterrupt and then wait forever for the worker; then to end in the KeyboardInterrupt's
+    traceback. It ends in one line that says what was not saved, exit code 130, every process ended."""
     cmd = command(data, tmp_path, "--max_steps", "200", "--global_batch_size", "32")  # a few seconds a step
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
                             start_new_session=True)  # fmt: skip
@@ -225,5 +281,8 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_no_process_behind(tmp_path, da
     for p in alive:
         p.kill()
     output = "".join(lines)
-    assert proc.returncode != 0 and "KeyboardInterrupt" in output, output[-3000:]
+    assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("Received SIGINT ") and " stopped at once" in last, output[-3000:]
+    assert last.endswith("The checkpoints saved before are intact: resume with --resume auto"), output[-3000:]
     assert not alive, list(alive.values())

@@ -195,3 +195,50 @@ def test_torchrun_with_other_devices_than_its_processes_is_refused(tmp_path):
     )
     assert proc.stderr.count(message) == 1, proc.stderr[-3000:]
     assert "IndexError" not in proc.stderr
+
+
+ONCE_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import lightning as L
+from lit_gpt.files import CorruptFile
+from lit_gpt.training.checkpoint import on_rank_zero, verify_checkpoint
+
+checkpoint, log = Path(sys.argv[1]), Path(sys.argv[2])
+fabric = L.Fabric(accelerator="cpu", devices=2, strategy="ddp")
+fabric.launch()
+
+
+def verify():
+    with open(log, "a") as f:
+        f.write(f"rank {{fabric.global_rank}} read it\\n")
+    return verify_checkpoint(checkpoint)
+
+
+try:
+    on_rank_zero(fabric, verify)
+except CorruptFile as e:
+    print(f"rank {{fabric.global_rank}}: {{e}}", flush=True)
+"""
+
+
+def test_a_sharded_checkpoint_is_verified_by_rank_0_alone_and_every_rank_gets_its_verdict(tmp_path):
+    """Every process of a sharded resume used to read every shard for its digest, the same bytes from the same disk
+    (8 reads of a checkpoint on a node of 8 GPUs): rank 0 reads it, and every process raises its refusal."""
+    from lit_gpt.files import write_checksums
+
+    checkpoint = tmp_path / "step-00000002.pth"
+    checkpoint.mkdir()
+    (checkpoint / "__0_0.distcp").write_bytes(b"shard of rank 0")
+    write_checksums(checkpoint)
+    (checkpoint / "__0_0.distcp").write_bytes(b"shard of rank 1")  # a flipped bit
+    script, log = tmp_path / "once.py", tmp_path / "read.txt"
+    script.write_text(ONCE_SCRIPT.format(root=str(ROOT)))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run([*torchrun, str(script), str(checkpoint), str(log)], capture_output=True, text=True,
+                          timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert log.read_text() == "rank 0 read it\n"
+    for rank in (0, 1):
+        assert f"rank {rank}: {checkpoint / '__0_0.distcp'} is corrupt" in proc.stdout, proc.stdout

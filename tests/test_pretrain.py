@@ -617,6 +617,23 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
     assert "cannot lock" in capsys.readouterr().out
 
 
+def test_a_hard_linked_lock_file_is_refused_not_written_through(tmp_path):
+    """An empty `.lock` hard-linked to a file elsewhere used to receive the run's lock record, written into that other
+    file too: refused in one line, both names left as they were."""
+    import lightning as L
+
+    from lit_gpt.training.checkpoint import own_out_dir
+
+    outside, out_dir = tmp_path / "outside.txt", tmp_path / "out"
+    outside.write_text("")
+    out_dir.mkdir()
+    os.link(outside, out_dir / ".lock")
+    with pytest.raises(FileExistsError, match=r"out/\.lock is a hard link \(2 names of one file\).*Remove it, or pass"):
+        with own_out_dir(L.Fabric(accelerator="cpu", devices=1), out_dir):
+            pass
+    assert outside.read_text() == "" and (out_dir / ".lock").stat().st_nlink == 2
+
+
 def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path):
     """Token ids the model has no embedding for used to fail at the first step, with an IndexError."""
     data = _build(tmp_path / "data", lambda i: same_tokens(i) + 40_000, 8)  # micro-llama: 32,000 ids
@@ -818,6 +835,18 @@ def flip_byte(path: Path) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def strip_digest(path: Path) -> None:
+    """Take away the SHA-256 written with a checkpoint: a single file's zip comment (its length set to 0, its bytes cut
+    off, as a zip tool that rewrites the comment does), a sharded one's checksums.json."""
+    if path.is_dir():
+        (path / "checksums.json").unlink()
+        return
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")  # the end-of-central-directory record: 22 bytes, then the comment
+    data[end + 20 : end + 22] = b"\0\0"
+    path.write_bytes(bytes(data[: end + 22]))
+
+
 def refusal(cmd: list) -> str:
     """The one `error:` line of a command refused with exit code 2."""
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
@@ -856,6 +885,41 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_and_resume_auto_takes_the_one
         assert torch.equal(resumed[name], expected[name]), name
 
 
+@pytest.mark.parametrize("devices", [1, 2])
+def test_a_checkpoint_whose_digest_was_stripped_is_refused_and_resume_auto_takes_the_one_before(
+    tmp_path, pretrain_runs, devices
+):
+    """A flipped byte in a checkpoint whose digest was then taken away (a zip comment stripped, a checksums.json
+    deleted) used to be read as a checkpoint written before digests: resumed and converted. Its hparams say that it
+    had one: a resume from it and its conversion refuse it, `--resume auto` passes over it, saying so."""
+    from lit_gpt.files import CorruptFile
+    from lit_gpt.training.checkpoint import latest_to_resume, verify_checkpoint
+
+    out_dir = tmp_path / "out"
+    shutil.copytree(pretrain_runs["one" if devices == 1 else "two"], out_dir)
+    newest = out_dir / "step-00000003.pth"
+    flip_byte(newest if devices == 1 else max(newest.glob("*.distcp"), key=lambda p: p.stat().st_size))
+    strip_digest(newest)
+    what = "its zip comment" if devices == 1 else "checksums.json"
+    with pytest.raises(CorruptFile, match=f"{newest} has lost the SHA-256 written with it \\({what} is missing"):
+        verify_checkpoint(newest)  # what a resume from it and the conversion call first
+    said = []
+    assert latest_to_resume(out_dir, say=said.append) == out_dir / "step-00000002.pth"
+    assert "has lost the SHA-256" in said[0] and "resuming from step-00000002.pth" in said[0], said
+    assert verify_checkpoint(out_dir / "step-00000002.pth")
+    # one written before digests were recorded (none, and no record of one in its hparams) is read as it is
+    old = tmp_path / "old.pth"
+    if devices == 1:
+        state = torch.load(out_dir / "step-00000002.pth", weights_only=True)
+    else:
+        shutil.copytree(out_dir / "step-00000002.pth", old)
+        (old / "checksums.json").unlink()
+        state = torch.load(old / "meta.pt", weights_only=True)
+    del state["hparams"]["checkpoint_digests"]
+    torch.save(state, old if devices == 1 else old / "meta.pt")
+    assert verify_checkpoint(old) is False
+
+
 def test_a_flipped_byte_in_the_initial_checkpoint_is_refused(tmp_path, same_data_dir):
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
@@ -883,3 +947,38 @@ def test_a_resume_on_training_data_prepared_again_is_refused_naming_the_folder(t
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir)]
     line = refusal([*cmd, "--max_steps", "2", "--eval_interval", "100", "--resume", "auto"])
     assert f"{starcoder} has changed since {out_dir / 'step-00000001.pth'} was saved" in line, line
+
+
+def test_training_data_replaced_while_read_stops_the_run_and_other_tokens_of_the_same_counts_refuse_its_resume(
+    tmp_path,
+):
+    """Starcoder prepared again, while the run reads it, from text of the same token counts (words swapped): the run
+    used to go on with the new data, and a resume to accept it (its index.json is byte-identical). The run stops in
+    one line at the next log step; the resume is refused on the tokens of the chunks."""
+    data = _build(tmp_path / "data", same_tokens, 40)
+    starcoder, out_dir = data / "starcoder", tmp_path / "out"
+    index = (starcoder / "index.json").read_bytes()
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir)]
+    run = subprocess.Popen([*cmd, "--max_steps", "5000", "--save_interval", "1", "--eval_interval", "10000"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())  # fmt: skip
+    try:
+        for line in run.stdout:
+            if line.startswith("Saved") and "step-00000002.pth" in line:
+                break
+        # as `prepare_text.py --overwrite true` does: the new folder written beside, renamed into place
+        _write_chunks(lambda i: (same_tokens(i) + 1) % 500, 40, tmp_path / "new")
+        (tmp_path / "new" / "index.json").write_bytes(index)  # a preparation writes it byte-reproducibly
+        os.rename(starcoder, tmp_path / "old")
+        os.rename(tmp_path / "new", starcoder)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {starcoder} changed while this run read it (prepared again"), stderr[-3000:]
+    assert (starcoder / "index.json").read_bytes() == index  # the same counts: only the tokens differ
+    line = refusal([*cmd, "--max_steps", "5000", "--eval_interval", "10000", "--resume", "auto"])
+    assert f"{starcoder} has changed since {out_dir}/step-" in line, line
+    assert "the tokens in its chunks differ, its index.json does not" in line, line

@@ -64,7 +64,10 @@ def test_an_export_that_fills_the_disk_leaves_the_earlier_one_whole(export_lit_d
 
     again = ["--checkpoint_dir", export_lit_dir, "--output_dir", out, "--overwrite", "true"]
     proc = _run("convert_lit_checkpoint.py", *again)
-    _one_line_refusal(proc, str(out), "no space left on device", "MB free")
+    line = _one_line_refusal(proc, str(out), "no space left on device", "MB free")
+    # the export's size: its weights, in the dtype of lit_model.pth
+    needed = sum(len(b) for name, b in before.items() if name.endswith(".safetensors"))
+    assert f"it needs about {needed / 1e6:.1f} MB" in line or f"it needs about {needed / 1e6 - 0.1:.1f} MB" in line
     assert _tree(out) == before
     assert sorted(p.name for p in root.iterdir()) == ["hf"]  # no staging folder left
 
@@ -92,15 +95,17 @@ def test_an_interrupted_replacement_is_recovered_by_the_next_run(export_lit_dir,
 
 
 def test_conversions_to_a_full_or_read_only_disk_are_one_line(
-    fabric_checkpoints, export_tokenizer_dir, export_lit_dir, register_test_llama, disk, capsys
+    fabric_checkpoints, export_tokenizer_dir, export_lit_dir, export_hf_dir, register_test_llama, disk, capsys
 ):
-    """convert_pretrained_checkpoint (torch's writer: "unexpected pos") and convert_lit_checkpoint
-    (SafetensorError) onto a disk too small, and onto a read-only one: one line naming the folder, exit 2."""
+    """convert_pretrained_checkpoint (torch's writer: "unexpected pos"), convert_lit_checkpoint (SafetensorError) and
+    convert_hf_checkpoint onto a disk too small, and onto a read-only one: one line naming the folder, exit 2; on the
+    full disk it gives the free space and the space the output needs (it used to give the free space alone)."""
     from lit_gpt.cli import cli
 
     convert = load_script("convert_pretrained_checkpoint").convert  # in this process: test-llama is registered here
     full, read_only = disk(64 * 1024), disk(1024 * 1024, read_only=True)
-    for root, words in ((full, ["no space left on device", "free"]), (read_only, ["read-only file system"])):
+    needs = ["no space left on device", "it needs about", "MB free"]
+    for root, words in ((full, needs), (read_only, ["read-only file system"])):
         flags = ["--checkpoint_file", fabric_checkpoints["single"], "--tokenizer_dir", export_tokenizer_dir]
         flags += ["--config_name", "test-llama", "--output_dir", root / "lit"]
         with pytest.raises(SystemExit) as exit:
@@ -109,6 +114,8 @@ def test_conversions_to_a_full_or_read_only_disk_are_one_line(
         _one_line_refusal(subprocess.CompletedProcess([], exit.value.code, "", err), str(root / "lit"), *words)
         proc = _run("convert_lit_checkpoint.py", "--checkpoint_dir", export_lit_dir, "--output_dir", root / "hf")
         _one_line_refusal(proc, str(root / "hf"), *words)
+        proc = _run("convert_hf_checkpoint.py", "--checkpoint_dir", export_hf_dir, "--output_dir", root / "lit-hf")
+        _one_line_refusal(proc, str(root / "lit-hf"), *words)
         assert not any(root.iterdir())
 
 

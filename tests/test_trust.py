@@ -251,3 +251,24 @@ def test_lit_export_checks_the_weights_against_lit_config(export_lit_dir, tmp_pa
     with pytest.raises(ValueError, match=r"lit_model.pth does not fit 'micro-llama'.*convert the checkpoint again"):
         convert(lit, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_resume_auto_says_once_that_it_passed_over_a_corrupt_checkpoint(tmp_path, monkeypatch, capsys):
+    """finetune/full.py and lora.py check `--resume auto` in every process: the note that the newest checkpoint was
+    passed over for the one before used to be printed by each of them; rank 0 says it."""
+    from test_pretrain import flip_byte
+
+    from lit_gpt.files import seal_zip
+    from lit_gpt.training.checkpoint import latest_to_resume
+
+    for step in (2, 4):
+        torch.save(
+            {"hparams": {}, "step_count": step, "model": {"w": torch.zeros(256)}}, tmp_path / f"step-{step:08d}.pth"
+        )
+        seal_zip(tmp_path / f"step-{step:08d}.pth")
+    flip_byte(tmp_path / "step-00000004.pth")
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        assert latest_to_resume(tmp_path) == tmp_path / "step-00000002.pth"
+        said = capsys.readouterr().out
+        assert ("step-00000004.pth passed over, resuming from step-00000002.pth" in said) == (rank == "0"), said

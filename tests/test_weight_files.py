@@ -27,6 +27,12 @@ def bad_file(path: Path, kind: str, good: bytes) -> None:
     elif kind == "pickled":  # a tensor and a call that would create a file if unpickled
         touch = functools.partial(os.system, f"touch {path.parent / PLANTED}")
         torch.save({"transformer.wte.weight": torch.zeros(2), "hook": touch}, path)
+    elif kind == "flipped_byte_digest_stripped":  # read as a file written before digests, until lit_model.pth.sealed
+        from test_pretrain import flip_byte, strip_digest
+
+        path.write_bytes(good)
+        flip_byte(path)
+        strip_digest(path)
 
 
 def refused(cmd: list, cwd: Path, name: Path) -> None:
@@ -45,7 +51,7 @@ KINDS = ["empty", "truncated", "pickled", "not_a_zip"]
 ENTRY_POINTS = ["convert_lit", "generate", "eval", "lora", "full", "initial_checkpoint_dir"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "flipped_byte_digest_stripped"])
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
 def test_a_bad_lit_model_pth_is_refused_in_one_line_by_every_entry_point(tmp_path, export_lit_dir, kind, entry):
     lit = tmp_path / "lit"

@@ -11,9 +11,11 @@ items: inputs are the first `block_size`, targets the last `block_size`. Pretrai
 the same for every number of processes (`lit_gpt/data/order.py`); `mixture_dataloader`, litdata's own mix, is what
 checkpoints written before that order resume with (its `state_dict()` is tied to the number of processes, the
 micro-batch size and the loader workers, and is exact with one worker per process).
-`data_fingerprints` is what a run records of its sources, so that a resume on a folder prepared again is refused.
+`data_fingerprints` and `data_contents` are what a run records of its sources, so that a resume on a folder prepared
+again is refused; `DataWatch` stops a run whose folder is replaced while it reads it.
 """
 
+import hashlib
 import json
 import math
 import os
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+from lit_gpt.cli import check_not_empty_path
 from lit_gpt.data.prepare import MANIFEST, prepared_separators, recorded_max_token_id
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.files import file_sha256
@@ -90,6 +93,7 @@ def data_sources(
     sources: Dict[str, float] = {}
     seen: Dict[str, str] = {}  # the folder itself (through `..` and symbolic links) -> how --train_data names it
     for folder, weight in mapping.items():
+        check_not_empty_path("--train_data: a folder", folder)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
             raise ValueError(f"--train_data: the weight of {folder} is {weight!r}; weights are non-negative numbers")
         key = normalize(str(folder))
@@ -116,8 +120,97 @@ def recorded_sources(hparams: Dict[str, object]) -> Optional[List[Tuple[str, flo
 def data_fingerprints(folders: Sequence[str]) -> Dict[str, str]:
     """folder -> the SHA-256 of its `index.json`, which lists every chunk with its size and item count: what a run
     records of the data it trains on, so that a resume on a folder prepared again since is refused (the data loader's
-    saved position would point into other data). An object-store folder is not read here and not recorded."""
+    saved position would point into other data). An object-store folder is not read here and not recorded.
+    `data_contents` adds the chunks' tokens, which a preparation from other text of the same token counts changes
+    alone."""
     return {folder: file_sha256(Path(folder) / "index.json") for folder in folders if "://" not in folder}
+
+
+# bytes of each chunk's tokens that `data_contents` reads: at its start and at its end
+SAMPLE_BYTES = 2**16
+
+
+def data_contents(folders: Sequence[str], threads: int = 16) -> Dict[str, str]:
+    """folder -> a SHA-256 of the tokens its chunks hold: of each chunk that its `index.json` lists, in order, the
+    chunk's name, its size on disk and the first and last `SAMPLE_BYTES` of its tokens (after litdata's header of
+    item offsets). A preparation again from text that gives the same token counts (words swapped, another file of
+    the same length) writes a byte-identical `index.json`, but other tokens in the chunks. Reading every chunk whole
+    would read the whole data set (SlimPajama's ~18,700 chunks of 134 MB) at every start; the samples, read in
+    `threads` threads, cost `python dev/data_fingerprint_speed.py`'s figures (tutorials/pretrain_tinyllama.md). A
+    listed chunk that is missing is refused in one line; an object-store folder is not read and not recorded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    contents = {}
+    for folder in folders:
+        if "://" in folder:
+            continue
+        index_file = Path(folder) / "index.json"
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        plain = not index["config"].get("compression")  # a compressed chunk's bytes have no header at a known place
+        chunks = [(Path(folder) / c["filename"], (c.get("chunk_size", 0) + 2) * 4 * plain) for c in index["chunks"]]
+        digest = hashlib.sha256(index_file.read_bytes())
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            for (path, _), sample in zip(chunks, pool.map(lambda chunk: _chunk_sample(*chunk), chunks)):
+                if sample is None:
+                    raise ValueError(
+                        f"{path}, a chunk that {index_file} lists, is missing or unreadable: the folder is incomplete. "
+                        f"Prepare {folder} again"
+                    )
+                digest.update(path.name.encode() + sample)
+        contents[folder] = digest.hexdigest()
+    return contents
+
+
+def _chunk_sample(path: Path, header_bytes: int) -> Optional[bytes]:
+    """The SHA-256 of a chunk's size and of the first and last `SAMPLE_BYTES` after its header; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = header_bytes if header_bytes < size else 0
+            head = os.pread(f.fileno(), SAMPLE_BYTES, start)
+            tail = os.pread(f.fileno(), SAMPLE_BYTES, max(start, size - SAMPLE_BYTES))
+    except OSError:
+        return None
+    return hashlib.sha256(size.to_bytes(8, "little") + head + tail).digest()
+
+
+class DataWatch:
+    """Notices a local data folder replaced (a preparation with `--overwrite true` renames a new folder in place) or
+    its `index.json` rewritten while a run reads it: litdata opens each chunk by its name when it reaches it, so the
+    run would go on with other data, without a word. `check` compares what `os.stat` says of them now with what it
+    said when the watch began (a few `stat` calls, no read), and stops every process of the run in one line."""
+
+    def __init__(self, folders: Sequence[str]) -> None:
+        self.folders = [folder for folder in dict.fromkeys(folders) if "://" not in folder]
+        self.seen = {folder: _identity(folder) for folder in self.folders}
+
+    def changed(self) -> List[str]:
+        return [folder for folder in self.folders if _identity(folder) != self.seen[folder]]
+
+    def check(self, fabric) -> None:
+        """Raise on every process (a `fabric` collective: call it on all of them at the same points) if a folder
+        changed on any of them."""
+        changed = self.changed()
+        anywhere = fabric.all_reduce(torch.full((), float(bool(changed)), device=fabric.device), reduce_op="sum")
+        if anywhere.item():
+            which = ", ".join(changed) if changed else "a data folder of another process"
+            raise ValueError(
+                f"{which} changed while this run read it (prepared again, or its files replaced): the batches from "
+                "here on would come from other data. Put the folder back as the run began with it and resume with "
+                "--resume auto, or start a new run from the last checkpoint's weights with another --out_dir"
+            )
+
+
+def _identity(folder: str) -> tuple:
+    """(device, inode) of `folder`, and (device, inode, size, modification time) of its index.json; None if gone."""
+    identity = []
+    for path, fields in ((Path(folder), 2), (Path(folder) / "index.json", 4)):
+        try:
+            st = os.stat(path)
+            identity.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)[:fields])
+        except OSError:
+            identity.append(None)
+    return tuple(identity)
 
 
 def normalize(folder: str) -> str:

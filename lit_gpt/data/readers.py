@@ -32,7 +32,7 @@ from typing import Callable, Dict, Iterator, List, Literal, Optional, Sequence, 
 
 import zstandard as zstd
 
-from lit_gpt.cli import UserError
+from lit_gpt.cli import UserError, check_not_empty_path
 
 Kind = Literal["slimpajama", "starcoder", "text"]  # text: any corpus of scripts/prepare_text.py
 GITHUB_SET = "RedPajamaGithub"  # SlimPajama's code rows, skipped: Starcoder covers code
@@ -372,6 +372,7 @@ def find_inputs(inputs: Sequence[str], problems: Optional[List[BadRecord]] = Non
     error, or, with a `problems` list, appended to it."""
     found, bad = {}, []
     for item in inputs:
+        check_not_empty_path("--input", item)
         path = Path(item)
         if path.is_dir():
             for p, problem in walk_files(path, "*"):

@@ -13,7 +13,8 @@ Both are written under a `.tmp` name and renamed when complete, so a crash while
 checkpoint under a `step-*.pth` name. Before the rename the SHA-256 of what was written is added (`lit_gpt/files.py`):
 as the zip comment of a single file, as `checksums.json` in a sharded one. `verify_checkpoint` checks it; a resume,
 `--resume auto` (which then takes the newest earlier checkpoint that is whole, saying so) and the conversion do. A
-checkpoint written before the digests were recorded has none and is read as it is.
+checkpoint written before the digests were recorded has none and is read as it is; one whose hparams record
+`checkpoint_digests` (all since) and that has none (a zip comment stripped, a `checksums.json` deleted) is refused.
 
 Everything in them is tensors and plain Python values: they load with `torch.load(..., weights_only=True)`. A sharded
 checkpoint's `.metadata` is a pickle too, which torch's own reader unpickles in full: `DCPReader` reads it with an
@@ -56,10 +57,21 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from lit_gpt.cli import rank
 from lit_gpt.config import Config
 from lit_gpt.data.order import ORDER
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators
-from lit_gpt.files import CorruptFile, check_checksums, check_seal, remove, seal_zip, write_checksums, write_failure
+from lit_gpt.files import (
+    CHECKSUMS,
+    CorruptFile,
+    check_checksums,
+    check_seal,
+    missing_digest,
+    remove,
+    seal_zip,
+    write_checksums,
+    write_failure,
+)
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import load_lit_state_dict, strip_wrapper_prefixes
 
@@ -80,7 +92,7 @@ def own_out_dir(fabric: L.Fabric, out_dir: Path) -> Iterator[None]:
     process raises if it cannot. It is an `flock`, which the kernel releases when the process ends, however it ends:
     a killed run leaves nothing to clean up (the file stays, unlocked, naming the last holder). On a filesystem without
     locks (Lustre mounted without `flock`) the run warns and goes on unlocked rather than not at all. A `.lock` that
-    this project did not write (a file of other content, a symbolic link, not a regular file) is refused, never
+    this project did not write (a file of other content, a symbolic or hard link, not a regular file) is refused, never
     overwritten or followed."""
     lock, error = None, None
     if fabric.global_rank == 0:
@@ -144,7 +156,7 @@ class _NotALockFile(Exception):
 
 def _open_lock_file(path: Path):
     """`path` opened for reading and writing, created if missing, never through a symbolic link (O_NOFOLLOW), never
-    a file that is not a regular one (a FIFO, a device)."""
+    a file that is not a regular one (a FIFO, a device), never a file of several names (a hard link)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     except OSError as e:
@@ -154,10 +166,15 @@ def _open_lock_file(path: Path):
                 "write through it. Remove it, or pass another --out_dir"
             ) from None
         raise
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
         raise _NotALockFile(f"{path} is not a regular file, not a lock file of this project: remove it, or pass "
                             "another --out_dir")  # fmt: skip
+    if info.st_nlink > 1:  # a hard link: the run would write its record into the other name's file too
+        os.close(fd)
+        raise _NotALockFile(f"{path} is a hard link ({info.st_nlink} names of one file), not a lock file of this "
+                            "project: a run would write through it. Remove it, or pass another --out_dir")  # fmt: skip
     os.set_blocking(fd, True)
     return os.fdopen(fd, "r+", encoding="utf-8")
 
@@ -192,7 +209,15 @@ def find_latest(out_dir: Path) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
-def latest_to_resume(out_dir: Path, trust_pickle: bool = False, say: Callable[[str], Any] = print) -> Optional[Path]:
+def print_once(message: str) -> None:
+    """`print` on rank 0 alone: a note of a step that every process takes, said once."""
+    if rank() == 0:
+        print(message)
+
+
+def latest_to_resume(
+    out_dir: Path, trust_pickle: bool = False, say: Callable[[str], Any] = print_once
+) -> Optional[Path]:
     """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose bytes differ from
     its digest (a flipped bit) is passed over for the newest earlier one that is whole, which `say` names; one whose
     metadata cannot be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the
@@ -225,12 +250,46 @@ def latest_to_resume(out_dir: Path, trust_pickle: bool = False, say: Callable[[s
     raise ValueError(f"--resume auto: the newest checkpoint {found[0]} cannot be used ({reason}); {instead}")
 
 
+# the key of a checkpoint's hparams that says that its SHA-256 was written with it
+DIGESTS = "checkpoint_digests"
+
+
 def verify_checkpoint(path: Path) -> bool:
-    """Check the training checkpoint at `path` against the SHA-256 written with it (`CorruptFile` where it differs);
-    False where it has none (written before digests were recorded: read as it is)."""
-    if path.is_dir():
-        return check_checksums(path)
-    return path.is_file() and check_seal(path)
+    """Check the training checkpoint at `path` against the SHA-256 written with it (`CorruptFile` where it differs, or
+    where it is gone, stripped or deleted, although the checkpoint's hparams record that it was written); False where
+    it has none (written before digests were recorded: read as it is)."""
+    if not path.is_dir() and not path.is_file():
+        return False
+    if check_checksums(path) if path.is_dir() else check_seal(path):
+        return True
+    if _records_digests(path):  # read only where the digest is missing
+        raise missing_digest(path, CHECKSUMS if path.is_dir() else "its zip comment", f"its hparams record {DIGESTS}")
+    return False
+
+
+def on_rank_zero(fabric: L.Fabric, compute: Callable[[], Any]) -> Any:
+    """`compute()` on rank 0 alone, its result, or the exception it raised, given to every process: a check that
+    reads every byte of a checkpoint (its digest) is read once, not by every process of a node from the same disk."""
+    result, error = None, None
+    if fabric.global_rank == 0:
+        try:
+            result = compute()
+        except Exception as e:
+            error = e
+    if fabric.world_size > 1:
+        result, error = fabric.broadcast((result, error))
+    if error is not None:
+        raise error
+    return result
+
+
+def _records_digests(path: Path) -> bool:
+    """Whether the hparams of the checkpoint at `path` say that its SHA-256 was written with it; False where they
+    cannot be read (that refusal is `load_metadata`'s, when the checkpoint is read)."""
+    try:
+        return training_hparams(path).get(DIGESTS) == "sha256"
+    except Exception:
+        return False
 
 
 def _readable(path: Path, trust_pickle: bool) -> bool:
@@ -279,6 +338,8 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
         remove(tmp)  # left by a crash during an earlier save
     fabric.barrier()
     error = None
+    if isinstance(state.get("hparams"), dict):  # what says, apart from the digest, that it has one
+        state = {**state, "hparams": {**state["hparams"], DIGESTS: "sha256"}}
     try:
         fabric.save(tmp, state)
     except (OSError, RuntimeError) as e:
@@ -487,6 +548,9 @@ def check_compatible(
         check_same_sources(path, recorded_sources(hparams), run_hparams["train_sources"])
     if run_hparams and run_hparams.get("train_fingerprints") is not None:
         check_same_data(path, hparams.get("train_fingerprints"), run_hparams["train_fingerprints"])
+    if run_hparams and run_hparams.get("train_contents") is not None:
+        what = "the tokens in its chunks differ, its index.json does not: prepared again from other text?"
+        check_same_data(path, hparams.get("train_contents"), run_hparams["train_contents"], what)
     if run_hparams and run_hparams.get("separators") is not None:
         check_same_separators(path, hparams, run_hparams["separators"])
     if run_hparams:
@@ -506,14 +570,19 @@ def check_compatible(
         )
 
 
-def check_same_data(path: Path, then: Optional[Dict[str, str]], now: Dict[str, str]) -> None:
+def check_same_data(
+    path: Path,
+    then: Optional[Dict[str, str]],
+    now: Dict[str, str],
+    what: str = "its index.json differs: prepared again?",
+) -> None:
     """Refuse to resume on a training folder whose contents changed since the checkpoint was saved: `then` and `now`
-    map each folder to a digest of what it holds (`lit_gpt.data.loaders.data_fingerprints`; None: a checkpoint from
-    before they were recorded, resumed as it is)."""
+    map each folder to a digest of what it holds (`lit_gpt.data.loaders.data_fingerprints`, `data_contents`; None: a
+    checkpoint from before they were recorded, resumed on what it records); `what` says which differs."""
     for folder, digest in (then or {}).items():
         if folder in now and now[folder] != digest:
             raise ValueError(
-                f"{folder} has changed since {path} was saved (its index.json differs: prepared again?): the data "
+                f"{folder} has changed since {path} was saved ({what}): the data "
                 "loader's saved position would point into other data. Restore that folder as the run trained on it, "
                 "or start a new run from the checkpoint's weights with another --out_dir."
             )
@@ -577,10 +646,10 @@ def load_checkpoint(
     recorded_sources: Callable[[Dict[str, Any]], Optional[list]] = recorded_train_sources,
     verify: bool = True,
 ) -> None:
-    """Check `path` against its digest (unless `verify` is False: `latest_to_resume` did) and this run
+    """Check `path` against its digest on rank 0 (unless `verify` is False: `latest_to_resume` did) and this run
     (`check_compatible`), then load it into `state` in place (model, optimizer and the rest)."""
     if verify:
-        verify_checkpoint(path)
+        on_rank_zero(fabric, lambda: verify_checkpoint(path))
     metadata = load_metadata(path, trust_pickle)
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
     note = precision_note(path, metadata["hparams"].get("precision"), (state["hparams"] or {}).get("precision"))
@@ -623,6 +692,14 @@ def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[s
     if is_distributed_checkpoint(path):
         return {name: meta.size for name, (_, meta) in _dcp_model_entries(path, trust_pickle).items()}
     return {name: t.shape for name, t in _single_file_model(path, trust_pickle).items()}
+
+
+def training_checkpoint_nbytes(path: Path, trust_pickle: bool = False) -> int:
+    """Bytes of the model weights of a training checkpoint, in the dtype saved, read without loading any tensor."""
+    if is_distributed_checkpoint(path):
+        entries = _dcp_model_entries(path, trust_pickle).values()
+        return sum(meta.size.numel() * meta.properties.dtype.itemsize for _, meta in entries)
+    return sum(t.nbytes for t in _single_file_model(path, trust_pickle).values())
 
 
 def training_checkpoint_tensors(

@@ -175,7 +175,7 @@ def fit(
             fabric.print(format_metrics(step, max_steps, metrics))
             fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
-                raise RuntimeError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))
+                raise UserError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))  # one line
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
@@ -189,7 +189,8 @@ def fit(
             state["train_dataloader"] = train_batches.state_dict()
             state["rng"] = rng_state()
             path = checkpoint_path(out_dir, step)
-            save_checkpoint(fabric, path, checkpoint_state(state))
+            with stop.saving(path):
+                save_checkpoint(fabric, path, checkpoint_state(state))
             fabric.print(f"Saved {path}{describe_checkpoint(path)}")
             save_pruned(fabric, out_dir, path, h["keep_last"], nonfinite_streak)
         if stopping:
