@@ -53,6 +53,7 @@ OPTIONAL = {
     "transformers": "pip install transformers",
     "torchao": "pip install -e '.[hopper]'",
     "flash_attn": "pip install -e '.[hopper]'",
+    "lm_eval": "pip install -e '.[eval]'",
 }
 # The values each numeric flag of the entry points may take, by name (a name means the same in every script): the
 # least, the greatest (None: what a 64-bit integer holds, the most torch and numpy take), and whether the greatest is
@@ -66,15 +67,18 @@ FLAG_RANGES: Dict[str, Tuple[float, Optional[float], bool]] = {
         "devices num_nodes global_batch_size micro_batch_size max_tokens max_steps block_size log_interval "
         "eval_interval eval_iters save_interval keep_last max_nonfinite_steps max_seq_length lora_r epochs num_samples "
         "top_k num_blocks batch_size max_source_files chunk_size vocab_size max_lines num_threads decay_steps "
-        "anneal_steps spike_window spike_warmup max_spike_steps "
+        "anneal_steps spike_window spike_warmup max_spike_steps eval_tasks_interval max_gen_toks "
         # dev/'s instruments
-        "micro_batch_sizes accumulation steps size_mb records instruction_words output_words window repeats".split(),
+        "micro_batch_sizes accumulation steps size_mb records instruction_words output_words window repeats "
+        "context_tokens ending_tokens".split(),
         AT_LEAST_1,
     ),
     **dict.fromkeys(
         "eos_id warmup_steps num_workers max_new_tokens learning_rate min_lr weight_decay grad_clip temperature "
         "data_weights train_data z_loss warmup memory_budget checkpoint_gb tolerance noise_ratio seconds "
-        "watchdog_timeout".split(),
+        # eval_tasks_limit, limit: a count of examples, or a fraction below 1 (0 is refused by the scripts, which say
+        # what it means)
+        "watchdog_timeout eval_tasks_limit limit num_fewshot".split(),
         AT_LEAST_0,
     ),
     **dict.fromkeys(["beta1", "beta2", "val_fraction", "lora_dropout"], FRACTION),

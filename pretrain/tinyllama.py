@@ -15,6 +15,7 @@ The data directory holds litdata chunks from `scripts/prepare_slimpajama.py` and
 `slimpajama/train`, `slimpajama/val` and `starcoder`. Checkpoints are described in `lit_gpt/training/checkpoint.py`.
 """
 
+import importlib.util
 import math
 import os
 import random
@@ -133,6 +134,10 @@ def setup(
     log_interval: int = 1,
     eval_interval: int = 1000,
     eval_iters: int = 100,
+    eval_tasks: Optional[str] = None,
+    eval_tasks_interval: Optional[int] = None,
+    eval_tasks_limit: Optional[float] = None,
+    eval_tasks_tokenizer_dir: Optional[Path] = None,
     save_interval: int = 1000,
     keep_last: Optional[int] = None,
     async_save: Union[bool, Literal["auto"]] = "auto",
@@ -237,6 +242,12 @@ def setup(
         log_interval: Optimizer steps between log lines (loss, learning rate, grad norm, throughput, MFU, memory).
         eval_interval: Optimizer steps between validation runs on slimpajama/val.
         eval_iters: Micro-batches per process in each validation run.
+        eval_tasks: Also evaluate lm-evaluation-harness tasks (comma-separated names, or task YAML files) during
+            training, each process on its share of the examples, and log `eval/<task>/<metric>`
+            (tutorials/evaluation.md). Needs `pip install -e '.[eval]'`. Off by default.
+        eval_tasks_interval: Optimizer steps between task evaluations (and at the last step). Default: --eval_interval.
+        eval_tasks_limit: Evaluate only the first this many examples of each task (a value below 1 is a fraction).
+        eval_tasks_tokenizer_dir: The tokenizer the data was prepared with, which --eval_tasks encodes the tasks with.
         save_interval: Optimizer steps between checkpoints (one is also written at the end, and when a run is
             stopped by SIGINT, SIGTERM or SIGUSR1: it finishes the optimizer step, saves, prints the command that
             resumes it and exits with code 0).
@@ -301,6 +312,8 @@ def setup(
         check_cpu_run(config, precision, micro_batch_size, global_batch_size, world_size // num_nodes, num_nodes,
                       activation_checkpointing)  # fmt: skip
     folders = check_data(hparams, config, initial_checkpoint_dir)
+    if eval_tasks:  # after the data's checks: the tasks are encoded as the data's documents were (h["separators"])
+        check_eval_flags(hparams, config)
 
     shard_size = world_size // num_nodes if sharding == "hybrid" else world_size
     reshard_after_forward, reshard_after_backward = reshard_choices(
@@ -407,6 +420,22 @@ def check_loop_flags(h: Dict[str, Any]) -> None:
     if h["keep_last"] is not None and h["keep_last"] < 1:
         raise ValueError(f"--keep_last {h['keep_last']} must be at least 1 (the checkpoint to resume from); leave it "
                          "out to keep every checkpoint")  # fmt: skip
+
+
+def check_eval_flags(h: Dict[str, Any], config: Config) -> None:
+    """Refuse --eval_tasks that could not run (lm-evaluation-harness missing, no tokenizer, a missing task file) in
+    one line before any work; the interval defaults to --eval_interval."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("--eval_tasks needs lm-evaluation-harness: `pip install -e '.[eval]'`")
+    if h["eval_tasks_interval"] is None:
+        h["eval_tasks_interval"] = h["eval_interval"]
+    if h["eval_tasks_interval"] < 1 or (h["eval_tasks_limit"] is not None and h["eval_tasks_limit"] <= 0):
+        raise UserError("--eval_tasks_interval must be at least 1 and --eval_tasks_limit positive")
+    if h["eval_tasks_limit"] is not None and h["eval_tasks_limit"] >= 1:
+        h["eval_tasks_limit"] = int(h["eval_tasks_limit"])
+    from lit_gpt.harness import check_eval_tasks  # lm-eval: imported only by a run that evaluates tasks
+
+    check_eval_tasks(h["eval_tasks"], h["eval_tasks_tokenizer_dir"], config.padded_vocab_size)
 
 
 def check_resume(resume: Union[bool, str, Path], out_dir: Path) -> None:
@@ -646,6 +675,7 @@ def fit(
     data_wait = 0.0  # host seconds spent waiting for batches since the last log step
 
     eos_id = h["eos_id"] if h["document_mask"] else None
+    evaluate_tasks = task_evaluator(h, fabric.device)
     doc_kwargs = dict(eos_id=eos_id, document_positions=h["document_positions"])
 
     def next_micro_batches() -> tuple:
@@ -747,6 +777,12 @@ def fit(
                          f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
             fabric.log_dict(metrics, step=step)
 
+        if evaluate_tasks and (step % h["eval_tasks_interval"] == 0 or step == max_steps):
+            t0 = time.perf_counter()
+            scores = evaluate_tasks(fabric, model, step, state["tokens_seen"])
+            shown = ", ".join(f"{name[len('eval/') :]} {value:.4f}" for name, value in scores.items())
+            fabric.print(f"step {step}: {shown}, {time.perf_counter() - t0:.1f}s")
+
         if saving:
             state["train_dataloader"] = train_loader.state_dict()
             state["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
@@ -768,6 +804,18 @@ def fit(
     watchdog.stop()
     stop.restore()
     fabric.print(f"Done: {state['step_count']} steps, {state['tokens_seen']:,} tokens")
+
+
+def task_evaluator(h: Dict[str, Any], device: torch.device):
+    """`lit_gpt.harness.TaskEvaluator` for --eval_tasks, None without it."""
+    if not h["eval_tasks"]:
+        return None
+    from lit_gpt.data.separators import Separators
+    from lit_gpt.harness import TaskEvaluator  # lm-eval: imported only by a run that evaluates tasks
+
+    separators = Separators.from_dict(h["separators"], "the run's data")
+    return TaskEvaluator(h["eval_tasks"], h["eval_tasks_tokenizer_dir"], separators, h["eval_tasks_limit"],
+                         batch_size=h["micro_batch_size"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Plot a pretraining run from its logs: train and validation loss, and tokens/s, against optimizer steps.
+"""Plot a pretraining run from its logs: train and validation loss, and tokens/s, against optimizer steps; and the
+benchmark scores of `pretrain/tinyllama.py --eval_tasks` against tokens seen.
 
     python scripts/plot_logs.py --log_dir out/tiny-llama-1.1b/logs --output out/tiny-llama-1.1b/loss.png
     python scripts/plot_logs.py --log_dir out/cosine/logs --compare "[out/wsd/logs, out/wsd-anneal/logs]" \
@@ -9,7 +10,8 @@ labelled by the folder that holds its logs: a schedule against another, or an an
 
 Reads every `metrics.csv` (`pretrain/tinyllama.py --logger_name csv`) and every TensorBoard event file (the default
 logger) under `--log_dir`. A resumed run logs into a new `version_N` folder; the versions are read in order and a
-later one's value for a step replaces an earlier one's. Prints where the PNG went and a one-line loss summary.
+later one's value for a step replaces an earlier one's. Prints where the PNG went and a one-line loss summary; a
+run that evaluated tasks also gets `scores.png` beside it (`--scores_output`) and a line per score.
 """
 
 import csv
@@ -27,12 +29,14 @@ check_command_line(__name__, __file__)  # a bad flag or a missing package is ref
 
 Series = Dict[str, Dict[int, float]]  # metric name -> step -> value
 METRICS = ("loss", "val_loss", "tokens_per_sec")
+SCORES = "eval/"  # the prefix of the task scores that pretrain/tinyllama.py --eval_tasks logs (lit_gpt/harness.py)
 
 
 def main(
     log_dir: Path = Path("out/tiny-llama-1.1b/logs"),
     output: Optional[Path] = None,
     compare: Optional[List[Path]] = None,
+    scores_output: Optional[Path] = None,
 ) -> dict:
     """Write the plot and print the summary.
 
@@ -41,6 +45,8 @@ def main(
         output: The PNG to write. Default: `loss.png` next to `log_dir`.
         compare: Other runs' log folders to draw with `log_dir`'s: the loss and validation loss of each, and their
             learning rates below (instead of tokens/s). The summary then has a line per run.
+        scores_output: The PNG of `--log_dir`'s task scores against tokens, for a run with --eval_tasks. Default:
+            `scores.png` next to `output`.
     """
     runs = [log_dir, *(compare or [])]
     series = {}
@@ -56,6 +62,16 @@ def main(
     print(f"Wrote {output}")
     for folder, summary in summaries.items():
         print(f"{label(folder, runs)}: " * bool(compare) + format_summary(summary))
+    scores = score_series(series[log_dir])
+    if scores:
+        scores_output = scores_output or output.parent / "scores.png"
+        plot_scores(scores, scores_output, title=str(log_dir.parent))
+        print(f"Wrote {scores_output}")
+        summaries[log_dir]["scores"] = {}
+        for name, points in scores.items():
+            tokens, value = points[-1]
+            summaries[log_dir]["scores"][name] = value
+            print(f"{name} {value:.4f} at {tokens:,} tokens")
     return summaries[log_dir] if not compare else {str(folder): s for folder, s in summaries.items()}
 
 
@@ -84,13 +100,29 @@ def label(folder: Path, runs: List[Path]) -> str:
 
 
 def read_logs(log_dir: Path, names=METRICS) -> Series:
-    series: Series = {name: {} for name in names}
+    series: Series = {name: {} for name in (*names, "tokens")}
     files = list(log_dir.rglob("metrics.csv")) + list(log_dir.rglob("events.out.tfevents.*"))
     for path in sorted(files, key=_version_key):
         values = _read_csv(path, names) if path.name == "metrics.csv" else _read_tensorboard(path, names)
-        for name in names:
-            series[name].update(values.get(name, {}))
+        for name, points in values.items():
+            series.setdefault(name, {}).update(points)
     return series
+
+
+def _wanted(name: str, names) -> bool:
+    """`names`, and what the scores need: `tokens` and every `eval/` metric."""
+    return name in names or name == "tokens" or name.startswith(SCORES)
+
+
+def score_series(series: Series) -> Dict[str, List[tuple]]:
+    """Each task score as (tokens seen, value) points, in order; a step whose tokens were not logged is left out."""
+    tokens = series.get("tokens", {})
+    scores = {}
+    for name in sorted(n for n in series if n.startswith(SCORES)):
+        points = [(int(tokens[step]), value) for step, value in sorted(series[name].items()) if step in tokens]
+        if points:
+            scores[name[len(SCORES) :]] = points
+    return scores
 
 
 def _version_key(path: Path) -> tuple:
@@ -106,9 +138,9 @@ def _read_csv(path: Path, names=METRICS) -> Series:
             if not row.get("step"):
                 continue
             step = int(float(row["step"]))
-            for name in names:
-                if row.get(name):
-                    values.setdefault(name, {})[step] = float(row[name])
+            for name, value in row.items():
+                if value and _wanted(name, names):
+                    values.setdefault(name, {})[step] = float(value)
     return values
 
 
@@ -118,7 +150,7 @@ def _read_tensorboard(path: Path, names=METRICS) -> Series:
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep every value
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    return {name: {e.step: e.value for e in events.Scalars(name)} for name in names if name in tags}
+    return {name: {e.step: e.value for e in events.Scalars(name)} for name in tags if _wanted(name, names)}
 
 
 def plot(series: Series, output: Path, title: str) -> None:
@@ -168,6 +200,26 @@ def plot_runs(runs: Dict[str, Series], output: Path) -> None:
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("optimizer step")
     ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+
+
+def plot_scores(scores: Dict[str, List[tuple]], output: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, points in scores.items():
+        ax.plot(*zip(*points), "o-", label=name)
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=100)

@@ -149,3 +149,26 @@ def test_plot_logs_on_a_missing_folder_says_it_does_not_exist(tmp_path):
 
     with pytest.raises(UserError, match=f"--log_dir {tmp_path / 'nowhere'} does not exist"):
         load_script("plot_logs").main(log_dir=tmp_path / "nowhere")
+
+
+def test_plot_logs_draws_the_task_scores_against_tokens(tmp_path, capsys):
+    """Scores logged by `pretrain/tinyllama.py --eval_tasks` (`eval/<task>/<metric>` beside `tokens`) in CSV and
+    TensorBoard logs: `scores.png` and a line per score at its latest tokens."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    from prepared_data import load_script
+
+    csv = CSVLogger(save_dir=tmp_path / "logs", name="csv", version=0)
+    board = TensorBoardLogger(save_dir=tmp_path / "logs", name="tensorboard", version=0)
+    for step in range(1, 9):
+        csv.log_metrics({"loss": 5.0 - step * 0.1, "tokens": step * 1024}, step=step)
+        if step % 4 == 0:
+            csv.log_metrics({"eval/tiny_choice/acc": step / 10, "tokens": step * 1024}, step=step)
+            board.log_metrics({"eval/tiny_gen/exact_match": step / 20, "tokens": step * 1024}, step=step)
+    csv.save()
+    board.save()
+    summary = load_script("plot_logs").main(log_dir=tmp_path / "logs")
+
+    assert (tmp_path / "scores.png").stat().st_size > 10_000
+    assert summary["scores"] == pytest.approx({"tiny_choice/acc": 0.8, "tiny_gen/exact_match": 0.4})  # TB: float32
+    out = capsys.readouterr().out
+    assert "tiny_choice/acc 0.8000 at 8,192 tokens" in out and "tiny_gen/exact_match 0.4000 at 8,192 tokens" in out

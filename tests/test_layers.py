@@ -37,7 +37,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ),
     ("data", ("lit_gpt.data",)),
     ("training", ("lit_gpt.training",)),
-    ("conversion and inference", ("lit_gpt.convert", "lit_gpt.generate")),
+    ("conversion and inference", ("lit_gpt.convert", "lit_gpt.generate", "lit_gpt.harness")),
 ]
 TOP = "lit_gpt"  # the package's own __init__: the public names, above every layer
 
