@@ -70,7 +70,7 @@ FLAG_RANGES: Dict[str, Tuple[float, Optional[float], bool]] = {
         "anneal_steps spike_window spike_warmup max_spike_steps eval_tasks_interval max_gen_toks "
         # dev/'s instruments
         "micro_batch_sizes accumulation steps size_mb records instruction_words output_words window repeats "
-        "context_tokens ending_tokens".split(),
+        "context_tokens ending_tokens chunks chunk_tokens items_per_chunk threads dataset_tokens".split(),
         AT_LEAST_1,
     ),
     **dict.fromkeys(
