@@ -255,8 +255,9 @@ def setup(
             save (the newest complete one, which `--resume auto` takes, is never deleted). Default: keep all.
         async_save: Write checkpoints in the background: training stops only while the state is copied to (pinned)
             CPU memory, and goes on while the copy is written; a checkpoint appears under its name only once every
-            process has written it. A stop signal and the end of training wait for the write in flight. `auto`: on
-            for CUDA, off on CPU (tutorials/multi_node.md).
+            process has written it. A stop signal and the end of training wait for the write in flight. `auto`:
+            off for now; it becomes on for CUDA once a GPU measurement shows it stops training for at most 10% of
+            a synchronous save (dev/device/async_save.sh; tutorials/multi_node.md).
         logger_name: `tensorboard`, `csv`, or `wandb` (offline unless an API key is configured).
         compile: `torch.compile` each transformer block. Default: on for CUDA, off for CPU.
         activation_checkpointing: Recompute each block's activations in the backward pass to save memory.
@@ -335,7 +336,7 @@ def setup(
         hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
         hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
         hparams.update(attention=attention, data_order=ORDER)  # the data position is a global cursor
-        hparams.update(async_save=async_save if async_save != "auto" else device.type == "cuda")
+        hparams.update(async_save=async_save if async_save != "auto" else False)  # auto: see the docstring
         fabric.print(hparams)
         mask = f"within documents (eos id {hparams['eos_id']})" if document_mask else "across documents"
         fabric.print(f"{attention_note}; float8: {fp8 or 'off'}; attention {mask}")
