@@ -36,6 +36,7 @@ The summary gives, per step, |loss - reference| / reference: its maximum (and wh
 """
 
 import gc
+import inspect
 import json
 import os
 import sys
@@ -371,8 +372,15 @@ def run_litgpt(
     except ImportError as e:
         print(f"litgpt: skipped, it is not importable ({e}); `pip install litgpt==0.5.13` to compare against it")
         return None
-    # our config's fields are litgpt's; litgpt converts our fused-qkv layout when it loads our state dict
-    fields = {k: v for k, v in asdict(config).items() if k != "hf_config"}
+    # our config's fields are litgpt's, less the architecture switches it lacks (which must then be at our defaults);
+    # litgpt converts our fused-qkv layout when it loads our state dict
+    accepted = set(inspect.signature(litgpt.Config).parameters)
+    ours = {k: v for k, v in asdict(config).items() if k != "hf_config"}
+    unknown = {k: v for k, v in ours.items() if k not in accepted and v != type(config).__dataclass_fields__[k].default}
+    if unknown:
+        print(f"litgpt: skipped, its Config has no fields {sorted(unknown)} that {config.name} sets")
+        return None
+    fields = {k: v for k, v in ours.items() if k in accepted}
     with torch.device("meta"):
         model = LitGPT(litgpt.Config(**fields))
     model.to_empty(device=device)

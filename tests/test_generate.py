@@ -49,6 +49,7 @@ def test_generate_script_stops_at_bos_for_a_model_pretrained_with_bos_alone(expo
     import shutil
 
     from lit_gpt.data.separators import Separators, write_separators
+    from lit_gpt.files import seal_zip
 
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(export_lit_dir, checkpoint)
@@ -62,6 +63,7 @@ def test_generate_script_stops_at_bos_for_a_model_pretrained_with_bos_alone(expo
     state["lm_head.weight"].zero_()
     state["lm_head.weight"][bos_id, 0] = 5.0
     torch.save(state, checkpoint / "lit_model.pth")
+    seal_zip(checkpoint / "lit_model.pth")  # the edited weights carry their digest again, as a written checkpoint does
     write_separators(checkpoint, Separators(bos=bos, eos=not bos))
     proc = subprocess.run(
         [sys.executable, "generate/base.py", "--checkpoint_dir", str(checkpoint), "--prompt", "def forward"]
