@@ -54,6 +54,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
 from lit_gpt.data.order import ORDER, GlobalBatchLoader, SequenceLog, trim_sequence_log  # noqa: E402
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
+from lit_gpt.hf import read_model_config  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.signals import StopSignal, die_with_launcher, resume_command  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
@@ -94,6 +95,7 @@ META_INIT_PARAMS = 100_000_000
 
 def setup(
     model_name: Optional[str] = None,
+    model_config: Optional[Path] = None,
     data_dir: str = "data",
     data_weights: Tuple[float, float] = (0.693584, 0.306416),
     train_data: Optional[Union[Dict[str, float], str]] = None,
@@ -163,6 +165,10 @@ def setup(
         model_name: Any name in `lit_gpt/config.py` (`tiny-llama-1.1b`, `micro-llama`, `Llama-2-7b-hf`, ...).
             Default: `tiny-llama-1.1b`, or with `--initial_checkpoint_dir` the model its `lit_config.json` describes
             (which need not be in the registry).
+        model_config: Instead of --model_name: a model's config file, the `config.json` of a Hugging Face model of
+            the llama (SmolLM2 too), qwen2, qwen3 or olmo2 families, or a `lit_config.json`. A setting that this
+            project does not compute (a sliding window, attention dropout, another RoPE scaling than Llama 3's,
+            experts) is refused by name. The model is named after the file's folder.
         data_dir: Folder (or object-store URL such as s3://bucket/data) with the litdata chunk folders
             `slimpajama/train`, `slimpajama/val` and `starcoder`.
         data_weights: Sampling weights of slimpajama/train and starcoder (TinyLlama's token ratio by default).
@@ -294,7 +300,7 @@ def setup(
             checkpoints never need it.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
-    config = model_config(model_name, block_size, initial_checkpoint_dir)
+    config = choose_model_config(model_name, model_config, block_size, initial_checkpoint_dir)
     hparams["model_name"] = model_name = config.name
     out_dir = out_dir or Path("out") / model_name
     # every refusal before any note, output or work; the data's last, as they read the folders
@@ -470,18 +476,27 @@ def run_notes(h: Dict[str, Any], config: Config, run_steps: int, folders: List[s
     return [note for note in notes if note]
 
 
-def model_config(
-    model_name: Optional[str], block_size: Optional[int], initial_checkpoint_dir: Optional[Path]
+def choose_model_config(
+    model_name: Optional[str],
+    model_config: Optional[Path],
+    block_size: Optional[int],
+    initial_checkpoint_dir: Optional[Path],
 ) -> Config:
-    """The registry's `model_name` (TinyLlama by default), or the config of `initial_checkpoint_dir` when no name is
-    given; a name whose architecture or weights differ from the checkpoint's is refused (before any model is built)."""
+    """The registry's `model_name` (TinyLlama by default), the config file `model_config`, or the config of
+    `initial_checkpoint_dir` when neither is given; one whose architecture or weights differ from the checkpoint's is
+    refused (before any model is built)."""
     overrides = {"block_size": block_size} if block_size is not None else {}
+    if model_name is not None and model_config is not None:
+        raise ValueError(f"--model_name {model_name} and --model_config {model_config} both name the model; pass one")
+    chosen = None
+    if model_config is not None:
+        chosen = Config(**{**read_model_config(model_config).to_dict(), **overrides})
+    elif model_name is not None:
+        chosen = Config.from_name(model_name, **overrides)
     if initial_checkpoint_dir is None:
-        return Config.from_name(model_name or "tiny-llama-1.1b", **overrides)
+        return chosen or Config.from_name("tiny-llama-1.1b", **overrides)
     saved_config, model_file = lit_checkpoint_files(initial_checkpoint_dir)
-    config = (
-        Config.from_name(model_name, **overrides) if model_name else Config(**{**saved_config.to_dict(), **overrides})
-    )
+    config = chosen or Config(**{**saved_config.to_dict(), **overrides})
     source = str(checkpoint_config_file(model_file.parent))
     check_same_architecture(
         config, saved_config, source, "pass the --model_name of the model in --initial_checkpoint_dir, or leave it out"
