@@ -256,3 +256,26 @@ def test_model_config_that_asks_for_what_lit_does_not_compute_is_one_error_line(
     line = refusal(capsys, load_script().setup, *args, "--model_name", "micro-llama")
     assert "--model_name micro-llama and --model_config" in line and "both name the model; pass one" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_convert_hf_checkpoint_reads_each_family(name, tmp_path):
+    """scripts/convert_hf_checkpoint.py on a transformers model of each family (random weights, norms away from 1):
+    the lit checkpoint it writes is the registry entry's architecture and gives transformers' logits."""
+    from scripts.convert_hf_checkpoint import convert
+
+    config = reduced(name)
+    torch.manual_seed(0)
+    hf = hf_model(config)
+    for p in hf.parameters():
+        p.data.add_(torch.randn_like(p) * 0.1)
+    hf.save_pretrained(tmp_path / name)
+    convert(tmp_path / name, output_dir=tmp_path / "lit")
+    converted = Config.from_file(tmp_path / "lit" / "lit_config.json")
+    assert _without_hub_name(converted) == _without_hub_name(config)
+    ours = GPT(converted)
+    ours.load_state_dict(torch.load(tmp_path / "lit" / "lit_model.pth", weights_only=True), strict=True)
+    ours.fused_loss = False
+    idx = torch.randint(0, config.vocab_size, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
