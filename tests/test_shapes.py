@@ -279,3 +279,17 @@ def test_convert_hf_checkpoint_reads_each_family(name, tmp_path):
     idx = torch.randint(0, config.vocab_size, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(ours(idx), hf(idx).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_benchmark_measures_a_model_config(tmp_path):
+    """dev/benchmark.py --model_config: the step of the config.json's model (OLMo 2's post-norm reduced shape, its
+    512-token vocabulary: a first loss near ln 512)."""
+    import math
+
+    from prepared_data import load_script
+
+    model_config = write_reduced_config_json("OLMo-2-0425-1B", tmp_path / "micro-olmo2")
+    load_script("benchmark", "dev").main(model_config=model_config, block_size=32, micro_batch_sizes=[2], steps=1,
+                                         warmup=1, precision="32-true", out_dir=tmp_path / "out")  # fmt: skip
+    (result,) = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert result["tokens_per_s"] > 0 and abs(result["loss"] - math.log(512)) < 1.0
