@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from lit_gpt.cli import check_not_empty_path
-from lit_gpt.data.prepare import MANIFEST, prepared_separators, recorded_max_token_id
+from lit_gpt.data.prepare import MANIFEST, prepared_separators, recorded_chunks, recorded_max_token_id
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.files import file_sha256
 from lit_gpt.signals import end_children_at_exit, ignore_stop_signals
@@ -131,13 +131,22 @@ SAMPLE_BYTES = 2**16
 
 
 def data_contents(folders: Sequence[str], threads: int = 16) -> Dict[str, str]:
-    """folder -> a SHA-256 of the tokens its chunks hold: of each chunk that its `index.json` lists, in order, the
-    chunk's name, its size on disk and the first and last `SAMPLE_BYTES` of its tokens (after litdata's header of
-    item offsets). A preparation again from text that gives the same token counts (words swapped, another file of
-    the same length) writes a byte-identical `index.json`, but other tokens in the chunks. Reading every chunk whole
-    would read the whole data set (SlimPajama's ~18,700 chunks of 134 MB) at every start; the samples, read in
-    `threads` threads, cost `python dev/data_fingerprint_speed.py`'s figures (tutorials/pretrain_tinyllama.md). A
-    listed chunk that is missing is refused in one line; an object-store folder is not read and not recorded."""
+    """folder -> a SHA-256 of the tokens its chunks hold, checked against what its preparation recorded.
+
+    A folder whose `prepare.json` records every chunk's size and SHA-256 (`lit_gpt.data.prepare.chunk_digests`): the
+    digest of its `index.json` and of those records, after a check of the chunks that costs one `stat` each: a chunk
+    of another size is refused, and one modified after the `prepare.json` was written (an edit anywhere in it) is read
+    whole, in `threads` threads, and refused unless it still has its recorded digest. A folder copied without its
+    modification times (`cp -r`; `cp -p` and `rsync -a` keep them) is read whole at every start, said in a note.
+
+    A folder prepared before the digests were recorded: of each chunk that its `index.json` lists, in order, the
+    chunk's name, its size on disk and the first and last `SAMPLE_BYTES` of its tokens (after litdata's header of item
+    offsets), read in `threads` threads; an edit elsewhere in a chunk goes unnoticed there.
+
+    A preparation again from text that gives the same token counts writes a byte-identical `index.json`, but other
+    tokens in the chunks: both digests change. `python dev/data_fingerprint_speed.py` measures their cost at the start
+    of a run (tutorials/pretrain_tinyllama.md). A listed chunk that is missing is refused in one line; an object-store
+    folder is not read and not recorded."""
     from concurrent.futures import ThreadPoolExecutor
 
     contents = {}
@@ -146,19 +155,83 @@ def data_contents(folders: Sequence[str], threads: int = 16) -> Dict[str, str]:
             continue
         index_file = Path(folder) / "index.json"
         index = json.loads(index_file.read_text(encoding="utf-8"))
+        recorded = recorded_chunks(Path(folder))
+        if recorded is not None:
+            contents[folder] = _checked_contents(Path(folder), index_file, index, recorded, threads)
+            continue
         plain = not index["config"].get("compression")  # a compressed chunk's bytes have no header at a known place
         chunks = [(Path(folder) / c["filename"], (c.get("chunk_size", 0) + 2) * 4 * plain) for c in index["chunks"]]
         digest = hashlib.sha256(index_file.read_bytes())
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for (path, _), sample in zip(chunks, pool.map(lambda chunk: _chunk_sample(*chunk), chunks)):
                 if sample is None:
-                    raise ValueError(
-                        f"{path}, a chunk that {index_file} lists, is missing or unreadable: the folder is incomplete. "
-                        f"Prepare {folder} again"
-                    )
+                    raise ValueError(_missing_chunk(path, index_file, folder))
                 digest.update(path.name.encode() + sample)
         contents[folder] = digest.hexdigest()
     return contents
+
+
+def _missing_chunk(path: Path, index_file: Path, folder) -> str:
+    return (
+        f"{path}, a chunk that {index_file} lists, is missing or unreadable: the folder is incomplete. "
+        f"Prepare {folder} again"
+    )
+
+
+def _checked_contents(folder: Path, index_file: Path, index: dict, recorded: dict, threads: int) -> str:
+    """The digest of `index_file` and of the chunk digests that `prepare.json` records (`recorded`), once the chunks
+    are checked against them (see `data_contents`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    manifest = folder / MANIFEST
+    written = os.stat(manifest).st_mtime_ns  # after every chunk: a chunk modified since is newer
+    digest = hashlib.sha256(index_file.read_bytes())
+    newer = []
+    for chunk in index["chunks"]:
+        path = folder / chunk["filename"]
+        record = recorded.get(chunk["filename"])
+        if record is None:
+            raise ValueError(
+                f"{index_file} lists {path.name}, {manifest} records no digest of it: prepare {folder} again"
+            )
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise ValueError(_missing_chunk(path, index_file, folder)) from None
+        if st.st_size != record["bytes"]:
+            raise ValueError(
+                _changed_chunk(path, f"holds {st.st_size:,} bytes, its preparation wrote {record['bytes']:,}")
+            )
+        if st.st_mtime_ns > written:
+            newer.append((path, record["sha256"]))
+        digest.update(path.name.encode() + bytes.fromhex(record["sha256"]))
+    if len(newer) > 1:
+        print(
+            f"note: {len(newer)} chunks of {folder} are newer than its {MANIFEST} (copied without their modification "
+            "times? `cp -p` and `rsync -a` keep them): reading them whole to check them against its digests"
+        )
+    if newer:
+        with ThreadPoolExecutor(max(1, min(threads, len(newer)))) as pool:
+            for (path, expected), actual in zip(newer, pool.map(lambda item: _whole_digest(item[0]), newer)):
+                if actual is None:
+                    raise ValueError(_missing_chunk(path, index_file, folder))
+                if actual != expected:
+                    raise ValueError(_changed_chunk(path, "was modified after its preparation: its SHA-256 differs"))
+    return digest.hexdigest()
+
+
+def _changed_chunk(path: Path, what: str) -> str:
+    return (
+        f"{path} {what} ({path.parent / MANIFEST}): its tokens are not those that were prepared. Prepare "
+        f"{path.parent} again, or restore the chunk"
+    )
+
+
+def _whole_digest(path: Path) -> Optional[str]:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def _chunk_sample(path: Path, header_bytes: int) -> Optional[bytes]:

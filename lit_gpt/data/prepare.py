@@ -40,7 +40,7 @@ from lit_gpt.data.readers import (
     read_documents,
 )
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
-from lit_gpt.files import recover_replaced, refused_writes, replace_dir, staging_dir, write_failure
+from lit_gpt.files import file_sha256, recover_replaced, refused_writes, replace_dir, staging_dir, write_failure
 from lit_gpt.signals import die_with_parent
 from lit_gpt.tokenizer import Tokenizer
 
@@ -554,8 +554,46 @@ def _finish(
         "vocab_size": vocab_size,  # the tokenizer's: pretraining notes a model of more token ids than it has
         "max_token_id": stats.max_id,  # the largest id in the chunks: a model must have an embedding for it
         "files": sorted(p.name for p in write_dir.iterdir()),
+        # every chunk's size and SHA-256: a run checks the chunks against them (`lit_gpt.data.loaders.data_contents`)
+        "chunks": chunk_digests(write_dir, [chunk["filename"] for chunk in index["chunks"]]),
     }
     (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def chunk_digests(folder: Path, names: List[str], threads: int = 8) -> Dict[str, Dict[str, object]]:
+    """chunk name -> {"bytes": its size, "sha256": the SHA-256 of the whole file}, of the chunks `names` in `folder`,
+    read in `threads` threads (hashlib lets go of the GIL while it hashes): what `prepare.json` records, so that a
+    chunk edited after the preparation is noticed however little of it changed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def record(name: str) -> Dict[str, object]:
+        return {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+
+    with ThreadPoolExecutor(max(1, min(threads, len(names)))) as pool:
+        return dict(zip(names, pool.map(record, names)))
+
+
+def recorded_chunks(path: Path) -> Optional[Dict[str, Dict[str, object]]]:
+    """The chunk sizes and digests that a prepared folder's `prepare.json` records (`chunk_digests`); None for a folder
+    prepared before they were recorded, or without a `prepare.json`. A record that cannot be read is refused."""
+    manifest_path = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{manifest_path} cannot be read ({e}): prepare {path} again") from None
+    chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+    if chunks is None:
+        return None
+    valid = isinstance(chunks, dict) and all(
+        isinstance(r, dict)
+        and isinstance(r.get("bytes"), int)
+        and isinstance(r.get("sha256"), str)
+        and re.fullmatch("[0-9a-f]{64}", r["sha256"])
+        for r in chunks.values()
+    )
+    if not valid:
+        raise UserError(f"{manifest_path} records its chunks in a form no preparation writes: prepare {path} again")
+    return chunks
 
 
 def publish(write_dir: Path, path: Path, overwrite: bool) -> None:
