@@ -219,35 +219,46 @@ def latest_to_resume(
     out_dir: Path, trust_pickle: bool = False, say: Callable[[str], Any] = print_once
 ) -> Optional[Path]:
     """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose bytes differ from
-    its digest (a flipped bit) is passed over for the newest earlier one that is whole, which `say` names; one whose
-    metadata cannot be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the
-    newest earlier one that can be read."""
+    its digest (a flipped bit), or whose metadata cannot be read (truncated, corrupt, a shard missing, or refused as
+    unsafe: nothing of it is unpickled), is passed over for the newest earlier one that is whole, and `say` names each
+    one passed over and why, in one line. None (start afresh) where every checkpoint differs from its digest; refused
+    where none can be used and one of them cannot be read (not a save cut short: moving it away is the user's call)."""
     found = [p for _, p in reversed(checkpoints_by_step(out_dir))]
-    corrupt = []
-    while found:
+    passed: List[Tuple[Path, str]] = []  # each checkpoint passed over, and why
+    unreadable = None
+    for path in found:
         try:
-            verify_checkpoint(found[0])
-            break
+            verify_checkpoint(path)
         except CorruptFile as e:
-            corrupt.append((found.pop(0), str(e)))
-    if corrupt:
-        taken = f"resuming from {found[0].name}, the newest one that is whole" if found else "starting fresh"
-        say(f"Warning: {corrupt[0][1]}; {', '.join(p.name for p, _ in corrupt)} passed over, {taken}")
-    if not found:
-        return None
-    try:
-        load_metadata(found[0], trust_pickle)
-        return found[0]
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    previous = next((p for p in found[1:] if _readable(p, trust_pickle)), None)
-    instead = (
-        f"move it away (for example to {found[0].name}.broken, which is not picked up) to resume from the newest "
-        f"complete one before it, {previous.name}"
-        if previous
-        else "no checkpoint before it can be read: move it away to start afresh, or pass another --out_dir"
-    )
-    raise ValueError(f"--resume auto: the newest checkpoint {found[0]} cannot be used ({reason}); {instead}")
+            passed.append((path, str(e)))
+            continue
+        try:
+            load_metadata(path, trust_pickle)
+        except Exception as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            passed.append((path, reason))
+            unreadable = unreadable or (path, reason)
+            continue
+        if passed:
+            say(f"Warning: {_passed(passed)}, resuming from {path.name}, the newest one that is whole")
+        return path
+    if unreadable is not None:
+        raise ValueError(
+            f"--resume auto: no checkpoint in {out_dir} can be used: {_reasons(passed)}. Move them away (for example "
+            f"to {unreadable[0].name}.broken, which is not picked up) to start afresh, or pass another --out_dir"
+        )
+    if passed:
+        say(f"Warning: {_passed(passed)}, starting fresh")
+    return None
+
+
+def _reasons(passed: List[Tuple[Path, str]]) -> str:
+    """Why each checkpoint was passed over, each named (the reasons name a checkpoint's file, or the checkpoint)."""
+    return "; ".join(reason if path.name in reason else f"{path.name}: {reason}" for path, reason in passed)
+
+
+def _passed(passed: List[Tuple[Path, str]]) -> str:
+    return f"{_reasons(passed)}; {', '.join(path.name for path, _ in passed)} passed over"
 
 
 # the key of a checkpoint's hparams that says that its SHA-256 was written with it
@@ -288,14 +299,6 @@ def _records_digests(path: Path) -> bool:
     cannot be read (that refusal is `load_metadata`'s, when the checkpoint is read)."""
     try:
         return training_hparams(path).get(DIGESTS) == "sha256"
-    except Exception:
-        return False
-
-
-def _readable(path: Path, trust_pickle: bool) -> bool:
-    try:
-        load_metadata(path, trust_pickle)
-        return True
     except Exception:
         return False
 
