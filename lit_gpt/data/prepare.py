@@ -46,8 +46,8 @@ from lit_gpt.tokenizer import Tokenizer
 
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
-PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters (see encode_long)
-MAX_PIECE_CHARS = 1 << 21  # and none longer than this (split_at_spaces)
+PIECE_CHARS = 1 << 18  # a longer document is encoded in pieces of about this many characters (see encode_long)
+MAX_PIECE_CHARS = 1 << 19  # and none longer than this (split_at_spaces)
 MAX_LISTED_BAD_RECORDS = 20
 MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
 
@@ -115,7 +115,10 @@ def tokenize_files(
                 if batch:
                     yield from encode(batch, stats)
                     batch, chars = [], 0
-                yield from emit(np.concatenate([before, encode_long(tokenizer, text), after]), 1, stats)
+                documents = 1  # counted with its first piece; the tokens of each piece are cut into items at once
+                for ids in itertools.chain([before], encode_long(tokenizer, text), [after]):
+                    yield from emit(ids, documents, stats)
+                    documents = 0
                 continue
             batch.append(text)
             chars += len(text)
@@ -132,9 +135,10 @@ def tokenize_files(
             pending = pending[:0]
 
 
-def encode_long(tokenizer: Tokenizer, text: str, piece_chars: Optional[int] = None) -> np.ndarray:
-    """The tokens of one long document (no eos), encoded in pieces of about `piece_chars` characters, each cut before a
-    single space between two non-space characters.
+def encode_long(tokenizer: Tokenizer, text: str, piece_chars: Optional[int] = None) -> Iterator[np.ndarray]:
+    """The tokens of one long document (no eos), piece by piece (int32 arrays, so that no more than one piece's
+    Python list of ids is held), encoded in pieces of about `piece_chars` characters, each cut before a single space
+    between two non-space characters.
 
     For SentencePiece models that keep whitespace as it is and split pieces at it (Llama's, train_tokenizer.py's) the
     tokens are those of one call: no token spans such a space, and each piece after the first is encoded without the
@@ -144,30 +148,32 @@ def encode_long(tokenizer: Tokenizer, text: str, piece_chars: Optional[int] = No
     """
     pieces = split_at_spaces(text, piece_chars or PIECE_CHARS)
     if tokenizer.backend != "sentencepiece":
-        return np.concatenate([np.asarray(tokenizer.encode_ids(p), dtype=np.int32) for p in pieces])
+        for piece in pieces:
+            yield np.asarray(tokenizer.encode_ids(piece), dtype=np.int32)
+        return
     continuation = _continuation_processor(tokenizer.processor.serialized_model_proto())
     if continuation is None:
-        return np.asarray(tokenizer.processor.encode(text), dtype=np.int32)
-    first = [np.asarray(tokenizer.processor.encode(pieces[0]), dtype=np.int32)]
-    return np.concatenate(first + [np.asarray(continuation.encode(p), dtype=np.int32) for p in pieces[1:]])
+        yield np.asarray(tokenizer.processor.encode(text), dtype=np.int32)
+        return
+    for i, piece in enumerate(pieces):
+        yield np.asarray((continuation if i else tokenizer.processor).encode(piece), dtype=np.int32)
 
 
-def split_at_spaces(text: str, piece_chars: int, max_chars: Optional[int] = None) -> List[str]:
-    """`text` cut into pieces of about `piece_chars` characters, each cut before a single space between two non-space
-    characters, the first after `piece_chars` where there is none before. Where a piece would pass `max_chars`
-    (default `MAX_PIECE_CHARS`) without such a space (a line of 20 MB without spaces: one piece took 1.4 GB to
-    encode), it is cut at `piece_chars` characters instead, so that the memory of a piece stays bounded; its tokens may
-    then differ from one call's around the cut, as a token can span it (the text they decode to is the same)."""
+def split_at_spaces(text: str, piece_chars: int, max_chars: Optional[int] = None) -> Iterator[str]:
+    """`text` cut into pieces of about `piece_chars` characters, one at a time, each cut before a single space between
+    two non-space characters, the first after `piece_chars` where there is none before. Where a piece would pass
+    `max_chars` (default `MAX_PIECE_CHARS`) without such a space (a line of 20 MB without spaces: one piece took 1.4 GB
+    to encode), it is cut at `piece_chars` characters instead, so that the memory of a piece stays bounded; its tokens
+    may then differ from one call's around the cut, as a token can span it (the text they decode to is the same)."""
     max_chars = MAX_PIECE_CHARS if max_chars is None else max_chars
-    pieces, start = [], 0
+    start = 0
     while len(text) - start > piece_chars:
         cut = _single_space(text, start + 1, start + piece_chars, backwards=True)
         cut = cut or _single_space(text, start + piece_chars, start + max(max_chars, piece_chars), backwards=False)
         cut = cut or start + piece_chars
-        pieces.append(text[start:cut])
+        yield text[start:cut]
         start = cut
-    pieces.append(text[start:])
-    return pieces
+    yield text[start:]
 
 
 def _single_space(text: str, lo: int, hi: int, backwards: bool) -> Optional[int]:
