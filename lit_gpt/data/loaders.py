@@ -353,7 +353,7 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
     its padded_vocab_size): data tokenized with a tokenizer of a larger vocabulary, which would fail at the step that
     reads it (an IndexError on CPU, a device-side assert on a GPU). The largest id is the one `prepare.json` records;
     for a folder prepared before it was recorded, the first chunk is read instead (a few MB: a tokenizer that does not
-    fit shows in most chunks, but an id of a later file alone is missed; prepare such a folder again to check all)."""
+    fit shows in most chunks; an id of a later file alone is refused when a batch holds it, by `BatchIdCheck`)."""
     from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING  # lazy: litdata is heavy (~2 s)
 
     for folder in folders:
@@ -386,6 +386,40 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
                 "(its padded_vocab_size): the data was tokenized with a tokenizer of a larger vocabulary. Prepare "
                 "it with the model's tokenizer, or train a model whose vocabulary holds the tokenizer's"
             )
+
+
+class BatchIdCheck:
+    """The check of `check_token_ids` for folders it could not read whole: those prepared before `prepare.json`
+    recorded the largest id (their first chunk alone was read) and object-store folders (not read). Called on the
+    host with each batch of token ids read from them, it refuses one with an id that the model has no embedding for
+    in one line naming those folders (training would stop at that step with an IndexError, or a device-side assert on
+    a GPU). False, and never called, where every folder's largest id is recorded."""
+
+    def __init__(self, folders: Sequence[str], vocab_size: int, model_name: str) -> None:
+        self.folders = [f for f in folders if "://" in f or recorded_max_token_id(Path(f)) is None]
+        self.vocab_size, self.model_name = vocab_size, model_name
+
+    def __bool__(self) -> bool:
+        return bool(self.folders)
+
+    def __call__(self, batches: Sequence[torch.Tensor]) -> None:
+        for batch in batches:
+            if batch.numel() and not (0 <= int(batch.min()) and int(batch.max()) < self.vocab_size):
+                bad = int(batch.max()) if int(batch.max()) >= self.vocab_size else int(batch.min())
+                which = self.folders[0] if len(self.folders) == 1 else f"one of {', '.join(self.folders)}"
+                raise ValueError(
+                    f"a batch holds token id {bad}, but {self.model_name} has embeddings for {self.vocab_size:,} ids "
+                    f"(0 to {self.vocab_size - 1}): it comes from {which}, whose largest id no {MANIFEST} records "
+                    "(prepared before it was recorded: only the first chunk was checked at the start). Prepare it "
+                    "again with the model's tokenizer (the prepare scripts' --tokenizer_path, --overwrite true): the "
+                    "preparation then records and checks every id"
+                )
+
+    def batches(self, iterator: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """`iterator`'s batches, each checked."""
+        for batch in iterator:
+            self([batch])
+            yield batch
 
 
 def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) -> int:
