@@ -71,6 +71,15 @@ def data_sources(
         mapping = {join(data_dir, d): w for d, w in zip(TRAIN_DIRS, data_weights)}
     elif isinstance(train_data, dict):
         mapping = train_data
+    elif not Path(train_data).is_file() and not isinstance(value := _yaml_value(str(train_data)), (str, type(None))):
+        if not isinstance(value, dict):  # a list, a number, ...: meant as data, not as a file name
+            what = f"a list ({', '.join(map(str, value))})" if isinstance(value, list) else "a number"
+            what = "a truth value" if isinstance(value, bool) else what
+            raise ValueError(
+                f"--train_data {train_data!r} is not a path: it reads as {what}. It takes a mapping of prepared "
+                f"folders to weights in braces, e.g. {example}, or a YAML file that holds one"
+            )
+        mapping = value  # a mapping that the command line did not read as one (a weight that is no number)
     else:
         path = Path(train_data)
         if not path.is_file() and ("," in str(train_data) or path.is_dir()):  # not a file name, but meant as data
@@ -106,6 +115,14 @@ def data_sources(
     if not sources or sum(sources.values()) <= 0:
         raise ValueError(f"--train_data needs at least one prepared folder with a positive weight, e.g. {example}")
     return list(sources.items()), normalize(val_data) if val_data else join(data_dir, VAL_DIR)
+
+
+def _yaml_value(text: str) -> object:
+    """`text` read as YAML (the command line's reading of a value), or `text` itself where it is no YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def recorded_sources(hparams: Dict[str, object]) -> Optional[List[Tuple[str, float]]]:
