@@ -196,10 +196,27 @@ def test_writes_are_whole_or_absent(tmp_path):
             Path(path).write_bytes(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    # a refusal of one line (exit 2 in a script): the path, the free space, what is kept
-    with pytest.raises(UserError, match=r"cannot write .*step-00000004.pth.tmp': no space left on device; .* free"):
-        save_checkpoint(FullDisk(), tmp_path / "step-00000004.pth", {})
+    # a refusal of one line (exit 2 in a script): the path, the space needed and free, what is kept. The first save
+    # of a run has no checkpoint before it to name (it said "the checkpoints saved before are intact", and nothing of
+    # the space needed): the size of what it saves
+    model = torch.nn.Linear(1000, 500)  # 2,002,000 bytes of weights
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1000)).sum().backward()
+    optimizer.step()  # and as much again twice, the moments
+    with pytest.raises(UserError) as e:
+        save_checkpoint(FullDisk(), tmp_path / "step-00000002.pth", {"model": model, "optimizer": optimizer})
+    assert re.fullmatch(
+        r"cannot write .*step-00000002.pth.tmp': no space left on device; it needs about 6(\.\d)? MB, [\d,.]+ [MGT]B "
+        r"free: .*No checkpoint of this run was saved before \(the partial step-00000002.pth.tmp is removed\): run it "
+        r"again",
+        str(e.value),
+    ), str(e.value)
     assert list(tmp_path.iterdir()) == []
+    torch.save({"w": torch.zeros(250_000)}, tmp_path / "step-00000002.pth")  # a checkpoint of about 1 MB before
+    with pytest.raises(UserError) as e:
+        save_checkpoint(FullDisk(), tmp_path / "step-00000004.pth", {"model": model, "optimizer": optimizer})
+    assert re.search(r"it needs about 1(\.\d)? MB, .*The checkpoints saved before are intact", str(e.value)), e.value
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000002.pth"]
 
 
 SAVE_FAILS_ON_RANK_1 = """

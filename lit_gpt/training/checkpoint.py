@@ -352,7 +352,7 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
         if fabric.global_rank == 0 or error is not None:
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
                 remove(tmp)
-        raise _save_failure(tmp, error, "another process")
+        raise _save_failure(tmp, error, "another process", state)
     if fabric.global_rank == 0:
         _publish(tmp, path)
     fabric.barrier()
@@ -366,20 +366,48 @@ def _publish(tmp: Path, path: Path) -> None:
     tmp.rename(path)
 
 
-def _save_failure(tmp: Path, error: Optional[BaseException], elsewhere: str) -> BaseException:
-    """The error a failed save raises: one line for a full disk or a location that cannot be written (`error`, raised
-    here), or that it failed on `elsewhere` (`error` None)."""
-    kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with --resume auto"
+def _save_failure(tmp: Path, error: Optional[BaseException], elsewhere: str, state: Any = None) -> BaseException:
+    """The error a failed save of `state` raises: one line for a full disk or a location that cannot be written
+    (`error`, raised here), or that it failed on `elsewhere` (`error` None)."""
     if error is None:
         return RuntimeError(
             f"Saving {tmp} failed on {elsewhere} (its error is in that process' output); fix that and resume with "
-            f"--resume auto. {kept.split('; ')[0]}"
+            f"--resume auto. {_kept(tmp).split('; ')[0]}"
         )
-    previous = find_latest(tmp.parent)  # about the size of this one
-    if (refusal := write_failure(error, tmp, previous and _disk_bytes(previous), kept)) is not None:
+    if (refusal := _write_refusal(error, tmp, state)) is not None:
         refusal.__cause__ = error
         return refusal
     return error
+
+
+def _kept(tmp: Path) -> str:
+    """What a failed save into `tmp` left as it was, and what to do: only the checkpoints that exist are named."""
+    if find_latest(tmp.parent) is None:
+        return f"No checkpoint of this run was saved before (the partial {tmp.name} is removed): run it again"
+    return f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with --resume auto"
+
+
+def _write_refusal(error: BaseException, tmp: Path, state: Any) -> Optional[BaseException]:
+    """`write_failure`'s one line for a save into `tmp`, with the space it needs: the size of the newest checkpoint
+    saved before, or without one the bytes of the tensors in `state`."""
+    previous = find_latest(tmp.parent)
+    needed = _disk_bytes(previous) if previous is not None else _tensor_bytes(state)
+    return write_failure(error, tmp, needed or None, _kept(tmp))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in `obj` (whole tensors: a DTensor counts every shard), modules' and optimizers'
+    state included: about what a checkpoint of it takes on disk."""
+    obj = _unwrap_objects(obj)  # Fabric's wrappers of the model and the optimizer
+    if isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    return 0
 
 
 def _failed_elsewhere(fabric: L.Fabric, failed_here: bool) -> bool:
@@ -563,7 +591,7 @@ class CheckpointSaver:
                 copied.synchronize()  # the copies queued behind the step
         except Exception as e:
             error = e
-        failed = self._agree(error, tmp)  # also: no process writes there before the removal
+        failed = self._agree(error, tmp, tensors)  # also: no process writes there before the removal
         try:
             if failed:
                 pass
@@ -580,7 +608,7 @@ class CheckpointSaver:
                     torch.save(metadata, tmp / "meta.pt")
         except Exception as e:
             error = error or e
-        failed = failed or self._agree(error, tmp)
+        failed = failed or self._agree(error, tmp, tensors)
         if not failed and rank == 0:
             try:
                 _test_hook("publishing", rank, tmp)
@@ -590,21 +618,18 @@ class CheckpointSaver:
                     self._prune(path)
             except Exception as e:
                 error = e
-        failed = failed or self._agree(error, tmp)
+        failed = failed or self._agree(error, tmp, tensors)
         if failed and (rank == 0 or error is not None) and not path.exists():
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
                 remove(tmp)
         self._outcome = (failed, tmp)
 
-    def _agree(self, error: Optional[BaseException], tmp: Path) -> Dict[int, Tuple[str, str]]:
+    def _agree(self, error: Optional[BaseException], tmp: Path, tensors: Any = None) -> Dict[int, Tuple[str, str]]:
         """rank -> ("refusal" or "error", one line) of the processes whose save failed, the same on every process
         (gathered over the saver's own gloo group): a full disk or a location that cannot be written is a refusal."""
         line = None
         if error is not None:
-            kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with "
-            kept += "--resume auto"
-            previous = find_latest(tmp.parent)  # about the size of this one
-            refusal = write_failure(error, tmp, previous and _disk_bytes(previous), kept)
+            refusal = _write_refusal(error, tmp, tensors)
             line = (
                 ("refusal", str(refusal)) if refusal else ("error", f"{type(error).__name__}: {error}".splitlines()[0])
             )
