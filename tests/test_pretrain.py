@@ -967,6 +967,36 @@ def test_a_resume_on_training_data_prepared_again_is_refused_naming_the_folder(t
     assert f"{starcoder} has changed since {out_dir / 'step-00000001.pth'} was saved" in line, line
 
 
+def test_a_resume_on_a_chunk_edited_in_its_middle_is_refused_in_one_line(tmp_path, export_tokenizer_dir):
+    """Four tokens changed in the middle of a prepared chunk, its size kept, between a save and `--resume auto`: the
+    digest of each chunk's first and last 64 KiB resumed without a word. The chunk differs from the SHA-256 that its
+    prepare.json records: refused in one line naming it."""
+    from lit_gpt.data.prepare import prepare
+    from lit_gpt.data.readers import TextOptions
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text((ROOT / "lit_gpt" / "model.py").read_text() * 40)
+    train = tmp_path / "train"
+    prepare("text", None, str(train), export_tokenizer_dir, 2049 * 64, num_workers=1, verbose=False,
+            inputs=[str(tmp_path / "corpus")], text_options=TextOptions())  # fmt: skip
+    val = _build(tmp_path / "data", same_tokens, 8) / "slimpajama" / "val"
+    out_dir = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--train_data", f"{{{train}: 1.0}}", "--val_data", str(val)]
+    cmd += ["--out_dir", str(out_dir), "--eval_interval", "100"]
+    proc = subprocess.run([*cmd, "--max_steps", "1", "--save_interval", "1"], capture_output=True, text=True,
+                          timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chunk = train / "chunk-0-0.bin"
+    with open(chunk, "r+b") as f:
+        f.seek(chunk.stat().st_size // 2)
+        f.write(bytes(16))
+    line = refusal([*cmd, "--max_steps", "2", "--resume", "auto"])
+    assert line == (
+        f"error: {chunk} was modified after its preparation: its SHA-256 differs ({train / 'prepare.json'}): its "
+        f"tokens are not those that were prepared. Prepare {train} again, or restore the chunk"
+    ), line
+
+
 def test_training_data_replaced_while_read_stops_the_run_and_other_tokens_of_the_same_counts_refuse_its_resume(
     tmp_path,
 ):
