@@ -653,7 +653,8 @@ def fit(
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
     saver = CheckpointSaver(fabric, out_dir, h["keep_last"], h["async_save"])
-    stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    stop = StopSignal(fabric.device, saved_before=lambda: find_latest(out_dir) is not None)
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
         f"{h['micro_batch_size']} per device; {schedule.kind} learning-rate schedule over {schedule_steps:,} steps); "
