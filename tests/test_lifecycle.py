@@ -53,11 +53,18 @@ def run_in_session(cmd: list, timeout: float) -> tuple:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         output, code = proc.communicate()[0], None
-    time.sleep(1)  # a worker killed as its parent exits needs a moment to be reaped
-    alive = left_behind(proc.pid)
+    alive = still_alive_after(proc.pid, 1.0)  # a worker killed as its parent exits needs a moment to be reaped
     for p in alive:
         p.kill()
     return code, output, alive
+
+
+def still_alive_after(session: int, seconds: float) -> dict:
+    """`left_behind(session)` once it is empty, or after `seconds` (what is left then)."""
+    deadline = time.monotonic() + seconds
+    while (alive := left_behind(session)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
 
 
 def test_a_run_that_fails_in_training_exits_at_once_ends_its_loader_worker_and_releases_the_out_dir(tmp_path, data):
@@ -289,8 +296,7 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_no_process_behind(tmp_path, da
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    time.sleep(1)
-    alive = left_behind(proc.pid)
+    alive = still_alive_after(proc.pid, 1.0)
     for p in alive:
         p.kill()
     output = "".join(lines)
