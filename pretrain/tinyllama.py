@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from lit_gpt.config import Config, check_same_architecture, checkpoint_config_file  # noqa: E402
 from lit_gpt.data.loaders import (  # noqa: E402
+    BatchIdCheck,
     DataWatch,
     check_data_dir,
     check_prepared,
@@ -652,7 +653,8 @@ def fit(
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
     saver = CheckpointSaver(fabric, out_dir, h["keep_last"], h["async_save"])
-    stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    stop = StopSignal(fabric.device, saved_before=lambda: find_latest(out_dir) is not None)
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
         f"{h['micro_batch_size']} per device; {schedule.kind} learning-rate schedule over {schedule_steps:,} steps); "
@@ -678,6 +680,8 @@ def fit(
     eos_id = h["eos_id"] if h["document_mask"] else None
     evaluate_tasks = task_evaluator(h, fabric.device)
     doc_kwargs = dict(eos_id=eos_id, document_positions=h["document_positions"])
+    folders = [*(folder for folder, _ in h["train_sources"]), h["val_dir"]]
+    id_check = BatchIdCheck(folders, model.config.padded_vocab_size, model.config.name)  # for data without a record
 
     def next_micro_batches() -> tuple:
         nonlocal data_wait
@@ -689,6 +693,8 @@ def fit(
         if sequence_log:  # the rows as read, with the identities of their sequences
             rows = [row for batch in micro_batches for row in batch]
             sequence_log.read(ids, rows)
+        if id_check:  # data prepared before its largest id was recorded: each batch, on the host
+            id_check(micro_batches)
         bounds = document_bounds(micro_batches, eos_id)  # on the host, before the copy
         digests = sequence_ids(micro_batches) if guard and not elastic else None  # logged with a guarded step
         micro_batches = [fabric.to_device(batch) for batch in micro_batches]
@@ -771,7 +777,8 @@ def fit(
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
-            val_loss = validate(fabric, model, watchdog.beating(val_loader), h["eval_iters"], **doc_kwargs).item()
+            val_batches = id_check.batches(watchdog.beating(val_loader))
+            val_loss = validate(fabric, model, val_batches, h["eval_iters"], **doc_kwargs).item()
             watchdog.beat()
             metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
             fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
