@@ -120,20 +120,27 @@ def test_refusal_after_two_processes_started_prints_once(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {cut_short} cannot be read"), proc.stderr
 
 
-def test_a_resume_path_that_does_not_exist_is_refused_before_anything_is_printed_or_written(tmp_path):
+def test_a_resume_path_that_does_not_exist_is_refused_before_anything_is_printed_or_written(tmp_path, capsys):
     """It was refused once Fabric had started: after the settings, the notes and the model's size were printed and
     the out dir (its lock and logs) was made."""
     from test_pretrain import _build, same_tokens
 
+    from lit_gpt.cli import cli
+
     data = _build(tmp_path / "data", same_tokens, 8)
     missing = tmp_path / "elsewhere" / "step-00000004.pth"
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out")]
-    cmd += ["--max_steps", "1", "--resume", str(missing)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 2 and proc.stdout == "", proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stderr.splitlines() == [
+    args = [*COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--max_steps", "1"]
+    # through the script's own `cli(setup)` in-process (its __main__ block is that call; a Python start with
+    # lightning costs several seconds here)
+    setup = entry_point("pretrain/tinyllama.py").setup
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(setup, args=[*args, "--resume", str(missing)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == "", out[-3000:] + err[-3000:]
+    assert err.splitlines() == [
         f"error: No checkpoint at {missing}; pass `--resume auto` to pick the latest in --out_dir"
-    ], proc.stderr
+    ]
     assert not (tmp_path / "out").exists()
 
 
