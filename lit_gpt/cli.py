@@ -199,6 +199,9 @@ def stop_quietly_before_training(module_name: str) -> None:
         if rank() == 0:
             name = signal.Signals(signum).name
             print(f"Stopped by {name} before the first training step: nothing was saved", file=sys.stderr, flush=True)
+        # the exit may leave an object half-built (litdata's BinaryReader stopped in its __init__): its finalizer's
+        # "Exception ignored in ... AttributeError" would follow the one line, so such noise is not printed after it
+        sys.unraisablehook = lambda unraisable: None
         raise SystemExit(128 + signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):

@@ -314,5 +314,28 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_no_process_behind(tmp_path, da
     assert proc.returncode == 130 and "Traceback" not in output, output[-3000:]
     last = output.strip().splitlines()[-1]
     assert last.startswith("Received SIGINT ") and " stopped at once" in last, output[-3000:]
-    assert last.endswith("The checkpoints saved before are intact: resume with --resume auto"), output[-3000:]
+    # stopped in its first steps, the run has no checkpoint: it says so rather than naming intact ones
+    assert last.endswith("No checkpoint of this run was saved before: run it again"), output[-3000:]
     assert not alive, list(alive.values())
+
+
+def test_a_stop_during_start_up_prints_no_finalizer_noise_after_its_line():
+    """A Ctrl-C that lands inside litdata's BinaryReader.__init__ left the reader half-built: its __del__ then printed
+    "Exception ignored in ... AttributeError: 'BinaryReader' object has no attribute '_item_loader'" (a traceback)
+    after the one line. An object stopped the same way here: nothing follows the line."""
+    program = (
+        "import signal, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from lit_gpt.cli import stop_quietly_before_training\n"
+        "stop_quietly_before_training('__main__')\n"
+        "class Reader:\n"
+        "    def __init__(self):\n"
+        "        signal.raise_signal(signal.SIGINT)\n"
+        "        self.item_loader = None\n"
+        "    def __del__(self):\n"
+        "        self.item_loader.close()\n"
+        "Reader()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "Stopped by SIGINT before the first training step: nothing was saved", proc.stderr
