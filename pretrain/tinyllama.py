@@ -708,8 +708,8 @@ def fit(
         if sequence_log:  # the rows as read, with the identities of their sequences
             rows = [row for batch in micro_batches for row in batch]
             sequence_log.read(ids, rows)
-        if id_check:  # data prepared before its largest id was recorded: each batch, on the host
-            id_check(micro_batches)
+        if id_check:  # data prepared before its largest id was recorded: each batch, on the host, agreed
+            id_check(micro_batches, fabric)
         bounds = document_bounds(micro_batches, eos_id)  # on the host, before the copy
         digests = sequence_ids(micro_batches) if guard and not elastic else None  # logged with a guarded step
         micro_batches = [fabric.to_device(batch) for batch in micro_batches]
@@ -792,7 +792,7 @@ def fit(
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
-            val_batches = id_check.batches(watchdog.beating(val_loader))
+            val_batches = id_check.batches(watchdog.beating(val_loader), fabric)
             val_loss = validate(fabric, model, val_batches, h["eval_iters"], **doc_kwargs).item()
             watchdog.beat()
             metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}

@@ -674,16 +674,19 @@ def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path
               global_batch_size=8, micro_batch_size=2, block_size=BLOCK)  # fmt: skip
 
 
-def test_an_id_outside_the_vocabulary_in_a_later_chunk_of_an_old_folder_stops_in_one_line(tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])
+def test_an_id_outside_the_vocabulary_in_a_later_chunk_of_an_old_folder_stops_in_one_line(tmp_path, devices):
     """A folder prepared before prepare.json recorded its largest id has only its first chunk checked at the start: an
     id the model has no embedding for in a later chunk ended in an IndexError traceback at the step that read it. Each
-    batch of such a folder is checked on the host: one `error:` line naming the folder and how to prepare it again."""
+    batch of such a folder is checked on the host: one `error:` line naming the folder and how to prepare it again.
+    On two processes the check is agreed (a collective): the process that found the id used to stop alone, without a
+    word (rank 0 speaks), and rank 0 then failed in its next collective with a gloo traceback."""
     data = _build(tmp_path / "data", same_tokens, 40)
     shutil.rmtree(data / "starcoder")
     _write_chunks(lambda i: same_tokens(i) + (40_000 if i >= 2 else 0), 40, data / "starcoder")  # chunk 0 clean
     assert not (data / "starcoder" / "prepare.json").exists()
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out")]
-    line = refusal([*cmd, "--max_steps", "3", "--eval_interval", "100"])
+    line = refusal([*cmd, "--max_steps", "3", "--eval_interval", "100", "--devices", str(devices)])
     assert re.fullmatch(
         r"error: a batch holds token id 40\d{3}, but micro-llama has embeddings for 32,000 ids \(0 to 31999\): it "
         rf"comes from one of .*{re.escape(str(data / 'starcoder'))}.*Prepare it again with the model's tokenizer "

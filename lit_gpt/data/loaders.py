@@ -419,23 +419,36 @@ class BatchIdCheck:
     def __bool__(self) -> bool:
         return bool(self.folders)
 
-    def __call__(self, batches: Sequence[torch.Tensor]) -> None:
+    def __call__(self, batches: Sequence[torch.Tensor], fabric=None) -> None:
+        """Refuse `batches` if one holds an id outside the vocabulary. With a `fabric` of several processes the answer
+        is agreed (a collective: call it on every process at the same points, as a step's collectives are), so that
+        every process stops with the line: one that stopped alone would leave the others failing in the step's
+        collectives with a traceback. The agreement reads a flag back on the host, once per call: a wait for the
+        device's queued work, paid only by the runs that read such folders."""
+        bad = None
         for batch in batches:
             if batch.numel() and not (0 <= int(batch.min()) and int(batch.max()) < self.vocab_size):
                 bad = int(batch.max()) if int(batch.max()) >= self.vocab_size else int(batch.min())
-                which = self.folders[0] if len(self.folders) == 1 else f"one of {', '.join(self.folders)}"
-                raise ValueError(
-                    f"a batch holds token id {bad}, but {self.model_name} has embeddings for {self.vocab_size:,} ids "
-                    f"(0 to {self.vocab_size - 1}): it comes from {which}, whose largest id no {MANIFEST} records "
-                    "(prepared before it was recorded: only the first chunk was checked at the start). Prepare it "
-                    "again with the model's tokenizer (the prepare scripts' --tokenizer_path, --overwrite true): the "
-                    "preparation then records and checks every id"
-                )
+                break
+        if fabric is not None and fabric.world_size > 1:
+            # the largest offending id of any process (a token id is exact in float64); -inf where none
+            mine = torch.tensor([-math.inf if bad is None else float(bad)], dtype=torch.float64, device=fabric.device)
+            agreed = fabric.all_reduce(mine, reduce_op="max").item()
+            bad = None if agreed == -math.inf else int(agreed)
+        if bad is not None:
+            which = self.folders[0] if len(self.folders) == 1 else f"one of {', '.join(self.folders)}"
+            raise ValueError(
+                f"a batch holds token id {bad}, but {self.model_name} has embeddings for {self.vocab_size:,} ids "
+                f"(0 to {self.vocab_size - 1}): it comes from {which}, whose largest id no {MANIFEST} records "
+                "(prepared before it was recorded: only the first chunk was checked at the start). Prepare it "
+                "again with the model's tokenizer (the prepare scripts' --tokenizer_path, --overwrite true): the "
+                "preparation then records and checks every id"
+            )
 
-    def batches(self, iterator: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """`iterator`'s batches, each checked."""
+    def batches(self, iterator: Iterable[torch.Tensor], fabric=None) -> Iterator[torch.Tensor]:
+        """`iterator`'s batches, each checked (agreed among the processes of `fabric`, as `__call__`)."""
         for batch in iterator:
-            self([batch])
+            self([batch], fabric)
             yield batch
 
 
