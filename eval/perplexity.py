@@ -25,7 +25,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from lit_gpt.data.loaders import check_token_ids  # noqa: E402
+from lit_gpt.data.loaders import BatchIdCheck, check_token_ids  # noqa: E402
 from lit_gpt.generate import load_model  # noqa: E402
 from lit_gpt.weights import lit_checkpoint_files  # noqa: E402
 
@@ -66,7 +66,10 @@ def main(
     lit_checkpoint_files(checkpoint_dir)
     fabric = L.Fabric(devices=1, precision=precision)
     model = load_model(fabric, checkpoint_dir)  # a bad weight file is refused before the data is read
-    check_token_ids([str(data_dir)], model.config.padded_vocab_size, f"the model in {checkpoint_dir}")
+    model_name = f"the model in {checkpoint_dir}"
+    check_token_ids([str(data_dir)], model.config.padded_vocab_size, model_name)
+    # a folder whose prepare.json records no largest id had its first chunk read alone: each batch is checked
+    id_check = BatchIdCheck([str(data_dir)], model.config.padded_vocab_size, model_name)
     block_size = model.config.block_size if block_size is None else block_size
     if block_size > model.config.block_size:
         raise ValueError(f"--block_size {block_size} exceeds the model's block size {model.config.block_size}")
@@ -82,7 +85,7 @@ def main(
     t0 = time.perf_counter()
     loss_sum, n_tokens, n_blocks = 0.0, 0, 0
     with torch.inference_mode():
-        for batch in loader:
+        for batch in id_check.batches(loader) if id_check else loader:
             batch = batch[: num_blocks - n_blocks].to(fabric.device).long()
             logits = model(batch[:, :-1])
             loss = F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum")

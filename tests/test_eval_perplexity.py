@@ -121,3 +121,30 @@ def test_data_with_ids_beyond_the_model_vocabulary_is_refused_before_evaluating(
         "512 ids (its padded_vocab_size): the data was tokenized with a tokenizer of a larger vocabulary. Prepare it "
         "with the model's tokenizer, or use a model whose vocabulary holds the tokenizer's\n"
     )
+
+
+def test_an_id_beyond_the_vocabulary_in_a_later_chunk_of_a_folder_without_a_record_is_refused(export_lit_dir, tmp_path):
+    """A folder without prepare.json (prepared before it recorded the largest id) has only its first chunk read up
+    front: an id the model has no embedding for in a later chunk ended in an IndexError traceback. Each batch read is
+    checked on the host: one line naming the folder, the id and how to prepare it again."""
+    from litdata.streaming.item_loader import TokensLoader
+    from litdata.streaming.writer import BinaryWriter
+
+    from eval.perplexity import main
+
+    tokens = torch.randint(3, 512, (3000,), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    tokens[2500] = 700  # the third chunk of 1,000 tokens; the model (and the first chunk) know 512 ids
+    writer = BinaryWriter(str(tmp_path / "val"), chunk_size=1000, item_loader=TokensLoader())
+    for i, document in enumerate(tokens.split(1000)):
+        writer.add_item(i, document.clone())
+    writer.done()
+    writer.merge()
+    assert len(list((tmp_path / "val").glob("*.bin"))) == 3 and not (tmp_path / "val" / "prepare.json").exists()
+    assert main(export_lit_dir, tmp_path / "val", num_blocks=100, block_size=16)["num_blocks"] == 100  # before it
+    with pytest.raises(
+        ValueError,
+        match=rf"^a batch holds token id 700, but the model in {export_lit_dir} has embeddings for 512 ids \(0 to "
+        rf"511\): it comes from {tmp_path / 'val'}, whose largest id no prepare.json records .*Prepare it again with "
+        r"the model's tokenizer \(the prepare scripts' --tokenizer_path, --overwrite true\)",
+    ):
+        main(export_lit_dir, tmp_path / "val", num_blocks=170, block_size=16)
