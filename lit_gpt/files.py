@@ -73,12 +73,14 @@ def staged_output_dir(
     ends, the files of `output_dir` that are not `script`'s earlier output (a README, the Hugging Face files beside
     which `convert_hf_checkpoint.py` writes) are hard-linked into it, and `replace_dir` swaps it in. A failure or a
     kill while writing leaves the earlier output as it was (a full disk needs room for the old output and the new one
-    at once); a write refused by the disk or the location (`write_failure`) ends in one line, which gives the free
+    at once: `check_room` refuses a disk without `needed_bytes` free before any work, the earlier output not counted
+    as freed); a write refused by the disk or the location (`write_failure`) ends in one line, which gives the free
     space and `needed_bytes`, the size of the output (estimated from the tensors to be written).
     """
     prepare_output_dir(output_dir, overwrite, outputs, script, inputs, require_empty)
-    staging = staging_dir(output_dir)
+    staging = staging_dir(output_dir)  # an unwritable location is refused here, before the room is counted
     try:
+        check_room(output_dir, staging, needed_bytes)
         with refused_writes(output_dir, needed_bytes):
             yield staging
             if output_dir.is_dir():
@@ -288,9 +290,14 @@ def write_failure(
     free = _free_bytes(path)
     if code is None:
         lost_errno = isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == "SafetensorError"
-        if not lost_errno or free is None or free >= NEARLY_FULL:
+        if not lost_errno:
             return None
-        code = errno.ENOSPC
+        # the errno named in its text; else a disk (nearly) full after it: a partial file deleted on the error may
+        # have given back more than NEARLY_FULL, so the text is read first
+        code = next((c for c in map(_lost_errno, _causes(e)) if c is not None), None)
+        if code is None and (free is None or free >= NEARLY_FULL):
+            return None
+        code = code or errno.ENOSPC
     if code in (errno.ENOSPC, errno.EDQUOT):
         room = f"{_megabytes(free)} free" if free is not None else "the free space is unknown"
         needs = f"it needs about {_megabytes(needed_bytes)}, " if needed_bytes else ""
@@ -298,6 +305,27 @@ def write_failure(
     else:
         todo = "choose a location you can write to"
     return UserError(f"cannot write {str(path)!r}: {_WRITE_ERRNOS[code]}; {todo}. {kept}")
+
+
+def check_room(output_dir: Path, staging: Path, needed_bytes: Optional[int]) -> None:
+    """Refuse, before any work, to write `output_dir` when the disk of `staging` (`staged_output_dir`'s folder beside
+    it) has less than `needed_bytes` free: the new output is written there whole before the earlier one is removed,
+    so the space the earlier one takes is not free for it."""
+    free = _free_bytes(staging)
+    if needed_bytes and free is not None and free < needed_bytes:
+        raise UserError(
+            f"cannot write {str(output_dir)!r}: too little space left on its device; it needs about "
+            f"{_megabytes(needed_bytes)}, {_megabytes(free)} free (the new output is written whole beside any earlier "
+            "one, which it replaces only then): free space there or choose a location on a disk with room. Nothing "
+            "written there before was changed"
+        )
+
+
+def _lost_errno(e: BaseException) -> Optional[int]:
+    """The errno of `_WRITE_ERRNOS` that an error without one names in its text: safetensors' SafetensorError says
+    `Os { code: 28, kind: StorageFull, message: "No space left on device" }`."""
+    text = str(e)
+    return next((code for code in _WRITE_ERRNOS if os.strerror(code) in text), None)
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:

@@ -763,8 +763,9 @@ def test_a_tokenizer_beyond_the_model_vocabulary_is_refused_before_any_step(tmp_
 
 def test_merge_onto_a_full_disk_is_one_line_and_keeps_the_earlier_merge(codes, lora_run, tmp_path, capsys):
     """merge_lora.py --overwrite true onto a disk with room for one merge but not two: it used to delete the earlier
-    merge first; now the new one is written beside it, and the full disk is one line naming the folder and the free
-    space, exit 2, with the earlier merge byte-identical."""
+    merge first; now the new one is written beside it, and the full disk is one line naming the folder, the free space
+    and the space needed (before any work, since the earlier merge is not counted as free), exit 2, with the earlier
+    merge byte-identical."""
     from lit_gpt.cli import cli
 
     merge = load_script_at("scripts/merge_lora.py").merge
@@ -785,7 +786,8 @@ def test_merge_onto_a_full_disk_is_one_line_and_keeps_the_earlier_merge(codes, l
             cli(merge, [*args, "--overwrite", "true"])
         err = capsys.readouterr().err.strip().splitlines()[-1]  # after the note on the base's separators
         assert exit.value.code == 2, err
-        assert err.startswith(f"error: cannot write {str(disk / 'merged')!r}: no space left on device"), err
+        # refused before any work: the earlier merge's space is not free for the new one (check_room)
+        assert err.startswith(f"error: cannot write {str(disk / 'merged')!r}: too little space left on its device"), err
         assert "MB free" in err and f"it needs about {size / 1e6:.1f} MB" in err, err
         assert {p.name: p.read_bytes() for p in (disk / "merged").iterdir()} == before
         assert [p.name for p in disk.iterdir()] == ["merged"]

@@ -1,6 +1,7 @@
 """Outputs replaced only when the new one is whole, and writes that the disk refuses said in one line: the real
 scripts writing onto real small or read-only file systems (tmpfs mounts, which need root; skipped without)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def _one_line_refusal(proc: subprocess.CompletedProcess, *words: str) -> str:
 def test_an_export_that_fills_the_disk_leaves_the_earlier_one_whole(export_lit_dir, tmp_path, disk):
     """convert_lit_checkpoint --overwrite true on a disk with room for one export but not two: the earlier export is
     byte-identical afterwards (it used to be deleted first), no partial folder is left, and the refusal is one line
-    naming the folder and the free space."""
+    naming the folder, the free space and the space needed (given before any work, since 'check_room')."""
     sizing = _run("convert_lit_checkpoint.py", "--checkpoint_dir", export_lit_dir, "--output_dir", tmp_path / "size")
     assert sizing.returncode == 0, sizing.stderr[-3000:]
     size = sum(len(b) for b in _tree(tmp_path / "size").values())
@@ -64,7 +65,8 @@ def test_an_export_that_fills_the_disk_leaves_the_earlier_one_whole(export_lit_d
 
     again = ["--checkpoint_dir", export_lit_dir, "--output_dir", out, "--overwrite", "true"]
     proc = _run("convert_lit_checkpoint.py", *again)
-    line = _one_line_refusal(proc, str(out), "no space left on device", "MB free")
+    # refused before any work (check_room): the earlier export's space is not free for the new one
+    line = _one_line_refusal(proc, str(out), "too little space left on its device", "MB free")
     # the export's size: its weights, in the dtype of lit_model.pth
     needed = sum(len(b) for name, b in before.items() if name.endswith(".safetensors"))
     assert f"it needs about {needed / 1e6:.1f} MB" in line or f"it needs about {needed / 1e6 - 0.1:.1f} MB" in line
@@ -95,27 +97,42 @@ def test_an_interrupted_replacement_is_recovered_by_the_next_run(export_lit_dir,
 
 
 def test_conversions_to_a_full_or_read_only_disk_are_one_line(
-    fabric_checkpoints, export_tokenizer_dir, export_lit_dir, export_hf_dir, register_test_llama, disk, capsys
+    fabric_checkpoints,
+    export_tokenizer_dir,
+    export_lit_dir,
+    export_hf_dir,
+    register_test_llama,
+    disk,
+    capsys,
+    monkeypatch,
 ):
     """convert_pretrained_checkpoint (torch's writer: "unexpected pos"), convert_lit_checkpoint (SafetensorError) and
     convert_hf_checkpoint onto a disk too small, and onto a read-only one: one line naming the folder, exit 2; on the
-    full disk it gives the free space and the space the output needs (it used to give the free space alone)."""
+    full disk it gives the free space and the space the output needs (it used to give the free space alone). The two
+    run as programs are refused before any work ('check_room'); the one in this process has that check turned off,
+    so that the write itself fails on the full disk."""
+    import lit_gpt.files
     from lit_gpt.cli import cli
 
     convert = load_script("convert_pretrained_checkpoint").convert  # in this process: test-llama is registered here
     full, read_only = disk(64 * 1024), disk(1024 * 1024, read_only=True)
-    needs = ["no space left on device", "it needs about", "MB free"]
+    needs = ["it needs about", "MB free"]
     for root, words in ((full, needs), (read_only, ["read-only file system"])):
         flags = ["--checkpoint_file", fabric_checkpoints["single"], "--tokenizer_dir", export_tokenizer_dir]
         flags += ["--config_name", "test-llama", "--output_dir", root / "lit"]
-        with pytest.raises(SystemExit) as exit:
+        with monkeypatch.context() as patch, pytest.raises(SystemExit) as exit:
+            patch.setattr(lit_gpt.files, "check_room", lambda *args: None)
             cli(convert, list(map(str, flags)))
         err = capsys.readouterr().err
-        _one_line_refusal(subprocess.CompletedProcess([], exit.value.code, "", err), str(root / "lit"), *words)
+        written = ["no space left on device"] if root == full else []
+        _one_line_refusal(
+            subprocess.CompletedProcess([], exit.value.code, "", err), str(root / "lit"), *words, *written
+        )
+        checked = ["too little space left on its device"] if root == full else []
         proc = _run("convert_lit_checkpoint.py", "--checkpoint_dir", export_lit_dir, "--output_dir", root / "hf")
-        _one_line_refusal(proc, str(root / "hf"), *words)
+        _one_line_refusal(proc, str(root / "hf"), *words, *checked)
         proc = _run("convert_hf_checkpoint.py", "--checkpoint_dir", export_hf_dir, "--output_dir", root / "lit-hf")
-        _one_line_refusal(proc, str(root / "lit-hf"), *words)
+        _one_line_refusal(proc, str(root / "lit-hf"), *words, *checked)
         assert not any(root.iterdir())
 
 
@@ -161,3 +178,68 @@ def test_a_hugging_face_folder_converted_in_place_is_put_back_after_a_kill(expor
     assert {k: v for k, v in after.items() if k in inputs} == inputs
     assert {"lit_model.pth", "lit_config.json", "separators.json"} <= set(after)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def _convert_in_process(capsys, *flags) -> tuple:
+    """(exit code, stderr) of convert_lit_checkpoint.py's command line `flags`, run in this process."""
+    from lit_gpt.cli import cli
+
+    convert = load_script("convert_lit_checkpoint").convert
+    try:
+        cli(convert, list(map(str, flags)))
+        code = 0
+    except SystemExit as exit:
+        code = exit.value.code if hasattr(exit, "value") else exit.code
+    return code, capsys.readouterr().err
+
+
+def test_an_overwrite_needs_room_for_the_new_output_beside_the_earlier_one(
+    export_lit_dir, tmp_path, monkeypatch, capsys
+):
+    """The new export is written whole beside the earlier one, which goes only then: a disk with less free space than
+    the new export's size is refused before any work, however much the earlier export takes (it is not freed first).
+    The conversion used to start and fail mid-way with a SafetensorError traceback. The free space is faked where the
+    code reads it (shutil.disk_usage)."""
+    import shutil
+
+    out = tmp_path / "hf"
+    assert _convert_in_process(capsys, "--checkpoint_dir", export_lit_dir, "--output_dir", out)[0] == 0
+    before = _tree(out)
+    size = sum(len(b) for name, b in before.items() if name.endswith(".safetensors"))
+    real = shutil.disk_usage
+    # half the new export: less than it, more than it with the earlier export counted as freed
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=size // 2))
+    code, err = _convert_in_process(
+        capsys, "--checkpoint_dir", export_lit_dir, "--output_dir", out, "--overwrite", "true"
+    )
+    line = _one_line_refusal(subprocess.CompletedProcess([], code, "", err), f"cannot write {str(out)!r}")
+    # the export's size (its weights, the safetensors files less their headers) and the free space
+    found = re.search(rf"it needs about ([\d.]+) MB, {size // 2 / 1e6:.1f} MB free", line)
+    assert found and abs(float(found[1]) - size / 1e6) <= 0.1, line
+    assert "Nothing written there before was changed" in line, line
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_a_full_disk_that_the_writer_names_only_in_its_text_is_one_line(export_lit_dir, tmp_path, monkeypatch, capsys):
+    """safetensors deletes its partial file when the disk fills, then raises a SafetensorError without an errno: with
+    more than NEARLY_FULL free again afterwards (a large export), that was a traceback. The error's own text ("No
+    space left on device (os error 28)", as safetensors words it on a full tmpfs) makes it the one line."""
+    from safetensors import SafetensorError
+
+    import lit_gpt.convert
+
+    out = tmp_path / "hf"
+    assert _convert_in_process(capsys, "--checkpoint_dir", export_lit_dir, "--output_dir", out)[0] == 0
+    before = _tree(out)
+
+    def full_disk(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(lit_gpt.convert, "save_file", full_disk)
+    code, err = _convert_in_process(
+        capsys, "--checkpoint_dir", export_lit_dir, "--output_dir", out, "--overwrite", "true"
+    )
+    _one_line_refusal(
+        subprocess.CompletedProcess([], code, "", err), str(out), "no space left on device", "it needs about"
+    )
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
