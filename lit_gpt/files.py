@@ -445,7 +445,17 @@ def check_seal(path: Path, expected: Optional[str] = None) -> bool:
     if end < 0 or tail[:4] != _EOCD or tail[20:22] != struct.pack("<H", _SEAL_BYTES) or not tail[22:].startswith(_SEAL):
         if expected and tail[-22:-18] == _EOCD and tail[-2:] == b"\0\0":  # a whole zip, without a comment
             raise missing_digest(path, "its zip comment", expected)
-        if expected:  # no zip end at all: cut short or overwritten, not stripped
+        if expected and size == 0:
+            raise CorruptFile(
+                f"{path} is empty ({expected}; a copy or a save cut short to nothing). Use a whole copy, or make the "
+                "file again"
+            )
+        if expected and _head(path, 4) != b"PK\x03\x04":  # not a zip at all
+            raise CorruptFile(
+                f"{path} is not a torch.save file (a zip), though {expected}: it is corrupt, or another file (a "
+                "pickle, say) was put in its place; it is not read. Use a whole copy, or make the file again"
+            )
+        if expected:  # a zip without its end: cut short or overwritten, not stripped
             raise CorruptFile(
                 f"{path} is truncated or corrupt: it does not end with the zip record and the SHA-256 written with it "
                 f"({expected}; a copy or a save cut short). Use a whole copy, or make the file again"
@@ -458,12 +468,18 @@ def check_seal(path: Path, expected: Optional[str] = None) -> bool:
     return True
 
 
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
 def missing_digest(path: Path, where: str, expected: str) -> CorruptFile:
     """The refusal of `path`, whose SHA-256 (`where`) is gone although `expected` says that one was written with it:
     stripped or deleted, it would let a flipped bit through as in a file written before digests were recorded."""
     return CorruptFile(
-        f"{path} has lost the SHA-256 written with it ({where} is missing or empty, though {expected}): a flipped bit "
-        "would go unnoticed. Use a copy that has it, or make the file again"
+        f"{path} has no SHA-256 though one was written with it ({where} is missing or empty, though {expected}): it "
+        "was stripped, or another file was put in its place; a flipped bit would go unnoticed. Use a copy that has "
+        "it, or make the file again"
     )
 
 
@@ -501,6 +517,11 @@ def check_checksums(directory: Path) -> bool:
         file = directory / str(name)
         if "/" in str(name) or not file.is_file():
             raise CorruptFile(f"{directory} is incomplete: {name}, which {CHECKSUMS} names, is missing")
+        if file.stat().st_size == 0 and digest != hashlib.sha256(b"").hexdigest():
+            raise CorruptFile(
+                f"{file} is empty, though {CHECKSUMS} has the SHA-256 of what was written (a copy or a save cut short "
+                "to nothing): use a whole copy, or make the checkpoint again"
+            )
         if file_sha256(file) != digest:
             raise CorruptFile(
                 f"{file} is corrupt: its bytes differ from the SHA-256 in {CHECKSUMS} (a flipped bit on disk or in a "

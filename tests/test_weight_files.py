@@ -113,10 +113,13 @@ def test_an_empty_meta_pt_of_a_sharded_checkpoint_is_refused_in_one_line(tmp_pat
     refused([*cmd, export_tokenizer_dir, "--output_dir", tmp_path / "lit"], ROOT, checkpoint / "meta.pt")
 
 
-def test_a_sealed_file_cut_short_is_truncated_and_one_stripped_of_its_seal_has_lost_it(tmp_path):
+def test_a_sealed_file_cut_short_emptied_replaced_or_stripped_of_its_seal_is_named_as_such(tmp_path):
     """A lit_model.pth beside its .sealed mark that was cut short (or overwritten) was said to have "lost the SHA-256
-    written with it", as one whose zip comment a tool stripped: the first is truncated or corrupt, only the second
-    lost its digest."""
+    written with it", as one whose zip comment a tool stripped: a zip cut short is truncated or corrupt, an empty file
+    empty, a file that is no zip at all (a pickle planted in its place) not a torch.save file; only a whole zip without
+    the comment has no SHA-256, stripped or put in its place."""
+    import pickle
+
     from test_pretrain import strip_digest
 
     from lit_gpt.files import CorruptFile, check_seal, seal_zip
@@ -125,14 +128,42 @@ def test_a_sealed_file_cut_short_is_truncated_and_one_stripped_of_its_seal_has_l
     torch.save({"w": torch.arange(1000.0)}, path)
     seal_zip(path)
     whole = path.read_bytes()
-    assert check_seal(path, "lit_model.pth.sealed says it was sealed")
-    for broken in (whole[: len(whole) // 2], whole[:-1], whole[:10], b"", b"junk " * 100):
+    expected = "lit_model.pth.sealed says it was sealed"
+    assert check_seal(path, expected)
+    planted = pickle.dumps({"w": list(range(100))})
+    for broken, said in (
+        (whole[: len(whole) // 2], r"is truncated or corrupt: .*\(lit_model.pth.sealed"),
+        (whole[:-1], r"is truncated or corrupt: .*\(lit_model.pth.sealed"),
+        (whole[:10], r"is truncated or corrupt: .*\(lit_model.pth.sealed"),
+        (b"", r"is empty \(lit_model.pth.sealed says it was sealed; a copy or a save cut short to nothing\)"),
+        (b"junk " * 100, r"is not a torch.save file \(a zip\), though lit_model.pth.sealed .*: it is corrupt, or"),
+        (planted, r"is not a torch.save file \(a zip\), .*another file \(a pickle, say\) was put in its place"),
+    ):
         path.write_bytes(broken)
         assert not check_seal(path)  # a file without a mark is read as it is (and refused by its reader)
-        with pytest.raises(CorruptFile, match=r"lit_model.pth is truncated or corrupt: .*\(lit_model.pth.sealed") as e:
-            check_seal(path, "lit_model.pth.sealed says it was sealed")
-        assert "lost" not in str(e.value)
+        with pytest.raises(CorruptFile, match=rf"lit_model.pth {said}") as e:
+            check_seal(path, expected)
+        assert "lost" not in str(e.value) and "differ" not in str(e.value)
     path.write_bytes(whole)
     strip_digest(path)
-    with pytest.raises(CorruptFile, match=r"lit_model.pth has lost the SHA-256 written with it \(its zip comment"):
-        check_seal(path, "lit_model.pth.sealed says it was sealed")
+    with pytest.raises(
+        CorruptFile,
+        match=r"lit_model.pth has no SHA-256 though one was written with it \(its zip comment .*: it was stripped, or "
+        r"another file was put in its place",
+    ):
+        check_seal(path, expected)
+
+
+def test_an_emptied_file_of_a_folder_with_checksums_is_named_empty(tmp_path):
+    """A zero-byte meta.pt of a sharded checkpoint (its checksums.json whole) was 'corrupt: its bytes differ from the
+    SHA-256', the words of a flipped bit: it is empty. A file written empty stays whole."""
+    from lit_gpt.files import CorruptFile, check_checksums, write_checksums
+
+    (tmp_path / "meta.pt").write_bytes(b"meta" * 100)
+    (tmp_path / "empty").write_bytes(b"")
+    write_checksums(tmp_path)
+    assert check_checksums(tmp_path)
+    (tmp_path / "meta.pt").write_bytes(b"")
+    with pytest.raises(CorruptFile, match=r"meta.pt is empty, though checksums.json has the SHA-256 of what was") as e:
+        check_checksums(tmp_path)
+    assert "differ" not in str(e.value)
