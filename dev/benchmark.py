@@ -29,6 +29,7 @@ from lit_gpt.attention import KERNELS, choose_attention  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.data.loaders import data_eos_id  # noqa: E402
 from lit_gpt.documents import check_document_flags, count_documents  # noqa: E402
+from lit_gpt.hf import read_model_config  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.training.float8 import check_float8, precompute_scales_after_step  # noqa: E402
 from lit_gpt.training.step import document_bounds, training_step  # noqa: E402
@@ -36,6 +37,7 @@ from lit_gpt.training.step import document_bounds, training_step  # noqa: E402
 
 def main(
     model_name: str = "tiny-llama-1.1b",
+    model_config: Optional[Path] = None,
     micro_batch_sizes: List[int] = (8,),
     accumulation: int = 1,
     devices: int = 1,
@@ -68,6 +70,8 @@ def main(
 
     Args:
         model_name: a registry name (`python scripts/download.py` lists them).
+        model_config: instead of `--model_name`: a Hugging Face `config.json` (llama, qwen2, qwen3, olmo2) or a
+            `lit_config.json`, as `pretrain/tinyllama.py --model_config` reads it.
         micro_batch_sizes: sequences per forward/backward pass; each size is one measurement.
         accumulation: micro-batches per optimizer step (gradient accumulation), as `pretrain/tinyllama.py` runs
             global_batch_size / micro_batch_size of them on one GPU.
@@ -118,7 +122,7 @@ def main(
     compile = cuda if compile is None else compile
     out_dir = Path(out_dir or os.environ.get("OUT", "."))
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = Config.from_name(model_name)
+    config = read_model_config(model_config) if model_config else Config.from_name(model_name)
     T = block_size or config.block_size
 
     reshard_after_forward, reshard_after_backward = reshard_choices(

@@ -101,10 +101,10 @@ FLAG_HINTS = {
     "max_new_tokens": "the tokens generated after the prompt",
     "num_samples": "the texts generated from the prompt",
 }
-# output files that a script writes, by flag name, and the suffixes it can write; a checkpoint's or weights' suffix is
-# never one (`--output run/step-8.pth` would replace a checkpoint)
+# the flags naming a file that a script writes: never a folder or a checkpoint's or weights' name (`--output
+# run/step-8.pth` would replace a checkpoint); which formats a script can write it checks itself (`check_suffix`)
+OUTPUT_FILES = ("output", "out_file", "scores_output")
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".svgz", ".jpg", ".jpeg", ".eps", ".ps", ".tif", ".tiff", ".webp", "")
-OUTPUT_FILES: Dict[str, Optional[Tuple[str, ...]]] = {"output": IMAGE_SUFFIXES, "out_file": None}
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".distcp")
 # the names that an entry function's annotations and defaults may use in the first, light parse (no import needed)
 SIMPLE = dict(Any=Any, Dict=Dict, List=List, Literal=Literal, Optional=Optional, Tuple=Tuple, Union=Union, Path=Path)
@@ -419,7 +419,7 @@ def check_flag_values(values: Dict[str, Any]) -> None:
             for number in numbers:
                 _check_range(name, number, value)
         if name in OUTPUT_FILES and isinstance(value, (str, Path)) and str(value).strip():
-            _check_output_file(name, Path(value), OUTPUT_FILES[name])
+            _check_output_file(name, Path(value))
 
 
 def _numbers(value: Any) -> List[Union[int, float]]:
@@ -450,14 +450,22 @@ def _check_range(name: str, number: Union[int, float], value: Any) -> None:
     raise UserError(f"--{name} {shown} {problem}{hint}")
 
 
-def _check_output_file(name: str, path: Path, suffixes: Optional[Tuple[str, ...]]) -> None:
+def _check_output_file(name: str, path: Path) -> None:
     if path.is_dir():
         raise UserError(f"--{name} {str(path)!r} is a folder; pass the file to write (a new name, or one to replace)")
-    if path.suffix.lower() in WEIGHT_SUFFIXES or (suffixes is not None and path.suffix.lower() not in suffixes):
-        what = "a checkpoint's or weights' name" if path.suffix.lower() in WEIGHT_SUFFIXES else "not a format it writes"
-        kinds = f" ({', '.join(s for s in suffixes if s)})" if suffixes else ""
+    if path.suffix.lower() in WEIGHT_SUFFIXES:
         exists = ", and the file exists" if path.exists() else ""
-        raise UserError(f"--{name} {str(path)!r} is {what}{exists}; pass a file name that ends as the output is{kinds}")
+        raise UserError(
+            f"--{name} {str(path)!r} is a checkpoint's or weights' name{exists}; pass a file name that ends as the "
+            "output is"
+        )
+
+
+def check_suffix(name: str, path: Optional[Path], suffixes: Tuple[str, ...]) -> None:
+    """Refuse an output file `--name path` whose suffix is not one of the formats `suffixes` that the script writes."""
+    if path is not None and path.suffix.lower() not in suffixes:
+        kinds = ", ".join(s for s in suffixes if s)
+        raise UserError(f"--{name} {str(path)!r} is not a format it writes; pass a file name ending in one of {kinds}")
 
 
 def parse_error_line(message: str, flags: Sequence[str] = ()) -> str:

@@ -326,6 +326,29 @@ for name, n_embd, intermediate_size in (("Qwen3-0.6B", 1024, 3072), ("Qwen3-1.7B
     )
 
 ########################
+# Qwen2.5 (https://huggingface.co/Qwen/Qwen2.5-0.5B/blob/main/config.json): biases on q, k and v
+########################
+configs.append(
+    dict(
+        name="Qwen2.5-0.5B",
+        hf_config=dict(org="Qwen", name="Qwen2.5-0.5B"),
+        block_size=32768,
+        vocab_size=151936,
+        padded_vocab_size=151936,
+        n_layer=24,
+        n_embd=896,
+        n_head=14,
+        n_query_groups=2,
+        intermediate_size=4864,
+        rope_base=1000000,
+        norm_eps=1e-6,
+        attn_bias=True,
+        tie_embeddings=True,
+        **_llama_like,
+    )
+)
+
+########################
 # OLMo 2 (https://huggingface.co/allenai/OLMo-2-0425-1B/blob/main/config.json)
 ########################
 configs.append(

@@ -411,14 +411,17 @@ def check_seal(path: Path, expected: Optional[str] = None) -> bool:
     `expected` says why it should (`missing_digest`)."""
     size = path.stat().st_size
     end = size - 22 - _SEAL_BYTES
-    tail = b""
-    if end >= 0:
-        with open(path, "rb") as f:
-            f.seek(end)
-            tail = f.read()
-    if tail[:4] != _EOCD or tail[20:22] != struct.pack("<H", _SEAL_BYTES) or not tail[22:].startswith(_SEAL):
-        if expected:
+    with open(path, "rb") as f:
+        f.seek(max(end, 0))
+        tail = f.read()
+    if end < 0 or tail[:4] != _EOCD or tail[20:22] != struct.pack("<H", _SEAL_BYTES) or not tail[22:].startswith(_SEAL):
+        if expected and tail[-22:-18] == _EOCD and tail[-2:] == b"\0\0":  # a whole zip, without a comment
             raise missing_digest(path, "its zip comment", expected)
+        if expected:  # no zip end at all: cut short or overwritten, not stripped
+            raise CorruptFile(
+                f"{path} is truncated or corrupt: it does not end with the zip record and the SHA-256 written with it "
+                f"({expected}; a copy or a save cut short). Use a whole copy, or make the file again"
+            )
         return False
     if file_sha256(path, end=end) != tail[22 + len(_SEAL) :].decode("ascii", "replace"):
         raise CorruptFile(

@@ -4,7 +4,8 @@ Convention (PaLM, appendix B; Chinchilla): a training step costs, per token, `6 
 number of parameters without the input embedding (the output head counts), `L` the number of layers, `d` the
 attention width (`n_head * head_size`) and `T` the sequence length. `6 N` is the forward (2) and backward (4)
 multiply-adds of the weights; `12 L d T` the attention scores and the weighted sum of the values, not halved for
-the causal mask. Activation recomputation is not counted (it is not useful work).
+the causal mask. Activation recomputation is not counted (it is not useful work). A head tied to the embedding
+(`tie_embeddings`) is one parameter but still a matrix product per token: it counts in `N` as an untied one does.
 """
 
 from typing import Optional
@@ -37,7 +38,8 @@ def flops_per_token(config: Config, seq_len: Optional[int] = None) -> float:
     """Training FLOPs per token: `6 N + 12 L d T` (see the module docstring)."""
     seq_len = seq_len or config.block_size
     attention_width = config.n_head * config.head_size
-    return 6 * num_parameters(config) + 12 * config.n_layer * attention_width * seq_len
+    head = config.padded_vocab_size * config.n_embd if config.tie_embeddings else 0  # not in num_parameters
+    return 6 * (num_parameters(config) + head) + 12 * config.n_layer * attention_width * seq_len
 
 
 def peak_flops(device: torch.device) -> Optional[float]:

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -34,8 +34,9 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 class StopSignal:
     """Records the first of `STOP_SIGNALS` that this process receives, from construction until `restore()`."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, saved_before: Callable[[], bool] = lambda: True) -> None:
         self.received: Optional[signal.Signals] = None
+        self.saved_before = saved_before  # whether the run has a checkpoint to resume from (what a stop at once says)
         self.device = device
         self._pending = None  # the CUDA event after which `_host` holds the last all-reduced flag, not yet read
         self._host = torch.zeros(1).pin_memory() if device.type == "cuda" else None
@@ -63,7 +64,11 @@ class StopSignal:
                         f"{saved.name}.tmp is never resumed from; the next save removes it)")  # fmt: skip
             else:
                 what = "again: stopped at once, without a checkpoint of the steps since the last one"
-            self._say(f"Received {name} {what}. The checkpoints saved before are intact: resume with --resume auto")
+            if self.saved_before():
+                after = "The checkpoints saved before are intact: resume with --resume auto"
+            else:
+                after = "No checkpoint of this run was saved before: run it again"
+            self._say(f"Received {name} {what}. {after}")
             raise SystemExit(128 + signum)
         self.received = signal.Signals(signum)
         self._say(

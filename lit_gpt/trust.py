@@ -11,6 +11,7 @@ builds only torch.distributed.checkpoint's metadata classes, and its shards are 
 """
 
 import pickle
+import re
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -67,7 +68,8 @@ def load_single_file(path: Path, trust_pickle: bool = False, pickle_hint: Option
 
 
 def _unreadable(path: Path, e: Exception) -> ValueError:
-    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    # torch's first sentence: it goes on about "an internal miniz error" and how checkpoints are saved
+    reason = re.split(r"\.\s", str(e).splitlines()[0])[0] if str(e) else type(e).__name__
     return ValueError(
         f"{path} cannot be read ({type(e).__name__}: {reason}): it is truncated or corrupt, not a whole torch.save "
         "file (a copy or a save cut short)"

@@ -36,6 +36,7 @@ import torch  # noqa: E402
 
 from lit_gpt.config import Config, check_same_architecture, checkpoint_config_file  # noqa: E402
 from lit_gpt.data.loaders import (  # noqa: E402
+    BatchIdCheck,
     DataWatch,
     check_data_dir,
     check_prepared,
@@ -54,6 +55,7 @@ from lit_gpt.data.loaders import (  # noqa: E402
 from lit_gpt.data.order import ORDER, GlobalBatchLoader, SequenceLog, trim_sequence_log  # noqa: E402
 from lit_gpt.documents import check_document_flags  # noqa: E402
 from lit_gpt.flops import flops_per_token, mfu, num_parameters  # noqa: E402
+from lit_gpt.hf import read_model_config  # noqa: E402
 from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.signals import StopSignal, die_with_launcher, resume_command  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
@@ -94,6 +96,7 @@ META_INIT_PARAMS = 100_000_000
 
 def setup(
     model_name: Optional[str] = None,
+    model_config: Optional[Path] = None,
     data_dir: str = "data",
     data_weights: Tuple[float, float] = (0.693584, 0.306416),
     train_data: Optional[Union[Dict[str, float], str]] = None,
@@ -163,6 +166,10 @@ def setup(
         model_name: Any name in `lit_gpt/config.py` (`tiny-llama-1.1b`, `micro-llama`, `Llama-2-7b-hf`, ...).
             Default: `tiny-llama-1.1b`, or with `--initial_checkpoint_dir` the model its `lit_config.json` describes
             (which need not be in the registry).
+        model_config: Instead of --model_name: a model's config file, the `config.json` of a Hugging Face model of
+            the llama (SmolLM2 too), qwen2, qwen3 or olmo2 families, or a `lit_config.json`. A setting that this
+            project does not compute (a sliding window, attention dropout, another RoPE scaling than Llama 3's,
+            experts) is refused by name. The model is named after the file's folder.
         data_dir: Folder (or object-store URL such as s3://bucket/data) with the litdata chunk folders
             `slimpajama/train`, `slimpajama/val` and `starcoder`.
         data_weights: Sampling weights of slimpajama/train and starcoder (TinyLlama's token ratio by default).
@@ -294,7 +301,7 @@ def setup(
             checkpoints never need it.
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
-    config = model_config(model_name, block_size, initial_checkpoint_dir)
+    config = choose_model_config(model_name, model_config, block_size, initial_checkpoint_dir)
     hparams["model_name"] = model_name = config.name
     out_dir = out_dir or Path("out") / model_name
     # every refusal before any note, output or work; the data's last, as they read the folders
@@ -470,18 +477,27 @@ def run_notes(h: Dict[str, Any], config: Config, run_steps: int, folders: List[s
     return [note for note in notes if note]
 
 
-def model_config(
-    model_name: Optional[str], block_size: Optional[int], initial_checkpoint_dir: Optional[Path]
+def choose_model_config(
+    model_name: Optional[str],
+    model_config: Optional[Path],
+    block_size: Optional[int],
+    initial_checkpoint_dir: Optional[Path],
 ) -> Config:
-    """The registry's `model_name` (TinyLlama by default), or the config of `initial_checkpoint_dir` when no name is
-    given; a name whose architecture or weights differ from the checkpoint's is refused (before any model is built)."""
+    """The registry's `model_name` (TinyLlama by default), the config file `model_config`, or the config of
+    `initial_checkpoint_dir` when neither is given; one whose architecture or weights differ from the checkpoint's is
+    refused (before any model is built)."""
     overrides = {"block_size": block_size} if block_size is not None else {}
+    if model_name is not None and model_config is not None:
+        raise ValueError(f"--model_name {model_name} and --model_config {model_config} both name the model; pass one")
+    chosen = None
+    if model_config is not None:
+        chosen = Config(**{**read_model_config(model_config).to_dict(), **overrides})
+    elif model_name is not None:
+        chosen = Config.from_name(model_name, **overrides)
     if initial_checkpoint_dir is None:
-        return Config.from_name(model_name or "tiny-llama-1.1b", **overrides)
+        return chosen or Config.from_name("tiny-llama-1.1b", **overrides)
     saved_config, model_file = lit_checkpoint_files(initial_checkpoint_dir)
-    config = (
-        Config.from_name(model_name, **overrides) if model_name else Config(**{**saved_config.to_dict(), **overrides})
-    )
+    config = chosen or Config(**{**saved_config.to_dict(), **overrides})
     source = str(checkpoint_config_file(model_file.parent))
     check_same_architecture(
         config, saved_config, source, "pass the --model_name of the model in --initial_checkpoint_dir, or leave it out"
@@ -652,7 +668,8 @@ def fit(
     max_steps = schedule_steps if h["max_steps"] is None else min(schedule_steps, h["max_steps"])
     flops_per_tok = flops_per_token(model.config)
     saver = CheckpointSaver(fabric, out_dir, h["keep_last"], h["async_save"])
-    stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    stop = StopSignal(fabric.device, saved_before=lambda: find_latest(out_dir) is not None)
     fabric.print(
         f"{max_steps} steps of {tokens_per_step:,} tokens ({accumulation} micro-batch{'es' * (accumulation > 1)} of "
         f"{h['micro_batch_size']} per device; {schedule.kind} learning-rate schedule over {schedule_steps:,} steps); "
@@ -678,6 +695,8 @@ def fit(
     eos_id = h["eos_id"] if h["document_mask"] else None
     evaluate_tasks = task_evaluator(h, fabric.device)
     doc_kwargs = dict(eos_id=eos_id, document_positions=h["document_positions"])
+    folders = [*(folder for folder, _ in h["train_sources"]), h["val_dir"]]
+    id_check = BatchIdCheck(folders, model.config.padded_vocab_size, model.config.name)  # for data without a record
 
     def next_micro_batches() -> tuple:
         nonlocal data_wait
@@ -689,6 +708,8 @@ def fit(
         if sequence_log:  # the rows as read, with the identities of their sequences
             rows = [row for batch in micro_batches for row in batch]
             sequence_log.read(ids, rows)
+        if id_check:  # data prepared before its largest id was recorded: each batch, on the host
+            id_check(micro_batches)
         bounds = document_bounds(micro_batches, eos_id)  # on the host, before the copy
         digests = sequence_ids(micro_batches) if guard and not elastic else None  # logged with a guarded step
         micro_batches = [fabric.to_device(batch) for batch in micro_batches]
@@ -771,7 +792,8 @@ def fit(
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
-            val_loss = validate(fabric, model, watchdog.beating(val_loader), h["eval_iters"], **doc_kwargs).item()
+            val_batches = id_check.batches(watchdog.beating(val_loader))
+            val_loss = validate(fabric, model, val_batches, h["eval_iters"], **doc_kwargs).item()
             watchdog.beat()
             metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
             fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "

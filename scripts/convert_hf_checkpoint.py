@@ -81,6 +81,8 @@ def convert(
     tied = bool(hf_config.get("tie_word_embeddings", False))
     items = hf_to_lit(hf_checkpoint_tensors(checkpoint_dir), config, tie_word_embeddings=tied)
     state_dict = {k: v.to(target) if target else v for k, v in items}
+    if config.tie_embeddings:  # one weight under both names, as GPT(config).state_dict() has it (and saves it once)
+        state_dict["lm_head.weight"] = state_dict.get("transformer.wte.weight")
     # the architecture was checked against config.json above: a mismatch here is in the weight files
     hint = "Its weight files do not match its config.json: download it again (an interrupted or mixed download)."
     check_weights({k: v.shape for k, v in state_dict.items()}, config, str(checkpoint_dir), hint)
@@ -94,7 +96,7 @@ def convert(
         save_lit_checkpoint(state_dict, config, staging)
     n_bytes = needed
     also = f" (and copied {', '.join(copied)})" if copied else ""
-    if tied:
+    if tied and not config.tie_embeddings:  # --model_name of an untied registry entry
         also += "; the tied embedding is copied into lm_head.weight, which continued training updates on its own"
     print(
         f"Wrote {output_dir}/lit_config.json ({config.name}), separators.json ({separators}) and lit_model.pth "

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 # support running without installing as a package
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lit_gpt.cli import UserError, check_command_line  # noqa: E402
+from lit_gpt.cli import IMAGE_SUFFIXES, UserError, check_command_line, check_suffix  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
@@ -48,6 +48,8 @@ def main(
         scores_output: The PNG of `--log_dir`'s task scores against tokens, for a run with --eval_tasks. Default:
             `scores.png` next to `output`.
     """
+    check_suffix("output", output, IMAGE_SUFFIXES)
+    check_suffix("scores_output", scores_output, IMAGE_SUFFIXES)
     runs = [log_dir, *(compare or [])]
     series = {}
     for folder in runs:

@@ -461,3 +461,18 @@ def test_every_numeric_and_path_flag_of_every_entry_point_refuses_hostile_values
         proc = run_script(script, *args)
         assert one_error_line(proc).startswith(f"error: {expected}"), proc.stderr
         assert proc.stdout.strip() == "imported:", proc.stdout
+
+
+def test_output_formats_are_each_scripts_own(tmp_path):
+    """`--output` named plot_logs' image formats for every script: dev/device/instruction_data.py's `--output
+    .device/inst.json.xz` was refused as "not a format it writes". Each flag refuses a folder or a weights' name
+    everywhere; the formats are the writing script's (plot_logs: images)."""
+    from lit_gpt.cli import UserError, check_flag_values
+
+    check_flag_values({"output": str(tmp_path / "inst.json.xz")})
+    with pytest.raises(UserError, match="is a checkpoint's or weights' name"):
+        check_flag_values({"output": str(tmp_path / "step-8.pth")})
+    with pytest.raises(UserError, match="is a folder"):
+        check_flag_values({"out_file": str(tmp_path)})
+    proc = run_script("scripts/plot_logs.py", "--log_dir", str(tmp_path), "--output", str(tmp_path / "loss.txt"))
+    assert one_error_line(proc).startswith(f"error: --output '{tmp_path / 'loss.txt'}' is not a format it writes")

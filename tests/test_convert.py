@@ -434,6 +434,10 @@ LLAMA3_ROPE = {
 }  # fmt: skip
 
 
+# a RoPE scaling that lit's GPT does not compute
+YARN_ROPE = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}
+
+
 def _tiny_hf_llama(**overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -446,7 +450,7 @@ def _tiny_hf_llama(**overrides):
 
 
 def test_hf_import_of_tied_embeddings_gives_transformers_logits(tmp_path):
-    """A tied model's files hold no `lm_head.weight`; lit's head gets a copy of the embedding."""
+    """A tied model's files hold no `lm_head.weight`; lit's model ties them too (one weight in lit_model.pth)."""
     from safetensors import safe_open
 
     from scripts.convert_hf_checkpoint import convert
@@ -456,6 +460,26 @@ def test_hf_import_of_tied_embeddings_gives_transformers_logits(tmp_path):
     with safe_open(str(tmp_path / "tied" / "model.safetensors"), framework="pt") as f:
         assert "lm_head.weight" not in f.keys()
     convert(tmp_path / "tied", output_dir=tmp_path / "lit")
+    assert Config.from_file(tmp_path / "lit" / "lit_config.json").tie_embeddings
+    saved = torch.load(tmp_path / "lit" / "lit_model.pth", weights_only=True)
+    assert (
+        saved["lm_head.weight"].untyped_storage().data_ptr()
+        == saved["transformer.wte.weight"].untyped_storage().data_ptr()
+    )
+    assert _max_logit_difference(theirs, tmp_path / "lit") <= 1e-5
+
+
+def test_hf_import_of_llama3_rope_scaling_gives_transformers_logits(tmp_path):
+    """Llama 3's RoPE frequency scaling, read from config.json into `rope_adjustments`."""
+    from scripts.convert_hf_checkpoint import convert
+
+    theirs = _tiny_hf_llama(rope_scaling=dict(LLAMA3_ROPE, factor=4.0, original_max_position_embeddings=16))
+    theirs.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", output_dir=tmp_path / "lit")
+    config = Config.from_file(tmp_path / "lit" / "lit_config.json")
+    assert config.rope_adjustments == dict(
+        factor=4.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_seq_len=16
+    )
     assert _max_logit_difference(theirs, tmp_path / "lit") <= 1e-5
 
 
@@ -480,8 +504,8 @@ def test_hf_import_reads_rope_theta_head_dim_and_context(writer, tmp_path):
 @pytest.mark.parametrize(
     ("field", "hf_config"),
     [
-        ("rope_parameters.rope_type='llama3'", dict(rope_scaling=LLAMA3_ROPE)),  # transformers 5's config.json
-        ("rope_scaling=", {"rope_scaling": LLAMA3_ROPE, "rope_theta": 500000.0}),  # as on the hub (transformers 4)
+        ("rope_parameters.rope_type='yarn'", dict(rope_scaling=YARN_ROPE)),  # transformers 5's config.json
+        ("rope_scaling=", {"rope_scaling": YARN_ROPE, "rope_theta": 500000.0}),  # as on the hub (transformers 4)
         ("rope_scaling=", {"rope_scaling": {"type": "linear", "factor": 2.0}}),
         ("attention_bias=True", dict(attention_bias=True)),
         ("mlp_bias=True", dict(mlp_bias=True)),

@@ -31,6 +31,17 @@ def test_sources_from_the_default_a_mapping_or_a_yaml_file(tmp_path):
         with pytest.raises(FileNotFoundError, match=f"--train_data '{given}' reads as {what}; it takes a mapping") as e:
             data_sources("data", (0.7, 0.3), given)
         assert "no such file" not in str(e.value) and "in braces" in str(e.value)
+    # values that are not paths, as the command line gives them when it cannot read them as a mapping of weights
+    for given, match in [
+        ("{data/a: nan}", r"--train_data: the weight of data/a is 'nan'; weights are non-negative numbers"),
+        ("{data/a: heavy, data/b: 1}", r"--train_data: the weight of data/a is 'heavy'"),
+        ("[data/a, data/b]", r"--train_data '\[data/a, data/b\]' is not a path: it reads as a list \(data/a, data/b\)"),
+        ("0.5", r"--train_data '0.5' is not a path: it reads as a number. It takes a mapping .* in braces"),
+        ("true", r"--train_data 'true' is not a path: it reads as a truth value"),
+    ]:
+        with pytest.raises(ValueError, match=match) as e:
+            data_sources("data", (0.7, 0.3), given)
+        assert "no such file" not in str(e.value)
     (tmp_path / "list.yaml").write_text("- data/a\n- data/b\n")
     with pytest.raises(ValueError, match="must hold a mapping of prepared folders to weights"):
         data_sources("data", (0.7, 0.3), str(tmp_path / "list.yaml"))

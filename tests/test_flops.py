@@ -22,3 +22,14 @@ def test_mfu_of_a_cuda_device(name, peak, monkeypatch):
     assert peak_flops(device) == peak
     expected = None if peak is None else 3000.0 * 6e9 / peak
     assert mfu(3000.0, 6e9, device) == (pytest.approx(expected) if peak else None)
+
+
+def test_a_tied_head_costs_the_flops_of_an_untied_one():
+    """Llama-3.2-1B ties its head to the embedding: one parameter fewer in the count, the same matrix products."""
+    from lit_gpt.config import Config
+    from lit_gpt.flops import flops_per_token, num_parameters
+
+    tied = Config.from_name("Llama-3.2-1B", n_layer=2)
+    untied = Config.from_name("Llama-3.2-1B", n_layer=2, tie_embeddings=False)
+    assert num_parameters(untied) - num_parameters(tied) == 128256 * 2048
+    assert flops_per_token(tied, 2048) == flops_per_token(untied, 2048)

@@ -112,6 +112,17 @@ def test_a_second_signal_during_a_save_says_in_one_line_that_it_was_not_saved(tm
         "partial step-00000004.pth.tmp is never resumed from; the next save removes it). The checkpoints saved before "
         "are intact: resume with --resume auto"
     )
+    # a run without a checkpoint yet has none to resume from: it says so instead of naming intact ones
+    stop = StopSignal(torch.device("cpu"), saved_before=lambda: False)
+    try:
+        with pytest.raises(SystemExit):
+            with stop.saving(tmp_path / "step-00000004.pth"):
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+    finally:
+        stop.restore()
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("the next save removes it). No checkpoint of this run was saved before: run it again"), last
 
 
 def test_a_two_process_run_whose_launcher_is_killed_leaves_no_process_behind(tmp_path, data):

@@ -318,3 +318,57 @@ def test_a_line_is_read_in_bounded_memory_whatever_its_frame_claims(tmp_path):
     t0 = time.perf_counter()
     assert list(zstd_lines(path)) == [b"a", line, b"z"]
     assert time.perf_counter() - t0 < 5
+
+
+def test_a_chunk_edited_in_its_middle_is_refused_and_a_copy_or_touch_is_not(tmp_path, export_tokenizer_dir):
+    """The digest of a training folder read only each chunk's size and its first and last 64 KiB: a same-size edit in
+    the middle of a chunk started (and resumed) a run without a word. prepare.json now records every chunk's size and
+    SHA-256; the start compares sizes and modification times (a `stat` per chunk) and reads whole only a chunk newer
+    than prepare.json. A chunk touched but unchanged is accepted; a folder prepared before the digests were recorded
+    keeps the sampled check."""
+    import os
+    import time
+
+    from lit_gpt.data.loaders import data_contents
+    from lit_gpt.files import file_sha256
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text((ROOT / "lit_gpt" / "model.py").read_text() * 40)  # ~2 chunks
+    out = tmp_path / "out"
+    prepare("text", None, str(out), export_tokenizer_dir, 2049 * 64, num_workers=1, verbose=False,
+            inputs=[str(corpus)], text_options=TextOptions())  # fmt: skip
+    manifest = json.loads((out / "prepare.json").read_text())
+    index = json.loads((out / "index.json").read_text())
+    names = [c["filename"] for c in index["chunks"]]
+    assert len(names) >= 2 and sorted(manifest["chunks"]) == sorted(names)
+    for name in names:
+        assert manifest["chunks"][name] == {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
+    before = data_contents([str(out)])
+
+    chunk = out / names[0]
+    size = chunk.stat().st_size
+    assert size > 4 * 2**16 + (index["chunks"][0]["chunk_size"] + 2) * 4  # its middle is outside the samples
+    time.sleep(0.05)  # a later edit, as at a resume
+    os.utime(chunk)  # touched, its bytes as prepared: read whole and accepted
+    assert data_contents([str(out)]) == before
+    original = chunk.read_bytes()
+    with open(chunk, "r+b") as f:  # four tokens in its middle, same size
+        f.seek(size // 2)
+        f.write(bytes(4 * 4))
+    with pytest.raises(ValueError, match=rf"^{chunk} was modified after its preparation: its SHA-256 differs \("):
+        data_contents([str(out)])
+    with open(chunk, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match=rf"^{chunk} holds {size + 1:,} bytes, its preparation wrote {size:,}"):
+        data_contents([str(out)])
+
+    # prepared before the digests were recorded: the samples, which do not see the middle of a chunk
+    chunk.write_bytes(original)
+    del manifest["chunks"]
+    (out / "prepare.json").write_text(json.dumps(manifest))
+    sampled = data_contents([str(out)])
+    with open(chunk, "r+b") as f:
+        f.seek(size // 2)
+        f.write(bytes(4 * 4))
+    assert data_contents([str(out)]) == sampled

@@ -644,6 +644,24 @@ def test_data_of_a_larger_vocabulary_than_the_model_is_refused_up_front(tmp_path
               global_batch_size=8, micro_batch_size=2, block_size=BLOCK)  # fmt: skip
 
 
+def test_an_id_outside_the_vocabulary_in_a_later_chunk_of_an_old_folder_stops_in_one_line(tmp_path):
+    """A folder prepared before prepare.json recorded its largest id has only its first chunk checked at the start: an
+    id the model has no embedding for in a later chunk ended in an IndexError traceback at the step that read it. Each
+    batch of such a folder is checked on the host: one `error:` line naming the folder and how to prepare it again."""
+    data = _build(tmp_path / "data", same_tokens, 40)
+    shutil.rmtree(data / "starcoder")
+    _write_chunks(lambda i: same_tokens(i) + (40_000 if i >= 2 else 0), 40, data / "starcoder")  # chunk 0 clean
+    assert not (data / "starcoder" / "prepare.json").exists()
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out")]
+    line = refusal([*cmd, "--max_steps", "3", "--eval_interval", "100"])
+    assert re.fullmatch(
+        r"error: a batch holds token id 40\d{3}, but micro-llama has embeddings for 32,000 ids \(0 to 31999\): it "
+        rf"comes from one of .*{re.escape(str(data / 'starcoder'))}.*Prepare it again with the model's tokenizer "
+        r"\(the prepare scripts' --tokenizer_path, --overwrite true\).*",
+        line,
+    ), line
+
+
 def test_keep_last_deletes_only_older_checkpoints_of_its_own_names(tmp_path):
     from lit_gpt.training.checkpoint import checkpoint_path, prune_checkpoints
 
@@ -947,6 +965,36 @@ def test_a_resume_on_training_data_prepared_again_is_refused_naming_the_folder(t
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(out_dir)]
     line = refusal([*cmd, "--max_steps", "2", "--eval_interval", "100", "--resume", "auto"])
     assert f"{starcoder} has changed since {out_dir / 'step-00000001.pth'} was saved" in line, line
+
+
+def test_a_resume_on_a_chunk_edited_in_its_middle_is_refused_in_one_line(tmp_path, export_tokenizer_dir):
+    """Four tokens changed in the middle of a prepared chunk, its size kept, between a save and `--resume auto`: the
+    digest of each chunk's first and last 64 KiB resumed without a word. The chunk differs from the SHA-256 that its
+    prepare.json records: refused in one line naming it."""
+    from lit_gpt.data.prepare import prepare
+    from lit_gpt.data.readers import TextOptions
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text((ROOT / "lit_gpt" / "model.py").read_text() * 40)
+    train = tmp_path / "train"
+    prepare("text", None, str(train), export_tokenizer_dir, 2049 * 64, num_workers=1, verbose=False,
+            inputs=[str(tmp_path / "corpus")], text_options=TextOptions())  # fmt: skip
+    val = _build(tmp_path / "data", same_tokens, 8) / "slimpajama" / "val"
+    out_dir = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--train_data", f"{{{train}: 1.0}}", "--val_data", str(val)]
+    cmd += ["--out_dir", str(out_dir), "--eval_interval", "100"]
+    proc = subprocess.run([*cmd, "--max_steps", "1", "--save_interval", "1"], capture_output=True, text=True,
+                          timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    chunk = train / "chunk-0-0.bin"
+    with open(chunk, "r+b") as f:
+        f.seek(chunk.stat().st_size // 2)
+        f.write(bytes(16))
+    line = refusal([*cmd, "--max_steps", "2", "--resume", "auto"])
+    assert line == (
+        f"error: {chunk} was modified after its preparation: its SHA-256 differs ({train / 'prepare.json'}): its "
+        f"tokens are not those that were prepared. Prepare {train} again, or restore the chunk"
+    ), line
 
 
 def test_training_data_replaced_while_read_stops_the_run_and_other_tokens_of_the_same_counts_refuse_its_resume(

@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,3 +243,87 @@ def test_an_id_that_is_not_a_whole_number_is_refused_at_load(tmp_path, config):
     with pytest.raises(ValueError, match=f"generation_config.json says {name} .*, which is not a token id") as e:
         Tokenizer(tmp_path)
     assert "\n" not in str(e.value)
+
+
+# texts that a byte-level BPE must give back exactly: scripts and emoji it never saw, combining marks, joiners,
+# control characters, a BOM, \r\n, runs of spaces and digits
+UNICODE_TEXTS = [
+    "naïve café — 東京都の天気は晴れ。 Ελληνικά, русский, עברית، العربية",
+    "👩‍👩‍👧‍👦 family, 🏳️‍🌈 flag, e\u0301 (combining), \u200bzero\u200dwidth, \ufeffBOM",
+    "\x00\x01\x7f\tcontrol\r\nwindows\rmac\n\n\n   three spaces\u00a0nbsp\u3000ideographic space",
+    "1234567890 3.14159 -42 1e-5 0x1F 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math 𝟙𝟚𝟛 \U0010ffff \ue000 private use",
+    "",
+    " ",
+    "def f(x):\n\treturn x ** 2  # ✓\n",
+]
+
+
+def test_byte_level_bpe_trains_round_trips_unicode_prepares_and_pretrains(tmp_path):
+    """`train_tokenizer.py --kind bpe`: a `tokenizer.json`-only tokenizer (no SentencePiece model) whose bos/eos come
+    from the tokenizer_config.json it writes; any text encodes and decodes back exactly; preparation records its eos,
+    and pretraining trains on the prepared tokens."""
+    import subprocess
+    import sys
+
+    from prepared_data import load_script
+    from test_pretrain import BLOCK, metrics, run
+
+    from lit_gpt.data.prepare import prepare
+    from lit_gpt.data.readers import PrepareError, TextOptions
+
+    corpus = Path(__file__).parent / "tokenizer_corpus.txt"
+    out = tmp_path / "bpe"
+    load_script("train_tokenizer").train(input=str(corpus), output_dir=out, vocab_size=1000, kind="bpe")
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
+    tokenizer = Tokenizer(out)
+    assert tokenizer.backend == "huggingface" and tokenizer.vocab_size == 1000
+    assert (tokenizer.bos_id, tokenizer.eos_id) == (0, 1)
+    assert tokenizer.token_to_id("<|end_of_text|>") == 1
+    for text in UNICODE_TEXTS:
+        ids = tokenizer.encode_ids(text)
+        assert all(0 <= i < 1000 for i in ids)
+        assert tokenizer.decode(ids) == text, text
+    # the merges are learned: common words of the corpus are one token; digits are split in groups of at most 3
+    assert len(tokenizer.encode_ids(" return")) == 1
+    split = tokenizer.processor.pre_tokenizer.pre_tokenize_str("x=1234567")
+    assert [piece for piece, _ in split] == ["x", "=", "123", "456", "7"]
+    # transformers reads the same files and encodes the same ids
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    assert theirs.encode(UNICODE_TEXTS[0], add_special_tokens=False) == tokenizer.encode_ids(UNICODE_TEXTS[0])
+    assert (theirs.bos_token_id, theirs.eos_token_id) == (0, 1)
+
+    # prepared with it, each document followed by its eos; a few pretraining steps on the tokens
+    (tmp_path / "docs").mkdir()
+    for i, text in enumerate(UNICODE_TEXTS * 2 + [corpus.read_text()[:40_000]]):
+        (tmp_path / "docs" / f"{i}.txt").write_text(text)
+    stats = prepare("text", None, str(tmp_path / "tokens"), out, (BLOCK + 1) * 8, num_workers=1, verbose=False,
+                    inputs=[str(tmp_path / "docs")], text_options=TextOptions())  # fmt: skip
+    from litdata.streaming import StreamingDataset, TokensLoader
+
+    dataset = StreamingDataset(str(tmp_path / "tokens"), item_loader=TokensLoader(block_size=1))
+    stream = [int(dataset[i]) for i in range(len(dataset))]
+    assert len(stream) == stats.tokens and stream.count(1) == stats.documents > len(UNICODE_TEXTS)
+    documents, start = [], 0
+    for i, token in enumerate(stream):
+        if token == 1:
+            documents.append(tokenizer.decode(stream[start:i]))
+            start = i + 1
+    written = {(tmp_path / "docs" / f).read_bytes().decode() for f in os.listdir(tmp_path / "docs")}
+    assert set(documents) <= written and UNICODE_TEXTS[0] in documents and UNICODE_TEXTS[1] in documents
+    recorded = json.loads((tmp_path / "tokens" / "prepare.json").read_text())
+    assert recorded["separators"] == {"bos": False, "eos": True} and recorded["eos_id"] == 1
+    flags = ["--train_data", f"{{{tmp_path / 'tokens'}: 1}}", "--val_data", str(tmp_path / "tokens"),
+             "--max_steps", "3", "--eval_interval", "3", "--save_interval", "3"]  # fmt: skip
+    run(tmp_path / "out", tmp_path / "no-data-dir", *flags)
+    losses = metrics(tmp_path / "out")
+    assert sorted(losses) == [1, 2, 3] and losses[3] < losses[1]
+    with pytest.raises(PrepareError, match="bpe/tokenizer.json exists; pass --overwrite true"):
+        load_script("train_tokenizer").train(input=str(corpus), output_dir=out, vocab_size=1000, kind="bpe")
+    # the script's own command line takes --kind
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "scripts" / "train_tokenizer.py"), "--input", str(corpus),
+         "--output_dir", str(tmp_path / "small"), "--kind", "bpe", "--vocab_size", "258"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "error: --vocab_size 258 is too small" in proc.stderr, proc.stderr

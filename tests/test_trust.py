@@ -75,26 +75,44 @@ def test_planted_sharded_checkpoint_runs_no_code_on_resume_or_conversion(tmp_pat
     assert not marker.exists()
 
 
-def test_resume_auto_names_a_broken_newest_checkpoint_and_the_one_before(tmp_path):
-    from lit_gpt.training.checkpoint import latest_to_resume
+def test_resume_auto_passes_over_a_broken_newest_checkpoint_naming_it_and_why(tmp_path, capsys):
+    """A newest checkpoint cut short (a full disk, a copy cut short), or planted, used to refuse the whole --resume
+    auto: it is passed over in one warning naming it and why (none of torch's text on "miniz" or how to save), and the
+    newest complete one before it resumes; only where none can be used is it refused. An explicit --resume of the
+    broken file stays a refusal (`load_metadata`)."""
+    from lit_gpt.training.checkpoint import latest_to_resume, load_metadata
 
     torch.save({"hparams": {}, "step_count": 2}, tmp_path / "step-00000002.pth")
     torch.save({"hparams": {}, "step_count": 4}, tmp_path / "step-00000004.pth")
     assert latest_to_resume(tmp_path) == tmp_path / "step-00000004.pth"
+    assert capsys.readouterr().out == ""
     whole = (tmp_path / "step-00000004.pth").read_bytes()
-    (tmp_path / "step-00000004.pth").write_bytes(
-        whole[: len(whole) // 2]
-    )  # as a full disk or a copy cut short leave it
-    message = r"newest checkpoint .*step-00000004.pth cannot be used \(.*\); move it away .* step-00000002.pth"
-    with pytest.raises(ValueError, match=message):
-        latest_to_resume(tmp_path)
+    (tmp_path / "step-00000004.pth").write_bytes(whole[: len(whole) // 2])  # as a full disk or a copy cut short
+    assert latest_to_resume(tmp_path) == tmp_path / "step-00000002.pth"
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and re.fullmatch(
+        r"Warning: .*step-00000004.pth cannot be read \(RuntimeError: [^)]*\): it is truncated or corrupt.*; "
+        r"step-00000004.pth passed over, resuming from step-00000002.pth, the newest one that is whole",
+        said[0],
+    ), said
+    assert "miniz" not in said[0] and "saved properly" not in said[0], said
+    with pytest.raises(ValueError, match=r"step-00000004.pth cannot be read .*truncated or corrupt") as e:
+        load_metadata(tmp_path / "step-00000004.pth")  # what an explicit --resume of it says
+    assert "miniz" not in str(e.value)
+
     plant_sharded_checkpoint(tmp_path / "step-00000006.pth", tmp_path / "pwned")  # and one that would run code
-    with pytest.raises(ValueError, match=r"step-00000006.pth cannot be used \(.*never holds.*step-00000002.pth"):
-        latest_to_resume(tmp_path)
+    assert latest_to_resume(tmp_path) == tmp_path / "step-00000002.pth"
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and re.search(
+        r"step-00000006.pth/.metadata names .*never holds.*step-00000004.pth cannot be read .*; "
+        r"step-00000006.pth, step-00000004.pth passed over, resuming from step-00000002.pth",
+        said[0],
+    ), said
     assert not (tmp_path / "pwned").exists()
     (tmp_path / "step-00000002.pth").unlink()
-    with pytest.raises(ValueError, match="no checkpoint before it can be read: move it away to start afresh"):
+    with pytest.raises(ValueError, match=r"no checkpoint in .* can be used: .*Move them away .* to start afresh"):
         latest_to_resume(tmp_path)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_a_truncated_or_garbled_metadata_is_corrupt_not_unsafe(tmp_path):
@@ -131,12 +149,14 @@ def test_resume_auto_names_a_sharded_checkpoint_with_a_missing_or_truncated_shar
     assert latest_to_resume(tmp_path) == newest
     shard = newest / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"00004.pth is incomplete: its shard __0_0.distcp is truncated.*00002"):
-        latest_to_resume(tmp_path)
+    said = []
+    assert latest_to_resume(tmp_path, say=said.append) == first
+    assert re.search(r"00004.pth is incomplete: its shard __0_0.distcp is truncated.*resuming from .*00002", said[0])
     shard.unlink()
     for trust_pickle in (False, True):
-        with pytest.raises(ValueError, match=r"its shard __0_0.distcp is missing\); move it away .* step-00000002"):
-            latest_to_resume(tmp_path, trust_pickle)
+        said = []
+        assert latest_to_resume(tmp_path, trust_pickle, said.append) == first
+        assert re.search(r"its shard __0_0.distcp is missing.*passed over, resuming from step-00000002", said[0])
 
 
 def test_nonfinite_stop_names_a_checkpoint_from_before_the_streak(tmp_path):
@@ -176,10 +196,27 @@ def test_writes_are_whole_or_absent(tmp_path):
             Path(path).write_bytes(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    # a refusal of one line (exit 2 in a script): the path, the free space, what is kept
-    with pytest.raises(UserError, match=r"cannot write .*step-00000004.pth.tmp': no space left on device; .* free"):
-        save_checkpoint(FullDisk(), tmp_path / "step-00000004.pth", {})
+    # a refusal of one line (exit 2 in a script): the path, the space needed and free, what is kept. The first save
+    # of a run has no checkpoint before it to name (it said "the checkpoints saved before are intact", and nothing of
+    # the space needed): the size of what it saves
+    model = torch.nn.Linear(1000, 500)  # 2,002,000 bytes of weights
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1000)).sum().backward()
+    optimizer.step()  # and as much again twice, the moments
+    with pytest.raises(UserError) as e:
+        save_checkpoint(FullDisk(), tmp_path / "step-00000002.pth", {"model": model, "optimizer": optimizer})
+    assert re.fullmatch(
+        r"cannot write .*step-00000002.pth.tmp': no space left on device; it needs about 6(\.\d)? MB, [\d,.]+ [MGT]B "
+        r"free: .*No checkpoint of this run was saved before \(the partial step-00000002.pth.tmp is removed\): run it "
+        r"again",
+        str(e.value),
+    ), str(e.value)
     assert list(tmp_path.iterdir()) == []
+    torch.save({"w": torch.zeros(250_000)}, tmp_path / "step-00000002.pth")  # a checkpoint of about 1 MB before
+    with pytest.raises(UserError) as e:
+        save_checkpoint(FullDisk(), tmp_path / "step-00000004.pth", {"model": model, "optimizer": optimizer})
+    assert re.search(r"it needs about 1(\.\d)? MB, .*The checkpoints saved before are intact", str(e.value)), e.value
+    assert [p.name for p in tmp_path.iterdir()] == ["step-00000002.pth"]
 
 
 SAVE_FAILS_ON_RANK_1 = """

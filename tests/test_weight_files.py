@@ -111,3 +111,28 @@ def test_an_empty_meta_pt_of_a_sharded_checkpoint_is_refused_in_one_line(tmp_pat
     (checkpoint / "meta.pt").write_bytes(b"")
     cmd = ["scripts/convert_pretrained_checkpoint.py", "--checkpoint_file", checkpoint, "--tokenizer_dir"]
     refused([*cmd, export_tokenizer_dir, "--output_dir", tmp_path / "lit"], ROOT, checkpoint / "meta.pt")
+
+
+def test_a_sealed_file_cut_short_is_truncated_and_one_stripped_of_its_seal_has_lost_it(tmp_path):
+    """A lit_model.pth beside its .sealed mark that was cut short (or overwritten) was said to have "lost the SHA-256
+    written with it", as one whose zip comment a tool stripped: the first is truncated or corrupt, only the second
+    lost its digest."""
+    from test_pretrain import strip_digest
+
+    from lit_gpt.files import CorruptFile, check_seal, seal_zip
+
+    path = tmp_path / "lit_model.pth"
+    torch.save({"w": torch.arange(1000.0)}, path)
+    seal_zip(path)
+    whole = path.read_bytes()
+    assert check_seal(path, "lit_model.pth.sealed says it was sealed")
+    for broken in (whole[: len(whole) // 2], whole[:-1], whole[:10], b"", b"junk " * 100):
+        path.write_bytes(broken)
+        assert not check_seal(path)  # a file without a mark is read as it is (and refused by its reader)
+        with pytest.raises(CorruptFile, match=r"lit_model.pth is truncated or corrupt: .*\(lit_model.pth.sealed") as e:
+            check_seal(path, "lit_model.pth.sealed says it was sealed")
+        assert "lost" not in str(e.value)
+    path.write_bytes(whole)
+    strip_digest(path)
+    with pytest.raises(CorruptFile, match=r"lit_model.pth has lost the SHA-256 written with it \(its zip comment"):
+        check_seal(path, "lit_model.pth.sealed says it was sealed")

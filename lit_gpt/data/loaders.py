@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from lit_gpt.cli import check_not_empty_path
-from lit_gpt.data.prepare import MANIFEST, prepared_separators, recorded_max_token_id
+from lit_gpt.data.prepare import MANIFEST, prepared_separators, recorded_chunks, recorded_max_token_id
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, read_separators
 from lit_gpt.files import file_sha256
 from lit_gpt.signals import end_children_at_exit, ignore_stop_signals
@@ -71,6 +71,15 @@ def data_sources(
         mapping = {join(data_dir, d): w for d, w in zip(TRAIN_DIRS, data_weights)}
     elif isinstance(train_data, dict):
         mapping = train_data
+    elif not Path(train_data).is_file() and not isinstance(value := _yaml_value(str(train_data)), (str, type(None))):
+        if not isinstance(value, dict):  # a list, a number, ...: meant as data, not as a file name
+            what = f"a list ({', '.join(map(str, value))})" if isinstance(value, list) else "a number"
+            what = "a truth value" if isinstance(value, bool) else what
+            raise ValueError(
+                f"--train_data {train_data!r} is not a path: it reads as {what}. It takes a mapping of prepared "
+                f"folders to weights in braces, e.g. {example}, or a YAML file that holds one"
+            )
+        mapping = value  # a mapping that the command line did not read as one (a weight that is no number)
     else:
         path = Path(train_data)
         if not path.is_file() and ("," in str(train_data) or path.is_dir()):  # not a file name, but meant as data
@@ -108,6 +117,14 @@ def data_sources(
     return list(sources.items()), normalize(val_data) if val_data else join(data_dir, VAL_DIR)
 
 
+def _yaml_value(text: str) -> object:
+    """`text` read as YAML (the command line's reading of a value), or `text` itself where it is no YAML."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
 def recorded_sources(hparams: Dict[str, object]) -> Optional[List[Tuple[str, float]]]:
     """The training sources that a run's hparams record: its `train_sources`, or for a run from before --train_data
     existed, its --data_dir's two sources with its --data_weights (None when neither is recorded)."""
@@ -131,13 +148,22 @@ SAMPLE_BYTES = 2**16
 
 
 def data_contents(folders: Sequence[str], threads: int = 16) -> Dict[str, str]:
-    """folder -> a SHA-256 of the tokens its chunks hold: of each chunk that its `index.json` lists, in order, the
-    chunk's name, its size on disk and the first and last `SAMPLE_BYTES` of its tokens (after litdata's header of
-    item offsets). A preparation again from text that gives the same token counts (words swapped, another file of
-    the same length) writes a byte-identical `index.json`, but other tokens in the chunks. Reading every chunk whole
-    would read the whole data set (SlimPajama's ~18,700 chunks of 134 MB) at every start; the samples, read in
-    `threads` threads, cost `python dev/data_fingerprint_speed.py`'s figures (tutorials/pretrain_tinyllama.md). A
-    listed chunk that is missing is refused in one line; an object-store folder is not read and not recorded."""
+    """folder -> a SHA-256 of the tokens its chunks hold, checked against what its preparation recorded.
+
+    A folder whose `prepare.json` records every chunk's size and SHA-256 (`lit_gpt.data.prepare.chunk_digests`): the
+    digest of its `index.json` and of those records, after a check of the chunks that costs one `stat` each: a chunk
+    of another size is refused, and one modified after the `prepare.json` was written (an edit anywhere in it) is read
+    whole, in `threads` threads, and refused unless it still has its recorded digest. A folder copied without its
+    modification times (`cp -r`; `cp -p` and `rsync -a` keep them) is read whole at every start, said in a note.
+
+    A folder prepared before the digests were recorded: of each chunk that its `index.json` lists, in order, the
+    chunk's name, its size on disk and the first and last `SAMPLE_BYTES` of its tokens (after litdata's header of item
+    offsets), read in `threads` threads; an edit elsewhere in a chunk goes unnoticed there.
+
+    A preparation again from text that gives the same token counts writes a byte-identical `index.json`, but other
+    tokens in the chunks: both digests change. `python dev/data_fingerprint_speed.py` measures their cost at the start
+    of a run (tutorials/pretrain_tinyllama.md). A listed chunk that is missing is refused in one line; an object-store
+    folder is not read and not recorded."""
     from concurrent.futures import ThreadPoolExecutor
 
     contents = {}
@@ -146,19 +172,83 @@ def data_contents(folders: Sequence[str], threads: int = 16) -> Dict[str, str]:
             continue
         index_file = Path(folder) / "index.json"
         index = json.loads(index_file.read_text(encoding="utf-8"))
+        recorded = recorded_chunks(Path(folder))
+        if recorded is not None:
+            contents[folder] = _checked_contents(Path(folder), index_file, index, recorded, threads)
+            continue
         plain = not index["config"].get("compression")  # a compressed chunk's bytes have no header at a known place
         chunks = [(Path(folder) / c["filename"], (c.get("chunk_size", 0) + 2) * 4 * plain) for c in index["chunks"]]
         digest = hashlib.sha256(index_file.read_bytes())
         with ThreadPoolExecutor(max(1, threads)) as pool:
             for (path, _), sample in zip(chunks, pool.map(lambda chunk: _chunk_sample(*chunk), chunks)):
                 if sample is None:
-                    raise ValueError(
-                        f"{path}, a chunk that {index_file} lists, is missing or unreadable: the folder is incomplete. "
-                        f"Prepare {folder} again"
-                    )
+                    raise ValueError(_missing_chunk(path, index_file, folder))
                 digest.update(path.name.encode() + sample)
         contents[folder] = digest.hexdigest()
     return contents
+
+
+def _missing_chunk(path: Path, index_file: Path, folder) -> str:
+    return (
+        f"{path}, a chunk that {index_file} lists, is missing or unreadable: the folder is incomplete. "
+        f"Prepare {folder} again"
+    )
+
+
+def _checked_contents(folder: Path, index_file: Path, index: dict, recorded: dict, threads: int) -> str:
+    """The digest of `index_file` and of the chunk digests that `prepare.json` records (`recorded`), once the chunks
+    are checked against them (see `data_contents`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    manifest = folder / MANIFEST
+    written = os.stat(manifest).st_mtime_ns  # after every chunk: a chunk modified since is newer
+    digest = hashlib.sha256(index_file.read_bytes())
+    newer = []
+    for chunk in index["chunks"]:
+        path = folder / chunk["filename"]
+        record = recorded.get(chunk["filename"])
+        if record is None:
+            raise ValueError(
+                f"{index_file} lists {path.name}, {manifest} records no digest of it: prepare {folder} again"
+            )
+        try:
+            st = os.stat(path)
+        except OSError:
+            raise ValueError(_missing_chunk(path, index_file, folder)) from None
+        if st.st_size != record["bytes"]:
+            raise ValueError(
+                _changed_chunk(path, f"holds {st.st_size:,} bytes, its preparation wrote {record['bytes']:,}")
+            )
+        if st.st_mtime_ns > written:
+            newer.append((path, record["sha256"]))
+        digest.update(path.name.encode() + bytes.fromhex(record["sha256"]))
+    if len(newer) > 1:
+        print(
+            f"note: {len(newer)} chunks of {folder} are newer than its {MANIFEST} (copied without their modification "
+            "times? `cp -p` and `rsync -a` keep them): reading them whole to check them against its digests"
+        )
+    if newer:
+        with ThreadPoolExecutor(max(1, min(threads, len(newer)))) as pool:
+            for (path, expected), actual in zip(newer, pool.map(lambda item: _whole_digest(item[0]), newer)):
+                if actual is None:
+                    raise ValueError(_missing_chunk(path, index_file, folder))
+                if actual != expected:
+                    raise ValueError(_changed_chunk(path, "was modified after its preparation: its SHA-256 differs"))
+    return digest.hexdigest()
+
+
+def _changed_chunk(path: Path, what: str) -> str:
+    return (
+        f"{path} {what} ({path.parent / MANIFEST}): its tokens are not those that were prepared. Prepare "
+        f"{path.parent} again, or restore the chunk"
+    )
+
+
+def _whole_digest(path: Path) -> Optional[str]:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def _chunk_sample(path: Path, header_bytes: int) -> Optional[bytes]:
@@ -280,7 +370,7 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
     its padded_vocab_size): data tokenized with a tokenizer of a larger vocabulary, which would fail at the step that
     reads it (an IndexError on CPU, a device-side assert on a GPU). The largest id is the one `prepare.json` records;
     for a folder prepared before it was recorded, the first chunk is read instead (a few MB: a tokenizer that does not
-    fit shows in most chunks, but an id of a later file alone is missed; prepare such a folder again to check all)."""
+    fit shows in most chunks; an id of a later file alone is refused when a batch holds it, by `BatchIdCheck`)."""
     from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING  # lazy: litdata is heavy (~2 s)
 
     for folder in folders:
@@ -313,6 +403,40 @@ def check_token_ids(folders: Sequence[str], vocab_size: int, model_name: str) ->
                 "(its padded_vocab_size): the data was tokenized with a tokenizer of a larger vocabulary. Prepare "
                 "it with the model's tokenizer, or train a model whose vocabulary holds the tokenizer's"
             )
+
+
+class BatchIdCheck:
+    """The check of `check_token_ids` for folders it could not read whole: those prepared before `prepare.json`
+    recorded the largest id (their first chunk alone was read) and object-store folders (not read). Called on the
+    host with each batch of token ids read from them, it refuses one with an id that the model has no embedding for
+    in one line naming those folders (training would stop at that step with an IndexError, or a device-side assert on
+    a GPU). False, and never called, where every folder's largest id is recorded."""
+
+    def __init__(self, folders: Sequence[str], vocab_size: int, model_name: str) -> None:
+        self.folders = [f for f in folders if "://" in f or recorded_max_token_id(Path(f)) is None]
+        self.vocab_size, self.model_name = vocab_size, model_name
+
+    def __bool__(self) -> bool:
+        return bool(self.folders)
+
+    def __call__(self, batches: Sequence[torch.Tensor]) -> None:
+        for batch in batches:
+            if batch.numel() and not (0 <= int(batch.min()) and int(batch.max()) < self.vocab_size):
+                bad = int(batch.max()) if int(batch.max()) >= self.vocab_size else int(batch.min())
+                which = self.folders[0] if len(self.folders) == 1 else f"one of {', '.join(self.folders)}"
+                raise ValueError(
+                    f"a batch holds token id {bad}, but {self.model_name} has embeddings for {self.vocab_size:,} ids "
+                    f"(0 to {self.vocab_size - 1}): it comes from {which}, whose largest id no {MANIFEST} records "
+                    "(prepared before it was recorded: only the first chunk was checked at the start). Prepare it "
+                    "again with the model's tokenizer (the prepare scripts' --tokenizer_path, --overwrite true): the "
+                    "preparation then records and checks every id"
+                )
+
+    def batches(self, iterator: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """`iterator`'s batches, each checked."""
+        for batch in iterator:
+            self([batch])
+            yield batch
 
 
 def data_eos_id(folders: Sequence[str], eos_id: Optional[int], vocab_size: int) -> int:

@@ -40,14 +40,14 @@ from lit_gpt.data.readers import (
     read_documents,
 )
 from lit_gpt.data.separators import DEFAULT_SEPARATORS, Separators, check_tokenizer, document_ends, encode_documents
-from lit_gpt.files import recover_replaced, refused_writes, replace_dir, staging_dir, write_failure
+from lit_gpt.files import file_sha256, recover_replaced, refused_writes, replace_dir, staging_dir, write_failure
 from lit_gpt.signals import die_with_parent
 from lit_gpt.tokenizer import Tokenizer
 
 BLOCK_SIZE = 2049  # one TinyLlama training sequence: 2048 inputs + 1 shifted target
 BATCH_CHARS = 1 << 20  # characters of text per tokenizer call
-PIECE_CHARS = 1 << 20  # a longer document is encoded in pieces of about this many characters (see encode_long)
-MAX_PIECE_CHARS = 1 << 21  # and none longer than this (split_at_spaces)
+PIECE_CHARS = 1 << 18  # a longer document is encoded in pieces of about this many characters (see encode_long)
+MAX_PIECE_CHARS = 1 << 19  # and none longer than this (split_at_spaces)
 MAX_LISTED_BAD_RECORDS = 20
 MANIFEST = "prepare.json"  # written into every output directory: what the preparation wrote there
 
@@ -115,7 +115,10 @@ def tokenize_files(
                 if batch:
                     yield from encode(batch, stats)
                     batch, chars = [], 0
-                yield from emit(np.concatenate([before, encode_long(tokenizer, text), after]), 1, stats)
+                documents = 1  # counted with its first piece; the tokens of each piece are cut into items at once
+                for ids in itertools.chain([before], encode_long(tokenizer, text), [after]):
+                    yield from emit(ids, documents, stats)
+                    documents = 0
                 continue
             batch.append(text)
             chars += len(text)
@@ -132,9 +135,10 @@ def tokenize_files(
             pending = pending[:0]
 
 
-def encode_long(tokenizer: Tokenizer, text: str, piece_chars: Optional[int] = None) -> np.ndarray:
-    """The tokens of one long document (no eos), encoded in pieces of about `piece_chars` characters, each cut before a
-    single space between two non-space characters.
+def encode_long(tokenizer: Tokenizer, text: str, piece_chars: Optional[int] = None) -> Iterator[np.ndarray]:
+    """The tokens of one long document (no eos), piece by piece (int32 arrays, so that no more than one piece's
+    Python list of ids is held), encoded in pieces of about `piece_chars` characters, each cut before a single space
+    between two non-space characters.
 
     For SentencePiece models that keep whitespace as it is and split pieces at it (Llama's, train_tokenizer.py's) the
     tokens are those of one call: no token spans such a space, and each piece after the first is encoded without the
@@ -144,30 +148,32 @@ def encode_long(tokenizer: Tokenizer, text: str, piece_chars: Optional[int] = No
     """
     pieces = split_at_spaces(text, piece_chars or PIECE_CHARS)
     if tokenizer.backend != "sentencepiece":
-        return np.concatenate([np.asarray(tokenizer.encode_ids(p), dtype=np.int32) for p in pieces])
+        for piece in pieces:
+            yield np.asarray(tokenizer.encode_ids(piece), dtype=np.int32)
+        return
     continuation = _continuation_processor(tokenizer.processor.serialized_model_proto())
     if continuation is None:
-        return np.asarray(tokenizer.processor.encode(text), dtype=np.int32)
-    first = [np.asarray(tokenizer.processor.encode(pieces[0]), dtype=np.int32)]
-    return np.concatenate(first + [np.asarray(continuation.encode(p), dtype=np.int32) for p in pieces[1:]])
+        yield np.asarray(tokenizer.processor.encode(text), dtype=np.int32)
+        return
+    for i, piece in enumerate(pieces):
+        yield np.asarray((continuation if i else tokenizer.processor).encode(piece), dtype=np.int32)
 
 
-def split_at_spaces(text: str, piece_chars: int, max_chars: Optional[int] = None) -> List[str]:
-    """`text` cut into pieces of about `piece_chars` characters, each cut before a single space between two non-space
-    characters, the first after `piece_chars` where there is none before. Where a piece would pass `max_chars`
-    (default `MAX_PIECE_CHARS`) without such a space (a line of 20 MB without spaces: one piece took 1.4 GB to
-    encode), it is cut at `piece_chars` characters instead, so that the memory of a piece stays bounded; its tokens may
-    then differ from one call's around the cut, as a token can span it (the text they decode to is the same)."""
+def split_at_spaces(text: str, piece_chars: int, max_chars: Optional[int] = None) -> Iterator[str]:
+    """`text` cut into pieces of about `piece_chars` characters, one at a time, each cut before a single space between
+    two non-space characters, the first after `piece_chars` where there is none before. Where a piece would pass
+    `max_chars` (default `MAX_PIECE_CHARS`) without such a space (a line of 20 MB without spaces: one piece took 1.4 GB
+    to encode), it is cut at `piece_chars` characters instead, so that the memory of a piece stays bounded; its tokens
+    may then differ from one call's around the cut, as a token can span it (the text they decode to is the same)."""
     max_chars = MAX_PIECE_CHARS if max_chars is None else max_chars
-    pieces, start = [], 0
+    start = 0
     while len(text) - start > piece_chars:
         cut = _single_space(text, start + 1, start + piece_chars, backwards=True)
         cut = cut or _single_space(text, start + piece_chars, start + max(max_chars, piece_chars), backwards=False)
         cut = cut or start + piece_chars
-        pieces.append(text[start:cut])
+        yield text[start:cut]
         start = cut
-    pieces.append(text[start:])
-    return pieces
+    yield text[start:]
 
 
 def _single_space(text: str, lo: int, hi: int, backwards: bool) -> Optional[int]:
@@ -554,8 +560,46 @@ def _finish(
         "vocab_size": vocab_size,  # the tokenizer's: pretraining notes a model of more token ids than it has
         "max_token_id": stats.max_id,  # the largest id in the chunks: a model must have an embedding for it
         "files": sorted(p.name for p in write_dir.iterdir()),
+        # every chunk's size and SHA-256: a run checks the chunks against them (`lit_gpt.data.loaders.data_contents`)
+        "chunks": chunk_digests(write_dir, [chunk["filename"] for chunk in index["chunks"]]),
     }
     (write_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def chunk_digests(folder: Path, names: List[str], threads: int = 8) -> Dict[str, Dict[str, object]]:
+    """chunk name -> {"bytes": its size, "sha256": the SHA-256 of the whole file}, of the chunks `names` in `folder`,
+    read in `threads` threads (hashlib lets go of the GIL while it hashes): what `prepare.json` records, so that a
+    chunk edited after the preparation is noticed however little of it changed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def record(name: str) -> Dict[str, object]:
+        return {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+
+    with ThreadPoolExecutor(max(1, min(threads, len(names)))) as pool:
+        return dict(zip(names, pool.map(record, names)))
+
+
+def recorded_chunks(path: Path) -> Optional[Dict[str, Dict[str, object]]]:
+    """The chunk sizes and digests that a prepared folder's `prepare.json` records (`chunk_digests`); None for a folder
+    prepared before they were recorded, or without a `prepare.json`. A record that cannot be read is refused."""
+    manifest_path = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{manifest_path} cannot be read ({e}): prepare {path} again") from None
+    chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+    if chunks is None:
+        return None
+    valid = isinstance(chunks, dict) and all(
+        isinstance(r, dict)
+        and isinstance(r.get("bytes"), int)
+        and isinstance(r.get("sha256"), str)
+        and re.fullmatch("[0-9a-f]{64}", r["sha256"])
+        for r in chunks.values()
+    )
+    if not valid:
+        raise UserError(f"{manifest_path} records its chunks in a form no preparation writes: prepare {path} again")
+    return chunks
 
 
 def publish(write_dir: Path, path: Path, overwrite: bool) -> None:

@@ -219,35 +219,46 @@ def latest_to_resume(
     out_dir: Path, trust_pickle: bool = False, say: Callable[[str], Any] = print_once
 ) -> Optional[Path]:
     """`find_latest(out_dir)` (what `--resume auto` resumes from), checked: a newest checkpoint whose bytes differ from
-    its digest (a flipped bit) is passed over for the newest earlier one that is whole, which `say` names; one whose
-    metadata cannot be read (truncated, corrupt, or refused as unsafe) is not skipped silently but refused, naming the
-    newest earlier one that can be read."""
+    its digest (a flipped bit), or whose metadata cannot be read (truncated, corrupt, a shard missing, or refused as
+    unsafe: nothing of it is unpickled), is passed over for the newest earlier one that is whole, and `say` names each
+    one passed over and why, in one line. None (start afresh) where every checkpoint differs from its digest; refused
+    where none can be used and one of them cannot be read (not a save cut short: moving it away is the user's call)."""
     found = [p for _, p in reversed(checkpoints_by_step(out_dir))]
-    corrupt = []
-    while found:
+    passed: List[Tuple[Path, str]] = []  # each checkpoint passed over, and why
+    unreadable = None
+    for path in found:
         try:
-            verify_checkpoint(found[0])
-            break
+            verify_checkpoint(path)
         except CorruptFile as e:
-            corrupt.append((found.pop(0), str(e)))
-    if corrupt:
-        taken = f"resuming from {found[0].name}, the newest one that is whole" if found else "starting fresh"
-        say(f"Warning: {corrupt[0][1]}; {', '.join(p.name for p, _ in corrupt)} passed over, {taken}")
-    if not found:
-        return None
-    try:
-        load_metadata(found[0], trust_pickle)
-        return found[0]
-    except Exception as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    previous = next((p for p in found[1:] if _readable(p, trust_pickle)), None)
-    instead = (
-        f"move it away (for example to {found[0].name}.broken, which is not picked up) to resume from the newest "
-        f"complete one before it, {previous.name}"
-        if previous
-        else "no checkpoint before it can be read: move it away to start afresh, or pass another --out_dir"
-    )
-    raise ValueError(f"--resume auto: the newest checkpoint {found[0]} cannot be used ({reason}); {instead}")
+            passed.append((path, str(e)))
+            continue
+        try:
+            load_metadata(path, trust_pickle)
+        except Exception as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            passed.append((path, reason))
+            unreadable = unreadable or (path, reason)
+            continue
+        if passed:
+            say(f"Warning: {_passed(passed)}, resuming from {path.name}, the newest one that is whole")
+        return path
+    if unreadable is not None:
+        raise ValueError(
+            f"--resume auto: no checkpoint in {out_dir} can be used: {_reasons(passed)}. Move them away (for example "
+            f"to {unreadable[0].name}.broken, which is not picked up) to start afresh, or pass another --out_dir"
+        )
+    if passed:
+        say(f"Warning: {_passed(passed)}, starting fresh")
+    return None
+
+
+def _reasons(passed: List[Tuple[Path, str]]) -> str:
+    """Why each checkpoint was passed over, each named (the reasons name a checkpoint's file, or the checkpoint)."""
+    return "; ".join(reason if path.name in reason else f"{path.name}: {reason}" for path, reason in passed)
+
+
+def _passed(passed: List[Tuple[Path, str]]) -> str:
+    return f"{_reasons(passed)}; {', '.join(path.name for path, _ in passed)} passed over"
 
 
 # the key of a checkpoint's hparams that says that its SHA-256 was written with it
@@ -288,14 +299,6 @@ def _records_digests(path: Path) -> bool:
     cannot be read (that refusal is `load_metadata`'s, when the checkpoint is read)."""
     try:
         return training_hparams(path).get(DIGESTS) == "sha256"
-    except Exception:
-        return False
-
-
-def _readable(path: Path, trust_pickle: bool) -> bool:
-    try:
-        load_metadata(path, trust_pickle)
-        return True
     except Exception:
         return False
 
@@ -349,7 +352,7 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
         if fabric.global_rank == 0 or error is not None:
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
                 remove(tmp)
-        raise _save_failure(tmp, error, "another process")
+        raise _save_failure(tmp, error, "another process", state)
     if fabric.global_rank == 0:
         _publish(tmp, path)
     fabric.barrier()
@@ -363,20 +366,48 @@ def _publish(tmp: Path, path: Path) -> None:
     tmp.rename(path)
 
 
-def _save_failure(tmp: Path, error: Optional[BaseException], elsewhere: str) -> BaseException:
-    """The error a failed save raises: one line for a full disk or a location that cannot be written (`error`, raised
-    here), or that it failed on `elsewhere` (`error` None)."""
-    kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with --resume auto"
+def _save_failure(tmp: Path, error: Optional[BaseException], elsewhere: str, state: Any = None) -> BaseException:
+    """The error a failed save of `state` raises: one line for a full disk or a location that cannot be written
+    (`error`, raised here), or that it failed on `elsewhere` (`error` None)."""
     if error is None:
         return RuntimeError(
             f"Saving {tmp} failed on {elsewhere} (its error is in that process' output); fix that and resume with "
-            f"--resume auto. {kept.split('; ')[0]}"
+            f"--resume auto. {_kept(tmp).split('; ')[0]}"
         )
-    previous = find_latest(tmp.parent)  # about the size of this one
-    if (refusal := write_failure(error, tmp, previous and _disk_bytes(previous), kept)) is not None:
+    if (refusal := _write_refusal(error, tmp, state)) is not None:
         refusal.__cause__ = error
         return refusal
     return error
+
+
+def _kept(tmp: Path) -> str:
+    """What a failed save into `tmp` left as it was, and what to do: only the checkpoints that exist are named."""
+    if find_latest(tmp.parent) is None:
+        return f"No checkpoint of this run was saved before (the partial {tmp.name} is removed): run it again"
+    return f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with --resume auto"
+
+
+def _write_refusal(error: BaseException, tmp: Path, state: Any) -> Optional[BaseException]:
+    """`write_failure`'s one line for a save into `tmp`, with the space it needs: the size of the newest checkpoint
+    saved before, or without one the bytes of the tensors in `state`."""
+    previous = find_latest(tmp.parent)
+    needed = _disk_bytes(previous) if previous is not None else _tensor_bytes(state)
+    return write_failure(error, tmp, needed or None, _kept(tmp))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in `obj` (whole tensors: a DTensor counts every shard), modules' and optimizers'
+    state included: about what a checkpoint of it takes on disk."""
+    obj = _unwrap_objects(obj)  # Fabric's wrappers of the model and the optimizer
+    if isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    return 0
 
 
 def _failed_elsewhere(fabric: L.Fabric, failed_here: bool) -> bool:
@@ -579,7 +610,7 @@ class CheckpointSaver:
         except Exception as e:
             error = e
         self._phase = "agreeing with the other processes to begin"
-        failed = self._agree(error, tmp)  # also: no process writes there before the removal
+        failed = self._agree(error, tmp, tensors)  # also: no process writes there before the removal
         try:
             self._phase = "writing"
             if failed:
@@ -598,7 +629,7 @@ class CheckpointSaver:
         except Exception as e:
             error = error or e
         self._written()
-        failed = failed or self._agree(error, tmp)
+        failed = failed or self._agree(error, tmp, tensors)
         if not failed and rank == 0:
             try:
                 self._phase = "publishing (digests, rename)"
@@ -610,7 +641,7 @@ class CheckpointSaver:
             except Exception as e:
                 error = e
         self._phase = "agreeing with the other processes on its publication"
-        failed = failed or self._agree(error, tmp)
+        failed = failed or self._agree(error, tmp, tensors)
         if failed and (rank == 0 or error is not None) and not path.exists():
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
                 remove(tmp)
@@ -620,15 +651,12 @@ class CheckpointSaver:
     def _written(self) -> None:
         self._phase = "written here, waiting for the other processes to finish their part and agree"
 
-    def _agree(self, error: Optional[BaseException], tmp: Path) -> Dict[int, Tuple[str, str]]:
+    def _agree(self, error: Optional[BaseException], tmp: Path, tensors: Any = None) -> Dict[int, Tuple[str, str]]:
         """rank -> ("refusal" or "error", one line) of the processes whose save failed, the same on every process
         (gathered over the saver's own gloo group): a full disk or a location that cannot be written is a refusal."""
         line = None
         if error is not None:
-            kept = f"The checkpoints saved before are intact (the partial {tmp.name} is removed); resume with "
-            kept += "--resume auto"
-            previous = find_latest(tmp.parent)  # about the size of this one
-            refusal = write_failure(error, tmp, previous and _disk_bytes(previous), kept)
+            refusal = _write_refusal(error, tmp, tensors)
             line = (
                 ("refusal", str(refusal)) if refusal else ("error", f"{type(error).__name__}: {error}".splitlines()[0])
             )

@@ -121,7 +121,8 @@ def fit(
             f"Nothing to train: the checkpoint is at step {state['step_count']} and this run ends at step {max_steps} "
             "(--max_steps, or --epochs of optimizer steps); raise it to train on"
         )
-    stop = StopSignal(fabric.device)  # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    # from here on, SIGINT/SIGTERM/SIGUSR1 stop the run at a step boundary
+    stop = StopSignal(fabric.device, saved_before=lambda: find_latest(out_dir) is not None)
     iterator = iter(train_batches)
     nonfinite_streak = torch.zeros((), device=fabric.device)
     skipped = torch.zeros((), device=fabric.device)

@@ -53,7 +53,7 @@ ours() {  # ours NAME MIN_SECONDS ARGS...
   sed -n '/^PROFILE one/,/^PROFILE top/p' /tmp/ours.log
 }
 
-B="--steps 6 --warmup 3 --attention fa4 --micro_batch_sizes [16]"
+B="--steps 6 --warmup 3 --attention ${ATT:-fa4} --micro_batch_sizes [16]"  # ATT=sdpa where nothing was staged
 T="--steps 6 --warmup 3"
 for c in ${1:-titan_fp8_16 ours_fp8 titan_bf16_16 ours_bf16 titan_fp8_8 titan_fp8_16_sac}; do
   case $c in
