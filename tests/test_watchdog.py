@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from test_pretrain import COMMON, SCRIPT, _build, _env, checkpoints, same_tokens
@@ -126,3 +127,24 @@ def test_the_default_limit_is_a_multiple_of_the_step_time_with_a_floor(monkeypat
         dog.beat(step)
     assert dog.limit() == watchdog.FLOOR
     assert watchdog.Watchdog(tmp_path, 0, 1, timeout=7).limit() == 7
+
+
+def test_a_main_thread_that_ends_while_the_watchdog_reports_exits_with_the_watchdogs_code(tmp_path):
+    """Two ranks stuck in a background save: the first to finish its report exits, which breaks the collective that the
+    other's writer waits in, and that one's main thread then ended with the save's error while its watchdog was still
+    writing: the report was cut short and the exit code (1) was not the one a scheduler restarts on (1 in 9 runs of
+    the test above). The process now finishes its report and exits with the watchdog's code."""
+    root = Path(__file__).resolve().parents[1]
+    program = (
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "from lit_gpt.training import watchdog\n"
+        "watchdog.Watchdog._compare_notes = lambda self, wait=10.0: (time.sleep(2), 'the others compared late')[1]\n"
+        f"dog = watchdog.Watchdog({str(tmp_path)!r}, 0, 1, timeout=0.5).start()\n"
+        f"while not os.path.exists({str(tmp_path / 'logs' / 'hang-rank0.txt')!r}):\n"
+        "    time.sleep(0.02)\n"
+        "sys.exit('error: the save failed (a peer closed the connection)')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_CODE, proc.stderr
+    assert "the others compared late" in (tmp_path / "logs" / "hang-rank0.txt").read_text(), proc.stderr

@@ -600,7 +600,20 @@ class CheckpointSaver:
             return buffer.copy_(obj.detach(), non_blocking=pin)
         return copy.deepcopy(obj)
 
-    def _write(self, tmp, path, tensors, metadata, copied, prune, started) -> None:
+    def _write(self, tmp, path, *args) -> None:
+        """The writer thread: `_write_and_agree`, whose outcome is a failure unless it ends (an exception that escapes
+        it, such as a collective whose peer died, used to leave the previous save's outcome: a success)."""
+        rank = self.fabric.global_rank
+        self._outcome = ({rank: ("error", "its background write ended without a result")}, tmp)
+        try:
+            self._write_and_agree(tmp, path, *args)
+        except BaseException as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            line = f"{type(e).__name__}{': ' + first if first else ''} (another process may have stopped)"
+            self._outcome = ({rank: ("error", line)}, tmp)
+            self._phase = "failed"
+
+    def _write_and_agree(self, tmp, path, tensors, metadata, copied, prune, started) -> None:
         rank, error = self.fabric.global_rank, None
         try:
             if rank == 0:

@@ -19,6 +19,7 @@ The last collective is recorded by wrapping torch.distributed's collective funct
 FSDP2, Fabric and DCP call through the module: the name and a counter per call, nothing else.
 """
 
+import atexit
 import contextlib
 import faulthandler
 import functools
@@ -95,13 +96,23 @@ class Watchdog:
         self._step_times: List[float] = []
         self._steps_seen = 0
         self._stopped = threading.Event()
+        self._firing = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="lit_gpt watchdog", daemon=True)
 
     def start(self) -> "Watchdog":
         if self.timeout != 0:
             record_collectives()
             self._thread.start()
+            atexit.register(self._end_of_firing)
         return self
+
+    def _end_of_firing(self) -> None:
+        """At the exit of a process whose watchdog is writing its report: the main thread may end meanwhile (a peer
+        that exited broke a collective it waited in), which used to cut the report short and exit with another code
+        than the one a scheduler restarts on. The report is finished and the exit code is the watchdog's."""
+        if self._firing.is_set():
+            self._thread.join(timeout=60)
+            os._exit(EXIT_CODE)
 
     def beat(self, step: Optional[int] = None) -> None:
         """A step completed (`step`), or some other progress (validation, a save: no step time is measured)."""
@@ -136,6 +147,7 @@ class Watchdog:
                 self._fire(waited)
 
     def _fire(self, waited: float) -> None:
+        self._firing.set()
         folder = self.out_dir / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"hang-rank{self.rank}.txt"
