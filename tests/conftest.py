@@ -257,12 +257,13 @@ def pretrain_runs(tmp_path_factory) -> dict:
     """Uninterrupted runs of pretrain/tinyllama.py with test_pretrain.py's COMMON flags and SHARDED_FLAGS (3 steps,
     checkpoints of steps 2 and 3) on its identical samples: the data dir (`data`) and the out dirs of one process
     (`one`, single-file checkpoints) and of two (`two`, sharded). Read-only for tests: copy what a test changes."""
-    from test_pretrain import SHARDED_FLAGS, _build, run, same_tokens
+    from test_pretrain import SHARDED_FLAGS, _build, finish, run, same_tokens, start
 
     root = tmp_path_factory.mktemp("pretrain-runs")
     runs = {"data": _build(root / "data", same_tokens, 40), "one": root / "one", "two": root / "two"}
-    run(runs["one"], runs["data"], *SHARDED_FLAGS)
+    one = start(runs["one"], runs["data"], *SHARDED_FLAGS)  # the two runs at once
     run(runs["two"], runs["data"], *SHARDED_FLAGS, devices=2)
+    finish(one)
     return runs
 
 

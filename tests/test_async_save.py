@@ -127,10 +127,6 @@ def test_a_stop_signal_waits_for_the_write_in_flight(tmp_path, data):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="hung in a clean-clone run: with 2 processes, one never reached the pause in the writing phase of step 3 "
-    "(a race in the background save of two processes, under investigation: issue 29); --async_save is off by default"
-)
 def test_two_processes_a_failed_write_fails_the_save_on_both_and_a_kill_at_every_phase_resumes_exactly(tmp_path, data):
     flags = ["--max_steps", "4"]
     reference = tmp_path / "sync"

@@ -3,6 +3,7 @@
 import ast
 import importlib.util
 import inspect
+import io
 import re
 import subprocess
 import sys
@@ -99,6 +100,45 @@ def test_a_bug_keeps_its_traceback():
         cli(main, args=[])
 
 
+class Writes(io.RawIOBase):
+    """A file descriptor, as `python -u` writes to it: what each write call gave."""
+
+    def __init__(self) -> None:
+        self.calls: List[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.calls.append(bytes(data))
+        return len(data)
+
+
+def test_every_line_of_an_entry_point_is_written_in_one_piece(monkeypatch):
+    """The processes of a run share one output: unbuffered (PYTHONUNBUFFERED), `print` wrote a line's text and its
+    newline in two writes, and another process's line could land between them (two ranks' lines joined in one, as the
+    two-process test of background saves saw). Every line of an entry point is one write."""
+    from lit_gpt.cli import cli
+
+    out, err = Writes(), Writes()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="utf-8", write_through=True))
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(err, encoding="utf-8", write_through=True))
+
+    def main(ranks: str = "01") -> None:
+        """Args:
+        ranks: the ranks named
+        """
+        for i in map(int, ranks):
+            print(f"step {i}", flush=True)
+            print(f"Checkpoint save paused at writing on rank {i}", file=sys.stderr, flush=True)
+        print("a", "b", sep=" | ", end="\n", file=sys.stderr)
+
+    cli(main, args=["--ranks", "0123"])
+    sys.stderr.flush()
+    assert out.calls == [f"step {i}\n".encode() for i in range(4)]
+    assert err.calls == [f"Checkpoint save paused at writing on rank {i}\n".encode() for i in range(4)] + [b"a | b\n"]
+
+
 def test_plotting_refusal_through_the_script(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_logs.py"), "--log_dir", str(tmp_path / "no")],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -120,20 +160,27 @@ def test_refusal_after_two_processes_started_prints_once(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {cut_short} cannot be read"), proc.stderr
 
 
-def test_a_resume_path_that_does_not_exist_is_refused_before_anything_is_printed_or_written(tmp_path):
+def test_a_resume_path_that_does_not_exist_is_refused_before_anything_is_printed_or_written(tmp_path, capsys):
     """It was refused once Fabric had started: after the settings, the notes and the model's size were printed and
     the out dir (its lock and logs) was made."""
     from test_pretrain import _build, same_tokens
 
+    from lit_gpt.cli import cli
+
     data = _build(tmp_path / "data", same_tokens, 8)
     missing = tmp_path / "elsewhere" / "step-00000004.pth"
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out")]
-    cmd += ["--max_steps", "1", "--resume", str(missing)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 2 and proc.stdout == "", proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stderr.splitlines() == [
+    args = [*COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path / "out"), "--max_steps", "1"]
+    # through the script's own `cli(setup)` in-process (its __main__ block is that call; a Python start with
+    # lightning costs several seconds here)
+    setup = entry_point("pretrain/tinyllama.py").setup
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(setup, args=[*args, "--resume", str(missing)])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and out == "", out[-3000:] + err[-3000:]
+    assert err.splitlines() == [
         f"error: No checkpoint at {missing}; pass `--resume auto` to pick the latest in --out_dir"
-    ], proc.stderr
+    ]
     assert not (tmp_path / "out").exists()
 
 

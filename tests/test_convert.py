@@ -256,17 +256,16 @@ def test_pretrained_conversion_uses_the_config_saved_in_the_checkpoint(
         convert(future, export_tokenizer_dir, output_dir=tmp_path / "future")
 
 
-def test_cli_refusal_names_first_mismatching_key(fabric_checkpoints, export_tokenizer_dir, tmp_path):
+def test_cli_refusal_names_first_mismatching_key(fabric_checkpoints, export_tokenizer_dir, tmp_path, capsys):
+    from test_cli import entry_point, refusal
+
     args = ["--checkpoint_file", str(fabric_checkpoints["single"]), "--tokenizer_dir", str(export_tokenizer_dir)]
     args += ["--config_name", "micro-llama", "--output_dir", str(tmp_path / "o")]
-    proc = subprocess.run(
-        [sys.executable, "scripts/convert_pretrained_checkpoint.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode != 0
-    assert "'lm_head.weight' has shape (512, 128) in the checkpoint but (32000, 128) in the model" in proc.stderr
+    # through the script's own `cli(convert)` in-process (its __main__ block is that call; a Python start with torch
+    # and lightning cost ~10 s here): exit code 2 and the one `error:` line
+    line = refusal(capsys, entry_point("scripts/convert_pretrained_checkpoint.py").convert, *args)
+    assert "'lm_head.weight' has shape (512, 128) in the checkpoint but (32000, 128) in the model" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_hf_export_loads_in_transformers_with_equal_logits(export_lit_dir, export_hf_dir):
@@ -580,9 +579,6 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     """The tutorial's path on checkpoints written by pretrain/tinyllama.py itself, on one process and on two (the
     step-2 checkpoints of the runs that tests/test_pretrain.py also reads: every sequence the same, so that one
     process and two compute the same weights)."""
-    from transformers import AutoModelForCausalLM
-
-    from scripts.convert_lit_checkpoint import convert as export
     from scripts.convert_pretrained_checkpoint import convert
 
     data = pretrain_runs["data"]
@@ -592,6 +588,39 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     tokenizer_dir = _tutorial_tokenizer(export_tokenizer_dir, tmp_path / "tokenizer")
     single, sharded = tmp_path / "lit-1", tmp_path / "lit-2"
     convert(written[1], tokenizer_dir, "micro-llama", single)  # --config_name checked against the saved config
+
+    # continued pretraining from the converted weights (2 processes: loaded into the shards); with a learning
+    # rate of 0 the first step leaves them as they were, so its checkpoint holds exactly the converted weights. It
+    # runs beside the checks below (a Python start with torch and lightning per process) and is read at the end.
+    out = tmp_path / "continued"
+    flags = ["--initial_checkpoint_dir", str(single), "--max_steps", "1", "--learning_rate", "0", "--min_lr", "0"]
+    cmd = [sys.executable, "pretrain/tinyllama.py", *PRETRAIN, "--data_dir", str(data), "--out_dir", str(out)]
+    logs = tmp_path / "continued.log"
+    with open(logs, "w") as log:
+        continued = subprocess.Popen(cmd + flags + ["--devices", "2"], cwd=ROOT, stdout=log, stderr=log, text=True)
+    try:
+        _check_conversions_of_pretrain_script(written, single, sharded, tokenizer_dir, tmp_path)
+        continued.wait(timeout=300)
+    finally:
+        if continued.poll() is None:
+            continued.kill()
+            continued.wait()
+    output = logs.read_text()
+    assert continued.returncode == 0, output[-5000:]
+    assert "Initialized the weights from" in output
+    convert(out / "step-00000001.pth", tokenizer_dir, "micro-llama", tmp_path / "lit-continued", group_size="2MB")
+    a = torch.load(single / "lit_model.pth", weights_only=True)
+    c = torch.load(tmp_path / "lit-continued" / "lit_model.pth", weights_only=True)
+    for name in a:
+        torch.testing.assert_close(c[name], a[name], rtol=0, atol=0, msg=name)
+
+
+def _check_conversions_of_pretrain_script(written: dict, single: Path, sharded: Path, tokenizer_dir: Path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from scripts.convert_lit_checkpoint import convert as export
+    from scripts.convert_pretrained_checkpoint import convert
+
     convert(written[2], tokenizer_dir, output_dir=sharded, group_size="2MB")  # the config from meta.pt
     # the five files of the tutorial, and the converter's record of them
     files = ["lit_config.json", "lit_model.pth", "lit_model.pth.sealed", "separators.json", "tokenizer.json"]
@@ -612,19 +641,6 @@ def test_checkpoints_of_pretrain_script_single_and_sharded(export_tokenizer_dir,
     assert list(a) == list(b)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-5, atol=1e-6, msg=name)
-
-    # continued pretraining from the converted weights (2 processes: loaded into the shards); with a learning
-    # rate of 0 the first step leaves them as they were, so its checkpoint holds exactly the converted weights
-    out = tmp_path / "continued"
-    flags = ["--initial_checkpoint_dir", str(single), "--max_steps", "1", "--learning_rate", "0", "--min_lr", "0"]
-    cmd = [sys.executable, "pretrain/tinyllama.py", *PRETRAIN, "--data_dir", str(data), "--out_dir", str(out)]
-    proc = subprocess.run(cmd + flags + ["--devices", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert "Initialized the weights from" in proc.stdout
-    convert(out / "step-00000001.pth", tokenizer_dir, "micro-llama", tmp_path / "lit-continued", group_size="2MB")
-    c = torch.load(tmp_path / "lit-continued" / "lit_model.pth", weights_only=True)
-    for name in a:
-        torch.testing.assert_close(c[name], a[name], rtol=0, atol=0, msg=name)
 
     export(sharded, tmp_path / "hf")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()

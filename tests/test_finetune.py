@@ -546,7 +546,7 @@ def test_flags_that_would_train_nothing_or_not_as_asked_are_refused(codes, tmp_p
         setup(**common, lora_alpha=0.0)
 
 
-def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_path):
+def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_path, capsys):
     """It used to load it and then stop at the data order: "the checkpoint's data order is of another seed (None,
     this run's 1337)"."""
     pretraining = tmp_path / "pretrain" / "step-00000100.pth"
@@ -557,8 +557,8 @@ def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_p
     base = tmp_path / "base"
     shutil.copytree(codes["base"], base)
     write_separators(base, DEFAULT_SEPARATORS)  # as the converters write it: no note that separators.json is missing
-    line = refusal(
-        "finetune/full.py", "--checkpoint_dir", str(base), "--data", str(codes["data"]), "--out_dir",
+    line = refusal_in_process(
+        capsys, "finetune/full.py", "--checkpoint_dir", str(base), "--data", str(codes["data"]), "--out_dir",
         str(tmp_path / "out"), "--accelerator", "cpu", "--devices", "1", "--precision", "32-true",
         "--global_batch_size", "2", "--micro_batch_size", "2", "--resume", str(pretraining),
     )  # fmt: skip
@@ -570,7 +570,7 @@ def test_full_finetuning_refuses_to_resume_a_pretraining_checkpoint(codes, tmp_p
     assert not (tmp_path / "out").exists()
 
 
-def test_lora_refuses_to_resume_a_pretraining_checkpoint_as_what_it_is(codes, tmp_path):
+def test_lora_refuses_to_resume_a_pretraining_checkpoint_as_what_it_is(codes, tmp_path, capsys):
     """A pretraining checkpoint (with the loader settings pretraining records) given to lora.py's --resume ended in a
     KeyError ('num_workers', which lora.py's settings lack); with that fixed, it was refused for its micro-batch size
     before being called what it is."""
@@ -582,8 +582,8 @@ def test_lora_refuses_to_resume_a_pretraining_checkpoint_as_what_it_is(codes, tm
     base = tmp_path / "base"
     shutil.copytree(codes["base"], base)
     write_separators(base, DEFAULT_SEPARATORS)  # as the converters write it: no note that separators.json is missing
-    line = refusal(
-        "finetune/lora.py", "--checkpoint_dir", str(base), "--data", str(codes["data"]), "--out_dir",
+    line = refusal_in_process(
+        capsys, "finetune/lora.py", "--checkpoint_dir", str(base), "--data", str(codes["data"]), "--out_dir",
         str(tmp_path / "out"), "--accelerator", "cpu", "--precision", "32-true", "--global_batch_size", "2",
         "--micro_batch_size", "2", "--resume", str(pretraining),
     )  # fmt: skip
@@ -663,11 +663,50 @@ def test_resume_from_an_out_dir_points_to_its_checkpoints(codes, tmp_path):
 
 def refusal(script: str, *args: str) -> str:
     """The refusal of running `script` with `args`: exit code 2, one stderr line and nothing on stdout."""
-    proc = subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=300,
-                          env=_env())  # fmt: skip
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stderr.strip()
+    return refusals(script, args)[0]
+
+
+def refusal_in_process(capsys, script: str, *args: str) -> str:
+    """`refusal`, through the script's own `cli(setup)` in this process (its __main__ block is that call; a Python
+    start with torch and lightning costs several seconds here)."""
+    from lit_gpt.cli import cli
+
+    setup = load_script_at(script).setup
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        cli(setup, args=list(args))
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, out[-3000:] + err[-3000:]
+    assert out == "" and len(err.splitlines()) == 1, out[-3000:] + err[-3000:]
+    return err.strip()
+
+
+def refusals(script: str, *commands: list) -> List[str]:
+    """`refusal` of each of `commands` (the args of one run of `script` each), all run at once: each is a Python start
+    with torch and lightning (several seconds here), and the machine has at least two cores."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(ROOT / script), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )  # fmt: skip
+        for args in commands
+    ]
+    try:
+        outputs = [proc.communicate(timeout=300) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = []
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        assert proc.returncode == 2, stdout[-3000:] + stderr[-3000:]
+        assert stdout == "" and len(stderr.splitlines()) == 1, stdout[-3000:] + stderr[-3000:]
+        lines.append(stderr.strip())
+    return lines
 
 
 @pytest.mark.parametrize("script", ["finetune/lora.py", "finetune/full.py"])
@@ -682,22 +721,23 @@ def test_finetuning_checks_its_data_before_it_prints_or_touches_the_out_dir(code
     used.mkdir()
     (used / "step-00000010.pth").write_bytes(b"an earlier run's checkpoint")
     missing = tmp_path / "missing.json"
-    line = refusal(script, *flags, "--data", str(missing), "--out_dir", str(used))
-    assert line == f"error: --data {missing}: no such file or folder"
-    assert [p.name for p in used.iterdir()] == ["step-00000010.pth"]
-
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(json.dumps(r) for r in codes["records"][:20]) + '\n{"instruction": "x"}\n')
-    line = refusal(script, *flags, "--data", str(bad), "--out_dir", str(tmp_path / "fresh"))
-    assert line.startswith(f"error: 1 bad instruction records: {bad}:21: no 'output' string"), line
-    # a flag checked against the model's block size (256)
-    line = refusal(script, *flags, "--data", str(codes["data"]), "--out_dir", str(tmp_path / "fresh"),
-                   "--max_seq_length", "512")  # fmt: skip
-    assert line.startswith("error: --max_seq_length 512 is longer than the model's block size 256"), line
-    # more rows per micro-batch than the data holds
-    line = refusal(script, *flags, "--data", str(codes["data"]), "--out_dir", str(tmp_path / "fresh"),
-                   "--micro_batch_size", "128", "--global_batch_size", "128")  # fmt: skip
-    assert line.startswith("error: 65 examples make no whole micro-batch of 128 rows"), line
+    fresh = ["--out_dir", str(tmp_path / "fresh")]
+    lines = refusals(
+        script,
+        [*flags, "--data", str(missing), "--out_dir", str(used)],
+        [*flags, "--data", str(bad), *fresh],
+        # a flag checked against the model's block size (256)
+        [*flags, "--data", str(codes["data"]), *fresh, "--max_seq_length", "512"],
+        # more rows per micro-batch than the data holds
+        [*flags, "--data", str(codes["data"]), *fresh, "--micro_batch_size", "128", "--global_batch_size", "128"],
+    )
+    assert lines[0] == f"error: --data {missing}: no such file or folder"
+    assert [p.name for p in used.iterdir()] == ["step-00000010.pth"]
+    assert lines[1].startswith(f"error: 1 bad instruction records: {bad}:21: no 'output' string"), lines[1]
+    assert lines[2].startswith("error: --max_seq_length 512 is longer than the model's block size 256"), lines[2]
+    assert lines[3].startswith("error: 65 examples make no whole micro-batch of 128 rows"), lines[3]
     assert not (tmp_path / "fresh").exists()
 
 

@@ -29,7 +29,9 @@ from lit_gpt.training.parallel import make_parallelize_fn
 from lit_gpt.training.step import training_step
 
 out = Path(sys.argv[1])
-config = Config.from_name("micro-llama", n_layer=2, block_size=32)
+# micro-llama at half its width: on CPU every float8 product is torch._scaled_mm's reference kernel, whose cost is
+# per multiply-add (a 128-wide model spent ~80% of this test in the tokenwise runs' products)
+config = Config.from_name("micro-llama", n_layer=2, block_size=32, n_embd=64, intermediate_size=176)
 strategy = ModelParallelStrategy(make_parallelize_fn(precision="32-true"), data_parallel_size=1, tensor_parallel_size=1)
 fabric = L.Fabric(accelerator="cpu", devices=1, strategy=strategy, precision="32-true")
 fabric.launch()
@@ -97,7 +99,8 @@ for path in sys.argv[1:]:
     if Path(path).is_file():  # all of it, the optimizer's moments too
         torch.load(path, weights_only=True)
     assert {type(v) for v in weights.values()} == {torch.Tensor}, (path, {type(v) for v in weights.values()})
-    GPT(Config.from_name("micro-llama", n_layer=2, block_size=32)).load_state_dict(weights, strict=True)
+    config = Config.from_name("micro-llama", n_layer=2, block_size=32, n_embd=64, intermediate_size=176)
+    GPT(config).load_state_dict(weights, strict=True)
     print("loaded", Path(path).name, len(weights))
 """
 

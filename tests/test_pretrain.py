@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,11 +56,37 @@ def same_data_dir(tmp_path_factory):
 
 
 def run(out_dir: Path, data_dir: Path, *args: str, devices: int = 1) -> subprocess.CompletedProcess:
+    return finish(start(out_dir, data_dir, *args, devices=devices))
+
+
+def start(out_dir: Path, data_dir: Path, *args: str, devices: int = 1) -> subprocess.Popen:
+    """`run` in the background, for a run that the test reads only later: it goes on beside the test's other runs (a
+    run of one process computes on one thread, and the machine has at least two cores). `finish` waits for it."""
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data_dir), "--out_dir", str(out_dir)]
     cmd += ["--devices", str(devices), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # files, not pipes: a run that nobody reads yet must not stop on a full pipe
+    stdout, stderr = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True, env=_env())
+    proc.output_files = stdout, stderr
     return proc
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    """Wait for a run of `start` (as `run` does: 300 s at most) and check that it succeeded."""
+    try:
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    texts = []
+    for file in proc.output_files:
+        file.seek(0)
+        texts.append(file.read())
+        file.close()
+    out, err = texts
+    assert proc.returncode == 0, out[-3000:] + err[-5000:]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _env() -> dict:
@@ -209,7 +236,15 @@ def test_world_size_of_devices_auto(monkeypatch):
 def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data_dir):
     flags = ["--max_steps", "8", "--save_interval", "4", "--eval_interval", "4"]
     full = tmp_path / "full"
-    proc = run(full, data_dir, *flags)
+    uninterrupted = start(full, data_dir, *flags)  # beside the interrupted run below, which it is compared with
+
+    # the same run, killed with SIGKILL during step 6 (after the step-4 checkpoint), then resumed
+    killed = tmp_path / "killed"
+    code, _ = run_until_signal(killed, data_dir, "step 5/8", signal.SIGKILL, *flags)
+    assert code == -signal.SIGKILL
+    assert checkpoints(killed) == ["step-00000004.pth"]
+
+    proc = finish(uninterrupted)
     losses = metrics(full)
     assert sorted(losses) == list(range(1, 9))
     assert losses[8] < losses[1] - 1.0, losses
@@ -227,14 +262,8 @@ def test_train_validate_checkpoint_and_exact_resume_after_sigkill(tmp_path, data
     assert ckpt["step_count"] == 8 and ckpt["iter_num"] == 32 and ckpt["tokens_seen"] == 8 * 8 * BLOCK
     assert ckpt["hparams"]["model_config"]["block_size"] == BLOCK
 
-    # the same run, killed with SIGKILL during step 6 (after the step-4 checkpoint), then resumed
-    killed = tmp_path / "killed"
-    code, _ = run_until_signal(killed, data_dir, "step 5/8", signal.SIGKILL, *flags)
-    assert code == -signal.SIGKILL
-    assert checkpoints(killed) == ["step-00000004.pth"]
-
-    # resumed, and stopped by SIGTERM (a scheduler's) after the step in progress: a checkpoint of that step, the
-    # command to resume, exit code 0; --keep_last 1 deletes the step-4 checkpoint once the new one is complete
+    # the killed run resumed, and stopped by SIGTERM (a scheduler's) after the step in progress: a checkpoint of that
+    # step, the command to resume, exit code 0; --keep_last 1 deletes the step-4 checkpoint once the new one is complete
     code, out = run_until_signal(killed, data_dir, "step 5/8", signal.SIGTERM, *flags, "--resume", "true",
                                  "--keep_last", "1")  # fmt: skip
     assert code == 0, out[-3000:]
@@ -316,9 +345,10 @@ def test_run_stopped_by_max_steps_and_resumed_is_the_run_that_did_not_stop(tmp_p
 
     plan, same_data_dir = SIX_STEP_PLAN, pretrain_runs["data"]
     through, staged = tmp_path / "through", tmp_path / "staged"
-    run(through, same_data_dir, *plan)
+    uninterrupted = start(through, same_data_dir, *plan)  # beside the resumed run
     shutil.copytree(pretrain_runs["one"], staged)  # the plan stopped by --max_steps 3 (SHARDED_FLAGS)
     assert "Done: 6 steps" in run(staged, same_data_dir, *plan, "--resume", "auto").stdout
+    finish(uninterrupted)
     for key in ("learning_rate", "loss"):
         assert metrics(staged, key) == metrics(through, key), key
     lrs = metrics(through, "learning_rate")
@@ -825,23 +855,34 @@ def test_eos_id_without_a_document_mask_is_refused_by_pretraining_and_the_benchm
                             data_dir=str(same_data_dir), eos_id=7)  # fmt: skip
 
 
-def test_document_mask_run_records_it_and_a_resume_that_changes_it_is_refused(tmp_path, same_data_dir):
+def test_document_mask_run_records_it_and_a_resume_that_changes_it_is_refused(tmp_path, same_data_dir, capsys):
     """--document_mask trains (eos id 7 ends a document every 33 tokens of these samples), is in the checkpoint's
     hparams, and a resume with another mask is refused in one line before any step."""
+    from test_cli import refusal
+
     proc = run(tmp_path, same_data_dir, "--max_steps", "1", "--document_mask", "true", "--eos_id", "7")
     assert "attention within documents (eos id 7)" in proc.stdout
     hparams = torch.load(checkpoints_path := tmp_path / checkpoints(tmp_path)[-1], weights_only=True)["hparams"]
     assert (hparams["document_mask"], hparams["document_positions"], hparams["eos_id"]) == (True, False, 7)
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(same_data_dir), "--out_dir", str(tmp_path)]
-    cmd += ["--max_steps", "2", "--resume", "auto"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert error == [
+    # refused through the script's own `cli(setup)` in-process (a Python start with lightning costs ~10 s here): exit
+    # code 2 and this one line on stderr, nothing else
+    args = [
+        *COMMON,
+        "--data_dir",
+        str(same_data_dir),
+        "--out_dir",
+        str(tmp_path),
+        "--max_steps",
+        "2",
+        "--resume",
+        "auto",
+    ]
+    assert refusal(capsys, load_script().setup, *args) == (
         f"error: {checkpoints_path} was trained with --document_mask true --document_positions false --eos_id 7, "
         "this run has --document_mask false. Resume with --document_mask true --document_positions false --eos_id "
-        "7, or start a new run (another --out_dir, --initial_checkpoint_dir for its weights)"
-    ], proc.stderr[-2000:]
+        "7, or start a new run (another --out_dir, --initial_checkpoint_dir for its weights)\n"
+    )
+    assert checkpoints(tmp_path) == [checkpoints_path.name]  # no step of the refused run
 
 
 def flip_byte(path: Path) -> None:
