@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import random
 import string
 from pathlib import Path
@@ -47,10 +48,20 @@ def one_thread():
 
 
 def run_in_process(script: str, *args: str) -> str:
-    """`script`'s command line, run in this process (a Python start with lightning costs ~6 s); what it printed."""
-    printed = io.StringIO()
-    with one_thread(), contextlib.redirect_stdout(printed):
-        cli(load_script_at(script).setup, list(args))
+    """`script`'s command line, run in this process (a Python start with lightning costs ~6 s); what it printed.
+
+    Fabric makes this process a 1-process group and sets MASTER_PORT, LOCAL_RANK, ...: both are undone after, as
+    conftest.py's `_no_distributed_leftovers` does after each test (a module-scoped fixture runs before it saves the
+    environment), or later tests' subprocesses take themselves for launched ranks."""
+    printed, saved = io.StringIO(), dict(os.environ)
+    try:
+        with one_thread(), contextlib.redirect_stdout(printed):
+            cli(load_script_at(script).setup, list(args))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
     return printed.getvalue()
 
 
