@@ -28,7 +28,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lit_gpt.data.instruct import TemplateName  # noqa: E402
-from lit_gpt.lora import TARGETS, LoRAConfig, apply_lora, lora_state_dict  # noqa: E402
+from lit_gpt.lora import TARGETS, LoRAConfig, apply_lora, lora_state_dict, tied_head_refusal  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     check_compatible,
@@ -172,6 +172,8 @@ def setup(
     """
     hparams = {k: (str(v) if isinstance(v, Path) else v) for k, v in locals().items()}
     config = finetune_base(hparams, checkpoint_dir)
+    if lora_head and config.tie_embeddings:
+        raise ValueError(tied_head_refusal(config.name, "--lora_head true"))
     lora = LoRAConfig(
         lora_r, lora_alpha, lora_dropout, lora_query, lora_key, lora_value, lora_projection, lora_mlp, lora_head
     )

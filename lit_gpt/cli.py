@@ -23,6 +23,7 @@ import difflib
 import functools
 import importlib.util
 import inspect
+import io
 import linecache
 import math
 import os
@@ -118,6 +119,7 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
     """Parse the command line (`sys.argv[1:]` unless `args`) into `function`'s parameters and call it."""
     from jsonargparse import CLI  # lazy: the modules that import this one for UserError stay light
 
+    whole_lines(sys.stdout, sys.stderr)
     args = list(sys.argv[1:] if args is None else args)
     try:
         check_values_given(args)
@@ -133,6 +135,16 @@ def cli(function: Callable, args: Optional[Sequence[str]] = None) -> Any:
         else:
             raise
     refuse(message)
+
+
+def whole_lines(*streams: Any) -> None:
+    """Write every line of the text `streams` (stdout, stderr) in one piece. The processes of a run share their output
+    (a launcher's pipe, the job's log file), and unbuffered (`python -u`, PYTHONUNBUFFERED, as launchers and the tests
+    set) `print` writes its text and its newline apart: another process's line could land between them, two lines
+    joined into one and the next one's start lost (two ranks leaving a collective print at the same instant)."""
+    for stream in streams:
+        if isinstance(stream, io.TextIOWrapper) and stream.write_through:
+            stream.reconfigure(line_buffering=True, write_through=False)
 
 
 def checked(function: Callable) -> Callable:

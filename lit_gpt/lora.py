@@ -174,6 +174,15 @@ def apply_lora(model: nn.Module, lora: LoRAConfig) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def tied_head_refusal(name: str, what: str) -> str:
+    """The line that refuses an adapter on the output head of a model whose head is its token embedding: merged, the
+    head's update would have to go into the one weight that the embedding reads too."""
+    return (
+        f"{what}: the output head of {name} is its token embedding (tie_embeddings: one weight), which an adapter of "
+        "the head alone cannot be merged into; train with --lora_head false"
+    )
+
+
 def lora_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The adapter tensors of `model` by their state-dict names (`transformer.h.0.attn.attn.lora_A`, ...), on the CPU:
     nothing of the base model."""

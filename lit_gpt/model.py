@@ -80,6 +80,10 @@ class GPT(nn.Module):
         # a model materialized from the meta device (`to_empty`) gets a real rope cache, not uninitialized memory
         was_meta = self.cos.device.type == "meta"
         module = super()._apply(fn, *args, **kwargs)
+        if self.config.tie_embeddings and self.lm_head.weight is not self.transformer.wte.weight:
+            # `nn.Module._apply` gives each module a Parameter of its own when the tensor changes kind (meta -> CPU in
+            # `to_empty`): the head would train apart from the embedding and be saved as a second weight
+            self.lm_head.weight = self.transformer.wte.weight
         if was_meta and self.cos.device.type != "meta":
             self.reset_parameters()
         return module

@@ -158,9 +158,19 @@ def load_lit_state_dict(model_file: Path) -> Dict[str, torch.Tensor]:
 
 def save_lit_checkpoint(state_dict: Dict[str, torch.Tensor], config: Config, output_dir: Path) -> None:
     """`lit_config.json` and then `lit_model.pth`, the tensors in the order of `GPT(config).state_dict()`, each
-    written whole or not at all (`atomic_file`): a `lit_model.pth` there is a complete conversion."""
+    written whole or not at all (`atomic_file`): a `lit_model.pth` there is a complete conversion. A tied head
+    (`config.tie_embeddings`) is the embedding's tensor under both names, which `torch.save` writes once."""
     with torch.device("meta"):
         order = list(GPT(config).state_dict())
+    head, embedding = state_dict.get("lm_head.weight"), state_dict.get("transformer.wte.weight")
+    if config.tie_embeddings and head is not None and embedding is not None and head is not embedding:
+        if not torch.equal(head, embedding):
+            raise ValueError(
+                f"{config.name} ties its output head to the token embedding (tie_embeddings), but lm_head.weight and "
+                "transformer.wte.weight differ in these weights: they were trained apart, by a version of lit_gpt "
+                "that lost the tie when it initialized the model; train them again with this one"
+            )
+        state_dict = {**state_dict, "lm_head.weight": embedding}
     with atomic_file(output_dir / "lit_config.json") as tmp:
         config.to_file(tmp)
     write_sealed_mark(output_dir / "lit_model.pth")  # first: a lit_model.pth there always has it

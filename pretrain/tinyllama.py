@@ -719,7 +719,7 @@ def fit(
     prefetched = None
     # from here on, a step that does not complete in time ends every process with its stacks (a daemon thread: an
     # exception ends the run as before)
-    watchdog = Watchdog(out_dir, fabric.global_rank, fabric.world_size, h["watchdog_timeout"]).start()
+    watchdog = Watchdog(out_dir, fabric.global_rank, fabric.world_size, h["watchdog_timeout"], saver.in_flight).start()
     while state["step_count"] < max_steps:
         lr = schedule.lr(state["step_count"])
         for group in optimizer.param_groups:

@@ -119,7 +119,7 @@ def convert(
         copied = save_tokenizer_files(tokenizer_dir, staging, config.block_size, add_bos_token=separators.bos)
         write_separators(staging, separators)
         save_lit_checkpoint(state_dict, config, staging)
-    n_bytes = sum(t.nbytes for t in state_dict.values())
+    n_bytes = (output_dir / "lit_model.pth").stat().st_size  # a tied head is written once
     print(
         f"Wrote lit_config.json, lit_model.pth ({n_bytes / 1e6:.1f} MB), separators.json ({separators}) and "
         f"{', '.join(copied)} in {time.perf_counter() - t0:.1f}s"

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from lit_gpt.convert import LIT_OUTPUTS  # noqa: E402
 from lit_gpt.data.separators import Separators, read_separators, write_separators  # noqa: E402
 from lit_gpt.files import staged_output_dir  # noqa: E402
-from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora  # noqa: E402
+from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora, tied_head_refusal  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     find_latest,
@@ -101,6 +101,8 @@ def merge(
         lora = LoRAConfig(**hparams["lora"])
     except TypeError as e:
         raise ValueError(f"--lora_checkpoint {lora_checkpoint} records LoRA settings of another version: {e}") from None
+    if lora.head and config.tie_embeddings:
+        raise ValueError(tied_head_refusal(config.name, f"--lora_checkpoint {lora_checkpoint} adapts the head"))
     # the one reader of training checkpoints: memory-mapped, one-line refusals of a file that is not one
     adapter = dict(training_checkpoint_tensors(lora_checkpoint, trust_pickle=trust_pickle))
     with torch.device("meta"):

@@ -3,6 +3,7 @@
 import ast
 import importlib.util
 import inspect
+import io
 import re
 import subprocess
 import sys
@@ -97,6 +98,45 @@ def test_a_bug_keeps_its_traceback():
 
     with pytest.raises(ValueError, match="invalid literal"):
         cli(main, args=[])
+
+
+class Writes(io.RawIOBase):
+    """A file descriptor, as `python -u` writes to it: what each write call gave."""
+
+    def __init__(self) -> None:
+        self.calls: List[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.calls.append(bytes(data))
+        return len(data)
+
+
+def test_every_line_of_an_entry_point_is_written_in_one_piece(monkeypatch):
+    """The processes of a run share one output: unbuffered (PYTHONUNBUFFERED), `print` wrote a line's text and its
+    newline in two writes, and another process's line could land between them (two ranks' lines joined in one, as the
+    two-process test of background saves saw). Every line of an entry point is one write."""
+    from lit_gpt.cli import cli
+
+    out, err = Writes(), Writes()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(out, encoding="utf-8", write_through=True))
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(err, encoding="utf-8", write_through=True))
+
+    def main(ranks: str = "01") -> None:
+        """Args:
+        ranks: the ranks named
+        """
+        for i in map(int, ranks):
+            print(f"step {i}", flush=True)
+            print(f"Checkpoint save paused at writing on rank {i}", file=sys.stderr, flush=True)
+        print("a", "b", sep=" | ", end="\n", file=sys.stderr)
+
+    cli(main, args=["--ranks", "0123"])
+    sys.stderr.flush()
+    assert out.calls == [f"step {i}\n".encode() for i in range(4)]
+    assert err.calls == [f"Checkpoint save paused at writing on rank {i}\n".encode() for i in range(4)] + [b"a | b\n"]
 
 
 def test_plotting_refusal_through_the_script(tmp_path):

@@ -2,7 +2,10 @@
 depth and width with every switch of the entry kept: logits, loss and gradients within 1e-5 (float32, CPU); their
 Hugging Face config.json files read into the registry's entries, and what lit's GPT does not compute refused by name."""
 
+import contextlib
+import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -241,6 +244,80 @@ def test_each_family_pretrains_from_model_config_and_resumes_bit_identically_aft
     final, resumed = model_weights(full / "step-00000004.pth"), model_weights(killed / "step-00000004.pth")
     assert final.keys() == resumed.keys()
     assert all(torch.equal(final[k], resumed[k]) for k in final)
+
+
+def test_two_process_fsdp2_run_of_a_tied_shape_matches_one_process_and_keeps_the_head_one_weight(tmp_path, tokens_dir):
+    """Llama 3.2's tied head through FSDP2 on 2 CPU processes (gloo): the losses of one process with the same global
+    batch; the head is the embedding in every checkpoint (trained as one weight: lost once to the meta device's
+    `to_empty`), and after a resume; the lit checkpoint and the Hugging Face export store it once."""
+    from prepared_data import load_script
+    from test_pretrain import SHARDED_FLAGS, _env, metrics, model_weights
+
+    model_config = write_reduced_config_json("Llama-3.2-1B", tmp_path / "llama")
+    for devices in (1, 2):
+        cmd = pretrain_command(tmp_path / f"p{devices}", tokens_dir, model_config, *SHARDED_FLAGS)
+        cmd[cmd.index("--devices") + 1] = str(devices)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = tmp_path / "p1", tmp_path / "p2"
+    for key in ("loss", "grad_norm", "val_loss"):
+        expected, actual = metrics(one, key), metrics(two, key)
+        assert expected.keys() == actual.keys() and expected, key
+        assert all(actual[s] == pytest.approx(expected[s], rel=1e-4) for s in expected), (key, expected, actual)
+    sharded = two / "step-00000003.pth"
+    assert sharded.is_dir()
+    weights_one, weights_two = model_weights(one / "step-00000003.pth"), model_weights(sharded)
+    for weights in (weights_one, weights_two):
+        assert torch.equal(weights["lm_head.weight"], weights["transformer.wte.weight"])
+    for name, tensor in weights_one.items():
+        torch.testing.assert_close(weights_two[name], tensor, rtol=1e-4, atol=1e-5)
+
+    # resumed on 2 processes from the sharded step 2: step 3 bit for bit, the head still the embedding
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    shutil.rmtree(resumed / "step-00000003.pth")
+    cmd = pretrain_command(resumed, tokens_dir, model_config, *SHARDED_FLAGS, "--resume", "auto")
+    cmd[cmd.index("--devices") + 1] = "2"
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0 and "Resumed at step 2" in proc.stdout, proc.stderr[-3000:]
+    weights_resumed = model_weights(resumed / "step-00000003.pth")
+    assert all(torch.equal(weights_resumed[name], tensor) for name, tensor in weights_two.items())
+
+    # the lit checkpoint holds one tensor under both names (written once), the export one embed_tokens.weight
+    tokenizer = tmp_path / "bpe"
+    with contextlib.redirect_stdout(io.StringIO()):
+        load_script("train_tokenizer").train(input=str(Path(__file__).parent / "tokenizer_corpus.txt"),
+                                             output_dir=tokenizer, vocab_size=512, kind="bpe")  # fmt: skip
+        load_script("convert_pretrained_checkpoint").convert(sharded, tokenizer, output_dir=tmp_path / "lit")
+        load_script("convert_lit_checkpoint").convert(tmp_path / "lit", tmp_path / "hf")
+    lit = torch.load(tmp_path / "lit" / "lit_model.pth", weights_only=True)
+    head, embedding = lit["lm_head.weight"], lit["transformer.wte.weight"]
+    assert head.untyped_storage().data_ptr() == embedding.untyped_storage().data_ptr()
+    assert (tmp_path / "lit" / "lit_model.pth").stat().st_size < sum(t.nbytes for t in lit.values()) - head.nbytes / 2
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "hf" / "model.safetensors")
+    assert "lm_head.weight" not in exported and torch.equal(exported["model.embed_tokens.weight"], embedding)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype=torch.float32)
+    ours = GPT(read_model_config(model_config))
+    ours.load_state_dict(lit)
+    ours.fused_loss = False
+    idx = torch.randint(0, 512, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx)[..., :512], atol=1e-5, rtol=1e-5)
+
+
+def test_a_tied_checkpoint_whose_head_was_trained_apart_is_not_written_as_tied(tmp_path):
+    """Weights of a tied shape with lm_head.weight apart from the embedding (what pretraining saved while the tie was
+    lost): written tied, the head would silently become the embedding."""
+    from lit_gpt.weights import save_lit_checkpoint
+
+    config = reduced("Qwen3-0.6B")
+    state_dict = dict(GPT(config).state_dict())
+    state_dict["lm_head.weight"] = state_dict["lm_head.weight"] + 1
+    with pytest.raises(ValueError, match="lm_head.weight and transformer.wte.weight differ in these weights"):
+        save_lit_checkpoint(state_dict, config, tmp_path)
+    assert not (tmp_path / "lit_model.pth").exists()
 
 
 def test_model_config_that_asks_for_what_lit_does_not_compute_is_one_error_line(tmp_path, tokens_dir, capsys):

@@ -467,11 +467,13 @@ SAVE_PHASES = ("staging", "writing", "publishing")
 
 
 def _test_hook(phase: str, rank: int, path: Path) -> None:
-    """`LIT_GPT_TEST_SAVE_PAUSE=PHASE`, `PHASE:STEP` (the save of that step only) or `PHASE:STEP:SECONDS` (a pause of
-    that many seconds instead of an hour); `LIT_GPT_TEST_SAVE_FAIL_RANK=RANK` or `RANK:STEP`."""
+    """`LIT_GPT_TEST_SAVE_PAUSE=PHASE`, `PHASE:STEP` (the save of that step only), `PHASE:STEP:SECONDS` (a pause of
+    that many seconds instead of an hour) or `PHASE:STEP:SECONDS:RANK` (on that process only);
+    `LIT_GPT_TEST_SAVE_FAIL_RANK=RANK` or `RANK:STEP`."""
     step = STEP_PATTERN.match(path.name.removesuffix(".tmp"))
     pause = os.environ.get(SAVE_PAUSE_ENV, "").split(":")
-    if pause[0] == phase and (len(pause) == 1 or (step and pause[1] == str(int(step[1])))):
+    here = len(pause) < 4 or pause[3] == str(rank)
+    if pause[0] == phase and here and (len(pause) == 1 or (step and pause[1] == str(int(step[1])))):
         print(f"Checkpoint save paused at {phase} on rank {rank} ({SAVE_PAUSE_ENV})", file=sys.stderr, flush=True)
         time.sleep(float(pause[2]) if len(pause) > 2 else 3600)
     if phase == "writing" and os.environ.get(SAVE_FAIL_ENV) in (str(rank), f"{rank}:{int(step[1]) if step else ''}"):
@@ -491,12 +493,18 @@ class CheckpointSaver:
     its error (one line for a full disk, naming the process that failed) on every process: call it at the same points
     on every process (`save` does, before the next save; the training loop before it stops on a signal and at the end
     of training).
+
+    `in_flight()` says where the save in flight is (for the hang watchdog's report: a write that never ends, or a
+    process that never agrees, stops the training at the next `wait()` until the watchdog ends the run).
     """
 
     def __init__(self, fabric: L.Fabric, out_dir: Path, keep_last: Optional[int], background: bool) -> None:
         self.fabric, self.out_dir, self.keep_last, self.background = fabric, out_dir, keep_last, background
         self._buffers: Dict[str, torch.Tensor] = {}  # the staging copies, kept from one save to the next
         self._thread: Optional[threading.Thread] = None
+        # the save in flight: its name, when it began, its phase here, whether the training waits for it
+        self._name: Optional[str] = None
+        self._began, self._phase, self._waited = 0.0, "", False
         self._outcome: Tuple[Dict[int, Tuple[str, str]], Path] = ({}, out_dir)
         self._group = None
         if background and fabric.world_size > 1:
@@ -517,6 +525,7 @@ class CheckpointSaver:
         self.wait()
         t0 = time.perf_counter()
         tmp = path.with_name(path.name + ".tmp")
+        self._name, self._began, self._phase = path.name, time.monotonic(), "copying the state to memory"
         _test_hook("staging", fabric.global_rank, tmp)
         tensors, metadata = self._stage(state)
         copied = None
@@ -536,14 +545,23 @@ class CheckpointSaver:
         """Block until the background save in flight (if any) is published; raise its error on every process."""
         if self._thread is None:
             return
+        self._waited = True
         self._thread.join()
-        self._thread = None
+        self._thread, self._name, self._waited = None, None, False
         failures, tmp = self._outcome
         if failures:  # the same on every process: one line, naming the process that failed
             rank, (kind, line) = next(iter(failures.items()))
             where = f" on process {rank}" if self.fabric.world_size > 1 else ""
             message = f"Saving {tmp.name[: -len('.tmp')]} failed{where}: {line}"
             raise UserError(message) if kind == "refusal" else RuntimeError(message)
+
+    def in_flight(self) -> Optional[str]:
+        """Where the background save in flight is, in words (None when none is)."""
+        name = self._name  # read once: the writer thread changes these
+        if name is None:
+            return None
+        waits = "; the training waits for it" if self._waited else ""
+        return f"background save of {name} in flight for {time.monotonic() - self._began:.0f}s: {self._phase}{waits}"
 
     def _prune(self, path: Path) -> None:
         if self.fabric.global_rank == 0 and (pruned := prune_checkpoints(self.out_dir, self.keep_last, path)):
@@ -582,7 +600,20 @@ class CheckpointSaver:
             return buffer.copy_(obj.detach(), non_blocking=pin)
         return copy.deepcopy(obj)
 
-    def _write(self, tmp, path, tensors, metadata, copied, prune, started) -> None:
+    def _write(self, tmp, path, *args) -> None:
+        """The writer thread: `_write_and_agree`, whose outcome is a failure unless it ends (an exception that escapes
+        it, such as a collective whose peer died, used to leave the previous save's outcome: a success)."""
+        rank = self.fabric.global_rank
+        self._outcome = ({rank: ("error", "its background write ended without a result")}, tmp)
+        try:
+            self._write_and_agree(tmp, path, *args)
+        except BaseException as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            line = f"{type(e).__name__}{': ' + first if first else ''} (another process may have stopped)"
+            self._outcome = ({rank: ("error", line)}, tmp)
+            self._phase = "failed"
+
+    def _write_and_agree(self, tmp, path, tensors, metadata, copied, prune, started) -> None:
         rank, error = self.fabric.global_rank, None
         try:
             if rank == 0:
@@ -591,15 +622,17 @@ class CheckpointSaver:
                 copied.synchronize()  # the copies queued behind the step
         except Exception as e:
             error = e
+        self._phase = "agreeing with the other processes to begin"
         failed = self._agree(error, tmp, tensors)  # also: no process writes there before the removal
         try:
+            self._phase = "writing"
             if failed:
                 pass
             elif self.fabric.world_size == 1:
                 torch.save({**tensors, **metadata}, tmp)
                 _test_hook("writing", rank, tmp)  # written, not yet agreed on
             else:
-                writer = _HookedWriter(tmp, rank)
+                writer = _HookedWriter(tmp, rank, self._written)
                 try:
                     dcp.save(tensors, storage_writer=writer, process_group=self._group)
                 except CheckpointException as e:  # raised on every process when one failed: this one's own error
@@ -608,9 +641,11 @@ class CheckpointSaver:
                     torch.save(metadata, tmp / "meta.pt")
         except Exception as e:
             error = error or e
+        self._written()
         failed = failed or self._agree(error, tmp, tensors)
         if not failed and rank == 0:
             try:
+                self._phase = "publishing (digests, rename)"
                 _test_hook("publishing", rank, tmp)
                 _publish(tmp, path)
                 self.fabric.print(f"Saved {path} (written in {time.perf_counter() - started:.2f}s in the background)")
@@ -618,11 +653,16 @@ class CheckpointSaver:
                     self._prune(path)
             except Exception as e:
                 error = e
+        self._phase = "agreeing with the other processes on its publication"
         failed = failed or self._agree(error, tmp, tensors)
         if failed and (rank == 0 or error is not None) and not path.exists():
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
                 remove(tmp)
         self._outcome = (failed, tmp)
+        self._phase = "done"
+
+    def _written(self) -> None:
+        self._phase = "written here, waiting for the other processes to finish their part and agree"
 
     def _agree(self, error: Optional[BaseException], tmp: Path, tensors: Any = None) -> Dict[int, Tuple[str, str]]:
         """rank -> ("refusal" or "error", one line) of the processes whose save failed, the same on every process
@@ -644,17 +684,19 @@ class _HookedWriter(FileSystemWriter):
     """torch.distributed.checkpoint's file writer, with the test hooks of a background save (`_test_hook`); it keeps
     the error of this process's write, which DCP raises on every process wrapped with the others'."""
 
-    def __init__(self, path: Path, rank: int) -> None:
+    def __init__(self, path: Path, rank: int, written: Callable[[], None]) -> None:
         super().__init__(path)
-        self.rank, self.error = rank, None
+        self.rank, self.error, self.written = rank, None, written
 
     def write_data(self, plan: Any, planner: Any) -> Any:
         try:
             _test_hook("writing", self.rank, Path(self.path))
-            return super().write_data(plan, planner)
+            result = super().write_data(plan, planner)
         except Exception as e:
             self.error = e
             raise
+        self.written()  # DCP gathers every process's result next
+        return result
 
 
 ########################

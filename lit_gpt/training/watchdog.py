@@ -4,11 +4,13 @@ filesystem) ends every process with a report instead of waiting for the collecti
 `Watchdog` is a thread of each process. The training loop calls `beat()` whenever it completes an optimizer step (and
 around validation and saves, whose pauses are not hangs). When no beat came within the limit, the process writes
 `<out_dir>/logs/hang-rank<R>.txt`: which rank, the step it last completed, the last collective the training entered
-(name, sequence number, and whether it returned), the Python stack of every thread (`faulthandler`), and the ranks that
-did not arrive; it prints one line naming the file, and exits with code 124 so that the scheduler restarts the job
-(`--resume auto` takes the last complete checkpoint). The processes compare notes through the rendezvous store (a TCP
-key-value store that works when the collectives do not): a rank that entered fewer collectives than the others is the
-one that did not arrive; a rank that wrote no note is dead or stuck outside Python.
+(name, sequence number, and whether it returned), the checkpoint being written in the background if one is (its phase: a
+write that never ends, or a process that never agrees, stops the training at its next save, which waits for it), the
+Python stack of every thread (`faulthandler`), and the ranks that did not arrive; it prints one line naming the file,
+and exits with code 124 so that the scheduler restarts the job (`--resume auto` takes the last complete checkpoint). The
+processes compare notes through the rendezvous store (a TCP key-value store that works when the collectives do not): a
+rank that entered fewer collectives than the others is the one that did not arrive; a rank that wrote no note is dead or
+stuck outside Python.
 
 The limit is `--watchdog_timeout` seconds, or by default `MULTIPLE` times the median of the recent step times, at
 least `FLOOR` seconds (three times that before the first `SETTLE` steps, which include compilation).
@@ -17,6 +19,8 @@ The last collective is recorded by wrapping torch.distributed's collective funct
 FSDP2, Fabric and DCP call through the module: the name and a counter per call, nothing else.
 """
 
+import atexit
+import contextlib
 import faulthandler
 import functools
 import inspect
@@ -27,7 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -75,20 +79,40 @@ def _recorded(fn, name: str):
 
 
 class Watchdog:
-    def __init__(self, out_dir: Path, rank: int, world_size: int, timeout: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        rank: int,
+        world_size: int,
+        timeout: Optional[float] = None,
+        activity: Callable[[], Optional[str]] = lambda: None,
+    ) -> None:
+        """`activity()`: what else the process is doing that the training may wait for (a checkpoint written in the
+        background: `CheckpointSaver.in_flight`), said in the report."""
         self.out_dir, self.rank, self.world_size, self.timeout = Path(out_dir), rank, world_size, timeout
+        self.activity = activity
         self.step: Optional[int] = None
         self._last_beat = time.monotonic()
         self._step_times: List[float] = []
         self._steps_seen = 0
         self._stopped = threading.Event()
+        self._firing = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="lit_gpt watchdog", daemon=True)
 
     def start(self) -> "Watchdog":
         if self.timeout != 0:
             record_collectives()
             self._thread.start()
+            atexit.register(self._end_of_firing)
         return self
+
+    def _end_of_firing(self) -> None:
+        """At the exit of a process whose watchdog is writing its report: the main thread may end meanwhile (a peer
+        that exited broke a collective it waited in), which used to cut the report short and exit with another code
+        than the one a scheduler restarts on. The report is finished and the exit code is the watchdog's."""
+        if self._firing.is_set():
+            self._thread.join(timeout=60)
+            os._exit(EXIT_CODE)
 
     def beat(self, step: Optional[int] = None) -> None:
         """A step completed (`step`), or some other progress (validation, a save: no step time is measured)."""
@@ -123,6 +147,7 @@ class Watchdog:
                 self._fire(waited)
 
     def _fire(self, waited: float) -> None:
+        self._firing.set()
         folder = self.out_dir / "logs"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"hang-rank{self.rank}.txt"
@@ -131,6 +156,9 @@ class Watchdog:
             f"completed for {waited:.0f}s (limit {self.limit():.0f}s) after step {self.step}; last collective: "
             f"{describe_collective()}"
         )
+        with contextlib.suppress(Exception):  # the report comes first
+            if (doing := self.activity()) is not None:
+                header += f"; {doing}"
         with open(path, "w") as f:  # the stacks first: a launcher that ends first may kill this process
             f.write(header + "\n\n")
             f.flush()
