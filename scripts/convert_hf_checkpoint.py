@@ -89,7 +89,8 @@ def convert(
     separators = separators_of_tokenizer(checkpoint_dir)
     # beside the Hugging Face files, the new folder holds hard links to them: the swap never copies or loses them
     script = "convert_hf_checkpoint.py"
-    needed = sum(t.nbytes for t in state_dict.values())  # what a full disk's message says is needed
+    # the room it needs before it starts, and what a full disk's message says: a tied head's tensor is written once
+    needed = sum({(t.data_ptr(), t.nbytes): t.nbytes for t in state_dict.values()}.values())
     with staged_output_dir(output_dir, overwrite, outputs, script, inputs, False, needed) as staging:
         copied = copy_tokenizer_files(checkpoint_dir, staging) if not beside else []
         write_separators(staging, separators)

@@ -90,8 +90,10 @@ def convert(
     t0 = time.perf_counter()
     inputs = {"--checkpoint_dir": checkpoint_dir}
     target = getattr(torch, dtype) if dtype else None
-    # what a full disk's message says is needed: the weights in the dtype written (the tokenizer files are small)
-    needed = sum(v.numel() * (target or v.dtype).itemsize for v in state_dict.values())
+    # the room it needs before it starts, and what a full disk's message says: the weights in the dtype written (the
+    # tokenizer files are small), a tied head not among them (Hugging Face's tied checkpoints store the embedding once)
+    tied_head = {"lm_head.weight"} if config.tie_embeddings else set()
+    needed = sum(v.numel() * (target or v.dtype).itemsize for k, v in state_dict.items() if k not in tied_head)
     script = "convert_lit_checkpoint.py"
     with staged_output_dir(output_dir, overwrite, HF_OUTPUTS, script, inputs, needed_bytes=needed) as staging:
         items = ((k, v.to(target) if target else v) for k, v in lit_to_hf(state_dict.items(), config))

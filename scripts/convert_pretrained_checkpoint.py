@@ -109,7 +109,8 @@ def convert(
     check_weights(training_checkpoint_shapes(checkpoint_file, trust_pickle), config, str(checkpoint_file), hint)
     inputs = {"--checkpoint_file": checkpoint_file, "--tokenizer_dir": tokenizer_dir}
     t0 = time.perf_counter()
-    needed = training_checkpoint_nbytes(checkpoint_file, trust_pickle)  # what a full disk's message says is needed
+    # the room it needs before it starts, and what a full disk's message says (a tied head is written once)
+    needed = training_checkpoint_nbytes(checkpoint_file, trust_pickle, config.tie_embeddings)
     script = "convert_pretrained_checkpoint.py"
     with staged_output_dir(output_dir, overwrite, LIT_OUTPUTS, script, inputs, needed_bytes=needed) as staging:
         kind = "sharded" if is_distributed_checkpoint(checkpoint_file) else "single-file"

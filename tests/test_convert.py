@@ -468,6 +468,49 @@ def test_hf_import_of_tied_embeddings_gives_transformers_logits(tmp_path):
     assert _max_logit_difference(theirs, tmp_path / "lit") <= 1e-5
 
 
+def test_the_room_a_tied_hf_import_and_export_need_counts_its_one_weight_once(
+    tmp_path, monkeypatch, export_tokenizer_dir
+):
+    """The free space that a conversion needs before it starts ('check_room') counted the tied head and the
+    embedding, one tensor, twice: a disk with room for lit_model.pth (or model.safetensors) was refused."""
+    import shutil
+
+    from scripts.convert_hf_checkpoint import convert
+
+    _tiny_hf_llama(tie_word_embeddings=True).save_pretrained(tmp_path / "tied")
+    convert(tmp_path / "tied", output_dir=tmp_path / "lit")
+    size = (tmp_path / "lit" / "lit_model.pth").stat().st_size
+    embedding = torch.load(tmp_path / "lit" / "lit_model.pth", weights_only=True)["transformer.wte.weight"].nbytes
+    assert embedding > size * 0.05  # the double count would exceed the room below
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=int(size * 1.02)))
+    convert(tmp_path / "tied", output_dir=tmp_path / "lit2")
+    assert (tmp_path / "lit2" / "lit_model.pth").stat().st_size == size
+    # and back: the export stores the embedding once too
+    from scripts.convert_lit_checkpoint import convert as export
+
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    for tokenizer_file in export_tokenizer_dir.glob("tokenizer*"):  # the tiny model's files have none
+        shutil.copy(tokenizer_file, tmp_path / "lit")
+    export(checkpoint_dir=tmp_path / "lit", output_dir=tmp_path / "hf")
+    size = (tmp_path / "hf" / "model.safetensors").stat().st_size
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=int(size * 1.02)))
+    export(checkpoint_dir=tmp_path / "lit", output_dir=tmp_path / "hf2")
+    assert (tmp_path / "hf2" / "model.safetensors").stat().st_size == size
+
+
+def test_the_room_a_tied_training_checkpoint_needs_counts_its_one_weight_once(tmp_path):
+    """convert_pretrained_checkpoint's room ('check_room') counted a tied head, written once in lit_model.pth, as a
+    second tensor."""
+    from lit_gpt.training.checkpoint import training_checkpoint_nbytes
+
+    embedding, other = torch.zeros(512, 64), torch.zeros(64, 64)
+    model = {"transformer.wte.weight": embedding, "lm_head.weight": embedding, "transformer.ln_f.weight": other}
+    torch.save({"model": model, "step_count": 1}, tmp_path / "step-00000001.pth")
+    assert training_checkpoint_nbytes(tmp_path / "step-00000001.pth", tied=True) == embedding.nbytes + other.nbytes
+    assert training_checkpoint_nbytes(tmp_path / "step-00000001.pth") == 2 * embedding.nbytes + other.nbytes
+
+
 def test_hf_import_of_llama3_rope_scaling_gives_transformers_logits(tmp_path):
     """Llama 3's RoPE frequency scaling, read from config.json into `rope_adjustments`."""
     from scripts.convert_hf_checkpoint import convert

@@ -986,12 +986,17 @@ def training_checkpoint_shapes(path: Path, trust_pickle: bool = False) -> Dict[s
     return {name: t.shape for name, t in _single_file_model(path, trust_pickle).items()}
 
 
-def training_checkpoint_nbytes(path: Path, trust_pickle: bool = False) -> int:
-    """Bytes of the model weights of a training checkpoint, in the dtype saved, read without loading any tensor."""
+def training_checkpoint_nbytes(path: Path, trust_pickle: bool = False, tied: bool = False) -> int:
+    """Bytes of the model weights of a training checkpoint, in the dtype saved, read without loading any tensor; with
+    `tied` (`config.tie_embeddings`) the head, the embedding's tensor under a second name, which a lit checkpoint
+    writes once, is not counted."""
+    skip = {"lm_head.weight"} if tied else set()
     if is_distributed_checkpoint(path):
-        entries = _dcp_model_entries(path, trust_pickle).values()
-        return sum(meta.size.numel() * meta.properties.dtype.itemsize for _, meta in entries)
-    return sum(t.nbytes for t in _single_file_model(path, trust_pickle).values())
+        entries = _dcp_model_entries(path, trust_pickle)
+        return sum(
+            meta.size.numel() * meta.properties.dtype.itemsize for k, (_, meta) in entries.items() if k not in skip
+        )
+    return sum(t.nbytes for k, t in _single_file_model(path, trust_pickle).items() if k not in skip)
 
 
 def training_checkpoint_tensors(
