@@ -24,26 +24,32 @@ def data(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("data"), same_tokens, 40)
 
 
-def test_a_rank_stuck_in_a_step_ends_every_process_with_its_stacks(tmp_path, data):
-    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path), "--devices", "2",
-           "--max_steps", "6", "--save_interval", "100", "--watchdog_timeout", str(LIMIT)]  # fmt: skip
+def run_until_it_ends(cmd, env: dict, stuck_at: str, timeout: float):
+    """Run `cmd` (a process group) with `env` added until it prints a line starting with `stuck_at`, then wait for its
+    end: (the process, its whole output, the seconds from that line to the end). Killed if it outlives `timeout`."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**_env(), HANG_ENV: "1:2"}, start_new_session=True)  # fmt: skip
+                            env={**_env(), **env}, start_new_session=True)  # fmt: skip
     lines = []
     try:
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("step 1/"):
+            if line.startswith(stuck_at):
                 break
         stuck_since = time.monotonic()
         lines += proc.stdout.readlines()
-        proc.wait(timeout=LIMIT + 90)
+        proc.wait(timeout=timeout)
         ended_after = time.monotonic() - stuck_since
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
-    out = "".join(lines)
+    return proc, "".join(lines), ended_after
+
+
+def test_a_rank_stuck_in_a_step_ends_every_process_with_its_stacks(tmp_path, data):
+    cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path), "--devices", "2",
+           "--max_steps", "6", "--save_interval", "100", "--watchdog_timeout", str(LIMIT)]  # fmt: skip
+    proc, out, ended_after = run_until_it_ends(cmd, {HANG_ENV: "1:2"}, "step 1/", LIMIT + 90)
     assert proc.returncode == EXIT_CODE, out[-3000:]
     assert ended_after < LIMIT + 60, ended_after  # the limit, the notes compared, the exit
     assert "step 2/" not in out, out[-3000:]
@@ -65,23 +71,8 @@ def test_a_background_save_that_never_ends_on_one_rank_ends_every_process_with_i
     cmd = [sys.executable, str(SCRIPT), *COMMON, "--data_dir", str(data), "--out_dir", str(tmp_path), "--devices", "2",
            "--max_steps", "6", "--save_interval", "2", "--eval_interval", "100", "--async_save", "true",
            "--watchdog_timeout", str(LIMIT)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**_env(), SAVE_PAUSE_ENV: "writing:2:3600:1"}, start_new_session=True)  # fmt: skip
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("Checkpoint save paused at writing on rank 1"):
-                break
-        stuck_since = time.monotonic()
-        lines += proc.stdout.readlines()
-        proc.wait(timeout=LIMIT + 150)
-        ended_after = time.monotonic() - stuck_since
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-    out = "".join(lines)
+    paused = "Checkpoint save paused at writing on rank 1"
+    proc, out, ended_after = run_until_it_ends(cmd, {SAVE_PAUSE_ENV: "writing:2:3600:1"}, paused, LIMIT + 150)
     assert proc.returncode == EXIT_CODE, out[-3000:]
     assert ended_after < LIMIT + 90, ended_after  # two CPU steps, the limit, the notes compared, the exit
     assert "step 4/" in out and "step 5/" not in out and "Saved " not in out, out[-3000:]

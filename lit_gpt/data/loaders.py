@@ -427,8 +427,11 @@ class BatchIdCheck:
         device's queued work, paid only by the runs that read such folders."""
         bad = None
         for batch in batches:
-            if batch.numel() and not (0 <= int(batch.min()) and int(batch.max()) < self.vocab_size):
-                bad = int(batch.max()) if int(batch.max()) >= self.vocab_size else int(batch.min())
+            if not batch.numel():
+                continue
+            low, high = int(batch.min()), int(batch.max())
+            if low < 0 or high >= self.vocab_size:
+                bad = high if high >= self.vocab_size else low
                 break
         if fabric is not None and fabric.world_size > 1:
             # the largest offending id of any process (a token id is exact in float64); -inf where none

@@ -519,17 +519,23 @@ def recorded_max_token_id(path: Path) -> Optional[int]:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def prepared_separators(path: Path) -> Separators:
-    """The separator convention recorded in a prepared folder's `prepare.json`; the default (eos after each document)
-    for a folder prepared before it was recorded, or without a `prepare.json`. One that cannot be read is refused: the
-    default would be a guess (a bos-only preparation read as eos, and its model prompted so)."""
+def read_manifest(path: Path) -> dict:
+    """A prepared folder's `prepare.json`: {} where there is none (a folder prepared before it was written) or where it
+    holds no mapping; one that cannot be read is refused (what it records would be a guess)."""
     manifest_path = Path(path) / MANIFEST
     try:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     except (OSError, ValueError) as e:
         raise UserError(f"{manifest_path} cannot be read ({e}): prepare {path} again") from None
-    recorded = manifest.get("separators") if isinstance(manifest, dict) else None
-    return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, str(manifest_path))
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def prepared_separators(path: Path) -> Separators:
+    """The separator convention recorded in a prepared folder's `prepare.json`; the default (eos after each document)
+    for a folder prepared before it was recorded, or without a `prepare.json`. One that cannot be read is refused: the
+    default would be a guess (a bos-only preparation read as eos, and its model prompted so)."""
+    recorded = read_manifest(path).get("separators")
+    return DEFAULT_SEPARATORS if recorded is None else Separators.from_dict(recorded, str(Path(path) / MANIFEST))
 
 
 def _finish(
@@ -583,11 +589,7 @@ def recorded_chunks(path: Path) -> Optional[Dict[str, Dict[str, object]]]:
     """The chunk sizes and digests that a prepared folder's `prepare.json` records (`chunk_digests`); None for a folder
     prepared before they were recorded, or without a `prepare.json`. A record that cannot be read is refused."""
     manifest_path = Path(path) / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise UserError(f"{manifest_path} cannot be read ({e}): prepare {path} again") from None
-    chunks = manifest.get("chunks") if isinstance(manifest, dict) else None
+    chunks = read_manifest(path).get("chunks")
     if chunks is None:
         return None
     valid = isinstance(chunks, dict) and all(
