@@ -40,12 +40,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import lightning as L
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from lightning.fabric.strategies.model_parallel import _load_raw_module_state
-from lightning.fabric.wrappers import _unwrap_objects
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
@@ -72,6 +69,7 @@ from lit_gpt.files import (
     write_checksums,
     write_failure,
 )
+from lit_gpt.training.fabric import L, _load_raw_module_state, _unwrap_objects
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import load_lit_state_dict, strip_wrapper_prefixes
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import lightning as L
 import torch
 
 from lit_gpt.cli import UserError
@@ -41,6 +40,7 @@ from lit_gpt.training.checkpoint import (
     save_checkpoint,
     save_pruned,
 )
+from lit_gpt.training.fabric import L
 from lit_gpt.training.logger import format_metrics
 from lit_gpt.training.lr import cosine_lr, warmup_warning
 from lit_gpt.training.optimizer import check_optimizer_flags

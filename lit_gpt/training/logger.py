@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Literal
 
-from lightning.fabric.loggers import Logger, TensorBoardLogger
+from lit_gpt.training.fabric import Logger, TensorBoardLogger
 
 
 def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, run_name: str) -> Logger:
@@ -15,8 +15,9 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
     if name == "tensorboard":
         return TensorBoardLogger(root_dir=out_dir / "logs", name="tensorboard")
     if name == "csv":
-        # Lightning's (not Fabric's) CSV logger: it also writes the hyperparameters (hparams.yaml)
-        from lightning.pytorch.loggers import CSVLogger  # lazy: lightning.pytorch is heavy, only for this logger
+        # Lightning's (not Fabric's) CSV logger: it also writes the hyperparameters (hparams.yaml); pytorch_lightning is
+        # the Lightning built on lightning_fabric, the Fabric of lit_gpt/training/fabric.py
+        from pytorch_lightning.loggers import CSVLogger  # lazy: pytorch_lightning is heavy, only for this logger
 
         return CSVLogger(save_dir=out_dir / "logs", name="csv", flush_logs_every_n_steps=1)
     if name == "wandb":
@@ -25,7 +26,7 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
                 "--logger_name wandb needs wandb, which this Python lacks: `pip install wandb`; or pass "
                 "--logger_name tensorboard or csv"
             )
-        from lightning.pytorch.loggers import WandbLogger  # lazy: heavy, and wandb is optional
+        from pytorch_lightning.loggers import WandbLogger  # lazy: heavy, and wandb is optional
 
         offline = not wandb_key_configured()
         return WandbLogger(project="lit-gpt-pretrain", name=run_name, save_dir=out_dir / "logs", offline=offline)
