@@ -289,6 +289,38 @@ def test_fabric_hides_torchmetrics_only_while_it_imports():
     assert proc.stdout.strip() == "ok", proc.stderr
 
 
+CSV_LOGGER_SCRIPT = """
+import sys
+from pathlib import Path
+from lit_gpt.training.logger import choose_logger
+
+logger = choose_logger("csv", Path(sys.argv[1]), "run")
+logger.log_hyperparams({"learning_rate": 0.003, "model_name": "micro-llama"})
+logger.log_metrics({"loss": 2.5}, step=1)
+logger.finalize("success")
+print("imported:", ",".join(m for m in ("lightning", "pytorch_lightning", "torchmetrics") if m in sys.modules))
+"""
+
+
+def test_the_csv_logger_writes_metrics_and_hparams_without_importing_lightning_pytorch(tmp_path):
+    """Lightning's CSVLogger wrote `hparams.yaml` beside `metrics.csv`, but importing it brought lightning.pytorch and
+    torchmetrics into every run with `--logger_name csv` (all of the suite's training runs)."""
+    import csv
+
+    import yaml
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CSV_LOGGER_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "imported: ", proc.stdout
+    version = tmp_path / "logs" / "csv" / "version_0"
+    hparams = yaml.safe_load((version / "hparams.yaml").read_text())
+    assert hparams == {"learning_rate": 0.003, "model_name": "micro-llama"}
+    rows = list(csv.DictReader((version / "metrics.csv").open()))
+    assert [(float(r["loss"]), int(r["step"])) for r in rows] == [(2.5, 1)]
+
+
 @pytest.mark.parametrize("script", ENTRY_POINTS)
 def test_the_light_pass_takes_every_value_that_the_full_parse_takes(script):
     """The light pass's stand-in for the entry function has the same flags, and each parameter's type and default is
