@@ -4,6 +4,7 @@ store the shared weight and its optimizer state once: a single file (one process
 number of processes, and so do sharded checkpoints written before (the weight under both names); the converter reads
 them and refuses a head that differs from the embedding."""
 
+import os
 import shutil
 import signal
 import subprocess
@@ -144,8 +145,9 @@ def test_a_tied_checkpoint_resumes_bit_identically_after_sigkill_on_another_numb
 ):
     """The run on 2 processes killed with SIGKILL after its step-2 checkpoint and resumed ends with the weights of the
     run that was not killed, bit for bit; its step-2 checkpoint resumed on 1 process ends as the run on 1 process did
-    (up to reduction order), the head still the embedding; and the step-2 checkpoint as the version before wrote it
-    (the weight twice) resumes on 2 processes to the same bits, its next checkpoint storing the weight once."""
+    (up to reduction order), the head still the embedding, and the 1-process step 2 resumed on 2 processes as the run
+    on 2 did; the step-2 checkpoint as the version before wrote it (the weight twice) resumes on 2 processes to the
+    same bits, its next checkpoint storing the weight once."""
     two = tied_runs["two"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen(command(killed, tied_runs, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -158,8 +160,6 @@ def test_a_tied_checkpoint_resumes_bit_identically_after_sigkill_on_another_numb
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
-            import os
-
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
     assert sorted(p.name for p in killed.glob("step-*")) == ["step-00000002.pth"]
@@ -178,6 +178,17 @@ def test_a_tied_checkpoint_resumes_bit_identically_after_sigkill_on_another_numb
     assert all(metrics(elastic)[step] == pytest.approx(one[step], rel=1e-4) for step in (3, 4))
     assert one_tensor(weights["lm_head.weight"], weights["transformer.wte.weight"])
     for name, tensor in model_weights(tied_runs["one"] / "step-00000004.pth").items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-5)
+
+    # and the other way: the single file of step 2 resumed on 2 processes, whose step-4 checkpoint is sharded
+    grown = tmp_path / "grown"
+    grown.mkdir()
+    shutil.copy(tied_runs["one"] / "step-00000002.pth", grown)
+    assert "Resumed at step 2" in run(command(grown, tied_runs, 2, "--resume", "auto"))
+    assert all(metrics(grown)[step] == pytest.approx(metrics(two)[step], rel=1e-4) for step in (3, 4))
+    assert stored_bytes(grown / "step-00000004.pth") == stored_bytes(two / "step-00000004.pth")
+    weights = model_weights(grown / "step-00000004.pth")
+    for name, tensor in final.items():
         torch.testing.assert_close(weights[name], tensor, rtol=1e-4, atol=1e-5)
 
     # a checkpoint of the version before: the weight under both names

@@ -1,7 +1,7 @@
 """Training checkpoints: `out_dir/step-{step:08d}.pth`, written atomically, found, checked and resumed.
 
 A checkpoint is a single `torch.save` file when one process trains, and a directory of shards (PyTorch distributed
-checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoint=True)`) when several do:
+checkpoint, in the layout of Fabric's `ModelParallelStrategy(save_distributed_checkpoint=True)`) when several do:
 
     step-00001000.pth                  one process: {"model": full lit state dict, "optimizer": ..., "hparams": ...,
                                        "train_dataloader": ..., "rng": ..., "iter_num": ..., "step_count": ..., ...}
@@ -16,7 +16,7 @@ the names left out (`"tied_weights": {"lm_head.weight": "transformer.wte.weight"
 Sharded checkpoints written before hold it under both names, and resume as they are.
 
 Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
-from lit_gpt.cli import UserError, rank
+checkpoint under a `step-*.pth` name.
 
 Everything in them is tensors and plain Python values: they load with `torch.load(..., weights_only=True)`. A sharded
 checkpoint's `.metadata` is a pickle too, which torch's own reader unpickles in full: `DCPReader` reads it with an
