@@ -339,6 +339,49 @@ def later_checkpoints(out_dir: Path, resume_from: Path) -> list:
     return sorted(later)
 
 
+def check_no_overwrite(out_dir: Path, resume: Any) -> None:
+    """Refuse a fresh run (`--resume false`) into an `out_dir` of an earlier one, and a resume from a checkpoint path
+    older than some in `out_dir`: either would overwrite them one by one."""
+    if not resume and (latest := find_latest(out_dir)):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
+            "overwrite them one by one. Pass `--resume auto` to continue that run, or another --out_dir to start "
+            "a new one."
+        )
+    if resume not in (False, True, "auto") and (later := later_checkpoints(out_dir, Path(resume))):
+        raise FileExistsError(
+            f"{out_dir} holds checkpoints of later steps than {Path(resume).name} ({', '.join(later)}): the resumed "
+            "run would overwrite them one by one, and `--resume auto` would meanwhile pick them up. Pass another "
+            "--out_dir for the resumed run, or move them away."
+        )
+
+
+def resume_from(resume: Any, out_dir: Path, trust_pickle: bool) -> Optional[Path]:
+    """The checkpoint that `--resume` names: None for `false`, the newest whole one in `out_dir` for `true` or `auto`
+    (`latest_to_resume`; None where there is none), else the path given."""
+    if not resume:
+        return None
+    return latest_to_resume(out_dir, trust_pickle) if resume in (True, "auto") else Path(resume)
+
+
+def fresh_state(model: Any, optimizer: Any, hparams: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    """What a training checkpoint holds, before the first step: the model, the optimizer and the run's settings; the
+    data position, the generators' states and the counts, which a resume restores; and a script's own `extra`
+    entries."""
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "hparams": hparams,
+        "train_dataloader": None,
+        "rng": None,
+        "iter_num": 0,
+        "step_count": 0,
+        "tokens_seen": 0,
+        "skipped_steps": 0,
+        **extra,
+    }
+
+
 def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None:
     """`fabric.save(path, state)` through a temporary name, renamed into place once every process has written.
 
