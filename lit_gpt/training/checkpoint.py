@@ -395,11 +395,15 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
     error = None
     if isinstance(state.get("hparams"), dict):  # what says, apart from the digest, that it has one
         state = {**state, "hparams": {**state["hparams"], DIGESTS: "sha256"}}
+    raised = False
     try:
         _save(fabric, tmp, state)
     except (OSError, RuntimeError) as e:
-        error = e
-    failed_elsewhere = _failed_elsewhere(fabric, error is not None)  # also the barrier after the writes
+        error, raised = e, True
+    except CheckpointException as e:  # a BaseException, raised on every process where one process' write failed
+        own = e.failures.get(getattr(fabric, "global_rank", 0))
+        error, raised = (own[0] if own else None), True
+    failed_elsewhere = _failed_elsewhere(fabric, raised)  # also the barrier after the writes
     if error is not None or failed_elsewhere:
         if fabric.global_rank == 0 or error is not None:
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
