@@ -9,7 +9,6 @@ on several), and `scripts/convert_pretrained_checkpoint.py` turns one into a lit
 `--tokenizer_dir` the base checkpoint directory). The data and its template are described in `lit_gpt/data/instruct.py`.
 """
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,11 +28,12 @@ from lit_gpt.flops import num_parameters  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.signals import die_with_launcher  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
-    latest_to_resume,
+    fresh_state,
     load_checkpoint,
     load_lit_weights,
     load_metadata,
     own_out_dir,
+    resume_from,
 )
 from lit_gpt.training.fabric import L  # noqa: E402
 from lit_gpt.training.finetune import (  # noqa: E402
@@ -42,10 +42,10 @@ from lit_gpt.training.finetune import (  # noqa: E402
     finetune_base,
     fit,
     instruction_data,
-    restore_rng,
+    restore_position,
 )
-from lit_gpt.training.launch import check_processes, choose_device  # noqa: E402
-from lit_gpt.training.optimizer import optimizer_param_groups  # noqa: E402
+from lit_gpt.training.launch import check_processes, choose_device, launch  # noqa: E402
+from lit_gpt.training.optimizer import adamw  # noqa: E402
 from lit_gpt.training.parallel import model_parallel_fabric, reshard_choices  # noqa: E402
 
 # above this many parameters the model is created on the meta device and materialized shard by shard (as in
@@ -173,8 +173,7 @@ def setup(
         attention=attention,
     )  # fmt: skip
     die_with_launcher()  # the processes fabric.launch() starts end with this one, however it ends
-    if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
-        fabric.launch()
+    launch(fabric)
     with own_out_dir(fabric, out_dir):
         hparams.update(out_dir=str(out_dir), world_size=world_size, model_config=config.to_dict(), compile=compile)
         hparams.update(reshard_after_forward=reshard_after_forward, reshard_after_backward=reshard_after_backward)
@@ -189,9 +188,7 @@ def setup(
 def main(fabric: L.Fabric, config, hparams: dict, data, out_dir: Path, accumulation: int, resume) -> None:
     h = hparams
     fabric.seed_everything(h["seed"])
-    fabric.print(data.summary)
-    train_batches, val_batches = data.batches(fabric.global_rank)
-    max_steps = h["epochs"] * data.steps_per_epoch if h["max_steps"] is None else h["max_steps"]
+    train_batches, val_batches, max_steps = data.start(fabric, h)
 
     t0 = time.perf_counter()
     with fabric.init_module(empty_init=True):
@@ -204,30 +201,15 @@ def main(fabric: L.Fabric, config, hparams: dict, data, out_dir: Path, accumulat
     load_lit_weights(fabric, model, model_file)  # a corrupt or planted file is refused in one line
     fabric.print(f"{config.name}: {n_params:,} parameters from {model_file} in {time.perf_counter() - t0:.1f}s")
 
-    fused = fabric.device.type in ("cuda", "cpu")
-    param_groups = optimizer_param_groups(model, h["weight_decay"], False)
-    optimizer = torch.optim.AdamW(param_groups, lr=h["learning_rate"], betas=(h["beta1"], h["beta2"]), fused=fused)
+    optimizer = adamw(model, h["learning_rate"], h["weight_decay"], (h["beta1"], h["beta2"]), False, fabric.device)
     optimizer = fabric.setup_optimizers(optimizer)
 
-    state = {
-        "model": model,
-        "optimizer": optimizer,
-        "hparams": hparams,
-        "train_dataloader": None,
-        "rng": None,
-        "iter_num": 0,
-        "step_count": 0,
-        "tokens_seen": 0,
-        "skipped_steps": 0,
-    }
+    state = fresh_state(model, optimizer, hparams)
     if resume:
         fabric.print(f"Resuming from {resume}")
         verify = h["resume"] not in (True, "auto")  # latest_to_resume checked the digest of what it picked
         load_checkpoint(fabric, resume, state, config.to_dict(), h["trust_pickle"], verify=verify)
-        train_batches.load_state_dict(state["train_dataloader"])
-        restore_rng(state["rng"])
-        state["hparams"] = hparams
-        fabric.print(f"Resumed at step {state['step_count']} ({state['tokens_seen']:,} tokens seen)")
+        restore_position(fabric, state, train_batches, hparams)
     elif h["resume"]:
         fabric.print(f"No checkpoint in {out_dir}: starting fresh")
 
@@ -237,9 +219,7 @@ def main(fabric: L.Fabric, config, hparams: dict, data, out_dir: Path, accumulat
 def checkpoint_to_resume(resume, out_dir: Path, trust_pickle: bool) -> Optional[Path]:
     """The checkpoint that `--resume` names (None for a fresh start), checked to be one of this script: refused before
     any work."""
-    if not resume:
-        return None
-    path = latest_to_resume(out_dir, trust_pickle) if resume in (True, "auto") else Path(resume)
+    path = resume_from(resume, out_dir, trust_pickle)
     if path is None:
         return None
     saved = load_metadata(path, trust_pickle).get("hparams", {})

@@ -11,7 +11,6 @@ megabytes, where a copy of the model would take gigabytes. `scripts/merge_lora.p
 ordinary lit checkpoint directory. The data and its template are described in `lit_gpt/data/instruct.py`.
 """
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,10 @@ from lit_gpt.lora import TARGETS, LoRAConfig, apply_lora, lora_state_dict, tied_
 from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     check_compatible,
-    latest_to_resume,
+    fresh_state,
     load_metadata,
     own_out_dir,
+    resume_from,
     verify_checkpoint,
 )
 from lit_gpt.training.fabric import L  # noqa: E402
@@ -44,11 +44,11 @@ from lit_gpt.training.finetune import (  # noqa: E402
     finetune_base,
     fit,
     instruction_data,
-    restore_rng,
+    restore_position,
 )
-from lit_gpt.training.launch import choose_device, gradient_accumulation_steps  # noqa: E402
+from lit_gpt.training.launch import choose_device, gradient_accumulation_steps, launch  # noqa: E402
 from lit_gpt.training.logger import choose_logger  # noqa: E402
-from lit_gpt.training.optimizer import optimizer_param_groups  # noqa: E402
+from lit_gpt.training.optimizer import adamw  # noqa: E402
 from lit_gpt.training.parallel import apply_attention, checkpoint  # noqa: E402
 from lit_gpt.weights import load_lit_state_dict  # noqa: E402
 
@@ -187,8 +187,7 @@ def setup(
     resume = adapter_checkpoint_to_resume(resume, out_dir, hparams)
     logger = choose_logger(logger_name, out_dir, f"lora-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     fabric = L.Fabric(accelerator=accelerator, devices=1, precision=precision, loggers=logger)
-    if os.environ.get("LT_CLI_USED") != "1":
-        fabric.launch()
+    launch(fabric)
     with own_out_dir(fabric, out_dir):
         fabric.print({k: v for k, v in hparams.items() if k not in ("model_config", "base")})
         fabric.print(attention_note)
@@ -201,9 +200,7 @@ def main(
 ) -> None:
     h = hparams
     fabric.seed_everything(h["seed"])
-    fabric.print(data.summary)
-    train_batches, val_batches = data.batches(fabric.global_rank)
-    max_steps = h["epochs"] * data.steps_per_epoch if h["max_steps"] is None else h["max_steps"]
+    train_batches, val_batches, max_steps = data.start(fabric, h)
 
     t0 = time.perf_counter()
     with fabric.init_module(empty_init=True):
@@ -223,29 +220,14 @@ def main(
         f"{', '.join(t for t in TARGETS if getattr(lora, t))}); loaded in {time.perf_counter() - t0:.1f}s"
     )
     model = fabric.setup(model)
-    param_groups = optimizer_param_groups(model, h["weight_decay"], False)
-    fused = fabric.device.type in ("cuda", "cpu")
-    optimizer = torch.optim.AdamW(param_groups, lr=h["learning_rate"], betas=(h["beta1"], h["beta2"]), fused=fused)
+    optimizer = adamw(model, h["learning_rate"], h["weight_decay"], (h["beta1"], h["beta2"]), False, fabric.device)
     optimizer = fabric.setup_optimizers(optimizer)
 
-    state = {
-        "model": None,  # the adapter, `lora_state_dict(model)`, when saved
-        "optimizer": optimizer,
-        "hparams": hparams,
-        "train_dataloader": None,
-        "rng": None,
-        "iter_num": 0,
-        "step_count": 0,
-        "tokens_seen": 0,
-        "skipped_steps": 0,
-    }
+    state = fresh_state(None, optimizer, hparams)  # its model: the adapter, `lora_state_dict(model)`, when saved
     if resume:
         fabric.print(f"Resuming from {resume}")
         load_adapter_checkpoint(fabric, resume, model, state, h["trust_pickle"])
-        train_batches.load_state_dict(state["train_dataloader"])
-        restore_rng(state["rng"])
-        state["hparams"] = hparams
-        fabric.print(f"Resumed at step {state['step_count']} ({state['tokens_seen']:,} tokens seen)")
+        restore_position(fabric, state, train_batches, hparams)
 
     def describe(path: Path) -> str:
         adapter = sum(t.nbytes for t in lora_state_dict(model).values())
@@ -261,9 +243,7 @@ def main(
 def adapter_checkpoint_to_resume(resume, out_dir: Path, h: dict) -> Optional[Path]:
     """The checkpoint that `--resume` names (None for a fresh start), checked to be a LoRA checkpoint of this base
     model, adapter and run settings: refused before any model is built."""
-    if not resume:
-        return None
-    path = latest_to_resume(out_dir, h["trust_pickle"]) if resume in (True, "auto") else Path(resume)
+    path = resume_from(resume, out_dir, h["trust_pickle"])
     if path is None:
         return None
     if resume not in (True, "auto"):  # latest_to_resume checked the digest of what it picked

@@ -237,7 +237,7 @@ def check_hf_tokenizer(checkpoint_dir: Path, output_dir: Path, text: str) -> Opt
         from transformers import AutoTokenizer  # optional and heavy: only to compare the tokenizers
     except ImportError:
         return None
-    ours = Tokenizer(checkpoint_dir).encode_ids(text)
+    ours = Tokenizer(checkpoint_dir).encode_ids(text, parse_special=True)
     theirs = AutoTokenizer.from_pretrained(str(output_dir)).encode(text, add_special_tokens=False)
     if ours == theirs:
         return None

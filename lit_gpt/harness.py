@@ -121,7 +121,7 @@ class LitLM(TemplateLM):
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> List[int]:
         """The ids of `string` as the start of a document: `prompt_prefix` first, unless `add_special_tokens` is
         False (a continuation) or the text already starts with it."""
-        ids = self.lit_tokenizer.encode_ids(string)
+        ids = self.lit_tokenizer.encode_ids(string, parse_special=True)  # as lm-eval's hf backend
         if add_special_tokens is False or ids[:1] == self.prefix:
             return ids
         return self.prefix + ids

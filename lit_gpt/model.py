@@ -7,7 +7,7 @@ applied from outside (see `lit_gpt/training/parallel.py`); nothing here knows ab
 """
 
 import math
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -63,6 +63,12 @@ class GPT(nn.Module):
         if not 0 < value <= self.config.block_size:
             raise ValueError(f"max_seq_length {value} must be between 1 and the block size {self.config.block_size}")
         self._max_seq_length = value
+
+    def tied_weights(self) -> Dict[str, str]:
+        """The state-dict names under which this model holds a weight that it also holds under another name, each with
+        that other name, the weight's own: a tied head (`tie_embeddings`) is the token embedding. A sharded training
+        checkpoint stores each such weight once, under its own name (`lit_gpt/training/checkpoint.py`)."""
+        return {"lm_head.weight": "transformer.wte.weight"} if self.config.tie_embeddings else {}
 
     def reset_parameters(self) -> None:
         """(Re)build the rotary cache; call after materializing a model created on the meta device."""

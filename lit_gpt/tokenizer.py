@@ -87,17 +87,31 @@ class Tokenizer:
             return self.processor.piece_to_id(token)
         return self.processor.token_to_id(token)
 
-    def encode_ids(self, text: str, bos: Optional[bool] = False, eos: bool = False) -> List[int]:
-        return self.encode_batch([text], bos=bos, eos=eos)[0]
+    def encode_ids(
+        self, text: str, bos: Optional[bool] = False, eos: bool = False, parse_special: bool = False
+    ) -> List[int]:
+        return self.encode_batch([text], bos=bos, eos=eos, parse_special=parse_special)[0]
 
     def encode_batch(
-        self, texts: List[str], bos: Optional[bool] = False, eos: bool = False, num_threads: int = 1
+        self,
+        texts: List[str],
+        bos: Optional[bool] = False,
+        eos: bool = False,
+        num_threads: int = 1,
+        parse_special: bool = False,
     ) -> List[List[int]]:
         """Token ids of many texts in one call (the backends' threaded batch APIs). `bos=None` follows the
-        tokenizer's `add_bos_token`."""
+        tokenizer's `add_bos_token`.
+
+        A special token's spelling inside a text ("<|end_of_text|>", "<|im_end|>" in a web page or a source file) is
+        text unless `parse_special`: training data gets its bos/eos only where the separators put them, as
+        SentencePiece never reads control tokens from text (a `tokenizer.json` read them by default: a document that
+        quoted Llama 3's eos was cut in two by the document mask). Prompts pass `parse_special=True`, as transformers
+        and lm-eval encode them."""
         if self.backend == "sentencepiece":
             ids = self.processor.encode(texts, num_threads=num_threads)
         else:
+            self.processor.encode_special_tokens = not parse_special
             ids = [e.ids for e in self.processor.encode_batch(texts, add_special_tokens=False)]
         if bos is None:
             bos = self.add_bos_token
@@ -122,7 +136,7 @@ class Tokenizer:
         """lit-gpt's `encode`: the token ids of `string` as an int32 tensor on `device`, cut to `max_length` ids when
         it is positive. `bos=None` prepends bos where lit-gpt does (`use_bos`); the library's own encoding of training
         text (`encode_ids`, `encode_batch`, `lit_gpt/data/separators.py`) never guesses: it says `bos` itself."""
-        ids = self.encode_ids(string, bos=self.use_bos if bos is None else bos, eos=eos)
+        ids = self.encode_ids(string, bos=self.use_bos if bos is None else bos, eos=eos, parse_special=True)
         if max_length > 0:
             ids = ids[:max_length]
         return torch.tensor(ids, dtype=torch.int32, device=device)

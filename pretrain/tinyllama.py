@@ -16,8 +16,6 @@ The data directory holds litdata chunks from `scripts/prepare_slimpajama.py` and
 """
 
 import importlib.util
-import math
-import os
 import random
 import sys
 import time
@@ -59,9 +57,10 @@ from lit_gpt.model import GPT, init_weights  # noqa: E402
 from lit_gpt.signals import StopSignal, die_with_launcher, resume_command  # noqa: E402
 from lit_gpt.training.checkpoint import (  # noqa: E402
     CheckpointSaver,
+    check_no_overwrite,
     checkpoint_path,
     find_latest,
-    later_checkpoints,
+    fresh_state,
     latest_to_resume,
     load_checkpoint,
     load_lit_weights,
@@ -71,8 +70,8 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
 )
 from lit_gpt.training.fabric import L  # noqa: E402
 from lit_gpt.training.float8 import precompute_scales_after_step  # noqa: E402
-from lit_gpt.training.launch import check_processes, choose_device, cpu_has_bf16  # noqa: E402
-from lit_gpt.training.logger import format_metrics  # noqa: E402
+from lit_gpt.training.launch import check_processes, choose_device, cpu_has_bf16, launch  # noqa: E402
+from lit_gpt.training.logger import log_metrics, log_validation, mean_loss, step_metrics  # noqa: E402
 from lit_gpt.training.lr import (  # noqa: E402
     Schedule,
     anneal_start,
@@ -81,11 +80,11 @@ from lit_gpt.training.lr import (  # noqa: E402
     schedule_change_note,
     warmup_warning,
 )
-from lit_gpt.training.optimizer import check_optimizer_flags, optimizer_param_groups  # noqa: E402
+from lit_gpt.training.optimizer import adamw, check_optimizer_flags  # noqa: E402
 from lit_gpt.training.parallel import model_parallel_fabric, reshard_choices  # noqa: E402
 from lit_gpt.training.resources import check_cpu_run  # noqa: E402
 from lit_gpt.training.spikes import SpikeGuard, sequence_ids, spike_stop_message  # noqa: E402
-from lit_gpt.training.step import document_bounds, training_step, validate  # noqa: E402
+from lit_gpt.training.step import count_nonfinite, document_bounds, training_step, validate  # noqa: E402
 from lit_gpt.training.watchdog import Watchdog, hang_for_test  # noqa: E402
 from lit_gpt.weights import check_weights, lit_checkpoint_files, load_lit_state_dict  # noqa: E402
 
@@ -334,8 +333,7 @@ def setup(
         reshard_after_forward=reshard_after_forward, attention=attention, fp8=fp8, fp8_fast_accum=fp8_fast_accum,
     )  # fmt: skip
     die_with_launcher()  # the processes fabric.launch() starts end with this one, however it ends
-    if os.environ.get("LT_CLI_USED") != "1":  # under `fabric run`, Fabric() itself has joined the started processes
-        fabric.launch()
+    launch(fabric)
     with own_out_dir(fabric, out_dir):  # before anything is written there
         # notes on a run that goes ahead, after every check above: a refused run prints its error line alone
         for note in run_notes(hparams, config, run_steps, folders, device):
@@ -452,18 +450,7 @@ def check_resume(resume: Union[bool, str, Path], out_dir: Path) -> None:
     anything is printed or written (what it holds is checked once Fabric has started: `load_checkpoint`)."""
     if resume not in (False, True, "auto") and not Path(resume).exists():
         raise FileNotFoundError(f"No checkpoint at {resume}; pass `--resume auto` to pick the latest in --out_dir")
-    if not resume and (latest := find_latest(out_dir)):
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
-            "overwrite them one by one. Pass `--resume auto` to continue that run, or another --out_dir to start "
-            "a new one."
-        )
-    if resume not in (False, True, "auto") and (later := later_checkpoints(out_dir, Path(resume))):
-        raise FileExistsError(
-            f"{out_dir} holds checkpoints of later steps than {Path(resume).name} ({', '.join(later)}): the resumed "
-            "run would overwrite them one by one, and `--resume auto` would meanwhile pick them up. Pass another "
-            "--out_dir for the resumed run, or move them away."
-        )
+    check_no_overwrite(out_dir, resume)
 
 
 def run_notes(h: Dict[str, Any], config: Config, run_steps: int, folders: List[str], device: torch.device) -> list:
@@ -545,9 +532,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         init_weights(model, config.n_layer, config.n_embd)  # on the shards, with DTensor's rank-consistent RNG
     fabric.print(f"{config.name}: {n_params:,} parameters, initialized in {time.perf_counter() - t0:.1f}s")
 
-    fused = fabric.device.type in ("cuda", "cpu")
-    param_groups = optimizer_param_groups(model, h["weight_decay"], h["decay_norms_and_biases"])
-    optimizer = torch.optim.AdamW(param_groups, lr=h["learning_rate"], betas=(h["beta1"], h["beta2"]), fused=fused)
+    betas = (h["beta1"], h["beta2"])
+    optimizer = adamw(model, h["learning_rate"], h["weight_decay"], betas, h["decay_norms_and_biases"], fabric.device)
     if h["fp8"]:
         precompute_scales_after_step(optimizer, model)
     optimizer = fabric.setup_optimizers(optimizer)
@@ -562,18 +548,7 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         )
 
     saved_schedule = None  # the schedule recorded in the checkpoint resumed from
-    state = {
-        "model": model,
-        "optimizer": optimizer,
-        "hparams": hparams,
-        "train_dataloader": None,
-        "rng": None,
-        "iter_num": 0,
-        "step_count": 0,
-        "tokens_seen": 0,
-        "skipped_steps": 0,
-        "spike_guard": None,  # the spike guard's statistic (lit_gpt.training.spikes)
-    }
+    state = fresh_state(model, optimizer, hparams, spike_guard=None)  # the spike guard's statistic (training/spikes.py)
     verify = resume not in (True, "auto")  # latest_to_resume checks the digests of what it picks
     if resume in (True, "auto"):  # on rank 0, which reads every byte of the checkpoints it checks
         resume = on_rank_zero(fabric, lambda: latest_to_resume(out_dir, h["trust_pickle"], fabric.print))
@@ -620,19 +595,8 @@ def main(fabric: L.Fabric, config: Config, hparams: dict, out_dir: Path, accumul
         fabric.barrier()
         sequence_log = SequenceLog(out_dir, fabric.global_rank)
 
-    fit(
-        fabric,
-        model,
-        optimizer,
-        train_loader,
-        val_loader,
-        state,
-        accumulation,
-        out_dir,
-        resume,
-        saved_schedule,
-        sequence_log,
-    )
+    fit(fabric, model, optimizer, train_loader, val_loader, state, accumulation, out_dir, resume, saved_schedule,
+        sequence_log)  # fmt: skip
 
 
 def fit(
@@ -744,19 +708,13 @@ def fit(
         # read the next step's batches while the device still computes this one (the log step's sync below would
         # otherwise leave it idle for the read); not before a save, whose loader state must not count them
         prefetched = None if saving else next_micro_batches()
-        bad = (~torch.isfinite(grad_norm)).float()
-        nonfinite_streak = (nonfinite_streak + bad) * bad
-        skipped += bad
+        nonfinite_streak = count_nonfinite(grad_norm, nonfinite_streak, skipped)
 
         logging = step % h["log_interval"] == 0 or step == max_steps
         if logging or saving:  # a folder replaced under the run stops it, before its position there is logged or saved
             data_watch.check(fabric)
         if logging:
-            loss = fabric.all_reduce(loss, reduce_op="mean").item()  # the only host sync of a log step
-            if fabric.device.type == "cuda":
-                # `.item()` waits for the compute stream only; the step time must also include the other streams'
-                # work (FSDP's gradient reduce-scatter)
-                torch.cuda.synchronize()
+            loss = mean_loss(fabric, loss)
             state["skipped_steps"] += int(skipped.item())
             skipped.zero_()
             now = time.perf_counter()
@@ -764,27 +722,13 @@ def fit(
             data_wait_per_step = data_wait / (step - last_log_step)
             last_log_time, last_log_step, data_wait = now, step, 0.0
             tokens_per_sec = tokens_per_step / step_time
-            metrics = {
-                "loss": loss,
-                "learning_rate": lr,
-                "grad_norm": grad_norm.item(),
-                "tokens": state["tokens_seen"],
-                "tokens_per_sec": tokens_per_sec,
-                "tokens_per_sec_per_device": tokens_per_sec / fabric.world_size,
-                "mfu": mfu(tokens_per_sec / fabric.world_size, flops_per_tok, fabric.device),
-                "step_time": step_time,
-                # the host's wait for the loader; it costs throughput only where it exceeds the GPU's queued work
-                "data_wait": data_wait_per_step,
-                # GiB, as dev/benchmark.py and the peer harness count it
-                "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if fabric.device.type == "cuda" else None,
-                "remaining_hours": (max_steps - step) * step_time / 3600,
-                "skipped_steps": state["skipped_steps"],
-            }
+            device_mfu = mfu(tokens_per_sec / fabric.world_size, flops_per_tok, fabric.device)
+            metrics = step_metrics(fabric, state, loss, lr, grad_norm, tokens_per_sec, step_time, max_steps - step,
+                                   device_mfu, data_wait_per_step)  # fmt: skip
             if guard:
                 guard.report()
                 metrics["guarded_steps"] = guard.skipped
-            fabric.print(format_metrics(step, max_steps, metrics))
-            fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
+            log_metrics(fabric, step, max_steps, metrics)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
                 raise UserError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))  # one line
             if guard and guard.streak >= h["max_spike_steps"]:
@@ -795,10 +739,7 @@ def fit(
             val_batches = id_check.batches(watchdog.beating(val_loader), fabric)
             val_loss = validate(fabric, model, val_batches, h["eval_iters"], **doc_kwargs).item()
             watchdog.beat()
-            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
-            fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
-                         f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
-            fabric.log_dict(metrics, step=step)
+            log_validation(fabric, step, val_loss, t0)
 
         if evaluate_tasks and (step % h["eval_tasks_interval"] == 0 or step == max_steps):
             t0 = time.perf_counter()

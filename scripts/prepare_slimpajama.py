@@ -55,19 +55,7 @@ def main(
         eos: Put the tokenizer's eos token after each document (lit-gpt's convention, the default). `--bos true
             --eos false` gives TinyLlama's data, both true gives `<s>doc</s>`; at least one must be true.
     """
-    prepare(
-        "slimpajama",
-        input_dir=input_dir,
-        output_dir=output_dir,
-        tokenizer_path=tokenizer_path,
-        chunk_size=chunk_size,
-        fast_dev_run=fast_dev_run,
-        num_workers=num_workers,
-        skip_bad_records=skip_bad_records,
-        overwrite=overwrite,
-        bos=bos,
-        eos=eos,
-    )
+    prepare("slimpajama", **locals())  # the flags are `prepare`'s arguments of the same names
 
 
 if __name__ == "__main__":

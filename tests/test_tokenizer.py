@@ -327,3 +327,41 @@ def test_byte_level_bpe_trains_round_trips_unicode_prepares_and_pretrains(tmp_pa
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 2 and "error: --vocab_size 258 is too small" in proc.stderr, proc.stderr
+
+
+def test_a_special_tokens_spelling_in_training_text_is_text_and_in_a_prompt_the_token(tmp_path):
+    """A document that quotes the eos of a `tokenizer.json` tokenizer ("<|end_of_text|>" in a web page about Llama 3)
+    is prepared as text: the eos id stands only at the documents' ends, where the document mask cuts. A prompt to
+    generate from, the harness and `encode` read the spelling as the token, as transformers does."""
+    from prepared_data import load_script
+
+    from lit_gpt.data.prepare import prepare
+    from lit_gpt.data.readers import TextOptions
+    from lit_gpt.data.separators import DEFAULT_SEPARATORS, encode_prompt
+
+    corpus = Path(__file__).parent / "tokenizer_corpus.txt"
+    out = tmp_path / "bpe"
+    load_script("train_tokenizer").train(input=str(corpus), output_dir=out, vocab_size=600, kind="bpe")
+    tokenizer = Tokenizer(out)
+    eos = tokenizer.eos_id
+    quoting = "Llama 3 ends a document with <|end_of_text|> and begins one with <|begin_of_text|>."
+    ids = tokenizer.encode_ids(quoting)
+    assert eos not in ids and tokenizer.bos_id not in ids
+    assert tokenizer.decode(ids) == quoting
+    assert eos in tokenizer.encode_ids(quoting, parse_special=True)
+    assert eos in tokenizer.encode(quoting).tolist()
+    assert eos in encode_prompt(tokenizer, quoting, DEFAULT_SEPARATORS)
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    assert theirs.encode(quoting, add_special_tokens=False) == tokenizer.encode_ids(quoting, parse_special=True)
+
+    (tmp_path / "docs").mkdir()
+    for i in range(3):
+        (tmp_path / "docs" / f"{i}.txt").write_text(f"{i}: {quoting}")
+    stats = prepare("text", None, str(tmp_path / "tokens"), out, 64, num_workers=1, verbose=False,
+                    inputs=[str(tmp_path / "docs")], text_options=TextOptions())  # fmt: skip
+    from litdata.streaming import StreamingDataset, TokensLoader
+
+    dataset = StreamingDataset(str(tmp_path / "tokens"), item_loader=TokensLoader(block_size=1))
+    stream = [int(dataset[i]) for i in range(len(dataset))]
+    assert stats.documents == 3 and stream.count(eos) == 3 and stream[-1] == eos

@@ -309,3 +309,52 @@ def test_resume_auto_says_once_that_it_passed_over_a_corrupt_checkpoint(tmp_path
         assert latest_to_resume(tmp_path) == tmp_path / "step-00000002.pth"
         said = capsys.readouterr().out
         assert ("step-00000004.pth passed over, resuming from step-00000002.pth" in said) == (rank == "0"), said
+
+
+SHARDED_SAVE_FAILS_ON_RANK_1 = """
+import errno
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, {root!r})
+from lit_gpt.config import Config
+from lit_gpt.model import GPT
+from lit_gpt.training.checkpoint import save_checkpoint
+from lit_gpt.training.parallel import model_parallel_fabric
+from torch.distributed.checkpoint import FileSystemWriter
+
+out = Path(sys.argv[1])
+fabric = model_parallel_fabric("cpu", 2, 1, "32-true", 2, "csv", out / "logs", "run")
+fabric.launch()
+with fabric.init_module(empty_init=False):
+    model = GPT(Config(name="t", block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=8, intermediate_size=16))
+model = fabric.setup(model)
+optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters()))
+if fabric.global_rank == 1:  # this process' disk fills up while it writes its shard
+    def write_data(self, plan, planner):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    FileSystemWriter.write_data = write_data
+try:
+    save_checkpoint(fabric, out / "step-00000004.pth", {{"model": model, "optimizer": optimizer}})
+except BaseException as e:
+    print(f"rank {{fabric.global_rank}}: {{type(e).__name__}}: {{e}}", flush=True)
+"""
+
+
+def test_a_sharded_save_whose_write_fails_on_one_process_is_one_line_on_each(tmp_path):
+    """torch.distributed.checkpoint raises a CheckpointException on every process when one process' write failed (a
+    full disk on one node): a BaseException, which the save let through as a traceback of torch's internals on every
+    process, leaving the partial .tmp folder. Now the process whose disk is full says so in one line, the other that
+    it failed there, and nothing is left."""
+    script = tmp_path / "save.py"
+    script.write_text(SHARDED_SAVE_FAILS_ON_RANK_1.format(root=str(ROOT)))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=180)
+    assert "rank 1: UserError: cannot write" in proc.stdout and "no space left on device" in proc.stdout, (
+        proc.stdout + proc.stderr[-3000:]
+    )
+    assert "rank 0: RuntimeError: Saving " in proc.stdout and "failed on another process" in proc.stdout, proc.stdout
+    assert [p.name for p in out.iterdir() if p.name != "logs"] == []  # no checkpoint, no partial .tmp

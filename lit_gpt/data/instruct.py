@@ -323,9 +323,10 @@ def encode_prompt(
     tokenizer: Tokenizer, instruction: str, template: str, input: str = "", separators: Optional[Separators] = None
 ) -> List[int]:
     """The ids of a templated prompt as finetuning puts it before each response and `generate/base.py --template`
-    generates from: `lit_gpt.data.separators.encode_prompt` of the template's text."""
+    generates from: `lit_gpt.data.separators.encode_prompt` of the template's text, a special token's spelling in
+    the instruction being text, as in the examples finetuning encoded."""
     return separators_encode_prompt(
-        tokenizer, apply_template(template, instruction, input), separators or DEFAULT_SEPARATORS
+        tokenizer, apply_template(template, instruction, input), separators or DEFAULT_SEPARATORS, parse_special=False
     )
 
 

@@ -548,7 +548,7 @@ def mixture_dataloader(
     """The (folder, weight) `sources`, each shuffled, each batch row drawn from a source with probability its weight's
     share, in batches of (batch_size, block_size + 1)."""
     # lazy: litdata is heavy (~2 s to import), and the checks above run before any loader is built
-    from litdata.streaming import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
+    from litdata.streaming import CombinedStreamingDataset, StreamingDataset, TokensLoader
 
     datasets = [
         StreamingDataset(input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=True, seed=seed)
@@ -564,38 +564,37 @@ def mixture_dataloader(
     weights = [w for _, w in sources]
     end_children_at_exit()  # a run that ends with an exception must not wait for the workers (lit_gpt.signals)
     combined = CombinedStreamingDataset(datasets=datasets, seed=seed, weights=weights, iterate_over_all=False)
-    return StreamingDataLoader(
-        combined,
-        batch_size=batch_size,
-        pin_memory=torch.cuda.is_available(),
-        num_workers=num_workers,
-        drop_last=True,
-        worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
-        # a generator of its own: each iterator draws its workers' base seed from it, not from torch's global one,
-        # whose state a checkpoint saves; a resumed run starts an iterator that the uninterrupted run did not, and the
-        # state saved after it differed from that run's by this draw (the data is the same: litdata's order comes
-        # from `seed`)
-        generator=torch.Generator().manual_seed(seed),
-    )
+    return _streaming_loader(combined, batch_size, num_workers, seed)
 
 
 def val_dataloader(folder: str, block_size: int, batch_size: int, num_workers: int):
     """The validation folder in order, in batches of (batch_size, block_size + 1); every process gets as many."""
-    from litdata.streaming import StreamingDataLoader, StreamingDataset, TokensLoader  # lazy: heavy, as above
+    from litdata.streaming import StreamingDataset, TokensLoader  # lazy: heavy, as above
 
     dataset = StreamingDataset(
         input_dir=folder, item_loader=TokensLoader(block_size=block_size + 1), shuffle=False, drop_last=True
     )
     end_children_at_exit()
+    return _streaming_loader(dataset, batch_size, num_workers, 0)
+
+
+def _streaming_loader(dataset, batch_size: int, num_workers: int, seed: int):
+    """litdata's loader of `dataset` in full batches, its workers left out of the stop signals (the training process's
+    to handle: lit_gpt.signals)."""
+    from litdata.streaming import StreamingDataLoader  # lazy: heavy, as above
+
     return StreamingDataLoader(
         dataset,
         batch_size=batch_size,
         pin_memory=torch.cuda.is_available(),
         num_workers=num_workers,
         drop_last=True,
-        worker_init_fn=ignore_stop_signals,  # a stop signal is the training process's to handle (lit_gpt.signals)
-        # as the training loader's: no draw from torch's global generator for each validation's iterator
-        generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_stop_signals,
+        # a generator of its own: each iterator draws its workers' base seed from it, not from torch's global one,
+        # whose state a checkpoint saves; a resumed run starts an iterator (a validation's, or the training loader's)
+        # that the uninterrupted run did not, and the state saved after it differed from that run's by this draw (the
+        # data is the same: litdata's order comes from the datasets' seed)
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

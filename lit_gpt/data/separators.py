@@ -197,6 +197,7 @@ def stop_ids(tokenizer: "Tokenizer", separators: Separators) -> List[int]:
     return ids
 
 
-def encode_prompt(tokenizer: "Tokenizer", prompt: str, separators: Separators) -> List[int]:
-    """The ids of a prompt to generate from: `prompt_prefix`, then the prompt's tokens."""
-    return prompt_prefix(tokenizer, separators) + tokenizer.encode_ids(prompt)
+def encode_prompt(tokenizer: "Tokenizer", prompt: str, separators: Separators, parse_special: bool = True) -> List[int]:
+    """The ids of a prompt to generate from: `prompt_prefix`, then the prompt's tokens (a special token's spelling in
+    it is that token, as transformers reads a prompt, unless `parse_special` is False)."""
+    return prompt_prefix(tokenizer, separators) + tokenizer.encode_ids(prompt, parse_special=parse_special)

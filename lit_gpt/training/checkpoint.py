@@ -1,7 +1,7 @@
 """Training checkpoints: `out_dir/step-{step:08d}.pth`, written atomically, found, checked and resumed.
 
 A checkpoint is a single `torch.save` file when one process trains, and a directory of shards (PyTorch distributed
-checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoint=True)`) when several do:
+checkpoint, in the layout of Fabric's `ModelParallelStrategy(save_distributed_checkpoint=True)`) when several do:
 
     step-00001000.pth                  one process: {"model": full lit state dict, "optimizer": ..., "hparams": ...,
                                        "train_dataloader": ..., "rng": ..., "iter_num": ..., "step_count": ..., ...}
@@ -9,8 +9,14 @@ checkpoint, written by Fabric's `ModelParallelStrategy(save_distributed_checkpoi
         __0_0.distcp ... .metadata     "optimizer" prefixes, and `meta.pt` with everything else (from rank 0)
         meta.pt
 
+A weight that the model holds under two names (a tied head is the token embedding: `GPT.tied_weights`) is stored
+once: a single file holds one tensor under both names (`torch.save` writes a storage once); a sharded checkpoint
+holds it under its own name alone (torch.distributed.checkpoint would write each name apart) and `meta.pt` records
+the names left out (`"tied_weights": {"lm_head.weight": "transformer.wte.weight"}`), which the readers give back.
+Sharded checkpoints written before hold it under both names, and resume as they are.
+
 Both are written under a `.tmp` name and renamed when complete, so a crash while saving never leaves a broken
-from lit_gpt.cli import UserError, rank
+checkpoint under a `step-*.pth` name.
 
 Everything in them is tensors and plain Python values: they load with `torch.load(..., weights_only=True)`. A sharded
 checkpoint's `.metadata` is a pickle too, which torch's own reader unpickles in full: `DCPReader` reads it with an
@@ -69,7 +75,8 @@ from lit_gpt.files import (
     write_checksums,
     write_failure,
 )
-from lit_gpt.training.fabric import L, _load_raw_module_state, _unwrap_objects
+from lit_gpt.model import GPT
+from lit_gpt.training.fabric import L, ModelParallelStrategy, _load_raw_module_state, _Stateful, _unwrap_objects
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import load_lit_state_dict, strip_wrapper_prefixes
 
@@ -328,6 +335,49 @@ def later_checkpoints(out_dir: Path, resume_from: Path) -> list:
     return sorted(later)
 
 
+def check_no_overwrite(out_dir: Path, resume: Any) -> None:
+    """Refuse a fresh run (`--resume false`) into an `out_dir` of an earlier one, and a resume from a checkpoint path
+    older than some in `out_dir`: either would overwrite them one by one."""
+    if not resume and (latest := find_latest(out_dir)):
+        raise FileExistsError(
+            f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
+            "overwrite them one by one. Pass `--resume auto` to continue that run, or another --out_dir to start "
+            "a new one."
+        )
+    if resume not in (False, True, "auto") and (later := later_checkpoints(out_dir, Path(resume))):
+        raise FileExistsError(
+            f"{out_dir} holds checkpoints of later steps than {Path(resume).name} ({', '.join(later)}): the resumed "
+            "run would overwrite them one by one, and `--resume auto` would meanwhile pick them up. Pass another "
+            "--out_dir for the resumed run, or move them away."
+        )
+
+
+def resume_from(resume: Any, out_dir: Path, trust_pickle: bool) -> Optional[Path]:
+    """The checkpoint that `--resume` names: None for `false`, the newest whole one in `out_dir` for `true` or `auto`
+    (`latest_to_resume`; None where there is none), else the path given."""
+    if not resume:
+        return None
+    return latest_to_resume(out_dir, trust_pickle) if resume in (True, "auto") else Path(resume)
+
+
+def fresh_state(model: Any, optimizer: Any, hparams: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
+    """What a training checkpoint holds, before the first step: the model, the optimizer and the run's settings; the
+    data position, the generators' states and the counts, which a resume restores; and a script's own `extra`
+    entries."""
+    return {
+        "model": model,
+        "optimizer": optimizer,
+        "hparams": hparams,
+        "train_dataloader": None,
+        "rng": None,
+        "iter_num": 0,
+        "step_count": 0,
+        "tokens_seen": 0,
+        "skipped_steps": 0,
+        **extra,
+    }
+
+
 def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None:
     """`fabric.save(path, state)` through a temporary name, renamed into place once every process has written.
 
@@ -341,11 +391,15 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
     error = None
     if isinstance(state.get("hparams"), dict):  # what says, apart from the digest, that it has one
         state = {**state, "hparams": {**state["hparams"], DIGESTS: "sha256"}}
+    raised = False
     try:
-        fabric.save(tmp, state)
+        _save(fabric, tmp, state)
     except (OSError, RuntimeError) as e:
-        error = e
-    failed_elsewhere = _failed_elsewhere(fabric, error is not None)  # also the barrier after the writes
+        error, raised = e, True
+    except CheckpointException as e:  # a BaseException, raised on every process where one process' write failed
+        own = e.failures.get(getattr(fabric, "global_rank", 0))
+        error, raised = (own[0] if own else None), True
+    failed_elsewhere = _failed_elsewhere(fabric, raised)  # also the barrier after the writes
     if error is not None or failed_elsewhere:
         if fabric.global_rank == 0 or error is not None:
             with contextlib.suppress(OSError):  # two processes may remove the same shared folder at once
@@ -354,6 +408,44 @@ def save_checkpoint(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None
     if fabric.global_rank == 0:
         _publish(tmp, path)
     fabric.barrier()
+
+
+# the entry of a sharded checkpoint's meta.pt that names the weights stored once: {name left out: name stored under}
+TIED_WEIGHTS = "tied_weights"
+
+
+def stored_once(model: Any) -> Dict[str, str]:
+    """The names under which `model` holds a weight that it holds under another name too, each with that name
+    (`GPT.tied_weights`; {} for another module)."""
+    return model.tied_weights() if isinstance(model, GPT) else {}
+
+
+def _training_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer, options=None):
+    """The state dicts of `model` and `optimizer` under "model" and "optimizer", each weight once: the model's
+    without the names of `stored_once(model)`, which it returns too. (The optimizer's state is keyed by one name per
+    parameter already, the first of `named_parameters`: lm_head.weight for a tied head.)"""
+    tied = stored_once(model)
+    weights = {k: v for k, v in get_model_state_dict(model, options=options).items() if k not in tied}
+    return {"model": weights, "optimizer": get_optimizer_state_dict(model, optimizer, options=options)}, tied
+
+
+def _save(fabric: L.Fabric, path: Path, state: Dict[str, Any]) -> None:
+    """`fabric.save(path, state)`; a sharded checkpoint of a model and its optimizer is written here as Lightning's
+    `ModelParallelStrategy` writes one, with each weight once (`_training_tensors`), `meta.pt` naming those stored
+    once."""
+    model, optimizer = _unwrap_objects(state.get("model")), _unwrap_objects(state.get("optimizer"))
+    strategy = getattr(fabric, "strategy", None)
+    sharded = isinstance(strategy, ModelParallelStrategy) and strategy._save_distributed_checkpoint
+    if not (sharded and isinstance(model, torch.nn.Module) and isinstance(optimizer, torch.optim.Optimizer)):
+        fabric.save(path, state)
+        return
+    tensors, tied = _training_tensors(model, optimizer, StateDictOptions(cpu_offload=True))  # Lightning's options
+    metadata = {k: v.state_dict() if isinstance(v, _Stateful) else v for k, v in state.items() if k not in tensors}
+    path.mkdir(parents=True, exist_ok=True)
+    dcp.save(tensors, checkpoint_id=path)
+    if fabric.global_rank == 0:
+        torch.save({**metadata, TIED_WEIGHTS: tied} if tied else metadata, path / "meta.pt")
+    fabric.barrier()  # as `fabric.save` ends (`_failed_elsewhere` pairs its collectives with it)
 
 
 def _publish(tmp: Path, path: Path) -> None:
@@ -397,7 +489,9 @@ def _tensor_bytes(obj: Any) -> int:
     """The bytes of the tensors in `obj` (whole tensors: a DTensor counts every shard), modules' and optimizers'
     state included: about what a checkpoint of it takes on disk."""
     obj = _unwrap_objects(obj)  # Fabric's wrappers of the model and the optimizer
-    if isinstance(obj, (torch.nn.Module, torch.optim.Optimizer)):
+    if isinstance(obj, torch.nn.Module):  # a weight under two names is stored once
+        obj = {name: tensor for name, tensor in obj.state_dict().items() if name not in stored_once(obj)}
+    elif isinstance(obj, torch.optim.Optimizer):
         obj = obj.state_dict()
     if isinstance(obj, dict):
         return sum(_tensor_bytes(v) for v in obj.values())
@@ -567,13 +661,19 @@ class CheckpointSaver:
 
     def _stage(self, state: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """The model and optimizer state dicts as copies in CPU memory (DTensors stay DTensors, of copied shards; one
-        process: plain tensors, as `fabric.save` writes them), and a deep copy of the other entries."""
+        process: plain tensors, as `fabric.save` writes them), and a deep copy of the other entries. A weight under
+        two names is copied once (`_training_tensors`)."""
         model, optimizer = _unwrap_objects(state["model"]), _unwrap_objects(state["optimizer"])
-        tensors = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
         whole = self.fabric.world_size == 1
+        tensors, tied = _training_tensors(model, optimizer)
         pin = self.fabric.device.type == "cuda"
         metadata = copy.deepcopy({k: v for k, v in state.items() if k not in ("model", "optimizer")})
-        return self._copy(tensors, "", whole, pin), metadata
+        copied = self._copy(tensors, "", whole, pin)
+        if whole:  # one file: the copy under both names, one tensor that torch.save writes once (as fabric.save)
+            copied["model"].update({alias: copied["model"][own] for alias, own in tied.items()})
+        elif tied:
+            metadata[TIED_WEIGHTS] = tied
+        return copied, metadata
 
     def _copy(self, obj: Any, key: str, whole: bool, pin: bool) -> Any:
         if isinstance(obj, dict):
@@ -740,14 +840,16 @@ def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict
     """What `fabric.load(path, state)` does for a sharded checkpoint (Lightning's
     `strategies.model_parallel._load_checkpoint`), with `dcp_load` instead of a plain `dcp.load`."""
     model, optimizer = _unwrap_objects(state["model"]), _unwrap_objects(state["optimizer"])
-    model_state = {"model": get_model_state_dict(model)}
+    metadata = load_single_file(path / "meta.pt", trust_pickle)
+    tied = metadata.pop(TIED_WEIGHTS, {})  # the names stored once (none in checkpoints written before)
+    model_state = {"model": {k: v for k, v in get_model_state_dict(model).items() if k not in tied}}
     dcp_load(model_state, path, trust_pickle)
-    model.load_state_dict(model_state["model"], strict=True)
+    weights = model_state["model"]
+    model.load_state_dict({**weights, **{alias: weights[own] for alias, own in tied.items()}}, strict=True)
     optimizer_state = {"optimizer": get_optimizer_state_dict(model, optimizer)}
     dcp_load(optimizer_state, path, trust_pickle)
     options = StateDictOptions(cpu_offload=True)
     set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state["optimizer"], options=options)
-    metadata = load_single_file(path / "meta.pt", trust_pickle)
     missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
     if missing:
         raise KeyError(f"{path}/meta.pt lacks {missing}: it is not a checkpoint of pretrain/tinyllama.py")
@@ -1010,12 +1112,14 @@ def training_checkpoint_tensors(
     if not is_distributed_checkpoint(path):
         yield from _single_file_model(path, trust_pickle).items()
         return
+    names: Dict[str, List[str]] = {}  # each stored weight's names: a weight stored once is read once, for both
     entries = _dcp_model_entries(path, trust_pickle)
+    for name, (fqn, _) in entries.items():
+        names.setdefault(fqn, []).append(name)
     group: Dict[str, torch.Tensor] = {}
     size = 0
-    names = list(entries)
-    for i, name in enumerate(names):
-        fqn, meta = entries[name]
+    for i, fqn in enumerate(names):
+        meta = entries[names[fqn][0]][1]
         group[fqn] = torch.empty(meta.size, dtype=meta.properties.dtype)
         size += group[fqn].nbytes
         if size >= group_bytes or i == len(names) - 1:
@@ -1023,7 +1127,8 @@ def training_checkpoint_tensors(
                 warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
                 dcp_load(group, path, trust_pickle, no_dist=True)
             for key, tensor in group.items():
-                yield strip_wrapper_prefixes(key[len("model.") :]), tensor
+                for name in names[key]:
+                    yield name, tensor
             group, size = {}, 0
 
 
@@ -1079,7 +1184,8 @@ def _single_file_model(path: Path, trust_pickle: bool = False) -> Dict[str, torc
 
 
 def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tuple]:
-    """stripped name -> (name in the checkpoint, TensorStorageMetadata) of the weights under the "model" key."""
+    """stripped name -> (name in the checkpoint, TensorStorageMetadata) of the weights under the "model" key, a weight
+    stored once (`TIED_WEIGHTS`) under each of its names."""
     metadata = read_dcp_metadata(path / ".metadata", trust_pickle)
     entries = {
         strip_wrapper_prefixes(k[len("model.") :]): (k, meta)
@@ -1092,6 +1198,9 @@ def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tupl
             f"The distributed checkpoint {str(path)!r} has no weights under the 'model' key (it has {some}, ...); "
             "save it with `fabric.save(path, {'model': model, ...})`"
         )
+    meta = path / "meta.pt"
+    tied = load_single_file(meta, trust_pickle).get(TIED_WEIGHTS, {}) if meta.is_file() else {}
+    entries.update({alias: entries[own] for alias, own in tied.items() if own in entries and alias not in entries})
     return entries
 
 

@@ -21,10 +21,11 @@ try:
     from lightning_fabric.strategies import ModelParallelStrategy
     from lightning_fabric.strategies.model_parallel import _load_raw_module_state
     from lightning_fabric.utilities.rank_zero import rank_zero_only
+    from lightning_fabric.utilities.types import _Stateful
     from lightning_fabric.wrappers import _unwrap_objects
 finally:
     if _hide:
         del sys.modules["torchmetrics"]
 
 __all__ = ["L", "CSVLogger", "Logger", "ModelParallelStrategy", "TensorBoardLogger", "rank_zero_only"]
-__all__ += ["_load_raw_module_state", "_unwrap_objects"]
+__all__ += ["_Stateful", "_load_raw_module_state", "_unwrap_objects"]

@@ -8,7 +8,6 @@ trained on by the model config and the size and SHA-256 of `lit_model.pth`, so t
 other weights is refused (`check_base`).
 """
 
-import math
 import random
 import sys
 import time
@@ -33,18 +32,18 @@ from lit_gpt.files import file_sha256
 from lit_gpt.signals import StopSignal
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.training.checkpoint import (
+    check_no_overwrite,
     checkpoint_path,
     find_latest,
-    later_checkpoints,
     nonfinite_stop_message,
     save_checkpoint,
     save_pruned,
 )
 from lit_gpt.training.fabric import L
-from lit_gpt.training.logger import format_metrics
+from lit_gpt.training.logger import log_metrics, log_validation, mean_loss, step_metrics
 from lit_gpt.training.lr import cosine_lr, warmup_warning
 from lit_gpt.training.optimizer import check_optimizer_flags
-from lit_gpt.training.step import training_step, validate
+from lit_gpt.training.step import count_nonfinite, training_step, validate
 from lit_gpt.weights import TOKENIZER_FILES, lit_checkpoint_files
 
 
@@ -147,44 +146,25 @@ def fit(
             step_tokens = int(fabric.all_reduce(torch.tensor(tokens, device=fabric.device), reduce_op="sum").item())
             state["tokens_seen"] += step_tokens
             tokens = 0
-        bad = (~torch.isfinite(grad_norm)).float()
-        nonfinite_streak = (nonfinite_streak + bad) * bad
-        skipped += bad
+        nonfinite_streak = count_nonfinite(grad_norm, nonfinite_streak, skipped)
 
         if step % h["log_interval"] == 0 or step == max_steps:
-            loss = fabric.all_reduce(loss, reduce_op="mean").item()
-            if fabric.device.type == "cuda":
-                torch.cuda.synchronize()
+            loss = mean_loss(fabric, loss)
             state["skipped_steps"] += int(skipped.item())
             skipped.zero_()
             now = time.perf_counter()
             step_time = (now - last_log_time) / (step - last_log_step)
             tokens_per_sec = (state["tokens_seen"] - last_log_tokens) / (now - last_log_time)
             last_log_time, last_log_step, last_log_tokens = now, step, state["tokens_seen"]
-            metrics = {
-                "loss": loss,
-                "learning_rate": lr,
-                "grad_norm": grad_norm.item(),
-                "tokens": state["tokens_seen"],
-                "tokens_per_sec": tokens_per_sec,
-                "tokens_per_sec_per_device": tokens_per_sec / fabric.world_size,
-                "step_time": step_time,
-                "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if fabric.device.type == "cuda" else None,
-                "remaining_hours": (max_steps - step) * step_time / 3600,
-                "skipped_steps": state["skipped_steps"],
-            }
-            fabric.print(format_metrics(step, max_steps, metrics))
-            fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
+            metrics = step_metrics(fabric, state, loss, lr, grad_norm, tokens_per_sec, step_time, max_steps - step)
+            log_metrics(fabric, step, max_steps, metrics)
             if nonfinite_streak.item() >= h["max_nonfinite_steps"]:
                 raise UserError(nonfinite_stop_message(out_dir, int(nonfinite_streak.item()), step))  # one line
 
         if step % h["eval_interval"] == 0 or step == max_steps:
             t0 = time.perf_counter()
             val_loss = validate(fabric, model, val_batches, len(val_batches)).item()
-            metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
-            fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
-                         f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
-            fabric.log_dict(metrics, step=step)
+            log_validation(fabric, step, val_loss, t0)
 
         if saving:
             state["train_dataloader"] = train_batches.state_dict()
@@ -215,6 +195,15 @@ def restore_rng(rng: Dict[str, Any]) -> None:
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
+
+
+def restore_position(fabric: L.Fabric, state: Dict[str, Any], train_batches, hparams: Dict[str, Any]) -> None:
+    """After a checkpoint was loaded into `state`: the data position and the generators where it left them, and this
+    run's settings in place of the checkpoint's."""
+    train_batches.load_state_dict(state["train_dataloader"])
+    restore_rng(state["rng"])
+    state["hparams"] = hparams
+    fabric.print(f"Resumed at step {state['step_count']} ({state['tokens_seen']:,} tokens seen)")
 
 
 def finetune_base(h: Dict[str, Any], checkpoint_dir: Path) -> Config:
@@ -263,18 +252,7 @@ def check_finetune_flags(h: Dict[str, Any], out_dir: Path, block_size: int) -> N
         raise ValueError(f"--val_fraction {h['val_fraction']} must be between 0 and 1 (the held-out share)")
     # the files are there (what they hold is read by `instruction_data`, also before any work)
     find_instruction_files(h["data"], problems=[] if h["skip_bad_records"] else None)
-    resume = h["resume"]
-    if not resume and (latest := find_latest(out_dir)):
-        raise FileExistsError(
-            f"{out_dir} already holds checkpoints of an earlier run (the newest is {latest.name}); a fresh run would "
-            "overwrite them one by one. Pass `--resume auto` to continue that run, or another --out_dir to start "
-            "a new one."
-        )
-    if resume not in (False, True, "auto") and (later := later_checkpoints(out_dir, Path(resume))):
-        raise FileExistsError(
-            f"{out_dir} holds checkpoints of later steps than {Path(resume).name} ({', '.join(later)}): the resumed "
-            "run would overwrite them one by one. Pass another --out_dir for the resumed run, or move them away."
-        )
+    check_no_overwrite(out_dir, h["resume"])
 
 
 @dataclass
@@ -291,6 +269,14 @@ class InstructionData:
         """(this process's train batches, its list of validation micro-batches)."""
         self.train.rank = rank
         return self.train, validation_batches(self.val, **self.layout, rank=rank)
+
+    def start(self, fabric: L.Fabric, h: Dict[str, Any]) -> Tuple[InstructionBatches, list, int]:
+        """Print the summary; (this process's train batches, its validation micro-batches, the optimizer steps of the
+        run: `--max_steps`, or `--epochs` of them)."""
+        fabric.print(self.summary)
+        train_batches, val_batches = self.batches(fabric.global_rank)
+        max_steps = h["epochs"] * self.steps_per_epoch if h["max_steps"] is None else h["max_steps"]
+        return train_batches, val_batches, max_steps
 
 
 def check_example_ids(examples: List[Tuple[torch.Tensor, torch.Tensor]], h: Dict[str, Any]) -> None:

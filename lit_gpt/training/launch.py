@@ -1,10 +1,10 @@
 """What a launch makes of the flags, shared by the training scripts: the world size, the check against the processes
 torchrun started, the batch split into micro-batches per process (`check_processes`), the device, compilation and
-attention kernel (`choose_device`), and whether the CPU computes in bf16."""
+attention kernel (`choose_device`), whether the CPU computes in bf16, and the start of the processes (`launch`)."""
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
@@ -40,6 +40,13 @@ def choose_device(
     check_float8(fp8, device)
     attention, attention_note = choose_attention(attention, config, device, precision)
     return device, compile, attention, attention_note
+
+
+def launch(fabric: Any) -> None:
+    """`fabric.launch()`: start this node's other processes, except under `fabric run`, where Fabric() itself has
+    joined the processes it started."""
+    if os.environ.get("LT_CLI_USED") != "1":
+        fabric.launch()
 
 
 def num_processes(devices: Union[int, str], num_nodes: int, accelerator: str) -> int:

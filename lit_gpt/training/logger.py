@@ -1,15 +1,18 @@
-"""Experiment loggers for Fabric: TensorBoard, CSV, or Weights & Biases (offline when no API key is configured), and the
-console line of a log step."""
+"""Experiment loggers for Fabric: TensorBoard, CSV, or Weights & Biases (offline when no API key is configured), and
+what a training loop logs: the metrics and console line of a log step, and those of a validation."""
 
 import importlib.util
+import math
 import netrc
 import os
+import time
 from pathlib import Path
-from typing import Any, Dict, Literal
+from typing import Any, Dict, Literal, Optional
 
+import torch
 import yaml
 
-from lit_gpt.training.fabric import CSVLogger, Logger, TensorBoardLogger, rank_zero_only
+from lit_gpt.training.fabric import CSVLogger, L, Logger, TensorBoardLogger, rank_zero_only
 
 
 class CSVHparamsLogger(CSVLogger):
@@ -52,6 +55,61 @@ def wandb_key_configured() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
+
+
+def mean_loss(fabric: L.Fabric, loss: torch.Tensor) -> float:
+    """`loss` averaged over the processes, on the host: the only host sync of a log step."""
+    loss = fabric.all_reduce(loss, reduce_op="mean").item()
+    if fabric.device.type == "cuda":
+        # `.item()` waits for the compute stream only; the step time must also include the other streams' work (FSDP's
+        # gradient reduce-scatter)
+        torch.cuda.synchronize()
+    return loss
+
+
+def step_metrics(
+    fabric: L.Fabric,
+    state: Dict[str, Any],
+    loss: float,
+    lr: float,
+    grad_norm: torch.Tensor,
+    tokens_per_sec: float,
+    step_time: float,
+    remaining_steps: int,
+    mfu: Optional[float] = None,
+    data_wait: Optional[float] = None,
+) -> Dict[str, Any]:
+    """The metrics of a log step, in the order of its console line (`format_metrics`); a None is not logged."""
+    return {
+        "loss": loss,
+        "learning_rate": lr,
+        "grad_norm": grad_norm.item(),
+        "tokens": state["tokens_seen"],
+        "tokens_per_sec": tokens_per_sec,
+        "tokens_per_sec_per_device": tokens_per_sec / fabric.world_size,
+        "mfu": mfu,
+        "step_time": step_time,
+        # the host's wait for the loader; it costs throughput only where it exceeds the GPU's queued work
+        "data_wait": data_wait,
+        # GiB, as dev/benchmark.py and the peer harness count it
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if fabric.device.type == "cuda" else None,
+        "remaining_hours": remaining_steps * step_time / 3600,
+        "skipped_steps": state["skipped_steps"],
+    }
+
+
+def log_metrics(fabric: L.Fabric, step: int, max_steps: int, metrics: Dict[str, Any]) -> None:
+    """The console line of a log step, and its metrics to the logger."""
+    fabric.print(format_metrics(step, max_steps, metrics))
+    fabric.log_dict({k: v for k, v in metrics.items() if v is not None}, step=step)
+
+
+def log_validation(fabric: L.Fabric, step: int, val_loss: float, t0: float) -> None:
+    """The console line and the logged metrics of a validation at `step` that began at `t0` (`time.perf_counter()`)."""
+    metrics = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 100))}
+    fabric.print(f"step {step}: val loss {val_loss:.4f}, val ppl {metrics['val_ppl']:.2f}, "
+                 f"{time.perf_counter() - t0:.1f}s")  # fmt: skip
+    fabric.log_dict(metrics, step=step)
 
 
 def format_metrics(step: int, max_steps: int, m: Dict[str, Any]) -> str:

@@ -1,8 +1,9 @@
-"""AdamW's parameter groups and the checks of the optimizer's and the schedule's flags, shared by pretraining and
+"""AdamW, its parameter groups and the checks of the optimizer's and the schedule's flags, shared by pretraining and
 finetuning."""
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
+import torch
 from torch import nn
 
 
@@ -38,3 +39,16 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float, decay_norms_an
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def adamw(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    betas: Tuple[float, float],
+    decay_norms_and_biases: bool,
+    device: torch.device,
+) -> torch.optim.AdamW:
+    """AdamW over `model`'s trainable parameters (`optimizer_param_groups`), fused on CUDA and CPU."""
+    param_groups = optimizer_param_groups(model, weight_decay, decay_norms_and_biases)
+    return torch.optim.AdamW(param_groups, lr=learning_rate, betas=betas, fused=device.type in ("cuda", "cpu"))

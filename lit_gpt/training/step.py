@@ -84,6 +84,14 @@ def training_step(
     return loss_sum / n, grad_norm
 
 
+def count_nonfinite(grad_norm: torch.Tensor, streak: torch.Tensor, skipped: torch.Tensor) -> torch.Tensor:
+    """The streak of non-finite steps in a row after a step of `grad_norm` (0 after a finite one); `skipped`, the
+    steps skipped since the last log step, counts it in place."""
+    bad = (~torch.isfinite(grad_norm)).float()
+    skipped += bad
+    return (streak + bad) * bad
+
+
 def set_reshard_after_backward(model: nn.Module, value: bool) -> None:
     """Set whether each FSDP2 module frees its gathered weights after its backward (no-op without FSDP2)."""
     for module in model.modules():
