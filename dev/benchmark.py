@@ -113,9 +113,7 @@ def main(
         trace: write a Chrome trace of one step per process (`trace-rank<R>-mbs<M>.json.gz` in `out_dir`).
         out_dir: where to write `benchmark.json`; `$OUT` or the working directory by default.
     """
-    import lightning as L
-    from lightning.fabric.strategies import ModelParallelStrategy
-
+    from lit_gpt.training.fabric import L, ModelParallelStrategy  # the one Fabric of the library's own code
     from lit_gpt.training.parallel import make_parallelize_fn, reshard_choices
 
     cuda = torch.cuda.is_available()

@@ -131,9 +131,7 @@ def main(
             is always eager.
         out_dir: where to write `loss_parity.json`; `$OUT` or the working directory by default.
     """
-    import lightning as L
-    from lightning.fabric.strategies import ModelParallelStrategy
-
+    from lit_gpt.training.fabric import L, ModelParallelStrategy  # the one Fabric of the library's own code
     from lit_gpt.training.parallel import make_parallelize_fn
 
     names = [c.strip() for c in cases.split(",") if c.strip()]

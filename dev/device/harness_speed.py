@@ -112,13 +112,13 @@ def main(
         model_name: The architecture (random weights).
         device: `cuda`; `cpu` tries the script with a small model.
     """
-    import lightning as L
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
     from lit_gpt.data.separators import read_separators
     from lit_gpt.generate import load_model
     from lit_gpt.harness import evaluate_tasks, flat_scores, task_manager, task_specs
+    from lit_gpt.training.fabric import L
 
     lit, hf = write_checkpoint(tokenizer_dir, root / "lit", model_name, device), root / "hf"
     subprocess.run([sys.executable, str(ROOT / "scripts/convert_lit_checkpoint.py"), "--checkpoint_dir", str(lit),
