@@ -267,3 +267,24 @@ def test_a_record_of_weights_stored_once_that_is_not_the_models_is_refused_in_on
         if name != "not_tied":  # the converter reads each weight under its own name, whatever the record adds
             with pytest.raises(ValueError, match="tied_weights"):
                 convert(out / src.name, export_tokenizer_dir, output_dir=tmp_path / f"lit-{name}")
+
+
+def test_a_sharded_checkpoint_whose_meta_pt_lacks_an_entry_is_refused_in_one_line(tmp_path, tied_runs):
+    """meta.pt without the step count (rewritten by hand or another tool, digests and all) is refused on resume in
+    one line naming what it lacks, before any weight is loaded, not with a KeyError's traceback."""
+    from lit_gpt.files import write_checksums
+    from lit_gpt.trust import load_single_file
+
+    src = tied_runs["two"] / "step-00000002.pth"
+    dst = tmp_path / "lacks" / src.name
+    shutil.copytree(src, dst)
+    meta = load_single_file(src / "meta.pt")
+    del meta["step_count"]
+    (dst / "meta.pt").unlink()
+    torch.save(meta, dst / "meta.pt")
+    write_checksums(dst)
+    proc = subprocess.run(command(dst.parent, tied_runs, 1, "--resume", "auto"), capture_output=True, text=True,
+                          timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "step_count" in last, proc.stderr[-3000:]

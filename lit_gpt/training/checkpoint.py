@@ -870,10 +870,7 @@ def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict
     dcp_load(optimizer_state, path, trust_pickle)
     options = StateDictOptions(cpu_offload=True)
     set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state["optimizer"], options=options)
-    missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
-    if missing:
-        raise KeyError(f"{path}/meta.pt lacks {missing}: it is not a checkpoint of pretrain/tinyllama.py")
-    for key in state.keys() - {"model", "optimizer"}:
+    for key in state.keys() - {"model", "optimizer"}:  # each there: `load_checkpoint` checked
         state[key] = metadata.pop(key)
     return metadata
 
@@ -1063,6 +1060,13 @@ def load_checkpoint(
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
     # entries added since checkpoints were first written: one written before keeps the run's initial value
     absent = {key: state.pop(key) for key in OPTIONAL_ENTRIES if key in state and key not in metadata}
+    missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
+    if missing:  # before any weight is read
+        where = path / "meta.pt" if path.is_dir() else path
+        raise ValueError(
+            f"{where} lacks {missing}: it was changed after training or is not a checkpoint of this script; resume "
+            "from another checkpoint"
+        )
     note = precision_note(path, metadata["hparams"].get("precision"), (state["hparams"] or {}).get("precision"))
     if note:
         fabric.print(note, file=sys.stderr)  # once, on rank 0
