@@ -21,13 +21,13 @@ from lit_gpt.cli import UserError, check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lit_gpt.data.separators import read_separators  # noqa: E402
 from lit_gpt.generate import load_model  # noqa: E402
 from lit_gpt.harness import evaluate_tasks, task_specs  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
+from lit_gpt.training.fabric import L  # noqa: E402
 from lit_gpt.weights import lit_checkpoint_files  # noqa: E402
 
 

@@ -21,12 +21,12 @@ from lit_gpt.cli import check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from lit_gpt.data.loaders import BatchIdCheck, check_token_ids  # noqa: E402
 from lit_gpt.generate import load_model  # noqa: E402
+from lit_gpt.training.fabric import L  # noqa: E402
 from lit_gpt.weights import lit_checkpoint_files  # noqa: E402
 
 

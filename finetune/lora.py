@@ -23,7 +23,6 @@ from lit_gpt.cli import check_command_line, stop_quietly_before_training  # noqa
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not a traceback
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lit_gpt.data.instruct import TemplateName  # noqa: E402
@@ -37,6 +36,7 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
     resume_from,
     verify_checkpoint,
 )
+from lit_gpt.training.fabric import L  # noqa: E402
 from lit_gpt.training.finetune import (  # noqa: E402
     base_record,
     check_base,

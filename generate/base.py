@@ -19,13 +19,13 @@ from lit_gpt.cli import UserError, check_command_line  # noqa: E402
 
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lit_gpt.data.instruct import TemplateName, apply_template  # noqa: E402
 from lit_gpt.data.separators import encode_prompt, read_separators, stop_ids  # noqa: E402
 from lit_gpt.generate import generate, load_model  # noqa: E402
 from lit_gpt.tokenizer import Tokenizer  # noqa: E402
+from lit_gpt.training.fabric import L  # noqa: E402
 from lit_gpt.weights import lit_checkpoint_files  # noqa: E402
 
 

@@ -3,10 +3,10 @@
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import lightning as L
 import torch
 
 from lit_gpt.model import GPT
+from lit_gpt.training.fabric import L
 from lit_gpt.weights import lit_checkpoint_files, load_lit_state_dict
 
 

@@ -29,7 +29,6 @@ from lit_gpt.cli import UserError, check_command_line, stop_quietly_before_train
 check_command_line(__name__, __file__)  # a bad flag or a missing package is refused before the imports below
 stop_quietly_before_training(__name__)  # Ctrl-C before the loop: one line, not a traceback
 
-import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lit_gpt.config import Config, check_same_architecture, checkpoint_config_file  # noqa: E402
@@ -69,6 +68,7 @@ from lit_gpt.training.checkpoint import (  # noqa: E402
     on_rank_zero,
     own_out_dir,
 )
+from lit_gpt.training.fabric import L  # noqa: E402
 from lit_gpt.training.float8 import precompute_scales_after_step  # noqa: E402
 from lit_gpt.training.launch import check_processes, choose_device, cpu_has_bf16, launch  # noqa: E402
 from lit_gpt.training.logger import log_metrics, log_validation, mean_loss, step_metrics  # noqa: E402

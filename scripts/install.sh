@@ -37,8 +37,9 @@ echo "torch==$TORCH_NOW" > "$VENV/torch-constraint.txt"
 # litgpt itself, only as the reference that tests load our checkpoints into (its pins would downgrade ours)
 "${PIP[@]}" --no-deps litgpt==0.5.13
 "${PIP[@]}" --no-deps --no-build-isolation -e . 2>/dev/null || "${PIP[@]}" --no-deps -e .
-"$VENV/bin/python" -c "import torch, lightning, litdata, lit_gpt; print('[install] ok: torch', torch.__version__, \
-'lightning', lightning.__version__, 'litdata', litdata.__version__)"
+"$VENV/bin/python" -c "import torch, lightning, lightning_fabric, litdata, lit_gpt; print('[install] ok: torch', \
+torch.__version__, 'lightning', lightning.__version__, 'lightning_fabric', lightning_fabric.__version__, 'litdata', \
+litdata.__version__)"
 # the optional Hopper kernels (pretrain/tinyllama.py --fp8, --attention fa4) are not installed by default
 if "$VENV/bin/python" -c "import sys, torch; sys.exit(not (torch.cuda.is_available() and \
 torch.cuda.get_device_capability() >= (8, 9)))" 2>/dev/null; then

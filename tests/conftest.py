@@ -93,11 +93,10 @@ FABRIC_SCRIPT = """
 import sys
 from pathlib import Path
 
-import lightning as L
 import torch
-from lightning.fabric.strategies import ModelParallelStrategy
 
 sys.path.insert(0, {root!r})
+from lit_gpt.training.fabric import L, ModelParallelStrategy
 from lit_gpt.config import Config
 from lit_gpt.model import GPT, init_weights
 from lit_gpt.training.parallel import make_parallelize_fn

@@ -163,9 +163,8 @@ def test_a_writer_thread_that_dies_fails_the_save_instead_of_passing_for_a_succe
     """An exception that escaped the writer thread (a collective whose peer died: gloo's "Connection closed by peer")
     left the previous save's outcome in place, so `wait()` reported the unfinished save as a success and the training
     ran on. It is a failure of that save, raised by `wait()` in one line."""
-    import lightning as L
-
     from lit_gpt.training.checkpoint import CheckpointSaver
+    from lit_gpt.training.fabric import L
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     model = torch.nn.Linear(4, 4)

@@ -194,7 +194,7 @@ ENTRY_POINTS = sorted(
     for path in (ROOT / folder).glob("*.py")
     if re.search(r"^\s+cli\(\w+\)", path.read_text(encoding="utf-8"), re.M)
 )
-HEAVY = ("torch", "lightning", "litdata", "transformers")
+HEAVY = ("torch", "lightning", "lightning_fabric", "litdata", "transformers", "torchmetrics", "scipy")
 # runs `script args...` as `python script args...` would, with the modules named in argv[1] made uninstalled (as
 # `import` and importlib.util.find_spec see them), and prints on stdout which of HEAVY it imported
 RUN_SCRIPT = f"""
@@ -270,6 +270,55 @@ def test_bad_values_and_missing_flags_are_refused_before_torch_is_imported_as_th
     proc = run_script("finetune/lora.py", "--data", "a.json")
     assert "the following flags are required: --checkpoint_dir" in one_error_line(proc)
     assert proc.stdout.strip() == "imported:", proc.stdout
+
+
+def test_a_training_script_imports_fabric_without_lightning_pytorch_and_torchmetrics():
+    """`import lightning` brought lightning.pytorch and torchmetrics, and with them transformers and scipy: ~2.5 s of
+    CPU in every process that trains (each rank, each stage). The script imports Fabric alone
+    (lit_gpt/training/fabric.py)."""
+    proc = run_script("pretrain/tinyllama.py", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "imported: torch,lightning_fabric", proc.stdout[-500:]
+
+
+def test_fabric_hides_torchmetrics_only_while_it_imports():
+    """Fabric's version check is told that torchmetrics is absent; afterwards torchmetrics imports as usual."""
+    code = "import sys, lit_gpt.training.fabric; assert 'torchmetrics' not in sys.modules; import torchmetrics"
+    code += "; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+CSV_LOGGER_SCRIPT = """
+import sys
+from pathlib import Path
+from lit_gpt.training.logger import choose_logger
+
+logger = choose_logger("csv", Path(sys.argv[1]), "run")
+logger.log_hyperparams({"learning_rate": 0.003, "model_name": "micro-llama"})
+logger.log_metrics({"loss": 2.5}, step=1)
+logger.finalize("success")
+print("imported:", ",".join(m for m in ("lightning", "pytorch_lightning", "torchmetrics") if m in sys.modules))
+"""
+
+
+def test_the_csv_logger_writes_metrics_and_hparams_without_importing_lightning_pytorch(tmp_path):
+    """Lightning's CSVLogger wrote `hparams.yaml` beside `metrics.csv`, but importing it brought lightning.pytorch and
+    torchmetrics into every run with `--logger_name csv` (all of the suite's training runs)."""
+    import csv
+
+    import yaml
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CSV_LOGGER_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "imported: ", proc.stdout
+    version = tmp_path / "logs" / "csv" / "version_0"
+    hparams = yaml.safe_load((version / "hparams.yaml").read_text())
+    assert hparams == {"learning_rate": 0.003, "model_name": "micro-llama"}
+    rows = list(csv.DictReader((version / "metrics.csv").open()))
+    assert [(float(r["loss"]), int(r["step"])) for r in rows] == [(2.5, 1)]
 
 
 @pytest.mark.parametrize("script", ENTRY_POINTS)

@@ -99,8 +99,8 @@ def test_demo_default_root_is_git_ignored():
 
 def test_plot_logs_csv(tmp_path, capsys):
     """Two CSV versions (a run and its resumption): the later one's values win, the PNG and summary come out."""
-    from lightning.pytorch.loggers import CSVLogger
     from prepared_data import load_script
+    from pytorch_lightning.loggers import CSVLogger
 
     for version, steps in enumerate([range(1, 11), range(9, 16)]):
         logger = CSVLogger(save_dir=tmp_path / "logs", name="csv", version=version)
@@ -120,8 +120,8 @@ def test_plot_logs_csv(tmp_path, capsys):
 
 def test_plot_logs_compares_runs_with_their_learning_rates(tmp_path, capsys):
     """--compare: a run and an anneal branched off it at step 6, in one PNG, a summary line per run by its out dir."""
-    from lightning.pytorch.loggers import CSVLogger
     from prepared_data import load_script
+    from pytorch_lightning.loggers import CSVLogger
 
     from lit_gpt.cli import UserError
 
@@ -154,8 +154,8 @@ def test_plot_logs_on_a_missing_folder_says_it_does_not_exist(tmp_path):
 def test_plot_logs_draws_the_task_scores_against_tokens(tmp_path, capsys):
     """Scores logged by `pretrain/tinyllama.py --eval_tasks` (`eval/<task>/<metric>` beside `tokens`) in CSV and
     TensorBoard logs: `scores.png` and a line per score at its latest tokens."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from prepared_data import load_script
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     csv = CSVLogger(save_dir=tmp_path / "logs", name="csv", version=0)
     board = TensorBoardLogger(save_dir=tmp_path / "logs", name="tensorboard", version=0)

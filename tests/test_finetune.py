@@ -201,10 +201,9 @@ def prompt_ids(lit_dir: Path, records: list) -> List[List[int]]:
 
 def greedy_answers(lit_dir: Path, records: list) -> List[str]:
     """The greedy answers of the lit checkpoint to every record, by lit_gpt.generate (what generate/base.py runs)."""
-    import lightning as L
-
     from lit_gpt.generate import generate, load_model
     from lit_gpt.tokenizer import Tokenizer
+    from lit_gpt.training.fabric import L
 
     model = load_model(L.Fabric(accelerator="cpu", devices=1, precision="32-true"), lit_dir)
     tokenizer = Tokenizer(lit_dir)

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = r"""
 import json, sys
 from pathlib import Path
-import lightning as L, torch
-from lightning.fabric.strategies import ModelParallelStrategy
+import torch
+from lit_gpt.training.fabric import L, ModelParallelStrategy
 from lit_gpt.training.checkpoint import CheckpointSaver, load_checkpoint, save_checkpoint
 from lit_gpt.config import Config
 from lit_gpt.training.float8 import precompute_scales_after_step

@@ -4,12 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
 from lit_gpt.generate import generate, load_model, sample
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.training.fabric import L
 
 ROOT = Path(__file__).resolve().parents[1]
 

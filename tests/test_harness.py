@@ -35,12 +35,11 @@ def bos_checkpoints(export_lit_dir, tmp_path_factory):
 
 
 def lit_results(checkpoint_dir: Path, tasks: str, **kwargs):
-    import lightning as L
-
     from lit_gpt.data.separators import read_separators
     from lit_gpt.generate import load_model
     from lit_gpt.harness import evaluate_tasks
     from lit_gpt.tokenizer import Tokenizer
+    from lit_gpt.training.fabric import L
 
     model = load_model(L.Fabric(devices=1, accelerator="cpu", precision="32-true"), checkpoint_dir)
     tokenizer = Tokenizer(checkpoint_dir)
@@ -103,12 +102,11 @@ def test_harness_scores_equal_lm_eval_hf_backend_on_the_export(bos_checkpoints):
 
 
 def test_harness_puts_the_convention_prefix_before_every_context(export_lit_dir, bos_checkpoints):
-    import lightning as L
-
     from lit_gpt.data.separators import read_separators
     from lit_gpt.generate import load_model
     from lit_gpt.harness import LitLM
     from lit_gpt.tokenizer import Tokenizer
+    from lit_gpt.training.fabric import L
 
     for checkpoint_dir in (export_lit_dir, bos_checkpoints[0]):
         tokenizer, separators = Tokenizer(checkpoint_dir), read_separators(checkpoint_dir)
@@ -207,7 +205,6 @@ def test_eval_tasks_without_a_tokenizer_or_with_a_missing_task_file_is_refused_u
 def test_rolling_loglikelihood_is_the_text_after_the_prefix_token(bos_checkpoints):
     """A whole text's log-likelihood (perplexity tasks): each token after the prefix token and the tokens before it;
     a text longer than the model's window is scored in windows that together cover it once."""
-    import lightning as L
     import torch
     from lm_eval.api.instance import Instance
 
@@ -215,6 +212,7 @@ def test_rolling_loglikelihood_is_the_text_after_the_prefix_token(bos_checkpoint
     from lit_gpt.generate import load_model
     from lit_gpt.harness import LitLM
     from lit_gpt.tokenizer import Tokenizer
+    from lit_gpt.training.fabric import L
 
     lit = bos_checkpoints[0]
     tokenizer = Tokenizer(lit)
@@ -274,13 +272,13 @@ def test_generation_on_two_processes_with_different_requests_each_answers_as_one
     import subprocess
     import sys
 
-    import lightning as L
     from lm_eval.api.instance import Instance
 
     from lit_gpt.data.separators import read_separators
     from lit_gpt.generate import load_model
     from lit_gpt.harness import LitLM
     from lit_gpt.tokenizer import Tokenizer
+    from lit_gpt.training.fabric import L
 
     lit = bos_checkpoints[0]
     a, b = {"until": ["\n"], "max_gen_toks": 6, "do_sample": False}, {"until": [")"], "max_gen_toks": 4}

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -21,6 +20,7 @@ from lit_gpt.config import Config
 from lit_gpt.generate import generate, load_model
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.training.fabric import L
 from lit_gpt.weights import lit_checkpoint_files, load_lit_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -201,7 +201,7 @@ ONCE_SCRIPT = """
 import sys
 from pathlib import Path
 sys.path.insert(0, {root!r})
-import lightning as L
+from lit_gpt.training.fabric import L
 from lit_gpt.files import CorruptFile
 from lit_gpt.training.checkpoint import on_rank_zero, verify_checkpoint
 

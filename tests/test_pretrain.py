@@ -559,10 +559,9 @@ def test_cosine_lr_and_flops():
 
 
 def test_training_step_skips_non_finite_gradients():
-    import lightning as L
-
     from lit_gpt.config import Config
     from lit_gpt.model import GPT
+    from lit_gpt.training.fabric import L
     from lit_gpt.training.step import training_step
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
@@ -625,9 +624,8 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
     import errno
     import fcntl
 
-    import lightning as L
-
     from lit_gpt.training.checkpoint import own_out_dir
+    from lit_gpt.training.fabric import L
 
     fabric = L.Fabric(accelerator="cpu", devices=1)
     (tmp_path / ".lock").mkdir()
@@ -650,9 +648,8 @@ def test_an_out_dir_lock_that_cannot_be_taken_is_named_and_one_without_locks_war
 def test_a_hard_linked_lock_file_is_refused_not_written_through(tmp_path):
     """An empty `.lock` hard-linked to a file elsewhere used to receive the run's lock record, written into that other
     file too: refused in one line, both names left as they were."""
-    import lightning as L
-
     from lit_gpt.training.checkpoint import own_out_dir
+    from lit_gpt.training.fabric import L
 
     outside, out_dir = tmp_path / "outside.txt", tmp_path / "out"
     outside.write_text("")

@@ -224,10 +224,10 @@ import errno
 import sys
 from pathlib import Path
 
-import lightning as L
 import torch
 
 sys.path.insert(0, {root!r})
+from lit_gpt.training.fabric import L
 from lit_gpt.training.checkpoint import save_checkpoint
 
 out = Path(sys.argv[1])

@@ -46,14 +46,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import lightning as L
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from lightning.fabric.strategies import ModelParallelStrategy
-from lightning.fabric.strategies.model_parallel import _load_raw_module_state
-from lightning.fabric.utilities.types import _Stateful
-from lightning.fabric.wrappers import _unwrap_objects
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta, TensorStorageMetadata
@@ -81,6 +76,7 @@ from lit_gpt.files import (
     write_failure,
 )
 from lit_gpt.model import GPT
+from lit_gpt.training.fabric import L, ModelParallelStrategy, _load_raw_module_state, _Stateful, _unwrap_objects
 from lit_gpt.trust import is_distributed_checkpoint, load_single_file, read_dcp_metadata, training_hparams
 from lit_gpt.weights import load_lit_state_dict, strip_wrapper_prefixes
 

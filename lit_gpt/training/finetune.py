@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import lightning as L
 import torch
 
 from lit_gpt.cli import UserError
@@ -40,6 +39,7 @@ from lit_gpt.training.checkpoint import (
     save_checkpoint,
     save_pruned,
 )
+from lit_gpt.training.fabric import L
 from lit_gpt.training.logger import log_metrics, log_validation, mean_loss, step_metrics
 from lit_gpt.training.lr import cosine_lr, warmup_warning
 from lit_gpt.training.optimizer import check_optimizer_flags

@@ -9,9 +9,22 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional
 
-import lightning as L
 import torch
-from lightning.fabric.loggers import Logger, TensorBoardLogger
+import yaml
+
+from lit_gpt.training.fabric import CSVLogger, L, Logger, TensorBoardLogger, rank_zero_only
+
+
+class CSVHparamsLogger(CSVLogger):
+    """Fabric's CSV logger (`metrics.csv`) that also writes the hyperparameters, to `hparams.yaml` beside it, as
+    Lightning's CSVLogger does: that one comes with lightning.pytorch and torchmetrics, ~2.5 s of imports a process."""
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Dict[str, Any]) -> None:
+        self.hparams = {**getattr(self, "hparams", {}), **params}
+        log_dir = self.experiment.log_dir  # the writer creates the folder (and warns of an earlier run's files there)
+        with open(os.path.join(log_dir, "hparams.yaml"), "w", encoding="utf-8") as f:
+            yaml.dump(self.hparams, f)
 
 
 def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, run_name: str) -> Logger:
@@ -19,17 +32,15 @@ def choose_logger(name: Literal["tensorboard", "csv", "wandb"], out_dir: Path, r
     if name == "tensorboard":
         return TensorBoardLogger(root_dir=out_dir / "logs", name="tensorboard")
     if name == "csv":
-        # Lightning's (not Fabric's) CSV logger: it also writes the hyperparameters (hparams.yaml)
-        from lightning.pytorch.loggers import CSVLogger  # lazy: lightning.pytorch is heavy, only for this logger
-
-        return CSVLogger(save_dir=out_dir / "logs", name="csv", flush_logs_every_n_steps=1)
+        return CSVHparamsLogger(root_dir=out_dir / "logs", name="csv", flush_logs_every_n_steps=1)
     if name == "wandb":
         if importlib.util.find_spec("wandb") is None:  # Lightning's WandbLogger would raise a ModuleNotFoundError
             raise ValueError(
                 "--logger_name wandb needs wandb, which this Python lacks: `pip install wandb`; or pass "
                 "--logger_name tensorboard or csv"
             )
-        from lightning.pytorch.loggers import WandbLogger  # lazy: heavy, and wandb is optional
+        # lazy: heavy, and wandb is optional; pytorch_lightning is the Lightning built on lit_gpt/training/fabric.py's
+        from pytorch_lightning.loggers import WandbLogger
 
         offline = not wandb_key_configured()
         return WandbLogger(project="lit-gpt-pretrain", name=run_name, save_dir=out_dir / "logs", offline=offline)

@@ -29,9 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Literal, Optional, Tuple, Union
 
-import lightning as L
 import torch
-from lightning.fabric.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -39,17 +37,18 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from lit_gpt.attention import KERNELS
 from lit_gpt.model import GPT, Block, CausalSelfAttention
+from lit_gpt.training.fabric import L, ModelParallelStrategy
 from lit_gpt.training.float8 import convert_to_float8
 from lit_gpt.training.logger import choose_logger
 
 PARAM_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 # where Lightning announces the process group when it starts it: "Initializing distributed: GLOBAL_RANK: 0, MEMBER:
 # 1/1", then rank_zero_info's "distributed_backend=gloo / All distributed processes registered. Starting with 1
-# processes" (logged by fabric's, or once lightning.pytorch is imported, by its logger)
+# processes" (logged by lightning_fabric's, or once pytorch_lightning is imported, by its logger)
 LIGHTNING_BANNER_LOGGERS = (
-    "lightning.fabric.utilities.distributed",
-    "lightning.fabric.utilities.rank_zero",
-    "lightning.pytorch.utilities.rank_zero",
+    "lightning_fabric.utilities.distributed",
+    "lightning_fabric.utilities.rank_zero",
+    "pytorch_lightning.utilities.rank_zero",
     "lightning_utilities.core.rank_zero",
 )
 # the whole model's gathered weights may stay allocated through a step when they take at most this share of a GPU

@@ -17,9 +17,10 @@ stop.
 import hashlib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import lightning as L
 import torch
 import torch.distributed as dist
+
+from lit_gpt.training.fabric import L
 
 
 class SpikeGuard:

@@ -6,13 +6,13 @@ Nothing here copies a value to the host (`.item()`, `if tensor:`): the GPU queue
 
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
-import lightning as L
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.optim import Optimizer
 
 from lit_gpt.documents import count_documents
+from lit_gpt.training.fabric import L
 
 
 def training_step(
