@@ -88,7 +88,9 @@ def main(
     # the prompt starts as the training documents did: after bos, or after eos (lit_gpt/data/separators.py); before the
     # weights are read, so that a separators.json or tokenizer that cannot give it says so at once
     separators = read_separators(checkpoint_dir)
-    prompt_ids = encode_prompt(tokenizer, text, separators)
+    # a special token's spelling in an instruction was text in the examples finetuning encoded; a plain prompt's is the
+    # token, as transformers reads a prompt
+    prompt_ids = encode_prompt(tokenizer, text, separators, parse_special=template is None)
     if max(prompt_ids, default=-1) >= config.padded_vocab_size:  # the model would fail on it (IndexError)
         raise UserError(
             f"the prompt encodes to token id {max(prompt_ids)} with the tokenizer in {checkpoint_dir}, but its model "

@@ -432,3 +432,33 @@ def test_an_empty_file_is_called_empty(tmp_path, content):
     (tmp_path / "data.json").write_text(content)
     with pytest.raises(UserError, match=r"holds no record: its JSON files are empty \(or hold an empty array\)"):
         load_instructions(tmp_path / "data.json")
+
+
+def test_generate_with_template_reads_a_special_tokens_spelling_as_finetuning_did(tmp_path, monkeypatch):
+    """An instruction quoting the eos of a `tokenizer.json` tokenizer ("<|end_of_text|>") was text in the examples
+    finetuning trained on; `generate/base.py --template` gives the model the same ids, not the eos id."""
+    from conftest import TEST_LLAMA
+    from prepared_data import load_script
+
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+    from lit_gpt.weights import save_lit_checkpoint
+
+    out = tmp_path / "tiny"
+    corpus = Path(__file__).parent / "tokenizer_corpus.txt"
+    load_script("train_tokenizer").train(input=str(corpus), output_dir=out, vocab_size=600, kind="bpe")
+    config = Config(**{**TEST_LLAMA, "n_layer": 1, "vocab_size": 640})
+    torch.manual_seed(0)
+    save_lit_checkpoint(GPT(config).state_dict(), config, out)
+    spec = importlib.util.spec_from_file_location("generate_base", ROOT / "generate" / "base.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prompts = []
+    monkeypatch.setattr(script, "generate", lambda model, p, *a, **k: prompts.append(p.tolist()) or p)
+    instruction = "What does <|end_of_text|> mean?"
+    script.main(out, prompt=instruction, template="alpaca", max_new_tokens=1, temperature=0.0)
+    tokenizer = Tokenizer(out)
+    ids, labels = encode_example(tokenizer, {"instruction": instruction, "input": "", "output": "Y"}, "alpaca", 256)
+    expected = ids[labels == IGNORE_INDEX].tolist()  # the prompt's ids as finetuning encodes them
+    assert expected.count(tokenizer.eos_id) == 1  # the prefix alone (documents ended with eos), not the quote
+    assert prompts == [expected]

@@ -224,3 +224,67 @@ def test_convert_pretrained_checkpoint_reads_a_head_stored_once_and_refuses_one_
     with pytest.raises(ValueError, match="lm_head.weight and transformer.wte.weight differ"):
         convert(apart, export_tokenizer_dir, output_dir=tmp_path / "refused")
     assert not (tmp_path / "refused" / "lit_model.pth").exists()
+
+
+def with_tied_record(src: Path, dst: Path, record) -> None:
+    """A copy of the sharded checkpoint `src` at `dst` whose meta.pt records `record` as the names stored once, with
+    the digests of its files (as a tool or a hand that rewrote the record would leave it)."""
+    from lit_gpt.files import write_checksums
+    from lit_gpt.trust import load_single_file
+
+    shutil.copytree(src, dst)
+    meta = load_single_file(src / "meta.pt")
+    meta["tied_weights"] = record
+    (dst / "meta.pt").unlink()
+    torch.save(meta, dst / "meta.pt")
+    write_checksums(dst)
+
+
+def test_a_record_of_weights_stored_once_that_is_not_the_models_is_refused_in_one_line(
+    tmp_path, tied_runs, export_tokenizer_dir
+):
+    """meta.pt's "tied_weights" that is not a mapping of names, names a weight the checkpoint does not hold, or ties
+    a weight that the model does not tie (the final norm loaded into the first block's, silently) is refused on
+    resume and by the converter, in one line each; nothing is trained or written."""
+    from prepared_data import load_script
+
+    convert = load_script("convert_pretrained_checkpoint").convert
+    src = tied_runs["two"] / "step-00000002.pth"
+    own = {"lm_head.weight": "transformer.wte.weight"}
+    records = {
+        "a_list": ["lm_head.weight"],
+        "not_held": {"lm_head.weight": "transformer.nowhere.weight"},
+        "not_tied": {**own, "transformer.h.0.norm_1.weight": "transformer.ln_f.weight"},
+    }
+    for name, record in records.items():
+        out = tmp_path / name
+        with_tied_record(src, out / src.name, record)
+        proc = subprocess.run(command(out, tied_runs, 1, "--resume", "auto"), capture_output=True, text=True,
+                              timeout=300, env=_env())  # fmt: skip
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: "), proc.stderr[-3000:]
+        assert "tied_weights" in proc.stderr and not (out / "step-00000004.pth").exists()
+        if name != "not_tied":  # the converter reads each weight under its own name, whatever the record adds
+            with pytest.raises(ValueError, match="tied_weights"):
+                convert(out / src.name, export_tokenizer_dir, output_dir=tmp_path / f"lit-{name}")
+
+
+def test_a_sharded_checkpoint_whose_meta_pt_lacks_an_entry_is_refused_in_one_line(tmp_path, tied_runs):
+    """meta.pt without the step count (rewritten by hand or another tool, digests and all) is refused on resume in
+    one line naming what it lacks, before any weight is loaded, not with a KeyError's traceback."""
+    from lit_gpt.files import write_checksums
+    from lit_gpt.trust import load_single_file
+
+    src = tied_runs["two"] / "step-00000002.pth"
+    dst = tmp_path / "lacks" / src.name
+    shutil.copytree(src, dst)
+    meta = load_single_file(src / "meta.pt")
+    del meta["step_count"]
+    (dst / "meta.pt").unlink()
+    torch.save(meta, dst / "meta.pt")
+    write_checksums(dst)
+    proc = subprocess.run(command(dst.parent, tied_runs, 1, "--resume", "auto"), capture_output=True, text=True,
+                          timeout=300, env=_env())  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "step_count" in last, proc.stderr[-3000:]

@@ -420,6 +420,16 @@ def stored_once(model: Any) -> Dict[str, str]:
     return model.tied_weights() if isinstance(model, GPT) else {}
 
 
+def tied_record(path: Path, record: Any) -> Dict[str, str]:
+    """The `TIED_WEIGHTS` entry of the sharded checkpoint `path`'s meta.pt, checked to map names to names."""
+    if not (isinstance(record, dict) and all(isinstance(n, str) for item in record.items() for n in item)):
+        raise ValueError(
+            f"{path}/meta.pt holds {record!r} as {TIED_WEIGHTS!r}, not a mapping of weight names to weight names (as "
+            "pretrain/tinyllama.py writes it): it was changed after training or written by another tool"
+        )
+    return record
+
+
 def _training_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer, options=None):
     """The state dicts of `model` and `optimizer` under "model" and "optimizer", each weight once: the model's
     without the names of `stored_once(model)`, which it returns too. (The optimizer's state is keyed by one name per
@@ -841,7 +851,13 @@ def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict
     `strategies.model_parallel._load_checkpoint`), with `dcp_load` instead of a plain `dcp.load`."""
     model, optimizer = _unwrap_objects(state["model"]), _unwrap_objects(state["optimizer"])
     metadata = load_single_file(path / "meta.pt", trust_pickle)
-    tied = metadata.pop(TIED_WEIGHTS, {})  # the names stored once (none in checkpoints written before)
+    tied = tied_record(path, metadata.pop(TIED_WEIGHTS, {}))  # the names stored once (none in those written before)
+    if tied and tied != stored_once(model):  # another model's, or planted: a weight would be loaded into another
+        raise ValueError(
+            f"{path}/meta.pt records {tied} as {TIED_WEIGHTS!r} (weights stored once), but the model holds "
+            f"{stored_once(model) or 'no weight'} under two names: the checkpoint was changed after training or "
+            "written by another tool; resume from an earlier checkpoint"
+        )
     model_state = {"model": {k: v for k, v in get_model_state_dict(model).items() if k not in tied}}
     dcp_load(model_state, path, trust_pickle)
     weights = model_state["model"]
@@ -850,10 +866,7 @@ def _load_sharded(path: Path, state: Dict[str, Any], trust_pickle: bool) -> Dict
     dcp_load(optimizer_state, path, trust_pickle)
     options = StateDictOptions(cpu_offload=True)
     set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state["optimizer"], options=options)
-    missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
-    if missing:
-        raise KeyError(f"{path}/meta.pt lacks {missing}: it is not a checkpoint of pretrain/tinyllama.py")
-    for key in state.keys() - {"model", "optimizer"}:
+    for key in state.keys() - {"model", "optimizer"}:  # each there: `load_checkpoint` checked
         state[key] = metadata.pop(key)
     return metadata
 
@@ -1043,6 +1056,13 @@ def load_checkpoint(
     check_compatible(path, metadata, model_config, fabric.world_size, state["hparams"], recorded_sources)
     # entries added since checkpoints were first written: one written before keeps the run's initial value
     absent = {key: state.pop(key) for key in OPTIONAL_ENTRIES if key in state and key not in metadata}
+    missing = sorted(k for k in state if k not in ("model", "optimizer") and k not in metadata)
+    if missing:  # before any weight is read
+        where = path / "meta.pt" if path.is_dir() else path
+        raise ValueError(
+            f"{where} lacks {missing}: it was changed after training or is not a checkpoint of this script; resume "
+            "from another checkpoint"
+        )
     note = precision_note(path, metadata["hparams"].get("precision"), (state["hparams"] or {}).get("precision"))
     if note:
         fabric.print(note, file=sys.stderr)  # once, on rank 0
@@ -1199,8 +1219,14 @@ def _dcp_model_entries(path: Path, trust_pickle: bool = False) -> Dict[str, tupl
             "save it with `fabric.save(path, {'model': model, ...})`"
         )
     meta = path / "meta.pt"
-    tied = load_single_file(meta, trust_pickle).get(TIED_WEIGHTS, {}) if meta.is_file() else {}
-    entries.update({alias: entries[own] for alias, own in tied.items() if own in entries and alias not in entries})
+    tied = tied_record(path, load_single_file(meta, trust_pickle).get(TIED_WEIGHTS, {}) if meta.is_file() else {})
+    if any(own not in entries for own in tied.values()):
+        raise ValueError(
+            f"{path}/meta.pt records {tied} as {TIED_WEIGHTS!r} (weights stored once), but the checkpoint holds no "
+            f"weight {sorted(set(tied.values()) - set(entries))}: it was changed after training or written by another "
+            "tool"
+        )
+    entries.update({alias: entries[own] for alias, own in tied.items() if alias not in entries})
     return entries
 
 
